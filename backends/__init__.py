@@ -1,0 +1,1 @@
+"""Interchangeable executors of the guided sampler; each registers through ``dragsdk_register_backends``."""

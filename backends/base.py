@@ -1,0 +1,91 @@
+"""The backend interface: what runs the attention op (and optionally wraps the UNet) for the sampler.
+
+A backend declares :class:`Capabilities` and says *why* it cannot run when it cannot (a missing package, no
+CUDA device). Selection (``backend="auto"``) only considers backends whose capabilities cover the edit.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from dragsdk.kernels.reference import KVSource
+
+KV_MODES = ("plain", "concat", "replace", "composite")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can run.
+
+    Attributes:
+        devices: device types, e.g. ``("cpu", "cuda")``.
+        dtypes: dtype names, e.g. ``("float32", "float16", "bfloat16")``.
+        gradients: whether the attention op is differentiable (needed by energy-guided modes).
+        kv_modes: K/V modes of cross-branch attention it supports (``plain`` = ordinary self-attention).
+        head_dims: supported head dimensions, or empty for any.
+    """
+
+    devices: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    gradients: bool
+    kv_modes: tuple[str, ...] = KV_MODES
+    head_dims: tuple[int, ...] = field(default_factory=tuple)
+
+    def covers(self, device: str, dtype: str, gradients: bool, kv_modes: Sequence[str]) -> tuple[bool, str]:
+        """Whether an edit's needs are covered; when not, the first unmet need in words."""
+        if device not in self.devices:
+            return False, f"device {device!r} not in {self.devices}"
+        if dtype not in self.dtypes:
+            return False, f"dtype {dtype!r} not in {self.dtypes}"
+        if gradients and not self.gradients:
+            return False, "the edit needs gradients (energy guidance) and this backend has none"
+        missing = [m for m in kv_modes if m not in self.kv_modes]
+        if missing:
+            return False, f"K/V modes {missing} not supported"
+        return True, ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backend(ABC):
+    """Base class of a backend. Subclasses set ``name``, ``description`` and ``capabilities``."""
+
+    name: str = ""
+    description: str = ""
+    capabilities: Capabilities
+
+    def availability(self) -> tuple[bool, str]:
+        """``(True, "")`` when it can run here, else ``(False, reason)``."""
+        return True, ""
+
+    @abstractmethod
+    def attention(self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None) -> torch.Tensor:
+        """Cross-branch attention.
+
+        Args:
+            q: ``(B, H, N, d)`` queries.
+            sources: one or more :class:`~dragsdk.kernels.reference.KVSource`; softmax is joint over all of them.
+            scale: logit scale, default ``1/sqrt(d)``.
+
+        Returns:
+            ``(B, H, N, d)``.
+        """
+
+    def prepare_unet(self, unet: Any) -> Any:
+        """Return the module the sampler calls in place of ``unet`` (default: ``unet`` itself)."""
+        return unet
+
+    def describe(self) -> dict[str, Any]:
+        ok, why = self.availability()
+        return {
+            "name": self.name,
+            "description": self.description,
+            "available": ok,
+            "reason": why,
+            "capabilities": self.capabilities.to_dict(),
+        }

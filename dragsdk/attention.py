@@ -1,0 +1,203 @@
+"""Attention processors that record and inject self-attention K/V (cross-branch self-attention).
+
+One :class:`KVProcessor` is installed on every attention layer of the UNet; all of them share one
+:class:`AttentionController` that holds the per-step state (mode, step index, the K/V bank) *outside* the
+layers, so nothing compiled depends on it. The attention op itself is the backend's
+(:meth:`dragsdk.backends.base.Backend.attention`).
+
+Bank layers default to the decoder self-attention layers ``up_blocks.{1,2,3}.attentions.*.attn1`` (9 in SD 1.5;
+DragonDiffusion arXiv 2307.02421 §3.3, dossier §4). Bank entries are the ``to_k`` / ``to_v`` projections
+before the head split, ``(B_bank, N, C)``, recorded at inversion step ``i`` for use at sampling step ``i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from dragsdk.kernels.reference import KVSource
+
+AttentionFn = Callable[[torch.Tensor, Sequence[KVSource], "float | None"], torch.Tensor]
+KVMode = Literal["concat", "replace", "composite"]
+
+
+def decoder_self_attention_layers(unet: Any) -> list[str]:
+    """Names (without ``.processor``) of the decoder self-attention layers of a diffusers UNet."""
+    return [
+        k[: -len(".processor")]
+        for k in unet.attn_processors
+        if k.startswith("up_blocks.") and ".attn1." in k + "." and k.endswith("attn1.processor")
+    ]
+
+
+class KVBank:
+    """K/V recorded during inversion: ``bank[step][layer] = (k, v)``, each ``(B_bank, N, C)``.
+
+    Args:
+        device: where entries are kept (default: where they were computed). Keeping the bank on the GPU avoids a
+            host↔device copy per layer per step (the official code keeps it on the CPU; dossier §7).
+    """
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = torch.device(device) if device is not None else None
+        self._data: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def put(self, step: int, layer: str, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self.device is not None:
+            k, v = k.to(self.device), v.to(self.device)
+        self._data.setdefault(step, {})[layer] = (k.detach(), v.detach())
+
+    def get(self, step: int, layer: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self._data[step][layer]
+        return k.to(device, non_blocking=True), v.to(device, non_blocking=True)
+
+    def has(self, step: int) -> bool:
+        return step in self._data
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self._data)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for s in self._data.values() for kv in s.values() for t in kv)
+
+
+@dataclass
+class KVInjection:
+    """How the generation branch uses the bank at the current step.
+
+    Attributes:
+        mode: ``concat`` (own K/V plus bank entry ``banks[0]``), ``replace`` (bank entry only) or ``composite``
+            (several bank entries, each restricted to tokens by a mask).
+        banks: batch indices into the bank's ``B_bank`` axis (0 = the base image; 1.. = references).
+        token_masks: for ``composite``, one function per bank mapping the layer's token grid ``(h, w)`` to a
+            ``(h·w,)`` bool mask of the keys taken from that bank.
+    """
+
+    mode: KVMode
+    banks: tuple[int, ...] = (0,)
+    token_masks: tuple[Callable[[int, int], torch.Tensor], ...] = ()
+
+
+@dataclass
+class AttentionController:
+    """Per-step state shared by every :class:`KVProcessor`.
+
+    ``mode``: ``plain`` (ordinary attention), ``record`` (store K/V of bank layers into ``bank`` at ``step``),
+    ``inject`` (use ``injection`` at bank layers).
+    """
+
+    attend: AttentionFn
+    bank_layers: frozenset[str]
+    latent_size: tuple[int, int] = (0, 0)
+    mode: Literal["plain", "record", "inject"] = "plain"
+    step: int = 0
+    bank: KVBank = field(default_factory=KVBank)
+    injection: KVInjection | None = None
+    record_steps: frozenset[int] | None = None
+
+    def token_grid(self, n_tokens: int) -> tuple[int, int]:
+        """``(h, w)`` of a layer's token grid from its token count and the latent size ``(w, h)``."""
+        w, h = self.latent_size
+        for f in (1, 2, 4, 8, 16):
+            if (h // f) * (w // f) == n_tokens:
+                return h // f, w // f
+        raise ValueError(f"cannot map {n_tokens} tokens onto the latent grid {w}×{h}")
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, c = x.shape
+    return x.view(b, n, heads, c // heads).transpose(1, 2)
+
+
+class KVProcessor:
+    """A diffusers attention processor over the controller's attention function.
+
+    Handles what ``AttnProcessor2_0`` handles (spatial / group norm, 4-D inputs, residual, output rescale) and
+    routes bank layers through recording or injection.
+    """
+
+    def __init__(self, controller: AttentionController, layer: str) -> None:
+        self.controller = controller
+        self.layer = layer
+        self.is_bank_layer = layer in controller.bank_layers
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        ctl = self.controller
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b4, c4, h4, w4 = hidden_states.shape
+            hidden_states = hidden_states.view(b4, c4, h4 * w4).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        heads = attn.heads
+        if self.is_bank_layer and ctl.mode == "record" and (ctl.record_steps is None or ctl.step in ctl.record_steps):
+            ctl.bank.put(ctl.step, self.layer, k, v)
+        qh, kh, vh = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+        if getattr(attn, "norm_q", None) is not None:
+            qh = attn.norm_q(qh)
+        if getattr(attn, "norm_k", None) is not None:
+            kh = attn.norm_k(kh)
+
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, context.shape[1], q.shape[0])
+            mask = mask.view(q.shape[0], heads, -1, mask.shape[-1])
+            out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=attn.scale)
+        elif self.is_bank_layer and ctl.mode == "inject" and ctl.injection is not None and ctl.bank.has(ctl.step):
+            out = ctl.attend(qh, self._sources(kh, vh, heads, q.device), attn.scale)
+        else:
+            out = ctl.attend(qh, [KVSource(kh, vh)], attn.scale)
+
+        out = out.transpose(1, 2).reshape(q.shape[0], -1, q.shape[-1]).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(b4, c4, h4, w4)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    def _sources(self, kh: torch.Tensor, vh: torch.Tensor, heads: int, device: torch.device) -> list[KVSource]:
+        ctl = self.controller
+        inj = ctl.injection
+        assert inj is not None
+        bk, bv = ctl.bank.get(ctl.step, self.layer, device)
+        bk, bv = bk.to(kh.dtype), bv.to(vh.dtype)
+
+        def entry(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            # (1, H, N, d) views of one bank row: shared by every query row (both CFG halves), never copied.
+            return _heads(bk[i : i + 1], heads), _heads(bv[i : i + 1], heads)
+
+        if inj.mode == "concat":
+            return [KVSource(kh, vh), KVSource(*entry(inj.banks[0]))]
+        if inj.mode == "replace":
+            return [KVSource(*entry(inj.banks[0]))]
+        h, w = ctl.token_grid(bk.shape[1])
+        return [KVSource(*entry(b), m(h, w).to(device)) for b, m in zip(inj.banks, inj.token_masks, strict=True)]
+
+
+def install(unet: Any, controller: AttentionController) -> dict[str, Any]:
+    """Install a :class:`KVProcessor` on every attention layer; returns the previous processors."""
+    previous = dict(unet.attn_processors)
+    unet.set_attn_processor({name: KVProcessor(controller, name[: -len(".processor")]) for name in previous})
+    return previous

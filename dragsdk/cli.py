@@ -1,0 +1,153 @@
+"""The ``dragsdk`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Drag-style editing of real images with diffusion models.")
+
+
+def _registry() -> Any:
+    from .registry import get_registry
+
+    return get_registry()
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def edit(
+    input: Annotated[Path, typer.Argument(help="an image (with --spec), or a DragBench / Drag100 sample folder")],
+    spec: Annotated[Path | None, typer.Option(help="edit spec JSON (mode, geometry, settings)")] = None,
+    model: Annotated[str, typer.Option(help="hub id, diffusers folder, 'tiny' or 'sd15-random'")] = "tiny",
+    backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
+    steps: Annotated[int | None, typer.Option(help="override the spec's DDIM steps")] = None,
+    seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
+    resolution: Annotated[int | None, typer.Option(help="override the working resolution (pixels)")] = None,
+    out: Annotated[Path, typer.Option(help="edited image path")] = Path("edited.png"),
+    report: Annotated[Path | None, typer.Option(help="write the report JSON here")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Edit an image with a spec, or a benchmark sample with its own points and mask."""
+    from pydantic import ValidationError
+
+    from .errors import DragSDKError
+    from .samples import detect_sample, load_sample
+
+    try:
+        protect: tuple[Path, ...] = ()
+        if input.is_dir():
+            if detect_sample(input) is None and spec is None:
+                _fail(f"{input} is a folder but not a DragBench or Drag100 sample; give an image and --spec")
+            image_path, spec_obj = load_sample(input)
+            protect = tuple(p for p in input.iterdir() if p.is_file())
+        else:
+            if spec is None:
+                _fail("an image input needs --spec SPEC.json (or give a sample folder)")
+            image_path, protect = input, (input,)
+            spec_obj = None
+        if spec is not None:
+            spec_obj = json.loads(spec.read_text())
+            protect = (*protect, spec)
+            if isinstance(spec_obj.get("mask"), str) and not spec_obj["mask"].startswith("data:"):
+                mask_path = Path(spec_obj["mask"])
+                spec_obj["mask"] = str(mask_path if mask_path.is_absolute() else spec.parent / mask_path)
+        assert spec_obj is not None
+        sampler = dict(spec_obj.get("sampler", {}))
+        for key, value in (("steps", steps), ("seed", seed), ("resolution", resolution)):
+            if value is not None:
+                sampler[key] = value
+        spec_obj["sampler"] = sampler
+
+        from .editor import Editor
+
+        editor = Editor.from_pretrained(model, backend=backend)
+        result = editor.edit(image_path, spec_obj, progress=not quiet)
+        result.save(out, report, protect=protect)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        _fail(f"spec field {loc}: {first['msg']} ({e.error_count()} error(s))")
+    except (DragSDKError, json.JSONDecodeError) as e:
+        _fail(str(e))
+    r = result.report
+    if json_out:
+        typer.echo(r.model_dump_json(indent=2))
+    else:
+        phases = ", ".join(f"{k} {v:.2f}s" for k, v in r.phase_seconds.items())
+        typer.echo(f"wrote {out} ({r.image_size[0]}×{r.image_size[1]}); {phases}; backend {r.backend}; UNet {r.unet_evaluations}")
+
+
+@app.command()
+def modes(json_out: Annotated[bool, typer.Option("--json", help="JSON with each mode's schema")] = False) -> None:
+    """List the installed edit modes."""
+    reg = _registry()
+    items = [m.describe() for m in reg.modes.values()]
+    if json_out:
+        _print_json(items)
+    else:
+        for m in items:
+            typer.echo(f"{m['name']:<14} {m['description']}")
+
+
+@app.command()
+def schema(mode: str, json_out: Annotated[bool, typer.Option("--json", help="compact JSON")] = False) -> None:
+    """Print the JSON Schema of a mode's spec."""
+    reg = _registry()
+    if mode not in reg.modes:
+        _fail(f"unknown mode {mode!r}; installed modes are {sorted(reg.modes)}")
+    s = reg.modes[mode].spec_model.model_json_schema()
+    typer.echo(json.dumps(s) if json_out else json.dumps(s, indent=2))
+
+
+@app.command()
+def plugins(json_out: Annotated[bool, typer.Option("--json", help="JSON output")] = False) -> None:
+    """List loaded plugins, what each registered, and the ones that failed to load."""
+    reg = _registry()
+    reg.resolve()
+    data = {
+        "plugins": [vars(p) for p in reg.plugins.values()],
+        "failures": [vars(f) for f in reg.failures],
+    }
+    if json_out:
+        _print_json(data)
+        return
+    for p in data["plugins"]:
+        what = ", ".join([f"mode {m}" for m in p["modes"]] + [f"backend {b}" for b in p["backends"]])
+        typer.echo(f"{p['name']:<14} {p['module']:<28} {what}")
+    for f in data["failures"]:
+        typer.secho(f"FAILED {f['name']} ({f['stage']}): {f['error'].splitlines()[0]}", fg=typer.colors.YELLOW)
+
+
+@app.command()
+def backends(json_out: Annotated[bool, typer.Option("--json", help="JSON output")] = False) -> None:
+    """List backends, whether each can run here, and why not."""
+    reg = _registry()
+    items = [b.describe() for b in reg.backends.values()]
+    if json_out:
+        _print_json(items)
+        return
+    for b in items:
+        status = "available" if b["available"] else f"unavailable: {b['reason']}"
+        typer.echo(f"{b['name']:<10} {status:<40} {b['description']}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

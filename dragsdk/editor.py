@@ -1,0 +1,269 @@
+"""The public entry point: :class:`Editor` runs one edit, image + spec → edited image + report."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .attention import AttentionController, decoder_self_attention_layers, install
+from .errors import BackendUnavailableError, SpecError
+from .features import FeatureTap
+from .geometry import Canvas
+from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert
+from .io import load_image, save_image_atomic, write_text_atomic
+from .models import ModelBundle, load_model
+from .modes import PlanContext
+from .plan import EditPlan
+from .registry import Registry, get_registry
+from .report import EditReport, EnergyRecord, peak_memory, reset_peak_memory
+from .sampler import GuidedSampler
+from .spec import EditSpec, spec_from_json
+
+
+@dataclass
+class EditResult:
+    """An edit's output.
+
+    Attributes:
+        image: the edited image at the input's size.
+        latent: the final latent ``(1, 4, h, w)``.
+        report: timings, UNet evaluations, energies, memory, backend.
+        spec: the spec that was run.
+        plan: the mode's plan (masks and terms), for inspection.
+    """
+
+    image: Image.Image
+    latent: torch.Tensor
+    report: EditReport
+    spec: EditSpec
+    plan: EditPlan
+
+    def save(self, path: str | os.PathLike[str], report: str | os.PathLike[str] | None = None,
+             protect: tuple[Path, ...] = ()) -> None:
+        """Write the image (and the report JSON) atomically, never over a protected input."""
+        save_image_atomic(self.image, path, protect)
+        if report is not None:
+            write_text_atomic(self.report.model_dump_json(indent=2), report, protect)
+
+
+class Editor:
+    """Drag-style editing with one model and one backend.
+
+    Args:
+        model: a :class:`~dragsdk.models.ModelBundle` or a name for :func:`~dragsdk.models.load_model`.
+        backend: a registered backend name or ``auto``.
+        registry: the plugin registry (default: the process-wide one).
+        bank_device: where the K/V bank is kept (default: the model's device).
+        probe_energy_after: also measure each guided step's energy after its update (report ``after``).
+
+    Raises:
+        BackendUnavailableError: the named backend is unknown or cannot run here.
+    """
+
+    def __init__(
+        self,
+        model: ModelBundle | str = "tiny",
+        backend: str = "auto",
+        registry: Registry | None = None,
+        bank_device: str | torch.device | None = None,
+        probe_energy_after: bool = False,
+        device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.registry = registry or get_registry()
+        self.model = model if isinstance(model, ModelBundle) else load_model(model, device, torch_dtype)
+        self.backend_request = backend
+        self.bank_device = bank_device
+        self.probe_energy_after = probe_energy_after
+        self.processor = VaeImageProcessor(vae_scale_factor=self.model.vae_scale_factor, resample="lanczos")
+        self._trajectory: Trajectory | None = None
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self.bank_layers = frozenset(decoder_self_attention_layers(self.model.unet))
+        if backend != "auto":
+            self._check_backend(backend)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        backend: str = "auto",
+        device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | None = None,
+        variant: str | None = None,
+        **kwargs: Any,
+    ) -> Editor:
+        """Load a model (hub id, local diffusers folder, ``tiny`` or ``sd15-random``) and wrap it.
+
+        Raises:
+            ModelNotFoundError: the model is absent; the message says how to provide one.
+        """
+        return cls(load_model(name_or_path, device, torch_dtype, variant), backend=backend, **kwargs)
+
+    # -- backends ------------------------------------------------------------------------------------------
+    def _check_backend(self, name: str) -> Any:
+        backends = self.registry.backends
+        if name not in backends:
+            raise BackendUnavailableError(f"backend {name!r} is not registered; registered: {sorted(backends)}")
+        ok, why = backends[name].availability()
+        if not ok:
+            raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
+        return backends[name]
+
+    def select_backend(self, plan: EditPlan) -> tuple[Any, str]:
+        """The backend for a plan and why it was chosen."""
+        from dragsdk.backends.select import select_backend
+
+        return select_backend(
+            self.registry.backends, self.backend_request, self.model.device.type,
+            str(self.model.dtype).removeprefix("torch."), plan.needs_gradients, plan.kv_modes(),
+        )
+
+    # -- pieces --------------------------------------------------------------------------------------------
+    def _prompt(self, prompt: str) -> torch.Tensor:
+        if prompt not in self._prompt_cache:
+            self._prompt_cache[prompt] = self.model.encode_prompt(prompt)
+        return self._prompt_cache[prompt]
+
+    def _preprocess(self, image: Image.Image, canvas: Canvas) -> torch.Tensor:
+        w, h = canvas.size
+        return self.processor.preprocess(image, height=h, width=w)
+
+    def resolve_spec(self, spec: EditSpec | dict[str, Any] | str) -> EditSpec:
+        """Validate a spec given as a model, a dict or JSON text."""
+        if isinstance(spec, EditSpec):
+            return spec
+        return spec_from_json(spec, self.registry.spec_models())
+
+    # -- the edit ------------------------------------------------------------------------------------------
+    def edit(
+        self,
+        image: str | os.PathLike[str] | Image.Image | np.ndarray,
+        spec: EditSpec | dict[str, Any] | str,
+        progress: bool = False,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> EditResult:
+        """Run one edit.
+
+        Args:
+            image: the base image (path, PIL image or ``(H, W, 3)`` uint8 array).
+            spec: the edit (any registered mode).
+            progress: show a progress bar over inversion and sampling steps.
+            callback: ``callback(i, t, z)`` after each sampling step.
+
+        Raises:
+            SpecError: invalid geometry for this image (the field is named); pydantic ``ValidationError`` for
+                invalid field values.
+            BackendUnavailableError: no backend can run the edit here.
+        """
+        spec = self.resolve_spec(spec)
+        modes = self.registry.modes
+        if spec.mode not in modes:
+            raise SpecError("mode", f"unknown mode {spec.mode!r}; installed modes are {sorted(modes)}")
+        mode = modes[spec.mode]
+        img = load_image(image)
+        s = spec.sampler
+        canvas = Canvas.fit(img.size, s.resolution)
+        plan = mode.plan(spec, PlanContext(canvas, img, s.steps))
+        backend, reason = self.select_backend(plan)
+        device = self.model.device
+        reset_peak_memory(device)
+        phases: dict[str, float] = {}
+        counter = UNetCounter()
+
+        controller = AttentionController(
+            attend=backend.attention, bank_layers=self.bank_layers, latent_size=canvas.latent_size
+        )
+        unet = self.model.unet
+        previous = install(unet, controller)
+        tap = FeatureTap(unet)
+        unet_call = backend.prepare_unet(unet)
+        bar = tqdm(total=2 * s.steps, desc=f"dragsdk {spec.mode}", disable=not progress, leave=False)
+        try:
+            t0 = time.perf_counter()
+            x = self._preprocess(img, canvas)
+            z0 = self.model.encode_image(x)
+            phases["encode"] = time.perf_counter() - t0
+
+            cond_text = self._prompt(spec.prompt)
+            schedule = DDIMSchedule(self.model.scheduler, s.steps)
+            kv_steps = set(plan.kv.steps()) if plan.kv else set()
+            feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
+            key = (self._image_key(img), spec.prompt, s.steps, canvas.size, tuple(sorted(kv_steps)),
+                   tuple(sorted(feature_steps)), self.model.name)
+            t0 = time.perf_counter()
+            reused = self._trajectory is not None and self._trajectory.key == key
+            if reused:
+                traj = self._trajectory
+                assert traj is not None
+                bar.update(s.steps)
+            else:
+                from .attention import KVBank
+
+                controller.bank = KVBank(self.bank_device)
+                latents, feats = invert(
+                    unet_call, z0, cond_text, schedule, controller, tap, kv_steps, feature_steps, counter,
+                    on_step=lambda i: bar.update(1),
+                )
+                traj = Trajectory(schedule, latents, controller.bank, feats, cond_text, key)
+                self._trajectory = traj
+            controller.bank = traj.bank
+            phases["invert"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            uncond = self._prompt(spec.negative_prompt)
+            sampler = GuidedSampler(unet_call, controller, tap, counter, self.probe_energy_after)
+            generator = torch.Generator("cpu").manual_seed(s.seed)
+
+            def on_step(i: int, t: int, z: torch.Tensor) -> None:
+                bar.update(1)
+                if callback:
+                    callback(i, t, z)
+
+            out = sampler.run(traj, plan, torch.cat([uncond, cond_text]), cond_text, s.guidance_scale, generator, on_step)
+            phases["sample"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            decoded = self.model.decode_latent(out.latent)
+            edited = self.processor.postprocess(decoded.float().cpu(), output_type="pil")[0]
+            if edited.size != img.size:
+                edited = edited.resize(img.size, Image.Resampling.LANCZOS)
+            if plan.composite:
+                edited = _composite_outside(img, edited, plan, canvas)
+            phases["decode"] = time.perf_counter() - t0
+        finally:
+            bar.close()
+            tap.remove()
+            unet.set_attn_processor(previous)
+        peak, kind = peak_memory(device)
+        report = EditReport(
+            mode=spec.mode, model=self.model.name, backend=backend.name, backend_reason=reason,
+            device=str(device), dtype=str(self.model.dtype).removeprefix("torch."), image_size=img.size,
+            working_size=canvas.size, steps=s.steps, seed=s.seed, phase_seconds=phases,
+            unet_evaluations=counter.to_dict(), inversion_reused=reused,
+            energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
+            peak_memory_bytes=peak, peak_memory_kind=kind, notes=list(plan.notes),
+        )
+        return EditResult(edited, out.latent, report, spec, plan)
+
+    @staticmethod
+    def _image_key(img: Image.Image) -> str:
+        return hashlib.sha1(img.tobytes()).hexdigest() + f"{img.size}"
+
+
+def _composite_outside(original: Image.Image, edited: Image.Image, plan: EditPlan, canvas: Canvas) -> Image.Image:
+    """Original pixels outside the (latent) edit mask, edited pixels inside."""
+    m = plan.edit_mask.float()[None, None]
+    m = torch.nn.functional.interpolate(m, size=(original.size[1], original.size[0]), mode="nearest")[0, 0]
+    mask = Image.fromarray((m.numpy() * 255).astype(np.uint8), "L")
+    return Image.composite(edited, original, mask)

@@ -1,0 +1,101 @@
+"""Reusable pieces of correspondence energies (DragonDiffusion arXiv 2307.02421 §3.2, Eq. 3–6; dossier §2).
+
+Conventions:
+
+- Features are a list of ``(B, C_l, h_l, w_l)`` maps (one per decoder block). Geometry is given on the
+  **feature grid** ``(H_G, W_G)`` = working size / 4, which is an integer multiple of every map. A feature-grid
+  cell ``(r, c)`` reads map cell ``(r·h_l // H_G, c·w_l // W_G)``: exactly what nearest upsampling of the map to
+  the grid gives (the official code upsamples; gathering instead gives the same numbers without materialising
+  the upsampled maps).
+- Similarity is ``S = (cos + 1) / 2`` ∈ [0, 1]. The official move / appearance terms use raw cosine in
+  ``w / (1 + 4·cos)``, which diverges at cos = −1/4 (dossier §7); every term here uses ``S``.
+- Each function returns one similarity per layer, shape ``(L,)``; modes combine layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Cells = tuple[torch.Tensor, torch.Tensor]
+"""``(rows, cols)``: two ``(K,)`` long tensors of feature-grid cells, in pairing order."""
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``S = (cos(a, b) + 1) / 2`` along ``dim``, computed in float32."""
+    return (F.cosine_similarity(a.float(), b.float(), dim=dim, eps=1e-6) + 1.0) / 2.0
+
+
+def gather_cells(feature: torch.Tensor, cells: Cells, grid_hw: tuple[int, int], row: int = 0) -> torch.Tensor:
+    """Features ``(C, K)`` of batch row ``row`` at feature-grid ``cells`` (nearest map cell)."""
+    hg, wg = grid_hw
+    h, w = feature.shape[-2:]
+    rows = (cells[0].to(feature.device) * h) // hg
+    cols = (cells[1].to(feature.device) * w) // wg
+    return feature[row][:, rows, cols]
+
+
+def local_similarity(
+    current: list[torch.Tensor],
+    reference: list[torch.Tensor],
+    current_cells: Cells,
+    reference_cells: Cells,
+    grid_hw: tuple[int, int],
+    reference_row: int = 0,
+) -> torch.Tensor:
+    """Mean over paired cells of ``S(F_cur[current_cells[k]], F_ref[reference_cells[k]])``, per layer ``(L,)``.
+
+    The local correspondence of DragonDiffusion Eq. 4 (pixels of two equal-size regions paired in order).
+    """
+    return torch.stack(
+        [
+            similarity(gather_cells(c, current_cells, grid_hw), gather_cells(r, reference_cells, grid_hw, reference_row)).mean()
+            for c, r in zip(current, reference, strict=True)
+        ]
+    )
+
+
+def region_similarity(
+    current: list[torch.Tensor], reference: list[torch.Tensor], mask: torch.Tensor, reference_row: int = 0
+) -> torch.Tensor:
+    """Mean of ``S(F_cur, F_ref)`` at the same positions over a feature-grid mask, per layer ``(L,)``.
+
+    Computed at each map's own resolution, every map cell weighted by the fraction of its grid cells inside
+    ``mask`` (identical to averaging over the nearest-upsampled maps). Content preservation, Eq. 5.
+
+    Args:
+        mask: ``(H_G, W_G)`` bool on the feature grid; must not be empty.
+    """
+    out = []
+    m = mask.float()[None, None]
+    for c, r in zip(current, reference, strict=True):
+        h, w = c.shape[-2:]
+        weight = F.adaptive_avg_pool2d(m.to(c.device), (h, w))[0, 0]
+        s = similarity(c[0], r[reference_row], dim=0)
+        out.append((s * weight).sum() / weight.sum().clamp_min(1e-12))
+    return torch.stack(out)
+
+
+def pooled_similarity(
+    current: list[torch.Tensor],
+    reference: list[torch.Tensor],
+    current_mask: torch.Tensor,
+    reference_mask: torch.Tensor,
+    reference_row: int = 0,
+) -> torch.Tensor:
+    """``S`` between mask-mean-pooled features, per layer ``(L,)``: the global correspondence of DragonDiffusion
+    (appearance replacement and the move inpaint term), which lets the two regions differ in shape."""
+    out = []
+    for c, r in zip(current, reference, strict=True):
+        h, w = c.shape[-2:]
+        wc = F.adaptive_avg_pool2d(current_mask.float()[None, None].to(c.device), (h, w))[0, 0]
+        wr = F.adaptive_avg_pool2d(reference_mask.float()[None, None].to(r.device), (h, w))[0, 0]
+        pc = (c[0].float() * wc).sum((-1, -2)) / wc.sum().clamp_min(1e-12)
+        pr = (r[reference_row].float() * wr).sum((-1, -2)) / wr.sum().clamp_min(1e-12)
+        out.append(similarity(pc, pr, dim=0))
+    return torch.stack(out)
+
+
+def correspondence_energy(weight: float, s: torch.Tensor) -> torch.Tensor:
+    """``E = w / (1 + 4·S)``: low when the correspondence is strong (DragonDiffusion code, α = 1, β = 4)."""
+    return weight / (1.0 + 4.0 * s)

@@ -1,0 +1,40 @@
+"""Plugin hooks. A plugin is a module (or object) with ``@hookimpl`` functions, found through the
+``dragsdk`` entry-point group. Hooks are called once, when the registry loads; nothing per step goes through
+pluggy.
+
+.. code-block:: python
+
+    from dragsdk import hookimpl
+
+    @hookimpl
+    def dragsdk_register_modes(register):
+        register(MyMode())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("dragsdk")
+hookimpl = pluggy.HookimplMarker("dragsdk")
+
+__all__ = ["hookimpl", "hookspec", "dragsdk_register_modes", "dragsdk_register_backends"]
+
+
+@hookspec
+def dragsdk_register_modes(register: Callable[[Any], None]) -> None:
+    """Register edit modes: call ``register(mode)`` once per :class:`dragsdk.modes.EditMode` instance.
+
+    :param register: adds one mode; raises :class:`dragsdk.errors.PluginError` on a duplicate name.
+    """
+
+
+@hookspec
+def dragsdk_register_backends(register: Callable[[Any], None]) -> None:
+    """Register backends: call ``register(backend)`` once per :class:`dragsdk.backends.base.Backend` instance.
+
+    :param register: adds one backend; raises :class:`dragsdk.errors.PluginError` on a duplicate name.
+    """

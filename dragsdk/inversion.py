@@ -1,0 +1,154 @@
+"""DDIM inversion that builds the memory bank: latents per step, self-attention K/V, reference features.
+
+Deterministic DDIM inversion (Song et al. 2021, arXiv 2010.02502 Eq. 12 with η = 0, run backwards; as used by
+DragonDiffusion, dossier §1 step 1): from ``z`` at ``ᾱ_prev`` to ``ᾱ_t``,
+
+    ε = ε_θ(z, t, c),  x̂₀ = (z − √(1−ᾱ_prev)·ε) / √ᾱ_prev,  z_t = √ᾱ_t·x̂₀ + √(1−ᾱ_t)·ε.
+
+Conditioned on the text prompt only (no classifier-free guidance). The UNet call that produces ``z_{t_i}`` is
+evaluated at timestep ``t_i``, and that same call records the K/V and the decoder features used at sampling step
+``i`` (which runs at ``t_i`` too), so the guided steps never recompute reference features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .attention import AttentionController, KVBank
+from .features import FeatureTap
+
+
+@dataclass
+class UNetCounter:
+    """UNet evaluations by kind: ``forward`` (no gradient), ``forward_grad`` (feature forward with a graph),
+    ``backward`` (one autograd pass)."""
+
+    forward: int = 0
+    forward_grad: int = 0
+    backward: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward}
+
+
+class DDIMSchedule:
+    """Timesteps and ᾱ of an ``n``-step DDIM schedule from a diffusers ``DDIMScheduler``.
+
+    ``timesteps[i]`` is the timestep of sampling step ``i`` (descending, e.g. 981, 961, …, 1 for 50 steps);
+    ``alpha_prev(i)`` is ᾱ of the step after it (the scheduler's final ᾱ after the last step).
+    """
+
+    def __init__(self, scheduler: Any, steps: int) -> None:
+        scheduler.set_timesteps(steps)
+        self.timesteps: list[int] = [int(t) for t in scheduler.timesteps]
+        self._ac = scheduler.alphas_cumprod.double()
+        self._final = float(scheduler.final_alpha_cumprod)
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def alpha(self, i: int) -> float:
+        return float(self._ac[self.timesteps[i]])
+
+    def alpha_prev(self, i: int) -> float:
+        return float(self._ac[self.timesteps[i + 1]]) if i + 1 < len(self.timesteps) else self._final
+
+
+def ddim_step(
+    z: torch.Tensor, eps: torch.Tensor, a_t: float, a_prev: float, guidance: torch.Tensor | None = None,
+    eta: torch.Tensor | float = 0.0, noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One DDIM sampling step ``z_t → z_{t_prev}`` with energy guidance in the x̂₀ term only.
+
+    ``x̂₀ = (z − √(1−ᾱ_t)(ε + g)) / √ᾱ_t``;  ``σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)``;
+    ``z_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev−σ²)·ε + σ·n`` (DDIM arXiv 2010.02502 Eq. 12; guidance placement of
+    DragonDiffusion/DiffEditor code, dossier §1 step 3.2). ``eta`` may be a ``(1, 1, h, w)`` map (regional SDE).
+    """
+    x0 = (z - (1 - a_t) ** 0.5 * (eps if guidance is None else eps + guidance)) / a_t**0.5
+    eta_t = torch.as_tensor(eta, dtype=z.dtype, device=z.device)
+    sigma = eta_t * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5
+    direction = (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
+    out = a_prev**0.5 * x0 + direction
+    if noise is not None and bool((sigma > 0).any()):
+        out = out + sigma * noise
+    return out
+
+
+def ddim_inversion_step(z: torch.Tensor, eps: torch.Tensor, a_t: float, a_prev: float) -> torch.Tensor:
+    """One deterministic DDIM inversion step ``z`` (at ᾱ_prev) → ``z_t`` (at ᾱ_t), with ε evaluated at ``t``."""
+    x0 = (z - (1 - a_prev) ** 0.5 * eps) / a_prev**0.5
+    return a_t**0.5 * x0 + (1 - a_t) ** 0.5 * eps
+
+
+@dataclass
+class Trajectory:
+    """The inversion of one image (or a batch: base + references), reusable across edits.
+
+    Attributes:
+        schedule: the DDIM schedule.
+        latents: ``latents[i]`` is ``(B_bank, 4, h, w)`` at timestep ``timesteps[i]`` (the input of sampling step
+            ``i``); ``latents[n]`` is the encoded image ``z_0``.
+        bank: recorded decoder self-attention K/V per step.
+        features: reference features per sampling step (``(B_bank, C_l, h_l, w_l)`` per block).
+        cond: ``(B_bank, 77, D)`` text embeddings the inversion used.
+        key: what it was computed from (for caching).
+    """
+
+    schedule: DDIMSchedule
+    latents: list[torch.Tensor]
+    bank: KVBank
+    features: dict[int, list[torch.Tensor]]
+    cond: torch.Tensor
+    key: tuple = ()
+    counter: UNetCounter = field(default_factory=UNetCounter)
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def invert(
+    unet: Callable[..., Any],
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    schedule: DDIMSchedule,
+    controller: AttentionController,
+    tap: FeatureTap,
+    kv_steps: set[int],
+    feature_steps: set[int],
+    counter: UNetCounter,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[list[torch.Tensor], dict[int, list[torch.Tensor]]]:
+    """Run DDIM inversion from ``z0`` (``(B, 4, h, w)``) over every step of ``schedule``.
+
+    Records K/V of the bank layers at ``kv_steps`` into ``controller.bank`` and the decoder features at
+    ``feature_steps``. Returns ``(latents, features)`` as described in :class:`Trajectory`.
+    """
+    n = len(schedule)
+    latents: list[torch.Tensor] = [torch.empty(0)] * (n + 1)
+    latents[n] = z0
+    features: dict[int, list[torch.Tensor]] = {}
+    z = z0
+    controller.mode = "record"
+    controller.record_steps = frozenset(kv_steps)
+    try:
+        for i in reversed(range(n)):
+            controller.step = i
+            t = schedule.timesteps[i]
+            if i in feature_steps:
+                with tap.capture():
+                    eps = unet(z, t, encoder_hidden_states=cond, return_dict=False)[0]
+                features[i] = [f.detach() for f in tap.features()]
+            else:
+                eps = unet(z, t, encoder_hidden_states=cond, return_dict=False)[0]
+            counter.forward += 1
+            z = ddim_inversion_step(z, eps, schedule.alpha(i), schedule.alpha_prev(i))
+            latents[i] = z
+            if on_step:
+                on_step(i)
+    finally:
+        controller.mode = "plain"
+        controller.record_steps = None
+    return latents, features

@@ -1,0 +1,55 @@
+"""The edit report: what ran, where, how long each phase took, and what the guidance did."""
+
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+from pydantic import BaseModel, Field
+
+
+class EnergyRecord(BaseModel):
+    step: int = Field(description="sampling step index")
+    timestep: int = Field(description="diffusion timestep (0..999)")
+    terms: dict[str, float] = Field(description="value of each energy term before the update")
+    total: float
+    after: float | None = Field(None, description="total energy after the update (when probed)")
+    grad_norm: float = Field(0.0, description="L2 norm of the applied guidance g")
+
+
+class EditReport(BaseModel):
+    """Everything measured during one edit (``--report`` writes it as JSON)."""
+
+    mode: str
+    model: str
+    backend: str
+    backend_reason: str
+    device: str
+    dtype: str
+    image_size: tuple[int, int] = Field(description="(W, H) of the input, pixels")
+    working_size: tuple[int, int] = Field(description="(W, H) the model ran at, pixels")
+    steps: int
+    seed: int
+    phase_seconds: dict[str, float] = Field(default_factory=dict, description="encode, invert, sample, decode")
+    unet_evaluations: dict[str, int] = Field(default_factory=dict, description="forward, forward_grad, backward")
+    inversion_reused: bool = False
+    energies: list[EnergyRecord] = Field(default_factory=list)
+    kv_bank_bytes: int = 0
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = Field("", description="cuda_max_allocated or process_max_rss")
+    mask_proposed: bool = False
+    notes: list[str] = Field(default_factory=list)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """Peak memory in bytes: CUDA allocator peak since the last reset, else the process's maximum RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"

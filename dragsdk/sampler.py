@@ -1,0 +1,181 @@
+"""The guided sampler: one loop for every mode.
+
+Per sampling step ``i`` at timestep ``t``:
+
+1. UNet with classifier-free guidance, batch ``[uncond, cond]``: ``ε = ε_u + s·(ε_c − ε_u)``; the decoder
+   self-attention layers use the K/V bank as the plan's :class:`~dragsdk.plan.KVPlan` says.
+2. On guided steps, energy guidance (DragonDiffusion arXiv 2307.02421 Eq. 7; DiffEditor arXiv 2402.02583 Eq. 8):
+   features of ``z_t`` (text-only conditioning, no injection) with a graph, then
+   ``g = c·λ·(m ⊙ ∇_z E_edit + (1 − m) ⊙ ∇_z E_content)`` with ``m`` the latent edit mask.
+3. DDIM update with ``g`` in the x̂₀ term only (:func:`~dragsdk.inversion.ddim_step`), with per-cell η inside the
+   regional-SDE window.
+
+Reference features come from the inversion (:class:`~dragsdk.inversion.Trajectory`), never recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .attention import AttentionController
+from .features import FeatureTap
+from .inversion import DDIMSchedule, Trajectory, UNetCounter, ddim_step
+from .plan import EditPlan
+
+
+@dataclass
+class StepEnergy:
+    """Energies at one guided step: ``before`` at ``z_t``; ``after`` (when probed) at ``z_t − √(1−ᾱ_t)·g``, the
+    guided step's change of the predicted clean latent applied at the same noise level."""
+
+    step: int
+    timestep: int
+    terms: dict[str, float]
+    total: float
+    after: float | None = None
+    grad_norm: float = 0.0
+
+
+@dataclass
+class SamplerOutput:
+    latent: torch.Tensor
+    energies: list[StepEnergy] = field(default_factory=list)
+
+
+class GuidedSampler:
+    """Runs a plan over a trajectory.
+
+    Args:
+        unet: the (possibly backend-wrapped) UNet callable with the diffusers signature.
+        controller: the shared attention state (processors already installed).
+        tap: decoder feature hooks.
+        counter: where UNet evaluations are counted.
+        probe_energy_after: also evaluate each guided step's energy after the update (one extra feature forward
+            per guided step; for diagnostics and tests).
+    """
+
+    def __init__(
+        self,
+        unet: Callable[..., Any],
+        controller: AttentionController,
+        tap: FeatureTap,
+        counter: UNetCounter,
+        probe_energy_after: bool = False,
+    ) -> None:
+        self.unet = unet
+        self.controller = controller
+        self.tap = tap
+        self.counter = counter
+        self.probe_energy_after = probe_energy_after
+
+    def features(self, z: torch.Tensor, t: int, cond: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder features of ``z`` at ``t`` (plain attention, truncated after the last feature block)."""
+        prev = self.controller.mode
+        self.controller.mode = "plain"
+        try:
+            with self.tap.capture(stop=True):
+                self.unet(z, t, encoder_hidden_states=cond, return_dict=False)
+        finally:
+            self.controller.mode = prev
+        return self.tap.features()
+
+    def _energies(self, plan: EditPlan, cur: list[torch.Tensor], ref: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {term.name: term.fn(cur, ref) for term in plan.energies}
+
+    def _guidance(
+        self, plan: EditPlan, z: torch.Tensor, i: int, t: int, a_t: float, cond_text: torch.Tensor, ref: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, StepEnergy]:
+        mask = plan.edit_mask.to(z.device, z.dtype)[None, None]
+        with torch.enable_grad():
+            zg = z.detach().requires_grad_(True)
+            values = self._energies(plan, self.features(zg, t, cond_text), ref)
+            self.counter.forward_grad += 1
+            regions = {
+                r: [values[term.name] for term in plan.energies if term.region == r] for r in ("edit", "content")
+            }
+            sums = {r: torch.stack(v).sum() for r, v in regions.items() if v}
+            grads: dict[str, torch.Tensor] = {}
+            names = list(sums)
+            for k, r in enumerate(names):
+                if sums[r].requires_grad:
+                    (grads[r],) = torch.autograd.grad(sums[r], zg, retain_graph=k + 1 < len(names))
+                    self.counter.backward += 1
+        zero = torch.zeros_like(z)
+        g = mask * grads.get("edit", zero) + (1 - mask) * grads.get("content", zero)
+        g = (plan.guidance_step * plan.energy_scale) * g
+        terms = {k: float(v.detach()) for k, v in values.items()}
+        record = StepEnergy(i, t, terms, float(sum(terms.values())), grad_norm=float(g.norm()))
+        if self.probe_energy_after:
+            with torch.no_grad():
+                after = self._energies(plan, self.features(z - (1 - a_t) ** 0.5 * g, t, cond_text), ref)
+            self.counter.forward += 1
+            record.after = float(sum(float(v) for v in after.values()))
+        return g.detach(), record
+
+    @torch.no_grad()
+    def run(
+        self,
+        trajectory: Trajectory,
+        plan: EditPlan,
+        cond_cfg: torch.Tensor,
+        cond_text: torch.Tensor,
+        guidance_scale: float,
+        generator: torch.Generator | None = None,
+        on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> SamplerOutput:
+        """Sample from the trajectory's ``z_T`` (with the plan's initial pastes) to ``z_0``.
+
+        Args:
+            cond_cfg: ``(2, 77, D)`` = [unconditional, conditional] embeddings.
+            cond_text: ``(1, 77, D)`` conditional embedding (feature forwards).
+            guidance_scale: classifier-free guidance scale ``s``.
+            on_step: called as ``on_step(i, t, z_prev)`` after each step.
+
+        Returns:
+            the final latent ``(1, 4, h, w)`` and the energies of the guided steps.
+        """
+        schedule: DDIMSchedule = trajectory.schedule
+        z = trajectory.latents[0][:1]
+        for paste in plan.init:
+            z = paste.apply(z, trajectory.latents[0])
+        guided = set(plan.guided_steps) if plan.needs_gradients else set()
+        energies: list[StepEnergy] = []
+        ctl = self.controller
+        eta_map = None
+        if plan.sde is not None:
+            m = (plan.sde.mask if plan.sde.mask is not None else plan.edit_mask).to(z.device, z.dtype)[None, None]
+            eta_map = plan.sde.eta_inside * m + plan.sde.eta_outside * (1 - m)
+        for i in range(len(schedule)):
+            t = schedule.timesteps[i]
+            a_t, a_prev = schedule.alpha(i), schedule.alpha_prev(i)
+            ctl.step = i
+            g = None
+            if i in guided:
+                g, rec = self._guidance(plan, z, i, t, a_t, cond_text, trajectory.features[i])
+                energies.append(rec)
+            if plan.kv is not None and plan.kv.active(i):
+                ctl.mode, ctl.injection = "inject", plan.kv.injection
+            else:
+                ctl.mode, ctl.injection = "plain", None
+            try:
+                if guidance_scale == 1.0:
+                    eps = self.unet(z, t, encoder_hidden_states=cond_text, return_dict=False)[0]
+                else:
+                    e = self.unet(z.expand(2, -1, -1, -1), t, encoder_hidden_states=cond_cfg, return_dict=False)[0]
+                    eps = e[:1] + guidance_scale * (e[1:] - e[:1])
+            finally:
+                ctl.mode, ctl.injection = "plain", None
+            self.counter.forward += 1
+            eta, noise = 0.0, None
+            if eta_map is not None and plan.sde is not None and plan.sde.start <= i < plan.sde.end:
+                eta = eta_map
+                noise = torch.randn(z.shape, generator=generator, device=generator.device if generator else "cpu")
+                noise = noise.to(z.device, z.dtype)
+            z = ddim_step(z, eps, a_t, a_prev, guidance=g, eta=eta, noise=noise)
+            if on_step:
+                on_step(i, t, z)
+        return SamplerOutput(z, energies)

@@ -1,0 +1,141 @@
+"""Edit specs: pydantic v2 models, one per mode, discriminated by ``mode``.
+
+Geometry is in the pixel coordinates of the image the user gave (``x`` right, ``y`` down). Masks are a PNG
+path or a ``data:image/png;base64,...`` URL (a spec can carry its mask inside the JSON); the Python API also
+takes a PIL image or an ``(H, W)`` array, stored as a data URL. A spec with only the geometry is a complete
+edit: every sampler setting has the published default (DragonDiffusion / DiffEditor code defaults,
+dossier §5).
+
+Specs round-trip through JSON (``model_dump_json`` / :func:`parse_spec`) and export a JSON Schema
+(``model_json_schema``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .io import mask_to_data_url
+
+Point = tuple[float, float]
+
+
+class GuidanceSchedule(BaseModel):
+    """Which sampling steps take energy guidance, as fractions of the step count.
+
+    Published schedule at 50 steps (DragonDiffusion/DiffEditor ``Sampler.py``; dossier §1 step 3.2): every step
+    ``i < 10``, then even steps up to ``i < 30``. With ``n`` steps, step ``i`` is guided when
+    ``i < end·n`` and (``i < dense_end·n`` or ``i % stride == 0``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    end: float = Field(0.6, ge=0.0, le=1.0, description="guidance stops at this fraction of the steps")
+    dense_end: float = Field(0.2, ge=0.0, le=1.0, description="every step is guided before this fraction")
+    stride: int = Field(2, ge=1, description="after dense_end, every stride-th step is guided")
+
+    def steps(self, n: int) -> list[int]:
+        """The guided step indices for ``n`` sampling steps."""
+        return [i for i in range(n) if i < self.end * n and (i < self.dense_end * n or i % self.stride == 0)]
+
+
+class SamplerSettings(BaseModel):
+    """Settings shared by every mode, with the published defaults (dossier §5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(50, ge=2, le=1000, description="DDIM inversion and sampling steps")
+    guidance_scale: float = Field(4.0, ge=1.0, le=30.0, description="classifier-free guidance scale")
+    seed: int = Field(42, ge=0, description="seed of every random draw of the edit")
+    resolution: int = Field(
+        768, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64"
+    )
+    schedule: GuidanceSchedule = Field(default_factory=GuidanceSchedule)
+    kv_start: float = Field(
+        0.1, ge=0.0, le=1.0, description="cross-branch K/V injection starts at this fraction of the steps (5/50)"
+    )
+
+
+class EditSpec(BaseModel):
+    """Fields common to every mode. A mode's spec subclasses this and fixes ``mode`` to a literal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: str
+    prompt: str = Field("", description="text describing the image (used for inversion and sampling)")
+    negative_prompt: str = Field("", description="the unconditional prompt of classifier-free guidance")
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
+
+
+def _as_mask_ref(value: Any) -> Any:
+    if isinstance(value, Image.Image | np.ndarray):
+        return mask_to_data_url(value)
+    return value
+
+
+class PointPair(BaseModel):
+    """One handle → target pair in image pixels. Also accepted as ``((hx, hy), (tx, ty))``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    handle: Point
+    target: Point
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_sequence(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) == 2:
+            return {"handle": value[0], "target": value[1]}
+        return value
+
+
+class DragWeights(BaseModel):
+    """Energy weights of content dragging (DragonDiffusion ``guidance_drag``; dossier §2, §5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    edit: float = Field(4.0, ge=0.0, description="pulls the target patch toward the handle's reference feature")
+    content: float = Field(6.0, ge=0.0, description="keeps features outside the mask")
+    contrast: float = Field(0.2, ge=0.0, description="pushes the vacated handle patch away from its old feature")
+
+
+class DragSpec(EditSpec):
+    """Point drag (DragonDiffusion content dragging, arXiv 2307.02421 §3.4; dossier §2).
+
+    Each handle's feature is pulled to its target on the image/4 feature grid, with the region outside
+    ``mask`` held to its inverted features.
+    """
+
+    mode: str = Field("drag", pattern="^drag$")
+    points: list[PointPair] = Field(..., min_length=1, description="handle → target pairs, image pixels")
+    mask: str | None = Field(
+        None, description="editable region (PNG path or data URL, white = may change); absent = whole image"
+    )
+    weights: DragWeights = Field(default_factory=DragWeights)
+    energy_scale: float = Field(2.0, ge=0.0, description="λ/1000 of the energy gradient (UI 'energy')")
+    guidance_step: float = Field(0.04, ge=0.0, description="c, multiplier of λ·∇E (0.04 for drag)")
+    patch_radius: int = Field(1, ge=0, le=8, description="patch half-size in feature cells (1 → 3×3)")
+
+    _mask_ref = field_validator("mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
+
+
+def spec_from_json(data: str | bytes | dict[str, Any], models: dict[str, type[EditSpec]]) -> EditSpec:
+    """Validate a spec with the model of its ``mode``.
+
+    Raises:
+        SpecError: no ``mode`` or an unknown one (pydantic's ``ValidationError`` for invalid fields).
+    """
+    import json
+
+    from .errors import SpecError
+
+    obj = json.loads(data) if isinstance(data, str | bytes) else dict(data)
+    mode = obj.get("mode")
+    if mode is None:
+        raise SpecError("mode", f"missing; expected one of {sorted(models)}")
+    if mode not in models:
+        raise SpecError("mode", f"unknown mode {mode!r}; installed modes are {sorted(models)}")
+    return models[mode].model_validate(obj)

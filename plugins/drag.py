@@ -1,0 +1,101 @@
+"""Point drag: DragonDiffusion content dragging (arXiv 2307.02421 §3.4; dossier §2 "Content dragging").
+
+For each handle → target pair, on the feature grid (image/4):
+
+- edit: ``w_edit / (1 + 4·S_local(F_cur[target patch], F_ref[handle patch]))``: the target patch takes the
+  handle's reference feature;
+- contrast: ``w_contrast · S_local(F_cur, F_ref)`` on the handle patch minus its overlap with the target patch:
+  the vacated handle location must stop looking like before;
+- content: ``w_content / (1 + 4·S(F_cur, F_ref))`` averaged outside the editable mask.
+
+Edit and contrast are averaged over layers and pairs, content over layers (official normalisation). Edit and
+contrast gradients apply inside the mask, content outside. Before sampling, the 3×3 latent patch at each handle
+of ``z_T`` is copied to its target; K/V are concatenated ``[own; bank]`` from step 5 of 50. Patches are shifted
+inward at borders rather than clipped, and rows/columns are clipped by height/width respectively (the official
+code clips x by the height; dossier §7).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dragsdk.attention import KVInjection
+from dragsdk.energy import correspondence_energy, local_similarity, region_similarity
+from dragsdk.hookspecs import hookimpl
+from dragsdk.modes import EditMode, PlanContext
+from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste
+from dragsdk.spec import DragSpec
+
+
+class DragMode(EditMode):
+    name = "drag"
+    spec_model = DragSpec
+    description = "point drag: move handle points to target points (DragonDiffusion content dragging)"
+
+    def plan(self, spec: DragSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
+        canvas = ctx.canvas
+        ctx.check_points(spec.points)
+        notes: list[str] = []
+        if spec.mask is None:
+            w, h = canvas.image_size
+            mask_px = torch.ones(h, w, dtype=torch.bool).numpy()
+            notes.append("no mask given: the whole image is editable and the content term is off")
+        else:
+            mask_px = ctx.mask(spec.mask, "mask")
+        edit_latent = canvas.mask_to_grid(mask_px, "latent")
+        keep_feature = ~canvas.mask_to_grid(mask_px, "feature")
+        if not edit_latent.any():
+            edit_latent = canvas.mask_to_grid(mask_px, "latent", threshold=1e-6)
+            notes.append("mask smaller than one latent cell at half coverage: cells touching it are editable")
+
+        gw, gh = canvas.feature_size
+        grid_hw = (gh, gw)
+        r = spec.patch_radius
+        handles = [canvas.patch(p.handle, "feature", r) for p in spec.points]
+        targets = [canvas.patch(p.target, "feature", r) for p in spec.points]
+        vacated = []
+        for (hr, hc), (tr, tc) in zip(handles, targets, strict=True):
+            tgt = set(zip(tr.tolist(), tc.tolist(), strict=True))
+            keep = torch.tensor([(a, b) not in tgt for a, b in zip(hr.tolist(), hc.tolist(), strict=True)])
+            vacated.append((hr[keep], hc[keep]))
+        w = spec.weights
+        n_pairs = len(spec.points)
+
+        def edit_energy(cur: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+            total = cur[0].new_zeros((), dtype=torch.float32)
+            for hcells, tcells, vcells in zip(handles, targets, vacated, strict=True):
+                s = local_similarity(cur, ref, tcells, hcells, grid_hw)
+                total = total + correspondence_energy(w.edit, s).sum()
+                if w.contrast > 0 and vcells[0].numel():
+                    total = total + (w.contrast * local_similarity(cur, ref, vcells, vcells, grid_hw)).sum()
+            return total / (len(cur) * n_pairs)
+
+        def content_energy(cur: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+            return correspondence_energy(w.content, region_similarity(cur, ref, keep_feature)).mean()
+
+        energies = [EnergyTerm("edit", "edit", edit_energy)]
+        if w.content > 0 and keep_feature.any():
+            energies.append(EnergyTerm("content", "content", content_energy))
+
+        init = []
+        for p in spec.points:
+            hr, hc = canvas.patch(p.handle, "latent", 1)
+            tr, tc = canvas.patch(p.target, "latent", 1)
+            init.append(LatentPaste(tr, tc, hr, hc))
+        n = ctx.steps
+        kv_start = int(round(spec.sampler.kv_start * n))
+        return EditPlan(
+            edit_mask=edit_latent,
+            energies=energies,
+            energy_scale=spec.energy_scale * 1000.0,
+            guidance_step=spec.guidance_step,
+            guided_steps=spec.sampler.schedule.steps(n),
+            init=init,
+            kv=KVPlan(KVInjection("concat"), kv_start, n),
+            notes=notes,
+        )
+
+
+@hookimpl
+def dragsdk_register_modes(register):
+    register(DragMode())
