@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+EXAMPLE_SAMPLE = ROOT / "examples" / "dragbench-car"
+
+
+def dragbench_samples() -> list[Path]:
+    found = sorted(p.parent for p in SHARED_DATA.glob("DragBench/*/*/meta_data.pkl"))
+    return found or [EXAMPLE_SAMPLE]
+
+
+def drag100_samples() -> list[Path]:
+    return sorted(p.parent for p in SHARED_DATA.glob("Drag100/*/points.json"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from dragsdk.models import load_model
+
+    return load_model("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def editor(tiny_model):
+    from dragsdk import Editor
+
+    return Editor(tiny_model, probe_energy_after=True)
+
+
+@pytest.fixture(scope="session")
+def car_sample():
+    """A real non-square DragBench photograph (512×384, two pairs) and its drag spec."""
+    from dragsdk.samples import load_sample
+
+    folder = SHARED_DATA / "DragBench/building_city_view/YAN_2023-09-15-2231-44"
+    return load_sample(folder if folder.is_dir() else EXAMPLE_SAMPLE)
