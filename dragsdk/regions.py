@@ -1,0 +1,627 @@
+"""Region inputs turned into dense target→source cell maps (RegionDrag).
+
+RegionDrag (Lu et al., ECCV 2024, arXiv 2407.18247, §3; dossier ``drag-landscape.md`` §1.1) turns every
+input — two brush regions, a pair of triangles or quads, a region plus a few point pairs, or the dense
+point list of DragBench-SR/DR — into one dense correspondence: for **every** cell of the target region,
+exactly one source cell whose latent is copied there. Because the map is built backwards (target →
+source), the target region has no holes.
+
+Conventions (see :mod:`dragsdk.geometry`):
+
+- every input is given in **image pixels** (``x`` right, ``y`` down); a point ``(x, y)`` names the pixel
+  ``(x, y)``, i.e. the continuous position ``(x + 0.5, y + 0.5)``, as in :meth:`Canvas.to_cell`;
+- the map lives on a grid of the canvas (``"latent"`` cells by default); internally positions are in
+  *cell-index coordinates*, where cell ``(col, row)`` has its centre at ``(col, row)``;
+- rounding to a cell is half-up (``floor(v + 0.5)``) for forward maps and half-down (``ceil(v - 0.5)``)
+  for the matching backward maps, so a forward shift and its inverse agree even on half-cell ties.
+
+No code was taken from the RegionDrag repository (it has no licence); only the rules in the paper and the
+dossier are followed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import kornia
+import numpy as np
+import torch
+
+from dragsdk.geometry import Canvas, Grid
+
+__all__ = [
+    "SourceMap",
+    "dense_points_map",
+    "points_map",
+    "polygon_map",
+    "region_pair_map",
+    "translate_map",
+]
+
+_F = torch.float64
+
+
+@dataclass(frozen=True, eq=False)
+class SourceMap:
+    """Target cell → source cell on a ``(h, w)`` grid.
+
+    Pair ``i`` says: the content at cell ``(source_rows[i], source_cols[i])`` goes to cell
+    ``(target_rows[i], target_cols[i])``. Targets are unique (one source per target); sources may repeat
+    (a region being stretched reads a cell several times). Every constructor in this module returns the
+    pairs sorted by target in raster order.
+
+    Attributes:
+        target_rows, target_cols, source_rows, source_cols: ``(K,)`` long tensors of cell indices.
+        grid_size: ``(w, h)`` of the grid, in cells.
+
+    Raises:
+        ValueError: tensors of different lengths or not 1-D, an index outside the grid, or a repeated
+            target cell.
+    """
+
+    target_rows: torch.Tensor
+    target_cols: torch.Tensor
+    source_rows: torch.Tensor
+    source_cols: torch.Tensor
+    grid_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        w, h = self.grid_size
+        if w <= 0 or h <= 0:
+            raise ValueError(f"grid_size must be positive, got {self.grid_size}")
+        names = ("target_rows", "target_cols", "source_rows", "source_cols")
+        tensors = []
+        for n in names:
+            t = torch.as_tensor(getattr(self, n))
+            if t.ndim != 1:
+                raise ValueError(f"{n} must be 1-D, got shape {tuple(t.shape)}")
+            t = t.to(torch.long)
+            object.__setattr__(self, n, t)
+            tensors.append(t)
+        k = tensors[0].numel()
+        if any(t.numel() != k for t in tensors):
+            raise ValueError(f"target/source index tensors differ in length: {[t.numel() for t in tensors]}")
+        for n, t, lim in zip(names, tensors, (h, w, h, w), strict=True):
+            if k and (int(t.min()) < 0 or int(t.max()) >= lim):
+                raise ValueError(f"{n} has indices outside the {w}×{h} grid")
+        if k and torch.unique(tensors[0] * w + tensors[1]).numel() != k:
+            raise ValueError("target cells repeat: a SourceMap needs exactly one source per target")
+
+    def __len__(self) -> int:
+        return int(self.target_rows.numel())
+
+    def target_mask(self) -> torch.Tensor:
+        """``(h, w)`` bool: the cells written."""
+        w, h = self.grid_size
+        m = torch.zeros(h, w, dtype=torch.bool)
+        m[self.target_rows, self.target_cols] = True
+        return m
+
+    def source_mask(self) -> torch.Tensor:
+        """``(h, w)`` bool: the cells read."""
+        w, h = self.grid_size
+        m = torch.zeros(h, w, dtype=torch.bool)
+        m[self.source_rows, self.source_cols] = True
+        return m
+
+    def flat_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(target, source)`` raster indices ``row · w + col`` for copying on a flattened ``(…, h·w)`` grid."""
+        w = self.grid_size[0]
+        return self.target_rows * w + self.target_cols, self.source_rows * w + self.source_cols
+
+    def merge(self, other: SourceMap) -> SourceMap:
+        """Union of two maps; where both write a cell, ``other`` (the later one) wins.
+
+        Raises:
+            ValueError: the maps are on grids of different sizes.
+        """
+        if tuple(other.grid_size) != tuple(self.grid_size):
+            raise ValueError(f"other is on a {other.grid_size} grid, this map on {self.grid_size}")
+        return _from_pairs(
+            torch.cat([self.target_rows, other.target_rows]),
+            torch.cat([self.target_cols, other.target_cols]),
+            torch.cat([self.source_rows, other.source_rows]),
+            torch.cat([self.source_cols, other.source_cols]),
+            self.grid_size,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _from_pairs(
+    tr: torch.Tensor, tc: torch.Tensor, sr: torch.Tensor, sc: torch.Tensor, grid_size: tuple[int, int]
+) -> SourceMap:
+    """Build a map from possibly repeated targets: the last pair for a target wins; raster order."""
+    w, h = grid_size
+    lin = tr * w + tc
+    if lin.numel():
+        idx = torch.arange(lin.numel())
+        last = torch.full((w * h,), -1, dtype=torch.long).scatter_reduce(0, lin, idx, reduce="amax")
+        keep = last[lin] == idx
+        tr, tc, sr, sc, lin = tr[keep], tc[keep], sr[keep], sc[keep], lin[keep]
+        order = torch.argsort(lin)
+        tr, tc, sr, sc = tr[order], tc[order], sr[order], sc[order]
+    return SourceMap(tr, tc, sr, sc, (int(w), int(h)))
+
+
+def _grid_mask(canvas: Canvas, mask: np.ndarray | torch.Tensor, grid: Grid, name: str) -> torch.Tensor:
+    """``(h, w)`` bool grid mask of an image-pixel mask; errors name the argument."""
+    try:
+        m = canvas.mask_to_grid(mask, grid)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    if not bool(m.any()):
+        if not bool(torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).any()):
+            raise ValueError(f"{name} is empty")
+        raise ValueError(f"{name} covers no {grid} cell (region smaller than half a cell)")
+    return m
+
+
+def _points_array(points: object, name: str) -> np.ndarray:
+    """``(N, 2)`` float64 array of image-pixel points; refuses other shapes and non-finite values."""
+    try:
+        a = np.asarray(
+            points.detach().cpu() if isinstance(points, torch.Tensor) else points, dtype=np.float64
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a sequence of [x, y] points: {e}") from None
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (N, 2), got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} holds non-finite coordinates")
+    return a
+
+
+def _to_index_coords(canvas: Canvas, pts: np.ndarray, grid: Grid) -> torch.Tensor:
+    """Image-pixel points (pixel ``(x, y)`` = centre ``(x+.5, y+.5)``) → ``(N, 2)`` cell-index coords (x, y)."""
+    gx, gy = canvas.to_grid((pts[:, 0] + 0.5, pts[:, 1] + 0.5), grid)
+    return torch.stack([torch.as_tensor(gx, dtype=_F), torch.as_tensor(gy, dtype=_F)], dim=1) - 0.5
+
+
+def _round_half_up(v: torch.Tensor) -> torch.Tensor:
+    return torch.floor(v + 0.5).to(torch.long)
+
+
+def _round_half_down(v: torch.Tensor) -> torch.Tensor:
+    return torch.ceil(v - 0.5).to(torch.long)
+
+
+def _in_grid(rows: torch.Tensor, cols: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    w, h = grid_size
+    return (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+
+
+def _require_nonempty(sm: SourceMap, what: str) -> SourceMap:
+    if len(sm) == 0:
+        raise ValueError(f"{what} leaves no target cell on the grid")
+    return sm
+
+
+# --------------------------------------------------------------------------------------------------------------
+# translation
+
+
+def translate_map(
+    canvas: Canvas, mask: np.ndarray | torch.Tensor, dxy: tuple[float, float], grid: Grid = "latent"
+) -> SourceMap:
+    """Move a region by ``dxy`` image pixels: every cell ``c`` of the region goes to ``c + round(dxy)``.
+
+    The shift is ``dxy`` converted with :meth:`Canvas.vector_to_grid` and rounded half-up to whole cells;
+    target cells off the grid are dropped. This is the case :func:`region_pair_map` reduces to for two
+    regions of the same shape (RegionDrag arXiv 2407.18247 §3).
+
+    Args:
+        canvas: the working canvas.
+        mask: ``(H, W)`` region in image pixels (nonzero = inside).
+        dxy: ``(dx, dy)`` displacement in image pixels.
+        grid: grid of the map.
+
+    Returns:
+        A :class:`SourceMap` with ``source = target − shift`` for every pair.
+
+    Raises:
+        ValueError: ``mask`` of the wrong shape or empty on the grid, a non-finite ``dxy``, or a shift
+            that moves the whole region off the grid.
+    """
+    if len(dxy) != 2 or not all(np.isfinite(float(v)) for v in dxy):
+        raise ValueError(f"dxy must be two finite numbers, got {dxy}")
+    region = _grid_mask(canvas, mask, grid, "mask")
+    gs = canvas.grid_size(grid)
+    dx, dy = canvas.vector_to_grid((float(dxy[0]), float(dxy[1])), grid)
+    sx, sy = int(np.floor(dx + 0.5)), int(np.floor(dy + 0.5))
+    sr, sc = torch.nonzero(region, as_tuple=True)
+    tr, tc = sr + sy, sc + sx
+    ok = _in_grid(tr, tc, gs)
+    return _require_nonempty(_from_pairs(tr[ok], tc[ok], sr[ok], sc[ok], gs), "dxy")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# region pair
+
+
+def _column_ranges(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per column of an ``(h, w)`` bool mask: (has cells, first row, last row)."""
+    h = m.shape[0]
+    has = m.any(0)
+    mi = m.to(torch.int8)
+    first = torch.argmax(mi, dim=0)
+    last = h - 1 - torch.argmax(torch.flip(mi, dims=[0]), dim=0)
+    return has, first, last
+
+
+def _linear_map(v: torch.Tensor, a0: int | torch.Tensor, a1: int | torch.Tensor, b0, b1) -> torch.Tensor:
+    """Map ``v`` from integer range ``[a0, a1]`` onto ``[b0, b1]`` (float64); a one-cell range maps to the middle.
+
+    The product ``(v − a0)·(b1 − b0)`` is formed in integers before dividing, so equal-length ranges give an
+    exact shift.
+    """
+    v = torch.as_tensor(v, dtype=torch.long)
+    a0, a1, b0, b1 = (torch.as_tensor(t, dtype=torch.long) for t in (a0, a1, b0, b1))
+    span = a1 - a0
+    num = ((v - a0) * (b1 - b0)).to(_F)
+    out = b0.to(_F) + num / torch.clamp(span, min=1).to(_F)
+    mid = (b0 + b1).to(_F) / 2
+    return torch.where(span > 0, out, mid)
+
+
+def region_pair_map(
+    canvas: Canvas,
+    handle_mask: np.ndarray | torch.Tensor,
+    target_mask: np.ndarray | torch.Tensor,
+    grid: Grid = "latent",
+) -> SourceMap:
+    """Map a target region back onto a handle (source) region, RegionDrag's region-pair rule.
+
+    Both masks are resampled onto the grid (:meth:`Canvas.mask_to_grid`). With ``[tx0, tx1]`` / ``[sx0, sx1]``
+    the column ranges of the target / source regions and ``[ty0(c), ty1(c)]`` / ``[sy0(c), sy1(c)]`` the row
+    ranges inside column ``c``, each target cell ``(row r, col c)`` reads source cell ``(r', c')`` with
+    (RegionDrag arXiv 2407.18247 §3; dossier §1.1, ``region_pair_to_pts``)::
+
+        c' = round(sx0 + (c − tx0)·(sx1 − sx0)/(tx1 − tx0))          then the nearest source column with cells
+        r' = round(sy0(c') + (r − ty0(c))·(sy1(c') − sy0(c'))/(ty1(c) − ty0(c)))
+
+    rounded half-up and clipped into the source ranges; a one-cell target range maps to the middle of the
+    source range. Every target cell gets one source, so the target has no holes; two regions of the same
+    shape give a pure cell-wise shift (:func:`translate_map`).
+
+    Args:
+        canvas: the working canvas.
+        handle_mask: ``(H, W)`` source region in image pixels.
+        target_mask: ``(H, W)`` target region in image pixels.
+        grid: grid of the map.
+
+    Returns:
+        A :class:`SourceMap` whose ``target_mask()`` is exactly the gridded ``target_mask``.
+
+    Raises:
+        ValueError: a mask of the wrong shape, empty, or covering no grid cell.
+    """
+    src = _grid_mask(canvas, handle_mask, grid, "handle_mask")
+    tgt = _grid_mask(canvas, target_mask, grid, "target_mask")
+    gs = canvas.grid_size(grid)
+    w = gs[0]
+
+    s_has, s_first, s_last = _column_ranges(src)
+    t_has, t_first, t_last = _column_ranges(tgt)
+    s_cols = torch.nonzero(s_has).flatten()
+    t_cols = torch.nonzero(t_has).flatten()
+    sx0, sx1 = int(s_cols.min()), int(s_cols.max())
+    tx0, tx1 = int(t_cols.min()), int(t_cols.max())
+
+    # Nearest source column holding cells, for every column index (ties → the lower column).
+    dist = (torch.arange(w)[:, None] - s_cols[None, :]).abs()
+    nearest_src_col = s_cols[torch.argmin(dist, dim=1)]
+
+    tr, tc = torch.nonzero(tgt, as_tuple=True)
+    sc = _round_half_up(_linear_map(tc, tx0, tx1, sx0, sx1)).clamp(sx0, sx1)
+    sc = nearest_src_col[sc]
+    sy0, sy1 = s_first[sc], s_last[sc]
+    sr = _round_half_up(_linear_map(tr, t_first[tc], t_last[tc], sy0, sy1))
+    sr = torch.minimum(torch.maximum(sr, sy0), sy1)
+    return _from_pairs(tr, tc, sr, sc, gs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# polygons
+
+
+def _cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
+
+
+def _segments_cross(p1: np.ndarray, p2: np.ndarray, q1: np.ndarray, q2: np.ndarray, eps: float) -> bool:
+    """Whether two closed segments meet (proper crossing, or touching within ``eps`` of collinearity)."""
+    d1, d2 = _cross(q1, q2, p1), _cross(q1, q2, p2)
+    d3, d4 = _cross(p1, p2, q1), _cross(p1, p2, q2)
+    if ((d1 > eps and d2 < -eps) or (d1 < -eps and d2 > eps)) and (
+        (d3 > eps and d4 < -eps) or (d3 < -eps and d4 > eps)
+    ):
+        return True
+
+    def on_seg(a: np.ndarray, b: np.ndarray, p: np.ndarray, d: float) -> bool:
+        return (
+            abs(d) <= eps
+            and min(a[0], b[0]) <= p[0] <= max(a[0], b[0])
+            and min(a[1], b[1]) <= p[1] <= max(a[1], b[1])
+        )
+
+    return (
+        on_seg(q1, q2, p1, d1) or on_seg(q1, q2, p2, d2) or on_seg(p1, p2, q1, d3) or on_seg(p1, p2, q2, d4)
+    )
+
+
+def _check_polygon(v: np.ndarray, name: str) -> None:
+    """Refuse self-intersecting quads and degenerate polygons (≈ zero area, three collinear vertices)."""
+    diag2 = float(np.sum((v.max(0) - v.min(0)) ** 2))
+    if diag2 == 0:
+        raise ValueError(f"{name} are degenerate: all vertices coincide")
+    eps = 1e-9 * diag2
+    if len(v) == 4 and (
+        _segments_cross(v[0], v[1], v[2], v[3], eps) or _segments_cross(v[1], v[2], v[3], v[0], eps)
+    ):
+        raise ValueError(f"{name}: quad vertices self-intersect (give them in order around the quad)")
+    x, y = v[:, 0], v[:, 1]
+    area = 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+    if abs(area) <= 1e-6 * diag2:
+        raise ValueError(f"{name} are degenerate: the polygon has (almost) zero area")
+    n = len(v)
+    for i in range(n):
+        if abs(_cross(v[i], v[(i + 1) % n], v[(i + 2) % n])) <= eps:
+            raise ValueError(f"{name} are degenerate: three consecutive vertices are collinear")
+
+
+def _inside_polygon(px: torch.Tensor, py: torch.Tensor, poly: torch.Tensor) -> torch.Tensor:
+    """Even-odd (crossing number) point-in-polygon test; works for concave simple polygons."""
+    inside = torch.zeros_like(px, dtype=torch.bool)
+    n = poly.shape[0]
+    for i in range(n):
+        ax, ay = poly[i]
+        bx, by = poly[(i + 1) % n]
+        if float(by - ay) == 0.0:
+            continue  # a horizontal edge is never crossed by the horizontal ray
+        straddles = (ay > py) != (by > py)
+        x_at = ax + (bx - ax) * (py - ay) / (by - ay)
+        inside ^= straddles & (px < x_at)
+    return inside
+
+
+def _affine_3pts(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Exact ``3×3`` affine matrix with ``dst_i = M · [src_i, 1]`` for three point pairs (float64)."""
+    a = torch.cat([src, torch.ones(3, 1, dtype=_F)], dim=1)  # rows [x y 1]
+    m_t = torch.linalg.solve(a, dst)  # (3, 2): a @ m_t = dst
+    m = torch.eye(3, dtype=_F)
+    m[:2, :] = m_t.T
+    return m
+
+
+def polygon_map(
+    canvas: Canvas,
+    handle_vertices: Sequence[Sequence[float]] | np.ndarray | torch.Tensor,
+    target_vertices: Sequence[Sequence[float]] | np.ndarray | torch.Tensor,
+    grid: Grid = "latent",
+) -> SourceMap:
+    """Map a target triangle / quad back onto the handle one by an affine / perspective transform.
+
+    Vertices are image pixels, in order around the polygon, vertex ``i`` of the target corresponding to
+    vertex ``i`` of the handle. In cell-index coordinates the transform ``M`` (target → source) is solved
+    exactly: for 3 points an affine map from the 3×3 system ``[x y 1]·Mᵀ = [x' y']`` (torch.linalg.solve),
+    for 4 points the homography of :func:`kornia.geometry.transform.get_perspective_transform` (DLT). Every
+    cell whose centre lies inside the target polygon (even-odd test, so concave quads work) reads the cell
+    holding ``M(centre)`` (RegionDrag arXiv 2407.18247 §3; dossier §1.1, ``transform_polygon``); cells whose
+    source is off the grid (or, for a homography, behind the line at infinity) are dropped.
+
+    Args:
+        canvas: the working canvas.
+        handle_vertices: ``(N, 2)`` source polygon, ``N`` = 3 or 4, image pixels.
+        target_vertices: ``(N, 2)`` target polygon, same ``N``.
+        grid: grid of the map.
+
+    Returns:
+        A :class:`SourceMap`.
+
+    Raises:
+        ValueError: a vertex count other than 3 or 4 or differing between the two polygons, non-finite
+            coordinates, a degenerate polygon (≈ zero area or three collinear vertices), a self-intersecting
+            quad, or a target polygon covering no cell with an on-grid source.
+    """
+    hv = _points_array(handle_vertices, "handle_vertices")
+    tv = _points_array(target_vertices, "target_vertices")
+    for name, v in (("handle_vertices", hv), ("target_vertices", tv)):
+        if len(v) not in (3, 4):
+            raise ValueError(f"{name} must hold 3 (affine) or 4 (perspective) vertices, got {len(v)}")
+    if len(hv) != len(tv):
+        raise ValueError(f"handle_vertices has {len(hv)} vertices but target_vertices has {len(tv)}")
+    _check_polygon(hv, "handle_vertices")
+    _check_polygon(tv, "target_vertices")
+
+    gs = canvas.grid_size(grid)
+    w, h = gs
+    hs = _to_index_coords(canvas, hv, grid)
+    ts = _to_index_coords(canvas, tv, grid)
+    if len(hv) == 3:
+        m = _affine_3pts(ts, hs)
+    else:
+        m = kornia.geometry.transform.get_perspective_transform(ts[None], hs[None])[0].to(_F)
+    if not bool(torch.isfinite(m).all()):
+        raise ValueError("target_vertices / handle_vertices give a singular transform")
+
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    px, py = cols.reshape(-1).to(_F), rows.reshape(-1).to(_F)
+    inside = _inside_polygon(px, py, ts)
+    tr, tc = rows.reshape(-1)[inside], cols.reshape(-1)[inside]
+    pts = torch.stack([px[inside], py[inside], torch.ones_like(px[inside])], dim=0)
+    q = m @ pts
+    # Sign of the homogeneous coordinate at the target vertices: points with the other sign lie beyond
+    # the line at infinity of the source plane.
+    wref = torch.sign((m @ torch.cat([ts, torch.ones(len(ts), 1, dtype=_F)], 1).T)[2].sum())
+    ok = q[2] * wref > 1e-12
+    qx = q[0] / torch.where(ok, q[2], torch.ones_like(q[2]))
+    qy = q[1] / torch.where(ok, q[2], torch.ones_like(q[2]))
+    sc, sr = _round_half_up(qx), _round_half_up(qy)
+    ok &= _in_grid(sr, sc, gs)
+    sm = _from_pairs(tr[ok], tc[ok], sr[ok], sc[ok], gs)
+    if len(sm) == 0:
+        raise ValueError("target_vertices cover no grid cell with a source on the grid (polygon too small?)")
+    return sm
+
+
+# --------------------------------------------------------------------------------------------------------------
+# region + points
+
+
+def _idw(query: torch.Tensor, anchors: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse-distance weighting (Shepard 1968) over the ``k`` nearest anchors, weights ``1/dist²``.
+
+    Args:
+        query: ``(N, 2)`` positions; anchors: ``(M, 2)``; values: ``(M, 2)``; all float64.
+
+    Returns:
+        ``(N, 2)`` interpolated values, exact at an anchor. Weights are normalised before use, so a single
+        anchor (or ``k = 1``) returns its value bit for bit.
+    """
+    k = min(k, anchors.shape[0])
+    d2 = torch.cdist(query, anchors).square()
+    d2k, idx = torch.topk(d2, k, dim=1, largest=False)  # ascending
+    vals = values[idx]  # (N, k, 2)
+    wts = 1.0 / d2k.clamp(min=1e-300)
+    wts = wts / wts.sum(dim=1, keepdim=True)
+    out = (wts[..., None] * vals).sum(dim=1)
+    exact = d2k[:, 0] <= 1e-18
+    return torch.where(exact[:, None], vals[:, 0], out)
+
+
+def points_map(
+    canvas: Canvas,
+    region_mask: np.ndarray | torch.Tensor,
+    handles: Sequence[Sequence[float]] | np.ndarray | torch.Tensor,
+    targets: Sequence[Sequence[float]] | np.ndarray | torch.Tensor,
+    grid: Grid = "latent",
+    k: int = 4,
+    max_handles: int = 100,
+) -> SourceMap:
+    """Warp a region by a few handle → target point pairs (RegionDrag's region-plus-points input).
+
+    The displacement field is inverse-distance weighted (Shepard 1968) over the ``k`` nearest handles,
+    ``d(p) = Σ wᵢ dᵢ / Σ wᵢ`` with ``wᵢ = 1/|p − hᵢ|²`` (exact at a handle), ``dᵢ = tᵢ − hᵢ`` in cells
+    (RegionDrag arXiv 2407.18247 §3; dossier §1.1, ``region_to_points``: 4 nearest, at most 100 handles).
+
+    1. *Forward*: every region cell ``p`` goes to the cell ``round(p + d(p))``; where several land on one
+       cell, the one landing nearest its centre is the source.
+    2. *Backward fill* (no holes): every other cell ``c`` of the forward image's bounding box (grown by one
+       cell) takes the source ``round(c − d̃(c))``, ``d̃`` being the same IDW with the displacements placed
+       at the targets ``tᵢ``; ``c`` is kept when that source is a region cell.
+
+    Cells off the grid are dropped. With one pair the map is exactly :func:`translate_map` by ``t − h``.
+
+    Args:
+        canvas: the working canvas.
+        region_mask: ``(H, W)`` region in image pixels.
+        handles: ``(N, 2)`` handle points ``[x, y]``, image pixels.
+        targets: ``(N, 2)`` target points, same ``N``.
+        grid: grid of the map.
+        k: number of nearest handles in the weighting (``≥ 1``).
+        max_handles: pairs kept (evenly subsampled, deterministic) when more are given (``≥ 1``).
+
+    Returns:
+        A :class:`SourceMap`.
+
+    Raises:
+        ValueError: a bad ``region_mask`` (shape, empty), ``handles`` / ``targets`` not ``(N, 2)`` with
+            the same ``N ≥ 1`` or non-finite, ``k`` or ``max_handles`` below 1, or a region moved entirely
+            off the grid.
+    """
+    if int(k) < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if int(max_handles) < 1:
+        raise ValueError(f"max_handles must be at least 1, got {max_handles}")
+    hp = _points_array(handles, "handles")
+    tp = _points_array(targets, "targets")
+    if len(hp) == 0:
+        raise ValueError("handles is empty")
+    if len(hp) != len(tp):
+        raise ValueError(f"handles has {len(hp)} points but targets has {len(tp)}")
+    if len(hp) > max_handles:
+        keep = np.unique(np.round(np.linspace(0, len(hp) - 1, int(max_handles))).astype(np.int64))
+        hp, tp = hp[keep], tp[keep]
+    region = _grid_mask(canvas, region_mask, grid, "region_mask")
+    gs = canvas.grid_size(grid)
+    w, h = gs
+
+    h_cells = _to_index_coords(canvas, hp, grid)
+    dx, dy = canvas.vector_to_grid((tp[:, 0] - hp[:, 0], tp[:, 1] - hp[:, 1]), grid)
+    disp = torch.stack([torch.as_tensor(dx, dtype=_F), torch.as_tensor(dy, dtype=_F)], dim=1)
+    t_cells = h_cells + disp
+
+    # 1. forward
+    sr, sc = torch.nonzero(region, as_tuple=True)
+    p = torch.stack([sc, sr], dim=1).to(_F)
+    fwd = p + _idw(p, h_cells, disp, int(k))
+    tc, tr = _round_half_up(fwd[:, 0]), _round_half_up(fwd[:, 1])
+    ok = _in_grid(tr, tc, gs)
+    if not bool(ok.any()):
+        raise ValueError("targets move region_mask entirely off the grid")
+    resid = (fwd - torch.stack([tc, tr], 1).to(_F)).square().sum(1)
+    tr, tc, sr, sc, resid = tr[ok], tc[ok], sr[ok], sc[ok], resid[ok]
+    # Of several region cells landing on one target, keep the nearest: order by residual descending so
+    # the nearest comes last and wins in _from_pairs.
+    order = torch.argsort(resid, descending=True, stable=True)
+    fwd_map = _from_pairs(tr[order], tc[order], sr[order], sc[order], gs)
+
+    # 2. backward fill inside the forward image's bounding box, grown by one cell
+    r0, r1 = max(int(fwd_map.target_rows.min()) - 1, 0), min(int(fwd_map.target_rows.max()) + 1, h - 1)
+    c0, c1 = max(int(fwd_map.target_cols.min()) - 1, 0), min(int(fwd_map.target_cols.max()) + 1, w - 1)
+    cr, cc = torch.meshgrid(torch.arange(r0, r1 + 1), torch.arange(c0, c1 + 1), indexing="ij")
+    cr, cc = cr.reshape(-1), cc.reshape(-1)
+    cand = ~fwd_map.target_mask()[cr, cc]
+    cr, cc = cr[cand], cc[cand]
+    if cr.numel():
+        c = torch.stack([cc, cr], dim=1).to(_F)
+        back = c - _idw(c, t_cells, disp, int(k))
+        bc, br = _round_half_down(back[:, 0]), _round_half_down(back[:, 1])
+        okb = _in_grid(br, bc, gs)
+        okb[okb.clone()] = region[br[okb], bc[okb]]
+        fill = _from_pairs(cr[okb], cc[okb], br[okb], bc[okb], gs)
+        return fwd_map.merge(fill)
+    return fwd_map
+
+
+# --------------------------------------------------------------------------------------------------------------
+# dense point list (DragBench-SR/DR meta_data_region.pkl)
+
+
+def dense_points_map(
+    canvas: Canvas,
+    points: Sequence[Sequence[float]] | np.ndarray | torch.Tensor,
+    grid: Grid = "latent",
+) -> SourceMap:
+    """Map from the dense point list of DragBench-SR/DR ``meta_data_region.pkl`` (dossier §1.4).
+
+    ``points`` alternates handle and target ``[x, y]`` image pixels: ``[h₀, t₀, h₁, t₁, …]``. Pair ``i`` maps
+    the cell of ``tᵢ`` back to the cell of ``hᵢ`` (cells as :meth:`Canvas.to_cell`: the cell holding the
+    pixel's centre, clipped to the grid). Where several pairs share a target cell, the last pair wins.
+
+    Args:
+        canvas: the working canvas.
+        points: ``(2K, 2)`` array or list of ``[x, y]`` pairs, image pixels.
+        grid: grid of the map.
+
+    Returns:
+        A :class:`SourceMap` with one source per target cell.
+
+    Raises:
+        ValueError: ``points`` not ``(2K, 2)`` with ``K ≥ 1``, or non-finite.
+    """
+    pts = _points_array(points, "points")
+    if len(pts) == 0:
+        raise ValueError("points is empty")
+    if len(pts) % 2:
+        raise ValueError(f"points must alternate handle and target, got an odd count {len(pts)}")
+    gs = canvas.grid_size(grid)
+    w, h = gs
+    gx, gy = canvas.to_grid((pts[:, 0] + 0.5, pts[:, 1] + 0.5), grid)
+    cols = torch.as_tensor(np.clip(np.floor(gx), 0, w - 1), dtype=torch.long)
+    rows = torch.as_tensor(np.clip(np.floor(gy), 0, h - 1), dtype=torch.long)
+    return _from_pairs(rows[1::2], cols[1::2], rows[0::2], cols[0::2], gs)

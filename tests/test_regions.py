@@ -1,0 +1,422 @@
+"""Tests for dragsdk.regions: RegionDrag inputs → dense target→source latent maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dragsdk.geometry import Canvas
+from dragsdk.regions import (
+    SourceMap,
+    dense_points_map,
+    points_map,
+    polygon_map,
+    region_pair_map,
+    translate_map,
+)
+
+# Non-square images; 512×344 @256 → latent 40×24, 400×640 @512 → latent 48×80 (cells are not whole pixels).
+CANVASES = [
+    Canvas.fit((512, 344), resolution=256),
+    Canvas.fit((400, 640), resolution=512),
+    Canvas.fit((512, 344), resolution=512),
+    Canvas.fit((400, 640), resolution=256),
+]
+IDS = [f"{c.image_size[0]}x{c.image_size[1]}@{c.size}" for c in CANVASES]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def px_per_cell(canvas: Canvas) -> tuple[float, float]:
+    """Image pixels per latent cell, computed from the sizes (independent of Canvas.scale)."""
+    gw, gh = canvas.size[0] // 8, canvas.size[1] // 8
+    return canvas.image_size[0] / gw, canvas.image_size[1] / gh
+
+
+def cell_rect_mask(canvas: Canvas, c0: int, r0: int, c1: int, r1: int) -> np.ndarray:
+    """(H, W) image mask of the pixels whose centres fall in latent cells [c0, c1) × [r0, r1)."""
+    W, H = canvas.image_size
+    ux, uy = px_per_cell(canvas)
+    gx = (np.arange(W) + 0.5) / ux
+    gy = (np.arange(H) + 0.5) / uy
+    mx = (gx >= c0) & (gx < c1)
+    my = (gy >= r0) & (gy < r1)
+    return (my[:, None] & mx[None, :]).astype(np.uint8)
+
+
+def rect_cells(canvas: Canvas, c0: int, r0: int, c1: int, r1: int) -> torch.Tensor:
+    gw, gh = canvas.grid_size("latent")
+    m = torch.zeros(gh, gw, dtype=torch.bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+def assert_valid(sm: SourceMap) -> None:
+    w, h = sm.grid_size
+    t = sm.target_rows * w + sm.target_cols
+    assert torch.unique(t).numel() == len(sm), "one source per target"
+    for rows, cols in ((sm.target_rows, sm.target_cols), (sm.source_rows, sm.source_cols)):
+        assert sm.target_rows.dtype == torch.long
+        assert bool(((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).all())
+
+
+def centres_to_image(canvas: Canvas, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Latent cell centres → continuous image coordinates, (N, 2)."""
+    ux, uy = px_per_cell(canvas)
+    return np.stack([(cols + 0.5) * ux, (rows + 0.5) * uy], axis=1)
+
+
+def image_to_grid(canvas: Canvas, xy: np.ndarray) -> np.ndarray:
+    ux, uy = px_per_cell(canvas)
+    return np.stack([xy[:, 0] / ux, xy[:, 1] / uy], axis=1)
+
+
+def inside_convex(p: np.ndarray, poly: np.ndarray, margin: float) -> np.ndarray:
+    """Points strictly inside a convex polygon by at least ``margin`` (image pixels), either orientation."""
+    n = len(poly)
+    cross = []
+    for i in range(n):
+        a, b = poly[i], poly[(i + 1) % n]
+        e = b - a
+        cross.append((e[0] * (p[:, 1] - a[1]) - e[1] * (p[:, 0] - a[0])) / np.hypot(*e))
+    cross = np.stack(cross, 1)
+    return (cross > margin).all(1) | (cross < -margin).all(1)
+
+
+# ---------------------------------------------------------------------------------------------- region pair
+@pytest.mark.parametrize("canvas", CANVASES, ids=IDS)
+def test_translated_square_is_a_pure_shift(canvas: Canvas) -> None:
+    gw, gh = canvas.grid_size("latent")
+    c0, r0, side = 2, 3, min(gw, gh) // 4
+    dc, dr = gw // 3, -1
+    src = cell_rect_mask(canvas, c0, r0, c0 + side, r0 + side)
+    tgt = cell_rect_mask(canvas, c0 + dc, r0 + dr, c0 + dc + side, r0 + dr + side)
+    sm = region_pair_map(canvas, src, tgt)
+    assert_valid(sm)
+    assert torch.equal(sm.target_mask(), rect_cells(canvas, c0 + dc, r0 + dr, c0 + dc + side, r0 + dr + side))
+    assert torch.equal(sm.target_mask(), canvas.mask_to_grid(tgt, "latent"))
+    assert torch.equal(sm.source_rows, sm.target_rows - dr)
+    assert torch.equal(sm.source_cols, sm.target_cols - dc)
+    assert torch.equal(sm.source_mask(), rect_cells(canvas, c0, r0, c0 + side, r0 + side))
+    # Same as the translation helper with the shift in image pixels.
+    ux, uy = px_per_cell(canvas)
+    tm = translate_map(canvas, src, (dc * ux, dr * uy))
+    for a in ("target_rows", "target_cols", "source_rows", "source_cols"):
+        assert torch.equal(getattr(sm, a), getattr(tm, a))
+
+
+@pytest.mark.parametrize("canvas", CANVASES, ids=IDS)
+def test_region_pair_target_has_no_holes(canvas: Canvas) -> None:
+    W, H = canvas.image_size
+    yy, xx = np.mgrid[:H, :W]
+    # A small square source, a larger ellipse target (stretch + shape change).
+    src = ((xx > W * 0.1) & (xx < W * 0.25) & (yy > H * 0.1) & (yy < H * 0.3)).astype(np.uint8)
+    tgt = (((xx - W * 0.6) / (W * 0.25)) ** 2 + ((yy - H * 0.6) / (H * 0.3)) ** 2 < 1).astype(np.uint8)
+    sm = region_pair_map(canvas, src, tgt)
+    assert_valid(sm)
+    assert torch.equal(sm.target_mask(), canvas.mask_to_grid(tgt, "latent"))
+    src_grid = canvas.mask_to_grid(src, "latent")
+    assert bool(src_grid[sm.source_rows, sm.source_cols].all()), "convex source: every read cell is inside"
+    # Monotone in x: columns further right read columns no further left.
+    order = torch.argsort(sm.target_cols, stable=True)
+    assert bool((torch.diff(sm.source_cols[order]) >= 0).all())
+
+
+def test_region_pair_errors() -> None:
+    canvas = CANVASES[0]
+    W, H = canvas.image_size
+    full = np.ones((H, W), np.uint8)
+    with pytest.raises(ValueError, match="target_mask is empty"):
+        region_pair_map(canvas, full, np.zeros((H, W), np.uint8))
+    with pytest.raises(ValueError, match="handle_mask is empty"):
+        region_pair_map(canvas, np.zeros((H, W), np.uint8), full)
+    with pytest.raises(ValueError, match="handle_mask"):
+        region_pair_map(canvas, np.ones((W, H), np.uint8), full)
+    tiny = np.zeros((H, W), np.uint8)
+    tiny[5, 5] = 1
+    with pytest.raises(ValueError, match="target_mask covers no latent cell"):
+        region_pair_map(canvas, full, tiny)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ci=st.sampled_from(range(len(CANVASES))),
+    fx=st.floats(0, 1),
+    fy=st.floats(0, 1),
+    fw=st.floats(0, 1),
+    fh=st.floats(0, 1),
+    fdx=st.floats(0, 1),
+    fdy=st.floats(0, 1),
+)
+def test_random_rectangle_translations(ci, fx, fy, fw, fh, fdx, fdy) -> None:
+    canvas = CANVASES[ci]
+    gw, gh = canvas.grid_size("latent")
+    w = 1 + int(fw * (gw // 2 - 1))
+    h = 1 + int(fh * (gh // 2 - 1))
+    c0 = int(fx * (gw - w))
+    r0 = int(fy * (gh - h))
+    tc0 = int(fdx * (gw - w))
+    tr0 = int(fdy * (gh - h))
+    src = cell_rect_mask(canvas, c0, r0, c0 + w, r0 + h)
+    tgt = cell_rect_mask(canvas, tc0, tr0, tc0 + w, tr0 + h)
+    sm = region_pair_map(canvas, src, tgt)
+    assert torch.equal(sm.target_mask(), rect_cells(canvas, tc0, tr0, tc0 + w, tr0 + h))
+    assert len(sm) == w * h
+    assert bool((sm.target_cols - sm.source_cols == tc0 - c0).all())
+    assert bool((sm.target_rows - sm.source_rows == tr0 - r0).all())
+
+
+# ---------------------------------------------------------------------------------------------- polygons
+def _check_against(canvas: Canvas, sm: SourceMap, tv: np.ndarray, transform) -> None:
+    """Every mapped source centre is within half a cell (per axis) of the independent preimage."""
+    assert_valid(sm)
+    tc, tr = sm.target_cols.numpy(), sm.target_rows.numpy()
+    pre = image_to_grid(canvas, transform(centres_to_image(canvas, tc, tr)))
+    src_c = np.stack([sm.source_cols.numpy() + 0.5, sm.source_rows.numpy() + 0.5], 1)
+    err = np.abs(src_c - pre).max()
+    assert err <= 0.5 + 1e-6, err
+    # Rasterisation: cells well inside the target polygon are all present, cells well outside absent.
+    gw, gh = canvas.grid_size("latent")
+    rows, cols = np.mgrid[:gh, :gw]
+    centres = centres_to_image(canvas, cols.ravel(), rows.ravel())
+    tm = sm.target_mask().numpy().ravel()
+    ux, uy = px_per_cell(canvas)
+    margin = 1e-3 * min(ux, uy)
+    assert tm[inside_convex(centres, tv, margin)].all()
+    # Outside: not inside the polygon grown by the margin (test by shrinking nothing: use the negative side).
+    outside = ~inside_convex(centres, tv, -margin)
+    assert not tm[outside].any()
+
+
+@pytest.mark.parametrize("canvas", CANVASES, ids=IDS)
+def test_scaled_triangle_matches_numpy_affine(canvas: Canvas) -> None:
+    W, H = canvas.image_size
+    hv = np.array([[0.2 * W, 0.2 * H], [0.45 * W, 0.25 * H], [0.3 * W, 0.5 * H]])
+    centre = hv.mean(0)
+    tv = centre + 1.6 * (hv - centre) + np.array([0.15 * W, 0.1 * H])
+    sm = polygon_map(canvas, hv.tolist(), tv)
+    # Independent affine, in continuous image coordinates (vertex (x, y) = centre (x+.5, y+.5)).
+    a = np.hstack([tv + 0.5, np.ones((3, 1))])
+    m = np.linalg.solve(a, hv + 0.5)  # (3, 2): [x y 1] @ m = source
+
+    def affine(p: np.ndarray) -> np.ndarray:
+        return np.hstack([p, np.ones((len(p), 1))]) @ m
+
+    _check_against(canvas, sm, tv + 0.5, affine)
+    # Scaled up by 1.6 in area terms ≈ 2.56× as many target cells as the source triangle covers.
+    ux, uy = px_per_cell(canvas)
+    e1, e2 = tv[1] - tv[0], tv[2] - tv[0]
+    area_cells = 0.5 * abs(e1[0] * e2[1] - e1[1] * e2[0]) / (ux * uy)
+    assert abs(len(sm) - area_cells) < 0.25 * area_cells + 4
+
+
+def _dlt(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    rows = []
+    for (x, y), (u, v) in zip(src, dst, strict=True):
+        rows.append([-x, -y, -1, 0, 0, 0, u * x, u * y, u])
+        rows.append([0, 0, 0, -x, -y, -1, v * x, v * y, v])
+    _, _, vt = np.linalg.svd(np.asarray(rows, dtype=np.float64))
+    return vt[-1].reshape(3, 3)
+
+
+@pytest.mark.parametrize("canvas", CANVASES, ids=IDS)
+def test_quad_matches_numpy_homography(canvas: Canvas) -> None:
+    W, H = canvas.image_size
+    hv = np.array([[0.1 * W, 0.1 * H], [0.4 * W, 0.15 * H], [0.45 * W, 0.45 * H], [0.12 * W, 0.4 * H]])
+    tv = np.array([[0.5 * W, 0.3 * H], [0.9 * W, 0.35 * H], [0.8 * W, 0.9 * H], [0.55 * W, 0.75 * H]])
+    sm = polygon_map(canvas, torch.tensor(hv), tv.tolist())
+    hom = _dlt(tv + 0.5, hv + 0.5)
+
+    def persp(p: np.ndarray) -> np.ndarray:
+        q = np.hstack([p, np.ones((len(p), 1))]) @ hom.T
+        return q[:, :2] / q[:, 2:]
+
+    # Sanity of the independent homography at the vertices.
+    np.testing.assert_allclose(persp(tv + 0.5), hv + 0.5, atol=1e-6)
+    _check_against(canvas, sm, tv + 0.5, persp)
+
+
+def test_concave_quad_accepted_and_rasterised() -> None:
+    canvas = CANVASES[1]
+    W, H = canvas.image_size
+    # An arrow-head ("dart"): vertex 2 pushed inside.
+    tv = np.array([[0.1 * W, 0.1 * H], [0.9 * W, 0.5 * H], [0.4 * W, 0.5 * H], [0.1 * W, 0.9 * H]])
+    sm = polygon_map(canvas, tv, tv)
+    assert_valid(sm)
+    assert torch.equal(sm.source_rows, sm.target_rows) and torch.equal(sm.source_cols, sm.target_cols)
+    # The notch (right of vertex 2, below the 1→2 edge) is empty, the solid part is filled.
+    gx, gy = canvas.to_grid((0.7 * W, 0.7 * H), "latent")
+    assert not bool(sm.target_mask()[int(gy), int(gx)])
+    gx, gy = canvas.to_grid((0.25 * W, 0.5 * H), "latent")
+    assert bool(sm.target_mask()[int(gy), int(gx)])
+
+
+def test_polygon_errors() -> None:
+    canvas = CANVASES[0]
+    quad = [[10, 10], [200, 10], [200, 200], [10, 200]]
+    bowtie = [[10, 10], [200, 10], [10, 200], [200, 200]]
+    with pytest.raises(ValueError, match="target_vertices: quad vertices self-intersect"):
+        polygon_map(canvas, quad, bowtie)
+    with pytest.raises(ValueError, match="handle_vertices: quad vertices self-intersect"):
+        polygon_map(canvas, [[10, 10], [200, 200], [200, 10], [10, 200]], quad)
+    with pytest.raises(ValueError, match="3 \\(affine\\) or 4 \\(perspective\\)"):
+        polygon_map(canvas, quad[:2], quad[:2])
+    with pytest.raises(ValueError, match="handle_vertices must hold 3"):
+        polygon_map(canvas, [*quad, [5, 5]], quad)
+    with pytest.raises(ValueError, match="target_vertices must hold 3"):
+        polygon_map(canvas, quad, [*quad, [5, 5]])
+    with pytest.raises(ValueError, match="has 4 vertices but target_vertices has 3"):
+        polygon_map(canvas, quad, quad[:3])
+    with pytest.raises(ValueError, match="degenerate"):
+        polygon_map(canvas, quad[:3], [[0, 0], [10, 10], [20, 20]])
+    with pytest.raises(ValueError, match="degenerate"):
+        polygon_map(canvas, quad, [[10, 10], [100, 10], [200, 10], [10, 200]])
+    with pytest.raises(ValueError, match="non-finite"):
+        polygon_map(canvas, quad, [[10, 10], [100, np.nan], [200, 10], [10, 200]])
+
+
+def test_polygon_drops_sources_off_grid() -> None:
+    canvas = CANVASES[0]
+    W, H = canvas.image_size
+    tv = np.array([[0.1 * W, 0.1 * H], [0.5 * W, 0.1 * H], [0.1 * W, 0.5 * H]])
+    hv = tv + np.array([0.8 * W, 0.0])  # source mostly right of the image
+    sm = polygon_map(canvas, hv, tv)
+    assert_valid(sm)
+    full = polygon_map(canvas, tv, tv)
+    assert 0 < len(sm) < len(full)
+
+
+# ---------------------------------------------------------------------------------------------- points
+@pytest.mark.parametrize("canvas", CANVASES, ids=IDS)
+@pytest.mark.parametrize("whole_cells", [True, False])
+def test_points_map_single_pair_is_translation(canvas: Canvas, whole_cells: bool) -> None:
+    W, H = canvas.image_size
+    yy, xx = np.mgrid[:H, :W]
+    region = (((xx - 0.35 * W) / (0.15 * W)) ** 2 + ((yy - 0.4 * H) / (0.2 * H)) ** 2 < 1).astype(np.uint8)
+    ux, uy = px_per_cell(canvas)
+    dxy = (5 * ux, -3 * uy) if whole_cells else (0.31 * W, 0.17 * H)
+    h = np.array([[0.3 * W, 0.45 * H]])
+    t = h + np.array(dxy)
+    sm = points_map(canvas, region, h, t)
+    tm = translate_map(canvas, region, dxy)
+    assert_valid(sm)
+    for a in ("target_rows", "target_cols", "source_rows", "source_cols"):
+        assert torch.equal(getattr(sm, a), getattr(tm, a)), a
+    shift_r = (sm.target_rows - sm.source_rows).unique()
+    shift_c = (sm.target_cols - sm.source_cols).unique()
+    assert shift_r.numel() == 1 and shift_c.numel() == 1
+    if whole_cells:
+        assert (int(shift_c), int(shift_r)) == (5, -3)
+        grid_region = canvas.mask_to_grid(region, "latent")
+        assert torch.equal(sm.target_mask(), torch.roll(grid_region, shifts=(-3, 5), dims=(0, 1)))
+
+
+def test_points_map_stretch_has_no_holes() -> None:
+    canvas = CANVASES[0]
+    W, H = canvas.image_size
+    region = np.zeros((H, W), np.uint8)
+    region[100:200, 100:200] = 1
+    # Left edge fixed, right edge dragged 100 px right: the region doubles in width.
+    sm = points_map(canvas, region, [[100, 150], [200, 150]], [[100, 150], [300, 150]])
+    assert_valid(sm)
+    src_grid = canvas.mask_to_grid(region, "latent")
+    assert bool(src_grid[sm.source_rows, sm.source_cols].all())
+    tm = sm.target_mask()
+    widths = []
+    for r in torch.nonzero(tm.any(1)).flatten():
+        cols = torch.nonzero(tm[r]).flatten()
+        assert int(cols.max() - cols.min()) + 1 == cols.numel(), "row has a hole"
+        widths.append(cols.numel())
+    src_w = int(src_grid.any(0).sum())
+    assert min(widths) >= int(1.8 * src_w)
+    # The fixed handle stays put: the leftmost target column equals the leftmost source column.
+    assert int(sm.target_cols.min()) == int(torch.nonzero(src_grid.any(0)).min())
+
+
+def test_points_map_subsamples_and_errors() -> None:
+    canvas = CANVASES[0]
+    W, H = canvas.image_size
+    region = np.zeros((H, W), np.uint8)
+    region[100:200, 100:200] = 1
+    hs = np.stack([np.linspace(100, 200, 500), np.full(500, 150.0)], 1)
+    sm = points_map(canvas, region, hs, hs + [40.0, 0.0], max_handles=7)
+    tm = translate_map(canvas, region, (40.0, 0.0))
+    assert torch.equal(sm.target_mask(), tm.target_mask())
+    with pytest.raises(ValueError, match="region_mask is empty"):
+        points_map(canvas, np.zeros((H, W)), [[1, 1]], [[2, 2]])
+    with pytest.raises(ValueError, match="handles has 2 points but targets has 1"):
+        points_map(canvas, region, [[1, 1], [3, 3]], [[2, 2]])
+    with pytest.raises(ValueError, match="handles must have shape"):
+        points_map(canvas, region, [1, 1], [[2, 2]])
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        points_map(canvas, region, [[1, 1]], [[2, 2]], k=0)
+    with pytest.raises(ValueError, match="off the grid"):
+        points_map(canvas, region, [[150, 150]], [[150 + 2 * W, 150]])
+
+
+# ---------------------------------------------------------------------------------------------- dense points
+@pytest.mark.parametrize("canvas", CANVASES, ids=IDS)
+def test_dense_points_round_trip(canvas: Canvas) -> None:
+    gw, gh = canvas.grid_size("latent")
+    rng = np.random.default_rng(0)
+    ux, uy = px_per_cell(canvas)
+    pairs = [
+        ((int(rng.integers(gw)), int(rng.integers(gh))), (int(rng.integers(gw)), int(rng.integers(gh))))
+        for _ in range(12)
+    ]
+    pairs.append(((0, 0), pairs[3][1]))  # duplicate target: this later pair must win
+
+    def px(cell: tuple[int, int]) -> list[float]:  # a pixel whose centre lies in the cell
+        return [float(np.floor((cell[0] + 0.5) * ux)), float(np.floor((cell[1] + 0.5) * uy))]
+
+    flat = [p for hc, tc in pairs for p in (px(hc), px(tc))]
+    for points in (flat, np.asarray(flat)):
+        sm = dense_points_map(canvas, points)
+        assert_valid(sm)
+        expected = {}
+        for hc, tc in pairs:
+            expected[tc] = hc
+        got = {
+            (int(c), int(r)): (int(sc), int(sr))
+            for r, c, sr, sc in zip(
+                sm.target_rows, sm.target_cols, sm.source_rows, sm.source_cols, strict=True
+            )
+        }
+        assert got == expected
+        assert got[pairs[3][1]] == (0, 0)
+
+
+def test_dense_points_errors() -> None:
+    canvas = CANVASES[0]
+    with pytest.raises(ValueError, match="odd count"):
+        dense_points_map(canvas, [[1, 1], [2, 2], [3, 3]])
+    with pytest.raises(ValueError, match="points is empty"):
+        dense_points_map(canvas, np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="points must have shape"):
+        dense_points_map(canvas, [1, 2, 3, 4])
+
+
+# ---------------------------------------------------------------------------------------------- SourceMap
+def test_source_map_merge_and_validation() -> None:
+    canvas = CANVASES[0]
+    gs = canvas.grid_size("latent")
+    a = dense_points_map(canvas, [[0, 0], [100, 100], [0, 0], [150, 150]])
+    b = dense_points_map(canvas, [[300, 200], [100, 100]])
+    m = a.merge(b)
+    assert len(m) == 2
+    tgt = canvas.to_cell((100, 100), "latent")
+    i = int(torch.nonzero((m.target_cols == tgt[0]) & (m.target_rows == tgt[1])).item())
+    assert (int(m.source_cols[i]), int(m.source_rows[i])) == canvas.to_cell((300, 200), "latent")
+    t, s = m.flat_indices()
+    assert torch.equal(t, m.target_rows * gs[0] + m.target_cols)
+    assert torch.equal(m.target_mask().sum(), torch.tensor(2))
+    other = dense_points_map(CANVASES[1], [[0, 0], [1, 1]])
+    with pytest.raises(ValueError, match="grid"):
+        a.merge(other)
+    one = torch.tensor([1, 1])
+    with pytest.raises(ValueError, match="target cells repeat"):
+        SourceMap(one, one, one, one, gs)
+    with pytest.raises(ValueError, match="outside"):
+        SourceMap(torch.tensor([gs[1]]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), gs)
