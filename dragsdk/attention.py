@@ -34,6 +34,12 @@ def decoder_self_attention_layers(unet: Any) -> list[str]:
     ]
 
 
+def self_attention_layers(unet: Any) -> list[str]:
+    """Names (without ``.processor``) of every self-attention layer (``attn1``) of a diffusers UNet: encoder, mid
+    block and decoder (16 in SD 1.5; RegionDrag swaps K/V in all of them, dossier §1.1 step 4)."""
+    return [k[: -len(".processor")] for k in unet.attn_processors if k.endswith(".attn1.processor")]
+
+
 class KVBank:
     """K/V recorded during inversion: ``bank[step][layer] = (k, v)``, each ``(B_bank, N, C)``.
 
@@ -201,3 +207,15 @@ def install(unet: Any, controller: AttentionController) -> dict[str, Any]:
     previous = dict(unet.attn_processors)
     unet.set_attn_processor({name: KVProcessor(controller, name[: -len(".processor")]) for name in previous})
     return previous
+
+
+def token_mask(latent_mask: torch.Tensor, invert: bool = False) -> Callable[[int, int], torch.Tensor]:
+    """A composite-K/V key mask for any layer: the latent mask ``(h, w)`` area-resampled to the layer's token grid
+    (cells at least half covered), flattened in token order; ``invert`` takes the complement."""
+    m = latent_mask.float()[None, None]
+
+    def fn(h: int, w: int) -> torch.Tensor:
+        t = F.adaptive_avg_pool2d(m, (h, w))[0, 0] >= 0.5
+        return (~t if invert else t).flatten()
+
+    return fn

@@ -36,6 +36,9 @@ def edit(
     steps: Annotated[int | None, typer.Option(help="override the spec's DDIM steps")] = None,
     seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
     resolution: Annotated[int | None, typer.Option(help="override the working resolution (pixels)")] = None,
+    mode: Annotated[str | None, typer.Option(help="run as this mode, converting the sample's or spec's own "
+                                                  "(e.g. a DragBench folder with --mode region-drag)")] = None,
+    reference: Annotated[Path | None, typer.Option(help="reference image (appearance, paste)")] = None,
     out: Annotated[Path, typer.Option(help="edited image path")] = Path("edited.png"),
     report: Annotated[Path | None, typer.Option(help="write the report JSON here")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
@@ -66,6 +69,22 @@ def edit(
                 mask_path = Path(spec_obj["mask"])
                 spec_obj["mask"] = str(mask_path if mask_path.is_absolute() else spec.parent / mask_path)
         assert spec_obj is not None
+        if reference is not None:
+            spec_obj["reference"] = str(reference)
+            protect = (*protect, reference)
+        elif isinstance(spec_obj.get("reference"), str) and spec is not None and not Path(spec_obj["reference"]).is_absolute():
+            spec_obj["reference"] = str(spec.parent / spec_obj["reference"])
+        for key in ("reference_mask", "fill_region"):
+            value = spec_obj.get(key)
+            if isinstance(value, str) and not value.startswith("data:") and spec is not None and not Path(value).is_absolute():
+                spec_obj[key] = str(spec.parent / value)
+        registered = _registry().modes
+        if spec is not None and spec_obj.get("mode") in registered:
+            spec_obj = registered[spec_obj["mode"]].resolve_paths(spec_obj, spec.parent)
+        if mode is not None and spec_obj.get("mode") != mode:
+            if mode not in registered:
+                _fail(f"unknown mode {mode!r}; installed modes are {sorted(registered)}")
+            spec_obj = registered[mode].convert_spec(spec_obj, input if input.is_dir() else None)
         sampler = dict(spec_obj.get("sampler", {}))
         for key, value in (("steps", steps), ("seed", seed), ("resolution", resolution)):
             if value is not None:
@@ -89,6 +108,37 @@ def edit(
     else:
         phases = ", ".join(f"{k} {v:.2f}s" for k, v in r.phase_seconds.items())
         typer.echo(f"wrote {out} ({r.image_size[0]}×{r.image_size[1]}); {phases}; backend {r.backend}; UNet {r.unet_evaluations}")
+
+
+@app.command()
+def mask(
+    image: Annotated[Path, typer.Argument(help="the image")],
+    x: Annotated[float, typer.Argument(help="click x, image pixels")],
+    y: Annotated[float, typer.Argument(help="click y, image pixels")],
+    out: Annotated[Path, typer.Option(help="mask PNG to write (white = the proposed part)")] = Path("mask.png"),
+    model: Annotated[str, typer.Option(help="hub id, diffusers folder, 'tiny' or 'sd15-random'")] = "tiny",
+    prompt: Annotated[str, typer.Option(help="prompt describing the image")] = "",
+    threshold: Annotated[float, typer.Option(help="similarity threshold in [0, 1]")] = 0.6,
+    json_out: Annotated[bool, typer.Option("--json", help="print area and bounding box as JSON")] = False,
+) -> None:
+    """Propose the mask of the part under a click (diffusion-feature similarity, DIFT)."""
+    import numpy as np
+    from PIL import Image
+
+    from .errors import DragSDKError
+    from .io import save_image_atomic
+
+    try:
+        from .editor import Editor
+
+        m = Editor.from_pretrained(model).suggest_mask(image, (x, y), prompt=prompt, threshold=threshold)
+        save_image_atomic(Image.fromarray((m * 255).astype(np.uint8), "L"), out, protect=(image,))
+    except DragSDKError as e:
+        _fail(str(e))
+    ys, xs = np.nonzero(m)
+    info = {"out": str(out), "area_px": int(m.sum()), "fraction": float(m.mean()),
+            "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None}
+    typer.echo(json.dumps(info) if json_out else f"wrote {out}: {info['area_px']} px ({100 * info['fraction']:.1f}%), bbox {info['bbox']}")
 
 
 @app.command()

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 from tqdm.auto import tqdm
@@ -135,6 +136,14 @@ class Editor:
             self._prompt_cache[prompt] = self.model.encode_prompt(prompt)
         return self._prompt_cache[prompt]
 
+    def _bank_layers(self, plan: EditPlan) -> frozenset[str]:
+        """The layers that record / inject K/V for a plan: the decoder's, or every self-attention layer."""
+        if plan.kv_layers == "all":
+            from .attention import self_attention_layers
+
+            return frozenset(self_attention_layers(self.model.unet))
+        return self.bank_layers
+
     def _preprocess(self, image: Image.Image, canvas: Canvas) -> torch.Tensor:
         w, h = canvas.size
         return self.processor.preprocess(image, height=h, width=w)
@@ -174,7 +183,8 @@ class Editor:
         img = load_image(image)
         s = spec.sampler
         canvas = Canvas.fit(img.size, s.resolution)
-        plan = mode.plan(spec, PlanContext(canvas, img, s.steps))
+        ctx = PlanContext(canvas, img, s.steps, suggest_mask=lambda xy: self.suggest_mask(img, xy, spec.prompt))
+        plan = mode.plan(spec, ctx)
         backend, reason = self.select_backend(plan)
         device = self.model.device
         reset_peak_memory(device)
@@ -182,40 +192,56 @@ class Editor:
         counter = UNetCounter()
 
         controller = AttentionController(
-            attend=backend.attention, bank_layers=self.bank_layers, latent_size=canvas.latent_size
+            attend=backend.attention, bank_layers=self._bank_layers(plan), latent_size=canvas.latent_size
         )
         unet = self.model.unet
         previous = install(unet, controller)
         tap = FeatureTap(unet)
         unet_call = backend.prepare_unet(unet)
-        bar = tqdm(total=2 * s.steps, desc=f"dragsdk {spec.mode}", disable=not progress, leave=False)
+        bar = tqdm(total=2 * (s.steps - plan.start_step), desc=f"dragsdk {spec.mode}", disable=not progress, leave=False)
         try:
             t0 = time.perf_counter()
             x = self._preprocess(img, canvas)
-            z0 = self.model.encode_image(x)
+            refs = [r.image for r in plan.references]
+            for k, r in enumerate(refs):
+                if r.size != img.size:
+                    raise SpecError(f"references[{k}]", f"is {r.size}, must be the base image's size {img.size}")
+            z0 = self.model.encode_image(torch.cat([x, *(self._preprocess(r, canvas) for r in refs)]))
             phases["encode"] = time.perf_counter() - t0
 
             cond_text = self._prompt(spec.prompt)
+            cond_bank = torch.cat([cond_text, *(self._prompt(r.prompt) for r in plan.references)])
             schedule = DDIMSchedule(self.model.scheduler, s.steps)
             kv_steps = set(plan.kv.steps()) if plan.kv else set()
             feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
-            key = (self._image_key(img), spec.prompt, s.steps, canvas.size, tuple(sorted(kv_steps)),
+            key = (self._image_key(img), spec.prompt, *(self._image_key(r.image) + r.prompt for r in plan.references), s.steps, canvas.size, tuple(sorted(kv_steps)),
                    tuple(sorted(feature_steps)), self.model.name)
+            key = (*key, plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None)
             t0 = time.perf_counter()
             reused = self._trajectory is not None and self._trajectory.key == key
             if reused:
                 traj = self._trajectory
                 assert traj is not None
-                bar.update(s.steps)
+                bar.update(s.steps - plan.start_step)
             else:
                 from .attention import KVBank
 
                 controller.bank = KVBank(self.bank_device)
-                latents, feats = invert(
-                    unet_call, z0, cond_text, schedule, controller, tap, kv_steps, feature_steps, counter,
-                    on_step=lambda i: bar.update(1),
-                )
-                traj = Trajectory(schedule, latents, controller.bank, feats, cond_text, key)
+                noises: dict[int, torch.Tensor] = {}
+                if plan.sampling == "cycle-sde":  # stochastic inversion recording the reverse noise (no features)
+                    from .cycle_sde import cycle_sde_invert, inversion_generator
+
+                    feats: dict[int, list[torch.Tensor]] = {}
+                    latents, noises = cycle_sde_invert(
+                        unet_call, z0, cond_bank, schedule, plan.start_step, controller, kv_steps, counter,
+                        inversion_generator(s.seed), on_step=lambda i: bar.update(1),
+                    )
+                else:
+                    latents, feats = invert(
+                        unet_call, z0, cond_bank, schedule, controller, tap, kv_steps, feature_steps, counter,
+                        on_step=lambda i: bar.update(1),
+                    )
+                traj = Trajectory(schedule, latents, controller.bank, feats, cond_bank, key, noises=noises)
                 self._trajectory = traj
             controller.bank = traj.bank
             phases["invert"] = time.perf_counter() - t0
@@ -252,9 +278,59 @@ class Editor:
             working_size=canvas.size, steps=s.steps, seed=s.seed, phase_seconds=phases,
             unet_evaluations=counter.to_dict(), inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
-            peak_memory_bytes=peak, peak_memory_kind=kind, notes=list(plan.notes),
+            peak_memory_bytes=peak, peak_memory_kind=kind, notes=list(plan.notes), mask_proposed=ctx.mask_proposed,
         )
         return EditResult(edited, out.latent, report, spec, plan)
+
+    @torch.no_grad()
+    def suggest_mask(
+        self,
+        image: str | os.PathLike[str] | Image.Image | np.ndarray,
+        point: tuple[float, float],
+        prompt: str = "",
+        resolution: int = 512,
+        threshold: float = 0.6,
+        timestep: int = 261,
+        dilate_px: int = 8,
+    ) -> np.ndarray:
+        """Propose the mask of the part under a click, from diffusion-feature similarity.
+
+        The DIFT correspondence idea (Tang et al., arXiv 2306.03881): the image latent is noised to ``timestep`` with
+        a fixed seed, the decoder features (``up_blocks[1]`` and ``[2]``, each L2-normalised, concatenated on the
+        feature grid) are compared by cosine with the feature at ``point``
+        (:func:`dragsdk.proposal.mask_from_features`), then the region is dilated by ``dilate_px`` pixels.
+
+        Args:
+            point: ``(x, y)`` in image pixels.
+
+        Returns:
+            ``(H, W)`` bool mask in image pixels.
+
+        Raises:
+            SpecError: (field ``point``) the point is off the image.
+        """
+        from .proposal import dilate, mask_from_features
+
+        img = load_image(image)
+        canvas = Canvas.fit(img.size, resolution)
+        if not canvas.contains(point):
+            raise SpecError("point", f"{point} is outside the {img.size[0]}×{img.size[1]} image")
+        z0 = self.model.encode_image(self._preprocess(img, canvas))
+        a = float(self.model.scheduler.alphas_cumprod[timestep])
+        noise = torch.randn(z0.shape, generator=torch.Generator("cpu").manual_seed(0)).to(z0)
+        tap = FeatureTap(self.model.unet)
+        try:
+            with tap.capture(stop=True):
+                self.model.unet(a**0.5 * z0 + (1 - a) ** 0.5 * noise, timestep,
+                                encoder_hidden_states=self._prompt(prompt), return_dict=False)
+            feats = tap.features()
+        finally:
+            tap.remove()
+        gw, gh = canvas.feature_size
+        f = torch.cat([F.normalize(F.interpolate(x.float(), size=(gh, gw), mode="nearest"), dim=1) for x in feats], 1)
+        region = mask_from_features(f[0], canvas.to_cell(point, "feature"), threshold)
+        up = F.interpolate(region.float()[None, None], size=(img.size[1], img.size[0]), mode="nearest")[0, 0] > 0.5
+        return dilate(up, dilate_px).numpy()
 
     @staticmethod
     def _image_key(img: Image.Image) -> str:

@@ -96,6 +96,8 @@ class Trajectory:
         features: reference features per sampling step (``(B_bank, C_l, h_l, w_l)`` per block).
         cond: ``(B_bank, 77, D)`` text embeddings the inversion used.
         key: what it was computed from (for caching).
+        noises: Cycle-SDE reverse noise ``w`` per sampling step (``(B_bank, 4, h, w)``), empty for DDIM
+            (:mod:`dragsdk.cycle_sde`).
     """
 
     schedule: DDIMSchedule
@@ -106,6 +108,7 @@ class Trajectory:
     key: tuple = ()
     counter: UNetCounter = field(default_factory=UNetCounter)
     seconds: float = 0.0
+    noises: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from PIL import Image
 
 from .attention import KVInjection
 
@@ -84,6 +85,53 @@ class SDEPlan:
 
 
 @dataclass
+class Reference:
+    """An extra image inverted alongside the base (appearance, paste). It must have the base image's size;
+    its bank row is its position in :attr:`EditPlan.references` plus one."""
+
+    image: Image.Image
+    prompt: str = ""
+
+
+@dataclass
+class StepPaste:
+    """A latent paste repeated during sampling (RegionDrag latent copy, arXiv 2407.18247 §3.2).
+
+    Before sampling step ``i`` at timestep ``t``, when ``t ≥ min_timestep`` (an explicit timestep comparison, 0..999):
+    ``z[..., target] = latents[i][bank, :, source]``, the recorded inversion latent of the same step.
+    """
+
+    paste: LatentPaste
+    min_timestep: int = 0
+
+    def active(self, timestep: int) -> bool:
+        return timestep >= self.min_timestep
+
+
+@dataclass
+class HandleNoise:
+    """Re-noise cells of the starting latent: ``z ← √(1−α²)·z + α·ε`` (RegionDrag handle noise scale α, §3.2).
+
+    Attributes:
+        rows, cols: ``(K,)`` long tensors of latent cells.
+        alpha: α in [0, 1]; 1 replaces the cells with pure noise ε ~ N(0, I).
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    alpha: float
+
+    def apply(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Return ``z`` (``(1, C, h, w)``) with the cells re-noised; ε is drawn on ``generator``'s device."""
+        eps = torch.randn(z.shape, generator=generator, device=generator.device if generator else "cpu").to(z)
+        out = z.clone()
+        a = float(self.alpha)
+        r, c = self.rows, self.cols
+        out[..., r, c] = (1 - a * a) ** 0.5 * z[..., r, c] + a * eps[..., r, c]
+        return out
+
+
+@dataclass
 class EditPlan:
     """What a mode supplies for one edit.
 
@@ -97,7 +145,17 @@ class EditPlan:
         kv: cross-branch K/V injection, or None.
         sde: regional SDE window, or None (deterministic DDIM).
         composite: paste the original pixels back outside ``edit_mask`` after decoding.
+        time_travel: ``{step: passes}`` for DiffEditor time travel on guided steps.
+        references: extra images inverted in the same batch as the base (bank rows 1, 2, ...).
         notes: human-readable facts for the report (e.g. "no mask given: whole image editable").
+        sampling: ``ddim`` (DDIM inversion and sampling) or ``cycle-sde`` (:mod:`dragsdk.cycle_sde`: stochastic
+            inversion recording the reverse noise; the sampler runs η = 1 steps with it).
+        start_step: first sampling step; inversion covers steps ``start_step … n−1`` only (cycle-sde).
+        step_pastes: latent copies repeated before every sampling step inside their timestep window.
+        follow_outside: after every sampling step, reset the latent outside ``edit_mask`` to the inversion latent
+            of the same level.
+        handle_noise: cells of the starting latent re-noised before sampling, or None.
+        kv_layers: self-attention layers that record / inject K/V: ``decoder`` (up blocks) or ``all``.
     """
 
     edit_mask: torch.Tensor
@@ -109,7 +167,15 @@ class EditPlan:
     kv: KVPlan | None = None
     sde: SDEPlan | None = None
     composite: bool = False
+    time_travel: dict[int, int] = field(default_factory=dict)
+    references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sampling: Literal["ddim", "cycle-sde"] = "ddim"
+    start_step: int = 0
+    step_pastes: list[StepPaste] = field(default_factory=list)
+    follow_outside: bool = False
+    handle_noise: HandleNoise | None = None
+    kv_layers: Literal["decoder", "all"] = "decoder"
 
     @property
     def needs_gradients(self) -> bool:

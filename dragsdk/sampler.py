@@ -23,7 +23,7 @@ import torch
 
 from .attention import AttentionController
 from .features import FeatureTap
-from .inversion import DDIMSchedule, Trajectory, UNetCounter, ddim_step
+from .inversion import DDIMSchedule, Trajectory, UNetCounter, ddim_inversion_step, ddim_step
 from .plan import EditPlan
 
 
@@ -116,6 +116,30 @@ class GuidedSampler:
             record.after = float(sum(float(v) for v in after.values()))
         return g.detach(), record
 
+    def _eps(self, plan: EditPlan, z: torch.Tensor, i: int, t: int, cond_cfg: torch.Tensor, cond_text: torch.Tensor,
+             guidance_scale: float) -> torch.Tensor:
+        """ε with classifier-free guidance and the plan's K/V injection at step ``i``."""
+        ctl = self.controller
+        if plan.kv is not None and plan.kv.active(i):
+            ctl.mode, ctl.injection = "inject", plan.kv.injection
+        try:
+            if guidance_scale == 1.0:
+                eps = self.unet(z, t, encoder_hidden_states=cond_text, return_dict=False)[0]
+            else:
+                e = self.unet(z.expand(2, -1, -1, -1), t, encoder_hidden_states=cond_cfg, return_dict=False)[0]
+                eps = e[:1] + guidance_scale * (e[1:] - e[:1])
+        finally:
+            ctl.mode, ctl.injection = "plain", None
+        self.counter.forward += 1
+        return eps
+
+    def _roll_back(self, z_prev: torch.Tensor, t: int, a_t: float, a_prev: float, cond_text: torch.Tensor) -> torch.Tensor:
+        """Time travel's deterministic roll-back ``z_{t_prev} → z_t``: one DDIM inversion step at ``t``, batch 1,
+        text conditioning only, no K/V injection (DiffEditor arXiv 2402.02583 Alg. 1; dossier §1 step 3.4)."""
+        eps = self.unet(z_prev, t, encoder_hidden_states=cond_text, return_dict=False)[0]
+        self.counter.forward += 1
+        return ddim_inversion_step(z_prev, eps, a_t, a_prev)
+
     @torch.no_grad()
     def run(
         self,
@@ -139,9 +163,13 @@ class GuidedSampler:
             the final latent ``(1, 4, h, w)`` and the energies of the guided steps.
         """
         schedule: DDIMSchedule = trajectory.schedule
-        z = trajectory.latents[0][:1]
+        start = plan.start_step
+        z = trajectory.latents[start][:1]
         for paste in plan.init:
-            z = paste.apply(z, trajectory.latents[0])
+            z = paste.apply(z, trajectory.latents[start])
+        if plan.handle_noise is not None:
+            z = plan.handle_noise.apply(z, generator)
+        keep = (~plan.edit_mask).to(z.device)[None, None] if plan.follow_outside else None
         guided = set(plan.guided_steps) if plan.needs_gradients else set()
         energies: list[StepEnergy] = []
         ctl = self.controller
@@ -149,33 +177,34 @@ class GuidedSampler:
         if plan.sde is not None:
             m = (plan.sde.mask if plan.sde.mask is not None else plan.edit_mask).to(z.device, z.dtype)[None, None]
             eta_map = plan.sde.eta_inside * m + plan.sde.eta_outside * (1 - m)
-        for i in range(len(schedule)):
+        if plan.sampling == "cycle-sde":  # η = 1 with the noise recorded at inversion (dragsdk.cycle_sde)
+            eta_map = torch.ones((), dtype=z.dtype, device=z.device)
+        for i in range(start, len(schedule)):
             t = schedule.timesteps[i]
             a_t, a_prev = schedule.alpha(i), schedule.alpha_prev(i)
             ctl.step = i
-            g = None
-            if i in guided:
-                g, rec = self._guidance(plan, z, i, t, a_t, cond_text, trajectory.features[i])
-                energies.append(rec)
-            if plan.kv is not None and plan.kv.active(i):
-                ctl.mode, ctl.injection = "inject", plan.kv.injection
-            else:
-                ctl.mode, ctl.injection = "plain", None
-            try:
-                if guidance_scale == 1.0:
-                    eps = self.unet(z, t, encoder_hidden_states=cond_text, return_dict=False)[0]
-                else:
-                    e = self.unet(z.expand(2, -1, -1, -1), t, encoder_hidden_states=cond_cfg, return_dict=False)[0]
-                    eps = e[:1] + guidance_scale * (e[1:] - e[:1])
-            finally:
-                ctl.mode, ctl.injection = "plain", None
-            self.counter.forward += 1
-            eta, noise = 0.0, None
+            noise = None
             if eta_map is not None and plan.sde is not None and plan.sde.start <= i < plan.sde.end:
-                eta = eta_map
                 noise = torch.randn(z.shape, generator=generator, device=generator.device if generator else "cpu")
                 noise = noise.to(z.device, z.dtype)
-            z = ddim_step(z, eps, a_t, a_prev, guidance=g, eta=eta, noise=noise)
+            if plan.sampling == "cycle-sde":
+                noise = trajectory.noises[i][:1].to(z.device, z.dtype)
+            for sp in plan.step_pastes:  # before the step: copies from the inversion latent of this step
+                if sp.active(t):
+                    z = sp.paste.apply(z, trajectory.latents[i])
+            passes = plan.time_travel.get(i, 1) if i in guided else 1
+            for p in range(passes):
+                g = None
+                if i in guided:
+                    g, rec = self._guidance(plan, z, i, t, a_t, cond_text, trajectory.features[i])
+                    energies.append(rec)
+                eps = self._eps(plan, z, i, t, cond_cfg, cond_text, guidance_scale)
+                z_prev = ddim_step(z, eps, a_t, a_prev, guidance=g, eta=eta_map if noise is not None else 0.0, noise=noise)
+                if p + 1 < passes:
+                    z = self._roll_back(z_prev, t, a_t, a_prev, cond_text)
+            z = z_prev
+            if keep is not None:  # outside the edit mask the latent follows the inversion trajectory
+                z = torch.where(keep, trajectory.latents[i + 1][:1].to(z), z)
             if on_step:
                 on_step(i, t, z)
         return SamplerOutput(z, energies)

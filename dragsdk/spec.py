@@ -42,6 +42,47 @@ class GuidanceSchedule(BaseModel):
         return [i for i in range(n) if i < self.end * n and (i < self.dense_end * n or i % self.stride == 0)]
 
 
+class RegionalSDE(BaseModel):
+    """DiffEditor regional SDE (arXiv 2402.02583 §3.3): stochastic steps with η inside / outside the edit region.
+
+    Code defaults (dossier §1 step 3.3): steps 11–19 of 50 (``start ≤ i/n < end``), η 0.4 inside, 0 outside; the
+    paper's 0.2 outside is a setting. ``enabled=False`` gives deterministic DDIM everywhere.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    start: float = Field(0.22, ge=0.0, le=1.0, description="first step as a fraction of the steps (11/50)")
+    end: float = Field(0.4, ge=0.0, le=1.0, description="end (exclusive) as a fraction of the steps (20/50)")
+    eta_inside: float = Field(0.4, ge=0.0, le=1.0, description="η inside the edit region")
+    eta_outside: float = Field(0.0, ge=0.0, le=1.0, description="η outside it (paper: 0.2)")
+
+    def window(self, n: int) -> tuple[int, int]:
+        return int(round(self.start * n)), int(round(self.end * n))
+
+
+class TimeTravel(BaseModel):
+    """DiffEditor time travel (arXiv 2402.02583 Alg. 1): a guided step is repeated ``repeats`` times, each pass
+    after the first starting from a deterministic DDIM roll-back of the previous pass's result.
+
+    Code defaults: steps 22, 24, 26, 28 of 50 (``start ≤ i/n < end`` and ``i % stride == 0``), 3 passes. Only
+    ``repeats − 1`` roll-backs run: the official code's last roll-back of each repeat is wasted work.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    start: float = Field(0.44, ge=0.0, le=1.0, description="first step as a fraction of the steps (22/50)")
+    end: float = Field(0.6, ge=0.0, le=1.0, description="end (exclusive) as a fraction of the steps (30/50)")
+    stride: int = Field(2, ge=1)
+    repeats: int = Field(3, ge=1, le=10, description="passes per repeated step (U)")
+
+    def steps(self, n: int) -> list[int]:
+        if not self.enabled or self.repeats < 2:
+            return []
+        return [i for i in range(n) if self.start * n <= i < self.end * n and i % self.stride == 0]
+
+
 class SamplerSettings(BaseModel):
     """Settings shared by every mode, with the published defaults (dossier §5)."""
 
@@ -57,6 +98,8 @@ class SamplerSettings(BaseModel):
     kv_start: float = Field(
         0.1, ge=0.0, le=1.0, description="cross-branch K/V injection starts at this fraction of the steps (5/50)"
     )
+    sde: RegionalSDE = Field(default_factory=RegionalSDE)
+    time_travel: TimeTravel = Field(default_factory=TimeTravel)
 
 
 class EditSpec(BaseModel):

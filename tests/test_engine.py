@@ -94,7 +94,7 @@ def test_pixels_outside_the_mask_change_less_than_inside(editor, car_sample):
 
 
 def test_null_edit_equals_plain_ddim_reconstruction_computed_by_diffusers(editor, car_sample):
-    """A null edit (no point moved, no energy, guidance scale 1, no K/V injection) is exactly DDIM inversion then
+    """A null edit (no point moved, no energy, guidance scale 1, no K/V injection, no SDE) is exactly DDIM inversion then
     DDIM sampling: checked against diffusers' own DDIMInverseScheduler / DDIMScheduler steps. (With random
     weights the inversion error itself is large, so "reproduces the input" is checked up to that error.)"""
     from diffusers import DDIMInverseScheduler, DDIMScheduler
@@ -103,7 +103,7 @@ def test_null_edit_equals_plain_ddim_reconstruction_computed_by_diffusers(editor
 
     image, spec_data = car_sample
     null = {**spec_data, "points": [[p[0], p[0]] for p in spec_data["points"]]}
-    spec = _spec(null, energy_scale=0.0, sampler={"guidance_scale": 1.0, "kv_start": 1.0})
+    spec = _spec(null, energy_scale=0.0, sampler={"guidance_scale": 1.0, "kv_start": 1.0, "sde": {"enabled": False}})
     r = editor.edit(image, spec)
     unet, cond = editor.model.unet, editor.model.encode_prompt(spec.prompt)
     z = z0 = editor._trajectory.latents[-1]
