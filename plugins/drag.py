@@ -10,13 +10,16 @@ For each handle → target pair, on the feature grid (image/4):
 
 Edit and contrast are averaged over layers and pairs, content over layers (official normalisation). Edit and
 contrast gradients apply inside the mask, content outside. Before sampling, the 3×3 latent patch at each handle
-of ``z_T`` is copied to its target; K/V are concatenated ``[own; bank]`` from step 5 of 50. Patches are shifted
+of ``z_T`` is copied to its target; K/V are concatenated ``[own; bank]`` from step 5 of 50; DiffEditor's regional
+SDE (inside the mask) and time travel run with the sampler settings. Without a mask, one is proposed around each
+handle (:meth:`dragsdk.Editor.suggest_mask`) plus the target's latent cell. Patches are shifted
 inward at borders rather than clipped, and rows/columns are clipped by height/width respectively (the official
 code clips x by the height; dossier §7).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from dragsdk.attention import KVInjection
@@ -36,9 +39,16 @@ class DragMode(EditMode):
         canvas = ctx.canvas
         ctx.check_points(spec.points)
         notes: list[str] = []
-        if spec.mask is None:
+        if spec.mask is None and ctx.suggest_mask is not None:
+            mask_px = np.zeros((canvas.image_size[1], canvas.image_size[0]), dtype=bool)
+            for p in spec.points:
+                mask_px |= ctx.object_mask(None, p.handle, "mask", notes)
+                x, y = int(p.target[0]), int(p.target[1])
+                r = max(4, int(round(8 / canvas.scale("latent")[0])))  # about one latent cell around the target
+                mask_px[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = True
+        elif spec.mask is None:
             w, h = canvas.image_size
-            mask_px = torch.ones(h, w, dtype=torch.bool).numpy()
+            mask_px = np.ones((h, w), dtype=bool)
             notes.append("no mask given: the whole image is editable and the content term is off")
         else:
             mask_px = ctx.mask(spec.mask, "mask")
@@ -84,15 +94,17 @@ class DragMode(EditMode):
             init.append(LatentPaste(tr, tc, hr, hc))
         n = ctx.steps
         kv_start = int(round(spec.sampler.kv_start * n))
+        guided = spec.sampler.schedule.steps(n)
         return EditPlan(
             edit_mask=edit_latent,
             energies=energies,
             energy_scale=spec.energy_scale * 1000.0,
             guidance_step=spec.guidance_step,
-            guided_steps=spec.sampler.schedule.steps(n),
+            guided_steps=guided,
             init=init,
             kv=KVPlan(KVInjection("concat"), kv_start, n),
             notes=notes,
+            **ctx.diffeditor(spec.sampler, guided, edit_latent),  # type: ignore[arg-type]
         )
 
 
