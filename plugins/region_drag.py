@@ -1,0 +1,417 @@
+"""Region drag: RegionDrag (Lu et al., ECCV 2024, arXiv 2407.18247), gradient-free and fast.
+
+Reimplemented from the paper and the dossier (``drag-landscape.md`` §1); the official repository has no licence
+and none of its code is used.
+
+1. Every input (region pairs, polygon pairs, a region plus a few handle → target points, or the dense point list of
+   DragBench-SR/DR) becomes one dense target → source map on the latent grid (:mod:`dragsdk.regions`): each target
+   cell gets exactly one source cell, so the target has no holes. Several pairs are merged; a later pair wins a cell.
+2. Cycle-SDE inversion (:mod:`dragsdk.cycle_sde`, SDE-Drag arXiv 2311.01410) over the last ``start_t·steps`` steps
+   (20 steps, start 0.5 → 10 forward steps to t = 451), recording every latent, the reverse noise, and the
+   self-attention K/V of **every** layer (encoder, mid, decoder).
+3. The handle cells of the starting latent are re-noised, ``√(1−α²)·z + α·ε`` (α = ``handle_noise``).
+4. Before every denoising step at timestep ``t ≥ end_t·1000`` (an explicit timestep window; the official code
+   compares a step count with raw timesteps and so copies at every step), the target cells take the recorded
+   inversion latent of the same step at their source cells. After every step, the latent outside the editable mask
+   is reset to the inversion trajectory. K/V of every self-attention layer are replaced by the recorded ones at
+   every step (MasaCtrl-style swap, whole tensors). No CFG (scale 1, batch 1), no gradients.
+5. After decoding, the original pixels are composited back outside the mask (``composite``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dragsdk.attention import KVInjection
+from dragsdk.errors import SpecError
+from dragsdk.hookspecs import hookimpl
+from dragsdk.io import mask_to_data_url, restricted_load
+from dragsdk.modes import EditMode, PlanContext
+from dragsdk.plan import EditPlan, HandleNoise, KVPlan, LatentPaste, StepPaste
+from dragsdk.regions import SourceMap, dense_points_map, points_map, polygon_map, region_pair_map
+from dragsdk.spec import EditSpec, Point, PointPair, SamplerSettings, _as_mask_ref
+
+__all__ = [
+    "NUM_TRAIN_TIMESTEPS",
+    "PolygonPair",
+    "RegionDragMode",
+    "RegionDragSampler",
+    "RegionDragSpec",
+    "RegionPair",
+    "spec_from_sample",
+]
+
+NUM_TRAIN_TIMESTEPS = 1000
+"""Training timesteps of Stable Diffusion: ``end_t`` = 0.2 is timestep 200."""
+
+DEFAULT_RADIUS_PX = 16.0
+"""Half-side (pixels) of the square moved with each sparse handle point by :meth:`RegionDragSpec.from_points`."""
+
+
+def _pair_from_sequence(value: Any) -> Any:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return {"handle": value[0], "target": value[1]}
+    return value
+
+
+class RegionPair(BaseModel):
+    """A handle (source) region and the target region it is moved to; masks of the image's size. Also accepted as
+    ``[handle, target]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    handle: str = Field(..., description="handle region: PNG path or data URL, white = inside, the image's size")
+    target: str = Field(..., description="target region: PNG path or data URL, white = inside, the image's size")
+
+    _refs = field_validator("handle", "target", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
+    _seq = model_validator(mode="before")(classmethod(lambda cls, v: _pair_from_sequence(v)))
+
+
+class PolygonPair(BaseModel):
+    """A handle polygon and its target: 3 vertices (affine map) or 4 (perspective map), in order around the polygon,
+    image pixels; vertex ``i`` of the handle goes to vertex ``i`` of the target. Also accepted as
+    ``[handle, target]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    handle: list[Point] = Field(..., min_length=3, max_length=4, description="3 or 4 [x, y] vertices, pixels")
+    target: list[Point] = Field(..., min_length=3, max_length=4, description="as many [x, y] vertices, pixels")
+
+    _seq = model_validator(mode="before")(classmethod(lambda cls, v: _pair_from_sequence(v)))
+
+    @model_validator(mode="after")
+    def _same_count(self) -> PolygonPair:
+        if len(self.handle) != len(self.target):
+            raise ValueError(f"handle has {len(self.handle)} vertices but target has {len(self.target)}")
+        return self
+
+
+class RegionDragSampler(SamplerSettings):
+    """Sampler settings with RegionDrag's defaults (dossier §1.3): 20 steps, no CFG, 512² working area, K/V replaced
+    from the first sampled step. ``schedule``, ``sde`` and ``time_travel`` (energy-guidance settings) are ignored."""
+
+    steps: int = Field(20, ge=2, le=1000, description="Cycle-SDE steps over the full schedule (20)")
+    guidance_scale: float = Field(
+        1.0, ge=1.0, le=1.0, description="fixed at 1: no classifier-free guidance (the recorded noise assumes it)"
+    )
+    resolution: int = Field(512, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64")
+    kv_start: float = Field(
+        0.0, ge=0.0, le=1.0, description="K/V replaced from this fraction of the steps (0: every sampled step)"
+    )
+
+
+_KINDS = ("regions", "polygons", "region + points", "dense_points")
+
+
+class RegionDragSpec(EditSpec):
+    """Region drag (RegionDrag, arXiv 2407.18247). Exactly one input kind:
+
+    - ``regions``: handle / target mask pairs;
+    - ``polygons``: triangle (affine) or quad (perspective) pairs;
+    - ``region`` + ``points``: a region warped by a few handle → target points (inverse-distance weighting);
+    - ``dense_points``: the dense alternating handle, target list of DragBench-SR/DR ``meta_data_region.pkl``.
+
+    All geometry in image pixels. ``mask`` (editable region) defaults to the union of the handle and target regions
+    grown by ``mask_margin`` pixels; a given mask is extended by the handle and target cells.
+    """
+
+    mode: Literal["region-drag"] = "region-drag"
+    regions: list[RegionPair] | None = Field(None, min_length=1, description="handle / target region pairs")
+    polygons: list[PolygonPair] | None = Field(None, min_length=1, description="triangle or quad pairs")
+    region: str | None = Field(None, description="region moved by `points` (PNG path or data URL)")
+    points: list[PointPair] | None = Field(
+        None, min_length=1, description="handle → target points warping `region` (inverse-distance weighting)"
+    )
+    dense_points: list[Point] | None = Field(
+        None, min_length=2, description="[h0, t0, h1, t1, ...] [x, y] pixels (DragBench-SR/DR meta_data_region.pkl)"
+    )
+    mask: str | None = Field(
+        None, description="editable region (PNG path or data URL); absent = handle ∪ target grown by mask_margin"
+    )
+    mask_margin: float = Field(8.0, ge=0.0, le=512.0, description="pixels the default mask grows around the regions")
+    start_t: float = Field(0.5, gt=0.0, le=1.0, description="inversion depth as a fraction of the steps (t′ = 500)")
+    end_t: float = Field(
+        0.2, ge=0.0, le=1.0, description="latent copy while the timestep is ≥ end_t·1000 (t″ = 200)"
+    )
+    handle_noise: float = Field(
+        1.0, ge=0.0, le=1.0, description="α: handle cells become √(1−α²)·z + α·ε (1.0 evaluation, 0.6 interactive)"
+    )
+    composite: bool = Field(True, description="paste the original pixels back outside the mask after decoding")
+    sampler: RegionDragSampler = Field(default_factory=RegionDragSampler)
+
+    _mask_refs = field_validator("region", "mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RegionDragSpec:
+        if (self.region is None) != (self.points is None):
+            raise ValueError("`region` and `points` go together: a region warped by handle → target points")
+        given = [
+            k for k, v in zip(_KINDS, (self.regions, self.polygons, self.region, self.dense_points), strict=True)
+            if v is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one input kind of {', '.join(_KINDS)}; got {', '.join(given) if given else 'none'}"
+            )
+        if self.dense_points is not None and len(self.dense_points) % 2:
+            raise ValueError(f"dense_points alternates handle and target: an even count, got {len(self.dense_points)}")
+        return self
+
+    @classmethod
+    def from_points(
+        cls,
+        points: Sequence[Any],
+        mask: Any = None,
+        radius_px: float = DEFAULT_RADIUS_PX,
+        **fields: Any,
+    ) -> RegionDragSpec:
+        """A region-drag spec from sparse handle → target points (e.g. a DragBench sample's ``meta_data.pkl``).
+
+        Each handle becomes a square of half-side ``radius_px`` pixels centred on it, moved rigidly to the same
+        square around its target (a polygon pair: the perspective map of two equal squares is a translation).
+
+        Args:
+            points: ``[[handle, target], ...]`` or :class:`~dragsdk.spec.PointPair` s, image pixels.
+            mask: the editable region (as ``mask``), or None for the default.
+            radius_px: half-side of the squares, pixels (> 0).
+            fields: any other spec field (``prompt``, ``sampler``, ``handle_noise``, ...).
+
+        Raises:
+            pydantic.ValidationError: malformed points; ValueError: ``radius_px`` not positive.
+        """
+        if not radius_px > 0:
+            raise ValueError(f"radius_px must be positive, got {radius_px}")
+        pairs = [p if isinstance(p, PointPair) else PointPair.model_validate(p) for p in points]
+        r = float(radius_px)
+
+        def square(xy: Point) -> list[Point]:
+            x, y = float(xy[0]), float(xy[1])
+            return [(x - r, y - r), (x + r, y - r), (x + r, y + r), (x - r, y + r)]
+
+        polygons = [PolygonPair(handle=square(p.handle), target=square(p.target)) for p in pairs]
+        return cls(polygons=polygons, mask=mask, **fields)
+
+
+def spec_from_sample(
+    folder: str | Path, drag_spec: dict[str, Any] | None = None, radius_px: float = DEFAULT_RADIUS_PX
+) -> dict[str, Any]:
+    """A ``region-drag`` spec dict for a benchmark sample folder.
+
+    With ``meta_data_region.pkl`` (DragBench-SR/DR, dossier §1.4: prompt, dense alternating points, mask) the dense
+    point list drives the edit (read through :func:`dragsdk.io.restricted_load`). Otherwise the sample's sparse
+    points (``drag_spec``, default :func:`dragsdk.samples.load_sample`) become squares
+    (:meth:`RegionDragSpec.from_points`). The sample's mask is the editable mask.
+
+    Raises:
+        SpecError: not a sample folder or a malformed pickle; UnsafePickleError: a pickle outside the allow-list.
+    """
+    f = Path(folder)
+    region_pkl = f / "meta_data_region.pkl"
+    if region_pkl.is_file():
+        meta = restricted_load(region_pkl)
+        if not isinstance(meta, dict) or "points" not in meta:
+            raise SpecError("meta_data_region.pkl", "expected a dict with 'prompt', 'points' and 'mask'")
+        try:
+            pts = np.asarray(meta["points"], dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError) as e:
+            raise SpecError("meta_data_region.pkl:points", f"expected [x, y] points: {e}") from None
+        out: dict[str, Any] = {
+            "mode": "region-drag",
+            "prompt": str(meta.get("prompt", "")).strip(),
+            "dense_points": pts.tolist(),
+        }
+        if meta.get("mask") is not None:
+            out["mask"] = mask_to_data_url(np.asarray(meta["mask"]))
+        return out
+    if drag_spec is None:
+        from dragsdk.samples import load_sample
+
+        _, drag_spec = load_sample(f)
+    return _from_drag_dict(drag_spec, radius_px)
+
+
+def _from_drag_dict(spec: dict[str, Any], radius_px: float = DEFAULT_RADIUS_PX) -> dict[str, Any]:
+    if not spec.get("points"):
+        raise SpecError("points", "a point-drag spec needs points to be converted to regions")
+    fields: dict[str, Any] = {"prompt": spec.get("prompt", "")}
+    sampler = {k: v for k, v in dict(spec.get("sampler") or {}).items() if k in ("steps", "seed", "resolution")}
+    if sampler:
+        fields["sampler"] = sampler
+    converted = RegionDragSpec.from_points(spec["points"], spec.get("mask"), radius_px, **fields)
+    return converted.model_dump(mode="json", exclude_none=True)
+
+
+_INTERNAL_NAMES = {
+    "handle_vertices": "the handle vertices",
+    "target_vertices": "the target vertices",
+    "handle_mask": "the handle region",
+    "target_mask": "the target region",
+    "region_mask": "the region",
+}
+
+
+def _spec_error(field: str, e: ValueError) -> SpecError:
+    """A :mod:`dragsdk.regions` error re-raised naming the spec field, internal argument names made readable."""
+    msg = str(e)
+    for internal, readable in _INTERNAL_NAMES.items():
+        msg = msg.removeprefix(f"{internal}: ").replace(internal, readable)
+    return SpecError(field, msg)
+
+
+def _which(e: ValueError) -> str:
+    msg = str(e)
+    if msg.startswith(("handle_vertices", "handle_mask")):
+        return ".handle"
+    if msg.startswith(("target_vertices", "target_mask")):
+        return ".target"
+    return ""
+
+
+def _dilate(m: torch.Tensor, r: int) -> torch.Tensor:
+    if r <= 0:
+        return m
+    return F.max_pool2d(m.float()[None, None], 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+
+
+class RegionDragMode(EditMode):
+    name = "region-drag"
+    spec_model = RegionDragSpec
+    description = "region drag: move regions, polygons or dense point sets (RegionDrag, gradient-free)"
+
+    # -- inputs → one map -------------------------------------------------------------------------------------
+    def source_map(self, spec: RegionDragSpec, ctx: PlanContext) -> tuple[SourceMap, str]:
+        """The merged target → source map on the latent grid and the input kind.
+
+        Raises:
+            SpecError: naming the field: a mask of the wrong size or empty, a region covering no latent cell, a
+                degenerate or self-intersecting polygon, a point off the image, a map with no target cell.
+        """
+        canvas = ctx.canvas
+        maps: list[SourceMap] = []
+        if spec.regions is not None:
+            kind = "regions"
+            for k, pair in enumerate(spec.regions):
+                h = ctx.mask(pair.handle, f"regions[{k}].handle")
+                t = ctx.mask(pair.target, f"regions[{k}].target")
+                try:
+                    maps.append(region_pair_map(canvas, h, t))
+                except ValueError as e:
+                    raise _spec_error(f"regions[{k}]{_which(e)}", e) from None
+        elif spec.polygons is not None:
+            kind = "polygons"
+            for k, poly in enumerate(spec.polygons):
+                try:
+                    maps.append(polygon_map(canvas, poly.handle, poly.target))
+                except ValueError as e:
+                    raise _spec_error(f"polygons[{k}]{_which(e)}", e) from None
+        elif spec.dense_points is not None:
+            kind = "dense_points"
+            w, h = canvas.image_size
+            for j, xy in enumerate(spec.dense_points):
+                if not canvas.contains(xy):
+                    raise SpecError(f"dense_points[{j}]", f"({xy[0]}, {xy[1]}) is outside the {w}×{h} image")
+            try:
+                maps.append(dense_points_map(canvas, spec.dense_points))
+            except ValueError as e:
+                raise _spec_error("dense_points", e) from None
+        else:
+            kind = "region + points"
+            assert spec.region is not None and spec.points is not None
+            ctx.check_points(spec.points)
+            region = ctx.mask(spec.region, "region")
+            handles = [p.handle for p in spec.points]
+            targets = [p.target for p in spec.points]
+            try:
+                maps.append(points_map(canvas, region, handles, targets))
+            except ValueError as e:
+                raise _spec_error("region" if str(e).startswith("region_mask") else "points", e) from None
+        smap = maps[0]
+        for m in maps[1:]:
+            smap = smap.merge(m)
+        if len(smap) == 0:
+            raise SpecError(kind.split(" ")[0], "the regions leave no target cell on the latent grid")
+        return smap, kind
+
+    # -- the plan ---------------------------------------------------------------------------------------------
+    def plan(self, spec: RegionDragSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
+        canvas = ctx.canvas
+        smap, kind = self.source_map(spec, ctx)
+        n = ctx.steps
+        n_inv = min(n, max(1, round(spec.start_t * n)))
+        start = n - n_inv
+        min_t = int(round(spec.end_t * NUM_TRAIN_TIMESTEPS))
+        moved = smap.target_mask() | smap.source_mask()
+        notes = [
+            f"region map from {kind}: {len(smap)} target latent cells from {int(smap.source_mask().sum())} source cells",
+            f"Cycle-SDE over steps {start}..{n - 1} of {n}; latent copy while t ≥ {min_t}",
+        ]
+        if spec.mask is not None:
+            user = canvas.mask_to_grid(ctx.mask(spec.mask, "mask"), "latent")
+            outside = moved & ~user
+            if bool(outside.any()):
+                notes.append(f"{int(outside.sum())} handle/target latent cells outside the mask were made editable")
+            edit = user | moved
+        else:
+            sx, sy = canvas.scale("latent")
+            r = max(1, round(spec.mask_margin * max(sx, sy))) if spec.mask_margin > 0 else 0
+            edit = _dilate(moved, r)
+            notes.append(f"no mask given: editable = handle ∪ target regions grown by {spec.mask_margin:g} px ({r} cells)")
+        src_rows, src_cols = torch.nonzero(smap.source_mask(), as_tuple=True)
+        handle_noise = HandleNoise(src_rows, src_cols, spec.handle_noise) if spec.handle_noise > 0 else None
+        paste = LatentPaste(smap.target_rows, smap.target_cols, smap.source_rows, smap.source_cols)
+        kv_start = max(start, int(math.ceil(spec.sampler.kv_start * n - 1e-9)))
+        kv = KVPlan(KVInjection("replace"), kv_start, n) if kv_start < n else None
+        return EditPlan(
+            edit_mask=edit,
+            composite=spec.composite,
+            notes=notes,
+            sampling="cycle-sde",
+            start_step=start,
+            step_pastes=[StepPaste(paste, min_t)],
+            follow_outside=True,
+            handle_noise=handle_noise,
+            kv=kv,
+            kv_layers="all",
+        )
+
+    # -- CLI helpers ------------------------------------------------------------------------------------------
+    def resolve_paths(self, spec: dict[str, Any], base: Path) -> dict[str, Any]:
+        """Mask paths in ``region``, ``mask`` and ``regions[k].handle / .target`` made relative to ``base``."""
+
+        def fix(v: Any) -> Any:
+            if isinstance(v, str) and not v.startswith("data:") and not Path(v).is_absolute():
+                return str(base / v)
+            return v
+
+        out = dict(spec)
+        for key in ("region", "mask"):
+            if key in out:
+                out[key] = fix(out[key])
+        if isinstance(out.get("regions"), list):
+            out["regions"] = [
+                {k: fix(v) for k, v in r.items()} if isinstance(r, dict) else [fix(v) for v in r]
+                for r in out["regions"]
+            ]
+        return out
+
+    def convert_spec(self, spec: dict[str, Any], sample: Path | None = None) -> dict[str, Any]:
+        """A benchmark sample (dense points of ``meta_data_region.pkl`` when present) or a point-drag spec as a
+        region-drag spec (:func:`spec_from_sample`, :meth:`RegionDragSpec.from_points`)."""
+        if sample is not None:
+            return spec_from_sample(sample, spec if spec.get("mode") == "drag" else None)
+        if spec.get("mode") == "drag":
+            return _from_drag_dict(spec)
+        return super().convert_spec(spec, sample)
+
+
+@hookimpl
+def dragsdk_register_modes(register):
+    register(RegionDragMode())
