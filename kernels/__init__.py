@@ -1,1 +1,22 @@
-"""Attention kernels and their pure-PyTorch oracles (see reference.py)."""
+"""Attention kernels for cross-branch (bank / own / composite) K/V.
+
+- :class:`KVSource` and :func:`cross_branch_attention_reference`: the source type and the pure-PyTorch oracle.
+- :func:`cross_branch_attention`: the fused Triton op (one launch, joint online softmax over up to two
+  sources, FlashAttention-2 backward); :func:`is_available` says whether it can run here.
+
+Triton is optional: this package imports without it (the fused op then raises ``RuntimeError``).
+See ``docs/kernels.md``.
+"""
+
+from .cross_attention import MAX_HEAD_DIM, MAX_SOURCES, cross_branch_attention, is_available
+from .reference import KVSource, cross_branch_attention_reference, validate_sources
+
+__all__ = [
+    "KVSource",
+    "MAX_HEAD_DIM",
+    "MAX_SOURCES",
+    "cross_branch_attention",
+    "cross_branch_attention_reference",
+    "is_available",
+    "validate_sources",
+]
