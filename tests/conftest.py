@@ -1,6 +1,13 @@
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
+
+# Triton fixes interpreter mode when kernels are defined (first import): without a CUDA device the kernels
+# must run in the CPU interpreter, so set it before anything imports dragsdk.kernels.
+if os.environ.get("TRITON_INTERPRET") is None and not (shutil.which("nvidia-smi") and os.path.exists("/dev/nvidia0")):
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 
