@@ -142,7 +142,6 @@ class KVProcessor:
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        ctl = self.controller
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -158,8 +157,6 @@ class KVProcessor:
 
         q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         heads = attn.heads
-        if self.is_bank_layer and ctl.mode == "record" and (ctl.record_steps is None or ctl.step in ctl.record_steps):
-            ctl.bank.put(ctl.step, self.layer, k, v)
         qh, kh, vh = _heads(q, heads), _heads(k, heads), _heads(v, heads)
         if getattr(attn, "norm_q", None) is not None:
             qh = attn.norm_q(qh)
@@ -170,10 +167,8 @@ class KVProcessor:
             mask = attn.prepare_attention_mask(attention_mask, context.shape[1], q.shape[0])
             mask = mask.view(q.shape[0], heads, -1, mask.shape[-1])
             out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=attn.scale)
-        elif self.is_bank_layer and ctl.mode == "inject" and ctl.injection is not None and ctl.bank.has(ctl.step):
-            out = ctl.attend(qh, self._sources(kh, vh, heads, q.device), attn.scale)
         else:
-            out = ctl.attend(qh, [KVSource(kh, vh)], attn.scale)
+            out = self._route(k, v, qh, kh, vh, heads, attn.scale)
 
         out = out.transpose(1, 2).reshape(q.shape[0], -1, q.shape[-1]).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
@@ -182,6 +177,21 @@ class KVProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+    @torch.compiler.disable
+    def _route(self, k: torch.Tensor, v: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor,
+               heads: int, scale: float) -> torch.Tensor:
+        """Record and / or inject K/V as the controller says, then attend with the backend's op.
+
+        Excluded from ``torch.compile`` (``torch.compiler.disable``): everything that reads per-step state (mode,
+        step, bank) happens here, so a compiled UNet never guards on it and never recompiles between steps.
+        """
+        ctl = self.controller
+        if self.is_bank_layer and ctl.mode == "record" and (ctl.record_steps is None or ctl.step in ctl.record_steps):
+            ctl.bank.put(ctl.step, self.layer, k, v)
+        if self.is_bank_layer and ctl.mode == "inject" and ctl.injection is not None and ctl.bank.has(ctl.step):
+            return ctl.attend(qh, self._sources(kh, vh, heads, qh.device), scale)
+        return ctl.attend(qh, [KVSource(kh, vh)], scale)
 
     def _sources(self, kh: torch.Tensor, vh: torch.Tensor, heads: int, device: torch.device) -> list[KVSource]:
         ctl = self.controller

@@ -183,16 +183,82 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="JSON output")
 
 
 @app.command()
-def backends(json_out: Annotated[bool, typer.Option("--json", help="JSON output")] = False) -> None:
-    """List backends, whether each can run here, and why not."""
+def backends(
+    json_out: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+    bench: Annotated[bool, typer.Option("--bench", help="time every available backend and store the table")] = False,
+    model: Annotated[str, typer.Option(help="model to time with (--bench)")] = "tiny",
+    resolution: Annotated[int, typer.Option(help="working resolution to time at (--bench)")] = 512,
+    steps: Annotated[int, typer.Option(help="steps of each timed edit (--bench)")] = 4,
+) -> None:
+    """List backends, whether each can run here and why not; with --bench, measure them for `auto`."""
     reg = _registry()
+    if bench:
+        from dragsdk.backends.select import bench_backends, table_path
+
+        from .editor import Editor
+
+        editor = Editor.from_pretrained(model, registry=reg)
+
+        def show(row: dict[str, Any]) -> None:
+            if not json_out:
+                cells = [f"{k} {1000 * row[k]:.1f} ms/step" for k in ("drag_step_s", "region_step_s") if row.get(k)]
+                typer.echo(f"{row['backend']:<10} " + (", ".join(cells) if row["available"] else f"skipped: {row['reason']}"))
+
+        entry = bench_backends(editor.model, resolution, steps, registry=reg, on_row=show)
+        if json_out:
+            _print_json({**entry, "table": str(table_path())})
+        else:
+            typer.echo(f"stored in {table_path()} ({entry['device']}, {entry['model']}, {entry['working_size']})")
+        return
     items = [b.describe() for b in reg.backends.values()]
     if json_out:
         _print_json(items)
         return
     for b in items:
         status = "available" if b["available"] else f"unavailable: {b['reason']}"
-        typer.echo(f"{b['name']:<10} {status:<40} {b['description']}")
+        typer.echo(f"{b['name']:<10} {status}\n{'':<11}{b['description']}")
+
+
+@app.command()
+def bench(
+    dataset: Annotated[Path, typer.Argument(help="DragBench, DragBench-SR/DR, Drag100 or a folder of spec JSONs")],
+    out: Annotated[Path, typer.Option(help="output folder (results.jsonl, summary, plots, report.html); required")],
+    address: Annotated[str | None, typer.Argument(
+        help="after --ray: the Ray cluster (auto, ray://host:10001); omitted: a local Ray instance",
+        show_default=False)] = None,
+    mode: Annotated[str | None, typer.Option(help="edit mode; default: the dataset's own (drag, region-drag for SR/DR)")] = None,
+    model: Annotated[str, typer.Option(help="hub id, diffusers folder, 'tiny' or 'sd15-random'")] = "tiny",
+    backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="only the first N samples (in id order)")] = None,
+    dataset_format: Annotated[str, typer.Option("--format", help="auto, dragbench, dragbench-sr, dragbench-dr, drag100, folder")] = "auto",
+    steps: Annotated[int | None, typer.Option(help="override every spec's steps")] = None,
+    resolution: Annotated[int | None, typer.Option(help="override every spec's working resolution (pixels)")] = None,
+    seed: Annotated[int | None, typer.Option(help="override every spec's seed")] = None,
+    metrics: Annotated[str, typer.Option(help="comma-separated subset of md,md_regiondrag,dai,psnr_ssim,if")] = "md,md_regiondrag,dai,psnr_ssim,if",
+    dift_model: Annotated[str, typer.Option(help="DIFT model of MD (protocol: SD 2.1); 'tiny' for plumbing")] = "stabilityai/stable-diffusion-2-1",
+    dift_ensemble: Annotated[int, typer.Option(help="DIFT noise draws averaged (protocol: 8)")] = 8,
+    ray: Annotated[bool, typer.Option("--ray", help="spread samples over Ray actors (optionally give ADDRESS after it)")] = False,
+    actors: Annotated[int | None, typer.Option(help="Ray actors (default one per GPU, else one per CPU)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Edit and score every sample of a benchmark; resumable (run the same command again to continue)."""
+    from .errors import DragSDKError
+    from .eval.bench import BenchConfig, run_bench
+
+    if address is not None and not ray:
+        _fail(f"unexpected argument {address!r} (a Ray address goes after --ray)")
+    try:
+        config = BenchConfig(
+            dataset=str(dataset), out=str(out), mode=mode, model=model, backend=backend, format=dataset_format,
+            limit=limit, steps=steps, resolution=resolution, seed=seed,
+            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), dift_model=dift_model,
+            dift_ensemble=dift_ensemble,
+        )
+        result = run_bench(config, progress=not quiet, ray=ray, ray_address=address, actors=actors, echo=typer.echo)
+    except (DragSDKError, ImportError) as e:
+        _fail(str(e))
+    typer.echo(f"{result.ran} sample(s) run, {result.skipped} already done; results {result.paths['results']}, "
+               f"report {result.paths['report']}")
 
 
 def main() -> None:

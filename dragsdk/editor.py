@@ -67,6 +67,8 @@ class Editor:
         registry: the plugin registry (default: the process-wide one).
         bank_device: where the K/V bank is kept (default: the model's device).
         probe_energy_after: also measure each guided step's energy after its update (report ``after``).
+        reference_profile: run with the official implementation's cost profile (reference features recomputed at
+            every guided step, the K/V bank on the CPU); for benchmarks, so a speed-up is a ratio from one run.
 
     Raises:
         BackendUnavailableError: the named backend is unknown or cannot run here.
@@ -79,13 +81,15 @@ class Editor:
         registry: Registry | None = None,
         bank_device: str | torch.device | None = None,
         probe_energy_after: bool = False,
+        reference_profile: bool = False,
         device: str | torch.device | None = None,
         torch_dtype: torch.dtype | None = None,
     ) -> None:
         self.registry = registry or get_registry()
         self.model = model if isinstance(model, ModelBundle) else load_model(model, device, torch_dtype)
         self.backend_request = backend
-        self.bank_device = bank_device
+        self.reference_profile = reference_profile
+        self.bank_device = "cpu" if reference_profile else bank_device
         self.probe_energy_after = probe_energy_after
         self.processor = VaeImageProcessor(vae_scale_factor=self.model.vae_scale_factor, resample="lanczos")
         self._trajectory: Trajectory | None = None
@@ -121,13 +125,14 @@ class Editor:
             raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
         return backends[name]
 
-    def select_backend(self, plan: EditPlan) -> tuple[Any, str]:
-        """The backend for a plan and why it was chosen."""
+    def select_backend(self, plan: EditPlan, working_size: tuple[int, int] | None = None) -> tuple[Any, str]:
+        """The backend for a plan and why it was chosen (measured table first, then the fallback order)."""
         from dragsdk.backends.select import select_backend
 
         return select_backend(
             self.registry.backends, self.backend_request, self.model.device.type,
             str(self.model.dtype).removeprefix("torch."), plan.needs_gradients, plan.kv_modes(),
+            model=self.model.name, working_size=working_size,
         )
 
     # -- pieces --------------------------------------------------------------------------------------------
@@ -185,7 +190,7 @@ class Editor:
         canvas = Canvas.fit(img.size, s.resolution)
         ctx = PlanContext(canvas, img, s.steps, suggest_mask=lambda xy: self.suggest_mask(img, xy, spec.prompt))
         plan = mode.plan(spec, ctx)
-        backend, reason = self.select_backend(plan)
+        backend, reason = self.select_backend(plan, canvas.size)
         device = self.model.device
         reset_peak_memory(device)
         phases: dict[str, float] = {}
@@ -197,7 +202,7 @@ class Editor:
         unet = self.model.unet
         previous = install(unet, controller)
         tap = FeatureTap(unet)
-        unet_call = backend.prepare_unet(unet)
+        unet_call = backend.prepare_unet_for_edit(self.model, controller)
         bar = tqdm(total=2 * (s.steps - plan.start_step), desc=f"dragsdk {spec.mode}", disable=not progress, leave=False)
         try:
             t0 = time.perf_counter()
@@ -206,7 +211,10 @@ class Editor:
             for k, r in enumerate(refs):
                 if r.size != img.size:
                     raise SpecError(f"references[{k}]", f"is {r.size}, must be the base image's size {img.size}")
-            z0 = self.model.encode_image(torch.cat([x, *(self._preprocess(r, canvas) for r in refs)]))
+            images = torch.cat([x, *(self._preprocess(r, canvas) for r in refs)])
+            z0 = backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
+            if z0 is None:
+                z0 = self.model.encode_image(images)
             phases["encode"] = time.perf_counter() - t0
 
             cond_text = self._prompt(spec.prompt)
@@ -248,7 +256,7 @@ class Editor:
 
             t0 = time.perf_counter()
             uncond = self._prompt(spec.negative_prompt)
-            sampler = GuidedSampler(unet_call, controller, tap, counter, self.probe_energy_after)
+            sampler = GuidedSampler(unet_call, controller, tap, counter, self.probe_energy_after, self.reference_profile)
             generator = torch.Generator("cpu").manual_seed(s.seed)
 
             def on_step(i: int, t: int, z: torch.Tensor) -> None:
@@ -260,7 +268,9 @@ class Editor:
             phases["sample"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            decoded = self.model.decode_latent(out.latent)
+            decoded = backend.vae_decode(self.model, out.latent)
+            if decoded is None:
+                decoded = self.model.decode_latent(out.latent)
             edited = self.processor.postprocess(decoded.float().cpu(), output_type="pil")[0]
             if edited.size != img.size:
                 edited = edited.resize(img.size, Image.Resampling.LANCZOS)

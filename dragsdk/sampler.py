@@ -56,6 +56,9 @@ class GuidedSampler:
         counter: where UNet evaluations are counted.
         probe_energy_after: also evaluate each guided step's energy after the update (one extra feature forward
             per guided step; for diagnostics and tests).
+        recompute_reference: recompute the reference features from the inverted latent at every guided step, as
+            the official code does (the ``reference`` cost profile of the benchmarks), instead of reading the ones
+            recorded during inversion.
     """
 
     def __init__(
@@ -65,7 +68,9 @@ class GuidedSampler:
         tap: FeatureTap,
         counter: UNetCounter,
         probe_energy_after: bool = False,
+        recompute_reference: bool = False,
     ) -> None:
+        self.recompute_reference = recompute_reference
         self.unet = unet
         self.controller = controller
         self.tap = tap
@@ -115,6 +120,12 @@ class GuidedSampler:
             self.counter.forward += 1
             record.after = float(sum(float(v) for v in after.values()))
         return g.detach(), record
+
+    def _reference(self, trajectory: Trajectory, i: int, t: int) -> list[torch.Tensor]:
+        with torch.no_grad():
+            feats = [f.detach() for f in self.features(trajectory.latents[i], t, trajectory.cond)]
+        self.counter.forward += 1
+        return feats
 
     def _eps(self, plan: EditPlan, z: torch.Tensor, i: int, t: int, cond_cfg: torch.Tensor, cond_text: torch.Tensor,
              guidance_scale: float) -> torch.Tensor:
@@ -196,7 +207,8 @@ class GuidedSampler:
             for p in range(passes):
                 g = None
                 if i in guided:
-                    g, rec = self._guidance(plan, z, i, t, a_t, cond_text, trajectory.features[i])
+                    ref = trajectory.features[i] if not self.recompute_reference else self._reference(trajectory, i, t)
+                    g, rec = self._guidance(plan, z, i, t, a_t, cond_text, ref)
                     energies.append(rec)
                 eps = self._eps(plan, z, i, t, cond_cfg, cond_text, guidance_scale)
                 z_prev = ddim_step(z, eps, a_t, a_prev, guidance=g, eta=eta_map if noise is not None else 0.0, noise=noise)

@@ -1,0 +1,157 @@
+"""Time whole edits on every available backend, plus the official implementation's cost profile, in one run.
+
+Two edits of a real DragBench photograph (``examples/dragbench-car``):
+
+- ``drag``: point drag (DragonDiffusion / DiffEditor defaults: 50 steps, 20 guided steps, regional SDE, time travel);
+- ``region-drag``: RegionDrag (20 Cycle-SDE steps from t = 0.5: 10 inversion + 10 sampling UNet evaluations).
+
+Each runs on every backend that can run here and covers it, and once more as ``reference``: eager attention with the
+official code's cost profile (reference features recomputed at every guided step, the K/V bank kept on the CPU), so
+the speed-up is a ratio measured in one run on one machine. Defaults: ``sd15-random`` (full SD 1.5, random weights;
+the cost is the real one) at 512×512 in fp16 on CUDA; ``tiny`` at 128×128 with 10 drag steps on a CPU, where the
+numbers only show the harness works. Each configuration runs ``--warmup`` times untimed (compilation, caches), then
+``--repeats`` times; the table reports the median.
+
+Prints a table and writes JSON atomically to ``benchmarks/results/edit-<device>.json``.
+
+Usage::
+
+    python benchmarks/edit.py                          # device-dependent defaults
+    python benchmarks/edit.py --model sd15-random --resolution 512 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "dragbench-car"
+
+
+def _device_slug(device: str) -> str:
+    if device == "cuda":
+        return "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    return "cpu"
+
+
+def _specs(resolution: int, drag_steps: int, region_steps: int) -> dict[str, dict[str, Any]]:
+    from dragsdk.plugins.region_drag import RegionDragSpec
+
+    from dragsdk.samples import load_sample
+
+    _, drag = load_sample(SAMPLE)
+    drag["sampler"] = {"steps": drag_steps, "resolution": resolution}
+    region = RegionDragSpec.from_points(drag["points"], drag.get("mask")).model_dump(mode="json")
+    region["sampler"] = {**region.get("sampler", {}), "steps": region_steps, "resolution": resolution}
+    return {"drag": drag, "region-drag": region}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from dragsdk import Editor
+    from dragsdk.errors import BackendUnavailableError
+    from dragsdk.models import load_model
+    from dragsdk.registry import get_registry
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    model = load_model(args.model, device=device, torch_dtype=dtype)
+    reg = get_registry()
+    image = SAMPLE / "original_image.png"
+    specs = _specs(args.resolution, args.drag_steps, args.region_steps)
+    configs = [(n, n, False) for n in reg.backends] + [("reference", "eager", True)]
+    rows = []
+    for edit, spec in specs.items():
+        for label, backend, reference in configs:
+            if reference and edit == "region-drag":
+                continue  # the reference profile is about energy guidance; region-drag has none
+            row: dict[str, Any] = {"edit": edit, "config": label, "backend": backend}
+            ok, why = reg.backends[backend].availability()
+            if not ok:
+                rows.append({**row, "skipped": why})
+                continue
+            try:
+                editor = Editor(model, backend=backend, registry=reg, reference_profile=reference)
+                for _ in range(args.warmup):
+                    editor._trajectory = None
+                    editor.edit(image, spec)
+                runs = []
+                for _ in range(args.repeats):
+                    editor._trajectory = None
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    rep = editor.edit(image, spec).report
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    runs.append((time.perf_counter() - t0, rep))
+            except BackendUnavailableError as e:
+                rows.append({**row, "skipped": str(e)})
+                continue
+            wall = statistics.median(r[0] for r in runs)
+            rep = runs[len(runs) // 2][1]
+            rows.append({**row, "wall_s": wall, "phase_s": rep.phase_seconds, "unet": rep.unet_evaluations,
+                         "peak_memory_bytes": rep.peak_memory_bytes, "peak_memory_kind": rep.peak_memory_kind})
+    for edit in specs:
+        ref = next((r for r in rows if r["edit"] == edit and r["config"] == "reference" and "wall_s" in r), None)
+        for r in rows:
+            if r["edit"] == edit and "wall_s" in r and ref:
+                r["speedup_vs_reference"] = ref["wall_s"] / r["wall_s"]
+    return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "model": args.model, "resolution": args.resolution, "dtype": str(dtype).removeprefix("torch."),
+        "drag_steps": args.drag_steps, "region_steps": args.region_steps, "repeats": args.repeats,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows,
+        "note": "" if device == "cuda" else "CPU: harness check only; GPU numbers are still open",
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"device: {result['device']}  model: {result['model']}  {result['resolution']}px  {result['dtype']}")
+    print(f"{'edit':<12}{'config':<11}{'wall s':>9}{'encode':>8}{'invert':>8}{'sample':>8}{'decode':>8}"
+          f"{'fwd':>6}{'fwd+g':>6}{'bwd':>5}{'peak MiB':>10}{'×ref':>7}")
+    for r in result["rows"]:
+        if "wall_s" not in r:
+            print(f"{r['edit']:<12}{r['config']:<11}  skipped: {r['skipped'][:70]}")
+            continue
+        p, u = r["phase_s"], r["unet"]
+        print(f"{r['edit']:<12}{r['config']:<11}{r['wall_s']:>9.3f}{p['encode']:>8.3f}{p['invert']:>8.3f}"
+              f"{p['sample']:>8.3f}{p['decode']:>8.3f}{u['forward']:>6}{u['forward_grad']:>6}{u['backward']:>5}"
+              f"{r['peak_memory_bytes'] / 2**20:>10.0f}{r.get('speedup_vs_reference', float('nan')):>7.2f}")
+    if result["note"]:
+        print(f"!! {result['note']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cuda = torch.cuda.is_available()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="sd15-random" if cuda else "tiny")
+    ap.add_argument("--resolution", type=int, default=512 if cuda else 128)
+    ap.add_argument("--drag-steps", type=int, default=50 if cuda else 10)
+    ap.add_argument("--region-steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3 if cuda else 1)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    result = run(args)
+    print_table(result)
+    from dragsdk.io import write_text_atomic
+
+    out = args.out or ROOT / "benchmarks" / "results" / f"edit-{_device_slug('cuda' if cuda else 'cpu')}.json"
+    write_text_atomic(json.dumps(result, indent=2, default=str), out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
