@@ -1,4 +1,4 @@
-"""Object moving and resizing (DragonDiffusion arXiv 2307.02421 §3.4 "object moving"; dossier §2).
+"""Object moving (and the planner shared with resizing, :mod:`dragsdk.plugins.resize`) (DragonDiffusion arXiv 2307.02421 §3.4 "object moving"; dossier §2).
 
 On the feature grid (image/4), with the object placed by :func:`dragsdk.objects.placement_map` (scale about its
 own centroid, then shift; clipped at the borders):
@@ -57,13 +57,6 @@ class MoveSpec(EditSpec):
     guidance_step: float = Field(0.08, ge=0.0, description="c (0.08 for move)")
 
     _mask_ref = field_validator("mask", "fill_region", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
-
-
-class ResizeSpec(MoveSpec):
-    """Resize an object by ``scale`` about its own centroid (optionally also moving it)."""
-
-    mode: Literal["resize"] = "resize"  # type: ignore[assignment]
-    scale: float = Field(..., gt=0.0, le=10.0, description="scale about the object's centroid")
 
 
 def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
@@ -134,16 +127,6 @@ class MoveMode(EditMode):
         return plan_move(spec, ctx)
 
 
-class ResizeMode(EditMode):
-    name = "resize"
-    spec_model = ResizeSpec
-    description = "resize an object about its own centre, optionally moving it (DragonDiffusion object resizing)"
-
-    def plan(self, spec: ResizeSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
-        return plan_move(spec, ctx)
-
-
 @hookimpl
 def dragsdk_register_modes(register):
     register(MoveMode())
-    register(ResizeMode())
