@@ -80,6 +80,27 @@ class Backend(ABC):
         """Return the module the sampler calls in place of ``unet`` (default: ``unet`` itself)."""
         return unet
 
+    def prepare_unet_for_edit(self, model: Any, controller: Any) -> Any:
+        """The callable used in place of the UNet for one edit (what the editor calls).
+
+        It has the diffusers signature ``(sample, timestep, encoder_hidden_states=..., return_dict=False) -> (eps,)``.
+        ``model`` is the edit's :class:`~dragsdk.models.ModelBundle`; ``controller`` its
+        :class:`~dragsdk.attention.AttentionController`, with the processors already installed on ``model.unet``.
+        Default: :meth:`prepare_unet` of ``model.unet``. Override it when the backend runs the UNet itself and must
+        follow the controller's per-step state (mode, step, injection, bank) at each call, as ``onnx`` does.
+        """
+        return self.prepare_unet(model.unet)
+
+    def vae_encode(self, model: Any, image: torch.Tensor) -> torch.Tensor | None:
+        """Latent ``(B, 4, H/8, W/8)`` of ``image`` ``(B, 3, H, W)`` in [-1, 1], as
+        :meth:`~dragsdk.models.ModelBundle.encode_image`; or None (the default): the editor uses the torch VAE."""
+        return None
+
+    def vae_decode(self, model: Any, latent: torch.Tensor) -> torch.Tensor | None:
+        """Image ``(B, 3, H, W)`` in [-1, 1] of ``latent``, as :meth:`~dragsdk.models.ModelBundle.decode_latent`;
+        or None (the default): the editor uses the torch VAE."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         ok, why = self.availability()
         return {
