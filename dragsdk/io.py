@@ -160,6 +160,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], pr
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():

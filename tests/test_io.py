@@ -91,3 +91,14 @@ def test_atomic_write_leaves_no_partial_file_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(dest, fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_gives_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "out.txt", lambda tmp: tmp.write_text("x"))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
