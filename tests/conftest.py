@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
+
+# Tests never read or write the user's cache (measured backend table, exported ONNX graphs).
+os.environ.setdefault("DRAGSDK_CACHE_DIR", tempfile.mkdtemp(prefix="dragsdk-test-cache-"))
 
 # Triton fixes interpreter mode when kernels are defined (first import): without a CUDA device the kernels
 # must run in the CPU interpreter, so set it before anything imports dragsdk.kernels.
