@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[dev,onnx]"
+	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[dev,onnx,ray,ui]" "playwright>=1.40"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -159,7 +159,8 @@ def _random_bundle(name: str, seed: int = 0) -> ModelBundle:
 
 
 _HOW_TO_PROVIDE = (
-    "Provide a Stable Diffusion 1.5 model in diffusers layout: a local folder with unet/, vae/, text_encoder/, "
+    "Provide a Stable Diffusion model in diffusers layout (SD 1.5 for editing; SD 2.1 for DIFT evaluation "
+    "features): a local folder with unet/, vae/, text_encoder/, "
     "tokenizer/ and scheduler/ subfolders, or a Hugging Face hub id (e.g. "
     "'stable-diffusion-v1-5/stable-diffusion-v1-5') that is already in the Hugging Face cache "
     "(HF_HOME / HF_HUB_CACHE) or downloadable (unset HF_HUB_OFFLINE). Download once with "

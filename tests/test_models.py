@@ -30,5 +30,5 @@ def test_incomplete_folder_gives_the_clear_error(tmp_path):
 def test_uncached_hub_id_offline_gives_the_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE is set.*Provide a Stable Diffusion 1.5 model"):
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE is set.*Provide a Stable Diffusion model in diffusers layout"):
         load_model("stable-diffusion-v1-5/stable-diffusion-v1-5")

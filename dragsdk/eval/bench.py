@@ -1,0 +1,630 @@
+"""``dragsdk bench``: edit every sample of a dataset, score it, and write a resumable record of the run.
+
+Output folder::
+
+    results.jsonl     one JSON object per sample (see :data:`RECORD_KEYS`), appended and fsync'ed one at a time
+    run.json          the settings; a resumed run must have the same ones
+    edited/<id>.png   each edited image (written atomically before its line)
+    report/<id>.*.jpg original and arrows thumbnails for the HTML report
+    summary.json      the summary by category (also printed as a table, and in summary.txt)
+    plots/*.png       metric distributions and time per phase (needs matplotlib)
+    report.html       summary, plots, and original / edited / arrows side by side for every sample
+
+Resuming: a run that was killed is continued by running the same command again. The samples whose line is in
+``results.jsonl`` are skipped (no sample is edited twice); a line cut short by the kill is dropped and that sample
+runs again. Every line is written with one ``write`` and ``fsync`` before the next sample starts, so nothing
+finished is lost. Edits are seeded, so a resumed run writes the same lines as an uninterrupted one, except the
+measurements in :data:`VOLATILE_KEYS` (times, memory, worker).
+
+Scale-out: with Ray (:func:`run_bench` ``ray=True``) the samples are spread over one actor per GPU (per CPU slot
+without GPUs), each loading the model once; the driver reads the samples, sends them to the actors, and writes the
+results to the same ``results.jsonl`` as they arrive, with the same resume logic.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DragSDKError, ModelNotFoundError, SpecError
+from ..io import atomic_write, write_text_atomic
+from .datasets import Sample, SampleRef, discover, load
+from .dift import DIFT_ENSEMBLE, DIFT_MODEL
+from .metrics import (
+    PSNR_CAP_DB,
+    ImageFidelity,
+    MetricUnavailable,
+    dai_all,
+    fidelity_in_out,
+    mean_distance_dragdiffusion,
+    mean_distance_regiondrag,
+)
+
+METRICS = ("md", "md_regiondrag", "dai", "psnr_ssim", "if")
+"""Metric groups: DragDiffusion MD, RegionDrag MD, DAI (γ 1/5/10/20), PSNR/SSIM inside/outside, IF (1 − LPIPS)."""
+
+VOLATILE_KEYS = ("phase_seconds", "metric_seconds", "seconds", "peak_memory_bytes", "worker")
+"""Record keys that are measurements of this run (times, memory, the worker), not results."""
+
+RECORD_KEYS = (
+    "id", "dataset", "category", "status", "error", "mode", "prompt", "points", "spec", "image_size",
+    "working_size", "backend", "metrics", "metric_notes", "matches", "unet_evaluations", "phase_seconds",
+    "metric_seconds", "seconds", "peak_memory_bytes", "peak_memory_kind", "notes", "files", "worker",
+)
+RESULTS = "results.jsonl"
+RUN_FILE = "run.json"
+THUMB_WIDTH = 512
+
+
+@dataclass
+class BenchConfig:
+    """Settings of a bench run.
+
+    Attributes:
+        dataset: dataset folder (:mod:`dragsdk.eval.datasets`).
+        out: output folder.
+        mode: edit mode; None = the dataset's own (drag for DragBench / Drag100, region-drag for SR/DR).
+        model / backend / device: as :class:`~dragsdk.editor.Editor`.
+        format: dataset layout or ``auto``.
+        limit: only the first N samples (in id order).
+        steps / resolution / seed: override the spec's sampler settings.
+        metrics: a subset of :data:`METRICS`.
+        dift_model / dift_ensemble: the DIFT extractor of MD (default SD 2.1, 8; the protocol). A name equal to
+            ``model`` reuses the editing model.
+    """
+
+    dataset: str
+    out: str
+    mode: str | None = None
+    model: str = "tiny"
+    backend: str = "auto"
+    device: str | None = None
+    format: str = "auto"
+    limit: int | None = None
+    steps: int | None = None
+    resolution: int | None = None
+    seed: int | None = None
+    metrics: tuple[str, ...] = METRICS
+    dift_model: str = DIFT_MODEL
+    dift_ensemble: int = DIFT_ENSEMBLE
+
+    def __post_init__(self) -> None:
+        self.dataset, self.out = str(self.dataset), str(self.out)
+        self.metrics = tuple(self.metrics)
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise SpecError("metrics", f"unknown {unknown}; choose from {', '.join(METRICS)}")
+        if self.limit is not None and self.limit < 1:
+            raise SpecError("limit", f"must be ≥ 1, got {self.limit}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a resumed run must share (everything but ``out`` and ``limit``)."""
+        d = asdict(self)
+        d.pop("out")
+        d.pop("limit")
+        d["dataset"] = str(Path(self.dataset).resolve())
+        d["metrics"] = list(self.metrics)
+        return d
+
+
+@dataclass
+class BenchResult:
+    """What :func:`run_bench` did.
+
+    Attributes:
+        records: every record of the run's samples (resumed ones included), in sample order.
+        summary: :func:`summarize` of them.
+        out: the output folder; ``paths`` the files written (results, summary, plots, report).
+        skipped: samples already done before this call; ``ran``: samples run by this call.
+        workers: per worker (process or Ray actor): ``pid``, ``model_loads``, ``samples``.
+    """
+
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    out: Path
+    paths: dict[str, Any]
+    skipped: int
+    ran: int
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- the results file -----------------------------------------------------------------------------------------
+
+
+class ResultsLog:
+    """``results.jsonl``: one record per line, each appended with a single ``write`` and made durable (``fsync``)
+    before the call returns. :meth:`read` drops a last line cut short by a kill."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def read(self, repair: bool = False) -> list[dict[str, Any]]:
+        """The complete records in file order; with ``repair`` a trailing partial line is cut off the file."""
+        if not self.path.is_file():
+            return []
+        raw = self.path.read_bytes()
+        end = raw.rfind(b"\n") + 1
+        if repair and end < len(raw):
+            os.truncate(self.path, end)
+        records = []
+        for n, line in enumerate(raw[:end].splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                print(f"warning: {self.path}:{n} is not JSON; its sample will run again", file=sys.stderr)
+                continue
+            if isinstance(rec, dict) and "id" in rec:
+                records.append(rec)
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        data = (json.dumps(_jsonable(record), allow_nan=False, ensure_ascii=False) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def comparable(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without its :data:`VOLATILE_KEYS`: what must be equal between two runs of the same settings."""
+    return {k: v for k, v in record.items() if k not in VOLATILE_KEYS}
+
+
+# -- jobs: a sample made ready to edit (driver side) ----------------------------------------------------------
+
+
+def prepare_job(sample: Sample, config: BenchConfig) -> dict[str, Any]:
+    """The spec a sample runs with under ``config`` (its mode, converted when needed; sampler overrides).
+
+    Raises:
+        SpecError: the mode is unknown or cannot convert the sample's spec.
+    """
+    from ..registry import get_registry
+
+    spec = dict(sample.spec)
+    mode = config.mode
+    if mode is not None and spec.get("mode") != mode:
+        drag = sample.meta.get("drag_spec")
+        if mode == "drag" and drag is not None:
+            spec = dict(drag)
+        else:
+            modes = get_registry().modes
+            if mode not in modes:
+                raise SpecError("mode", f"unknown mode {mode!r}; installed modes are {sorted(modes)}")
+            source = Path(sample.meta["source"])
+            spec = modes[mode].convert_spec(dict(drag or spec), source if source.is_dir() else None)
+    sampler = dict(spec.get("sampler") or {})
+    for key in ("steps", "resolution", "seed"):
+        value = getattr(config, key)
+        if value is not None:
+            sampler[key] = value
+    if sampler:
+        spec["sampler"] = sampler
+    meta = {k: v for k, v in sample.meta.items() if k != "drag_spec"}
+    return {"id": sample.id, "image": sample.image, "spec": spec, "meta": meta}
+
+
+def _error_record(ref: SampleRef | dict[str, Any], error: str, stage: str) -> dict[str, Any]:
+    sid, category, dataset = (ref.id, ref.category, ref.format) if isinstance(ref, SampleRef) else (
+        ref["id"], ref["meta"]["category"], ref["meta"]["dataset"])
+    rec: dict[str, Any] = {k: None for k in RECORD_KEYS}
+    rec.update(id=sid, dataset=dataset, category=category, status="error", error=f"{stage}: {error}",
+               metrics={}, metric_notes={}, matches={}, notes=[], files={})
+    return rec
+
+
+# -- the worker: one model, many samples ----------------------------------------------------------------------
+
+
+class BenchWorker:
+    """Edits and scores samples with one model loaded once (a process, or a Ray actor).
+
+    Args:
+        config: the run settings.
+        features: a DIFT-like feature function to use for MD instead of loading ``config.dift_model``
+            (``features(image (1, 3, H, W) in [−1, 1], prompt) → (1, C, h, w)``).
+    """
+
+    def __init__(self, config: BenchConfig, features: Callable[..., Any] | None = None) -> None:
+        from ..editor import Editor
+        from ..models import load_model
+
+        self.config = config
+        self.bundle = load_model(config.model, config.device)
+        self.editor = Editor(self.bundle, backend=config.backend)
+        self.stats = {"pid": os.getpid(), "model_loads": 1, "samples": 0}
+        self._features = features
+        self._dift: tuple[Any, Any] | None = None
+        self._unavailable: dict[str, str] = {}
+        self._fidelity = ImageFidelity()
+
+    # metric back-ends, created on first use; an unavailable one is remembered with its reason
+    def _dift_pair(self) -> tuple[Any, Any]:
+        if self._dift is None:
+            if self._features is not None:
+                self._dift = (self._features, self._features)
+            else:
+                from .dift import DIFT
+
+                name = self.config.dift_model
+                model = self.bundle if name == self.config.model else name
+                sample = DIFT(model, ensemble=self.config.dift_ensemble, device=self.config.device)
+                try:
+                    bundle = sample.bundle
+                except ModelNotFoundError as e:
+                    raise MetricUnavailable(f"MD not computed: the DIFT model's weights are absent ({e})") from e
+                mode = DIFT(bundle, ensemble=self.config.dift_ensemble, latent="mode")
+                self._dift = (sample, mode)
+        return self._dift
+
+    def _metric(self, name: str, notes: dict[str, str], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        key = "md" if name in ("md", "md_regiondrag") else name
+        if key in self._unavailable:
+            notes[name] = self._unavailable[key]
+            return {}
+        try:
+            return fn()
+        except MetricUnavailable as e:
+            self._unavailable[key] = str(e)
+            notes[name] = str(e)
+        except Exception as e:  # a metric failing on one sample never ends the run
+            notes[name] = f"failed: {type(e).__name__}: {e}"
+        return {}
+
+    def score(self, original: Image.Image, edited: Image.Image, points: list[Any], mask: np.ndarray | None,
+              prompt: str) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+        """``(metrics, notes, matches)`` of one edit for the configured metric groups."""
+        want = self.config.metrics
+        metrics: dict[str, Any] = {}
+        notes: dict[str, str] = {}
+        matches: dict[str, Any] = {}
+
+        def md(protocol: str) -> dict[str, Any]:
+            sample_feats, mode_feats = self._dift_pair()
+            if protocol == "md":
+                r = mean_distance_dragdiffusion(original, edited, points, sample_feats, prompt)
+            else:
+                r = mean_distance_regiondrag(original, edited, points, mode_feats, prompt)
+            matches[protocol] = [list(m) for m in r.matches]
+            return {protocol: r.value, f"{protocol}_pairs": r.distances}
+
+        for name in ("md", "md_regiondrag", "dai"):
+            if name in want and not points:
+                notes[name] = "skipped: the sample has no handle → target points"
+            elif name in want:
+                fn = (lambda n=name: md(n)) if name != "dai" else (lambda: dai_all(original, edited, points))
+                metrics.update(self._metric(name, notes, fn))
+        if "psnr_ssim" in want:
+            if mask is None or mask.all() or not mask.any():
+                notes["psnr_ssim"] = "skipped: the sample's mask is missing, full or empty"
+            else:
+                metrics.update(self._metric("psnr_ssim", notes, lambda: fidelity_in_out(original, edited, mask)))
+        if "if" in want:
+            metrics.update(self._metric("if", notes, lambda: {"if": self._fidelity(original, edited)}))
+        return metrics, notes, matches
+
+    def run(self, job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """Edit and score one prepared job (:func:`prepare_job`).
+
+        Returns:
+            ``(record, files)``: the JSONL record and the files to write (relative path → bytes). A sample whose
+            edit fails gives an error record; nothing is raised.
+        """
+        t_start = time.perf_counter()
+        meta, spec, image = job["meta"], job["spec"], job["image"]
+        self.stats["samples"] += 1
+        try:
+            result = self.editor.edit(image, spec)
+        except Exception as e:  # a broken sample is recorded and skipped
+            rec = _error_record(job, f"{type(e).__name__}: {e}", "edit")
+            rec["worker"] = self.stats["pid"]
+            return rec, {}
+        rep = result.report
+        mask = meta.get("mask")
+        plan_mask = False
+        if mask is None:
+            m = result.plan.edit_mask.float().numpy()
+            mask = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize(image.size, Image.Resampling.NEAREST)) > 127
+            plan_mask = True
+        t0 = time.perf_counter()
+        metrics, notes, matches = self.score(image, result.image, meta["points"], mask, meta["prompt"])
+        metric_seconds = time.perf_counter() - t0
+        if plan_mask:
+            notes["mask"] = "the sample has no mask: inside/outside use the edit's own mask"
+        files, paths = _sample_files(job["id"], image, result.image, meta["points"], matches)
+        rec: dict[str, Any] = {
+            "id": job["id"], "dataset": meta["dataset"], "category": meta["category"], "status": "ok", "error": None,
+            "mode": result.spec.mode, "prompt": result.spec.prompt, "points": meta["points"],
+            "spec": result.spec.model_dump(mode="json"), "image_size": list(rep.image_size),
+            "working_size": list(rep.working_size), "backend": rep.backend, "metrics": metrics,
+            "metric_notes": notes, "matches": matches, "unet_evaluations": rep.unet_evaluations,
+            "phase_seconds": rep.phase_seconds, "metric_seconds": metric_seconds,
+            "seconds": time.perf_counter() - t_start, "peak_memory_bytes": rep.peak_memory_bytes,
+            "peak_memory_kind": rep.peak_memory_kind, "notes": list(rep.notes), "files": paths,
+            "worker": self.stats["pid"],
+        }
+        return rec, files
+
+
+def _safe_id(sid: str) -> str:
+    return "/".join(part.replace("..", "_") or "_" for part in sid.split("/"))
+
+
+def _sample_files(sid: str, original: Image.Image, edited: Image.Image, points: list[Any],
+                  matches: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, str]]:
+    from .report import draw_arrows, thumbnail
+
+    base = _safe_id(sid)
+    paths = {"edited": f"edited/{base}.png", "original": f"report/{base}.original.jpg",
+             "arrows": f"report/{base}.arrows.jpg"}
+    files: dict[str, bytes] = {}
+    buf = io.BytesIO()
+    edited.save(buf, format="PNG")
+    files[paths["edited"]] = buf.getvalue()
+    for key, img in (("original", thumbnail(original, THUMB_WIDTH)),
+                     ("arrows", draw_arrows(edited, points, matches.get("md") or matches.get("md_regiondrag"),
+                                            THUMB_WIDTH))):
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        files[paths[key]] = buf.getvalue()
+    return files, paths
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+
+
+def _check_run_file(out: Path, config: BenchConfig) -> None:
+    path = out / RUN_FILE
+    fp = config.fingerprint()
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = [f"{k}: {old.get(k)!r} → {v!r}" for k, v in fp.items() if old.get(k) != v]
+        if diff and (out / RESULTS).is_file():
+            raise SpecError("out", f"{out} holds a run with other settings ({'; '.join(diff)}); resume it with the "
+                                   "same settings or choose another --out")
+    write_text_atomic(json.dumps(fp, indent=2), path)
+
+
+def _jobs(refs: Iterable[SampleRef], config: BenchConfig) -> Iterator[tuple[SampleRef, dict[str, Any] | None, str]]:
+    """``(ref, job, error)`` per sample: a job, or None and why the sample cannot run."""
+    for ref in refs:
+        try:
+            yield ref, prepare_job(load(ref), config), ""
+        except (DragSDKError, OSError, ValueError, KeyError, TypeError, EOFError) as e:
+            yield ref, None, f"{type(e).__name__}: {e}"
+
+
+def run_bench(
+    config: BenchConfig,
+    progress: bool = True,
+    ray: bool = False,
+    ray_address: str | None = None,
+    actors: int | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    features: Callable[..., Any] | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> BenchResult:
+    """Run (or resume) a benchmark and write the results, summary, plots and HTML report.
+
+    Args:
+        config: the settings.
+        progress: show a progress bar.
+        ray: spread the samples over Ray actors (needs the ``ray`` extra).
+        ray_address: the cluster (``auto``, ``ray://host:port``); None starts a local Ray instance (or joins the
+            one ``RAY_ADDRESS`` names).
+        actors: Ray actors; default one per GPU of the cluster, or one per CPU without GPUs.
+        on_record: called after each record is written (e.g. to stop a run in tests).
+        features: a feature function for MD instead of DIFT (see :class:`BenchWorker`).
+        echo: where messages (unavailable metrics, the summary table) go; None = silent.
+
+    Raises:
+        SpecError: a dataset that is not one, an output folder holding a run with other settings, bad settings.
+        MetricUnavailable: never; an unavailable metric is reported in the records and summary.
+        ImportError: ``ray=True`` without Ray installed (the message gives the install line).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(config.out)
+    refs = discover(config.dataset, config.format)
+    if config.limit is not None:
+        refs = refs[:config.limit]
+    out.mkdir(parents=True, exist_ok=True)
+    _check_run_file(out, config)
+    log = ResultsLog(out / RESULTS)
+    done = {r["id"] for r in log.read(repair=True)}
+    todo = [r for r in refs if r.id not in done]
+    skipped = len(refs) - len(todo)
+    told: set[str] = set()
+    bar = tqdm(total=len(refs), initial=skipped, desc="dragsdk bench", unit="sample", disable=not progress)
+
+    def write(rec: dict[str, Any], files: dict[str, bytes]) -> None:
+        for rel, data in files.items():
+            atomic_write(out / rel, lambda tmp, d=data: tmp.write_bytes(d))
+        log.append(rec)
+        bar.update(1)
+        for name, note in rec.get("metric_notes", {}).items():
+            if echo and note not in told and ("not computed:" in note or note.startswith("failed")):
+                told.add(note)
+                bar.write(f"{name}: {note}") if progress else echo(f"{name}: {note}")
+        if rec["status"] == "error":
+            msg = f"sample {rec['id']} skipped: {rec['error']}"
+            bar.write(msg) if progress else (echo and echo(msg))
+        if on_record:
+            on_record(rec)
+
+    workers: list[dict[str, Any]] = []
+    try:
+        if todo and ray:
+            from .ray_runner import run_on_ray
+
+            workers = run_on_ray(config, _jobs(todo, config), write, ray_address, actors, features)
+        elif todo:
+            worker = BenchWorker(config, features)
+            for ref, job, error in _jobs(todo, config):
+                if job is None:
+                    write(_error_record(ref, error, "load"), {})
+                    continue
+                write(*worker.run(job))
+            workers = [dict(worker.stats)]
+    finally:
+        bar.close()
+    order = {r.id: i for i, r in enumerate(refs)}
+    records = sorted((r for r in log.read() if r["id"] in order), key=lambda r: order[r["id"]])
+    summary = summarize(records)
+    summary["settings"] = config.fingerprint()
+    paths = write_outputs(out, records, summary, echo)
+    return BenchResult(records, summary, out, paths, skipped, len(todo), workers)
+
+
+# -- summary --------------------------------------------------------------------------------------------------
+
+SUMMARY_METRICS = ("md", "md_regiondrag", "dai_1", "dai_5", "dai_10", "dai_20", "psnr_inside", "psnr_outside",
+                   "ssim_inside", "ssim_outside", "if")
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _group(records: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in records if r["status"] == "ok"]
+    out: dict[str, Any] = {"samples": len(records), "ok": len(ok), "errors": len(records) - len(ok),
+                           "pairs": sum(len(r.get("points") or []) for r in ok)}
+    for name in SUMMARY_METRICS:
+        if name == "md":  # DragDiffusion averages over all pairs of the benchmark
+            vals = [d for r in ok for d in r["metrics"].get("md_pairs", [])]
+        else:
+            vals = [r["metrics"][name] for r in ok if r["metrics"].get(name) is not None]
+        out[name] = _mean(vals)
+        out[f"{name}_n"] = len(vals)
+    out["seconds_mean"] = _mean([r["seconds"] for r in ok if r.get("seconds") is not None])
+    phases: dict[str, list[float]] = {}
+    for r in ok:
+        for k, v in (r.get("phase_seconds") or {}).items():
+            phases.setdefault(k, []).append(v)
+    out["phase_seconds_mean"] = {k: _mean(v) for k, v in phases.items()}
+    out["metric_seconds_mean"] = _mean([r["metric_seconds"] for r in ok if r.get("metric_seconds") is not None])
+    unet = [sum((r.get("unet_evaluations") or {}).values()) for r in ok]
+    out["unet_evaluations_mean"] = _mean([float(u) for u in unet])
+    peaks = [r["peak_memory_bytes"] for r in ok if r.get("peak_memory_bytes")]
+    out["peak_memory_bytes_max"] = max(peaks) if peaks else None
+    return out
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary of a run by category, plus ``all``.
+
+    MD (DragDiffusion) is the mean over all pairs (as ``run_eval_point_matching.py``); every other metric is the
+    mean over samples that have it. ``unavailable`` lists the metrics that were not computed and why; ``errors``
+    the samples that could not be read or edited.
+    """
+    cats: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        cats.setdefault(str(r.get("category")), []).append(r)
+    unavailable: dict[str, str] = {}
+    for r in records:
+        for k, v in (r.get("metric_notes") or {}).items():
+            if "not computed:" in v:  # MetricUnavailable: a package or weights missing
+                unavailable.setdefault(k, v)
+    return {
+        "categories": {c: _group(rs) for c, rs in sorted(cats.items())},
+        "all": _group(records),
+        "unavailable": unavailable,
+        "errors": {r["id"]: r["error"] for r in records if r["status"] == "error"},
+        "psnr_cap_db": PSNR_CAP_DB,
+    }
+
+
+_COLUMNS = (("n", "samples", "{:d}"), ("err", "errors", "{:d}"), ("pairs", "pairs", "{:d}"),
+            ("MD px", "md", "{:.2f}"), ("MD-RD×100", "md_regiondrag", "{:.2f}"), ("DAI1", "dai_1", "{:.4f}"),
+            ("DAI5", "dai_5", "{:.4f}"), ("DAI10", "dai_10", "{:.4f}"), ("DAI20", "dai_20", "{:.4f}"),
+            ("PSNRin", "psnr_inside", "{:.2f}"), ("PSNRout", "psnr_outside", "{:.2f}"),
+            ("SSIMin", "ssim_inside", "{:.3f}"), ("SSIMout", "ssim_outside", "{:.3f}"), ("IF", "if", "{:.3f}"),
+            ("s/img", "seconds_mean", "{:.2f}"))
+
+
+def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (one per category, then ``all``) of the summary table, values formatted."""
+    header = ["category", *(c[0] for c in _COLUMNS)]
+    rows = []
+    for name, g in [*summary["categories"].items(), ("all", summary["all"])]:
+        row = [name]
+        for _, key, fmt in _COLUMNS:
+            v = g.get(key)
+            if v is None:
+                row.append("—")
+            else:
+                row.append(fmt.format(v * 100 if key == "md_regiondrag" else v))
+        rows.append(row)
+    return header, rows
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The summary as a fixed-width text table, with the unavailable metrics and errors below it."""
+    header, rows = table_rows(summary)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
+    text = [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows[:-1])]
+    text += ["  ".join("-" * w for w in widths), line(rows[-1])]
+    for reason, names in _by_reason(summary.get("unavailable", {})).items():
+        text.append(f"{', '.join(names)}: {reason}")
+    for k, v in summary.get("errors", {}).items():
+        text.append(f"error {k}: {v}")
+    return "\n".join(text)
+
+
+def _by_reason(unavailable: dict[str, str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, reason in unavailable.items():
+        out.setdefault(reason, []).append(name)
+    return out
+
+
+def write_outputs(out: Path, records: list[dict[str, Any]], summary: dict[str, Any],
+                  echo: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Write ``summary.json``, ``summary.txt``, the plots and ``report.html``; print the table with ``echo``."""
+    from .report import write_plots, write_report
+
+    paths: dict[str, Any] = {"results": out / RESULTS}
+    paths["summary"] = write_text_atomic(json.dumps(_jsonable(summary), indent=2, allow_nan=False), out / "summary.json")
+    table = format_table(summary)
+    paths["table"] = write_text_atomic(table + "\n", out / "summary.txt")
+    plots, why = write_plots(out, records)
+    paths["plots"] = plots
+    if why and echo:
+        echo(why)
+    paths["report"] = write_report(out, records, summary, plots, table)
+    if echo:
+        echo(table)
+    return paths

@@ -1,0 +1,49 @@
+"""``dragsdk bench --ray``: two actors on a local Ray instance give the single-process results, resumably."""
+
+import json
+import shutil
+
+import pytest
+
+from dragsdk.eval import BenchConfig, comparable, run_bench
+
+from .test_eval import BENCH_SETTINGS, _bench_root
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'dragsdk[ray]'")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance with two CPU slots (run_bench joins it instead of starting its own)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _lines(out):
+    return [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_ray_run_with_two_actors_resumes_and_equals_the_single_process_run(tmp_path, local_ray):
+    single = run_bench(BenchConfig(_bench_root(), tmp_path / "single", limit=3, **BENCH_SETTINGS),
+                       progress=False, echo=None)
+    # the state a run killed after its first sample leaves: run.json and one line
+    out = tmp_path / "ray"
+    out.mkdir()
+    shutil.copy(tmp_path / "single/run.json", out / "run.json")
+    first = (tmp_path / "single/results.jsonl").read_text().splitlines()[0]
+    (out / "results.jsonl").write_text(first + "\n")
+    seen = []
+    resumed = run_bench(BenchConfig(_bench_root(), out, limit=3, **BENCH_SETTINGS), progress=False, echo=None,
+                        ray=True, actors=2, on_record=lambda r: seen.append(r["id"]))
+    assert resumed.skipped == 1 and resumed.ran == 2 and json.loads(first)["id"] not in seen  # nothing run twice
+    # one model load per actor, both actors used, every remaining sample run once
+    assert len(resumed.workers) == 2 and all(w["model_loads"] == 1 for w in resumed.workers)
+    assert sorted(w["samples"] for w in resumed.workers) == [1, 1]
+    assert len({r["worker"] for r in _lines(out)[1:]}) == 2
+    # streamed in completion order, equal to the single-process records sample by sample
+    by_id = {r["id"]: comparable(r) for r in _lines(out)}
+    assert len(by_id) == 3 and by_id == {r["id"]: comparable(r) for r in _lines(tmp_path / "single")}
+    assert [r["id"] for r in resumed.records] == [r["id"] for r in single.records]
+    for key in ("md", "dai_1", "psnr_inside", "ssim_outside", "pairs", "samples"):
+        assert resumed.summary["all"][key] == single.summary["all"][key]
