@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from dragsdk.kernels.reference import KVSource
 
+from dragsdk.attention import ProcessorBase, split_heads
 from dragsdk.errors import BackendUnavailableError
 from dragsdk.hookspecs import hookimpl
 
@@ -93,12 +94,9 @@ class _KVState:
         self.kv_out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, c = x.shape
-    return x.view(b, n, heads, c // heads).transpose(1, 2)
 
 
-class _ExportProcessor:
+class _ExportProcessor(ProcessorBase):
     """A stateless twin of :class:`~dragsdk.attention.KVProcessor` for export: a bank layer returns its own K/V
     through the state and, where ``use_bank`` is true, attends to the K/V given as graph inputs (``replace``)."""
 
@@ -107,58 +105,20 @@ class _ExportProcessor:
         self.layer = layer
         self.bank = bank
 
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args: Any,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b4, c4, h4, w4 = hidden_states.shape
-            hidden_states = hidden_states.view(b4, c4, h4 * w4).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-
-        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        heads = attn.heads
-        qh, kh, vh = _heads(q, heads), _heads(k, heads), _heads(v, heads)
-        if getattr(attn, "norm_q", None) is not None:
-            qh = attn.norm_q(qh)
-        if getattr(attn, "norm_k", None) is not None:
-            kh = attn.norm_k(kh)
+    def attend(self, attn: Any, k: torch.Tensor, v: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor,
+               vh: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         st = self.state
+        heads = attn.heads
         if self.bank:
             st.kv_out[self.layer] = (k, v)
             given = st.kv_in.get(self.layer)
-            if given is not None and attention_mask is None:
+            if given is not None and mask is None:
                 assert st.use_bank is not None
                 # replace: the bank entry (1, H, N, d), broadcast over the batch, no norm_k (as KVProcessor).
-                bk, bv = _heads(given[0].to(k.dtype), heads), _heads(given[1].to(v.dtype), heads)
+                bk, bv = split_heads(given[0].to(k.dtype), heads), split_heads(given[1].to(v.dtype), heads)
                 kh = torch.where(st.use_bank, bk, kh)
                 vh = torch.where(st.use_bank, bv, vh)
-        mask = None
-        if attention_mask is not None:
-            mask = attn.prepare_attention_mask(attention_mask, context.shape[1], q.shape[0])
-            mask = mask.view(q.shape[0], heads, -1, mask.shape[-1])
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=attn.scale)
-        out = out.transpose(1, 2).reshape(q.shape[0], -1, q.shape[-1]).to(q.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(b4, c4, h4, w4)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=attn.scale)
 
 
 class UNetKVGraph(torch.nn.Module):

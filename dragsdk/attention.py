@@ -115,22 +115,22 @@ class AttentionController:
         raise ValueError(f"cannot map {n_tokens} tokens onto the latent grid {w}×{h}")
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, N, H·d)`` → ``(B, H, N, d)`` view (no copy)."""
     b, n, c = x.shape
     return x.view(b, n, heads, c // heads).transpose(1, 2)
 
 
-class KVProcessor:
-    """A diffusers attention processor over the controller's attention function.
+class ProcessorBase:
+    """What every dragsdk attention processor shares with diffusers' ``AttnProcessor2_0``: spatial / group norm,
+    4-D inputs, the q/k/v projections split into heads (with ``norm_q`` / ``norm_k``), the output projection,
+    residual and rescale. Subclasses implement :meth:`attend`."""
 
-    Handles what ``AttnProcessor2_0`` handles (spatial / group norm, 4-D inputs, residual, output rescale) and
-    routes bank layers through recording or injection.
-    """
-
-    def __init__(self, controller: AttentionController, layer: str) -> None:
-        self.controller = controller
-        self.layer = layer
-        self.is_bank_layer = layer in controller.bank_layers
+    def attend(self, attn: Any, k: torch.Tensor, v: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor,
+               vh: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``(B, H, N, d)`` attention output. ``k``/``v`` are the projections before the head split ``(B, M, C)``;
+        ``qh``/``kh``/``vh`` after it; ``mask`` is diffusers' prepared attention mask or None."""
+        raise NotImplementedError
 
     def __call__(
         self,
@@ -157,18 +157,16 @@ class KVProcessor:
 
         q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         heads = attn.heads
-        qh, kh, vh = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+        qh, kh, vh = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
         if getattr(attn, "norm_q", None) is not None:
             qh = attn.norm_q(qh)
         if getattr(attn, "norm_k", None) is not None:
             kh = attn.norm_k(kh)
-
+        mask = None
         if attention_mask is not None:
             mask = attn.prepare_attention_mask(attention_mask, context.shape[1], q.shape[0])
             mask = mask.view(q.shape[0], heads, -1, mask.shape[-1])
-            out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=attn.scale)
-        else:
-            out = self._route(k, v, qh, kh, vh, heads, attn.scale)
+        out = self.attend(attn, k, v, qh, kh, vh, mask)
 
         out = out.transpose(1, 2).reshape(q.shape[0], -1, q.shape[-1]).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
@@ -177,6 +175,21 @@ class KVProcessor:
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+class KVProcessor(ProcessorBase):
+    """A diffusers attention processor over the controller's attention function; bank layers record or inject."""
+
+    def __init__(self, controller: AttentionController, layer: str) -> None:
+        self.controller = controller
+        self.layer = layer
+        self.is_bank_layer = layer in controller.bank_layers
+
+    def attend(self, attn: Any, k: torch.Tensor, v: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor,
+               vh: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is not None:
+            return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=attn.scale)
+        return self._route(k, v, qh, kh, vh, attn.heads, attn.scale)
 
     @torch.compiler.disable
     def _route(self, k: torch.Tensor, v: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor,
@@ -202,7 +215,7 @@ class KVProcessor:
 
         def entry(i: int) -> tuple[torch.Tensor, torch.Tensor]:
             # (1, H, N, d) views of one bank row: shared by every query row (both CFG halves), never copied.
-            return _heads(bk[i : i + 1], heads), _heads(bv[i : i + 1], heads)
+            return split_heads(bk[i : i + 1], heads), split_heads(bv[i : i + 1], heads)
 
         if inj.mode == "concat":
             return [KVSource(kh, vh), KVSource(*entry(inj.banks[0]))]
