@@ -20,6 +20,27 @@ def local_ray():
     ray.shutdown()
 
 
+def _close(a, b, path="record"):
+    """Equal structure and non-float values; floats within 1e-3 relative. Ray actors run with one thread
+    (Ray sets OMP_NUM_THREADS to the actor's CPU count) and the driver with several, so reductions differ in
+    their last digits."""
+    import math
+
+    if isinstance(a, float) or isinstance(b, float):
+        assert isinstance(a, int | float) and isinstance(b, int | float), path
+        assert math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6) or (math.isinf(a) and a == b), (path, a, b)
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, (path, a, b)
+
+
 def _lines(out):
     return [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
 
@@ -43,7 +64,8 @@ def test_ray_run_with_two_actors_resumes_and_equals_the_single_process_run(tmp_p
     assert len({r["worker"] for r in _lines(out)[1:]}) == 2
     # streamed in completion order, equal to the single-process records sample by sample
     by_id = {r["id"]: comparable(r) for r in _lines(out)}
-    assert len(by_id) == 3 and by_id == {r["id"]: comparable(r) for r in _lines(tmp_path / "single")}
+    assert len(by_id) == 3
+    _close(by_id, {r["id"]: comparable(r) for r in _lines(tmp_path / "single")})
     assert [r["id"] for r in resumed.records] == [r["id"] for r in single.records]
     for key in ("md", "dai_1", "psnr_inside", "ssim_outside", "pairs", "samples"):
-        assert resumed.summary["all"][key] == single.summary["all"][key]
+        _close(resumed.summary["all"][key], single.summary["all"][key], key)
