@@ -261,6 +261,35 @@ def bench(
                f"report {result.paths['report']}")
 
 
+@app.command()
+def ui(
+    model: Annotated[str, typer.Option(help="hub id, diffusers folder, 'tiny' or 'sd15-random'")] = "tiny",
+    backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
+    port: Annotated[int | None, typer.Option(help="port (default: 7860, or the next free one)")] = None,
+    host: Annotated[str, typer.Option(help="address to serve on; 0.0.0.0 exposes the page to the network")] = "127.0.0.1",
+    samples: Annotated[list[Path] | None, typer.Option(
+        help="folder searched for DragBench / Drag100 samples (repeatable; default ../shared/data and examples)")] = None,
+    steps: Annotated[int | None, typer.Option(help="steps the page starts with (default: the mode's)")] = None,
+    resolution: Annotated[int | None, typer.Option(help="working resolution the page starts with")] = None,
+) -> None:
+    """Open the interactive editor in the browser: click points, brush masks, run, download (needs the ui extra)."""
+    from .errors import DragSDKError
+
+    try:
+        from .ui.app import build_app, launch
+    except ImportError as e:
+        _fail(f"the browser editor needs Gradio: pip install 'dragsdk[ui]' ({e})")
+    roots = samples if samples else [p for p in (Path("../shared/data"), Path("examples")) if p.is_dir()]
+    try:
+        from .editor import Editor
+
+        editor = Editor.from_pretrained(model, backend=backend)
+    except DragSDKError as e:
+        _fail(str(e))
+    typer.echo(f"dragsdk ui: model {model}, backend {backend}; the page's address follows (Ctrl+C stops)")
+    launch(build_app(editor, sample_roots=roots, steps=steps, resolution=resolution), host=host, port=port)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,709 @@
+"""The browser editor's bookkeeping, free of Gradio so it can be unit-tested.
+
+- Coordinates: the page shows the image at a *display* size (the image itself, or a copy whose longer side is at
+  most :data:`MAX_DISPLAY_SIDE`); Gradio reports a click in the pixels of that displayed copy, whatever size the
+  browser draws it at. :func:`display_to_image` turns it into image pixels, the only coordinates a spec holds.
+- Clicks are kept per mode (:class:`Session`): drag alternates handle, target; region-drag polygons take the handle
+  polygon's vertices, then the target's; move / resize / paste keep one click, the object's new centre.
+- :func:`build_spec` turns clicks, brushed masks and settings into a spec dict, or raises :class:`UIError` naming
+  the control whose message slot shows what is wrong.
+- :func:`render_overlay` draws the clicks (arrows, polygons, the placed object) on the displayed copy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from dragsdk.io import mask_to_data_url
+
+MODES = ("drag", "region-drag", "move", "resize", "paste", "appearance")
+"""Modes the page offers, in the order of its selector."""
+
+REGION_INPUTS = ("brush regions", "polygon vertices")
+MAX_DISPLAY_SIDE = 1024
+"""The click view shows a copy whose longer side is at most this many pixels."""
+
+CONTROLS = ("image", "prompt", "points", "mask", "reference", "settings", "run")
+"""Message slots on the page, one beside each group of controls."""
+
+Point = tuple[int, int]
+
+HANDLE_RGB = (230, 40, 40)
+TARGET_RGB = (40, 110, 240)
+OBJECT_RGB = (40, 200, 90)
+
+MODE_HELP = {
+    "drag": "Click a **handle**, then its **target**; repeat for more pairs. Brush the editable region in the mask "
+            "(optional: without one a mask is proposed around each handle).",
+    "region-drag": "Brush a **handle region** and a **target region**, or pick *polygon vertices* and click the "
+                   "handle polygon's corners, then the target polygon's (3 or 4 each). The mask is optional.",
+    "move": "Brush the **object** in the mask, then click where its centre should go. The scale slider also resizes it.",
+    "resize": "Brush the **object** in the mask and set the scale; a click moves its centre too (optional).",
+    "paste": "Upload a **reference image** and brush the object on it, then click where its centre goes on this "
+             "image; set the scale.",
+    "appearance": "Brush the **object** in the mask, upload a **reference image** and brush the object whose look "
+                  "it should take.",
+}
+
+
+class UIError(ValueError):
+    """Input the page cannot run, with the message slot that shows it.
+
+    Attributes:
+        control: one of :data:`CONTROLS`.
+        message: what is wrong and what to do, in words for the person at the page.
+    """
+
+    def __init__(self, control: str, message: str) -> None:
+        if control not in CONTROLS:
+            raise ValueError(f"unknown control {control!r}")
+        self.control = control
+        self.message = message
+        super().__init__(f"{control}: {message}")
+
+
+def control_for_field(field_path: str) -> str:
+    """The message slot of a spec field named by a :class:`~dragsdk.errors.SpecError` or a pydantic error."""
+    head = field_path.split(".")[0].split("[")[0].split(":")[0].strip()
+    if head in ("points", "polygons", "dense_points", "handle", "dx", "dy", "scale", "dx, dy"):
+        return "points"
+    if head in ("mask", "region", "regions", "fill_region"):
+        return "mask"
+    if head in ("reference", "reference_mask", "references", "reference_prompt"):
+        return "reference"
+    if head in ("image", "input"):
+        return "image"
+    if head in ("prompt", "negative_prompt"):
+        return "prompt"
+    if head == "sampler":
+        return "settings"
+    return "run"
+
+
+@dataclass
+class Session:
+    """One browser tab's editing state (kept in a ``gr.State``).
+
+    Attributes:
+        image: the base image (RGB, its own size), or None before one is given.
+        name: where it came from (file name or sample folder), for the page.
+        clicks: per mode, clicked points in image pixels.
+        mask, handle_region, target_region, reference, reference_mask: what the brush editors last reported (each
+            editor's change event stores it here; previews and runs read it from here).
+    """
+
+    image: Image.Image | None = None
+    name: str = ""
+    clicks: dict[str, list[Point]] = field(default_factory=dict)
+    mask: np.ndarray | None = None
+    handle_region: np.ndarray | None = None
+    target_region: np.ndarray | None = None
+    reference: Image.Image | None = None
+    reference_mask: np.ndarray | None = None
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        return None if self.image is None else self.image.size
+
+    @property
+    def display_size(self) -> tuple[int, int] | None:
+        return None if self.image is None else display_size(self.image.size)
+
+    def points(self, mode: str) -> list[Point]:
+        return self.clicks.setdefault(mode, [])
+
+    def set_image(self, image: Image.Image, name: str = "", mask: np.ndarray | None = None) -> None:
+        """A new base image: every click and the base mask are dropped (``mask``: the new image's mask)."""
+        self.image = image.convert("RGB")
+        self.name = name
+        self.clicks = {}
+        self.mask = mask
+        self.handle_region = self.target_region = None
+
+    def inputs(self, scale: float | None = 1.0, vertices: Any = 4, region_input: str | None = None) -> Inputs:
+        """The inputs of a preview or a run: what the editors last reported (masks, reference) and the controls."""
+        return Inputs(mask=self.mask, handle_region=self.handle_region, target_region=self.target_region,
+                      reference=self.reference, reference_mask=self.reference_mask,
+                      scale=float(scale if scale is not None else 1.0), vertices=int(vertices or 4),
+                      region_input=region_input or REGION_INPUTS[0])
+
+
+# -- coordinates ------------------------------------------------------------------------------------------------
+def display_size(image_size: tuple[int, int], max_side: int = MAX_DISPLAY_SIDE) -> tuple[int, int]:
+    """The size of the copy the click view shows: the image's own, or scaled so the longer side is ``max_side``."""
+    w, h = image_size
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image size must be positive, got {image_size}")
+    k = max_side / max(w, h)
+    if k >= 1:
+        return w, h
+    return max(1, round(w * k)), max(1, round(h * k))
+
+
+def display_to_image(xy: Sequence[float] | None, display: tuple[int, int], image: tuple[int, int]) -> Point:
+    """A click in displayed-copy pixels → the image pixel under it.
+
+    Gradio reports ``[x, y]`` in the pixels of the image it was given (here the displayed copy), rounded, whatever
+    size the browser draws it at. The image pixel is ``floor(x · W / w)``; a click on the far edge (``x = w``, which
+    rounding can give) maps to the last pixel.
+
+    Raises:
+        UIError: (points) no position, or one outside the displayed image.
+    """
+    if xy is None or len(xy) != 2 or any(v is None or not math.isfinite(float(v)) for v in xy):
+        raise UIError("points", "that click was not on the image: click inside the picture")
+    x, y = float(xy[0]), float(xy[1])
+    dw, dh = display
+    w, h = image
+    if not (0 <= x <= dw and 0 <= y <= dh):
+        raise UIError("points", f"the click ({x:g}, {y:g}) is outside the {w}×{h} image")
+    return min(int(math.floor(x * w / dw)), w - 1), min(int(math.floor(y * h / dh)), h - 1)
+
+
+def image_to_display(xy: Sequence[float], display: tuple[int, int], image: tuple[int, int]) -> tuple[float, float]:
+    """The centre of image pixel ``xy`` in displayed-copy coordinates (for drawing)."""
+    return (xy[0] + 0.5) * display[0] / image[0], (xy[1] + 0.5) * display[1] / image[1]
+
+
+def check_point(xy: Sequence[float], image: tuple[int, int], what: str = "point") -> None:
+    """Raise :class:`UIError` (points) for a point off the image (``0 ≤ x < W``, ``0 ≤ y < H``)."""
+    w, h = image
+    if not (0 <= xy[0] < w and 0 <= xy[1] < h):
+        raise UIError("points", f"the {what} ({xy[0]:g}, {xy[1]:g}) is outside the {w}×{h} image "
+                                f"(0 ≤ x < {w}, 0 ≤ y < {h}): undo it or clear the points")
+
+
+# -- clicks -----------------------------------------------------------------------------------------------------
+def pairs(clicks: Sequence[Point]) -> tuple[list[tuple[Point, Point]], Point | None]:
+    """Alternating handle, target clicks → complete pairs and a pending handle (or None)."""
+    full = [(clicks[i], clicks[i + 1]) for i in range(0, len(clicks) - 1, 2)]
+    return full, (clicks[-1] if len(clicks) % 2 else None)
+
+
+def polygon_pairs(clicks: Sequence[Point], vertices: int) -> tuple[list[tuple[list[Point], list[Point]]], list[Point]]:
+    """Polygon clicks (``vertices`` handle corners, then as many target corners, repeated) → complete pairs and the
+    clicks of the pair being drawn."""
+    if vertices not in (3, 4):
+        raise UIError("points", f"a polygon has 3 or 4 vertices, got {vertices}")
+    n = 2 * vertices
+    done = len(clicks) // n * n
+    full = [(list(clicks[i : i + vertices]), list(clicks[i + vertices : i + n])) for i in range(0, done, n)]
+    return full, list(clicks[done:])
+
+
+def add_click(session: Session, mode: str, xy: Sequence[float] | None, vertices: int = 4,
+              region_input: str = REGION_INPUTS[0]) -> str:
+    """Record a click of the click view (``xy`` in displayed pixels) for ``mode``; returns what to do next.
+
+    Raises:
+        UIError: no image yet, a click off the image, or a mode that takes no clicks.
+    """
+    if session.image is None:
+        raise UIError("image", "upload an image or open a sample folder first")
+    if mode not in MODES:
+        raise UIError("run", f"unknown mode {mode!r}")
+    size = session.image.size
+    p = display_to_image(xy, display_size(size), size)
+    pts = session.points(mode)
+    if mode == "appearance":
+        raise UIError("points", "appearance takes no points: brush the object in the mask and on the reference")
+    if mode in ("move", "resize", "paste"):
+        pts[:] = [p]
+        return f"the object's centre goes to ({p[0]}, {p[1]})"
+    if mode == "region-drag" and region_input == REGION_INPUTS[0]:
+        raise UIError("points", "region drag with brushed regions takes no clicks: brush the handle and target "
+                                "regions, or choose 'polygon vertices'")
+    pts.append(p)
+    return describe_clicks(session, mode, vertices, region_input)
+
+
+def undo(session: Session, mode: str) -> Point | None:
+    """Remove the last click of ``mode`` (None when there was none)."""
+    pts = session.points(mode)
+    return pts.pop() if pts else None
+
+
+def clear(session: Session, mode: str | None = None) -> None:
+    """Drop the clicks of ``mode``, or of every mode."""
+    if mode is None:
+        session.clicks = {}
+    else:
+        session.clicks[mode] = []
+
+
+def describe_clicks(session: Session, mode: str, vertices: int = 4, region_input: str = REGION_INPUTS[0]) -> str:
+    """One line saying what has been clicked and what the next click does."""
+    pts = session.points(mode)
+    if mode == "drag":
+        full, pending = pairs(pts)
+        if pending is not None:
+            return f"pair {len(full) + 1}: handle ({pending[0]}, {pending[1]}) — now click its target"
+        if not full:
+            return "click a handle point, then its target"
+        (h, t) = full[-1]
+        return f"{len(full)} pair(s); last: ({h[0]}, {h[1]}) → ({t[0]}, {t[1]}). Click another handle, or run"
+    if mode == "region-drag":
+        if region_input == REGION_INPUTS[0]:
+            return "brush the handle region and the target region"
+        full, cur = polygon_pairs(pts, vertices)
+        if len(cur) < vertices:
+            return f"{len(full)} polygon pair(s); handle polygon: {len(cur)}/{vertices} vertices"
+        return f"{len(full)} polygon pair(s); target polygon: {len(cur) - vertices}/{vertices} vertices"
+    if mode in ("move", "resize", "paste"):
+        if pts:
+            return f"the object's centre goes to ({pts[-1][0]}, {pts[-1][1]})"
+        return "click where the object's centre should go" + (" (optional)" if mode == "resize" else "")
+    return ""
+
+
+# -- masks ------------------------------------------------------------------------------------------------------
+def _as_array(img: Any) -> np.ndarray | None:
+    if img is None:
+        return None
+    if isinstance(img, Image.Image):
+        return np.asarray(img.convert("RGBA"))
+    if isinstance(img, str | Path):
+        with Image.open(img) as im:
+            return np.asarray(im.convert("RGBA"))
+    return np.asarray(img)
+
+
+def mask_from_layers(layers: Iterable[Any] | None, size: tuple[int, int]) -> np.ndarray | None:
+    """The union of brushed layers as an ``(H, W)`` bool mask of an image of ``size`` = ``(W, H)``.
+
+    A layer pixel is inside where its alpha is nonzero (RGBA) or, for layers without alpha, where it is not black.
+    Layers of another size (a canvas the browser scaled) are resampled to ``size`` (nearest). None when nothing is
+    brushed.
+    """
+    w, h = size
+    out = np.zeros((h, w), dtype=bool)
+    for layer in layers or []:
+        a = _as_array(layer)
+        if a is None:
+            continue
+        if a.ndim == 3 and a.shape[2] == 4:
+            m = a[..., 3] > 0
+        elif a.ndim == 3:
+            m = a.max(axis=2) > 0
+        else:
+            m = a > 0
+        if m.shape != (h, w):
+            m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 127
+        out |= m
+    return out if out.any() else None
+
+
+def editor_mask(value: Any, size: tuple[int, int]) -> np.ndarray | None:
+    """The brushed mask of a ``gr.ImageEditor`` value (``{"background", "layers", "composite"}``)."""
+    if not value or not isinstance(value, dict):
+        return None
+    return mask_from_layers(value.get("layers"), size)
+
+
+def editor_background(value: Any) -> Image.Image | None:
+    """The background image of a ``gr.ImageEditor`` value, RGB."""
+    if not value or not isinstance(value, dict) or value.get("background") is None:
+        return None
+    a = _as_array(value["background"])
+    if a is None or a.size == 0:
+        return None
+    img = Image.fromarray(a.astype(np.uint8))
+    return img.convert("RGB")
+
+
+def describe_mask(mask: np.ndarray | None, what: str) -> str:
+    """One line saying how much a brushed mask covers (shown when an editor reports a change)."""
+    if mask is None or not np.asarray(mask).any():
+        return f"{what}: nothing brushed"
+    m = np.asarray(mask, bool)
+    return f"{what}: {int(m.sum())} px brushed ({100 * m.mean():.1f}% of the image)"
+
+
+def mask_layer(mask: np.ndarray, rgb: tuple[int, int, int] = HANDLE_RGB, alpha: int = 150) -> Image.Image:
+    """An RGBA layer showing ``mask`` in a translucent colour (how a loaded mask appears in a brush editor)."""
+    m = np.asarray(mask, dtype=bool)
+    a = np.zeros((*m.shape, 4), dtype=np.uint8)
+    a[m] = (*rgb, alpha)
+    return Image.fromarray(a, "RGBA")
+
+
+def centroid(mask: np.ndarray) -> tuple[float, float]:
+    """Centroid ``(x, y)`` of a mask in image pixels, as the placement uses it (pixel centres at ``i + 0.5``)."""
+    from dragsdk.objects import centroid as _centroid
+
+    return _centroid(mask)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A mask resampled (nearest) to ``size`` = ``(W, H)``, as a reference mask is brought to the base size."""
+    if mask.shape == (size[1], size[0]):
+        return mask
+    img = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
+    return np.asarray(img) > 127
+
+
+def shift_to(click: Point, mask: np.ndarray) -> tuple[float, float]:
+    """``(dx, dy)`` that brings the object's centroid onto the pixel ``click`` (its centre)."""
+    cx, cy = centroid(mask)
+    return round(click[0] + 0.5 - cx, 2), round(click[1] + 0.5 - cy, 2)
+
+
+# -- specs ------------------------------------------------------------------------------------------------------
+@dataclass
+class Inputs:
+    """Everything the page holds for one run besides the clicks.
+
+    Attributes:
+        mask: the brushed base-image mask (editable region, or the object), or None.
+        handle_region / target_region: region-drag brushed regions, or None.
+        reference: the reference image (paste, appearance) and ``reference_mask`` brushed on it.
+        reference_path: the path the reference image is saved at (the spec names it).
+    """
+
+    prompt: str = ""
+    mask: np.ndarray | None = None
+    handle_region: np.ndarray | None = None
+    target_region: np.ndarray | None = None
+    region_input: str = REGION_INPUTS[0]
+    vertices: int = 4
+    reference: Image.Image | None = None
+    reference_mask: np.ndarray | None = None
+    reference_path: str | None = None
+    reference_prompt: str = ""
+    scale: float = 1.0
+    steps: int | str | None = None
+    resolution: int | str | None = None
+    seed: int | str | None = None
+
+
+def _need_mask(m: np.ndarray | None, what: str, control: str = "mask") -> np.ndarray:
+    if m is None or not np.asarray(m).any():
+        raise UIError(control, f"the {what} is empty: brush over it with the brush tool")
+    return np.asarray(m, dtype=bool)
+
+
+def _check_mask_size(m: np.ndarray, size: tuple[int, int], what: str, control: str = "mask") -> None:
+    if m.shape != (size[1], size[0]):
+        raise UIError(control, f"the {what} is {m.shape[1]}×{m.shape[0]} pixels, the image is {size[0]}×{size[1]}")
+
+
+def sampler_defaults(mode: str, registry: Any = None) -> dict[str, Any]:
+    """The sampler settings a ``mode``'s spec gets when none are given (shown as placeholders on the page)."""
+    from dragsdk.registry import get_registry
+
+    model = (registry or get_registry()).spec_models().get(mode)
+    if model is None:
+        return {}
+    info = model.model_fields["sampler"]
+    value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+    return value.model_dump() if value is not None else {}
+
+
+def parse_setting(value: Any, name: str) -> int | None:
+    """A whole-number setting typed on the page: empty → None (the mode's default).
+
+    Raises:
+        UIError: (settings) not a whole number.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if math.isnan(value):
+            return None
+        if float(value) != int(value):
+            raise UIError("settings", f"{name} must be a whole number, got {value:g}")
+        return int(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        f = float(text)
+    except ValueError:
+        raise UIError("settings", f"{name} must be a whole number, got {text!r}") from None
+    if not math.isfinite(f) or f != int(f):
+        raise UIError("settings", f"{name} must be a whole number, got {text!r}")
+    return int(f)
+
+
+def _sampler(inputs: Inputs) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key in ("steps", "resolution", "seed"):
+        v = parse_setting(getattr(inputs, key), key)
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def build_spec(mode: str, session: Session, inputs: Inputs) -> dict[str, Any]:
+    """The spec dict of the page's current input for ``mode`` (masks embedded as PNG data URLs).
+
+    Raises:
+        UIError: no image, no points, a pending handle or polygon, a point off the image, an empty mask, no
+            reference; the control whose slot shows it is named.
+    """
+    if session.image is None:
+        raise UIError("image", "upload an image or open a sample folder first")
+    if mode not in MODES:
+        raise UIError("run", f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    size = session.image.size
+    clicks = list(session.points(mode))
+    spec: dict[str, Any] = {"mode": mode, "prompt": (inputs.prompt or "").strip()}
+    mask = inputs.mask if inputs.mask is not None and np.asarray(inputs.mask).any() else None
+    if mask is not None:
+        _check_mask_size(np.asarray(mask), size, "mask")
+
+    if mode == "drag":
+        full, pending = pairs(clicks)
+        if pending is not None:
+            raise UIError("points", f"the handle ({pending[0]}, {pending[1]}) has no target: click its target or "
+                                    "undo it")
+        if not full:
+            raise UIError("points", "no points: click a handle on the image, then its target")
+        for k, (h, t) in enumerate(full):
+            check_point(h, size, f"handle of pair {k + 1}")
+            check_point(t, size, f"target of pair {k + 1}")
+        spec["points"] = [{"handle": list(h), "target": list(t)} for h, t in full]
+        if mask is not None:
+            spec["mask"] = mask_to_data_url(mask)
+    elif mode == "region-drag":
+        if inputs.region_input == REGION_INPUTS[1]:
+            full_p, cur = polygon_pairs(clicks, inputs.vertices)
+            if cur:
+                raise UIError("points", f"the last polygon pair has {len(cur)} of {2 * inputs.vertices} vertices: "
+                                        "finish it or undo its clicks")
+            if not full_p:
+                raise UIError("points", f"no polygons: click the {inputs.vertices} corners of the handle polygon, "
+                                        f"then the {inputs.vertices} of the target polygon")
+            for k, (hp, tp) in enumerate(full_p):
+                for p in [*hp, *tp]:
+                    check_point(p, size, f"vertex of polygon pair {k + 1}")
+            spec["polygons"] = [{"handle": [list(p) for p in hp], "target": [list(p) for p in tp]} for hp, tp in full_p]
+        else:
+            h = _need_mask(inputs.handle_region, "handle region")
+            t = _need_mask(inputs.target_region, "target region")
+            _check_mask_size(h, size, "handle region")
+            _check_mask_size(t, size, "target region")
+            spec["regions"] = [{"handle": mask_to_data_url(h), "target": mask_to_data_url(t)}]
+        if mask is not None:
+            spec["mask"] = mask_to_data_url(mask)
+    elif mode in ("move", "resize"):
+        obj = _need_mask(mask, "object mask")
+        spec["mask"] = mask_to_data_url(obj)
+        if clicks:
+            check_point(clicks[-1], size, "new position")
+            spec["dx"], spec["dy"] = shift_to(clicks[-1], obj)
+        elif mode == "move":
+            raise UIError("points", "click where the object's centre should go")
+        spec["scale"] = float(inputs.scale)
+    elif mode in ("paste", "appearance"):
+        if inputs.reference is None:
+            raise UIError("reference", "upload a reference image in the reference editor")
+        ref_mask = _need_mask(inputs.reference_mask, "reference mask", "reference")
+        _check_mask_size(ref_mask, inputs.reference.size, "reference mask", "reference")
+        if not inputs.reference_path:
+            raise UIError("reference", "the reference image was not saved; upload it again")
+        spec["reference"] = inputs.reference_path
+        spec["reference_mask"] = mask_to_data_url(ref_mask)
+        spec["reference_prompt"] = (inputs.reference_prompt or "").strip()
+        if mode == "paste":
+            if clicks:
+                check_point(clicks[-1], size, "new position")
+                spec["dx"], spec["dy"] = shift_to(clicks[-1], resize_mask(ref_mask, size))
+            spec["scale"] = float(inputs.scale)
+        else:
+            spec["mask"] = mask_to_data_url(_need_mask(mask, "object mask"))
+    sampler = _sampler(inputs)
+    if sampler:
+        spec["sampler"] = sampler
+    return spec
+
+
+def portable_spec(spec: dict[str, Any], reference_name: str = "reference.png") -> dict[str, Any]:
+    """The spec to download: the reference named by file name (kept beside the spec; the CLI resolves it there)."""
+    out = dict(spec)
+    if isinstance(out.get("reference"), str):
+        out["reference"] = reference_name
+    return out
+
+
+def pydantic_message(error: Any) -> tuple[str, str]:
+    """``(control, message)`` for a pydantic ``ValidationError``: its first error, the field named."""
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    msg = first.get("msg", str(error))
+    more = error.error_count() - 1
+    return control_for_field(loc), f"{loc}: {msg}" + (f" (and {more} more)" if more > 0 else "")
+
+
+# -- drawing ----------------------------------------------------------------------------------------------------
+def _arrow(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, float], rgb: tuple[int, int, int],
+           width: int) -> None:
+    draw.line([a, b], fill=rgb, width=width)
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    n = math.hypot(dx, dy)
+    if n < 1e-6:
+        return
+    ux, uy = dx / n, dy / n
+    head = min(max(3.0 * width, 8.0), n * 0.6)
+    left = (b[0] - head * ux + 0.5 * head * uy, b[1] - head * uy - 0.5 * head * ux)
+    right = (b[0] - head * ux - 0.5 * head * uy, b[1] - head * uy + 0.5 * head * ux)
+    draw.polygon([b, left, right], fill=rgb)
+
+
+def _dot(draw: ImageDraw.ImageDraw, c: tuple[float, float], r: float, rgb: tuple[int, int, int]) -> None:
+    draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=rgb, outline=(255, 255, 255), width=max(1, int(r / 3)))
+
+
+def _tint(img: Image.Image, mask: np.ndarray, rgb: tuple[int, int, int], alpha: float = 0.35) -> Image.Image:
+    m = resize_mask(np.asarray(mask, dtype=bool), img.size)
+    a = np.asarray(img.convert("RGB")).astype(np.float32)
+    a[m] = (1 - alpha) * a[m] + alpha * np.asarray(rgb, np.float32)
+    return Image.fromarray(a.astype(np.uint8))
+
+
+def render_overlay(session: Session, mode: str, inputs: Inputs | None = None) -> Image.Image | None:
+    """The click view: the displayed copy with the mode's clicks drawn (arrows from handles to targets, polygons,
+    the object at its new place for move / resize / paste)."""
+    if session.image is None:
+        return None
+    inputs = inputs or Inputs()
+    size = session.image.size
+    disp = display_size(size)
+    base = session.image
+    pts = session.points(mode)
+    if mode in ("move", "resize") and inputs.mask is not None and np.asarray(inputs.mask).any():
+        base = _preview_move(base, np.asarray(inputs.mask, bool), pts, inputs.scale)
+    elif mode == "paste" and inputs.reference is not None and inputs.reference_mask is not None \
+            and np.asarray(inputs.reference_mask).any():
+        base = _preview_paste(base, inputs, pts)
+    img = base.convert("RGB").resize(disp, Image.Resampling.LANCZOS) if base.size != disp else base.convert("RGB")
+    draw = ImageDraw.Draw(img)
+    r = max(5.0, min(disp) / 55)
+    width = max(2, int(round(r / 2)))
+
+    def d(p: Sequence[float]) -> tuple[float, float]:
+        return image_to_display(p, disp, size)
+
+    if mode == "drag":
+        full, pending = pairs(pts)
+        for h, t in full:
+            _arrow(draw, d(h), d(t), (255, 255, 255), width + 2)
+            _arrow(draw, d(h), d(t), (250, 200, 40), width)
+            _dot(draw, d(h), r, HANDLE_RGB)
+            _dot(draw, d(t), r, TARGET_RGB)
+        if pending is not None:
+            _dot(draw, d(pending), r, HANDLE_RGB)
+    elif mode == "region-drag":
+        full_p, cur = polygon_pairs(pts, inputs.vertices)
+        for hp, tp in full_p:
+            draw.polygon([d(p) for p in hp], outline=HANDLE_RGB, width=width)
+            draw.polygon([d(p) for p in tp], outline=TARGET_RGB, width=width)
+            for a, b in zip(hp, tp, strict=True):
+                _arrow(draw, d(a), d(b), (250, 200, 40), max(1, width - 1))
+        for k, p in enumerate(cur):
+            _dot(draw, d(p), r * 0.8, HANDLE_RGB if k < inputs.vertices else TARGET_RGB)
+        if len(cur) > 1:
+            hv = cur[: inputs.vertices]
+            draw.line([d(p) for p in hv], fill=HANDLE_RGB, width=width)
+            if len(cur) > inputs.vertices + 1:
+                draw.line([d(p) for p in cur[inputs.vertices :]], fill=TARGET_RGB, width=width)
+    elif mode in ("move", "resize", "paste") and pts:
+        obj = None
+        if mode == "paste" and inputs.reference_mask is not None and np.asarray(inputs.reference_mask).any():
+            obj = resize_mask(np.asarray(inputs.reference_mask, bool), size)
+        elif mode != "paste" and inputs.mask is not None and np.asarray(inputs.mask).any():
+            obj = np.asarray(inputs.mask, bool)
+        if obj is not None:
+            cx, cy = centroid(obj)
+            _arrow(draw, d((cx - 0.5, cy - 0.5)), d(pts[-1]), (250, 200, 40), width)
+        _dot(draw, d(pts[-1]), r, TARGET_RGB)
+    return img
+
+
+def _preview_move(image: Image.Image, mask: np.ndarray, pts: Sequence[Point], scale: float) -> Image.Image:
+    from dragsdk.errors import SpecError
+    from dragsdk.objects import place_image
+
+    shift = shift_to(pts[-1], mask) if pts else (0.0, 0.0)
+    try:
+        placed, m = place_image(image, mask, float(scale), shift)
+    except SpecError:
+        return _tint(image, mask, OBJECT_RGB)
+    shown = _tint(image, mask, (120, 120, 120), 0.45)
+    return Image.composite(_tint(placed, m, OBJECT_RGB, 0.25), shown, Image.fromarray((m * 255).astype(np.uint8)))
+
+
+def _preview_paste(image: Image.Image, inputs: Inputs, pts: Sequence[Point]) -> Image.Image:
+    from dragsdk.errors import SpecError
+    from dragsdk.objects import paste_preview
+
+    assert inputs.reference is not None and inputs.reference_mask is not None
+    ref_mask = np.asarray(inputs.reference_mask, bool)
+    shift = shift_to(pts[-1], resize_mask(ref_mask, image.size)) if pts else (0.0, 0.0)
+    try:
+        preview, m = paste_preview(image, inputs.reference, resize_mask(ref_mask, image.size), float(inputs.scale), shift)
+    except SpecError:
+        return image
+    return _tint(preview, m, OBJECT_RGB, 0.2)
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+def format_report(report: Any, seconds: float | None = None) -> str:
+    """Markdown for the page: time per phase, backend, UNet evaluations, whether the inversion was reused."""
+    r = report
+    phases = r.phase_seconds
+    total = sum(phases.values())
+    if r.inversion_reused:
+        head = ("**Inversion reused** from the previous edit of this image (same prompt and settings): "
+                f"inversion took {phases.get('invert', 0.0):.2f} s.")
+    else:
+        head = ("Image inverted in {:.2f} s; the next edit of this image with the same prompt and settings "
+                "reuses it.").format(phases.get("invert", 0.0))
+    names = " | ".join(phases)
+    times = " | ".join(f"{v:.2f} s" for v in phases.values())
+    unet = ", ".join(f"{k} {v}" for k, v in r.unet_evaluations.items()) or "none"
+    lines = [
+        head,
+        "",
+        f"| {names} | total |",
+        "|" + " --- |" * (len(phases) + 1),
+        f"| {times} | **{total:.2f} s** |",
+        "",
+        f"Backend **{r.backend}** on {r.device}, {r.dtype}; model {r.model}; {r.image_size[0]}×{r.image_size[1]} "
+        f"edited at {r.working_size[0]}×{r.working_size[1]}, {r.steps} steps, seed {r.seed}. "
+        f"UNet evaluations: {unet}." + (f" Wall time of the run: {seconds:.2f} s." if seconds is not None else ""),
+        "",
+        f"<small>Why this backend: {r.backend_reason.split('; cannot:')[0]}</small>",
+    ]
+    if r.notes:
+        lines += ["", *[f"- {n}" for n in r.notes]]
+    return "\n".join(lines)
+
+
+# -- sample folders ---------------------------------------------------------------------------------------------
+def find_samples(roots: Iterable[str | Path], limit: int = 2000) -> dict[str, Path]:
+    """DragBench and Drag100 sample folders under ``roots`` (name → folder), names relative to their root."""
+    from dragsdk.samples import detect_sample
+
+    found: dict[str, Path] = {}
+    for root in roots:
+        r = Path(root)
+        if not r.is_dir():
+            continue
+        candidates = [r] + [p.parent for pat in ("meta_data.pkl", "points.json") for p in r.rglob(pat)]
+        for folder in sorted(set(candidates)):
+            if detect_sample(folder) is None:
+                continue
+            rel = folder.relative_to(r).as_posix()
+            name = f"{r.name}/{rel}" if rel != "." else r.name
+            found.setdefault(name, folder)
+            if len(found) >= limit:
+                return found
+    return dict(sorted(found.items()))

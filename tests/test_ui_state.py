@@ -1,0 +1,372 @@
+"""The browser editor's bookkeeping (dragsdk.ui.state): no Gradio, no browser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dragsdk.io import load_mask
+from dragsdk.registry import get_registry
+from dragsdk.ui.state import (
+    MAX_DISPLAY_SIDE,
+    MODES,
+    REGION_INPUTS,
+    Inputs,
+    Session,
+    UIError,
+    add_click,
+    build_spec,
+    clear,
+    control_for_field,
+    describe_clicks,
+    display_size,
+    display_to_image,
+    editor_background,
+    editor_mask,
+    find_samples,
+    format_report,
+    mask_from_layers,
+    parse_setting,
+    polygon_pairs,
+    portable_spec,
+    pydantic_message,
+    render_overlay,
+    sampler_defaults,
+    shift_to,
+    undo,
+)
+
+from .conftest import EXAMPLE_SAMPLE
+
+
+def _session(size=(512, 384)) -> Session:
+    s = Session()
+    s.set_image(Image.new("RGB", size, (90, 120, 150)), "test")
+    return s
+
+
+def _box(size, x0, y0, x1, y1) -> np.ndarray:
+    m = np.zeros((size[1], size[0]), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _validate(spec: dict) -> object:
+    """The spec as the editor would take it: validated by its mode's pydantic model."""
+    return get_registry().spec_models()[spec["mode"]].model_validate(spec)
+
+
+# -- coordinates --------------------------------------------------------------------------------------------------
+def test_display_size_keeps_small_images_and_caps_large_ones():
+    assert display_size((512, 384)) == (512, 384)
+    assert display_size((MAX_DISPLAY_SIDE, 10)) == (MAX_DISPLAY_SIDE, 10)
+    assert display_size((4000, 3000)) == (1024, 768)
+    assert display_size((3000, 4000)) == (768, 1024)
+    with pytest.raises(ValueError):
+        display_size((0, 10))
+
+
+@pytest.mark.parametrize("image", [(512, 384), (4000, 3000), (1500, 700), (33, 2000)])
+def test_clicks_map_to_the_image_pixel_under_them_whatever_the_displayed_size(image):
+    disp = display_size(image)
+    kx, ky = image[0] / disp[0], image[1] / disp[1]
+    for fx, fy in [(0.0, 0.0), (0.25, 0.5), (0.5, 0.75), (0.999, 0.999)]:
+        xd, yd = fx * disp[0], fy * disp[1]
+        x, y = display_to_image((xd, yd), disp, image)
+        assert abs(x - xd * kx) <= 1 and abs(y - yd * ky) <= 1
+        assert 0 <= x < image[0] and 0 <= y < image[1]
+    # the same size: identity; the far edge (which rounding can report) is the last pixel
+    assert display_to_image((131, 264), (512, 384), (512, 384)) == (131, 264)
+    assert display_to_image(disp, disp, image) == (image[0] - 1, image[1] - 1)
+
+
+def test_a_scaled_display_maps_clicks_to_original_pixels():
+    assert display_to_image((512, 384), (1024, 768), (4000, 3000)) == (2000, 1500)
+    assert display_to_image((10.4, 20.6), (1024, 768), (2048, 1536)) == (20, 41)
+
+
+@pytest.mark.parametrize("xy", [None, (None, 3), (float("nan"), 2), (-1, 5), (5, 385), (513, 0), (1, 2, 3)])
+def test_a_click_off_the_image_is_a_points_message(xy):
+    with pytest.raises(UIError) as e:
+        display_to_image(xy, (512, 384), (512, 384))
+    assert e.value.control == "points"
+    assert "image" in e.value.message
+
+
+# -- clicks -------------------------------------------------------------------------------------------------------
+def test_drag_clicks_alternate_handle_and_target_with_undo_and_clear():
+    s = _session()
+    assert "target" in add_click(s, "drag", (131, 264))
+    assert "1 pair" in add_click(s, "drag", (200, 313))
+    add_click(s, "drag", (359, 180))
+    assert "now click its target" in describe_clicks(s, "drag")
+    add_click(s, "drag", (323, 140))
+    assert s.points("drag") == [(131, 264), (200, 313), (359, 180), (323, 140)]
+    assert undo(s, "drag") == (323, 140)
+    assert s.points("drag") == [(131, 264), (200, 313), (359, 180)]
+    clear(s, "drag")
+    assert s.points("drag") == [] and undo(s, "drag") is None
+    add_click(s, "drag", (1, 1))
+    add_click(s, "move", (2, 2))
+    clear(s)
+    assert s.points("drag") == [] and s.points("move") == []
+
+
+def test_clicks_are_kept_per_mode_and_a_new_image_drops_them():
+    s = _session()
+    add_click(s, "drag", (10, 10))
+    add_click(s, "move", (20, 20))
+    add_click(s, "move", (30, 40))
+    assert s.points("drag") == [(10, 10)] and s.points("move") == [(30, 40)]  # move keeps the last click only
+    s.set_image(Image.new("RGB", (64, 64)))
+    assert s.points("drag") == [] and s.points("move") == []
+
+
+def test_clicks_need_an_image_and_a_mode_that_takes_them():
+    with pytest.raises(UIError) as e:
+        add_click(Session(), "drag", (1, 1))
+    assert e.value.control == "image"
+    s = _session()
+    with pytest.raises(UIError) as e:
+        add_click(s, "appearance", (1, 1))
+    assert e.value.control == "points"
+    with pytest.raises(UIError, match="polygon vertices"):
+        add_click(s, "region-drag", (1, 1), region_input=REGION_INPUTS[0])
+
+
+def test_polygon_clicks_group_into_handle_then_target_polygons():
+    s = _session()
+    pts = [(100, 240), (160, 240), (160, 290), (100, 290), (170, 280), (230, 280), (230, 330), (170, 330), (5, 5)]
+    for p in pts:
+        add_click(s, "region-drag", p, vertices=4, region_input=REGION_INPUTS[1])
+    full, cur = polygon_pairs(s.points("region-drag"), 4)
+    assert full == [(pts[:4], pts[4:8])] and cur == [(5, 5)]
+    full3, cur3 = polygon_pairs(pts, 3)
+    assert full3 == [(pts[:3], pts[3:6])] and cur3 == pts[6:]
+    with pytest.raises(UIError):
+        polygon_pairs(pts, 5)
+
+
+# -- masks --------------------------------------------------------------------------------------------------------
+def test_brushed_layers_become_a_mask_of_the_image_size():
+    size = (512, 384)
+    layer = np.zeros((384, 512, 4), np.uint8)
+    layer[100:150, 200:300] = (230, 40, 40, 255)
+    m = mask_from_layers([layer], size)
+    assert m is not None and m.shape == (384, 512) and m.sum() == 50 * 100
+    # a canvas the browser exported at half size is resampled to the image
+    half = np.zeros((192, 256, 4), np.uint8)
+    half[50:75, 100:150, 3] = 200
+    m2 = mask_from_layers([half], size)
+    assert m2.shape == (384, 512) and m2[110, 250] and not m2[10, 10]
+    # nothing brushed: no mask; several layers: their union
+    assert mask_from_layers([np.zeros((384, 512, 4), np.uint8)], size) is None
+    assert mask_from_layers(None, size) is None
+    assert mask_from_layers([layer, half], size).sum() == (m | m2).sum()
+    value = {"background": np.full((384, 512, 4), 255, np.uint8), "layers": [layer], "composite": None}
+    assert np.array_equal(editor_mask(value, size), m)
+    assert editor_mask(None, size) is None
+    assert editor_background(value).size == size and editor_background(None) is None
+
+
+# -- specs --------------------------------------------------------------------------------------------------------
+def test_drag_spec_has_the_clicked_points_in_image_pixels_and_the_mask():
+    s = _session((4000, 3000))  # displayed at 1024×768
+    add_click(s, "drag", (256, 192))
+    add_click(s, "drag", (512, 384))
+    mask = _box((4000, 3000), 800, 600, 2400, 1800)
+    spec = build_spec("drag", s, Inputs(prompt=" a car ", mask=mask, steps="4", resolution=128))
+    assert spec["points"] == [{"handle": [1000, 750], "target": [2000, 1500]}]
+    assert spec["prompt"] == "a car" and spec["sampler"] == {"steps": 4, "resolution": 128}
+    assert np.array_equal(load_mask(spec["mask"]), mask)
+    v = _validate(spec)
+    assert v.points[0].handle == (1000, 750)
+    # no mask brushed: none in the spec (the editor proposes one)
+    assert "mask" not in build_spec("drag", s, Inputs())
+
+
+def test_region_drag_specs_from_brushed_regions_and_from_polygons():
+    s = _session()
+    h, t = _box((512, 384), 100, 200, 160, 260), _box((512, 384), 200, 220, 260, 280)
+    spec = build_spec("region-drag", s, Inputs(handle_region=h, target_region=t))
+    assert np.array_equal(load_mask(spec["regions"][0]["handle"]), h)
+    assert np.array_equal(load_mask(spec["regions"][0]["target"]), t)
+    _validate(spec)
+    with pytest.raises(UIError) as e:
+        build_spec("region-drag", s, Inputs(handle_region=h))
+    assert e.value.control == "mask" and "target region" in e.value.message
+    poly = [(100, 240), (160, 240), (160, 290), (170, 280), (230, 280), (230, 330)]
+    for p in poly:
+        add_click(s, "region-drag", p, vertices=3, region_input=REGION_INPUTS[1])
+    spec = build_spec("region-drag", s, Inputs(region_input=REGION_INPUTS[1], vertices=3))
+    assert spec["polygons"] == [{"handle": [list(p) for p in poly[:3]], "target": [list(p) for p in poly[3:]]}]
+    _validate(spec)
+    add_click(s, "region-drag", (1, 1), vertices=3, region_input=REGION_INPUTS[1])
+    with pytest.raises(UIError, match="1 of 6 vertices"):
+        build_spec("region-drag", s, Inputs(region_input=REGION_INPUTS[1], vertices=3))
+
+
+def test_move_and_resize_shift_the_object_centre_to_the_click():
+    s = _session()
+    obj = _box((512, 384), 100, 200, 200, 260)  # centroid (150, 230): pixel centres
+    add_click(s, "move", (299, 199))
+    spec = build_spec("move", s, Inputs(mask=obj, scale=1.0))
+    assert (spec["dx"], spec["dy"]) == (149.5, -30.5) == shift_to((299, 199), obj)  # pixel (299, 199) centre
+    _validate(spec)
+    spec = build_spec("resize", s, Inputs(mask=obj, scale=0.5))
+    assert spec["scale"] == 0.5 and "dx" not in spec  # resize: the click is optional
+    _validate(spec)
+
+
+def test_paste_and_appearance_name_the_reference_and_its_mask(tmp_path):
+    s = _session()
+    ref = Image.new("RGB", (256, 256), (200, 100, 50))
+    ref_path = tmp_path / "reference.png"
+    ref.save(ref_path)
+    ref_mask = _box((256, 256), 64, 64, 128, 128)  # → base box (128..256, 96..192), centroid (192, 144)
+    add_click(s, "paste", (299, 199))
+    inputs = Inputs(reference=ref, reference_mask=ref_mask, reference_path=str(ref_path), scale=0.8,
+                    reference_prompt="a cat")
+    spec = build_spec("paste", s, inputs)
+    assert spec["reference"] == str(ref_path) and (spec["dx"], spec["dy"]) == (107.5, 55.5)
+    assert spec["scale"] == 0.8 and spec["reference_prompt"] == "a cat"
+    assert np.array_equal(load_mask(spec["reference_mask"]), ref_mask)
+    _validate(spec)
+    assert portable_spec(spec)["reference"] == "reference.png" and spec["reference"] == str(ref_path)
+    inputs.mask = _box((512, 384), 10, 10, 50, 50)
+    spec = build_spec("appearance", s, inputs)
+    assert "dx" not in spec and load_mask(spec["mask"]).sum() == 40 * 40
+    _validate(spec)
+
+
+@pytest.mark.parametrize(
+    ("mode", "inputs", "control", "words"),
+    [
+        ("drag", Inputs(), "points", "no points"),
+        ("move", Inputs(), "mask", "object mask is empty"),
+        ("move", Inputs(mask=np.zeros((384, 512), bool)), "mask", "empty"),
+        ("resize", Inputs(), "mask", "empty"),
+        ("appearance", Inputs(), "reference", "reference image"),
+        ("paste", Inputs(reference=Image.new("RGB", (8, 8))), "reference", "reference mask is empty"),
+        ("region-drag", Inputs(), "mask", "handle region is empty"),
+        ("region-drag", Inputs(region_input=REGION_INPUTS[1]), "points", "no polygons"),
+        ("drag", Inputs(steps="ten"), "points", "no points"),
+    ],
+)
+def test_invalid_input_names_the_control_that_shows_the_message(mode, inputs, control, words):
+    with pytest.raises(UIError) as e:
+        build_spec(mode, _session(), inputs)
+    assert e.value.control == control and words in e.value.message
+
+
+def test_pending_handles_points_off_the_image_and_bad_settings_are_refused():
+    s = _session()
+    add_click(s, "drag", (10, 10))
+    with pytest.raises(UIError, match="has no target"):
+        build_spec("drag", s, Inputs())
+    add_click(s, "drag", (500, 380))
+    s.image = Image.new("RGB", (256, 256))  # points clicked on a larger image
+    with pytest.raises(UIError) as e:
+        build_spec("drag", s, Inputs())
+    assert e.value.control == "points" and "outside the 256×256 image" in e.value.message
+    s.image = Image.new("RGB", (512, 384))
+    with pytest.raises(UIError) as e:
+        build_spec("drag", s, Inputs(steps="4.5"))
+    assert e.value.control == "settings" and "whole number" in e.value.message
+    with pytest.raises(UIError) as e:
+        build_spec("drag", s, Inputs(mask=np.ones((10, 10), bool)))
+    assert e.value.control == "mask" and "10×10" in e.value.message
+    with pytest.raises(UIError) as e:
+        build_spec("drag", Session(), Inputs())
+    assert e.value.control == "image"
+    with pytest.raises(UIError):
+        build_spec("nope", s, Inputs())
+
+
+def test_settings_parse_empty_as_the_mode_default():
+    assert parse_setting("", "steps") is None and parse_setting(None, "steps") is None
+    assert parse_setting(" 20 ", "steps") == 20 and parse_setting(7.0, "seed") == 7 and parse_setting("1e2", "x") == 100
+    for bad in ("abc", "2.5", 2.5, "inf"):
+        with pytest.raises(UIError):
+            parse_setting(bad, "steps")
+    assert sampler_defaults("drag")["steps"] == 50 and sampler_defaults("region-drag")["steps"] == 20
+    assert sampler_defaults("nope") == {}
+
+
+def test_spec_errors_map_to_the_control_beside_the_field():
+    assert control_for_field("points[1].target") == "points"
+    assert control_for_field("polygons[0].handle") == "points"
+    assert control_for_field("dx, dy") == "points" and control_for_field("scale") == "points"
+    assert control_for_field("mask") == "mask" and control_for_field("regions[0].handle") == "mask"
+    assert control_for_field("reference_mask") == "reference" and control_for_field("reference") == "reference"
+    assert control_for_field("sampler.steps") == "settings"
+    assert control_for_field("image") == "image" and control_for_field("prompt") == "prompt"
+    assert control_for_field("backend") == "run"
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as e:
+        _validate({"mode": "paste", "reference": "r.png", "reference_mask": "m.png", "scale": 3.0})
+    control, message = pydantic_message(e.value)
+    assert control == "points" and message.startswith("scale:")
+    with pytest.raises(ValidationError) as e:
+        _validate({"mode": "drag", "points": [[[1, 1], [2, 2]]], "sampler": {"steps": 1}})
+    assert pydantic_message(e.value)[0] == "settings"
+    with pytest.raises(ValueError):
+        UIError("nowhere", "x")
+
+
+# -- drawing and report -------------------------------------------------------------------------------------------
+def test_overlay_draws_the_clicks_on_the_displayed_copy():
+    s = _session((2048, 1536))
+    assert render_overlay(Session(), "drag") is None
+    add_click(s, "drag", (100, 100))
+    add_click(s, "drag", (300, 200))
+    add_click(s, "drag", (600, 600))  # pending handle
+    img = render_overlay(s, "drag")
+    assert img.size == (1024, 768)
+    a = np.asarray(img).astype(int)
+    base = np.array([90, 120, 150])
+    for x, y in [(100, 100), (300, 200), (600, 600)]:
+        assert np.abs(a[y, x] - base).sum() > 60  # a dot is drawn there
+    assert np.abs(a[700, 100] - base).sum() < 5  # and nothing far away
+    for mode in MODES:
+        assert render_overlay(s, mode, Inputs(mask=_box((2048, 1536), 100, 100, 400, 400),
+                                                  reference=Image.new("RGB", (64, 64)),
+                                                  reference_mask=_box((64, 64), 8, 8, 24, 24))).size == (1024, 768)
+
+
+def test_move_preview_shows_the_object_at_its_new_place():
+    s = Session()
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[40:60, 20:40] = 255  # a white square, centroid (30, 50)
+    s.set_image(Image.fromarray(img))
+    add_click(s, "move", (129, 49))
+    out = np.asarray(render_overlay(s, "move", Inputs(mask=_box((200, 100), 20, 40, 40, 60))))
+    assert out[42, 122].mean() > 200 and out[57, 137].mean() > 200  # the square is drawn at its new place
+    assert out[42, 22].mean() < 240 and out[42, 80].mean() < 5  # its old place is greyed, the rest unchanged
+
+
+def test_report_says_whether_the_inversion_was_reused():
+    from dragsdk.report import EditReport
+
+    r = EditReport(mode="drag", model="tiny", backend="eager", backend_reason="auto: first; cannot: x", device="cpu",
+                   dtype="float32", image_size=(512, 384), working_size=(128, 128), steps=4, seed=42,
+                   phase_seconds={"encode": 0.1, "invert": 0.5, "sample": 1.0, "decode": 0.1},
+                   unet_evaluations={"forward": 12}, notes=["a note"])
+    text = format_report(r, 2.0)
+    assert "Image inverted in 0.50 s" in text and "eager" in text and "| encode | invert | sample | decode | total |" in text
+    assert "1.70 s" in text and "a note" in text and "cannot" not in text
+    r.inversion_reused = True
+    assert "Inversion reused" in format_report(r)
+
+
+def test_sample_folders_are_found_under_the_roots(tmp_path):
+    found = find_samples([EXAMPLE_SAMPLE.parent, tmp_path / "missing"])
+    assert found["examples/dragbench-car"] == EXAMPLE_SAMPLE
+    assert find_samples([EXAMPLE_SAMPLE]) == {"dragbench-car": EXAMPLE_SAMPLE}
+    d = tmp_path / "Drag100" / "cat_0"
+    d.mkdir(parents=True)
+    (d / "points.json").write_text('{"points": [[1, 2], [3, 4]]}')
+    Image.new("RGB", (8, 8)).save(d / "original.jpg")
+    assert find_samples([tmp_path]) == {f"{tmp_path.name}/Drag100/cat_0": d}
