@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+
 from dragsdk.kernels.reference import KVSource
 
 KV_MODES = ("plain", "concat", "replace", "composite")

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from dragsdk.kernels.reference import KVSource
 
 from dragsdk.hookspecs import hookimpl
+from dragsdk.kernels.reference import KVSource
 
 from .base import Backend, Capabilities
 from .eager import sdpa_over_sources

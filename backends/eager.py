@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from dragsdk.kernels.reference import KVSource
 
 from dragsdk.hookspecs import hookimpl
+from dragsdk.kernels.reference import KVSource
 
 from .base import Backend, Capabilities
 

@@ -53,11 +53,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from dragsdk.kernels.reference import KVSource
 
 from dragsdk.attention import ProcessorBase, split_heads
 from dragsdk.errors import BackendUnavailableError
 from dragsdk.hookspecs import hookimpl
+from dragsdk.kernels.reference import KVSource
 
 from .base import Backend, Capabilities
 from .eager import sdpa_over_sources

@@ -13,9 +13,9 @@ import os
 from collections.abc import Sequence
 
 import torch
-from dragsdk.kernels.reference import KVSource
 
 from dragsdk.hookspecs import hookimpl
+from dragsdk.kernels.reference import KVSource
 
 from .base import Backend, Capabilities
 

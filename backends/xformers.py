@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from dragsdk.kernels.reference import KVSource
 
 from dragsdk.hookspecs import hookimpl
+from dragsdk.kernels.reference import KVSource
 
 from .base import Backend, Capabilities
 

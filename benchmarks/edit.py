@@ -46,7 +46,6 @@ def _device_slug(device: str) -> str:
 
 def _specs(resolution: int, drag_steps: int, region_steps: int) -> dict[str, dict[str, Any]]:
     from dragsdk.plugins.region_drag import RegionDragSpec
-
     from dragsdk.samples import load_sample
 
     _, drag = load_sample(SAMPLE)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from dragsdk.plugins.move import MoveSpec, plan_move
 from pydantic import Field
 
 from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan
+from dragsdk.plugins.move import MoveSpec, plan_move
 
 
 class ResizeSpec(MoveSpec):

@@ -14,16 +14,16 @@ import torch
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'dragsdk[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'dragsdk[onnx]')")
 
-from dragsdk.backends.eager import sdpa_over_sources  # noqa: E402
-from dragsdk.backends.onnx import INSTALL_HINT, GraphCache, OnnxBackend, onnx_cache_dir  # noqa: E402
-from dragsdk.backends.select import select_backend  # noqa: E402
-from dragsdk.plugins.region_drag import RegionDragSpec, spec_from_sample  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dragsdk import Editor  # noqa: E402
 from dragsdk.attention import AttentionController, KVBank, KVInjection, install, self_attention_layers  # noqa: E402
+from dragsdk.backends.eager import sdpa_over_sources  # noqa: E402
+from dragsdk.backends.onnx import INSTALL_HINT, GraphCache, OnnxBackend, onnx_cache_dir  # noqa: E402
+from dragsdk.backends.select import select_backend  # noqa: E402
 from dragsdk.errors import BackendUnavailableError  # noqa: E402
 from dragsdk.geometry import Canvas  # noqa: E402
+from dragsdk.plugins.region_drag import RegionDragSpec, spec_from_sample  # noqa: E402
 from dragsdk.registry import get_registry  # noqa: E402
 
 RES = 128

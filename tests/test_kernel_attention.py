@@ -22,11 +22,12 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
 import dragsdk.kernels as kernels  # noqa: E402
 from dragsdk.kernels import KVSource, cross_branch_attention, cross_branch_attention_reference  # noqa: E402
 from dragsdk.kernels import cross_attention as ca  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 F64 = torch.float64
 B, H = 2, 2

@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from dragsdk.plugins.region_drag import RegionDragMode, RegionDragSpec, spec_from_sample
 from PIL import Image
 from pydantic import ValidationError
 from typer.testing import CliRunner
@@ -21,6 +20,7 @@ from dragsdk.geometry import Canvas
 from dragsdk.inversion import DDIMSchedule, UNetCounter
 from dragsdk.io import mask_to_data_url
 from dragsdk.modes import PlanContext
+from dragsdk.plugins.region_drag import RegionDragMode, RegionDragSpec, spec_from_sample
 
 from .conftest import EXAMPLE_SAMPLE, SHARED_DATA, dragbench_samples
 
