@@ -331,11 +331,8 @@ def mean_distance_dragdiffusion(
     Raises:
         ValueError: no pairs or a point off the image.
     """
-    a = _array(original)
-    b = _resize_like(_array(edited), a)
+    a, b, handles, targets = _md_inputs(original, edited, pairs)
     h, w = a.shape[:2]
-    handles, targets = _pairs(pairs)
-    _check_inside(handles, w, h, "handle")
     hi = handles.astype(int)
     fa, fb = features(image_tensor(a), prompt), features(image_tensor(b), prompt)
     cos = _cosine_maps(fa, fb, hi[:, 1], hi[:, 0], (h, w), "bilinear")
@@ -343,6 +340,19 @@ def mean_distance_dragdiffusion(
     matches = [(int(i % w), int(i // w)) for i in best]
     dist = [float(math.hypot(tx - mx, ty - my)) for (tx, ty), (mx, my) in zip(targets, matches, strict=True)]
     return MeanDistance(float(np.mean(dist)), dist, matches, "dragdiffusion")
+
+
+def _md_inputs(original: Image.Image | np.ndarray, edited: Image.Image | np.ndarray, pairs: Pairs,
+               check_targets: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What both MD protocols start from: the original, the edited image resized to it, and the checked points."""
+    a = _array(original)
+    b = _resize_like(_array(edited), a)
+    h, w = a.shape[:2]
+    handles, targets = _pairs(pairs)
+    _check_inside(handles, w, h, "handle")
+    if check_targets:
+        _check_inside(targets, w, h, "target")
+    return a, b, handles, targets
 
 
 def regiondrag_search_mask(handles: np.ndarray, targets: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -379,12 +389,8 @@ def mean_distance_regiondrag(
     Raises:
         ValueError: no pairs or a point off the image.
     """
-    a = _array(original)
-    b = _resize_like(_array(edited), a)
+    a, b, handles, targets = _md_inputs(original, edited, pairs, check_targets=True)
     h, w = a.shape[:2]
-    handles, targets = _pairs(pairs)
-    _check_inside(handles, w, h, "handle")
-    _check_inside(targets, w, h, "target")
     hi, ti = handles.astype(int), targets.astype(int)
     sw, sh = size
 
