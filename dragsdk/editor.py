@@ -69,6 +69,8 @@ class Editor:
         probe_energy_after: also measure each guided step's energy after its update (report ``after``).
         reference_profile: run with the official implementation's cost profile (reference features recomputed at
             every guided step, the K/V bank on the CPU); for benchmarks, so a speed-up is a ratio from one run.
+        allow_reduced_precision: let ``auto`` pick a backend that computes a float32 edit partly in lower
+            precision (``Capabilities.precision == "reduced"``); off by default.
 
     Raises:
         BackendUnavailableError: the named backend is unknown or cannot run here.
@@ -84,8 +86,10 @@ class Editor:
         reference_profile: bool = False,
         device: str | torch.device | None = None,
         torch_dtype: torch.dtype | None = None,
+        allow_reduced_precision: bool = False,
     ) -> None:
         self.registry = registry or get_registry()
+        self.allow_reduced_precision = allow_reduced_precision
         self.model = model if isinstance(model, ModelBundle) else load_model(model, device, torch_dtype)
         self.backend_request = backend
         self.reference_profile = reference_profile
@@ -127,12 +131,12 @@ class Editor:
 
     def select_backend(self, plan: EditPlan, working_size: tuple[int, int] | None = None) -> tuple[Any, str]:
         """The backend for a plan and why it was chosen (measured table first, then the fallback order)."""
-        from dragsdk.backends.select import select_backend
+        from dragsdk.backends.select import model_key, select_backend
 
         return select_backend(
             self.registry.backends, self.backend_request, self.model.device.type,
             str(self.model.dtype).removeprefix("torch."), plan.needs_gradients, plan.kv_modes(),
-            model=self.model.name, working_size=working_size,
+            model=model_key(self.model), working_size=working_size, allow_reduced=self.allow_reduced_precision,
         )
 
     # -- pieces --------------------------------------------------------------------------------------------
