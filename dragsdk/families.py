@@ -261,11 +261,11 @@ class ModelAdapter:
     def unpack(self, cond: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """Split a conditioning tensor into ``encoder_hidden_states`` and SDXL's ``added_cond_kwargs`` for a
         ``(B, 4, h, w)`` sample (time ids of an ``8h × 8w`` pixel canvas)."""
+        b = sample.shape[0]
+        if cond.shape[0] != b:  # one conditioning row for a batch of samples (a view, no copy)
+            cond = cond.expand(b, -1, -1)
         if self.family != "sdxl":
             return cond, None
-        b = sample.shape[0]
-        if cond.shape[0] != b:
-            cond = cond.expand(b, -1, -1)
         f = self.bundle.vae_scale_factor
         h, w = sample.shape[-2] * f, sample.shape[-1] * f
         ids = torch.tensor([[h, w, 0, 0, h, w]], device=sample.device, dtype=cond.dtype).expand(b, -1)

@@ -416,7 +416,8 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[
         raise ModelLoadError(f"checkpoint {path} is not an SD 1.x / 2.x / SDXL checkpoint in the original (LDM) key "
                              f"layout ({len(keys)} keys, e.g. {keys[:2]})")
     cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
-    kw: dict[str, Any] = {"torch_dtype": dtype}
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    kw: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": offline}
     if config is not None:
         kw.update(config=str(config), local_files_only=True)
     try:
