@@ -114,6 +114,20 @@ def test_prompt_conditioning_is_what_diffusers_pipelines_pass_to_the_unet(family
         assert "added_cond_kwargs" not in seen[0]
 
 
+def test_tiny_models_have_the_structure_of_the_real_families():
+    sd2, xl = _model("tiny-sd2"), _model("tiny-sdxl")
+    assert sd2.unet.config.use_linear_projection and sd2.unet.config.upcast_attention
+    assert sd2.adapter.prediction_type == "v_prediction" and sd2.text_encoder.config.hidden_act == "gelu"
+    assert [type(b).__name__ for b in xl.unet.down_blocks] == ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 2
+    assert [type(b).__name__ for b in xl.unet.up_blocks] == ["CrossAttnUpBlock2D"] * 2 + ["UpBlock2D"]
+    assert [len(a.transformer_blocks) for a in (xl.unet.down_blocks[1].attentions[0],
+                                                xl.unet.down_blocks[2].attentions[0])] == [2, 3]
+    assert xl.unet.config.addition_embed_type == "text_time" and xl.unet.config.use_linear_projection
+    assert type(xl.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert xl.vae.config.scaling_factor == 0.13025 and xl.vae.config.force_upcast
+    assert type(xl.scheduler).__name__ == "DDIMScheduler" and xl.scheduler.config.timestep_spacing == "leading"
+
+
 def test_sdxl_features_and_kv_layers_sit_at_the_resolutions_of_the_sd15_choice():
     sd1, xl = _model("tiny"), _model("tiny-sdxl")
     assert LAYOUTS["sd1"].feature_blocks == (1, 2) and LAYOUTS["sdxl"].feature_blocks == (0, 1)
@@ -409,3 +423,15 @@ def test_lora_errors_name_the_file(lora_file, tmp_path):
         editor.load_lora(tmp_path / "nothing.safetensors")
     res = CliRunner().invoke(app, ["edit", str(ROOT / "examples" / "dragbench-car"), "--lora", "x.safetensors:abc"])
     assert res.exit_code != 0 and "lora: expected PATH[:SCALE]" in res.output
+
+
+def test_a_float16_sdxl_vae_runs_in_float32_as_force_upcast_says():
+    bundle = load_model("tiny-sdxl", device="cpu", torch_dtype=torch.float16)
+    assert bundle.dtype == torch.float16 and bundle.vae.dtype == torch.float32  # loaded: kept in float32
+    assert bundle.run_vae() is bundle.vae
+    bundle.vae.to(torch.float16)  # a host pipeline's float16 VAE (from_pipe): one float32 copy, the original untouched
+    vae = bundle.run_vae()
+    assert vae is not bundle.vae and vae.dtype == torch.float32 and bundle.vae.dtype == torch.float16
+    assert bundle.run_vae() is vae
+    sd1 = load_model("tiny", device="cpu", torch_dtype=torch.float16)
+    assert sd1.vae.dtype == torch.float16 and sd1.run_vae() is sd1.vae
