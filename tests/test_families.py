@@ -196,7 +196,9 @@ def test_guidance_lowers_the_energy_at_every_guided_step_on_each_family(car_samp
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_null_edit_equals_ddim_inversion_and_sampling_computed_by_diffusers(car_sample, family):
     """No point moved, no energy, CFG 1, no K/V, no SDE: exactly diffusers' DDIMInverseScheduler then DDIMScheduler
-    steps on the raw UNet output (v for SD 2.x, ε for SDXL), with diffusers' own prompt / time-id conditioning."""
+    steps, with diffusers' own prompt / time-id conditioning. Sampling takes the raw UNet output (v for SD 2.x).
+    Inversion takes ε = √ᾱ_t·v + √(1−ᾱ_t)·z with ᾱ of the timestep the UNet is called at (the ε-model the sampler
+    uses); diffusers' inverse scheduler would convert v with ᾱ of the step's start instead."""
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
     bundle = _model(FAMILIES[family])
@@ -208,12 +210,19 @@ def test_null_edit_equals_ddim_inversion_and_sampling_computed_by_diffusers(car_
     z = z0 = editor._trajectory.latents[-1]
     kw = _diffusers_unet_kwargs(_pipe(bundle), spec["prompt"], z)
     cfg = bundle.scheduler.config
-    inverse, forward = DDIMInverseScheduler.from_config(cfg), DDIMScheduler.from_config(cfg)
+    inverse = DDIMInverseScheduler.from_config({**cfg, "prediction_type": "epsilon"})
+    forward = DDIMScheduler.from_config(cfg)
+    ac = bundle.scheduler.alphas_cumprod
+
+    def eps(out, z, t):
+        a = float(ac[int(t)])
+        return a**0.5 * out + (1 - a) ** 0.5 * z if family == "sd2" else out
+
     inverse.set_timesteps(FAST["steps"])
     forward.set_timesteps(FAST["steps"])
     with torch.no_grad():
         for t in inverse.timesteps:
-            z = inverse.step(bundle.unet(z, t, **kw).sample, t, z).prev_sample
+            z = inverse.step(eps(bundle.unet(z, t, **kw).sample, z, t), t, z).prev_sample
         torch.testing.assert_close(z, editor._trajectory.latents[0], rtol=1e-4, atol=1e-4)
         for t in forward.timesteps:
             z = forward.step(bundle.unet(z, t, **kw).sample, t, z).prev_sample
@@ -392,7 +401,7 @@ def test_lora_fuses_scale_times_alpha_over_rank_b_a_and_the_edit_runs(lora_file,
 
     sd = load_file(str(lora_file))
     name = "up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
-    a, b = sd[f"unet.{name}.lora_A.weight"], sd[f"unet.{name}.lora_B.weight"]
+    a, b = sd[f"unet.{name}.lora.down.weight"], sd[f"unet.{name}.lora.up.weight"]  # A, B
     deltas = {}
     for scale in (0.5, 1.0):
         editor = Editor(load_model("tiny", device="cpu"))
@@ -401,7 +410,8 @@ def test_lora_fuses_scale_times_alpha_over_rank_b_a_and_the_edit_runs(lora_file,
         w = editor.model.unet.get_submodule(name).weight
         deltas[scale] = w - w0
         assert type(editor.model.unet.get_submodule(name)).__name__ == "Linear"  # fused, no adapter layers left
-    torch.testing.assert_close(deltas[1.0], (8 / 4) * b @ a, rtol=1e-4, atol=1e-6)
+    assert not any("alpha" in k for k in sd)  # the file stores no α: diffusers takes α = r
+    torch.testing.assert_close(deltas[1.0], b @ a, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(deltas[0.5], 0.5 * deltas[1.0], rtol=1e-4, atol=1e-6)
     assert parse_lora_arg(f"{lora_file}:0.5") == (str(lora_file), 0.5)
     assert parse_lora_arg(str(lora_file)) == (str(lora_file), 1.0)
@@ -435,3 +445,15 @@ def test_a_float16_sdxl_vae_runs_in_float32_as_force_upcast_says():
     assert bundle.run_vae() is vae
     sd1 = load_model("tiny", device="cpu", torch_dtype=torch.float16)
     assert sd1.vae.dtype == torch.float16 and sd1.run_vae() is sd1.vae
+
+
+def test_dift_runs_through_the_adapter_on_each_family_at_a_sixteenth_of_the_image():
+    from dragsdk.eval.dift import DIFT
+
+    img = torch.rand(1, 3, 128, 96) * 2 - 1
+    shapes = {}
+    for family, name in FAMILIES.items():
+        d = DIFT(_model(name), ensemble=1)
+        shapes[family] = d(img, "a car").shape
+        assert d.settings()["up_block"] == LAYOUTS[family].feature_blocks[0]
+    assert shapes["sd1"] == shapes["sd2"] == shapes["sdxl"] == (1, 64, 8, 6)

@@ -11,7 +11,8 @@ latent, averaged over an ensemble of noise draws. This is the extractor of both 
 Any supported family works (:mod:`dragsdk.families`: SD 1.x, SD 2.x ε or v, SDXL; e.g. the built-in ``tiny`` for
 tests): the prompt is encoded and the UNet called through the model's adapter (SDXL's pooled embedding and time ids
 included), and the default feature block is the family's first feature block (``up_blocks[1]`` for SD 1.x / 2.x,
-the protocol's; ``up_blocks[0]`` for SDXL, the block whose output has the same resolution, 1/16 of the image). Every setting is a constructor argument; the defaults are the protocol's.
+the protocol's; ``up_blocks[0]`` for SDXL, the block whose output has the same resolution, 1/16 of the image).
+Every setting is a constructor argument; the defaults are the protocol's.
 
 Deviation, on purpose: the official scripts seed the global RNG once per run, so a sample's noise depends on the
 samples before it. Here every call draws from its own generator seeded with ``seed``, so a sample's features do not
@@ -68,7 +69,8 @@ class DIFT:
             diffusers folder, ``tiny``); loaded on first use. Default: SD 2.1 (the protocol).
         timestep: the diffusion timestep the latent is noised to (0..999; protocol 261).
         up_block: index of the ``unet.up_blocks`` whose output is the feature (protocol 1: 1/16 of the image,
-            e.g. 1280 channels at 48×48 for SD 2.1 at 768²); None: the family's first feature block.
+            e.g. 1280 channels at 48×48 for SD 2.1 at 768²); None (default): the family's first feature block, which
+            is the protocol's 1 for SD 1.x / 2.x (:data:`dragsdk.families.LAYOUTS`).
         ensemble: noise draws averaged (protocol 8).
         prompt: a fixed prompt for every image; None (default) uses the prompt passed at call time (the
             sample's, as the protocol does).
@@ -87,7 +89,7 @@ class DIFT:
         self,
         model: ModelBundle | str = DIFT_MODEL,
         timestep: int = DIFT_TIMESTEP,
-        up_block: int | None = DIFT_UP_BLOCK,
+        up_block: int | None = None,
         ensemble: int = DIFT_ENSEMBLE,
         prompt: str | None = None,
         seed: int = DIFT_SEED,
