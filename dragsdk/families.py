@@ -115,6 +115,24 @@ def family_from_configs(unet_config: dict[str, Any], pipeline_class: str | None 
     return "sd2" if unet_config.get("use_linear_projection") else "sd1"
 
 
+def check_index(index: dict[str, Any], where: str, has_transformer: bool = False,
+                has_text_encoder: bool = True) -> None:
+    """Refuse a ``model_index.json`` of an unsupported pipeline or of the SDXL refiner.
+
+    Raises:
+        ModelLoadError: the pipeline class is not an SD 1.x / 2.x / SDXL one (named, with the reason), or an SDXL
+            pipeline has no ``text_encoder``.
+    """
+    cls = index.get("_class_name")
+    if cls is not None and cls not in _SD_PIPELINES | _SDXL_PIPELINES:
+        why = _TRANSFORMER_HINT if "transformer" in index or has_transformer else (
+            "supported pipelines are StableDiffusionPipeline (SD 1.x / 2.x) and StableDiffusionXLPipeline")
+        raise ModelLoadError(f"{where} holds a {cls}: not supported: {why}")
+    if cls in _SDXL_PIPELINES and (index.get("text_encoder") in (None, [None, None]) or not has_text_encoder):
+        raise ModelLoadError(f"{where} holds an SDXL {cls} without text_encoder (the SDXL refiner); dragsdk needs "
+                             "a base model with both text encoders (e.g. stable-diffusion-xl-base-1.0)")
+
+
 def detect_family(folder: str | Path) -> str:
     """The family of a diffusers folder, from ``model_index.json`` (pipeline class, components) and the UNet config.
 
@@ -125,15 +143,9 @@ def detect_family(folder: str | Path) -> str:
     folder = Path(folder)
     index_path = folder / "model_index.json"
     index = _read_json(index_path) if index_path.is_file() else {}
+    check_index(index, str(folder), has_transformer=(folder / "transformer").is_dir(),
+                has_text_encoder=(folder / "text_encoder").is_dir())
     cls = index.get("_class_name")
-    if cls is not None and cls not in _SD_PIPELINES | _SDXL_PIPELINES:
-        why = _TRANSFORMER_HINT if "transformer" in index or (folder / "transformer").is_dir() else (
-            "supported pipelines are StableDiffusionPipeline (SD 1.x / 2.x) and StableDiffusionXLPipeline")
-        raise ModelLoadError(f"{folder} holds a {cls}: not supported: {why}")
-    if cls in _SDXL_PIPELINES and (index.get("text_encoder") in (None, [None, None]) or
-                                   not (folder / "text_encoder").is_dir()):
-        raise ModelLoadError(f"{folder} holds an SDXL {cls} without text_encoder (the SDXL refiner); dragsdk needs "
-                             "a base model with both text encoders (e.g. stable-diffusion-xl-base-1.0)")
     unet_cfg = folder / "unet" / "config.json"
     if not unet_cfg.is_file():
         if (folder / "transformer").is_dir():

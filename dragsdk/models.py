@@ -31,7 +31,14 @@ from typing import Any
 import torch
 
 from .errors import ModelLoadError, ModelNotFoundError
-from .families import EpsilonUNet, ModelAdapter, ddim_from_config, detect_family, family_from_configs
+from .families import (
+    EpsilonUNet,
+    ModelAdapter,
+    check_index,
+    ddim_from_config,
+    detect_family,
+    family_from_configs,
+)
 
 BUILTIN_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl", "sd15-random", "sd21-random", "sdxl-random")
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -328,18 +335,21 @@ def load_model(
         return _finish(bundle, device, dtype)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     where = f"hub id {name!r}" + (" (HF_HUB_OFFLINE is set)" if offline else "")
-    try:
-        from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download
 
-        unet_cfg = json.loads(Path(hf_hub_download(name, "config.json", subfolder="unet",
-                                                   local_files_only=offline)).read_text())
+    def config(filename: str, subfolder: str | None = None) -> dict[str, Any]:
         try:
-            index = json.loads(Path(hf_hub_download(name, "model_index.json", local_files_only=offline)).read_text())
-        except Exception:  # an old repo without model_index.json: the UNet config decides
-            index = {}
-    except Exception as e:  # hub errors: not cached offline, unknown id, no network
-        raise ModelNotFoundError(f"could not load the model from {where}: {_one_line(e)}. {_HOW_TO_PROVIDE}") from e
-    family = family_from_configs(unet_cfg, index.get("_class_name"))
+            path = hf_hub_download(name, filename, subfolder=subfolder, local_files_only=offline)
+        except Exception as e:  # hub errors: not cached offline, unknown id, no network, no such file
+            raise ModelNotFoundError(f"could not load the model from {where}: {_one_line(e)}. {_HOW_TO_PROVIDE}") from e
+        return json.loads(Path(path).read_text())
+
+    try:
+        index = config("model_index.json")
+    except ModelNotFoundError:  # an old repository without model_index.json: the UNet config decides
+        index = {}
+    check_index(index, where)
+    family = family_from_configs(config("config.json", "unet"), index.get("_class_name"))
     return _finish(_load_components(name, family, dtype, variant, {"local_files_only": offline}, where, index),
                    device, dtype)
 
