@@ -114,9 +114,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  time.process_time() - c0))
                 # A second edit of the same image with other target points: the last timed run's inversion is
                 # reused (the report says whether it was).
-                second = _moved(spec) if edit == "drag" else spec
                 reused = []
                 for _ in range(args.repeats if edit == "drag" and not reference else 0):
+                    second = _moved(spec)
                     if device == "cuda":
                         torch.cuda.synchronize()
                     t0 = time.perf_counter()
