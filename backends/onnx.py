@@ -683,8 +683,15 @@ class OnnxBackend(Backend):
 
     # -- the hooks the editor calls -------------------------------------------------------------------------
     def prepare_unet_for_edit(self, model: Any, controller: Any) -> OrtUNet:
-        """An :class:`OrtUNet` for one edit (graphs are exported or loaded at its first call)."""
+        """An :class:`OrtUNet` for one edit (graphs are exported or loaded at its first call).
+
+        Raises:
+            BackendUnavailableError: an SDXL model (the exported graph has no ``added_cond_kwargs`` inputs).
+        """
         self._ensure_available()
+        if getattr(model, "family", "sd1") == "sdxl":
+            raise BackendUnavailableError("the onnx backend exports SD 1.x / 2.x UNets only; this model is SDXL "
+                                          "(text_time conditioning); use backend 'eager' or 'compile'")
         return OrtUNet(self, model, controller)
 
     @torch.no_grad()

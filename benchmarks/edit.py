@@ -12,12 +12,18 @@ the cost is the real one) at 512×512 in fp16 on CUDA; ``tiny`` at 128×128 with
 numbers only show the harness works. Each configuration runs ``--warmup`` times untimed (compilation, caches), then
 ``--repeats`` times; the table reports the median.
 
-Prints a table and writes JSON atomically to ``benchmarks/results/edit-<device>.json``.
+``--family sd1|sd2|sdxl`` picks the model family (:mod:`dragsdk.families`): on CUDA the full random-weight
+architecture (``sd15-random``, ``sd21-random`` v-prediction, ``sdxl-random``) at its native resolution (512, 768,
+1024); on a CPU the tiny model of the family at 128×128. Each row reports UNet evaluations per edit, wall time and the
+process CPU time of the edit.
+
+Prints a table and writes JSON atomically to ``benchmarks/results/edit-<device>[-<family>].json``.
 
 Usage::
 
     python benchmarks/edit.py                          # device-dependent defaults
     python benchmarks/edit.py --model sd15-random --resolution 512 --repeats 3
+    python benchmarks/edit.py --family sdxl --configs eager   # full SDXL drag at 1024² on a GPU
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "dragbench-car"
+FAMILY_MODELS = {  # family: (full random architecture, tiny model, native resolution)
+    "sd1": ("sd15-random", "tiny", 512), "sd2": ("sd21-random", "tiny-sd2", 768), "sdxl": ("sdxl-random", "tiny-sdxl", 1024),
+}
 
 
 def _device_slug(device: str) -> str:
@@ -97,11 +106,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     editor._trajectory = None
                     if device == "cuda":
                         torch.cuda.synchronize()
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     res = editor.edit(image, spec)
                     if device == "cuda":
                         torch.cuda.synchronize()
-                    runs.append((time.perf_counter() - t0, res.report, bool(torch.isfinite(res.latent).all())))
+                    runs.append((time.perf_counter() - t0, res.report, bool(torch.isfinite(res.latent).all()),
+                                 time.process_time() - c0))
                 # A second edit of the same image with other target points: the last timed run's inversion is
                 # reused (the report says whether it was).
                 reused = []
@@ -123,6 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wall = statistics.median(r[0] for r in runs)
             rep = runs[len(runs) // 2][1]
             rows.append({**row, "wall_s": wall, "wall_all_s": [r[0] for r in runs], "phase_s": rep.phase_seconds,
+                         "cpu_s": statistics.median(r[3] for r in runs), "working_size": rep.working_size,
                          "unet": rep.unet_evaluations, "finite_latent": all(r[2] for r in runs),
                          "peak_memory_bytes": rep.peak_memory_bytes, "peak_memory_kind": rep.peak_memory_kind})
             if reused:
@@ -135,7 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 r["speedup_vs_reference"] = ref["wall_s"] / r["wall_s"]
     return {
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "model": args.model, "resolution": args.resolution, "dtype": str(dtype).removeprefix("torch."),
+        "model": args.model, "family": model.family, "prediction_type": model.adapter.prediction_type,
+        "resolution": args.resolution, "dtype": str(dtype).removeprefix("torch."),
         "drag_steps": args.drag_steps, "region_steps": args.region_steps, "repeats": args.repeats,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows,
@@ -144,8 +156,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"device: {result['device']}  model: {result['model']}  {result['resolution']}px  {result['dtype']}")
-    print(f"{'edit':<12}{'config':<11}{'wall s':>9}{'encode':>8}{'invert':>8}{'sample':>8}{'decode':>8}"
+    print(f"device: {result['device']}  model: {result['model']} ({result['family']}, {result['prediction_type']})  "
+          f"{result['resolution']}px  {result['dtype']}")
+    print(f"{'edit':<12}{'config':<11}{'wall s':>9}{'cpu s':>9}{'encode':>8}{'invert':>8}{'sample':>8}{'decode':>8}"
           f"{'fwd':>6}{'fwd+g':>6}{'bwd':>5}{'peak MiB':>10}{'×ref':>7}{'2nd s':>8}")
     for r in result["rows"]:
         if "wall_s" not in r:
@@ -153,7 +166,7 @@ def print_table(result: dict[str, Any]) -> None:
                   f"{r.get('error', r.get('skipped', ''))[:70]}")
             continue
         p, u = r["phase_s"], r["unet"]
-        print(f"{r['edit']:<12}{r['config']:<11}{r['wall_s']:>9.3f}{p['encode']:>8.3f}{p['invert']:>8.3f}"
+        print(f"{r['edit']:<12}{r['config']:<11}{r['wall_s']:>9.3f}{r['cpu_s']:>9.2f}{p['encode']:>8.3f}{p['invert']:>8.3f}"
               f"{p['sample']:>8.3f}{p['decode']:>8.3f}{u['forward']:>6}{u['forward_grad']:>6}{u['backward']:>5}"
               f"{r['peak_memory_bytes'] / 2**20:>10.0f}{r.get('speedup_vs_reference', float('nan')):>7.2f}"
               f"{r.get('second_edit_s', float('nan')):>8.3f}")
@@ -164,8 +177,10 @@ def print_table(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="sd15-random" if cuda else "tiny")
-    ap.add_argument("--resolution", type=int, default=512 if cuda else 128)
+    ap.add_argument("--family", choices=sorted(FAMILY_MODELS), default="sd1",
+                    help="model family: sets the default --model and --resolution")
+    ap.add_argument("--model", default=None, help="default: the family's (full random on CUDA, tiny on a CPU)")
+    ap.add_argument("--resolution", type=int, default=None, help="default: the family's native size on CUDA, 128 on a CPU")
     ap.add_argument("--drag-steps", type=int, default=50 if cuda else 10)
     ap.add_argument("--region-steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=1)
@@ -175,11 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--edits", nargs="+", choices=["drag", "region-drag"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    full, tiny, native = FAMILY_MODELS[args.family]
+    args.model = args.model or (full if cuda else tiny)
+    args.resolution = args.resolution or (native if cuda else 128)
     result = run(args)
     print_table(result)
     from dragsdk.io import write_text_atomic
 
-    out = args.out or ROOT / "benchmarks" / "results" / f"edit-{_device_slug('cuda' if cuda else 'cpu')}.json"
+    suffix = "" if args.family == "sd1" else f"-{args.family}"
+    out = args.out or ROOT / "benchmarks" / "results" / f"edit-{_device_slug('cuda' if cuda else 'cpu')}{suffix}.json"
     write_text_atomic(json.dumps(result, indent=2, default=str), out)
     print(f"wrote {out}")
     return 0

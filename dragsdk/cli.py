@@ -31,7 +31,10 @@ def _fail(message: str, code: int = 2) -> None:
 def edit(
     input: Annotated[Path, typer.Argument(help="an image (with --spec), or a DragBench / Drag100 sample folder")],
     spec: Annotated[Path | None, typer.Option(help="edit spec JSON (mode, geometry, settings)")] = None,
-    model: Annotated[str, typer.Option(help="hub id, diffusers folder, 'tiny' or 'sd15-random'")] = "tiny",
+    model: Annotated[str, typer.Option(help="hub id, diffusers folder (SD 1.x, 2.x, SDXL), .safetensors / .ckpt "
+                                            "checkpoint, or a built-in: tiny, tiny-sd2, tiny-sdxl, sd15-random, "
+                                            "sd21-random, sdxl-random")] = "tiny",
+    lora: Annotated[list[str] | None, typer.Option(help="LoRA weights to fuse, PATH[:SCALE] (repeatable)")] = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     steps: Annotated[int | None, typer.Option(help="override the spec's DDIM steps")] = None,
     seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
@@ -92,8 +95,12 @@ def edit(
         spec_obj["sampler"] = sampler
 
         from .editor import Editor
+        from .models import parse_lora_arg
 
+        loras = [parse_lora_arg(v) for v in lora or []]
         editor = Editor.from_pretrained(model, backend=backend)
+        for path, scale in loras:
+            editor.load_lora(path, scale)
         result = editor.edit(image_path, spec_obj, progress=not quiet)
         result.save(out, report, protect=protect)
     except ValidationError as e:

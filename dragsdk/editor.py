@@ -17,14 +17,14 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .attention import AttentionController, decoder_self_attention_layers, install
+from .attention import AttentionController, install
 from .concurrency import model_lock
 from .errors import BackendUnavailableError, NonFiniteError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert
 from .io import load_image, save_image_atomic, write_text_atomic
-from .models import ModelBundle, load_model
+from .models import ModelBundle, bundle_from_pipe, load_model
 from .modes import PlanContext
 from .plan import EditPlan
 from .registry import Registry, get_registry
@@ -98,8 +98,8 @@ class Editor:
         self.probe_energy_after = probe_energy_after
         self.processor = VaeImageProcessor(vae_scale_factor=self.model.vae_scale_factor, resample="lanczos")
         self._trajectory: Trajectory | None = None
-        self._prompt_cache: dict[str, torch.Tensor] = {}
-        self.bank_layers = frozenset(decoder_self_attention_layers(self.model.unet))
+        self._prompt_cache: dict[tuple[str, bool], torch.Tensor] = {}
+        self.bank_layers = frozenset(self.model.adapter.bank_layers())
         if backend != "auto":
             self._check_backend(backend)
 
@@ -113,12 +113,49 @@ class Editor:
         variant: str | None = None,
         **kwargs: Any,
     ) -> Editor:
-        """Load a model (hub id, local diffusers folder, ``tiny`` or ``sd15-random``) and wrap it.
+        """Load a model (hub id, local diffusers folder, single-file checkpoint or built-in name; SD 1.x, SD 2.x or
+        SDXL, :mod:`dragsdk.families`) and wrap it.
+
+        Args:
+            device / torch_dtype / variant: as :func:`~dragsdk.models.load_model`.
 
         Raises:
             ModelNotFoundError: the model is absent; the message says how to provide one.
+            ModelLoadError: it exists but cannot be used (unsupported family, broken folder); the message says what
+                was found.
         """
         return cls(load_model(name_or_path, device, torch_dtype, variant), backend=backend, **kwargs)
+
+    @classmethod
+    def from_pipe(cls, pipe: Any, backend: str = "auto", **kwargs: Any) -> Editor:
+        """Edit with the modules of an existing diffusers ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline``
+        (or an object with its components), shared and never copied.
+
+        The host pipeline keeps working: the editor installs its attention processors only for the duration of an
+        edit and restores the previous ones, and it samples with its own DDIM scheduler built from the pipeline
+        scheduler's config (the host's scheduler object is never stepped). LoRA weights already fused or loaded into
+        the pipeline's UNet are used as they are. The exception: a float16 VAE whose config sets ``force_upcast``
+        (SDXL) is copied once to float32 for encoding and decoding, as diffusers upcasts it.
+
+        Raises:
+            ModelLoadError: a component is missing (an SDXL refiner has no ``text_encoder``) or the family is not
+                supported.
+        """
+        return cls(bundle_from_pipe(pipe), backend=backend, **kwargs)
+
+    def load_lora(self, path: str | os.PathLike[str], scale: float = 1.0) -> None:
+        """Load LoRA weights into the model's UNet (and text encoders, when the file has them) with diffusers'
+        own loader (``load_lora_weights``) and fuse them at ``scale``; see :func:`dragsdk.models.load_lora`.
+
+        Raises:
+            ModelNotFoundError: the file does not exist.
+            ModelLoadError: the file cannot be read, or none of its keys match the model's layers.
+        """
+        from .models import load_lora
+
+        load_lora(self.model, path, scale)
+        self._prompt_cache.clear()
+        self._trajectory = None
 
     # -- backends ------------------------------------------------------------------------------------------
     def _check_backend(self, name: str) -> Any:
@@ -141,10 +178,11 @@ class Editor:
         )
 
     # -- pieces --------------------------------------------------------------------------------------------
-    def _prompt(self, prompt: str) -> torch.Tensor:
-        if prompt not in self._prompt_cache:
-            self._prompt_cache[prompt] = self.model.encode_prompt(prompt)
-        return self._prompt_cache[prompt]
+    def _prompt(self, prompt: str, negative: bool = False) -> torch.Tensor:
+        key = (prompt, negative)
+        if key not in self._prompt_cache:
+            self._prompt_cache[key] = self.model.encode_prompt(prompt, negative)
+        return self._prompt_cache[key]
 
     def _bank_layers(self, plan: EditPlan) -> frozenset[str]:
         """The layers that record / inject K/V for a plan: the decoder's, or every self-attention layer."""
@@ -199,7 +237,8 @@ class Editor:
         mode = modes[spec.mode]
         img = load_image(image)
         s = spec.sampler
-        canvas = Canvas.fit(img.size, s.resolution)
+        resolution = s.resolution if "resolution" in s.model_fields_set else self.model.default_resolution
+        canvas = Canvas.fit(img.size, resolution)
         ctx = PlanContext(canvas, img, s.steps, suggest_mask=lambda xy: self.suggest_mask(img, xy, spec.prompt))
         plan = mode.plan(spec, ctx)
         backend, reason = self.select_backend(plan, canvas.size)
@@ -236,10 +275,10 @@ class Editor:
         )
         unet = self.model.unet
         previous = install(unet, controller)
-        tap = FeatureTap(unet)
+        tap = FeatureTap(unet, self.model.adapter.feature_blocks)
         bar = tqdm(total=2 * (s.steps - plan.start_step), desc=f"dragsdk {spec.mode}", disable=not progress, leave=False)
         try:
-            unet_call = backend.prepare_unet_for_edit(self.model, controller)
+            unet_call = self.model.unet_call(backend.prepare_unet_for_edit(self.model, controller))
             t0 = time.perf_counter()
             x = self._preprocess(img, canvas)
             refs = [r.image for r in plan.references]
@@ -292,7 +331,7 @@ class Editor:
             phases["invert"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            uncond = self._prompt(spec.negative_prompt)
+            uncond = self._prompt(spec.negative_prompt, negative=True)
             sampler = GuidedSampler(unet_call, controller, tap, counter, self.probe_energy_after, self.reference_profile)
             generator = torch.Generator("cpu").manual_seed(s.seed)
 
@@ -337,7 +376,7 @@ class Editor:
         """Propose the mask of the part under a click, from diffusion-feature similarity.
 
         The DIFT correspondence idea (Tang et al., arXiv 2306.03881): the image latent is noised to ``timestep`` with
-        a fixed seed, the decoder features (``up_blocks[1]`` and ``[2]``, each L2-normalised, concatenated on the
+        a fixed seed, the decoder features (the family's feature blocks, :data:`dragsdk.families.LAYOUTS`; each L2-normalised, concatenated on the
         feature grid) are compared by cosine with the feature at ``point``
         (:func:`dragsdk.proposal.mask_from_features`), then the region is dilated by ``dilate_px`` pixels.
 
@@ -362,11 +401,11 @@ class Editor:
             z0 = self.model.encode_image(self._preprocess(img, canvas))
             a = float(self.model.scheduler.alphas_cumprod[timestep])
             noise = torch.randn(z0.shape, generator=torch.Generator("cpu").manual_seed(0)).to(z0)
-            tap = FeatureTap(self.model.unet)
+            tap = FeatureTap(self.model.unet, self.model.adapter.feature_blocks)
             try:
                 with tap.capture(stop=True):
-                    self.model.unet(a**0.5 * z0 + (1 - a) ** 0.5 * noise, timestep,
-                                    encoder_hidden_states=self._prompt(prompt), return_dict=False)
+                    self.model.unet_call()(a**0.5 * z0 + (1 - a) ** 0.5 * noise, timestep,
+                                           encoder_hidden_states=self._prompt(prompt), return_dict=False)
                 feats = tap.features()
             finally:
                 tap.remove()

@@ -23,6 +23,11 @@ class ModelNotFoundError(DragSDKError, OSError):
     """A model id or folder that cannot be loaded (absent, offline and not cached, or not in diffusers layout)."""
 
 
+class ModelLoadError(ModelNotFoundError):
+    """A model that was found but cannot be used: a broken folder, an unsupported family or prediction type, a
+    checkpoint of another architecture, LoRA weights that match nothing. The message names what was found."""
+
+
 class UnsafePickleError(DragSDKError, ValueError):
     """A pickle asked for an object outside the allow-list; nothing in it was run."""
 

@@ -1,4 +1,6 @@
-"""Decoder features for energy guidance: the outputs of ``unet.up_blocks[1]`` and ``unet.up_blocks[2]``.
+"""Decoder features for energy guidance: the outputs of the family's feature blocks (the table
+:data:`dragsdk.families.LAYOUTS`): ``unet.up_blocks[1]`` and ``unet.up_blocks[2]`` for SD 1.x / 2.x (below),
+``up_blocks[0]`` and ``[1]`` for SDXL (the same resolutions and widths).
 
 These are the paper's "2nd and 3rd decoder layers" (DragonDiffusion arXiv 2307.02421 §3.2; code
 ``up_ft_index = [1, 2]``, dossier §3): at a 64×64 latent, 1280 channels at 32² and 640 at 64² (SD 1.5). They

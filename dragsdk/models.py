@@ -1,29 +1,46 @@
-"""Loading diffusion models: a hub id or a local folder in diffusers layout, or a built-in random architecture.
+"""Loading diffusion models: a hub id, a local folder in diffusers layout, a single-file checkpoint, an existing
+diffusers pipeline, or a built-in random architecture.
 
-- ``from_pretrained(id_or_folder)``: SD 1.5 layout (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
-  ``scheduler/``). The Hugging Face cache and ``HF_HUB_OFFLINE=1`` are honoured by ``huggingface_hub``; a model
-  that is absent gives one :class:`~dragsdk.errors.ModelNotFoundError` saying how to provide it.
-- ``tiny``: the SD 1.5 structure at tiny widths with random weights (VAE factor 8, four UNet down and up blocks,
-  cross-attention blocks where SD 1.5 has them, two layers per block, the same module names), so every code path
-  and coordinate map is the real one. Built in well under a second; for tests and plumbing demos.
-- ``sd15-random``: the full SD 1.5 architecture (UNet 860M parameters, CLIP ViT-L/14 text encoder) with random
-  weights, for speed measurements where weights do not change the cost.
+- ``from_pretrained(id_or_folder)``: SD 1.x, SD 2.x (ε or v-prediction) or SDXL base in diffusers layout; the family
+  is found from ``model_index.json`` and the configs (:func:`dragsdk.families.detect_family`). The Hugging Face
+  cache and ``HF_HUB_OFFLINE=1`` are honoured by ``huggingface_hub``; a model that is absent gives one
+  :class:`~dragsdk.errors.ModelNotFoundError` saying how to provide it, a folder that exists but cannot be used one
+  :class:`~dragsdk.errors.ModelLoadError` naming what was found.
+- ``.safetensors`` / ``.ckpt`` single-file checkpoints through diffusers' ``from_single_file``.
+- :func:`bundle_from_pipe`: the modules of a diffusers ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline``,
+  shared, not copied.
+- ``tiny``, ``tiny-sd2``, ``tiny-sdxl``: the SD 1.5, SD 2.1 (v-prediction) and SDXL structures at tiny widths with
+  random weights (same block types, attention placement, linear projections, SDXL's two text encoders and
+  ``text_time`` conditioning, the same module names), so every code path and coordinate map is the real one. Built
+  in well under a second each; for tests and plumbing demos.
+- ``sd15-random``, ``sd21-random``, ``sdxl-random``: the full architectures with random weights, for speed and
+  memory measurements where weights do not change the cost.
 
 The random architectures use a byte-level CLIP tokenizer built in memory (no download).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ModelNotFoundError
+from .errors import ModelLoadError, ModelNotFoundError
+from .families import (
+    EpsilonUNet,
+    ModelAdapter,
+    check_index,
+    ddim_from_config,
+    detect_family,
+    family_from_configs,
+)
 
-BUILTIN_MODELS = ("tiny", "sd15-random")
+BUILTIN_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl", "sd15-random", "sd21-random", "sdxl-random")
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -34,6 +51,11 @@ SD_SCHEDULER_CONFIG: dict[str, Any] = {
     "steps_offset": 1,
     "prediction_type": "epsilon",
 }
+SDXL_SCHEDULER_CONFIG: dict[str, Any] = {  # stable-diffusion-xl-base-1.0 ships an Euler scheduler with these betas
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+    "steps_offset": 1, "timestep_spacing": "leading", "prediction_type": "epsilon", "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+}
 
 
 @dataclass
@@ -41,11 +63,18 @@ class ModelBundle:
     """The components an edit needs.
 
     Attributes:
-        unet: ``UNet2DConditionModel`` predicting ε.
+        unet: ``UNet2DConditionModel``.
         vae: ``AutoencoderKL`` with ``config.scaling_factor``.
-        text_encoder / tokenizer: CLIP text model and its tokenizer.
-        scheduler: a ``DDIMScheduler`` (its ``alphas_cumprod`` and timesteps drive inversion and sampling).
+        text_encoder / tokenizer: CLIP text model and its tokenizer (SDXL: the first, CLIP ViT-L).
+        scheduler: a ``DDIMScheduler`` owned by the bundle (built from the model's scheduler config; its
+            ``alphas_cumprod`` and timesteps drive inversion and sampling).
         name: the id, folder or built-in name it was loaded from.
+        family: ``sd1``, ``sd2`` or ``sdxl`` (:mod:`dragsdk.families`).
+        text_encoder_2 / tokenizer_2: SDXL's OpenCLIP bigG encoder (with projection) and its tokenizer.
+        force_zeros_for_empty_prompt: SDXL: an empty negative prompt is encoded as zeros.
+
+    Raises:
+        ModelLoadError: (at construction) the components do not fit the family (:class:`ModelAdapter`).
     """
 
     unet: Any
@@ -54,6 +83,16 @@ class ModelBundle:
     tokenizer: Any
     scheduler: Any
     name: str
+    family: str = "sd1"
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    force_zeros_for_empty_prompt: bool = True
+    adapter: ModelAdapter = field(init=False, repr=False)
+    _vae_upcast: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.adapter = ModelAdapter(self.family, self)
+        _check_widths(self)
 
     @property
     def device(self) -> torch.device:
@@ -67,32 +106,71 @@ class ModelBundle:
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @property
+    def default_resolution(self) -> int:
+        """Working resolution (pixels) when a spec does not set one (:class:`~dragsdk.families.Layout`)."""
+        return self.adapter.default_resolution
+
+    def text_encoders(self) -> list[Any]:
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
+
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ModelBundle:
-        for m in (self.unet, self.vae, self.text_encoder):
-            same_dtype = dtype is None or next(m.parameters()).dtype == dtype
-            m.to(device=device) if same_dtype else m.to(device=device, dtype=dtype)
+        """Move (and cast) the modules in place. A VAE with ``force_upcast`` stays float32 under float16."""
+        for m in (self.unet, self.vae, *self.text_encoders()):
+            want = dtype
+            if m is self.vae and dtype == torch.float16 and self.vae.config.get("force_upcast", False):
+                want = torch.float32
+            same_dtype = want is None or next(m.parameters()).dtype == want
+            m.to(device=device) if same_dtype else m.to(device=device, dtype=want)
         return self
 
-    @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """``(1, 77, D)`` CLIP text embedding of ``prompt`` (last hidden state, as SD 1.5)."""
-        max_len = min(int(self.tokenizer.model_max_length), 77) if self.tokenizer.model_max_length < 10**6 else 77
-        ids = self.tokenizer(
-            prompt, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0].to(self.dtype)
+    def unet_call(self, unet: Any = None) -> EpsilonUNet:
+        """The ε-predicting UNet callable (``unet`` default: ``self.unet``; a backend may pass its prepared one)."""
+        return EpsilonUNet(self.unet if unet is None else unet, self.adapter)
+
+    def encode_prompt(self, prompt: str, negative: bool = False) -> torch.Tensor:
+        """The conditioning tensor of ``prompt``: ``(1, 77, D)`` (SD 1.x / 2.x: the text encoder's last hidden
+        state) or ``(1, 78, D)`` for SDXL (:meth:`dragsdk.families.ModelAdapter.encode_prompt`)."""
+        return self.adapter.encode_prompt(prompt, negative)
+
+    def run_vae(self) -> Any:
+        """The VAE to run: a float32 copy of a float16 VAE whose config sets ``force_upcast`` (SDXL's VAE overflows
+        in float16; diffusers upcasts it the same way), made once; otherwise the VAE itself."""
+        if self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False):
+            if self._vae_upcast is None:
+                self._vae_upcast = copy.deepcopy(self.vae).float()
+            return self._vae_upcast
+        return self.vae
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Latent ``(B, 4, H/8, W/8)`` of an image ``(B, 3, H, W)`` in [-1, 1]: posterior mean × scaling factor."""
-        post = self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist
-        return (post.mean * self.vae.config.scaling_factor).to(self.dtype)
+        vae = self.run_vae()
+        post = vae.encode(image.to(self.device, vae.dtype)).latent_dist
+        return (post.mean * vae.config.scaling_factor).to(self.dtype)
 
     @torch.no_grad()
     def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Image ``(B, 3, H, W)`` in [-1, 1] of a latent ``(B, 4, H/8, W/8)``."""
-        z = latent.to(self.vae.dtype) / self.vae.config.scaling_factor
-        return self.vae.decode(z).sample.clamp(-1, 1)
+        vae = self.run_vae()
+        z = latent.to(vae.dtype) / vae.config.scaling_factor
+        return vae.decode(z).sample.clamp(-1, 1)
+
+
+def _check_widths(b: ModelBundle) -> None:
+    """The text encoders' widths must be what the UNet was built for (a checkpoint of another architecture)."""
+    width = int(b.unet.config.cross_attention_dim)
+    text = sum(int(m.config.hidden_size) for m in b.text_encoders())
+    if width != text:
+        raise ModelLoadError(f"the UNet's cross_attention_dim is {width} but the {b.family} text encoder(s) give "
+                             f"{text} channels: the components come from different architectures")
+    if b.family == "sdxl":
+        cfg = b.unet.config
+        want = 6 * int(cfg.addition_time_embed_dim) + int(b.text_encoder_2.config.projection_dim)
+        if int(cfg.projection_class_embeddings_input_dim) != want:
+            raise ModelLoadError(f"the UNet's projection_class_embeddings_input_dim is "
+                                 f"{cfg.projection_class_embeddings_input_dim}, the SDXL text_time conditioning gives "
+                                 f"{want}: the components come from different architectures")
 
 
 def _byte_level_clip_tokenizer() -> Any:
@@ -115,57 +193,102 @@ def _byte_level_clip_tokenizer() -> Any:
     return tok
 
 
-def _random_bundle(name: str, seed: int = 0) -> ModelBundle:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _text_config(name: str, real: bool, width: int, layers: int, act: str, projection: int | None = None) -> Any:
+    from transformers import CLIPTextConfig
 
-    down = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
-    up = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
-    vae_down = ("DownEncoderBlock2D",) * 4
-    vae_up = ("UpDecoderBlock2D",) * 4
-    if name == "tiny":
-        widths, vae_widths, text_dim, heads, groups = (32, 64, 64, 64), (8, 16, 16, 16), 32, 8, 8
-        text_cfg = CLIPTextConfig(
-            hidden_size=text_dim, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-            vocab_size=514, max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
-        )
-        vae_layers = 1
-    elif name == "sd15-random":
-        widths, vae_widths, text_dim, heads, groups = (320, 640, 1280, 1280), (128, 256, 512, 512), 768, 8, 32
-        text_cfg = CLIPTextConfig(
-            hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-            vocab_size=49408, max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
-        )
-        vae_layers = 2
-    else:
+    kw: dict[str, Any] = {"max_position_embeddings": 77, "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513,
+                          "hidden_act": act, "vocab_size": 49408 if real else 514}
+    if projection is not None:
+        kw["projection_dim"] = projection
+    if real:
+        return CLIPTextConfig(hidden_size=width, intermediate_size=4 * width, num_attention_heads=width // 64,
+                              num_hidden_layers=layers, **kw)
+    return CLIPTextConfig(hidden_size=width, intermediate_size=2 * width, num_attention_heads=4, num_hidden_layers=2,
+                          **kw)
+
+
+def _random_bundle(name: str, seed: int = 0) -> ModelBundle:
+    """A built-in random-weight model (:data:`BUILTIN_MODELS`)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    if name not in BUILTIN_MODELS:
         raise ModelNotFoundError(f"unknown built-in model {name!r}; built-ins are {BUILTIN_MODELS}")
+    real = not name.startswith("tiny")
+    family = {"tiny": "sd1", "sd15-random": "sd1", "tiny-sd2": "sd2", "sd21-random": "sd2"}.get(name, "sdxl")
+    groups = 32 if real else 8
+    vae_widths = (128, 256, 512, 512) if real else (8, 16, 16, 16)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=widths,
-        down_block_types=down, up_block_types=up, cross_attention_dim=text_dim, attention_head_dim=heads,
-        norm_num_groups=groups,
-    )
+    text_encoder_2 = tokenizer_2 = None
+    if family == "sd1":  # SD 1.5: CLIP ViT-L/14, 8 heads per layer, conv projections in the transformers
+        widths = (320, 640, 1280, 1280) if real else (32, 64, 64, 64)
+        text_encoder = CLIPTextModel(_text_config(name, real, 768 if real else 32, 12, "quick_gelu"))
+        unet_kw: dict[str, Any] = {"attention_head_dim": 8, "cross_attention_dim": text_encoder.config.hidden_size,
+                                   "sample_size": 64}
+        sched = {**SD_SCHEDULER_CONFIG}
+    elif family == "sd2":  # SD 2.1-768: OpenCLIP ViT-H (23 of 24 layers), 64-channel heads, linear projections, v
+        widths = (320, 640, 1280, 1280) if real else (32, 64, 64, 64)
+        text_encoder = CLIPTextModel(_text_config(name, real, 1024 if real else 32, 23, "gelu"))
+        unet_kw = {"attention_head_dim": (5, 10, 20, 20) if real else (2, 4, 4, 4), "use_linear_projection": True,
+                   "upcast_attention": True, "cross_attention_dim": text_encoder.config.hidden_size, "sample_size": 96}
+        sched = {**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
+    else:  # SDXL base: CLIP ViT-L + OpenCLIP bigG, 3 stages, 1/2/10 transformer layers, text_time conditioning
+        widths = (320, 640, 1280) if real else (32, 64, 64)
+        text_encoder = CLIPTextModel(_text_config(name, real, 768 if real else 32, 12, "quick_gelu"))
+        text_encoder_2 = CLIPTextModelWithProjection(
+            _text_config(name, real, 1280 if real else 32, 32, "gelu", projection=1280 if real else 32))
+        tokenizer_2 = _byte_level_clip_tokenizer()
+        time_dim = 256 if real else 8
+        unet_kw = {
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            "transformer_layers_per_block": (1, 2, 10) if real else (1, 2, 3),
+            "attention_head_dim": (5, 10, 20) if real else (2, 4, 4), "use_linear_projection": True,
+            "cross_attention_dim": text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
+            "addition_embed_type": "text_time", "addition_time_embed_dim": time_dim,
+            "projection_class_embeddings_input_dim": 6 * time_dim + text_encoder_2.config.projection_dim,
+            "sample_size": 128,
+        }
+        sched = {**SDXL_SCHEDULER_CONFIG}
+    if family != "sdxl":
+        unet_kw["down_block_types"] = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+        unet_kw["up_block_types"] = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    unet = UNet2DConditionModel(in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=widths,
+                                norm_num_groups=groups, **unet_kw)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=vae_down, up_block_types=vae_up,
-        block_out_channels=vae_widths, layers_per_block=vae_layers, latent_channels=4,
-        norm_num_groups=min(groups, vae_widths[0]), sample_size=512, scaling_factor=0.18215,
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=vae_widths, layers_per_block=2 if real else 1,
+        latent_channels=4, norm_num_groups=min(groups, vae_widths[0]), sample_size=1024 if family == "sdxl" else 512,
+        scaling_factor=0.13025 if family == "sdxl" else 0.18215, force_upcast=family == "sdxl",
     )
-    text_encoder = CLIPTextModel(text_cfg)
-    scheduler = DDIMScheduler(**SD_SCHEDULER_CONFIG)
-    bundle = ModelBundle(unet, vae, text_encoder, _byte_level_clip_tokenizer(), scheduler, name)
-    for m in (unet, vae, text_encoder):
+    bundle = ModelBundle(unet, vae, text_encoder, _byte_level_clip_tokenizer(), ddim_from_config(sched), name,
+                         family, text_encoder_2, tokenizer_2)
+    for m in (unet, vae, *bundle.text_encoders()):
         m.eval().requires_grad_(False)
     return bundle
 
 
 _HOW_TO_PROVIDE = (
-    "Provide a Stable Diffusion model in diffusers layout (SD 1.5 for editing; SD 2.1 for DIFT evaluation "
-    "features): a local folder with unet/, vae/, text_encoder/, "
-    "tokenizer/ and scheduler/ subfolders, or a Hugging Face hub id (e.g. "
-    "'stable-diffusion-v1-5/stable-diffusion-v1-5') that is already in the Hugging Face cache "
+    "Provide a Stable Diffusion model in diffusers layout (SD 1.x, SD 2.x or SDXL base for editing; SD 2.1 for DIFT "
+    "evaluation features): a local folder with model_index.json and unet/, vae/, text_encoder/, "
+    "tokenizer/ and scheduler/ subfolders, a .safetensors / .ckpt single-file checkpoint, or a Hugging Face hub id "
+    "(e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') that is already in the Hugging Face cache "
     "(HF_HOME / HF_HUB_CACHE) or downloadable (unset HF_HUB_OFFLINE). Download once with "
-    "`huggingface-cli download ID`. For tests and demos without weights use the built-in 'tiny' model."
+    "`huggingface-cli download ID`. For tests and demos without weights use the built-in 'tiny', 'tiny-sd2' or "
+    "'tiny-sdxl' models."
 )
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def _finish(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> ModelBundle:
+    for m in (bundle.unet, bundle.vae, *bundle.text_encoders()):
+        m.eval().requires_grad_(False)
+    return bundle.to(device, dtype)
 
 
 def load_model(
@@ -173,45 +296,208 @@ def load_model(
     device: str | torch.device | None = None,
     torch_dtype: torch.dtype | None = None,
     variant: str | None = None,
+    single_file_config: str | os.PathLike[str] | None = None,
 ) -> ModelBundle:
     """Load a model bundle.
 
     Args:
-        name_or_path: ``tiny``, ``sd15-random``, a local folder in diffusers layout, or a hub id.
+        name_or_path: a built-in name (:data:`BUILTIN_MODELS`), a local folder in diffusers layout, a
+            ``.safetensors`` / ``.ckpt`` single-file checkpoint, or a hub id.
         device: default CUDA when available, else CPU.
         torch_dtype: default float16 on CUDA, float32 on the CPU.
         variant: weight file variant (e.g. ``fp16``) passed to diffusers.
+        single_file_config: for a single-file checkpoint, a diffusers folder or hub id whose configs describe it
+            (diffusers' ``config=``); default: diffusers infers one, which needs the hub or its cache.
 
     Raises:
-        ModelNotFoundError: the folder is missing or incomplete, or the hub id is not cached while offline,
-            unknown, or unreachable. The message says how to provide a model.
+        ModelNotFoundError: the folder or file is missing, or the hub id is not cached while offline, unknown, or
+            unreachable. The message says how to provide a model.
+        ModelLoadError: the folder or file exists but cannot be used (unsupported family such as SD3 / FLUX, an SDXL
+            refiner, a broken component, components of different architectures); the message names what was found.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     name = str(name_or_path)
     if name in BUILTIN_MODELS:
         return _random_bundle(name).to(device, dtype)
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     path = Path(name).expanduser()
+    if name.endswith(SINGLE_FILE_SUFFIXES):
+        if not path.is_file():
+            raise ModelNotFoundError(f"checkpoint file {path} does not exist. {_HOW_TO_PROVIDE}")
+        return _finish(_load_single_file(path, dtype, single_file_config), device, dtype)
     looks_local = path.exists() or name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1
     if looks_local and not path.is_dir():
         raise ModelNotFoundError(f"model folder {path} does not exist. {_HOW_TO_PROVIDE}")
-    source = str(path) if path.is_dir() else name
+    if path.is_dir():
+        family = detect_family(path)
+        index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").is_file() else {}
+        bundle = _load_components(str(path), family, dtype, variant, {}, f"model folder {path}", index)
+        return _finish(bundle, device, dtype)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    kw: dict[str, Any] = {"local_files_only": offline} if not path.is_dir() else {}
+    where = f"hub id {name!r}" + (" (HF_HUB_OFFLINE is set)" if offline else "")
+    from huggingface_hub import hf_hub_download
+
+    def config(filename: str, subfolder: str | None = None) -> dict[str, Any]:
+        try:
+            path = hf_hub_download(name, filename, subfolder=subfolder, local_files_only=offline)
+        except Exception as e:  # hub errors: not cached offline, unknown id, no network, no such file
+            raise ModelNotFoundError(f"could not load the model from {where}: {_one_line(e)}. {_HOW_TO_PROVIDE}") from e
+        return json.loads(Path(path).read_text())
+
     try:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, variant=variant, **kw)
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, variant=variant, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", torch_dtype=dtype, **kw)
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
-        scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kw)
-    except Exception as e:  # diffusers/transformers raise OSError, EnvironmentError, HTTP and hub errors
-        where = f"folder {path}" if path.is_dir() else f"hub id {name!r}" + (" (HF_HUB_OFFLINE is set)" if offline else "")
-        raise ModelNotFoundError(f"could not load the model from {where}: {type(e).__name__}: {e}. {_HOW_TO_PROVIDE}") from e
-    scheduler = DDIMScheduler.from_config({**dict(scheduler.config), "clip_sample": False, "set_alpha_to_one": False})
-    bundle = ModelBundle(unet, vae, text_encoder, tokenizer, scheduler, name)
-    for m in (unet, vae, text_encoder):
-        m.eval().requires_grad_(False)
-    return bundle.to(device, dtype)
+        index = config("model_index.json")
+    except ModelNotFoundError:  # an old repository without model_index.json: the UNet config decides
+        index = {}
+    check_index(index, where)
+    family = family_from_configs(config("config.json", "unet"), index.get("_class_name"))
+    return _finish(_load_components(name, family, dtype, variant, {"local_files_only": offline}, where, index),
+                   device, dtype)
+
+
+def _load_components(source: str, family: str, dtype: torch.dtype, variant: str | None, kw: dict[str, Any],
+                     where: str, index: dict[str, Any]) -> ModelBundle:
+    """Each component from its subfolder; a failure names the component (the folder exists: it is broken)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    def load(sub: str, fn: Any, **extra: Any) -> Any:
+        try:
+            return fn(source, subfolder=sub, **extra, **kw)
+        except Exception as e:  # diffusers / transformers raise OSError, ValueError, safetensors and hub errors
+            raise ModelLoadError(f"{where} has a {family} model_index but its {sub}/ cannot be loaded: "
+                                 f"{_one_line(e)}") from e
+
+    vae_dtype = torch.float32 if family == "sdxl" and dtype == torch.float16 else dtype
+    parts: dict[str, Any] = {
+        "unet": load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype, variant=variant),
+        "vae": load("vae", AutoencoderKL.from_pretrained, torch_dtype=vae_dtype, variant=variant),
+        "text_encoder": load("text_encoder", CLIPTextModel.from_pretrained, torch_dtype=dtype, variant=variant),
+        "tokenizer": load("tokenizer", CLIPTokenizer.from_pretrained),
+        "scheduler": ddim_from_config(load("scheduler", DDIMScheduler.load_config)),
+    }
+    if family == "sdxl":
+        parts["text_encoder_2"] = load("text_encoder_2", CLIPTextModelWithProjection.from_pretrained,
+                                       torch_dtype=dtype, variant=variant)
+        parts["tokenizer_2"] = load("tokenizer_2", CLIPTokenizer.from_pretrained)
+    force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
+    return ModelBundle(name=source, family=family, force_zeros_for_empty_prompt=force_zeros, **parts)
+
+
+def bundle_from_pipe(pipe: Any, name: str | None = None) -> ModelBundle:
+    """A bundle sharing the modules of a diffusers ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` (or
+    any object with ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` and, for SDXL,
+    ``text_encoder_2`` / ``tokenizer_2`` attributes). No weight is copied; the bundle's DDIM scheduler is a new
+    object built from the pipeline scheduler's config, so the host's scheduler state is never touched.
+
+    Raises:
+        ModelLoadError: a component is missing (named), or the family is unsupported.
+    """
+    missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, c, None) is None]
+    if missing:
+        raise ModelLoadError(f"{type(pipe).__name__} has no {', '.join(missing)}; an editing model needs unet, vae, "
+                             "text_encoder, tokenizer and scheduler (an SDXL refiner has no text_encoder)")
+    family = family_from_configs(dict(pipe.unet.config), type(pipe).__name__)
+    config = getattr(pipe, "config", {}) or {}
+    force_zeros = bool(config.get("force_zeros_for_empty_prompt", True)) if hasattr(config, "get") else True
+    return ModelBundle(
+        pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, ddim_from_config(pipe.scheduler.config),
+        name or getattr(pipe, "name_or_path", None) or type(pipe).__name__, family,
+        getattr(pipe, "text_encoder_2", None), getattr(pipe, "tokenizer_2", None), force_zeros,
+    )
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[str] | None) -> ModelBundle:
+    """A single-file checkpoint through diffusers' ``from_single_file`` (SD 1.x / 2.x or SDXL, from its keys)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    try:
+        from safetensors import safe_open
+
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as f:
+                keys = list(f.keys())
+        else:
+            keys = list(torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {}))
+    except Exception as e:
+        raise ModelLoadError(f"checkpoint {path} exists but cannot be read: {_one_line(e)}") from e
+    is_xl = any(k.startswith("conditioner.embedders.1") for k in keys)
+    is_sd = any(k.startswith("cond_stage_model.") for k in keys)
+    if not (is_xl or is_sd) or not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise ModelLoadError(f"checkpoint {path} is not an SD 1.x / 2.x / SDXL checkpoint in the original (LDM) key "
+                             f"layout ({len(keys)} keys, e.g. {keys[:2]})")
+    cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    kw: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": offline}
+    if config is not None:
+        kw.update(config=str(config), local_files_only=True)
+    try:
+        pipe = cls.from_single_file(str(path), **kw)
+    except Exception as e:
+        raise ModelLoadError(f"checkpoint {path} ({'SDXL' if is_xl else 'SD 1.x / 2.x'} keys) could not be converted "
+                             f"by diffusers' from_single_file: {_one_line(e)}") from e
+    return bundle_from_pipe(pipe, str(path))
+
+
+def parse_lora_arg(value: str) -> tuple[str, float]:
+    """``PATH[:SCALE]`` → ``(path, scale)`` (scale default 1.0); a Windows drive colon is not a separator.
+
+    Raises:
+        SpecError: (field ``lora``) the scale is not a number.
+    """
+    from .errors import SpecError
+
+    path, sep, tail = value.rpartition(":")
+    if not sep or not path or "/" in tail or "\\" in tail or (len(path) == 1 and path.isalpha()):
+        return value, 1.0
+    try:
+        return path, float(tail)
+    except ValueError:
+        raise SpecError("lora", f"expected PATH[:SCALE] with a number after the colon, got {value!r}") from None
+
+
+def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 1.0) -> int:
+    """Load LoRA weights (a diffusers / kohya ``.safetensors`` file or a folder with
+    ``pytorch_lora_weights.safetensors``) with diffusers' ``load_lora_weights`` and fuse them into the bundle's
+    UNet (and text encoders, when the file has text-encoder layers) at ``scale``: ``W ← W + scale·(α/r)·B·A``
+    (Hu et al., arXiv 2106.09685 Eq. 3; diffusers ``fuse_lora``). The fusion is permanent for these modules,
+    shared ones included (:meth:`Editor.from_pipe`). Needs ``peft`` (diffusers' LoRA backend).
+
+    Returns:
+        the number of layers the LoRA adapted.
+
+    Raises:
+        ModelNotFoundError: the path does not exist.
+        ModelLoadError: peft is missing, diffusers cannot read the file, or no key matches a layer of the model.
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelNotFoundError(f"LoRA file {p} does not exist")
+    try:
+        import peft  # noqa: F401
+    except ImportError as e:
+        raise ModelLoadError("LoRA loading needs the peft package (pip install peft), diffusers' LoRA backend") from e
+    parts = {"vae": bundle.vae, "text_encoder": bundle.text_encoder, "tokenizer": bundle.tokenizer,
+             "unet": bundle.unet, "scheduler": bundle.scheduler}
+    if bundle.family == "sdxl":
+        pipe: Any = StableDiffusionXLPipeline(**parts, text_encoder_2=bundle.text_encoder_2,
+                                              tokenizer_2=bundle.tokenizer_2)
+    else:
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    name = f"dragsdk_{len(getattr(bundle.unet, 'peft_config', {}) or {})}"
+    kw = {"weight_name": p.name} if p.is_file() else {}
+    source = str(p.parent if p.is_file() else p)
+    try:
+        pipe.load_lora_weights(source, adapter_name=name, **kw)
+    except Exception as e:  # diffusers raises ValueError / KeyError / OSError on files it cannot map
+        raise ModelLoadError(f"LoRA {p} could not be loaded into the {bundle.family} model: {_one_line(e)}") from e
+    modules = [m for m in (bundle.unet, *bundle.text_encoders()) if name in (getattr(m, "peft_config", {}) or {})]
+    adapted = sum(1 for m in modules for sub in m.modules() if name in getattr(sub, "lora_A", {}))
+    if not adapted:
+        raise ModelLoadError(f"LoRA {p}: none of its keys matched a layer of the {bundle.family} model "
+                             f"(UNet {type(bundle.unet).__name__}); is it a LoRA for another architecture?")
+    pipe.fuse_lora(lora_scale=scale, adapter_names=[name])
+    pipe.unload_lora_weights()
+    return adapted

@@ -1,6 +1,6 @@
 import pytest
 
-from dragsdk.errors import ModelNotFoundError
+from dragsdk.errors import ModelLoadError, ModelNotFoundError
 from dragsdk.models import load_model
 
 
@@ -23,7 +23,7 @@ def test_absent_local_folder_gives_the_clear_error(tmp_path):
 
 def test_incomplete_folder_gives_the_clear_error(tmp_path):
     (tmp_path / "unet").mkdir()
-    with pytest.raises(ModelNotFoundError, match="could not load the model from folder.*huggingface-cli download"):
+    with pytest.raises(ModelLoadError, match="exists but has no unet/config.json; expected a diffusers layout"):
         load_model(str(tmp_path))
 
 

@@ -8,8 +8,11 @@ latent, averaged over an ensemble of noise draws. This is the extractor of both 
   VAE posterior *sampled* for every ensemble member, noise added with the scheduler's ``add_noise``.
 - RegionDrag / Inpaint4Drag ``utils/evaluator.py``: the same, but with the posterior *mode* (``latent="mode"``).
 
-Any diffusers ``UNet2DConditionModel`` works (:class:`~dragsdk.models.ModelBundle`, e.g. the built-in ``tiny`` for
-tests). Every setting is a constructor argument; the defaults are the protocol's.
+Any supported family works (:mod:`dragsdk.families`: SD 1.x, SD 2.x ε or v, SDXL; e.g. the built-in ``tiny`` for
+tests): the prompt is encoded and the UNet called through the model's adapter (SDXL's pooled embedding and time ids
+included), and the default feature block is the family's first feature block (``up_blocks[1]`` for SD 1.x / 2.x,
+the protocol's; ``up_blocks[0]`` for SDXL, the block whose output has the same resolution, 1/16 of the image).
+Every setting is a constructor argument; the defaults are the protocol's.
 
 Deviation, on purpose: the official scripts seed the global RNG once per run, so a sample's noise depends on the
 samples before it. Here every call draws from its own generator seeded with ``seed``, so a sample's features do not
@@ -66,7 +69,8 @@ class DIFT:
             diffusers folder, ``tiny``); loaded on first use. Default: SD 2.1 (the protocol).
         timestep: the diffusion timestep the latent is noised to (0..999; protocol 261).
         up_block: index of the ``unet.up_blocks`` whose output is the feature (protocol 1: 1/16 of the image,
-            e.g. 1280 channels at 48×48 for SD 2.1 at 768²).
+            e.g. 1280 channels at 48×48 for SD 2.1 at 768²); None (default): the family's first feature block, which
+            is the protocol's 1 for SD 1.x / 2.x (:data:`dragsdk.families.LAYOUTS`).
         ensemble: noise draws averaged (protocol 8).
         prompt: a fixed prompt for every image; None (default) uses the prompt passed at call time (the
             sample's, as the protocol does).
@@ -85,7 +89,7 @@ class DIFT:
         self,
         model: ModelBundle | str = DIFT_MODEL,
         timestep: int = DIFT_TIMESTEP,
-        up_block: int = DIFT_UP_BLOCK,
+        up_block: int | None = None,
         ensemble: int = DIFT_ENSEMBLE,
         prompt: str | None = None,
         seed: int = DIFT_SEED,
@@ -101,7 +105,8 @@ class DIFT:
         if latent not in ("sample", "mode"):
             raise ValueError(f"latent must be 'sample' or 'mode', got {latent!r}")
         self._model = model
-        self.timestep, self.up_block, self.ensemble = int(timestep), int(up_block), int(ensemble)
+        self.timestep, self.ensemble = int(timestep), int(ensemble)
+        self._up_block = up_block
         self.prompt, self.seed, self.latent = prompt, int(seed), latent
         self.batch_size = batch_size or self.ensemble
         self.device, self.torch_dtype = device, torch_dtype
@@ -120,13 +125,23 @@ class DIFT:
         """
         if not isinstance(self._model, ModelBundle):
             self._model = load_model(self._model, self.device, self.torch_dtype)
+        if self._up_block is None:
+            self._up_block = self._model.adapter.feature_blocks[0]
         if not 0 <= self.up_block < len(self._model.unet.up_blocks):
             raise ValueError(f"up_block must be in 0..{len(self._model.unet.up_blocks) - 1}, got {self.up_block}")
         return self._model
 
+    @property
+    def up_block(self) -> int:
+        """The feature block (the family's first feature block until the model is loaded, when unset)."""
+        if self._up_block is None:
+            return self.bundle.adapter.feature_blocks[0]
+        return int(self._up_block)
+
     def settings(self) -> dict[str, Any]:
         """The protocol settings, for reports."""
-        return {"model": self.model_name, "timestep": self.timestep, "up_block": self.up_block,
+        up = self.up_block if self._up_block is not None or isinstance(self._model, ModelBundle) else None
+        return {"model": self.model_name, "timestep": self.timestep, "up_block": up,
                 "ensemble": self.ensemble, "prompt": self.prompt, "seed": self.seed, "latent": self.latent}
 
     def _embed(self, prompt: str) -> torch.Tensor:
@@ -146,8 +161,9 @@ class DIFT:
             ``(1, C, h, w)`` float32 on the CPU: the ensemble mean of ``unet.up_blocks[up_block]``'s output.
         """
         m = self.bundle
-        x = image_tensor(image).to(m.device, m.vae.dtype)
-        post = m.vae.encode(x).latent_dist
+        vae = m.run_vae()
+        x = image_tensor(image).to(m.device, vae.dtype)
+        post = vae.encode(x).latent_dist
         gen = torch.Generator("cpu").manual_seed(self.seed)
         mean, std = post.mean.float().cpu(), post.std.float().cpu()
         n = self.ensemble
@@ -155,19 +171,20 @@ class DIFT:
             z = mean + std * torch.randn((n, *mean.shape[1:]), generator=gen)
         else:
             z = mean.expand(n, -1, -1, -1)
-        z = z * m.vae.config.scaling_factor
+        z = z * m.vae.config.scaling_factor  # SD 1.x / 2.x 0.18215, SDXL 0.13025
         noise = torch.randn(z.shape, generator=gen)
         a = float(m.scheduler.alphas_cumprod[self.timestep])
         noisy = (a**0.5 * z + (1 - a) ** 0.5 * noise).to(m.device, m.dtype)
         cond = self._embed(self.prompt if self.prompt is not None else prompt)
         t = torch.tensor(self.timestep, device=m.device)
         tap = FeatureTap(m.unet, blocks=(self.up_block,))
+        unet = m.unet_call()
         total: torch.Tensor | None = None
         try:
             for i in range(0, n, self.batch_size):
                 chunk = noisy[i:i + self.batch_size]
                 with tap.capture(stop=True):
-                    m.unet(chunk, t, encoder_hidden_states=cond.expand(len(chunk), -1, -1), return_dict=False)
+                    unet(chunk, t, encoder_hidden_states=cond.expand(len(chunk), -1, -1), return_dict=False)
                 f = tap.features()[0].float().sum(0, keepdim=True)
                 total = f if total is None else total + f
         finally:
