@@ -145,12 +145,22 @@ def mask(
 def modes(json_out: Annotated[bool, typer.Option("--json", help="JSON with each mode's schema")] = False) -> None:
     """List the installed edit modes."""
     reg = _registry()
-    items = [m.describe() for m in reg.modes.values()]
+    items, broken = [], [f"{f.name} ({f.stage}): {f.error.splitlines()[0]}" for f in reg.failures
+                         if f.stage == "dragsdk_register_modes"]
+    for name, m in reg.modes.items():
+        try:
+            items.append(m.describe())
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # one broken mode never hides the others
+            broken.append(f"{name}: describe() failed: {type(e).__name__}: {e}")
     if json_out:
         _print_json(items)
     else:
         for m in items:
             typer.echo(f"{m['name']:<14} {m['description']}")
+    for line in broken:
+        typer.secho(f"FAILED {line}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()
@@ -171,6 +181,7 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="JSON output")
     data = {
         "plugins": [vars(p) for p in reg.plugins.values()],
         "failures": [vars(f) for f in reg.failures],
+        "overrides": [vars(o) for o in reg.overrides],
     }
     if json_out:
         _print_json(data)
@@ -178,6 +189,9 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="JSON output")
     for p in data["plugins"]:
         what = ", ".join([f"mode {m}" for m in p["modes"]] + [f"backend {b}" for b in p["backends"]])
         typer.echo(f"{p['name']:<14} {p['module']:<28} {what}")
+    for o in data["overrides"]:
+        typer.secho(f"OVERRIDE {o['kind']} {o['name']}: plugin {o['plugin']} replaces the built-in {o['replaces']} "
+                    "(DRAGSDK_OVERRIDE)", fg=typer.colors.YELLOW)
     for f in data["failures"]:
         typer.secho(f"FAILED {f['name']} ({f['stage']}): {f['error'].splitlines()[0]}", fg=typer.colors.YELLOW)
 
