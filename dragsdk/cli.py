@@ -253,9 +253,13 @@ def bench(
     dift_ensemble: Annotated[int, typer.Option(help="DIFT noise draws averaged (protocol: 8)")] = 8,
     ray: Annotated[bool, typer.Option("--ray", help="spread samples over Ray actors (optionally give ADDRESS after it)")] = False,
     actors: Annotated[int | None, typer.Option(help="Ray actors (default one per GPU, else one per CPU)")] = None,
+    allow_outside_paths: Annotated[bool, typer.Option(
+        "--allow-outside-paths", help="let a folder dataset's specs name files outside the dataset folder")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Edit and score every sample of a benchmark; resumable (run the same command again to continue)."""
+    """Edit and score every sample of a benchmark; resumable (run the same command again to continue).
+
+    One run at a time per --out folder: a second one on the same folder stops with a message."""
     from .errors import DragSDKError
     from .eval.bench import BenchConfig, run_bench
 
@@ -266,7 +270,7 @@ def bench(
             dataset=str(dataset), out=str(out), mode=mode, model=model, backend=backend, format=dataset_format,
             limit=limit, steps=steps, resolution=resolution, seed=seed,
             metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), dift_model=dift_model,
-            dift_ensemble=dift_ensemble,
+            dift_ensemble=dift_ensemble, allow_outside_paths=allow_outside_paths,
         )
         result = run_bench(config, progress=not quiet, ray=ray, ray_address=address, actors=actors, echo=typer.echo)
     except (DragSDKError, ImportError) as e:
