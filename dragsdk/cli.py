@@ -289,14 +289,28 @@ def ui(
         help="folder searched for DragBench / Drag100 samples (repeatable; default ../shared/data and examples)")] = None,
     steps: Annotated[int | None, typer.Option(help="steps the page starts with (default: the mode's)")] = None,
     resolution: Annotated[int | None, typer.Option(help="working resolution the page starts with")] = None,
+    max_steps: Annotated[int, typer.Option(help="most sampling steps one edit may use")] = 100,
+    max_resolution: Annotated[int, typer.Option(help="highest working resolution one edit may use")] = 1024,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload, megabytes")] = 20.0,
+    max_megapixels: Annotated[float, typer.Option(help="largest uploaded or opened image, megapixels")] = 40.0,
+    max_run_seconds: Annotated[float, typer.Option(
+        help="an edit stops after the step that passes this many seconds")] = 120.0,
+    queue_size: Annotated[int, typer.Option(help="runs that may wait for the run slot")] = 16,
 ) -> None:
-    """Open the interactive editor in the browser: click points, brush masks, run, download (needs the ui extra)."""
+    """Open the interactive editor in the browser: click points, brush masks, run, download (needs the ui extra).
+
+    The sample box opens only samples under the --samples folders; the --max-* flags cap what one request may ask."""
     from .errors import DragSDKError
 
     try:
         from .ui.app import build_app, launch
+        from .ui.state import UILimits
     except ImportError as e:
         _fail(f"the browser editor needs Gradio: pip install 'dragsdk[ui]' ({e})")
+    try:
+        limits = UILimits(max_steps, max_resolution, max_upload_mb, max_megapixels, max_run_seconds, queue_size)
+    except ValueError as e:
+        _fail(str(e))
     roots = samples if samples else [p for p in (Path("../shared/data"), Path("examples")) if p.is_dir()]
     try:
         from .editor import Editor
@@ -305,7 +319,8 @@ def ui(
     except DragSDKError as e:
         _fail(str(e))
     typer.echo(f"dragsdk ui: model {model}, backend {backend}; the page's address follows (Ctrl+C stops)")
-    launch(build_app(editor, sample_roots=roots, steps=steps, resolution=resolution), host=host, port=port)
+    launch(build_app(editor, sample_roots=roots, steps=steps, resolution=resolution, limits=limits), host=host,
+           port=port)
 
 
 def main() -> None:
