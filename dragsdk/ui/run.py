@@ -86,10 +86,10 @@ def run_edit(editor: Any, image: Image.Image, spec: dict[str, Any], folder: str 
     Args:
         on_step: ``on_step(i, n)`` after each sampling step.
         progress: let the editor's progress bar run (the page tracks it).
-        limits: the server's caps (default :class:`UILimits`): steps and resolution are checked before anything
-            runs (the mode's defaults included); the run stops after the sampling step that passes
-            ``max_run_seconds`` (counted from when it got the run slot); waiting for the slot longer than that is
-            refused.
+        limits: the server's caps (the page passes its :class:`UILimits`; None: no caps): steps and resolution
+            are checked before anything runs (the mode's defaults included); the run stops after the sampling step
+            that passes ``max_run_seconds`` (counted from when it got the run slot); waiting for the slot longer
+            than that is refused.
         cancel: set from another thread to stop the run after its current sampling step.
 
     Raises:
@@ -98,11 +98,11 @@ def run_edit(editor: Any, image: Image.Image, spec: dict[str, Any], folder: str 
         RunStopped: cancelled, or over ``max_run_seconds``.
         pydantic.ValidationError, SpecError, BackendUnavailableError: as :meth:`Editor.edit`.
     """
-    limits = limits or UILimits()
     folder = Path(folder)
     resolved = editor.resolve_spec(spec)
     n = resolved.sampler.steps
-    check_sampler_limits(n, resolved.sampler.resolution, limits)
+    if limits is not None:
+        check_sampler_limits(n, resolved.sampler.resolution, limits)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
@@ -111,12 +111,12 @@ def run_edit(editor: Any, image: Image.Image, spec: dict[str, Any], folder: str 
             on_step(i, n)
         if cancel is not None and cancel.is_set():
             raise RunStopped(f"cancelled after sampling step {i + 1}/{n}")
-        if time.perf_counter() - t0 > limits.max_run_seconds:
+        if limits is not None and time.perf_counter() - t0 > limits.max_run_seconds:
             raise RunStopped(f"stopped after sampling step {i + 1}/{n}: this server allows "
                              f"{limits.max_run_seconds:g} s per edit (dragsdk ui --max-run-seconds); use fewer "
                              "steps or a lower resolution")
 
-    if not _LOCK.acquire(timeout=limits.max_run_seconds):
+    if not _LOCK.acquire(timeout=-1 if limits is None else limits.max_run_seconds):
         raise UIError("run", "another edit is still running; try again in a moment")
     try:
         if cancel is not None and cancel.is_set():
