@@ -16,6 +16,7 @@ import torch
 from dragsdk.kernels.reference import KVSource
 
 KV_MODES = ("plain", "concat", "replace", "composite")
+PRECISIONS = ("native", "reduced")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class Capabilities:
         gradients: whether the attention op is differentiable (needed by energy-guided modes).
         kv_modes: K/V modes of cross-branch attention it supports (``plain`` = ordinary self-attention).
         head_dims: supported head dimensions, or empty for any.
+        precision: ``"native"`` (computes in the dtype it is given, with at least fp32 accumulation) or
+            ``"reduced"`` (computes some of the work in a lower precision than the edit's dtype, e.g. a bf16
+            attention for float32 inputs). ``auto`` never picks a ``reduced`` backend for a float32 edit unless
+            the editor was asked to (``Editor(allow_reduced_precision=True)``).
     """
 
     devices: tuple[str, ...]
@@ -35,6 +40,11 @@ class Capabilities:
     gradients: bool
     kv_modes: tuple[str, ...] = KV_MODES
     head_dims: tuple[int, ...] = field(default_factory=tuple)
+    precision: str = "native"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Capabilities.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def covers(self, device: str, dtype: str, gradients: bool, kv_modes: Sequence[str]) -> tuple[bool, str]:
         """Whether an edit's needs are covered; when not, the first unmet need in words."""
@@ -59,6 +69,9 @@ class Backend(ABC):
     name: str = ""
     description: str = ""
     capabilities: Capabilities
+    priority: int = 0
+    """Place in ``auto``'s order when nothing is measured: higher first, ties by name. Built-ins: triton 40,
+    xformers 30, eager 20, compile 10, onnx 0; a plugin chooses its own (default 0)."""
 
     def availability(self) -> tuple[bool, str]:
         """``(True, "")`` when it can run here, else ``(False, reason)``."""
@@ -109,5 +122,6 @@ class Backend(ABC):
             "description": self.description,
             "available": ok,
             "reason": why,
+            "priority": self.priority,
             "capabilities": self.capabilities.to_dict(),
         }

@@ -32,6 +32,7 @@ _REGIONS = ("BasicTransformerBlock", "ResnetBlock2D")
 class CompileBackend(Backend):
     name = "compile"
     description = "torch.compile of the UNet's transformer and ResNet blocks (regional), SDPA attention"
+    priority = 10
     capabilities = Capabilities(devices=("cpu", "cuda"), dtypes=("float32", "float16", "bfloat16"), gradients=True)
 
     def __init__(self, dynamo_backend: str = "inductor", mode: str | None = None, dynamic: bool | None = True) -> None:

@@ -36,6 +36,7 @@ def sdpa_over_sources(q: torch.Tensor, sources: Sequence[KVSource], scale: float
 class EagerBackend(Backend):
     name = "eager"
     description = "PyTorch scaled_dot_product_attention on materialised K/V (the reference)"
+    priority = 20
     capabilities = Capabilities(
         devices=("cpu", "cuda", "mps"), dtypes=("float32", "float16", "bfloat16"), gradients=True
     )

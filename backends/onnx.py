@@ -500,6 +500,7 @@ class OnnxBackend(Backend):
 
     name = "onnx"
     description = "ONNX Runtime (VAE and the gradient-free region-drag UNet; K/V in and out of the graph)"
+    priority = 0
 
     def __init__(self, cache: GraphCache | None = None) -> None:
         self.cache = cache or GraphCache()

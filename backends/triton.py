@@ -23,6 +23,7 @@ from .base import Backend, Capabilities
 class TritonBackend(Backend):
     name = "triton"
     description = "fused Triton cross-branch attention (one launch per layer, online softmax over sources)"
+    priority = 40
 
     def __init__(self, allow_interpreter: bool = False) -> None:
         self.allow_interpreter = allow_interpreter

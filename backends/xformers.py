@@ -19,6 +19,7 @@ from .base import Backend, Capabilities
 class XformersBackend(Backend):
     name = "xformers"
     description = "xformers memory_efficient_attention on concatenated K/V (CUDA)"
+    priority = 30
     capabilities = Capabilities(devices=("cuda",), dtypes=("float16", "bfloat16", "float32"), gradients=True)
 
     def availability(self) -> tuple[bool, str]:

@@ -13,7 +13,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .errors import BackendUnavailableError, DragSDKError, ModelNotFoundError, SpecError, UnsafePickleError
+from .errors import (
+    BackendUnavailableError,
+    DragSDKError,
+    ModelNotFoundError,
+    NonFiniteError,
+    SpecError,
+    UnsafePickleError,
+)
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -31,6 +38,7 @@ __all__ = [
     "BackendUnavailableError",
     "DragSDKError",
     "ModelNotFoundError",
+    "NonFiniteError",
     "SpecError",
     "UnsafePickleError",
     "hookimpl",

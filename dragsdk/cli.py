@@ -203,6 +203,9 @@ def backends(
     model: Annotated[str, typer.Option(help="model to time with (--bench)")] = "tiny",
     resolution: Annotated[int, typer.Option(help="working resolution to time at (--bench)")] = 512,
     steps: Annotated[int, typer.Option(help="steps of each timed edit (--bench)")] = 4,
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help="time only this backend (repeatable); merged into the stored table (--bench)")] = None,
+    repeats: Annotated[int, typer.Option(min=1, max=50, help="timed runs per edit; the median is stored (--bench)")] = 3,
 ) -> None:
     """List backends, whether each can run here and why not; with --bench, measure them for `auto`."""
     reg = _registry()
@@ -218,7 +221,12 @@ def backends(
                 cells = [f"{k} {1000 * row[k]:.1f} ms/step" for k in ("drag_step_s", "region_step_s") if row.get(k)]
                 typer.echo(f"{row['backend']:<10} " + (", ".join(cells) if row["available"] else f"skipped: {row['reason']}"))
 
-        entry = bench_backends(editor.model, resolution, steps, registry=reg, on_row=show)
+        unknown = sorted(set(only or ()) - set(reg.backends))
+        if unknown:
+            raise typer.BadParameter(f"unknown backend(s) {unknown}; registered: {sorted(reg.backends)}",
+                                     param_hint="--only")
+        entry = bench_backends(editor.model, resolution, steps, names=only or None, registry=reg, on_row=show,
+                               repeats=repeats)
         if json_out:
             _print_json({**entry, "table": str(table_path())})
         else:

@@ -18,7 +18,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .attention import AttentionController, decoder_self_attention_layers, install
-from .errors import BackendUnavailableError, SpecError
+from .concurrency import model_lock
+from .errors import BackendUnavailableError, NonFiniteError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert
@@ -28,7 +29,7 @@ from .modes import PlanContext
 from .plan import EditPlan
 from .registry import Registry, get_registry
 from .report import EditReport, EnergyRecord, peak_memory, reset_peak_memory
-from .sampler import GuidedSampler
+from .sampler import GuidedSampler, SamplerOutput
 from .spec import EditSpec, spec_from_json
 
 
@@ -69,6 +70,8 @@ class Editor:
         probe_energy_after: also measure each guided step's energy after its update (report ``after``).
         reference_profile: run with the official implementation's cost profile (reference features recomputed at
             every guided step, the K/V bank on the CPU); for benchmarks, so a speed-up is a ratio from one run.
+        allow_reduced_precision: let ``auto`` pick a backend that computes a float32 edit partly in lower
+            precision (``Capabilities.precision == "reduced"``); off by default.
 
     Raises:
         BackendUnavailableError: the named backend is unknown or cannot run here.
@@ -84,8 +87,10 @@ class Editor:
         reference_profile: bool = False,
         device: str | torch.device | None = None,
         torch_dtype: torch.dtype | None = None,
+        allow_reduced_precision: bool = False,
     ) -> None:
         self.registry = registry or get_registry()
+        self.allow_reduced_precision = allow_reduced_precision
         self.model = model if isinstance(model, ModelBundle) else load_model(model, device, torch_dtype)
         self.backend_request = backend
         self.reference_profile = reference_profile
@@ -127,12 +132,12 @@ class Editor:
 
     def select_backend(self, plan: EditPlan, working_size: tuple[int, int] | None = None) -> tuple[Any, str]:
         """The backend for a plan and why it was chosen (measured table first, then the fallback order)."""
-        from dragsdk.backends.select import select_backend
+        from dragsdk.backends.select import model_key, select_backend
 
         return select_backend(
             self.registry.backends, self.backend_request, self.model.device.type,
             str(self.model.dtype).removeprefix("torch."), plan.needs_gradients, plan.kv_modes(),
-            model=self.model.name, working_size=working_size,
+            model=model_key(self.model), working_size=working_size, allow_reduced=self.allow_reduced_precision,
         )
 
     # -- pieces --------------------------------------------------------------------------------------------
@@ -175,10 +180,17 @@ class Editor:
             progress: show a progress bar over inversion and sampling steps.
             callback: ``callback(i, t, z)`` after each sampling step.
 
+        Thread safety: one Editor may be called from many threads, and several Editors may share one model. The
+        model-using part (encoding, inversion, sampling, decoding) runs under a per-model re-entrant lock
+        (:func:`dragsdk.concurrency.model_lock`), so concurrent edits on one model run one at a time and give
+        exactly their sequential results; validation and planning run outside it. The inversion cache is written
+        only by an edit that finished; the host's attention processors and scheduler are left as they were.
+
         Raises:
             SpecError: invalid geometry for this image (the field is named); pydantic ``ValidationError`` for
                 invalid field values.
             BackendUnavailableError: no backend can run the edit here.
+            NonFiniteError: the latent went NaN or ±inf (the phase and step are named); nothing is returned.
         """
         spec = self.resolve_spec(spec)
         modes = self.registry.modes
@@ -191,6 +203,29 @@ class Editor:
         ctx = PlanContext(canvas, img, s.steps, suggest_mask=lambda xy: self.suggest_mask(img, xy, spec.prompt))
         plan = mode.plan(spec, ctx)
         backend, reason = self.select_backend(plan, canvas.size)
+        with model_lock(self.model):
+            edited, out, traj, reused, phases, counter, peak, kind = self._run(
+                img, spec, plan, canvas, backend, progress, callback
+            )
+            if not reused:  # only a finished edit's inversion is kept for the next one
+                self._trajectory = traj
+        device = self.model.device
+        report = EditReport(
+            mode=spec.mode, model=self.model.name, backend=backend.name, backend_reason=reason,
+            device=str(device), dtype=str(self.model.dtype).removeprefix("torch."), image_size=img.size,
+            working_size=canvas.size, steps=s.steps, seed=s.seed, phase_seconds=phases,
+            unet_evaluations=counter.to_dict(), inversion_reused=reused,
+            energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
+            peak_memory_bytes=peak, peak_memory_kind=kind, notes=list(plan.notes), mask_proposed=ctx.mask_proposed,
+        )
+        return EditResult(edited, out.latent, report, spec, plan)
+
+    def _run(
+        self, img: Image.Image, spec: EditSpec, plan: EditPlan, canvas: Canvas, backend: Any, progress: bool,
+        callback: Callable[[int, int, torch.Tensor], None] | None,
+    ) -> tuple[Image.Image, SamplerOutput, Trajectory, bool, dict[str, float], UNetCounter, int, str]:
+        """The model-using part of :meth:`edit`; the caller holds the model's lock. Never writes the cache."""
+        s = spec.sampler
         device = self.model.device
         reset_peak_memory(device)
         phases: dict[str, float] = {}
@@ -202,9 +237,9 @@ class Editor:
         unet = self.model.unet
         previous = install(unet, controller)
         tap = FeatureTap(unet)
-        unet_call = backend.prepare_unet_for_edit(self.model, controller)
         bar = tqdm(total=2 * (s.steps - plan.start_step), desc=f"dragsdk {spec.mode}", disable=not progress, leave=False)
         try:
+            unet_call = backend.prepare_unet_for_edit(self.model, controller)
             t0 = time.perf_counter()
             x = self._preprocess(img, canvas)
             refs = [r.image for r in plan.references]
@@ -215,6 +250,7 @@ class Editor:
             z0 = backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
             if z0 is None:
                 z0 = self.model.encode_image(images)
+            _check_finite(z0, "encoding", None, None)
             phases["encode"] = time.perf_counter() - t0
 
             cond_text = self._prompt(spec.prompt)
@@ -226,10 +262,11 @@ class Editor:
                    tuple(sorted(feature_steps)), self.model.name)
             key = (*key, plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None)
             t0 = time.perf_counter()
-            reused = self._trajectory is not None and self._trajectory.key == key
+            cached = self._trajectory
+            reused = cached is not None and cached.key == key
             if reused:
-                traj = self._trajectory
-                assert traj is not None
+                assert cached is not None
+                traj = cached
                 bar.update(s.steps - plan.start_step)
             else:
                 from .attention import KVBank
@@ -249,8 +286,8 @@ class Editor:
                         unet_call, z0, cond_bank, schedule, controller, tap, kv_steps, feature_steps, counter,
                         on_step=lambda i: bar.update(1),
                     )
+                _check_finite(latents[plan.start_step], "inversion", plan.start_step, schedule.timesteps[plan.start_step])
                 traj = Trajectory(schedule, latents, controller.bank, feats, cond_bank, key, noises=noises)
-                self._trajectory = traj
             controller.bank = traj.bank
             phases["invert"] = time.perf_counter() - t0
 
@@ -260,6 +297,7 @@ class Editor:
             generator = torch.Generator("cpu").manual_seed(s.seed)
 
             def on_step(i: int, t: int, z: torch.Tensor) -> None:
+                _check_finite(z, "sampling", i, t)
                 bar.update(1)
                 if callback:
                     callback(i, t, z)
@@ -271,6 +309,7 @@ class Editor:
             decoded = backend.vae_decode(self.model, out.latent)
             if decoded is None:
                 decoded = self.model.decode_latent(out.latent)
+            _check_finite(decoded, "decoding", None, None)
             edited = self.processor.postprocess(decoded.float().cpu(), output_type="pil")[0]
             if edited.size != img.size:
                 edited = edited.resize(img.size, Image.Resampling.LANCZOS)
@@ -282,15 +321,7 @@ class Editor:
             tap.remove()
             unet.set_attn_processor(previous)
         peak, kind = peak_memory(device)
-        report = EditReport(
-            mode=spec.mode, model=self.model.name, backend=backend.name, backend_reason=reason,
-            device=str(device), dtype=str(self.model.dtype).removeprefix("torch."), image_size=img.size,
-            working_size=canvas.size, steps=s.steps, seed=s.seed, phase_seconds=phases,
-            unet_evaluations=counter.to_dict(), inversion_reused=reused,
-            energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
-            peak_memory_bytes=peak, peak_memory_kind=kind, notes=list(plan.notes), mask_proposed=ctx.mask_proposed,
-        )
-        return EditResult(edited, out.latent, report, spec, plan)
+        return edited, out, traj, reused, phases, counter, peak, kind
 
     @torch.no_grad()
     def suggest_mask(
@@ -316,6 +347,8 @@ class Editor:
         Returns:
             ``(H, W)`` bool mask in image pixels.
 
+        Thread safety: runs under the model's lock, as :meth:`edit`.
+
         Raises:
             SpecError: (field ``point``) the point is off the image.
         """
@@ -325,17 +358,18 @@ class Editor:
         canvas = Canvas.fit(img.size, resolution)
         if not canvas.contains(point):
             raise SpecError("point", f"{point} is outside the {img.size[0]}×{img.size[1]} image")
-        z0 = self.model.encode_image(self._preprocess(img, canvas))
-        a = float(self.model.scheduler.alphas_cumprod[timestep])
-        noise = torch.randn(z0.shape, generator=torch.Generator("cpu").manual_seed(0)).to(z0)
-        tap = FeatureTap(self.model.unet)
-        try:
-            with tap.capture(stop=True):
-                self.model.unet(a**0.5 * z0 + (1 - a) ** 0.5 * noise, timestep,
-                                encoder_hidden_states=self._prompt(prompt), return_dict=False)
-            feats = tap.features()
-        finally:
-            tap.remove()
+        with model_lock(self.model):
+            z0 = self.model.encode_image(self._preprocess(img, canvas))
+            a = float(self.model.scheduler.alphas_cumprod[timestep])
+            noise = torch.randn(z0.shape, generator=torch.Generator("cpu").manual_seed(0)).to(z0)
+            tap = FeatureTap(self.model.unet)
+            try:
+                with tap.capture(stop=True):
+                    self.model.unet(a**0.5 * z0 + (1 - a) ** 0.5 * noise, timestep,
+                                    encoder_hidden_states=self._prompt(prompt), return_dict=False)
+                feats = tap.features()
+            finally:
+                tap.remove()
         gw, gh = canvas.feature_size
         f = torch.cat([F.normalize(F.interpolate(x.float(), size=(gh, gw), mode="nearest"), dim=1) for x in feats], 1)
         region = mask_from_features(f[0], canvas.to_cell(point, "feature"), threshold)
@@ -345,6 +379,12 @@ class Editor:
     @staticmethod
     def _image_key(img: Image.Image) -> str:
         return hashlib.sha1(img.tobytes()).hexdigest() + f"{img.size}"
+
+
+def _check_finite(x: torch.Tensor, phase: str, step: int | None, timestep: int | None) -> None:
+    """Stop the edit when ``x`` holds a NaN or ±inf (one device sync; the check is a single reduction)."""
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(phase, step, timestep)
 
 
 def _composite_outside(original: Image.Image, edited: Image.Image, plan: EditPlan, canvas: Canvas) -> Image.Image:

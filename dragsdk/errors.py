@@ -33,3 +33,21 @@ class BackendUnavailableError(DragSDKError, RuntimeError):
 
 class PluginError(DragSDKError):
     """A plugin registered something invalid (a duplicate name, a mode without a spec model, ...)."""
+
+
+class NonFiniteError(DragSDKError, ArithmeticError):
+    """The latent (or the decoded image) went NaN or ±inf; the edit stopped and wrote nothing.
+
+    Attributes:
+        phase: ``encoding``, ``inversion``, ``sampling`` or ``decoding``.
+        step: the step index (sampling step ``i``, or the inversion step reaching it), None outside the loops.
+        timestep: the diffusion timestep of that step, None outside the loops.
+    """
+
+    def __init__(self, phase: str, step: int | None = None, timestep: int | None = None) -> None:
+        self.phase, self.step, self.timestep = phase, step, timestep
+        where = f"{phase} step {step} (timestep {timestep})" if step is not None else phase
+        super().__init__(
+            f"the latent became NaN or infinite during {where}; nothing was written. Lower energy_scale, "
+            "guidance_step, the weights or guidance_scale, or run in float32"
+        )

@@ -12,6 +12,7 @@ evaluated at timestep ``t_i``, and that same call records the K/V and the decode
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,9 +41,11 @@ class DDIMSchedule:
 
     ``timesteps[i]`` is the timestep of sampling step ``i`` (descending, e.g. 981, 961, …, 1 for 50 steps);
     ``alpha_prev(i)`` is ᾱ of the step after it (the scheduler's final ᾱ after the last step).
+    The given scheduler is not modified (a copy is set to ``steps``), so a host's pipeline keeps its own timesteps.
     """
 
     def __init__(self, scheduler: Any, steps: int) -> None:
+        scheduler = copy.deepcopy(scheduler)  # set_timesteps mutates it: never touch the host's scheduler
         scheduler.set_timesteps(steps)
         self.timesteps: list[int] = [int(t) for t in scheduler.timesteps]
         self._ac = scheduler.alphas_cumprod.double()

@@ -12,26 +12,103 @@ Specs round-trip through JSON (``model_dump_json`` / :func:`parse_spec`) and exp
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .io import mask_to_data_url
 
-Point = tuple[float, float]
+COORDINATE_LIMIT = 100_000.0
+"""Largest ``|x|`` or ``|y|`` of a point, and of a displacement (``dx``, ``dy``), in image pixels."""
+WEIGHT_LIMIT = 100.0
+"""Largest energy weight (``weights.*``; the published defaults are 0.2–12)."""
+ENERGY_SCALE_LIMIT = 100.0
+"""Largest ``energy_scale`` (λ/1000; the published defaults are 0.5–3)."""
+GUIDANCE_STEP_LIMIT = 1.0
+"""Largest ``guidance_step`` c (the published defaults are 0.04 and 0.08)."""
+SEED_MAX = 2**64 - 1
+"""Largest ``sampler.seed``: what ``torch.Generator.manual_seed`` accepts (an unsigned 64-bit integer)."""
 
 
-class GuidanceSchedule(BaseModel):
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+Coordinate = Annotated[
+    float,
+    Field(ge=-COORDINATE_LIMIT, le=COORDINATE_LIMIT, allow_inf_nan=False),
+    BeforeValidator(_not_a_bool),
+]
+"""A finite pixel coordinate or displacement in ``[-COORDINATE_LIMIT, COORDINATE_LIMIT]``; booleans are refused."""
+
+Point = tuple[Coordinate, Coordinate]
+
+
+def weight_field(default: float, description: str = "") -> Any:
+    """A bounded energy-weight field: finite, ``0 ≤ w ≤ WEIGHT_LIMIT``."""
+    return Field(default, ge=0.0, le=WEIGHT_LIMIT, description=description or None)
+
+
+def energy_scale_field(default: float, description: str = "λ/1000 of the energy gradient") -> Any:
+    """The ``energy_scale`` field: finite, ``0 ≤ λ/1000 ≤ ENERGY_SCALE_LIMIT``."""
+    return Field(default, ge=0.0, le=ENERGY_SCALE_LIMIT, description=description)
+
+
+def guidance_step_field(default: float, description: str = "c, multiplier of λ·∇E") -> Any:
+    """The ``guidance_step`` field: finite, ``0 ≤ c ≤ GUIDANCE_STEP_LIMIT``."""
+    return Field(default, ge=0.0, le=GUIDANCE_STEP_LIMIT, description=description)
+
+
+def displacement_field(description: str) -> Any:
+    """A ``dx`` / ``dy`` field in image pixels, default 0, within ``±COORDINATE_LIMIT``."""
+    return Field(0.0, description=description)
+
+
+def _bounds(schema: dict[str, Any]) -> tuple[Any, Any] | None:
+    """``(lowest, highest)`` of a number schema, of the items of an array of numbers, or of a nullable number."""
+    for key in ("anyOf", "prefixItems"):
+        for sub in schema.get(key, []):
+            if (b := _bounds(sub)) is not None:
+                return b
+    if isinstance(schema.get("items"), dict):
+        return _bounds(schema["items"])
+    lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+    hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+    return None if lo is None and hi is None else (lo, hi)
+
+
+def _number(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _describe_bounds(schema: dict[str, Any], cls: type) -> None:
+    """Append each numeric property's allowed range to its schema description, e.g. ``"… [0, 100]"``."""
+    for prop in schema.get("properties", {}).values():
+        b = _bounds(prop)
+        if b is not None:
+            lo, hi = ("−∞" if b[0] is None else _number(b[0])), ("∞" if b[1] is None else _number(b[1]))
+            prop["description"] = f"{prop.get('description', '')} [{lo}, {hi}]".strip()
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model and sub-model: unknown fields are refused, and so are NaN and ±inf in every float
+    field (``allow_inf_nan=False``), whether from Python or from the JSON literals ``NaN`` / ``Infinity``. The JSON
+    Schema of each numeric field states its range in the description as well as in ``minimum`` / ``maximum``."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_describe_bounds)
+
+
+class GuidanceSchedule(SpecModel):
     """Which sampling steps take energy guidance, as fractions of the step count.
 
     Published schedule at 50 steps (DragonDiffusion/DiffEditor ``Sampler.py``; dossier §1 step 3.2): every step
     ``i < 10``, then even steps up to ``i < 30``. With ``n`` steps, step ``i`` is guided when
     ``i < end·n`` and (``i < dense_end·n`` or ``i % stride == 0``).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     end: float = Field(0.6, ge=0.0, le=1.0, description="guidance stops at this fraction of the steps")
     dense_end: float = Field(0.2, ge=0.0, le=1.0, description="every step is guided before this fraction")
@@ -42,14 +119,12 @@ class GuidanceSchedule(BaseModel):
         return [i for i in range(n) if i < self.end * n and (i < self.dense_end * n or i % self.stride == 0)]
 
 
-class RegionalSDE(BaseModel):
+class RegionalSDE(SpecModel):
     """DiffEditor regional SDE (arXiv 2402.02583 §3.3): stochastic steps with η inside / outside the edit region.
 
     Code defaults (dossier §1 step 3.3): steps 11–19 of 50 (``start ≤ i/n < end``), η 0.4 inside, 0 outside; the
     paper's 0.2 outside is a setting. ``enabled=False`` gives deterministic DDIM everywhere.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     start: float = Field(0.22, ge=0.0, le=1.0, description="first step as a fraction of the steps (11/50)")
@@ -61,15 +136,13 @@ class RegionalSDE(BaseModel):
         return int(round(self.start * n)), int(round(self.end * n))
 
 
-class TimeTravel(BaseModel):
+class TimeTravel(SpecModel):
     """DiffEditor time travel (arXiv 2402.02583 Alg. 1): a guided step is repeated ``repeats`` times, each pass
     after the first starting from a deterministic DDIM roll-back of the previous pass's result.
 
     Code defaults: steps 22, 24, 26, 28 of 50 (``start ≤ i/n < end`` and ``i % stride == 0``), 3 passes. Only
     ``repeats − 1`` roll-backs run: the official code's last roll-back of each repeat is wasted work.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     start: float = Field(0.44, ge=0.0, le=1.0, description="first step as a fraction of the steps (22/50)")
@@ -83,14 +156,12 @@ class TimeTravel(BaseModel):
         return [i for i in range(n) if self.start * n <= i < self.end * n and i % self.stride == 0]
 
 
-class SamplerSettings(BaseModel):
+class SamplerSettings(SpecModel):
     """Settings shared by every mode, with the published defaults (dossier §5)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(50, ge=2, le=1000, description="DDIM inversion and sampling steps")
     guidance_scale: float = Field(4.0, ge=1.0, le=30.0, description="classifier-free guidance scale")
-    seed: int = Field(42, ge=0, description="seed of every random draw of the edit")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="seed of every random draw of the edit")
     resolution: int = Field(
         768, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64"
     )
@@ -102,10 +173,8 @@ class SamplerSettings(BaseModel):
     time_travel: TimeTravel = Field(default_factory=TimeTravel)
 
 
-class EditSpec(BaseModel):
+class EditSpec(SpecModel):
     """Fields common to every mode. A mode's spec subclasses this and fixes ``mode`` to a literal."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: str
     prompt: str = Field("", description="text describing the image (used for inversion and sampling)")
@@ -119,10 +188,8 @@ def _as_mask_ref(value: Any) -> Any:
     return value
 
 
-class PointPair(BaseModel):
+class PointPair(SpecModel):
     """One handle → target pair in image pixels. Also accepted as ``((hx, hy), (tx, ty))``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     handle: Point
     target: Point
@@ -135,14 +202,12 @@ class PointPair(BaseModel):
         return value
 
 
-class DragWeights(BaseModel):
+class DragWeights(SpecModel):
     """Energy weights of content dragging (DragonDiffusion ``guidance_drag``; dossier §2, §5)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    edit: float = Field(4.0, ge=0.0, description="pulls the target patch toward the handle's reference feature")
-    content: float = Field(6.0, ge=0.0, description="keeps features outside the mask")
-    contrast: float = Field(0.2, ge=0.0, description="pushes the vacated handle patch away from its old feature")
+    edit: float = weight_field(4.0, "pulls the target patch toward the handle's reference feature")
+    content: float = weight_field(6.0, "keeps features outside the mask")
+    contrast: float = weight_field(0.2, "pushes the vacated handle patch away from its old feature")
 
 
 class DragSpec(EditSpec):
@@ -158,24 +223,45 @@ class DragSpec(EditSpec):
         None, description="editable region (PNG path or data URL, white = may change); absent = whole image"
     )
     weights: DragWeights = Field(default_factory=DragWeights)
-    energy_scale: float = Field(2.0, ge=0.0, description="λ/1000 of the energy gradient (UI 'energy')")
-    guidance_step: float = Field(0.04, ge=0.0, description="c, multiplier of λ·∇E (0.04 for drag)")
+    energy_scale: float = energy_scale_field(2.0, "λ/1000 of the energy gradient (UI 'energy')")
+    guidance_step: float = guidance_step_field(0.04, "c, multiplier of λ·∇E (0.04 for drag)")
     patch_radius: int = Field(1, ge=0, le=8, description="patch half-size in feature cells (1 → 3×3)")
 
     _mask_ref = field_validator("mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
+
+
+def loads_spec_json(text: str | bytes) -> Any:
+    """Parse spec JSON, refusing the non-standard literals ``NaN``, ``Infinity`` and ``-Infinity`` that Python's
+    ``json`` accepts (RFC 8259 has no such numbers).
+
+    Raises:
+        SpecError: (field ``spec``) one of those literals, or text that is not JSON (the position is named).
+    """
+    import json
+
+    from .errors import SpecError
+
+    def refuse(literal: str) -> Any:
+        raise SpecError("spec", f"the JSON literal {literal} is not a number a spec may hold; give a finite number")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except json.JSONDecodeError as e:
+        raise SpecError("spec", f"not valid JSON: {e}") from e
 
 
 def spec_from_json(data: str | bytes | dict[str, Any], models: dict[str, type[EditSpec]]) -> EditSpec:
     """Validate a spec with the model of its ``mode``.
 
     Raises:
-        SpecError: no ``mode`` or an unknown one (pydantic's ``ValidationError`` for invalid fields).
+        SpecError: no ``mode`` or an unknown one; JSON text that is invalid or holds ``NaN`` / ``Infinity``
+            (:func:`loads_spec_json`). pydantic's ``ValidationError`` for invalid fields.
     """
-    import json
-
     from .errors import SpecError
 
-    obj = json.loads(data) if isinstance(data, str | bytes) else dict(data)
+    obj = loads_spec_json(data) if isinstance(data, str | bytes) else dict(data)
+    if not isinstance(obj, dict):
+        raise SpecError("spec", f"must be a JSON object, got {type(obj).__name__}")
     mode = obj.get("mode")
     if mode is None:
         raise SpecError("mode", f"missing; expected one of {sorted(models)}")

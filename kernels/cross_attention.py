@@ -102,9 +102,10 @@ def _launch_config(d_block: int, device: torch.device, dtype: torch.dtype, backw
     """
     if device.type != "cuda":
         return _LaunchConfig(32, 32, 4, 1)
-    tuned = _TUNED.get((torch.cuda.get_device_capability(device)[0], d_block, dtype, backward))
-    if tuned is not None:
-        return tuned
+    if _TUNED and torch.cuda.is_available():
+        tuned = _TUNED.get((torch.cuda.get_device_capability(device)[0], d_block, dtype, backward))
+        if tuned is not None:
+            return tuned
     if dtype == torch.float64:
         return _LaunchConfig(16, 16, 4, 1)
     if dtype == torch.float32:

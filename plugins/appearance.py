@@ -16,21 +16,27 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from dragsdk.attention import KVInjection, token_mask
 from dragsdk.energy import correspondence_energy, pooled_similarity, region_similarity
 from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, Reference
-from dragsdk.spec import EditSpec, SamplerSettings, _as_mask_ref
+from dragsdk.spec import (
+    EditSpec,
+    SamplerSettings,
+    SpecModel,
+    _as_mask_ref,
+    energy_scale_field,
+    guidance_step_field,
+    weight_field,
+)
 
 
-class AppearanceWeights(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    edit: float = Field(3.5, ge=0.0)
-    content: float = Field(5.0, ge=0.0)
+class AppearanceWeights(SpecModel):
+    edit: float = weight_field(3.5)
+    content: float = weight_field(5.0)
 
 
 class AppearanceSpec(EditSpec):
@@ -42,8 +48,8 @@ class AppearanceSpec(EditSpec):
     reference_mask: str = Field(..., description="reference object mask, in the reference image's pixels")
     reference_prompt: str = Field("", description="prompt describing the reference image")
     weights: AppearanceWeights = Field(default_factory=AppearanceWeights)
-    energy_scale: float = Field(2.0, ge=0.0, description="λ/1000")
-    guidance_step: float = Field(0.04, ge=0.0, description="c")
+    energy_scale: float = energy_scale_field(2.0, "λ/1000")
+    guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
     sampler: SamplerSettings = Field(default_factory=lambda: SamplerSettings(guidance_scale=5.0))
 

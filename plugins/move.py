@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from dragsdk.attention import KVInjection
 from dragsdk.energy import correspondence_energy, local_similarity, pooled_similarity, region_similarity
@@ -28,18 +28,26 @@ from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.objects import placement_map
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste
-from dragsdk.spec import EditSpec, Point, _as_mask_ref
+from dragsdk.spec import (
+    Coordinate,
+    EditSpec,
+    Point,
+    SpecModel,
+    _as_mask_ref,
+    displacement_field,
+    energy_scale_field,
+    guidance_step_field,
+    weight_field,
+)
 
 
-class MoveWeights(BaseModel):
+class MoveWeights(SpecModel):
     """Energy weights of object moving (DragonDiffusion demo defaults; dossier §2, §5)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    edit: float = Field(4.0, ge=0.0)
-    content: float = Field(6.0, ge=0.0)
-    contrast: float = Field(0.2, ge=0.0)
-    fill: float = Field(0.8, ge=0.0, description="the official 'inpaint' weight")
+    edit: float = weight_field(4.0)
+    content: float = weight_field(6.0)
+    contrast: float = weight_field(0.2)
+    fill: float = weight_field(0.8, "the official 'inpaint' weight")
 
 
 class MoveSpec(EditSpec):
@@ -48,13 +56,13 @@ class MoveSpec(EditSpec):
     mode: Literal["move"] = "move"
     mask: str | None = Field(None, description="object mask (PNG path or data URL); absent = proposed from `handle`")
     handle: Point | None = Field(None, description="a click on the object, image pixels (used to propose a mask)")
-    dx: float = Field(0.0, description="horizontal displacement, image pixels")
-    dy: float = Field(0.0, description="vertical displacement, image pixels")
+    dx: Coordinate = displacement_field("horizontal displacement, image pixels")
+    dy: Coordinate = displacement_field("vertical displacement, image pixels")
     scale: float = Field(1.0, gt=0.0, le=10.0, description="scale about the object's centroid")
     fill_region: str | None = Field(None, description="region whose look fills the vacated area (mask); default: background")
     weights: MoveWeights = Field(default_factory=MoveWeights)
-    energy_scale: float = Field(0.5, ge=0.0, description="λ/1000")
-    guidance_step: float = Field(0.08, ge=0.0, description="c (0.08 for move)")
+    energy_scale: float = energy_scale_field(0.5, "λ/1000")
+    guidance_step: float = guidance_step_field(0.08, "c (0.08 for move)")
 
     _mask_ref = field_validator("mask", "fill_region", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from dragsdk.attention import KVInjection, token_mask
 from dragsdk.energy import correspondence_energy, region_similarity
@@ -27,14 +27,21 @@ from dragsdk.io import load_image
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.objects import place_image
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste, Reference
-from dragsdk.spec import EditSpec, _as_mask_ref
+from dragsdk.spec import (
+    Coordinate,
+    EditSpec,
+    SpecModel,
+    _as_mask_ref,
+    displacement_field,
+    energy_scale_field,
+    guidance_step_field,
+    weight_field,
+)
 
 
-class PasteWeights(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    edit: float = Field(4.0, ge=0.0)
-    content: float = Field(6.0, ge=0.0)
+class PasteWeights(SpecModel):
+    edit: float = weight_field(4.0)
+    content: float = weight_field(6.0)
 
 
 class PasteSpec(EditSpec):
@@ -43,13 +50,13 @@ class PasteSpec(EditSpec):
     mode: Literal["paste"] = "paste"
     reference: str = Field(..., description="reference image path")
     reference_mask: str = Field(..., description="object mask in the reference image's pixels")
-    dx: float = Field(0.0, description="shift of the object, base-image pixels")
-    dy: float = Field(0.0, description="shift of the object, base-image pixels")
+    dx: Coordinate = displacement_field("shift of the object, base-image pixels")
+    dy: Coordinate = displacement_field("shift of the object, base-image pixels")
     scale: float = Field(1.0, gt=0.0, le=1.5, description="scale about the object's centroid (official slider 0–1.5)")
     reference_prompt: str = Field("", description="prompt describing the reference image")
     weights: PasteWeights = Field(default_factory=PasteWeights)
-    energy_scale: float = Field(1.5, ge=0.0, description="λ/1000")
-    guidance_step: float = Field(0.04, ge=0.0, description="c")
+    energy_scale: float = energy_scale_field(1.5, "λ/1000")
+    guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
 
     _mask_ref = field_validator("reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))

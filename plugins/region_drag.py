@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dragsdk.attention import KVInjection
 from dragsdk.errors import SpecError
@@ -37,7 +37,7 @@ from dragsdk.io import mask_to_data_url, restricted_load
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan, HandleNoise, KVPlan, LatentPaste, StepPaste
 from dragsdk.regions import SourceMap, dense_points_map, points_map, polygon_map, region_pair_map
-from dragsdk.spec import EditSpec, Point, PointPair, SamplerSettings, _as_mask_ref
+from dragsdk.spec import EditSpec, Point, PointPair, SamplerSettings, SpecModel, _as_mask_ref
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
@@ -62,11 +62,9 @@ def _pair_from_sequence(value: Any) -> Any:
     return value
 
 
-class RegionPair(BaseModel):
+class RegionPair(SpecModel):
     """A handle (source) region and the target region it is moved to; masks of the image's size. Also accepted as
     ``[handle, target]``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     handle: str = Field(..., description="handle region: PNG path or data URL, white = inside, the image's size")
     target: str = Field(..., description="target region: PNG path or data URL, white = inside, the image's size")
@@ -75,12 +73,10 @@ class RegionPair(BaseModel):
     _seq = model_validator(mode="before")(classmethod(lambda cls, v: _pair_from_sequence(v)))
 
 
-class PolygonPair(BaseModel):
+class PolygonPair(SpecModel):
     """A handle polygon and its target: 3 vertices (affine map) or 4 (perspective map), in order around the polygon,
     image pixels; vertex ``i`` of the handle goes to vertex ``i`` of the target. Also accepted as
     ``[handle, target]``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     handle: list[Point] = Field(..., min_length=3, max_length=4, description="3 or 4 [x, y] vertices, pixels")
     target: list[Point] = Field(..., min_length=3, max_length=4, description="as many [x, y] vertices, pixels")

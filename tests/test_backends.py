@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from dragsdk.backends.base import Capabilities
 from dragsdk.backends.compile import CompileBackend
 from dragsdk.backends.eager import EagerBackend
-from dragsdk.backends.select import FALLBACK_ORDER, save_entry, select_backend, table_key
+from dragsdk.backends.select import FALLBACK_ORDER, model_key, save_entry, select_backend, table_key
 from dragsdk.backends.triton import TritonBackend
 from dragsdk.cli import app
 from dragsdk.errors import BackendUnavailableError
@@ -104,6 +104,7 @@ def test_triton_backend_attention_matches_eager_under_the_interpreter(mode):
 class _Fake(EagerBackend):
     def __init__(self, name, available=True, gradients=True, kv=("plain", "concat", "replace", "composite")):
         self.name = name
+        self.priority = {"triton": 40, "xformers": 30, "eager": 20, "compile": 10}.get(name, 0)  # the built-ins'
         self._available = available
         self.capabilities = Capabilities(devices=("cpu",), dtypes=("float32",), gradients=gradients, kv_modes=kv)
 
@@ -156,9 +157,54 @@ def test_bench_stores_a_table_that_auto_then_uses(tiny_model, tmp_path):
 
     reg = Registry()
     reg.load_entry_points()
-    entry = bench_backends(tiny_model, resolution=64, steps=2, names=["eager"], registry=reg)
-    assert entry["results"]["eager"]["drag_step_s"] > 0 and entry["results"]["eager"]["region_step_s"] > 0
-    assert entry["versions"]["torch"] == torch.__version__
-    assert table_key("cpu", "tiny", (64, 64), "float32") in load_table()
-    b, why = select_backend(reg.backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (64, 64))
-    assert b.name == "eager" and "fastest measured" in why
+    mk = model_key(tiny_model)
+    save_entry(table_key("cpu", mk, (64, 64), "float32"), {"results": {"compile": {"drag_step_s": 1e6}}})
+    entry = bench_backends(tiny_model, resolution=64, steps=2, names=["eager"], registry=reg, repeats=2)
+    row = entry["results"]["eager"]
+    assert row["drag_step_s"] > 0 and row["region_step_s"] > 0 and row["repeats"] == 2
+    for metric in ("drag_step", "region_step"):  # the median lies inside the stored spread
+        lo, hi = row[f"{metric}_spread_s"]
+        assert lo <= row[f"{metric}_s"] <= hi
+    assert entry["versions"]["torch"] == torch.__version__ and entry["family"] == "sd1"
+    stored = load_table()[table_key("cpu", mk, (64, 64), "float32")]
+    assert set(stored["results"]) == {"eager", "compile"}  # --only eager merged: compile's row kept
+    b, why = select_backend(reg.backends, "auto", "cpu", "float32", True, ["concat"], mk, (64, 64))
+    assert b.name == "eager" and "fastest measured" in why and mk in why  # the reason names the entry
+
+
+def test_table_key_names_the_exact_device_and_the_architecture(tiny_model):
+    from dragsdk.backends.select import device_name, model_family
+
+    assert device_name("cpu").startswith("cpu:") and device_name("cpu") != "cpu:x86_64"
+    assert model_family(tiny_model) == "sd1"
+    other = type("M", (), {"unet": type("U", (), {"config": {**dict(tiny_model.unet.config),
+                                                              "cross_attention_dim": 1024}})()})()
+    assert model_family(other) == "sd2" and model_key(other) != model_key(tiny_model)
+    same = type("M", (), {"unet": tiny_model.unet, "name": "another/folder"})()
+    assert model_key(same) == model_key(tiny_model)  # the cost depends on the architecture, not the name
+
+
+def test_plugin_backends_take_their_place_by_priority():
+    backends = {**_fakes(), "mine": _Fake("mine")}
+    backends["mine"].priority = 25  # between xformers (30) and eager (20)
+    b, why = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32))
+    assert b.name == "mine" and "priority" in why
+    backends["mine"].priority = 0
+    b, _ = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32))
+    assert b.name == "eager"
+
+
+def test_auto_never_takes_a_reduced_precision_backend_for_float32_unless_asked():
+    backends = {**_fakes(), "bf16": _Fake("bf16")}
+    backends["bf16"].capabilities = Capabilities(devices=("cpu",), dtypes=("float32",), gradients=True,
+                                                 precision="reduced")
+    save_entry(table_key("cpu", "tiny", (32, 32), "float32"), {"results": {
+        "bf16": {"drag_step_s": 0.001}, "eager": {"drag_step_s": 0.1}}})
+    b, why = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32))
+    assert b.name == "eager" and "reduced precision" in why
+    b, _ = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32), allow_reduced=True)
+    assert b.name == "bf16"
+    b, _ = select_backend(backends, "bf16", "cpu", "float32", True, ["concat"])  # named: that is asking
+    assert b.name == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        Capabilities(devices=("cpu",), dtypes=("float32",), gradients=True, precision="half")

@@ -1,0 +1,188 @@
+"""Numbers (issue 12, item 4): every float of every spec is finite and bounded, JSON NaN / Infinity and boolean
+coordinates are refused, the seed fits torch, and a latent that goes non-finite stops the edit naming the step —
+in the Python API, the CLI and `dragsdk bench` — with nothing written."""
+
+from __future__ import annotations
+
+import json
+import math
+import typing
+
+import pytest
+import torch
+from pydantic import BaseModel, ValidationError
+from typer.testing import CliRunner
+
+import dragsdk.sampler
+from dragsdk import Editor, NonFiniteError
+from dragsdk.cli import app
+from dragsdk.errors import SpecError
+from dragsdk.registry import get_registry
+from dragsdk.spec import SEED_MAX, DragSpec, SamplerSettings, spec_from_json
+
+from .conftest import EXAMPLE_SAMPLE
+
+DRAG = {"mode": "drag", "points": [[[131, 264], [200, 313]]], "sampler": {"steps": 4, "resolution": 128}}
+
+
+def _models(cls: type[BaseModel], seen: dict[str, type[BaseModel]]) -> dict[str, type[BaseModel]]:
+    """``cls`` and every pydantic model reachable through its fields' annotations."""
+    seen.setdefault(cls.__name__, cls)
+
+    def walk(t: object) -> None:
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            if t.__name__ not in seen:
+                _models(t, seen)
+            return
+        for arg in typing.get_args(t):
+            walk(arg)
+
+    for f in cls.model_fields.values():
+        walk(f.annotation)
+    return seen
+
+
+def _with_number(schema: dict, value: float) -> object | None:
+    """A value for a property schema with ``value`` at its first number position (None: no number in it)."""
+    if schema.get("type") == "number":
+        return value
+    for sub in schema.get("anyOf", []):
+        if (v := _with_number(sub, value)) is not None:
+            return v
+    if "prefixItems" in schema:
+        first = _with_number(schema["prefixItems"][0], value)
+        return None if first is None else [first] + [0.0] * (len(schema["prefixItems"]) - 1)
+    if isinstance(schema.get("items"), dict) and (v := _with_number(schema["items"], value)) is not None:
+        return [v] * max(1, schema.get("minItems", 1))
+    return None
+
+
+def _float_fields():
+    models: dict[str, type[BaseModel]] = {}
+    for spec_model in get_registry().spec_models().values():
+        _models(spec_model, models)
+    for name, cls in sorted(models.items()):
+        for field, prop in cls.model_json_schema()["properties"].items():
+            if _with_number(prop, 0.0) is not None:
+                yield pytest.param(cls, field, prop, id=f"{name}.{field}")
+
+
+FLOAT_FIELDS = list(_float_fields())
+
+
+def test_the_walk_finds_the_fields_of_the_issue():
+    ids = {p.id for p in FLOAT_FIELDS}
+    assert {"DragSpec.energy_scale", "DragSpec.guidance_step", "DragWeights.edit", "PointPair.handle",
+            "MoveSpec.dx", "RegionDragSpec.dense_points", "SamplerSettings.guidance_scale"} <= ids
+    assert len(ids) > 40
+
+
+@pytest.mark.parametrize("cls, field, prop", FLOAT_FIELDS)
+def test_every_float_field_refuses_nan_and_infinities_and_has_a_documented_upper_bound(cls, field, prop):
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValidationError) as e:
+            cls.model_validate({field: _with_number(prop, bad)})
+        assert any(err["loc"][0] == field and err["type"] == "finite_number" for err in e.value.errors()), (
+            field, bad, e.value.errors())
+    text = json.dumps(prop)
+    assert '"maximum"' in text or '"exclusiveMaximum"' in text, f"{cls.__name__}.{field} has no upper bound"
+    assert prop.get("description", "").endswith("]"), "the range is stated in the description"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("energy_scale", 1e308), ("guidance_step", 1e308), ("energy_scale", 101.0), ("guidance_step", 1.5)])
+def test_huge_finite_values_of_the_issue_are_refused_naming_the_field(field, value):
+    with pytest.raises(ValidationError, match=field):
+        DragSpec.model_validate({**DRAG, field: value})
+    with pytest.raises(ValidationError, match=r"weights\.edit"):
+        DragSpec.model_validate({**DRAG, "weights": {"edit": 1e6}})
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_json_nan_and_infinity_literals_are_refused(literal):
+    models = get_registry().spec_models()
+    text = json.dumps(DRAG)[:-1] + f', "energy_scale": {literal}}}'
+    with pytest.raises(SpecError, match=literal):
+        spec_from_json(text, models)
+    # even where a literal sits in a field that is not a float
+    with pytest.raises(SpecError, match=literal):
+        spec_from_json(json.dumps(DRAG)[:-1] + f', "prompt": {literal}}}', models)
+
+
+def test_json_infinity_in_a_spec_file_is_refused_by_the_cli_and_nothing_is_written(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**DRAG, "mask": None})[:-1] + ', "energy_scale": Infinity}')
+    out = tmp_path / "out.png"
+    res = CliRunner().invoke(app, ["edit", str(EXAMPLE_SAMPLE / "original_image.png"), "--spec", str(spec),
+                                   "--out", str(out), "--quiet"])
+    assert res.exit_code != 0 and "energy_scale" in res.output and not out.exists()
+
+
+@pytest.mark.parametrize("points", [
+    [[[True, 264], [200, 313]]], [[[131, 264], [200, False]]], [{"handle": [131, True], "target": [1, 2]}]])
+def test_booleans_are_not_coordinates(points):
+    with pytest.raises(ValidationError, match="not a boolean"):
+        DragSpec.model_validate({**DRAG, "points": points})
+
+
+def test_boolean_displacements_and_dense_points_are_refused():
+    models = get_registry().spec_models()
+    with pytest.raises(ValidationError, match="not a boolean"):
+        models["move"].model_validate({"mode": "move", "mask": "m.png", "dx": True})
+    with pytest.raises(ValidationError, match="not a boolean"):
+        models["region-drag"].model_validate({"mode": "region-drag", "dense_points": [[1, 2], [True, 4]]})
+
+
+def test_seed_is_bounded_to_what_torch_accepts_at_validation_time():
+    torch.Generator().manual_seed(SamplerSettings(seed=SEED_MAX).seed)  # the largest accepted seed works
+    for bad in (SEED_MAX + 1, 2**70, -1):
+        with pytest.raises(ValidationError, match="seed"):
+            SamplerSettings(seed=bad)
+        with pytest.raises(ValidationError, match=r"sampler\.seed"):
+            DragSpec.model_validate({**DRAG, "sampler": {"seed": bad}})
+
+
+@pytest.fixture
+def nan_at_step_2(monkeypatch):
+    """The DDIM update returns NaN from sampling step 2 on (as an fp16 overflow or a huge energy would)."""
+    real = dragsdk.sampler.ddim_step
+    calls = {"n": 0}
+
+    def step(z, *args, **kwargs):
+        out = real(z, *args, **kwargs)
+        calls["n"] += 1
+        return out * torch.nan if calls["n"] >= 3 else out
+
+    monkeypatch.setattr(dragsdk.sampler, "ddim_step", step)
+    return calls
+
+
+def test_a_latent_going_non_finite_stops_the_edit_naming_the_step(tiny_model, nan_at_step_2):
+    editor = Editor(tiny_model)
+    spec = DragSpec.model_validate({**DRAG, "sampler": {"steps": 4, "resolution": 128, "time_travel": {"enabled": False}}})
+    with pytest.raises(NonFiniteError, match=r"sampling step 2 \(timestep \d+\)") as e:
+        editor.edit(EXAMPLE_SAMPLE / "original_image.png", spec)
+    assert e.value.phase == "sampling" and e.value.step == 2 and isinstance(e.value, ArithmeticError)
+    assert editor._trajectory is None  # the failed edit cached nothing
+
+
+def test_the_cli_writes_no_black_image_when_the_latent_goes_non_finite(tmp_path, nan_at_step_2):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**DRAG, "sampler": {"steps": 4, "resolution": 128, "time_travel": {"enabled": False}}}))
+    out, report = tmp_path / "out.png", tmp_path / "report.json"
+    res = CliRunner().invoke(app, ["edit", str(EXAMPLE_SAMPLE / "original_image.png"), "--spec", str(spec),
+                                   "--out", str(out), "--report", str(report), "--quiet"])
+    assert res.exit_code != 0 and "sampling step 2" in res.output
+    assert not out.exists() and not report.exists() and list(tmp_path.iterdir()) == [spec]
+
+
+def test_bench_records_a_non_finite_edit_as_an_error(tmp_path, nan_at_step_2):
+    from dragsdk.eval.bench import BenchConfig, run_bench
+
+    r = run_bench(BenchConfig(EXAMPLE_SAMPLE, tmp_path / "out", model="tiny", steps=4, resolution=128,
+                              metrics=("dai",)), progress=False, echo=None)
+    (rec,) = r.records
+    assert rec["status"] == "error" and "NonFiniteError" in rec["error"] and "sampling step" in rec["error"]
+    assert not rec["metrics"] and rec["id"] in r.summary["errors"]
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.suffix in (".png", ".jpg")]
+
