@@ -33,3 +33,7 @@ class BackendUnavailableError(DragSDKError, RuntimeError):
 
 class PluginError(DragSDKError):
     """A plugin registered something invalid (a duplicate name, a mode without a spec model, ...)."""
+
+
+class OutputError(DragSDKError, OSError):
+    """An output file could not be written (a read-only folder, a full disk); nothing partial is left behind."""

@@ -229,7 +229,11 @@ def spec_from_sample(
             "dense_points": pts.tolist(),
         }
         if meta.get("mask") is not None:
-            out["mask"] = mask_to_data_url(np.asarray(meta["mask"]))
+            try:
+                mask = np.asarray(meta["mask"])
+            except (TypeError, ValueError):
+                raise SpecError("meta_data_region.pkl:mask", "expected an (H, W) array, 1 = editable") from None
+            out["mask"] = mask_to_data_url(mask, "meta_data_region.pkl:mask")
         return out
     if drag_spec is None:
         from dragsdk.samples import load_sample
