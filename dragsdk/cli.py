@@ -93,7 +93,7 @@ def edit(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Edit an image with a spec, or a benchmark sample with its own points and mask."""
-    from .io import check_outputs
+    from .io import check_outputs, load_image
     from .samples import detect_sample, load_sample
     from .specfile import input_files, read_spec_file
 
@@ -131,11 +131,12 @@ def edit(
         spec_obj["sampler"] = sampler
         protect += input_files(spec_obj)
         check_outputs({"out": out, "report": report}, tuple(protect))
+        image = load_image(image_path)  # decoded (and refused) before the model loads
 
         from .editor import Editor
 
         editor = Editor.from_pretrained(model, backend=backend)
-        result = editor.edit(image_path, spec_obj, progress=not quiet)
+        result = editor.edit(image, spec_obj, progress=not quiet)
         result.save(out, report, protect=tuple(protect))
     r = result.report
     if json_out:

@@ -95,7 +95,7 @@ def _check_pixels(size: tuple[int, int], field: str, what: str, cap_mp: float | 
     cap = max_megapixels(cap_mp)
     mp = size[0] * size[1] / 1e6
     if mp > cap:
-        raise SpecError(field, f"{what} is {size[0]}×{size[1]} ({mp:.1f} megapixels), more than the {cap:g}-megapixel "
+        raise SpecError(field, f"{what} is {size[0]}×{size[1]} ({mp:.3g} megapixels), more than the {cap:g}-megapixel "
                                f"limit (raise it with {MAX_MEGAPIXELS_ENV} or max_megapixels=)")
 
 
