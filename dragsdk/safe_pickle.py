@@ -64,7 +64,8 @@ def _short(name: Any, n: int = 40) -> str:
 def _kind(value: Any) -> str:
     """What an argument is, never its content: ``a str of 5000 characters``, ``an int``."""
     t = type(value).__name__
-    return f"a {t} of length {len(value)}" if isinstance(value, str | bytes | bytearray | list | tuple | dict) else f"a {t}"
+    a = "an" if t[:1] in "aeiou" else "a"
+    return f"{a} {t} of length {len(value)}" if isinstance(value, str | bytes | bytearray | list | tuple | dict) else f"{a} {t}"
 
 
 class _Refused(Exception):
