@@ -23,7 +23,7 @@ from .errors import BackendUnavailableError, NonFiniteError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert
-from .io import load_image, save_image_atomic, write_text_atomic
+from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
 from .models import ModelBundle, bundle_from_pipe, load_model
 from .modes import PlanContext
 from .plan import EditPlan
@@ -53,10 +53,18 @@ class EditResult:
 
     def save(self, path: str | os.PathLike[str], report: str | os.PathLike[str] | None = None,
              protect: tuple[Path, ...] = ()) -> None:
-        """Write the image (and the report JSON) atomically, never over a protected input."""
+        """Write the image (and the report JSON) atomically, never over a protected input.
+
+        Both destinations are checked before either is written (:func:`dragsdk.io.check_outputs`).
+
+        Raises:
+            SpecError: (``out`` / ``report``) a protected input, a folder, or the same file for both.
+            OutputError: a file could not be written (nothing partial is left).
+        """
+        check_outputs({"out": path, "report": report}, protect)
         save_image_atomic(self.image, path, protect)
         if report is not None:
-            write_text_atomic(self.report.model_dump_json(indent=2), report, protect)
+            write_text_atomic(self.report.model_dump_json(indent=2), report, protect, field="report")
 
 
 class Editor:
@@ -198,8 +206,8 @@ class Editor:
         w, h = canvas.size
         return self.processor.preprocess(image, height=h, width=w)
 
-    def resolve_spec(self, spec: EditSpec | dict[str, Any] | str) -> EditSpec:
-        """Validate a spec given as a model, a dict or JSON text."""
+    def resolve_spec(self, spec: EditSpec | dict[str, Any] | str | os.PathLike[str]) -> EditSpec:
+        """Validate a spec given as a model, a dict, JSON text or a spec file path (:func:`spec_from_json`)."""
         if isinstance(spec, EditSpec):
             return spec
         return spec_from_json(spec, self.registry.spec_models())
@@ -208,15 +216,16 @@ class Editor:
     def edit(
         self,
         image: str | os.PathLike[str] | Image.Image | np.ndarray,
-        spec: EditSpec | dict[str, Any] | str,
+        spec: EditSpec | dict[str, Any] | str | os.PathLike[str],
         progress: bool = False,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
     ) -> EditResult:
         """Run one edit.
 
         Args:
-            image: the base image (path, PIL image or ``(H, W, 3)`` uint8 array).
-            spec: the edit (any registered mode).
+            image: the base image (path, PIL image or array; decoded by :func:`dragsdk.io.load_image`: EXIF
+                orientation, 16-bit and float data scaled, size capped by ``DRAGSDK_MAX_MEGAPIXELS``).
+            spec: the edit (any registered mode): a spec model, a dict, JSON text or the path of a spec file.
             progress: show a progress bar over inversion and sampling steps.
             callback: ``callback(i, t, z)`` after each sampling step.
 
@@ -227,8 +236,8 @@ class Editor:
         only by an edit that finished; the host's attention processors and scheduler are left as they were.
 
         Raises:
-            SpecError: invalid geometry for this image (the field is named); pydantic ``ValidationError`` for
-                invalid field values.
+            SpecError: invalid geometry for this image, an unreadable image or spec (the field is named);
+                pydantic ``ValidationError`` for invalid field values.
             BackendUnavailableError: no backend can run the edit here.
             NonFiniteError: the latent went NaN or ±inf (the phase and step are named); nothing is returned.
         """
@@ -257,7 +266,8 @@ class Editor:
             working_size=canvas.size, steps=s.steps, seed=s.seed, phase_seconds=phases,
             unet_evaluations=counter.to_dict(), inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
-            peak_memory_bytes=peak, peak_memory_kind=kind, notes=list(plan.notes), mask_proposed=ctx.mask_proposed,
+            peak_memory_bytes=peak, peak_memory_kind=kind, mask_proposed=ctx.mask_proposed,
+            notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size)])],
         )
         return EditResult(edited, out.latent, report, spec, plan)
 

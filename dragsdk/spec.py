@@ -12,6 +12,7 @@ Specs round-trip through JSON (``model_dump_json`` / :func:`parse_spec`) and exp
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import numpy as np
@@ -237,34 +238,43 @@ def loads_spec_json(text: str | bytes) -> Any:
     Raises:
         SpecError: (field ``spec``) one of those literals, or text that is not JSON (the position is named).
     """
-    import json
+    from .io import parse_json
 
-    from .errors import SpecError
-
-    def refuse(literal: str) -> Any:
-        raise SpecError("spec", f"the JSON literal {literal} is not a number a spec may hold; give a finite number")
-
-    try:
-        return json.loads(text, parse_constant=refuse)
-    except json.JSONDecodeError as e:
-        raise SpecError("spec", f"not valid JSON: {e}") from e
+    return parse_json(text, "spec", allow_nan=False)
 
 
-def spec_from_json(data: str | bytes | dict[str, Any], models: dict[str, type[EditSpec]]) -> EditSpec:
+def spec_from_json(
+    data: str | bytes | os.PathLike[str] | dict[str, Any], models: dict[str, type[EditSpec]]
+) -> EditSpec:
     """Validate a spec with the model of its ``mode``.
 
+    Args:
+        data: a dict; JSON text (bytes, or a str starting with ``{``, ``[`` or ``"``); or the path of a spec JSON
+            file (any other str, or a ``PathLike``), read by :func:`dragsdk.specfile.read_spec_file` (relative
+            paths inside resolved against its folder).
+        models: the spec model of each mode.
+
     Raises:
-        SpecError: no ``mode`` or an unknown one; JSON text that is invalid or holds ``NaN`` / ``Infinity``
-            (:func:`loads_spec_json`). pydantic's ``ValidationError`` for invalid fields.
+        SpecError: no ``mode`` or an unknown one; (field ``spec``) JSON that is not an object, text that is not
+            JSON or holds ``NaN`` / ``Infinity`` (:func:`loads_spec_json`), a missing or unreadable file, or another
+            type; (field ``sampler``) ``sampler`` not an object. Pydantic's ``ValidationError`` for invalid field
+            values.
     """
     from .errors import SpecError
+    from .specfile import read_spec_file, spec_object
 
-    obj = loads_spec_json(data) if isinstance(data, str | bytes) else dict(data)
-    if not isinstance(obj, dict):
-        raise SpecError("spec", f"must be a JSON object, got {type(obj).__name__}")
+    if isinstance(data, os.PathLike) or (isinstance(data, str) and data.lstrip()[:1] not in ("{", "[", '"')):
+        obj = read_spec_file(data)
+    elif isinstance(data, str | bytes):
+        obj = spec_object(loads_spec_json(data))
+    elif isinstance(data, dict):
+        obj = spec_object(dict(data))
+    else:
+        raise SpecError("spec", f"expected an EditSpec, a dict, JSON text or a spec file path, got {type(data).__name__}")
     mode = obj.get("mode")
     if mode is None:
         raise SpecError("mode", f"missing; expected one of {sorted(models)}")
-    if mode not in models:
-        raise SpecError("mode", f"unknown mode {mode!r}; installed modes are {sorted(models)}")
+    if not isinstance(mode, str) or mode not in models:
+        shown = repr(mode[:40]) if isinstance(mode, str) else f"a {type(mode).__name__}"
+        raise SpecError("mode", f"unknown mode {shown}; installed modes are {sorted(models)}")
     return models[mode].model_validate(obj)
