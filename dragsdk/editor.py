@@ -21,7 +21,7 @@ from .attention import AttentionController, decoder_self_attention_layers, insta
 from .errors import BackendUnavailableError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
-from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert
+from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
 from .io import load_image, save_image_atomic, write_text_atomic
 from .models import ModelBundle, load_model
 from .modes import PlanContext
@@ -166,6 +166,7 @@ class Editor:
         spec: EditSpec | dict[str, Any] | str,
         progress: bool = False,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        trace: str | os.PathLike[str] | None = None,
     ) -> EditResult:
         """Run one edit.
 
@@ -174,6 +175,8 @@ class Editor:
             spec: the edit (any registered mode).
             progress: show a progress bar over inversion and sampling steps.
             callback: ``callback(i, t, z)`` after each sampling step.
+            trace: write the per-pass trace (timestep, latent before / after, energies, guidance norm) to this
+                ``.npz`` path, atomically (:mod:`dragsdk.trace`).
 
         Raises:
             SpecError: invalid geometry for this image (the field is named); pydantic ``ValidationError`` for
@@ -222,9 +225,12 @@ class Editor:
             schedule = DDIMSchedule(self.model.scheduler, s.steps)
             kv_steps = set(plan.kv.steps()) if plan.kv else set()
             feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
+            if plan.step0_reference == "init":  # the first step's reference is the pasted start latent itself
+                feature_steps.discard(plan.start_step)
             key = (self._image_key(img), spec.prompt, *(self._image_key(r.image) + r.prompt for r in plan.references), s.steps, canvas.size, tuple(sorted(kv_steps)),
                    tuple(sorted(feature_steps)), self.model.name)
-            key = (*key, plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None)
+            key = (*key, plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None,
+                   plan.reference_features)
             t0 = time.perf_counter()
             reused = self._trajectory is not None and self._trajectory.key == key
             if reused:
@@ -245,10 +251,14 @@ class Editor:
                         inversion_generator(s.seed), on_step=lambda i: bar.update(1),
                     )
                 else:
+                    recorded = plan.reference_features == "recorded"
                     latents, feats = invert(
-                        unet_call, z0, cond_bank, schedule, controller, tap, kv_steps, feature_steps, counter,
-                        on_step=lambda i: bar.update(1),
+                        unet_call, z0, cond_bank, schedule, controller, tap, kv_steps,
+                        feature_steps if recorded else set(), counter, on_step=lambda i: bar.update(1),
                     )
+                    if not recorded and feature_steps:
+                        feats = reference_features(unet_call, latents, cond_bank, schedule, controller, tap,
+                                                   feature_steps, counter)
                 traj = Trajectory(schedule, latents, controller.bank, feats, cond_bank, key, noises=noises)
                 self._trajectory = traj
             controller.bank = traj.bank
@@ -264,7 +274,8 @@ class Editor:
                 if callback:
                     callback(i, t, z)
 
-            out = sampler.run(traj, plan, torch.cat([uncond, cond_text]), cond_text, s.guidance_scale, generator, on_step)
+            out = sampler.run(traj, plan, torch.cat([uncond, cond_text]), cond_text, s.guidance_scale, generator, on_step,
+                              trace=trace is not None)
             phases["sample"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -289,7 +300,15 @@ class Editor:
             unet_evaluations=counter.to_dict(), inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
             peak_memory_bytes=peak, peak_memory_kind=kind, notes=list(plan.notes), mask_proposed=ctx.mask_proposed,
+            profile=plan.profile, profile_options=list(plan.profile_options),
         )
+        if trace is not None:
+            from .trace import write_trace
+
+            meta = {"mode": spec.mode, "profile": plan.profile, "profile_options": list(plan.profile_options),
+                    "model": self.model.name, "backend": backend.name, "steps": s.steps, "seed": s.seed,
+                    "working_size": list(canvas.size), "rollback_timesteps": out.rollback_timesteps}
+            write_trace(trace, out.trace, meta)
         return EditResult(edited, out.latent, report, spec, plan)
 
     @torch.no_grad()
