@@ -139,7 +139,7 @@ def test_reference_features_are_the_inverted_latent_at_its_own_timestep(tiny_mod
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         # the un-edited trajectory sits at the content energy's minimum: zero content gradient (official);
         # the recorded reference (one DDIM step off) pulls it
-        keep = torch.ones(Canvas.fit(image.size, TINY["resolution"]).feature_size[::-1], dtype=torch.bool)
+        keep = torch.ones(traj.features[i][1].shape[-2:], dtype=torch.bool)  # the whole feature grid
         grads = {}
         recorded = _features(unet, traj.latents[i + 1], t, cond)
         for name, ref in (("official", traj.features[i]), ("recorded", recorded)):
