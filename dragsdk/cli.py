@@ -92,6 +92,8 @@ def edit(
     reference: Annotated[Path | None, typer.Option(help="reference image (appearance, paste)")] = None,
     out: Annotated[Path, typer.Option(help="edited image path")] = Path("edited.png"),
     report: Annotated[Path | None, typer.Option(help="write the report JSON here")] = None,
+    trace: Annotated[Path | None, typer.Option(help="write the per-step trace (.npz: timestep, latent before / "
+                                                    "after, energies, guidance norm) here")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
@@ -143,7 +145,9 @@ def edit(
         editor = Editor.from_pretrained(model, backend=backend)
         for path, scale in loras:
             editor.load_lora(path, scale)
-        result = editor.edit(image, spec_obj, progress=not quiet)
+        if trace is not None and trace.resolve() in {Path(p).resolve() for p in protect}:
+            _fail(f"--trace {trace} is one of the inputs; refusing to overwrite it")
+        result = editor.edit(image, spec_obj, progress=not quiet, trace=trace)
         result.save(out, report, protect=tuple(protect))
     r = result.report
     if json_out:
