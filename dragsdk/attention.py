@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from dragsdk.kernels.reference import KVSource
+
+if TYPE_CHECKING:
+    from dragsdk.image_prompt import ImagePromptState
 
 AttentionFn = Callable[[torch.Tensor, Sequence[KVSource], "float | None"], torch.Tensor]
 KVMode = Literal["concat", "replace", "composite"]
@@ -94,7 +97,8 @@ class AttentionController:
     """Per-step state shared by every :class:`KVProcessor`.
 
     ``mode``: ``plain`` (ordinary attention), ``record`` (store K/V of bank layers into ``bank`` at ``step``),
-    ``inject`` (use ``injection`` at bank layers).
+    ``inject`` (use ``injection`` at bank layers). ``image_prompt``: image-prompt tokens added in cross-attention
+    while its ``active`` flag is set (:mod:`dragsdk.image_prompt`).
     """
 
     attend: AttentionFn
@@ -105,6 +109,7 @@ class AttentionController:
     bank: KVBank = field(default_factory=KVBank)
     injection: KVInjection | None = None
     record_steps: frozenset[int] | None = None
+    image_prompt: ImagePromptState | None = None
 
     def token_grid(self, n_tokens: int) -> tuple[int, int]:
         """``(h, w)`` of a layer's token grid from its token count and the latent size ``(w, h)``."""
@@ -131,6 +136,11 @@ class ProcessorBase:
         """``(B, H, N, d)`` attention output. ``k``/``v`` are the projections before the head split ``(B, M, C)``;
         ``qh``/``kh``/``vh`` after it; ``mask`` is diffusers' prepared attention mask or None."""
         raise NotImplementedError
+
+    def cross_extra(self, attn: Any, qh: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """A cross-attention layer's output ``(B, H, N, d)`` after :meth:`attend`; subclasses add terms (the
+        image prompt). Not called for self-attention."""
+        return out
 
     def __call__(
         self,
@@ -167,6 +177,8 @@ class ProcessorBase:
             mask = attn.prepare_attention_mask(attention_mask, context.shape[1], q.shape[0])
             mask = mask.view(q.shape[0], heads, -1, mask.shape[-1])
         out = self.attend(attn, k, v, qh, kh, vh, mask)
+        if encoder_hidden_states is not None:
+            out = self.cross_extra(attn, qh, out)
 
         out = out.transpose(1, 2).reshape(q.shape[0], -1, q.shape[-1]).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
@@ -205,6 +217,24 @@ class KVProcessor(ProcessorBase):
         if self.is_bank_layer and ctl.mode == "inject" and ctl.injection is not None and ctl.bank.has(ctl.step):
             return ctl.attend(qh, self._sources(kh, vh, heads, qh.device), scale)
         return ctl.attend(qh, [KVSource(kh, vh)], scale)
+
+    def cross_extra(self, attn: Any, qh: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Add the image prompt as diffusers' ``IPAdapterAttnProcessor2_0`` does (one adapter, no IP mask):
+        ``out + scale · Attn(q, to_k_ip(c_img), to_v_ip(c_img))``, with the backend's attention op.
+
+        ``c_img`` rows follow the batch: the CFG batch ``[uncond, cond]`` takes both token rows, a batch-1 call the
+        conditional row only (the official RegionDrag's ``v[-1:]`` at guidance 1 keeps both rows, attending over
+        zero-image and image tokens in one softmax; not copied, docs/modes/region-drag.md).
+        """
+        ip = self.controller.image_prompt
+        if ip is None or not ip.active or ip.scale == 0 or self.layer not in ip.processors:
+            return out
+        proc = ip.processors[self.layer]
+        tokens = ip.tokens if qh.shape[0] == ip.tokens.shape[0] else ip.tokens[-1:].expand(qh.shape[0], -1, -1)
+        tokens = tokens.to(qh.dtype)
+        kh = split_heads(proc.to_k_ip[0](tokens), attn.heads)
+        vh = split_heads(proc.to_v_ip[0](tokens), attn.heads)
+        return out + ip.scale * self.controller.attend(qh, [KVSource(kh, vh)], attn.scale)
 
     def _sources(self, kh: torch.Tensor, vh: torch.Tensor, heads: int, device: torch.device) -> list[KVSource]:
         ctl = self.controller

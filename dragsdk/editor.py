@@ -107,6 +107,7 @@ class Editor:
         self.processor = VaeImageProcessor(vae_scale_factor=self.model.vae_scale_factor, resample="lanczos")
         self._trajectory: Trajectory | None = None
         self._prompt_cache: dict[tuple[str, bool], torch.Tensor] = {}
+        self.ip_adapter: Any = None
         self.bank_layers = frozenset(self.model.adapter.bank_layers())
         if backend != "auto":
             self._check_backend(backend)
@@ -164,6 +165,38 @@ class Editor:
         load_lora(self.model, path, scale)
         self._prompt_cache.clear()
         self._trajectory = None
+
+    def load_ip_adapter(
+        self,
+        folder_or_id: str | os.PathLike[str],
+        weight_name: str,
+        subfolder: str = "",
+        image_encoder: str | os.PathLike[str] | Any | None = None,
+        scale: float | None = None,
+    ) -> None:
+        """Load an IP-Adapter for the modes' official image prompt (DiffEditor modes: scale 0.1 at sampling steps
+        10–19; region-drag: scale 0.5 at every UNet call), conditioned on the input image.
+
+        Read with diffusers' IP-Adapter loader pieces (:func:`dragsdk.image_prompt.load_ip_adapter`); nothing is
+        installed on the model's UNet. ``scale`` overrides every mode's scale (``None`` keeps the mode's). Without an
+        adapter the modes run text-only and the report notes it.
+
+        Raises:
+            ModelNotFoundError: the weights or the image encoder are absent.
+            ModelLoadError: the file is not an IP-Adapter for this UNet.
+        """
+        from .image_prompt import load_ip_adapter
+
+        with model_lock(self.model):
+            self.ip_adapter = load_ip_adapter(self.model.unet, folder_or_id, weight_name, subfolder, image_encoder,
+                                              scale, self.model.device, self.model.dtype)
+            self._trajectory = None
+
+    def unload_ip_adapter(self) -> None:
+        """Drop the image prompt: the modes run text-only again."""
+        with model_lock(self.model):
+            self.ip_adapter = None
+            self._trajectory = None
 
     # -- backends ------------------------------------------------------------------------------------------
     def _check_backend(self, name: str) -> Any:
@@ -270,7 +303,8 @@ class Editor:
             unet_evaluations=counter.to_dict(), inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
             peak_memory_bytes=peak, peak_memory_kind=kind, mask_proposed=ctx.mask_proposed,
-            notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size)])],
+            notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), self._image_prompt_note(plan)])],
+            image_prompt=self.ip_adapter.name if self.ip_adapter is not None and plan.image_prompt else None,
             profile=plan.profile, profile_options=list(plan.profile_options),
         )
         if trace is not None:
@@ -296,6 +330,10 @@ class Editor:
         controller = AttentionController(
             attend=backend.attention, bank_layers=self._bank_layers(plan), latent_size=canvas.latent_size
         )
+        ip_plan = plan.image_prompt if self.ip_adapter is not None else None
+        if ip_plan is not None:
+            scale = ip_plan.scale if self.ip_adapter.scale is None else self.ip_adapter.scale
+            controller.image_prompt = self.ip_adapter.state(img, scale, self.model.device, self.model.dtype)
         unet = self.model.unet
         previous = install(unet, controller)
         tap = FeatureTap(unet, self.model.adapter.feature_blocks)
@@ -326,6 +364,8 @@ class Editor:
                    tuple(sorted(feature_steps)), self.model.name)
             key = (*key, plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None,
                    plan.reference_features)
+            if ip_plan is not None and ip_plan.inversion:
+                key = (*key, self.ip_adapter.name, controller.image_prompt.scale)
             t0 = time.perf_counter()
             cached = self._trajectory
             reused = cached is not None and cached.key == key
@@ -342,10 +382,17 @@ class Editor:
                     from .cycle_sde import cycle_sde_invert, inversion_generator
 
                     feats: dict[int, list[torch.Tensor]] = {}
-                    latents, noises = cycle_sde_invert(
-                        unet_call, z0, cond_bank, schedule, plan.start_step, controller, kv_steps, counter,
-                        inversion_generator(s.seed), on_step=lambda i: bar.update(1),
-                    )
+                    if ip_plan is not None and ip_plan.inversion:
+                        assert controller.image_prompt is not None
+                        controller.image_prompt.active = True
+                    try:
+                        latents, noises = cycle_sde_invert(
+                            unet_call, z0, cond_bank, schedule, plan.start_step, controller, kv_steps, counter,
+                            inversion_generator(s.seed), on_step=lambda i: bar.update(1),
+                        )
+                    finally:
+                        if controller.image_prompt is not None:
+                            controller.image_prompt.active = False
                 else:
                     recorded = plan.reference_features == "recorded"
                     latents, feats = invert(
@@ -445,6 +492,16 @@ class Editor:
         region = mask_from_features(f[0], canvas.to_cell(point, "feature"), threshold)
         up = F.interpolate(region.float()[None, None], size=(img.size[1], img.size[0]), mode="nearest")[0, 0] > 0.5
         return dilate(up, dilate_px).numpy()
+
+    def _image_prompt_note(self, plan: EditPlan) -> str | None:
+        ip = plan.image_prompt
+        if ip is None:
+            return None
+        if self.ip_adapter is None:
+            return (f"image prompt (IP-Adapter, official {ip.describe()}) not used: no adapter loaded "
+                    "(Editor.load_ip_adapter)")
+        scale = ip.scale if self.ip_adapter.scale is None else self.ip_adapter.scale
+        return f"image prompt: IP-Adapter {self.ip_adapter.name} on the input image, scale {scale:g}, {ip.describe()}"
 
     @staticmethod
     def _image_key(img: Image.Image) -> str:

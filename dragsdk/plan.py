@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from .attention import KVInjection
+from .image_prompt import ImagePromptPlan
 
 Features = list[torch.Tensor]
 """Decoder features, one ``(B, C_l, h_l, w_l)`` tensor per feature block."""
@@ -168,6 +169,8 @@ class EditPlan:
             its input ``t_prev`` (official ``Sampler.py:136-144``), ``t`` = the target level (as the inversion).
         profile: the spec's profile label, for the report.
         profile_options: the improvements the profile enables, for the report.
+        image_prompt: the official image prompt (IP-Adapter scale and step window), used when the editor has an
+            adapter loaded (:meth:`dragsdk.Editor.load_ip_adapter`); None = the mode has none.
     """
 
     edit_mask: torch.Tensor
@@ -193,6 +196,7 @@ class EditPlan:
     rollback_at: Literal["prev", "t"] = "t"
     profile: str = ""
     profile_options: tuple[str, ...] = ()
+    image_prompt: ImagePromptPlan | None = None
 
     @property
     def needs_gradients(self) -> bool:

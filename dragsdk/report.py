@@ -42,6 +42,9 @@ class EditReport(BaseModel):
     profile: str = Field("", description="the spec's fidelity profile: official, dragsdk or official+<improvements>")
     profile_options: list[str] = Field(default_factory=list, description="improvements the profile enabled")
     notes: list[str] = Field(default_factory=list)
+    image_prompt: str | None = Field(
+        None, description="the IP-Adapter used as image prompt (None: the mode has none, or no adapter is loaded)"
+    )
 
 
 def reset_peak_memory(device: torch.device) -> None:

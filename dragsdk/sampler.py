@@ -146,6 +146,7 @@ class GuidedSampler:
         ctl = self.controller
         if plan.kv is not None and plan.kv.active(i):
             ctl.mode, ctl.injection = "inject", plan.kv.injection
+        self._image_prompt(plan, i)
         try:
             if guidance_scale == 1.0:
                 eps = self.unet(z, t, encoder_hidden_states=cond_text, return_dict=False)[0]
@@ -154,14 +155,29 @@ class GuidedSampler:
                 eps = e[:1] + guidance_scale * (e[1:] - e[:1])
         finally:
             ctl.mode, ctl.injection = "plain", None
+            self._image_prompt(None, i)
         self.counter.forward += 1
         return eps
 
-    def _roll_back(self, z_prev: torch.Tensor, t_unet: int, a_t: float, a_prev: float, cond_text: torch.Tensor) -> torch.Tensor:
+    def _image_prompt(self, plan: EditPlan | None, i: int) -> None:
+        """Switch the image-prompt term on for step ``i`` when the plan's window holds it (``plan=None``: off).
+        Only the sampling UNet calls (CFG ε and the time-travel roll-back) see it; feature forwards and the
+        inversion are text-only."""
+        ip = self.controller.image_prompt
+        if ip is not None:
+            ip.active = plan is not None and plan.image_prompt is not None and plan.image_prompt.active(i)
+
+    def _roll_back(self, z_prev: torch.Tensor, t_unet: int, a_t: float, a_prev: float, cond_text: torch.Tensor,
+                   plan: EditPlan, i: int) -> torch.Tensor:
         """Time travel's deterministic roll-back ``z_{t_prev} → z_t``: one DDIM inversion step with the UNet at
-        ``t_unet`` (official: ``t_prev``, ``Sampler.py:136-144``), batch 1, text conditioning only, no K/V injection
-        (DiffEditor arXiv 2402.02583 Alg. 1; dossier §1 step 3.4)."""
-        eps = self.unet(z_prev, t_unet, encoder_hidden_states=cond_text, return_dict=False)[0]
+        ``t_unet`` (official: ``t_prev``, ``Sampler.py:136-144``), batch 1, text conditioning (and the image prompt
+        inside its window, as the official context), no K/V injection (DiffEditor arXiv 2402.02583 Alg. 1; dossier
+        §1 step 3.4)."""
+        self._image_prompt(plan, i)
+        try:
+            eps = self.unet(z_prev, t_unet, encoder_hidden_states=cond_text, return_dict=False)[0]
+        finally:
+            self._image_prompt(None, i)
         self.counter.forward += 1
         return ddim_inversion_step(z_prev, eps, a_t, a_prev)
 
@@ -246,7 +262,7 @@ class GuidedSampler:
                         passes_trace[-1].guidance_norm = rec.grad_norm
                 if p + 1 < passes:
                     t_unet = schedule.timesteps[i + 1] if plan.rollback_at == "prev" and i + 1 < len(schedule) else t
-                    z = self._roll_back(z_prev, t_unet, a_t, a_prev, cond_text)
+                    z = self._roll_back(z_prev, t_unet, a_t, a_prev, cond_text, plan, i)
                     rollbacks.append(t_unet)
             z = z_prev
             if keep is not None:  # outside the edit mask the latent follows the inversion trajectory

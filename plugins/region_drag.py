@@ -33,6 +33,7 @@ from pydantic import Field, field_validator, model_validator
 from dragsdk.attention import KVInjection
 from dragsdk.errors import SpecError
 from dragsdk.hookspecs import hookimpl
+from dragsdk.image_prompt import ImagePromptPlan
 from dragsdk.io import mask_to_data_url, restricted_load
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan, HandleNoise, KVPlan, LatentPaste, StepPaste
@@ -380,6 +381,7 @@ class RegionDragMode(EditMode):
             handle_noise=handle_noise,
             kv=kv,
             kv_layers="all",
+            image_prompt=ImagePromptPlan(scale=0.5, inversion=True),  # official IP-Adapter-Plus at every UNet call
         )
 
     # -- CLI helpers ------------------------------------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""Image prompt (IP-Adapter, Ye et al. arXiv 2308.06721) through diffusers' own IP-Adapter machinery.
+
+The official DiffEditor code conditions cross-attention on image-prompt tokens of the input image at scale 0.1 at
+sampling steps 10–19 (``model.py:25``, ``attn_proc.py:220-221``); the official RegionDrag code uses IP-Adapter-Plus
+at scale 0.5, conditioned on the input image, at every UNet call (``cycle_sde.py:11-35``, ``drag.py:110-121``).
+The weights are a separate download: :meth:`dragsdk.Editor.load_ip_adapter` loads them; without them a mode runs
+text-only and its report says so.
+
+Loading uses diffusers: the weight file is read as ``IPAdapterMixin.load_ip_adapter`` reads it (``image_proj.*`` /
+``ip_adapter.*`` keys), the image projection and the per-layer ``IPAdapterAttnProcessor2_0`` modules (``to_k_ip`` /
+``to_v_ip``) are built by the UNet's own converters (``_convert_ip_adapter_image_proj_to_diffusers``,
+``_convert_ip_adapter_attn_to_diffusers``), and the image encoder is a ``CLIPVisionModelWithProjection``. Unlike
+``UNet2DConditionModel._load_ip_adapter_weights``, nothing is installed on the UNet (no ``encoder_hid_proj``, no
+processors, no config change): a host's UNet is left as it was, and dragsdk's
+:class:`~dragsdk.attention.KVProcessor` adds the image term in cross-attention itself, exactly as
+``IPAdapterAttnProcessor2_0`` does: ``out = Attn(q, K_text, V_text) + scale · Attn(q, to_k_ip(c_img), to_v_ip(c_img))``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .errors import ModelLoadError, ModelNotFoundError
+
+
+@dataclass(frozen=True)
+class ImagePromptPlan:
+    """A mode's image-prompt setting (its official profile's).
+
+    Attributes:
+        scale: weight of the image term in cross-attention (DiffEditor 0.1, RegionDrag 0.5).
+        start / end: sampling step indices ``start ≤ i < end`` that use it (``end=None``: to the last step).
+        inversion: the inversion's UNet calls use it too (the official RegionDrag's forward passes take the same
+            ``added_cond_kwargs``, ``utils/drag.py`` ``forward``).
+    """
+
+    scale: float
+    start: int = 0
+    end: int | None = None
+    inversion: bool = False
+
+    def active(self, step: int) -> bool:
+        return self.start <= step and (self.end is None or step < self.end)
+
+    def describe(self) -> str:
+        window = "every step" if self.start == 0 and self.end is None else f"sampling steps {self.start}–{self.end - 1 if self.end else 'end'}"
+        return f"scale {self.scale:g} at {window}"
+
+
+@dataclass
+class ImagePromptState:
+    """What the attention processors read during an edit (held by the :class:`~dragsdk.attention.AttentionController`).
+
+    Attributes:
+        tokens: ``(2, T, D)`` image-prompt tokens, rows [unconditional (zero image), conditional (the image)], in
+            the CFG batch order; a batch-1 UNet call (guidance 1, roll-back) uses the conditional row only.
+        scale: the image term's weight.
+        processors: layer name (without ``.processor``) → diffusers ``IPAdapterAttnProcessor2_0`` holding
+            ``to_k_ip[0]`` / ``to_v_ip[0]``.
+        active: set by the sampler per UNet call (the plan's step window).
+    """
+
+    tokens: torch.Tensor
+    scale: float
+    processors: dict[str, Any]
+    active: bool = False
+
+
+class ImagePromptAdapter:
+    """A loaded IP-Adapter: image encoder, image projection and per-layer ``to_k_ip`` / ``to_v_ip``.
+
+    Build with :func:`load_ip_adapter`. ``name`` is what reports show.
+    """
+
+    def __init__(self, name: str, image_encoder: Any, projection: Any, processors: dict[str, Any],
+                 scale: float | None = None) -> None:
+        from diffusers.models.embeddings import ImageProjection
+
+        self.name = name
+        self.image_encoder = image_encoder
+        self.projection = projection
+        self.processors = processors
+        self.scale = scale
+        # diffusers' rule (pipelines' encode_image): a plain ImageProjection takes the pooled image embedding,
+        # the others (IP-Adapter-Plus resampler, ...) the penultimate hidden states.
+        self.hidden_states = not isinstance(projection, ImageProjection)
+
+    def _pixels(self, image: Image.Image) -> torch.Tensor:
+        from transformers import CLIPImageProcessor
+
+        s = int(self.image_encoder.config.image_size)
+        proc = CLIPImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s})
+        p = self.image_encoder.parameters().__next__()
+        return proc(images=image.convert("RGB"), return_tensors="pt").pixel_values.to(p.device, p.dtype)
+
+    @torch.no_grad()
+    def tokens(self, image: Image.Image) -> torch.Tensor:
+        """``(2, T, D)`` image-prompt tokens: [zero image (unconditional), ``image``], as diffusers' pipelines build
+        them (``encode_image``: zero-image hidden states for Plus, zero embeddings for the plain adapter)."""
+        pixels = self._pixels(image)
+        if self.hidden_states:
+            h = self.image_encoder(torch.cat([torch.zeros_like(pixels), pixels]), output_hidden_states=True)
+            emb = h.hidden_states[-2]
+        else:
+            e = self.image_encoder(pixels).image_embeds
+            emb = torch.cat([torch.zeros_like(e), e])
+        return self.projection(emb)
+
+    def state(self, image: Image.Image, scale: float, device: torch.device, dtype: torch.dtype) -> ImagePromptState:
+        tokens = self.tokens(image).to(device, dtype)
+        return ImagePromptState(tokens, scale, self.processors)
+
+
+def load_ip_adapter(
+    unet: Any,
+    folder_or_id: str | os.PathLike[str],
+    weight_name: str,
+    subfolder: str = "",
+    image_encoder: str | os.PathLike[str] | Any | None = None,
+    scale: float | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> ImagePromptAdapter:
+    """Load an IP-Adapter with diffusers' loader pieces, without installing anything on ``unet``.
+
+    Args:
+        unet: the model's ``UNet2DConditionModel`` (its layer layout and ``cross_attention_dim`` shape the
+            processors; it is only read).
+        folder_or_id / subfolder / weight_name: where the weights are (hub id or local folder; ``.safetensors``
+            with ``image_proj.*`` / ``ip_adapter.*`` keys, or a ``.bin`` holding ``{"image_proj", "ip_adapter"}``),
+            as ``IPAdapterMixin.load_ip_adapter``.
+        image_encoder: a ``CLIPVisionModelWithProjection``, or its folder / hub id; ``None`` = the
+            ``image_encoder`` folder next to the weights (``<folder>/<subfolder>/image_encoder``, diffusers' default).
+        scale: overrides every mode's official scale; ``None`` keeps the mode's.
+
+    Raises:
+        ModelNotFoundError: the weight file or the image encoder is absent.
+        ModelLoadError: the file lacks ``image_proj`` / ``ip_adapter`` or its shapes do not match the UNet.
+    """
+    from diffusers.models.model_loading_utils import load_state_dict
+    from diffusers.utils import _get_model_file
+    from safetensors import safe_open
+    from transformers import CLIPVisionModelWithProjection
+
+    try:
+        model_file = _get_model_file(str(folder_or_id), weights_name=weight_name, subfolder=subfolder or None)
+    except OSError as e:
+        raise ModelNotFoundError(f"IP-Adapter weights {weight_name!r} not found in {str(folder_or_id)!r}: {e}") from e
+    if weight_name.endswith(".safetensors"):
+        sd: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+        with safe_open(model_file, framework="pt", device="cpu") as f:
+            for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                head, _, rest = key.partition(".")
+                if head in sd:
+                    sd[head][rest] = f.get_tensor(key)
+    else:
+        sd = load_state_dict(model_file)
+    if not sd.get("image_proj") or not sd.get("ip_adapter"):
+        raise ModelLoadError(f"{model_file}: an IP-Adapter file needs 'image_proj' and 'ip_adapter' weights")
+    try:
+        projection = unet._convert_ip_adapter_image_proj_to_diffusers(sd["image_proj"], low_cpu_mem_usage=False)
+        procs = unet._convert_ip_adapter_attn_to_diffusers([sd], low_cpu_mem_usage=False)
+    except (KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"{model_file}: IP-Adapter weights do not match the UNet: {e}") from e
+    processors = {k[: -len(".processor")]: p for k, p in procs.items() if hasattr(p, "to_k_ip")}
+
+    if image_encoder is None or isinstance(image_encoder, (str, os.PathLike)):
+        where = str(image_encoder) if image_encoder is not None else str(folder_or_id)
+        sub = None if image_encoder is not None else Path(subfolder or "", "image_encoder").as_posix()
+        try:
+            image_encoder = CLIPVisionModelWithProjection.from_pretrained(where, subfolder=sub)
+        except OSError as e:
+            raise ModelNotFoundError(f"IP-Adapter image encoder not found at {where!r} (subfolder {sub!r}): {e}") from e
+    p = next(unet.parameters())
+    device, dtype = device or p.device, dtype or p.dtype
+    image_encoder = image_encoder.to(device, dtype).eval().requires_grad_(False)
+    projection = projection.to(device, dtype).eval().requires_grad_(False)
+    for proc in processors.values():
+        proc.to(device, dtype).requires_grad_(False)
+    name = Path(str(folder_or_id), subfolder or "", weight_name).as_posix()
+    return ImagePromptAdapter(name, image_encoder, projection, processors, scale)

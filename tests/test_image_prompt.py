@@ -1,0 +1,176 @@
+"""Image prompt (IP-Adapter) through diffusers' loader, with a tiny random adapter built here."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dragsdk import Editor
+from dragsdk.attention import AttentionController, KVProcessor, install
+from dragsdk.errors import ModelLoadError, ModelNotFoundError
+from dragsdk.image_prompt import ImagePromptPlan, load_ip_adapter
+from dragsdk.trace import read_trace
+
+TOKENS = 4  # a plain IP-Adapter (ImageProjection, 4 tokens)
+STEPS = 22  # the DiffEditor window 10–19 plus steps on both sides
+
+
+@pytest.fixture(scope="module")
+def ip_folder(tmp_path_factory, tiny_model):
+    """A random IP-Adapter for the tiny UNet in diffusers' layout: ``ip.safetensors`` (``image_proj.*`` /
+    ``ip_adapter.{1,3,..}.to_{k,v}_ip.weight``) and ``image_encoder/`` (a tiny CLIPVisionModelWithProjection)."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = tmp_path_factory.mktemp("ip")
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8, projection_dim=12)
+    CLIPVisionModelWithProjection(cfg).save_pretrained(folder / "image_encoder")
+    unet = tiny_model.unet
+    cross = int(unet.config.cross_attention_dim)
+    sd = {"image_proj.proj.weight": torch.randn(TOKENS * cross, 12) * 0.3,
+          "image_proj.proj.bias": torch.randn(TOKENS * cross) * 0.1,
+          "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    key = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            attn = unet.get_submodule(name[: -len(".processor")])
+            inner = attn.to_k.weight.shape[0]
+            sd[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(inner, cross) * 0.5
+            sd[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(inner, cross) * 0.5
+            key += 2
+    save_file(sd, str(folder / "ip.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+
+
+def _spec(**sampler):
+    return {"mode": "drag", "prompt": "a photo", "points": [{"handle": [20, 20], "target": [28, 24]}],
+            "sampler": {"steps": STEPS, "resolution": 64, **sampler}}
+
+
+def test_image_prompt_matches_diffusers_ip_adapter_processor(tiny_model, ip_folder, image):
+    """dragsdk's processors with the image prompt give the UNet output of diffusers' own
+    ``_load_ip_adapter_weights`` + ``IPAdapterAttnProcessor2_0`` + ``added_cond_kwargs={"image_embeds": ...}``,
+    and loading leaves the model's UNet untouched."""
+    unet = tiny_model.unet
+    before = {k: type(v) for k, v in unet.attn_processors.items()}
+    adapter = load_ip_adapter(unet, ip_folder, "ip.safetensors")
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == before and unet.encoder_hid_proj is None
+    assert len(adapter.processors) == sum(k.endswith("attn2.processor") for k in before)
+
+    ref = copy.deepcopy(unet)
+    pixels = adapter._pixels(image)
+    emb = adapter.image_encoder(pixels).image_embeds
+    ref._load_ip_adapter_weights([_state_dict(ip_folder)], low_cpu_mem_usage=False)
+    for p in ref.attn_processors.values():
+        if hasattr(p, "scale"):
+            p.scale = [0.7]
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    text = torch.randn(2, 77, int(unet.config.cross_attention_dim), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = ref(z, 500, encoder_hidden_states=text,
+                       added_cond_kwargs={"image_embeds": [torch.cat([torch.zeros_like(emb), emb])[:, None]]}).sample
+
+        def attend(q, sources, scale):
+            return F.scaled_dot_product_attention(q, sources[0].k, sources[0].v, scale=scale)
+
+        ctl = AttentionController(attend=attend, bank_layers=frozenset())
+        ctl.image_prompt = adapter.state(image, 0.7, z.device, z.dtype)
+        previous = install(unet, ctl)
+        try:
+            ctl.image_prompt.active = True
+            got = unet(z, 500, encoder_hidden_states=text).sample
+            ctl.image_prompt.active = False
+            plain = unet(z, 500, encoder_hidden_states=text).sample
+        finally:
+            unet.set_attn_processor(previous)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-3  # the image term is not negligible
+
+
+def _state_dict(folder):
+    from safetensors.torch import load_file
+
+    flat = load_file(str(folder / "ip.safetensors"))
+    return {h: {k.partition(".")[2]: v for k, v in flat.items() if k.startswith(h + ".")}
+            for h in ("image_proj", "ip_adapter")}
+
+
+def test_without_adapter_the_report_says_the_image_prompt_was_not_used(tiny_model, image):
+    r = Editor(tiny_model).edit(image, _spec(steps=10))
+    assert r.report.image_prompt is None
+    assert any("image prompt" in n and "no adapter loaded" in n and "0.1" in n for n in r.report.notes)
+
+
+def test_image_prompt_changes_the_edit_only_inside_its_step_window(tiny_model, ip_folder, image, tmp_path,
+                                                                   monkeypatch):
+    """DiffEditor window: steps 10–19 only. Per-step latents before step 10 equal the text-only run's; the image
+    term is applied at exactly the steps 10..19 (the sampling ε calls, both CFG rows)."""
+    plain = Editor(tiny_model)
+    r0 = plain.edit(image, _spec(), trace=tmp_path / "none.npz")
+    editor = Editor(tiny_model)
+    editor.load_ip_adapter(ip_folder, "ip.safetensors")
+    seen: list[int] = []
+    original = KVProcessor.cross_extra
+
+    def spy(self, attn, qh, out):
+        ip = self.controller.image_prompt
+        if ip is not None and ip.active:
+            seen.append(self.controller.step)
+        return original(self, attn, qh, out)
+
+    monkeypatch.setattr(KVProcessor, "cross_extra", spy)
+    r1 = editor.edit(image, _spec(), trace=tmp_path / "ip.npz")
+    assert sorted(set(seen)) == list(range(10, 20))
+    assert r1.report.image_prompt and r1.report.image_prompt.endswith("ip.safetensors")
+    assert any("scale 0.1" in n and "10–19" in n for n in r1.report.notes)
+    a0, _ = read_trace(tmp_path / "none.npz")
+    a1, _ = read_trace(tmp_path / "ip.npz")
+    before = a0["step"] < 10
+    assert np.array_equal(a0["latent_after"][before], a1["latent_after"][before])
+    at10 = list(a0["step"]).index(10)
+    assert np.abs(a0["latent_after"][at10] - a1["latent_after"][at10]).max() > 0
+    assert (r1.latent - r0.latent).abs().max() > 1e-4
+
+
+def test_image_prompt_at_scale_zero_equals_no_adapter(tiny_model, ip_folder, image):
+    r0 = Editor(tiny_model).edit(image, _spec(steps=12))
+    editor = Editor(tiny_model)
+    editor.load_ip_adapter(ip_folder, "ip.safetensors", scale=0.0)
+    r1 = editor.edit(image, _spec(steps=12))
+    assert torch.equal(r0.latent, r1.latent)
+
+
+def test_region_drag_uses_the_image_prompt_at_scale_half_in_inversion_and_sampling(tiny_model, ip_folder, image):
+    spec = {"mode": "region-drag", "prompt": "a photo",
+            "polygons": [{"handle": [[10, 10], [30, 10], [30, 30], [10, 30]],
+                         "target": [[20, 14], [40, 14], [40, 34], [20, 34]]}],
+            "sampler": {"steps": 10, "resolution": 64}}
+    r0 = Editor(tiny_model).edit(image, spec)
+    assert r0.plan.image_prompt == ImagePromptPlan(scale=0.5, inversion=True)
+    editor = Editor(tiny_model)
+    editor.load_ip_adapter(ip_folder, "ip.safetensors")
+    r1 = editor.edit(image, spec)
+    assert r1.report.image_prompt is not None and (r1.latent - r0.latent).abs().max() > 1e-4
+
+
+def test_load_ip_adapter_errors_name_what_is_missing(tiny_model, ip_folder, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="absent.safetensors"):
+        load_ip_adapter(tiny_model.unet, ip_folder, "absent.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"other.weight": torch.zeros(2)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ModelLoadError, match="image_proj"):
+        load_ip_adapter(tiny_model.unet, tmp_path, "bad.safetensors")
