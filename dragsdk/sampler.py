@@ -203,6 +203,8 @@ class GuidedSampler:
             for sp in plan.step_pastes:  # before the step: copies from the inversion latent of this step
                 if sp.active(t):
                     z = sp.paste.apply(z, trajectory.latents[i])
+            if keep is not None and plan.outside_reset == "before":  # official RegionDrag order (drag.py:143-146)
+                z = torch.where(keep, trajectory.latents[i][:1].to(z), z)
             passes = plan.time_travel.get(i, 1) if i in guided else 1
             for p in range(passes):
                 g = None
@@ -215,7 +217,7 @@ class GuidedSampler:
                 if p + 1 < passes:
                     z = self._roll_back(z_prev, t, a_t, a_prev, cond_text)
             z = z_prev
-            if keep is not None:  # outside the edit mask the latent follows the inversion trajectory
+            if keep is not None and plan.outside_reset == "after":  # outside the mask: the inversion trajectory
                 z = torch.where(keep, trajectory.latents[i + 1][:1].to(z), z)
             if on_step:
                 on_step(i, t, z)
