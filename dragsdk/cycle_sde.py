@@ -30,6 +30,7 @@ A trajectory may start part-way: with ``start`` = the first sampling step, only 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -84,7 +85,9 @@ class RegionDragGrid(DDIMSchedule):
         if not 0 <= start < n:
             raise ValueError(f"start must be in [0, {n}), got {start}")
         dpm = DPMSolverMultistepScheduler.from_config(scheduler.config)  # a new object: the host's is untouched
-        dpm.set_timesteps(n)
+        with warnings.catch_warnings():  # diffusers' sigma table passes a tensor through np.array (numpy 2 notice)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dpm.set_timesteps(n)
         grid = [int(t) for t in dpm.timesteps]
         self._ac = dpm.alphas_cumprod.double()
         self.delta = int(dpm.config.num_train_timesteps) // n

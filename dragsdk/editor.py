@@ -300,6 +300,7 @@ class Editor:
             unet_evaluations=counter.to_dict(), inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
             peak_memory_bytes=peak, peak_memory_kind=kind, notes=list(plan.notes), mask_proposed=ctx.mask_proposed,
+            profile=dict(plan.profile),
         )
         return EditResult(edited, out.latent, report, spec, plan)
 

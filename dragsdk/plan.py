@@ -164,6 +164,7 @@ class EditPlan:
         composite_mask: ``(H, W)`` bool in image pixels used by ``composite`` instead of ``edit_mask`` upsampled.
         vae_latent: ``mean`` (posterior mean) or ``sample`` (one posterior sample from the edit's seed) as ``z_0``.
         to_uint8: decoded image to 8 bits by ``round`` (nearest) or ``truncate`` (``floor(x·255)``).
+        profile: the mode's fidelity profile and its effective options, copied into the report.
     """
 
     edit_mask: torch.Tensor
@@ -190,6 +191,7 @@ class EditPlan:
     composite_mask: np.ndarray | None = None
     vae_latent: Literal["mean", "sample"] = "mean"
     to_uint8: Literal["round", "truncate"] = "round"
+    profile: dict[str, str] = field(default_factory=dict)
 
     @property
     def needs_gradients(self) -> bool:

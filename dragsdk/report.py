@@ -39,6 +39,9 @@ class EditReport(BaseModel):
     peak_memory_bytes: int = 0
     peak_memory_kind: str = Field("", description="cuda_max_allocated or process_max_rss")
     mask_proposed: bool = False
+    profile: dict[str, str] = Field(
+        default_factory=dict, description="the mode's fidelity profile (official / ...) and its effective options"
+    )
     notes: list[str] = Field(default_factory=list)
 
 
