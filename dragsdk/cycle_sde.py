@@ -50,14 +50,14 @@ class RegionDragGrid(DDIMSchedule):
 
     ``G = DPMSolverMultistepScheduler.from_config(config).set_timesteps(n)`` (``cycle_sde.py:23``; for SD 1.5's
     config ``linspace`` spacing: ``[999, 949, …, 549, 500, 450, …, 50]`` for ``n = 20``) and the step
-    ``Δ = 1000 // n`` (``num_train_timesteps // num_inference_steps``, ``cycle_sde.py:114,133``). With
-    ``m = n − start`` inverted steps (``int(start_t·n)``, ``drag.py:125``):
+    ``Δ = 1000 // n`` (``num_train_timesteps // num_inference_steps``, ``cycle_sde.py:114,132``). With
+    ``m = n − start`` inverted steps (``int(start_t·n)``, ``drag.py:126``):
 
-    - **inversion** (``drag.py:127``, ``forward_sde`` ``cycle_sde.py:132-149``): for ``g`` in ``G[start:]`` from the
+    - **inversion** (``drag.py:128``, ``forward_sde`` ``cycle_sde.py:131-149``): for ``g`` in ``G[start:]`` from the
       bottom, the latent goes from level ``g`` to ``g + Δ`` and the UNet runs at ``g + Δ``; the encoded image sits
       at ``ᾱ[G[n−1]]`` (ᾱ[50] = 0.952 for SD 1.5 at 20 steps, not ᾱ = 1). Sampling step ``start + k`` is recorded by
       the step ``G[start+k] → G[start+k] + Δ``: UNet at 550, 500, …, 100 for the defaults.
-    - **denoising** (``drag.py:138``, ``sample`` ``cycle_sde.py:111-129``): step ``start + k`` runs at
+    - **denoising** (``drag.py:142``, ``sample`` ``cycle_sde.py:111-129``): step ``start + k`` runs at
       ``t = G[start − 1 + k]`` down to ``t − Δ`` (ᾱ = 1 below 0): 549, 500, 450, …, 100 → 50 for the defaults.
 
     ``first_step`` (the official off-by-one): with ``"official"`` the first denoising step runs at ``G[start − 1]``

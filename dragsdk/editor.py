@@ -278,7 +278,7 @@ class Editor:
             decoded = backend.vae_decode(self.model, out.latent)
             if decoded is None:
                 decoded = self.model.decode_latent(out.latent)
-            if plan.to_uint8 == "truncate":  # official RegionDrag postprocess (drag.py:89): astype(uint8) truncates
+            if plan.to_uint8 == "truncate":  # official RegionDrag postprocess (drag.py:81-98): astype(uint8) truncates
                 arr = ((decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).numpy()
                 edited = Image.fromarray(arr.astype(np.uint8))
             else:
@@ -370,7 +370,7 @@ def _sample_latent(model: ModelBundle, images: torch.Tensor, seed: int) -> torch
 
 def _composite_outside(original: Image.Image, edited: Image.Image, plan: EditPlan, canvas: Canvas) -> Image.Image:
     """Original pixels outside the edit mask, edited pixels inside: the plan's pixel ``composite_mask`` when it has
-    one (official RegionDrag ``np.where(mask, out, ori)``, ``drag.py:92-93``), else the latent edit mask
+    one (official RegionDrag ``np.where(mask, out, ori)``, ``drag.py:81-98``), else the latent edit mask
     nearest-upsampled."""
     if plan.composite_mask is not None:
         keep = np.asarray(plan.composite_mask, dtype=bool)[:, :, None]

@@ -156,7 +156,7 @@ class EditPlan:
         follow_outside: reset the latent outside ``edit_mask`` to the inversion latent of the same level.
         outside_reset: when ``follow_outside`` resets: ``after`` every sampling step (to the level it reached,
             the last time to ``z_0``), or ``before`` every step, after its ``step_pastes`` (to the level the step
-            starts from; none after the last step: the official RegionDrag order, ``drag.py:143-146``).
+            starts from; none after the last step: the official RegionDrag order, ``drag.py:144-146``).
         handle_noise: cells of the starting latent re-noised before sampling, or None.
         kv_layers: self-attention layers that record / inject K/V: ``decoder`` (up blocks) or ``all``.
         schedule: ``schedule(scheduler, steps)`` builds the time grid of both passes (default: the model's DDIM

@@ -625,7 +625,7 @@ def _polygon_official(canvas: Canvas, hv: np.ndarray, tv: np.ndarray, grid: Grid
 
 def _idw(query: torch.Tensor, anchors: torch.Tensor, values: torch.Tensor, k: int, power: int = 2) -> torch.Tensor:
     """Inverse-distance weighting (Shepard 1968) over the ``k`` nearest anchors, weights ``1/distᵖ``
-    (``power`` 2; 1 in the official RegionDrag ``interpolate_points``, ``ui_utils.py:488-508``).
+    (``power`` 2; 1 in the official RegionDrag ``interpolate_points``, ``ui_utils.py:420-525``).
 
     Args:
         query: ``(N, 2)`` positions; anchors: ``(M, 2)``; values: ``(M, 2)``; all float64.
@@ -659,7 +659,7 @@ def points_map(
 
     The displacement field is inverse-distance weighted (Shepard 1968) over the ``k`` nearest handles,
     ``d(p) = Σ wᵢ dᵢ / Σ wᵢ`` with ``wᵢ = 1/|p − hᵢ|²`` (``rules="dragsdk"``) or ``1/|p − hᵢ|`` (``"official"``,
-    ``ui_utils.py:504-506``; exact at a handle in both), ``dᵢ = tᵢ − hᵢ`` in cells
+    ``ui_utils.py:420-525``; exact at a handle in both), ``dᵢ = tᵢ − hᵢ`` in cells
     (RegionDrag arXiv 2407.18247 §3; dossier §1.1, ``region_to_points``: 4 nearest, at most 100 handles).
 
     1. *Forward*: every region cell ``p`` goes to the cell ``round(p + d(p))``; where several land on one

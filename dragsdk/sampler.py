@@ -203,7 +203,7 @@ class GuidedSampler:
             for sp in plan.step_pastes:  # before the step: copies from the inversion latent of this step
                 if sp.active(t):
                     z = sp.paste.apply(z, trajectory.latents[i])
-            if keep is not None and plan.outside_reset == "before":  # official RegionDrag order (drag.py:143-146)
+            if keep is not None and plan.outside_reset == "before":  # official RegionDrag order (drag.py:144-146)
                 z = torch.where(keep, trajectory.latents[i][:1].to(z), z)
             passes = plan.time_travel.get(i, 1) if i in guided else 1
             for p in range(passes):

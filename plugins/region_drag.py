@@ -1,21 +1,26 @@
 """Region drag: RegionDrag (Lu et al., ECCV 2024, arXiv 2407.18247), gradient-free and fast.
 
-Reimplemented from the paper and the dossier (``drag-landscape.md`` §1); the official repository has no licence
-and none of its code is used.
+Reimplemented from the paper, the dossier (``drag-landscape.md`` §1) and the parity audit against the official code
+(``shared/research/parity/regiondrag.md``); the official repository has no licence and none of its code is used.
+The default ``profile="official"`` computes what the official "Encode then CP" code computes, step by step, with
+its bugs fixed (:data:`PROFILES`; docs/modes/region-drag.md has the item-by-item table):
 
 1. Every input (region pairs, polygon pairs, a region plus a few handle → target points, or the dense point list of
-   DragBench-SR/DR) becomes one dense target → source map on the latent grid (:mod:`dragsdk.regions`): each target
-   cell gets exactly one source cell, so the target has no holes. Several pairs are merged; a later pair wins a cell.
-2. Cycle-SDE inversion (:mod:`dragsdk.cycle_sde`, SDE-Drag arXiv 2311.01410) over the last ``start_t·steps`` steps
-   (20 steps, start 0.5 → 10 forward steps to t = 451), recording every latent, the reverse noise, and the
-   self-attention K/V of **every** layer (encoder, mid, decoder).
+   DragBench-SR/DR) becomes one dense target → source map on the latent grid (:mod:`dragsdk.regions`, official
+   rules: truncation, boundary-inclusive polygon fill, 1/d weights): each target cell gets exactly one source cell.
+   Several pairs are merged; a later pair wins a cell.
+2. ``z0`` = a seeded VAE posterior sample; Cycle-SDE inversion (:mod:`dragsdk.cycle_sde`, SDE-Drag arXiv
+   2311.01410) of ``int(start_t·steps)`` steps on the official grid (:class:`~dragsdk.cycle_sde.RegionDragGrid`:
+   UNet at 100 … 550 for 20 steps, start 0.5), recording every latent, the reverse noise, and the self-attention
+   K/V of **every** layer (encoder, mid, decoder).
 3. The handle cells of the starting latent are re-noised, ``√(1−α²)·z + α·ε`` (α = ``handle_noise``).
-4. Before every denoising step at timestep ``t ≥ end_t·1000`` (an explicit timestep window; the official code
-   compares a step count with raw timesteps and so copies at every step), the target cells take the recorded
-   inversion latent of the same step at their source cells. After every step, the latent outside the editable mask
-   is reset to the inversion trajectory. K/V of every self-attention layer are replaced by the recorded ones at
-   every step (MasaCtrl-style swap, whole tensors). No CFG (scale 1, batch 1), no gradients.
-5. After decoding, the original pixels are composited back outside the mask (``composite``).
+4. Denoising at 549, 500, …, 100 (the official off-by-one at the first step; ``time_grid="recorded"`` uses 550).
+   Before every step inside the copy window (official: ``t ≥ int(end_t·steps)``, i.e. every step) the target cells
+   take the recorded inversion latent of the same step at their source cells; then the latent outside the editable
+   mask (nearest-resampled; the whole image when none is given) is reset to that inversion latent; none after the
+   last step. K/V of every self-attention layer are replaced by the recorded ones at every step (whole tensors).
+   No CFG (scale 1, batch 1), no gradients.
+5. Decode, truncate to uint8, and composite the original pixels back outside the pixel mask (``composite``).
 """
 
 from __future__ import annotations
@@ -429,10 +434,10 @@ class RegionDragMode(EditMode):
         grid = opt["time_grid"]
         if grid == "ddim":
             n_inv = min(n, max(1, round(spec.start_t * n)))
-        else:  # official drag.py:125 int(start_t·steps); all n steps would run the UNet past t = 999
+        else:  # official drag.py:126 int(start_t·steps); all n steps would run the UNet past t = 999
             n_inv = min(n - 1, max(1, int(spec.start_t * n)))
         start = n - n_inv
-        if opt["copy_window"] == "official":  # drag.py:136,143: a step count compared with raw timesteps
+        if opt["copy_window"] == "official":  # drag.py:137,144: a step count compared with raw timesteps
             min_t = int(spec.end_t * n)
             window = f"latent copy while t ≥ int(end_t·steps) = {min_t} (official: a step count against timesteps)"
         else:
