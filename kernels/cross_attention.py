@@ -85,8 +85,16 @@ class _LaunchConfig(NamedTuple):
     num_stages: int
 
 
+# Tile sizes measured on a GPU (``benchmarks/attention.py --tune``), keyed by
+# ``(compute capability major, BLOCK_D, dtype, backward)`` (shared memory differs between architectures);
+# consulted before the static table below. The tuning sweep fills it temporarily, one candidate at a time.
+_TUNED: dict[tuple[int, int, torch.dtype, bool], _LaunchConfig] = {}
+
+
 def _launch_config(d_block: int, device: torch.device, dtype: torch.dtype, backward: bool = False) -> _LaunchConfig:
-    """Static tile sizes (not autotuned: no GPU was available to tune them).
+    """Tile sizes: the measured table ``_TUNED`` on CUDA, else the static choice below.
+
+    The static sizes were chosen without a GPU.
 
     Chosen so that every kernel compiles for sm_80 / sm_86 / sm_90 within 99 KiB of shared memory for
     fp16 / bf16 / fp32 (checked with an ahead-of-time compile, see ``docs/kernels.md``). float64 on CUDA uses
@@ -94,6 +102,9 @@ def _launch_config(d_block: int, device: torch.device, dtype: torch.dtype, backw
     """
     if device.type != "cuda":
         return _LaunchConfig(32, 32, 4, 1)
+    tuned = _TUNED.get((torch.cuda.get_device_capability(device)[0], d_block, dtype, backward))
+    if tuned is not None:
+        return tuned
     if dtype == torch.float64:
         return _LaunchConfig(16, 16, 4, 1)
     if dtype == torch.float32:

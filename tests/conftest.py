@@ -8,12 +8,19 @@ from pathlib import Path
 # Tests never read or write the user's cache (measured backend table, exported ONNX graphs).
 os.environ.setdefault("DRAGSDK_CACHE_DIR", tempfile.mkdtemp(prefix="dragsdk-test-cache-"))
 
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 # Triton fixes interpreter mode when kernels are defined (first import): without a CUDA device the kernels
 # must run in the CPU interpreter, so set it before anything imports dragsdk.kernels.
-if os.environ.get("TRITON_INTERPRET") is None and not (shutil.which("nvidia-smi") and os.path.exists("/dev/nvidia0")):
+if os.environ.get("TRITON_INTERPRET") is None and not (shutil.which("nvidia-smi") and _cuda_available()):
     os.environ["TRITON_INTERPRET"] = "1"
 
-import pytest
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
