@@ -39,7 +39,15 @@ import torch
 from .attention import AttentionController
 from .inversion import DDIMSchedule, UNetCounter, ddim_step
 
-__all__ = ["RegionDragGrid", "cycle_sde_invert", "cycle_sigma", "forward_step", "inversion_generator", "reverse_noise", "reverse_step"]
+__all__ = [
+    "RegionDragGrid",
+    "cycle_sde_invert",
+    "cycle_sigma",
+    "forward_step",
+    "inversion_generator",
+    "reverse_noise",
+    "reverse_step",
+]
 
 _SEED_SALT = 0x5DE_C7C1
 """Mixed into the edit seed for the inversion noise, so it never repeats the sampler's draws (handle noise)."""
@@ -202,7 +210,8 @@ def cycle_sde_invert(
     """Cycle-SDE inversion of ``z0`` over sampling steps ``start … n−1`` (``n = len(schedule)``).
 
     Step ``i`` runs from ``latents[i+1]`` (``latents[n] = z0``, at the schedule's last ``ᾱ_prev``) to ``latents[i]``
-    at the levels of ``schedule.inversion_step(i)`` (timestep ``t_i``), evaluating the UNet once at ``(latents[i], t_i)`` conditioned on ``cond`` only (no CFG) and
+    at the levels of ``schedule.inversion_step(i)`` (timestep ``t_i``), evaluating the UNet once at
+    ``(latents[i], t_i)`` conditioned on ``cond`` only (no CFG) and
     recording the controller's bank layers there when ``i`` is in ``kv_steps``.
 
     Args:
