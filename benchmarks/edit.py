@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     runs.append((time.perf_counter() - t0, res.report, bool(torch.isfinite(res.latent).all())))
                 # A second edit of the same image with other target points: the last timed run's inversion is
                 # reused (the report says whether it was).
-                second = _moved(spec)
                 reused = []
                 for _ in range(args.repeats if edit == "drag" and not reference else 0):
+                    second = _moved(spec)
                     if device == "cuda":
                         torch.cuda.synchronize()
                     t0 = time.perf_counter()

@@ -170,7 +170,6 @@ def edits(run: Run, rehearse: bool, configs: list[str], resolution: int, drag_st
 
 def backends_bench(rehearse: bool) -> dict[str, Any]:
     """``dragsdk backends --bench`` as a function, then what ``auto`` picks for a drag and a region drag."""
-    import torch
 
     from dragsdk import Editor
     from dragsdk.backends.select import bench_backends
@@ -179,7 +178,8 @@ def backends_bench(rehearse: bool) -> dict[str, Any]:
     reg = get_registry()
     res = 128 if rehearse else 512
     editor = Editor(model(rehearse), registry=reg)
-    names = [n for n in reg.backends if n != "onnx" or not torch.cuda.is_available()]
+    ort_cuda = "CUDAExecutionProvider" in environment().get("onnxruntime_providers", [])
+    names = ["eager"] if rehearse else [n for n in reg.backends if n != "onnx" or ort_cuda]
     entry = bench_backends(editor.model, res, steps=4, names=names, registry=reg)
     picks = {}
     for kind, grads, kv in (("drag", True, ["concat"]), ("region-drag", False, ["replace"])):
