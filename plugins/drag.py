@@ -98,7 +98,7 @@ class DragMode(EditMode):
         return EditPlan(
             edit_mask=edit_latent,
             energies=energies,
-            energy_scale=spec.energy_scale * 1000.0,
+            energy_scale=spec.energy_scale,
             guidance_step=spec.guidance_step,
             guided_steps=guided,
             init=init,

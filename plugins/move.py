@@ -61,7 +61,7 @@ class MoveSpec(EditSpec):
     scale: float = Field(1.0, gt=0.0, le=10.0, description="scale about the object's centroid")
     fill_region: str | None = Field(None, description="region whose look fills the vacated area (mask); default: background")
     weights: MoveWeights = Field(default_factory=MoveWeights)
-    energy_scale: float = energy_scale_field(0.5, "λ/1000")
+    energy_scale: float = energy_scale_field(0.5)
     guidance_step: float = guidance_step_field(0.08, "c (0.08 for move)")
 
     _mask_ref = field_validator("mask", "fill_region", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
@@ -116,7 +116,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
     return EditPlan(
         edit_mask=placed_latent,
         energies=energies,
-        energy_scale=spec.energy_scale * 1000.0,
+        energy_scale=spec.energy_scale,
         guidance_step=spec.guidance_step,
         guided_steps=guided,
         init=[LatentPaste(lmap.target_rows, lmap.target_cols, lmap.source_rows, lmap.source_cols)],
