@@ -60,6 +60,7 @@ class AppearanceMode(EditMode):
     name = "appearance"
     spec_model = AppearanceSpec
     description = "give an object the appearance of an object in a reference image (DragonDiffusion)"
+    unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
     def plan(self, spec: AppearanceSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         from dragsdk.io import load_image

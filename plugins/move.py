@@ -78,8 +78,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
     shift = (spec.dx, spec.dy)
     fmap = placement_map(canvas, obj, spec.scale, shift, "feature")
     lmap = placement_map(canvas, obj, spec.scale, shift, "latent")
-    gw, gh = canvas.feature_size
-    grid_hw = (gh, gw)
+    grid = canvas.feature_size
     org = canvas.mask_to_grid(obj, "feature")
     cur = fmap.target_mask()
     other = ~(cur | org)
@@ -90,7 +89,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
     tcells, scells = (fmap.target_rows, fmap.target_cols), (fmap.source_rows, fmap.source_cols)
 
     def edit(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
-        return correspondence_energy(w.edit, local_similarity(c, r, tcells, scells, grid_hw)).mean()
+        return correspondence_energy(w.edit, local_similarity(c, r, tcells, scells, grid)).mean()
 
     def content(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
         return correspondence_energy(w.content, region_similarity(c, r, other)).mean()

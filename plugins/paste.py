@@ -66,6 +66,7 @@ class PasteMode(EditMode):
     name = "paste"
     spec_model = PasteSpec
     description = "paste an object from a reference image onto the base image (DiffEditor object pasting)"
+    unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
     def plan(self, spec: PasteSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         canvas = ctx.canvas
