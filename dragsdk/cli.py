@@ -152,12 +152,22 @@ def mask(
 def modes(json_out: Annotated[bool, typer.Option("--json", help="JSON with each mode's schema")] = False) -> None:
     """List the installed edit modes."""
     reg = _registry()
-    items = [m.describe() for m in reg.modes.values()]
+    items, broken = [], [f"{f.name} ({f.stage}): {f.error.splitlines()[0]}" for f in reg.failures
+                         if f.stage == "dragsdk_register_modes"]
+    for name, m in reg.modes.items():
+        try:
+            items.append(m.describe())
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # one broken mode never hides the others
+            broken.append(f"{name}: describe() failed: {type(e).__name__}: {e}")
     if json_out:
         _print_json(items)
     else:
         for m in items:
             typer.echo(f"{m['name']:<14} {m['description']}")
+    for line in broken:
+        typer.secho(f"FAILED {line}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()
@@ -178,6 +188,7 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="JSON output")
     data = {
         "plugins": [vars(p) for p in reg.plugins.values()],
         "failures": [vars(f) for f in reg.failures],
+        "overrides": [vars(o) for o in reg.overrides],
     }
     if json_out:
         _print_json(data)
@@ -185,6 +196,9 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="JSON output")
     for p in data["plugins"]:
         what = ", ".join([f"mode {m}" for m in p["modes"]] + [f"backend {b}" for b in p["backends"]])
         typer.echo(f"{p['name']:<14} {p['module']:<28} {what}")
+    for o in data["overrides"]:
+        typer.secho(f"OVERRIDE {o['kind']} {o['name']}: plugin {o['plugin']} replaces the built-in {o['replaces']} "
+                    "(DRAGSDK_OVERRIDE)", fg=typer.colors.YELLOW)
     for f in data["failures"]:
         typer.secho(f"FAILED {f['name']} ({f['stage']}): {f['error'].splitlines()[0]}", fg=typer.colors.YELLOW)
 
@@ -254,9 +268,13 @@ def bench(
     dift_ensemble: Annotated[int, typer.Option(help="DIFT noise draws averaged (protocol: 8)")] = 8,
     ray: Annotated[bool, typer.Option("--ray", help="spread samples over Ray actors (optionally give ADDRESS after it)")] = False,
     actors: Annotated[int | None, typer.Option(help="Ray actors (default one per GPU, else one per CPU)")] = None,
+    allow_outside_paths: Annotated[bool, typer.Option(
+        "--allow-outside-paths", help="let a folder dataset's specs name files outside the dataset folder")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Edit and score every sample of a benchmark; resumable (run the same command again to continue)."""
+    """Edit and score every sample of a benchmark; resumable (run the same command again to continue).
+
+    One run at a time per --out folder: a second one on the same folder stops with a message."""
     from .errors import DragSDKError
     from .eval.bench import BenchConfig, run_bench
 
@@ -267,7 +285,7 @@ def bench(
             dataset=str(dataset), out=str(out), mode=mode, model=model, backend=backend, format=dataset_format,
             limit=limit, steps=steps, resolution=resolution, seed=seed,
             metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), dift_model=dift_model,
-            dift_ensemble=dift_ensemble,
+            dift_ensemble=dift_ensemble, allow_outside_paths=allow_outside_paths,
         )
         result = run_bench(config, progress=not quiet, ray=ray, ray_address=address, actors=actors, echo=typer.echo)
     except (DragSDKError, ImportError) as e:
@@ -286,14 +304,28 @@ def ui(
         help="folder searched for DragBench / Drag100 samples (repeatable; default ../shared/data and examples)")] = None,
     steps: Annotated[int | None, typer.Option(help="steps the page starts with (default: the mode's)")] = None,
     resolution: Annotated[int | None, typer.Option(help="working resolution the page starts with")] = None,
+    max_steps: Annotated[int, typer.Option(help="most sampling steps one edit may use")] = 100,
+    max_resolution: Annotated[int, typer.Option(help="highest working resolution one edit may use")] = 1024,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload, megabytes")] = 20.0,
+    max_megapixels: Annotated[float, typer.Option(help="largest uploaded or opened image, megapixels")] = 40.0,
+    max_run_seconds: Annotated[float, typer.Option(
+        help="an edit stops after the step that passes this many seconds")] = 120.0,
+    queue_size: Annotated[int, typer.Option(help="runs that may wait for the run slot")] = 16,
 ) -> None:
-    """Open the interactive editor in the browser: click points, brush masks, run, download (needs the ui extra)."""
+    """Open the interactive editor in the browser: click points, brush masks, run, download (needs the ui extra).
+
+    The sample box opens only samples under the --samples folders; the --max-* flags cap what one request may ask."""
     from .errors import DragSDKError
 
     try:
         from .ui.app import build_app, launch
+        from .ui.state import UILimits
     except ImportError as e:
         _fail(f"the browser editor needs Gradio: pip install 'dragsdk[ui]' ({e})")
+    try:
+        limits = UILimits(max_steps, max_resolution, max_upload_mb, max_megapixels, max_run_seconds, queue_size)
+    except ValueError as e:
+        _fail(str(e))
     roots = samples if samples else [p for p in (Path("../shared/data"), Path("examples")) if p.is_dir()]
     try:
         from .editor import Editor
@@ -302,7 +334,8 @@ def ui(
     except DragSDKError as e:
         _fail(str(e))
     typer.echo(f"dragsdk ui: model {model}, backend {backend}; the page's address follows (Ctrl+C stops)")
-    launch(build_app(editor, sample_roots=roots, steps=steps, resolution=resolution), host=host, port=port)
+    launch(build_app(editor, sample_roots=roots, steps=steps, resolution=resolution, limits=limits), host=host,
+           port=port)
 
 
 def main() -> None:

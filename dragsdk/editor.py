@@ -159,10 +159,12 @@ class Editor:
 
     # -- backends ------------------------------------------------------------------------------------------
     def _check_backend(self, name: str) -> Any:
+        from dragsdk.backends.select import availability
+
         backends = self.registry.backends
         if name not in backends:
             raise BackendUnavailableError(f"backend {name!r} is not registered; registered: {sorted(backends)}")
-        ok, why = backends[name].availability()
+        ok, why = availability(backends[name])
         if not ok:
             raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
         return backends[name]
