@@ -114,12 +114,26 @@ def test_a_mode_that_leaves_the_sampler_entries_unset_gets_the_settings_the_buil
 
 
 def test_a_declared_setting_that_is_not_a_sampler_field_is_an_authoring_error(registry):
+    from dragsdk import hookimpl
+
     mode = registry.modes["copy-rect"]
-    bogus = type("Bogus", (type(mode),), {"unsupported_settings": frozenset({"shedule"})})()
+    bogus = type("Bogus", (type(mode),), {"unsupported_settings": frozenset({"shedule"}), "name": "bogus"})()
     spec = mode.spec_model.model_validate(_spec_dict("copy-rect"))
     img = Image.open(BASE).convert("RGB")
     with pytest.raises(ValueError, match="shedule"):
         build_plan(bogus, spec, PlanContext(Canvas.fit(img.size, 256), img, 20))
+
+    class Plugin:
+        @hookimpl
+        def dragsdk_register_modes(self, register):
+            register(bogus)
+
+    registry.register_plugin(Plugin(), "bogus")
+    try:
+        assert "bogus" not in registry.modes
+        assert any("shedule" in f.error for f in registry.failures)
+    finally:
+        registry.unregister_plugin("bogus")
 
 
 @pytest.mark.parametrize("mode", ["drag", "move", "resize", "appearance", "paste", "rotate"])
