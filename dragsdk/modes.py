@@ -137,7 +137,8 @@ class EditMode(ABC):
         """
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "description": self.description, "schema": self.spec_model.model_json_schema()}
+        return {"name": self.name, "description": self.description, "schema": self.spec_model.model_json_schema(),
+                "unsupported_settings": sorted(self.unsupported_settings)}
 
     def resolve_paths(self, spec: dict[str, object], base: Path) -> dict[str, object]:
         """Make file references of a spec read from a file in ``base`` absolute (the CLI calls this; the top-level

@@ -95,6 +95,7 @@ def test_every_sampler_setting_takes_effect_for_every_mode_or_is_refused_naming_
         with pytest.raises(SpecError) as e:
             _plan(registry, changed)
         assert e.value.field == f"sampler.{setting}"
+        assert setting in registry.modes[mode].describe()["unsupported_settings"]
         # Sending the default value is not setting it: a host may always send the full defaults.
         default = getattr(registry.modes[mode].spec_model.model_fields["sampler"].default_factory(), setting)
         value = default.model_dump() if isinstance(default, BaseModel) else default
