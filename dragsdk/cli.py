@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Drag-style editing of real images with diffusion models.")
+_state = {"debug": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="show the Python traceback of an error (or DRAGSDK_DEBUG=1)")] = False,
+) -> None:
+    _state["debug"] = debug
 
 
 def _registry() -> Any:
@@ -25,6 +36,43 @@ def _print_json(obj: Any) -> None:
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+    """An error as one line of at most 1000 characters; an OSError names its file."""
+    if isinstance(e, OSError) and not str(e).startswith(("out:", "report:")) and e.filename is not None:
+        text = f"{e.filename}: {e.strerror or e}"
+    elif isinstance(e, RecursionError):
+        text = "the input is nested too deeply"
+    else:
+        text = str(e) or type(e).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= 1000 else text[:1000] + "…"
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """User mistakes (dragsdk errors, invalid spec fields, unreadable or unwritable files) end the command with one
+    line on stderr and exit status 2; with ``--debug`` (or ``DRAGSDK_DEBUG=1``) they propagate with the traceback."""
+    from pydantic import ValidationError
+
+    from .errors import DragSDKError
+
+    debug = _state["debug"] or os.environ.get("DRAGSDK_DEBUG", "") not in ("", "0")
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except ValidationError as e:
+        if debug:
+            raise
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        _fail(f"spec field {loc}: {first['msg']} ({e.error_count()} error(s))")
+    except (DragSDKError, OSError, UnicodeError, RecursionError) as e:
+        if debug:
+            raise
+        _fail(_one_line(e))
 
 
 @app.command()
@@ -44,55 +92,51 @@ def edit(
     reference: Annotated[Path | None, typer.Option(help="reference image (appearance, paste)")] = None,
     out: Annotated[Path, typer.Option(help="edited image path")] = Path("edited.png"),
     report: Annotated[Path | None, typer.Option(help="write the report JSON here")] = None,
+    trace: Annotated[Path | None, typer.Option(help="write the per-step trace (.npz: timestep, latent before / "
+                                                    "after, energies, guidance norm) here")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Edit an image with a spec, or a benchmark sample with its own points and mask."""
-    from pydantic import ValidationError
-
-    from .errors import DragSDKError
+    from .io import check_outputs, load_image
     from .samples import detect_sample, load_sample
+    from .specfile import input_files, read_spec_file
 
-    try:
-        protect: tuple[Path, ...] = ()
+    with _user_errors():
+        if not input.exists():
+            _fail(f"{input}: no such image or sample folder")
+        protect: list[Path] = []
+        spec_obj: dict[str, Any] | None = None
         if input.is_dir():
             if detect_sample(input) is None and spec is None:
                 _fail(f"{input} is a folder but not a DragBench or Drag100 sample; give an image and --spec")
             image_path, spec_obj = load_sample(input)
-            protect = tuple(p for p in input.iterdir() if p.is_file())
+            protect += [p for p in input.iterdir() if p.is_file()]
         else:
             if spec is None:
                 _fail("an image input needs --spec SPEC.json (or give a sample folder)")
-            image_path, protect = input, (input,)
-            spec_obj = None
+            image_path = input
+            protect.append(input)
         if spec is not None:
-            spec_obj = json.loads(spec.read_text())
-            protect = (*protect, spec)
-            if isinstance(spec_obj.get("mask"), str) and not spec_obj["mask"].startswith("data:"):
-                mask_path = Path(spec_obj["mask"])
-                spec_obj["mask"] = str(mask_path if mask_path.is_absolute() else spec.parent / mask_path)
+            spec_obj = read_spec_file(spec)
+            protect.append(spec)
         assert spec_obj is not None
         if reference is not None:
             spec_obj["reference"] = str(reference)
-            protect = (*protect, reference)
-        elif isinstance(spec_obj.get("reference"), str) and spec is not None and not Path(spec_obj["reference"]).is_absolute():
-            spec_obj["reference"] = str(spec.parent / spec_obj["reference"])
-        for key in ("reference_mask", "fill_region"):
-            value = spec_obj.get(key)
-            if isinstance(value, str) and not value.startswith("data:") and spec is not None and not Path(value).is_absolute():
-                spec_obj[key] = str(spec.parent / value)
+            protect.append(reference)
         registered = _registry().modes
-        if spec is not None and spec_obj.get("mode") in registered:
-            spec_obj = registered[spec_obj["mode"]].resolve_paths(spec_obj, spec.parent)
         if mode is not None and spec_obj.get("mode") != mode:
             if mode not in registered:
                 _fail(f"unknown mode {mode!r}; installed modes are {sorted(registered)}")
             spec_obj = registered[mode].convert_spec(spec_obj, input if input.is_dir() else None)
-        sampler = dict(spec_obj.get("sampler", {}))
+        sampler = dict(spec_obj.get("sampler") or {})
         for key, value in (("steps", steps), ("seed", seed), ("resolution", resolution)):
             if value is not None:
                 sampler[key] = value
         spec_obj["sampler"] = sampler
+        protect += input_files(spec_obj)
+        check_outputs({"out": out, "report": report}, tuple(protect))
+        image = load_image(image_path)  # decoded (and refused) before the model loads
 
         from .editor import Editor
         from .models import parse_lora_arg
@@ -101,14 +145,10 @@ def edit(
         editor = Editor.from_pretrained(model, backend=backend)
         for path, scale in loras:
             editor.load_lora(path, scale)
-        result = editor.edit(image_path, spec_obj, progress=not quiet)
-        result.save(out, report, protect=protect)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        _fail(f"spec field {loc}: {first['msg']} ({e.error_count()} error(s))")
-    except (DragSDKError, json.JSONDecodeError) as e:
-        _fail(str(e))
+        if trace is not None and trace.resolve() in {Path(p).resolve() for p in protect}:
+            _fail(f"--trace {trace} is one of the inputs; refusing to overwrite it")
+        result = editor.edit(image, spec_obj, progress=not quiet, trace=trace)
+        result.save(out, report, protect=tuple(protect))
     r = result.report
     if json_out:
         typer.echo(r.model_dump_json(indent=2))
@@ -132,16 +172,14 @@ def mask(
     import numpy as np
     from PIL import Image
 
-    from .errors import DragSDKError
-    from .io import save_image_atomic
+    from .io import check_outputs, save_image_atomic
 
-    try:
+    with _user_errors():
+        check_outputs({"out": out}, (image,))
         from .editor import Editor
 
         m = Editor.from_pretrained(model).suggest_mask(image, (x, y), prompt=prompt, threshold=threshold)
         save_image_atomic(Image.fromarray((m * 255).astype(np.uint8), "L"), out, protect=(image,))
-    except DragSDKError as e:
-        _fail(str(e))
     ys, xs = np.nonzero(m)
     info = {"out": str(out), "area_px": int(m.sum()), "fraction": float(m.mean()),
             "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None}
@@ -275,21 +313,21 @@ def bench(
     """Edit and score every sample of a benchmark; resumable (run the same command again to continue).
 
     One run at a time per --out folder: a second one on the same folder stops with a message."""
-    from .errors import DragSDKError
     from .eval.bench import BenchConfig, run_bench
 
     if address is not None and not ray:
         _fail(f"unexpected argument {address!r} (a Ray address goes after --ray)")
-    try:
+    with _user_errors():
         config = BenchConfig(
             dataset=str(dataset), out=str(out), mode=mode, model=model, backend=backend, format=dataset_format,
             limit=limit, steps=steps, resolution=resolution, seed=seed,
             metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), dift_model=dift_model,
             dift_ensemble=dift_ensemble, allow_outside_paths=allow_outside_paths,
         )
-        result = run_bench(config, progress=not quiet, ray=ray, ray_address=address, actors=actors, echo=typer.echo)
-    except (DragSDKError, ImportError) as e:
-        _fail(str(e))
+        try:
+            result = run_bench(config, progress=not quiet, ray=ray, ray_address=address, actors=actors, echo=typer.echo)
+        except ImportError as e:
+            _fail(str(e))
     typer.echo(f"{result.ran} sample(s) run, {result.skipped} already done; results {result.paths['results']}, "
                f"report {result.paths['report']}")
 

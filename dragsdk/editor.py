@@ -22,8 +22,8 @@ from .concurrency import model_lock
 from .errors import BackendUnavailableError, NonFiniteError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
-from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert
-from .io import load_image, save_image_atomic, write_text_atomic
+from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
+from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
 from .models import ModelBundle, bundle_from_pipe, load_model
 from .modes import PlanContext, build_plan
 from .plan import EditPlan
@@ -53,10 +53,18 @@ class EditResult:
 
     def save(self, path: str | os.PathLike[str], report: str | os.PathLike[str] | None = None,
              protect: tuple[Path, ...] = ()) -> None:
-        """Write the image (and the report JSON) atomically, never over a protected input."""
+        """Write the image (and the report JSON) atomically, never over a protected input.
+
+        Both destinations are checked before either is written (:func:`dragsdk.io.check_outputs`).
+
+        Raises:
+            SpecError: (``out`` / ``report``) a protected input, a folder, or the same file for both.
+            OutputError: a file could not be written (nothing partial is left).
+        """
+        check_outputs({"out": path, "report": report}, protect)
         save_image_atomic(self.image, path, protect)
         if report is not None:
-            write_text_atomic(self.report.model_dump_json(indent=2), report, protect)
+            write_text_atomic(self.report.model_dump_json(indent=2), report, protect, field="report")
 
 
 class Editor:
@@ -198,8 +206,8 @@ class Editor:
         w, h = canvas.size
         return self.processor.preprocess(image, height=h, width=w)
 
-    def resolve_spec(self, spec: EditSpec | dict[str, Any] | str) -> EditSpec:
-        """Validate a spec given as a model, a dict or JSON text."""
+    def resolve_spec(self, spec: EditSpec | dict[str, Any] | str | os.PathLike[str]) -> EditSpec:
+        """Validate a spec given as a model, a dict, JSON text or a spec file path (:func:`spec_from_json`)."""
         if isinstance(spec, EditSpec):
             return spec
         return spec_from_json(spec, self.registry.spec_models())
@@ -208,17 +216,21 @@ class Editor:
     def edit(
         self,
         image: str | os.PathLike[str] | Image.Image | np.ndarray,
-        spec: EditSpec | dict[str, Any] | str,
+        spec: EditSpec | dict[str, Any] | str | os.PathLike[str],
         progress: bool = False,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        trace: str | os.PathLike[str] | None = None,
     ) -> EditResult:
         """Run one edit.
 
         Args:
-            image: the base image (path, PIL image or ``(H, W, 3)`` uint8 array).
-            spec: the edit (any registered mode).
+            image: the base image (path, PIL image or array; decoded by :func:`dragsdk.io.load_image`: EXIF
+                orientation, 16-bit and float data scaled, size capped by ``DRAGSDK_MAX_MEGAPIXELS``).
+            spec: the edit (any registered mode): a spec model, a dict, JSON text or the path of a spec file.
             progress: show a progress bar over inversion and sampling steps.
             callback: ``callback(i, t, z)`` after each sampling step.
+            trace: write the per-pass trace (timestep, latent before / after, energies, guidance norm) to this
+                ``.npz`` path, atomically (:mod:`dragsdk.trace`).
 
         Thread safety: one Editor may be called from many threads, and several Editors may share one model. The
         model-using part (encoding, inversion, sampling, decoding) runs under a per-model re-entrant lock
@@ -227,8 +239,8 @@ class Editor:
         only by an edit that finished; the host's attention processors and scheduler are left as they were.
 
         Raises:
-            SpecError: invalid geometry for this image (the field is named); pydantic ``ValidationError`` for
-                invalid field values.
+            SpecError: invalid geometry for this image, an unreadable image or spec (the field is named);
+                pydantic ``ValidationError`` for invalid field values.
             BackendUnavailableError: no backend can run the edit here.
             NonFiniteError: the latent went NaN or ±inf (the phase and step are named); nothing is returned.
         """
@@ -246,7 +258,7 @@ class Editor:
         backend, reason = self.select_backend(plan, canvas.size)
         with model_lock(self.model):
             edited, out, traj, reused, phases, counter, peak, kind = self._run(
-                img, spec, plan, canvas, backend, progress, callback
+                img, spec, plan, canvas, backend, progress, callback, trace is not None
             )
             if not reused:  # only a finished edit's inversion is kept for the next one
                 self._trajectory = traj
@@ -257,13 +269,22 @@ class Editor:
             working_size=canvas.size, steps=s.steps, seed=s.seed, phase_seconds=phases,
             unet_evaluations=counter.to_dict(), inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
-            peak_memory_bytes=peak, peak_memory_kind=kind, notes=list(plan.notes), mask_proposed=ctx.mask_proposed,
+            peak_memory_bytes=peak, peak_memory_kind=kind, mask_proposed=ctx.mask_proposed,
+            notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size)])],
+            profile=plan.profile, profile_options=list(plan.profile_options),
         )
+        if trace is not None:
+            from .trace import write_trace
+
+            meta = {"mode": spec.mode, "profile": plan.profile, "profile_options": list(plan.profile_options),
+                    "model": self.model.name, "backend": backend.name, "steps": s.steps, "seed": s.seed,
+                    "working_size": list(canvas.size), "rollback_timesteps": out.rollback_timesteps}
+            write_trace(trace, out.trace, meta)
         return EditResult(edited, out.latent, report, spec, plan)
 
     def _run(
         self, img: Image.Image, spec: EditSpec, plan: EditPlan, canvas: Canvas, backend: Any, progress: bool,
-        callback: Callable[[int, int, torch.Tensor], None] | None,
+        callback: Callable[[int, int, torch.Tensor], None] | None, trace: bool = False,
     ) -> tuple[Image.Image, SamplerOutput, Trajectory, bool, dict[str, float], UNetCounter, int, str]:
         """The model-using part of :meth:`edit`; the caller holds the model's lock. Never writes the cache."""
         s = spec.sampler
@@ -299,9 +320,12 @@ class Editor:
             schedule = DDIMSchedule(self.model.scheduler, s.steps)
             kv_steps = set(plan.kv.steps()) if plan.kv else set()
             feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
+            if plan.step0_reference == "init":  # the first step's reference is the pasted start latent itself
+                feature_steps.discard(plan.start_step)
             key = (self._image_key(img), spec.prompt, *(self._image_key(r.image) + r.prompt for r in plan.references), s.steps, canvas.size, tuple(sorted(kv_steps)),
                    tuple(sorted(feature_steps)), self.model.name)
-            key = (*key, plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None)
+            key = (*key, plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None,
+                   plan.reference_features)
             t0 = time.perf_counter()
             cached = self._trajectory
             reused = cached is not None and cached.key == key
@@ -323,10 +347,14 @@ class Editor:
                         inversion_generator(s.seed), on_step=lambda i: bar.update(1),
                     )
                 else:
+                    recorded = plan.reference_features == "recorded"
                     latents, feats = invert(
-                        unet_call, z0, cond_bank, schedule, controller, tap, kv_steps, feature_steps, counter,
-                        on_step=lambda i: bar.update(1),
+                        unet_call, z0, cond_bank, schedule, controller, tap, kv_steps,
+                        feature_steps if recorded else set(), counter, on_step=lambda i: bar.update(1),
                     )
+                    if not recorded and feature_steps:
+                        feats = reference_features(unet_call, latents, cond_bank, schedule, controller, tap,
+                                                   feature_steps, counter)
                 _check_finite(latents[plan.start_step], "inversion", plan.start_step, schedule.timesteps[plan.start_step])
                 traj = Trajectory(schedule, latents, controller.bank, feats, cond_bank, key, noises=noises)
             controller.bank = traj.bank
@@ -343,7 +371,8 @@ class Editor:
                 if callback:
                     callback(i, t, z)
 
-            out = sampler.run(traj, plan, torch.cat([uncond, cond_text]), cond_text, s.guidance_scale, generator, on_step)
+            out = sampler.run(traj, plan, torch.cat([uncond, cond_text]), cond_text, s.guidance_scale, generator, on_step,
+                              trace=trace)
             phases["sample"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()

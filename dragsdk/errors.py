@@ -56,3 +56,7 @@ class NonFiniteError(DragSDKError, ArithmeticError):
             f"the latent became NaN or infinite during {where}; nothing was written. Lower energy_scale, "
             "guidance_step, the weights or guidance_scale, or run in float32"
         )
+
+
+class OutputError(DragSDKError, OSError):
+    """An output file could not be written (a read-only folder, a full disk); nothing partial is left behind."""

@@ -167,6 +167,18 @@ class EditPlan:
             of the same level.
         handle_noise: cells of the starting latent re-noised before sampling, or None.
         kv_layers: self-attention layers that record / inject K/V: ``decoder`` (up blocks) or ``all``.
+        reference_features: where the energies' reference features at sampling step ``i`` come from:
+            ``inverted`` = ``F(z^inv_{t_i}, t_i)``, the inverted latent at the sampled latent's own level, computed
+            by truncated no-grad forwards after the inversion (the official estimator, ``Sampler.py:255-260``);
+            ``recorded`` = ``F(z^inv_{t_{i+1}}, t_i)``, taken in the inversion call that produces ``z_{t_i}`` (no
+            extra forward, one DDIM step off).
+        step0_reference: ``init`` = the reference at the first sampling step is the starting latent after the
+            plan's ``init`` pastes (the official drag, whose handle→target copy is written into the very tensor the
+            estimator reads, ``utils.py:149``, ``model.py:284``); ``inversion`` = as every other step.
+        rollback_at: timestep of the time-travel roll-back UNet call ``z_{t_prev} → z_t``: ``prev`` = the level of
+            its input ``t_prev`` (official ``Sampler.py:136-144``), ``t`` = the target level (as the inversion).
+        profile: the spec's profile label, for the report.
+        profile_options: the improvements the profile enables, for the report.
     """
 
     edit_mask: torch.Tensor
@@ -188,6 +200,11 @@ class EditPlan:
     follow_outside: bool = False
     handle_noise: HandleNoise | None = None
     kv_layers: Literal["decoder", "all"] = "decoder"
+    reference_features: Literal["inverted", "recorded"] = "recorded"
+    step0_reference: Literal["inversion", "init"] = "inversion"
+    rollback_at: Literal["prev", "t"] = "t"
+    profile: str = ""
+    profile_options: tuple[str, ...] = ()
 
     @property
     def needs_gradients(self) -> bool:

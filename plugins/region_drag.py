@@ -218,15 +218,19 @@ def spec_from_sample(
             raise SpecError("meta_data_region.pkl", "expected a dict with 'prompt', 'points' and 'mask'")
         try:
             pts = np.asarray(meta["points"], dtype=np.float64).reshape(-1, 2)
-        except (TypeError, ValueError) as e:
-            raise SpecError("meta_data_region.pkl:points", f"expected [x, y] points: {e}") from None
+        except (TypeError, ValueError):
+            raise SpecError("meta_data_region.pkl:points", "expected a flat list of [x, y] pixel points") from None
         out: dict[str, Any] = {
             "mode": "region-drag",
             "prompt": str(meta.get("prompt", "")).strip(),
             "dense_points": pts.tolist(),
         }
         if meta.get("mask") is not None:
-            out["mask"] = mask_to_data_url(np.asarray(meta["mask"]))
+            try:
+                mask = np.asarray(meta["mask"])
+            except (TypeError, ValueError):
+                raise SpecError("meta_data_region.pkl:mask", "expected an (H, W) array, 1 = editable") from None
+            out["mask"] = mask_to_data_url(mask, "meta_data_region.pkl:mask")
         return out
     if drag_spec is None:
         from dragsdk.samples import load_sample

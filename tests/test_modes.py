@@ -15,7 +15,7 @@ from dragsdk.errors import SpecError
 from dragsdk.features import FeatureTap
 from dragsdk.geometry import Canvas
 from dragsdk.io import load_mask
-from dragsdk.objects import centroid, paste_preview, placement_map
+from dragsdk.objects import centroid, official_placement_map, paste_preview, placement_map
 
 from .conftest import ROOT
 
@@ -110,8 +110,8 @@ def test_move_pulls_the_object_to_its_target_and_away_from_its_old_place(editor,
     probe = _probe_step(MoveSpec, data)
     canvas = Canvas.fit(Image.open(image).size, FAST["resolution"])
     obj = load_mask(mask)
-    fmap = placement_map(canvas, obj, 1.0, (48, 0), "feature")
-    vacated = canvas.mask_to_grid(obj, "feature") & ~fmap.target_mask()
+    fmap = official_placement_map(canvas, obj, 1.0, (48, 0), "feature")  # the default (official) profile's geometry
+    vacated = canvas.mask_to_grid(obj, "feature", method="nearest") & ~fmap.target_mask()
     pairs = ((fmap.target_rows, fmap.target_cols), (fmap.source_rows, fmap.source_cols))
 
     def measure(extra):

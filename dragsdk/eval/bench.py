@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DragSDKError, ModelNotFoundError, SpecError
-from ..io import atomic_write, write_text_atomic
+from ..io import atomic_write, read_json, write_text_atomic
 from .datasets import Sample, SampleRef, discover, load
 from .dift import DIFT_ENSEMBLE, DIFT_MODEL
 from .metrics import (
@@ -556,8 +556,13 @@ def lock_out(out: str | os.PathLike[str]) -> Iterator[Path]:
 def _check_run_file(out: Path, config: BenchConfig) -> None:
     path = out / RUN_FILE
     fp = config.fingerprint()
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+    if path.exists():
+        try:
+            old = read_json(path, RUN_FILE)
+        except SpecError as e:
+            raise SpecError("out", f"{path} is not a readable bench run file ({e}); delete it or choose another --out") from None
+        if not isinstance(old, dict):
+            raise SpecError("out", f"{path} is not a bench run file (a JSON object); delete it or choose another --out")
         diff = [f"{k}: {old.get(k)!r} → {v!r}" for k, v in fp.items() if old.get(k) != v]
         if diff and (out / RESULTS).is_file():
             raise SpecError("out", f"{out} holds a run with other settings ({'; '.join(diff)}); resume it with the "
@@ -607,6 +612,8 @@ def run_bench(
     refs = discover(config.dataset, config.format)
     if config.limit is not None:
         refs = refs[:config.limit]
+    if out.exists() and not out.is_dir():
+        raise SpecError("out", f"{out} is a file; bench --out is a folder (it holds results.jsonl, run.json, the report)")
     out.mkdir(parents=True, exist_ok=True)
     with lock_out(out):
         return _run_locked(config, out, refs, progress, ray, ray_address, actors, on_record, features, echo)

@@ -14,14 +14,14 @@ Layouts (``../shared/data/README.md``, dossier ``drag-landscape.md`` §1.4, §2.
   before the spec is validated: ``"category"`` and ``"eval_points"`` (``[[handle, target], ...]`` pixels that score
   the edit when the spec itself has no point pairs).
 
-Pickles are read only through :func:`dragsdk.io.restricted_load`. A sample that cannot be read (missing file,
+Pickles are read only through :func:`dragsdk.io.restricted_load` and JSON through :func:`dragsdk.io.read_json`
+(both capped at :func:`dragsdk.io.max_sample_bytes`). A sample that cannot be read (missing file,
 malformed pickle or JSON, a point off the image, a mask of the wrong size) is reported through ``on_error`` and
 skipped; it never ends the iteration.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,13 +30,12 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from ..errors import DragSDKError, SpecError
-from ..io import load_image, load_mask
+from ..io import load_image, load_mask, read_json
 
 FORMATS = ("dragbench", "dragbench-sr", "dragbench-dr", "drag100", "folder")
 """Dataset layouts :func:`discover` knows; ``auto`` detects one of them."""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-_PATH_KEYS = ("mask", "reference", "reference_mask", "fill_region", "region")
 
 
 class SampleRef(NamedTuple):
@@ -218,7 +217,7 @@ def _pairs(points: Any, field: str) -> list[list[list[float]]]:
     except (TypeError, ValueError) as e:
         if isinstance(e, SpecError):
             raise
-        raise SpecError(field, f"expected [x, y] points: {e}") from None
+        raise SpecError(field, "expected [x, y] pixel points") from None
 
 
 def _load_dragbench(ref: SampleRef) -> Sample:
@@ -251,10 +250,7 @@ def _load_region(ref: SampleRef) -> Sample:
 def _load_drag100(ref: SampleRef) -> Sample:
     from ..samples import load_sample
 
-    try:
-        image_path, spec = load_sample(ref.path)
-    except json.JSONDecodeError as e:
-        raise SpecError("points.json", f"not JSON: {e}") from None
+    image_path, spec = load_sample(ref.path)
     image = load_image(image_path)
     mask = load_mask(spec["mask"], "mask.png") if spec.get("mask") else None
     meta = {"dataset": ref.format, "category": ref.category, "source": str(ref.path), "prompt": "",
@@ -288,10 +284,7 @@ def _load_folder(ref: SampleRef, allow_outside: bool = False) -> Sample:
     if root is not None and not _inside(ref.path, root):
         raise SpecError(ref.path.name, f"is outside the dataset root {root} (a symbolic link?); allow it with "
                                        "--allow-outside-paths")
-    try:
-        obj = json.loads(ref.path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SpecError(ref.path.name, f"not JSON: {e}") from None
+    obj = read_json(ref.path)
     if not isinstance(obj, dict) or "mode" not in obj:
         raise SpecError(ref.path.name, "not an edit spec (a JSON object with a 'mode')")
     base = ref.path.parent if root is None else ref.path.parent.resolve()
@@ -336,17 +329,9 @@ def _pair_list(pair: Any) -> list[Any]:
 
 def _resolve_paths(spec: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative mask / reference paths made relative to the spec's folder (as ``dragsdk edit --spec`` does)."""
-    from ..registry import get_registry
+    from ..specfile import resolve_spec_paths
 
-    out = dict(spec)
-    for key in _PATH_KEYS:
-        v = out.get(key)
-        if isinstance(v, str) and not v.startswith("data:") and not Path(v).is_absolute():
-            out[key] = str(base / v)
-    modes = get_registry().modes
-    if out.get("mode") in modes:
-        out = modes[out["mode"]].resolve_paths(out, base)
-    return out
+    return resolve_spec_paths(spec, base)
 
 
 def _check(sample: Sample) -> None:
