@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import signal
 import tempfile
@@ -153,17 +154,32 @@ def parse_json(text: str | bytes, field: str, source: str = "", allow_nan: bool 
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as e:
             raise SpecError(field, f"{where}is not UTF-8 text (byte {e.start} is 0x{text[e.start]:02x})") from None
-    def refuse(literal: str) -> Any:
-        raise SpecError(field, f"{where}holds the JSON literal {literal}, which is not a finite number; give one")
-
     try:
-        value = json.loads(text) if allow_nan else json.loads(text, parse_constant=refuse)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise SpecError(field, f"{where}is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except RecursionError:
         raise SpecError(field, f"{where}is nested more than {MAX_JSON_DEPTH} levels deep") from None
     _check_depth(value, field, where)
+    if not allow_nan:
+        _refuse_non_finite(value, where)
     return value
+
+
+def _refuse_non_finite(value: Any, where: str) -> None:
+    """Raise :class:`SpecError` naming the first key path (``energy_scale``, ``points[0][1][0]``) that holds
+    ``NaN`` / ``Infinity`` / ``-Infinity``."""
+    todo: list[tuple[Any, str]] = [(value, "")]
+    while todo:
+        v, path = todo.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            literal = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+            raise SpecError(path or "spec", f"{where}holds the JSON literal {literal}, which is not a finite "
+                                            "number; give a finite one")
+        if isinstance(v, dict):
+            todo.extend((x, f"{path}.{k}" if path else str(k)) for k, x in v.items())
+        elif isinstance(v, list):
+            todo.extend((x, f"{path}[{i}]") for i, x in enumerate(v))
 
 
 def _check_depth(value: Any, field: str, where: str) -> None:

@@ -223,6 +223,8 @@ class GuidedSampler:
             for sp in plan.step_pastes:  # before the step: copies from the inversion latent of this step
                 if sp.active(t):
                     z = sp.paste.apply(z, trajectory.latents[i])
+            if keep is not None and plan.outside_reset == "before":  # official RegionDrag order (drag.py:144-146)
+                z = torch.where(keep, trajectory.latents[i][:1].to(z), z)
             passes = plan.time_travel.get(i, 1) if i in guided else 1
             for p in range(passes):
                 g = None
@@ -250,7 +252,7 @@ class GuidedSampler:
                     z = self._roll_back(z_prev, t_unet, a_t, a_prev, cond_text)
                     rollbacks.append(t_unet)
             z = z_prev
-            if keep is not None:  # outside the edit mask the latent follows the inversion trajectory
+            if keep is not None and plan.outside_reset == "after":  # outside the mask: the inversion trajectory
                 z = torch.where(keep, trajectory.latents[i + 1][:1].to(z), z)
                 if trace:
                     passes_trace[-1].latent_after = z.detach().float().cpu()
