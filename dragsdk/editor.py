@@ -25,7 +25,7 @@ from .geometry import Canvas
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
 from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
 from .models import ModelBundle, bundle_from_pipe, load_model
-from .modes import PlanContext
+from .modes import PlanContext, build_plan
 from .plan import EditPlan
 from .registry import Registry, get_registry
 from .report import EditReport, EnergyRecord, peak_memory, reset_peak_memory
@@ -257,7 +257,7 @@ class Editor:
         resolution = s.resolution if "resolution" in s.model_fields_set else self.model.default_resolution
         canvas = Canvas.fit(img.size, resolution)
         ctx = PlanContext(canvas, img, s.steps, suggest_mask=lambda xy: self.suggest_mask(img, xy, spec.prompt))
-        plan = mode.plan(spec, ctx)
+        plan = build_plan(mode, spec, ctx)
         backend, reason = self.select_backend(plan, canvas.size)
         with model_lock(self.model):
             edited, out, traj, reused, phases, counter, peak, kind = self._run(

@@ -90,8 +90,8 @@ def _is_builtin(ep: md.EntryPoint) -> bool:
 
 
 def check_mode(mode: Any) -> None:
-    """Check what the registry needs of a mode: a ``spec_model`` subclassing ``EditSpec`` with a JSON Schema, and
-    a callable ``plan``.
+    """Check what the registry needs of a mode: a ``spec_model`` subclassing ``EditSpec`` with a JSON Schema, a
+    callable ``plan``, and ``unsupported_settings`` naming only fields of its sampler settings.
 
     Raises:
         PluginError: naming the mode and what is wrong.
@@ -109,6 +109,11 @@ def check_mode(mode: Any) -> None:
                           f"({type(e).__name__}: {e})") from e
     if not callable(getattr(mode, "plan", None)):
         raise PluginError(f"mode {name!r} has no callable plan(spec, ctx)")
+    sampler_fields = model.model_fields["sampler"].annotation.model_fields  # type: ignore[union-attr]
+    unknown = sorted(set(getattr(mode, "unsupported_settings", ())) - set(sampler_fields))
+    if unknown:
+        raise PluginError(f"mode {name!r}: unsupported_settings {unknown} are not sampler settings; expected some "
+                          f"of {sorted(sampler_fields)}")
 
 
 class Registry:
