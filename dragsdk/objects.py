@@ -151,8 +151,9 @@ def official_placement_map(
     """Target ← source cells of the object placed as the official DragonDiffusion move / resize does it.
 
     The whole map is scaled about the **image centre** (nearest, ``F.interpolate`` to ``int(G·s)`` cells, then
-    centre-cropped or zero-padded by ``|int(G·s) − G| // 2``) after a ``torch.roll`` by the shift, which **wraps**
-    inside the scaled map (``utils.py:52-66``, ``model.py:93-114``, ``Sampler.py:185-186``). Shift in cells:
+    centre-cropped or zero-padded by ``|int(G·s) − G| // 2``) after a ``torch.roll`` by the shift
+    (``utils.py:52-66``, ``model.py:93-114``, ``Sampler.py:185-186``). The official roll **wraps** content that leaves
+    one edge round to the opposite edge; that bug is fixed: such content is clipped. Shift in cells:
     feature grid ``int(floor(d/4)·s)``, latent grid ``int(d/8·s)``, with ``d`` the shift in working pixels, each
     axis scaled on its own (the official code scales both by the x ratio). A cell is in the placed object when the
     working-size mask pixel it samples is set (the nearest rasterisation of
@@ -160,7 +161,7 @@ def official_placement_map(
 
     Raises:
         SpecError: (field ``scale``) the scaled object leaves the canvas (the official ``ValueError('Resize out of
-            bounds')``), or nothing of it is left on the canvas.
+            bounds')``); (field ``dx, dy``) nothing of it is left on the canvas.
     """
     import torch.nn.functional as F
 
@@ -184,12 +185,16 @@ def official_placement_map(
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     jr, jc = rows + sign * pad_y, cols + sign * pad_x
     valid = (jr >= 0) & (jr < out_h) & (jc >= 0) & (jc < out_w)
-    jr, jc = (jr - cy) % out_h, (jc - cx) % out_w
+    # The official torch.roll wraps content that leaves one edge around to the opposite one; that is a bug
+    # (an object pushed off the right edge reappears on the left), fixed here: off-map sources are dropped.
+    jr, jc = jr - cy, jc - cx
+    valid &= (jr >= 0) & (jr < out_h) & (jc >= 0) & (jc < out_w)
+    jr, jc = jr.clamp(0, out_h - 1), jc.clamp(0, out_w - 1)
     keep = valid & up[(jr * wh) // out_h, (jc * ww) // out_w]
     whole = up[(torch.arange(out_h) * wh // out_h)[:, None], (torch.arange(out_w) * ww // out_w)[None, :]]
     if scale > 1 and int(keep.sum()) != int(whole.sum()):
         raise SpecError("scale", f"the object scaled by {scale} about the image centre leaves the image "
                                  "(official profile; the centroid-placement improvement scales about the object)")
     if not keep.any():
-        raise SpecError("scale", f"the placed object (scale {scale}, shift {shift} px) leaves the image entirely")
+        raise SpecError("dx, dy", f"the placed object (scale {scale}, shift {shift} px) leaves the image entirely")
     return SourceMap(rows[keep], cols[keep], (jr[keep] * gh) // out_h, (jc[keep] * gw) // out_w, (gw, gh))
