@@ -25,7 +25,7 @@ from .geometry import Canvas
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
 from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
 from .models import ModelBundle, bundle_from_pipe, load_model
-from .modes import PlanContext
+from .modes import PlanContext, build_plan
 from .plan import EditPlan
 from .registry import Registry, get_registry
 from .report import EditReport, EnergyRecord, peak_memory, reset_peak_memory
@@ -76,8 +76,11 @@ class Editor:
         registry: the plugin registry (default: the process-wide one).
         bank_device: where the K/V bank is kept (default: the model's device).
         probe_energy_after: also measure each guided step's energy after its update (report ``after``).
-        reference_profile: run with the official implementation's cost profile (reference features recomputed at
-            every guided step, the K/V bank on the CPU); for benchmarks, so a speed-up is a ratio from one run.
+        reference_profile: run with the official DragonDiffusion/DiffEditor cost profile (reference features
+            recomputed at every guided step, the K/V bank on the CPU); for benchmarks, so a speed-up is a ratio from
+            one run. It is not RegionDrag's profile: the official RegionDrag keeps its K/V bank on the device
+            (``region_utils/drag.py:159-162``, hooks appending the ``to_k``/``to_v`` outputs) and recomputes nothing,
+            which is what dragsdk's region-drag does by default.
         allow_reduced_precision: let ``auto`` pick a backend that computes a float32 edit partly in lower
             precision (``Capabilities.precision == "reduced"``); off by default.
 
@@ -287,7 +290,7 @@ class Editor:
         resolution = s.resolution if "resolution" in s.model_fields_set else self.model.default_resolution
         canvas = Canvas.fit(img.size, resolution)
         ctx = PlanContext(canvas, img, s.steps, suggest_mask=lambda xy: self.suggest_mask(img, xy, spec.prompt))
-        plan = mode.plan(spec, ctx)
+        plan = build_plan(mode, spec, ctx)
         backend, reason = self.select_backend(plan, canvas.size)
         with model_lock(self.model):
             edited, out, traj, reused, phases, counter, peak, kind = self._run(
@@ -347,7 +350,10 @@ class Editor:
                 if r.size != img.size:
                     raise SpecError(f"references[{k}]", f"is {r.size}, must be the base image's size {img.size}")
             images = torch.cat([x, *(self._preprocess(r, canvas) for r in refs)])
-            z0 = backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
+            if plan.vae_latent == "sample":  # one posterior sample (official RegionDrag, cycle_sde.py:63), seeded
+                z0 = _sample_latent(self.model, images, s.seed)
+            else:
+                z0 = backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
             if z0 is None:
                 z0 = self.model.encode_image(images)
             _check_finite(z0, "encoding", None, None)
@@ -355,7 +361,7 @@ class Editor:
 
             cond_text = self._prompt(spec.prompt)
             cond_bank = torch.cat([cond_text, *(self._prompt(r.prompt) for r in plan.references)])
-            schedule = DDIMSchedule(self.model.scheduler, s.steps)
+            schedule = (plan.schedule or DDIMSchedule)(self.model.scheduler, s.steps)
             kv_steps = set(plan.kv.steps()) if plan.kv else set()
             feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
             if plan.step0_reference == "init":  # the first step's reference is the pasted start latent itself
@@ -363,7 +369,8 @@ class Editor:
             key = (self._image_key(img), spec.prompt, *(self._image_key(r.image) + r.prompt for r in plan.references), s.steps, canvas.size, tuple(sorted(kv_steps)),
                    tuple(sorted(feature_steps)), self.model.name)
             key = (*key, plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None,
-                   plan.reference_features)
+                   plan.reference_features, plan.schedule_key, plan.vae_latent,
+                   s.seed if plan.vae_latent == "sample" else None)
             if ip_plan is not None and ip_plan.inversion:
                 key = (*key, self.ip_adapter.name, controller.image_prompt.scale)
             t0 = time.perf_counter()
@@ -427,7 +434,11 @@ class Editor:
             if decoded is None:
                 decoded = self.model.decode_latent(out.latent)
             _check_finite(decoded, "decoding", None, None)
-            edited = self.processor.postprocess(decoded.float().cpu(), output_type="pil")[0]
+            if plan.to_uint8 == "truncate":  # official RegionDrag postprocess (drag.py:81-98): astype(uint8) truncates
+                arr = ((decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).numpy()
+                edited = Image.fromarray(arr.astype(np.uint8))
+            else:
+                edited = self.processor.postprocess(decoded.float().cpu(), output_type="pil")[0]
             if edited.size != img.size:
                 edited = edited.resize(img.size, Image.Resampling.LANCZOS)
             if plan.composite:
@@ -514,8 +525,22 @@ def _check_finite(x: torch.Tensor, phase: str, step: int | None, timestep: int |
         raise NonFiniteError(phase, step, timestep)
 
 
+def _sample_latent(model: ModelBundle, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """``(B, 4, h, w)`` latent: one sample of the VAE posterior × scaling factor, drawn from a CPU generator seeded
+    with ``seed`` (the official RegionDrag ``latent_dist.sample()``, ``cycle_sde.py:63``, on its global RNG)."""
+    with torch.no_grad():
+        post = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
+        z = post.sample(generator=torch.Generator("cpu").manual_seed(int(seed)))
+    return (z * model.vae.config.scaling_factor).to(model.dtype)
+
+
 def _composite_outside(original: Image.Image, edited: Image.Image, plan: EditPlan, canvas: Canvas) -> Image.Image:
-    """Original pixels outside the (latent) edit mask, edited pixels inside."""
+    """Original pixels outside the edit mask, edited pixels inside: the plan's pixel ``composite_mask`` when it has
+    one (official RegionDrag ``np.where(mask, out, ori)``, ``drag.py:81-98``), else the latent edit mask
+    nearest-upsampled."""
+    if plan.composite_mask is not None:
+        keep = np.asarray(plan.composite_mask, dtype=bool)[:, :, None]
+        return Image.fromarray(np.where(keep, np.asarray(edited), np.asarray(original.convert("RGB"))))
     m = plan.edit_mask.float()[None, None]
     m = torch.nn.functional.interpolate(m, size=(original.size[1], original.size[0]), mode="nearest")[0, 0]
     mask = Image.fromarray((m.numpy() * 255).astype(np.uint8), "L")

@@ -69,6 +69,11 @@ class DDIMSchedule:
     def alpha_prev(self, i: int) -> float:
         return float(self._ac[self.timesteps[i + 1]]) if i + 1 < len(self.timesteps) else self._final
 
+    def inversion_step(self, i: int) -> tuple[int, float, float]:
+        """``(t, ᾱ_t, ᾱ_prev)`` of the inversion step that records sampling step ``i``: the sampling step's own
+        levels here; a schedule whose two passes differ (:class:`dragsdk.cycle_sde.RegionDragGrid`) overrides it."""
+        return self.timesteps[i], self.alpha(i), self.alpha_prev(i)
+
 
 def ddim_step(
     z: torch.Tensor, eps: torch.Tensor, a_t: float, a_prev: float, guidance: torch.Tensor | None = None,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -61,16 +62,22 @@ class EnergyTerm:
 
 @dataclass
 class KVPlan:
-    """Cross-branch K/V injection at sampling steps ``start ≤ i < end``."""
+    """Cross-branch K/V injection at sampling steps ``start ≤ i < end``.
+
+    ``start=None`` (the usual choice) lets the engine take it from ``sampler.kv_start``; ``end=None`` is the step
+    count (:func:`dragsdk.modes.apply_sampler_settings`).
+    """
 
     injection: KVInjection
-    start: int
-    end: int
+    start: int | None = None
+    end: int | None = None
 
     def active(self, step: int) -> bool:
-        return self.start <= step < self.end
+        return self.start is not None and self.end is not None and self.start <= step < self.end
 
     def steps(self) -> list[int]:
+        if self.start is None or self.end is None:
+            raise ValueError("KVPlan window not resolved: the engine sets start / end from the sampler settings")
         return list(range(self.start, self.end))
 
 
@@ -139,22 +146,29 @@ class EditPlan:
     Attributes:
         edit_mask: ``(h, w)`` bool on the latent grid: where edit-term gradients apply (content terms outside).
         energies: energy terms; empty for gradient-free modes.
-        energy_scale: λ, the multiplier of the energy gradient (DragonDiffusion UI "energy" × 1000).
-        guidance_step: c, a further multiplier (0.04 drag, 0.08 move; dossier §2).
-        guided_steps: sampling step indices that take energy guidance.
+        energy_scale: the energy gradient's scale in the spec's unit, the DragonDiffusion UI "energy": λ =
+            :data:`~dragsdk.spec.ENERGY_UNIT` · ``energy_scale`` (the sampler multiplies). ``None``: the spec's
+            ``energy_scale`` field.
+        guidance_step: c, a further multiplier (0.04 drag, 0.08 move; DragonDiffusion code defaults). ``None``:
+            the spec's ``guidance_step`` field.
+        guided_steps: sampling step indices that take energy guidance; ``None``: ``sampler.schedule``.
         init: latent pastes applied to z_T before sampling.
         kv: cross-branch K/V injection, or None.
-        sde: regional SDE window, or None (deterministic DDIM).
+        sde: regional SDE window, or None: the engine builds it from ``sampler.sde`` (deterministic DDIM when
+            that is disabled) on ``sde_mask``.
+        sde_mask: ``(h, w)`` latent bool region of the regional SDE; None = ``edit_mask``.
         composite: paste the original pixels back outside ``edit_mask`` after decoding.
-        time_travel: ``{step: passes}`` for DiffEditor time travel on guided steps.
+        time_travel: ``{step: passes}`` for DiffEditor time travel on guided steps; None: ``sampler.time_travel``.
         references: extra images inverted in the same batch as the base (bank rows 1, 2, ...).
         notes: human-readable facts for the report (e.g. "no mask given: whole image editable").
         sampling: ``ddim`` (DDIM inversion and sampling) or ``cycle-sde`` (:mod:`dragsdk.cycle_sde`: stochastic
             inversion recording the reverse noise; the sampler runs η = 1 steps with it).
         start_step: first sampling step; inversion covers steps ``start_step … n−1`` only (cycle-sde).
         step_pastes: latent copies repeated before every sampling step inside their timestep window.
-        follow_outside: after every sampling step, reset the latent outside ``edit_mask`` to the inversion latent
-            of the same level.
+        follow_outside: reset the latent outside ``edit_mask`` to the inversion latent of the same level.
+        outside_reset: when ``follow_outside`` resets: ``after`` every sampling step (to the level it reached,
+            the last time to ``z_0``), or ``before`` every step, after its ``step_pastes`` (to the level the step
+            starts from; none after the last step: the official RegionDrag order, ``drag.py:144-146``).
         handle_noise: cells of the starting latent re-noised before sampling, or None.
         kv_layers: self-attention layers that record / inject K/V: ``decoder`` (up blocks) or ``all``.
         reference_features: where the energies' reference features at sampling step ``i`` come from:
@@ -167,22 +181,29 @@ class EditPlan:
             estimator reads, ``utils.py:149``, ``model.py:284``); ``inversion`` = as every other step.
         rollback_at: timestep of the time-travel roll-back UNet call ``z_{t_prev} → z_t``: ``prev`` = the level of
             its input ``t_prev`` (official ``Sampler.py:136-144``), ``t`` = the target level (as the inversion).
-        profile: the spec's profile label, for the report.
-        profile_options: the improvements the profile enables, for the report.
+        schedule: ``schedule(scheduler, steps)`` builds the time grid of both passes (default: the model's DDIM
+            schedule, :class:`~dragsdk.inversion.DDIMSchedule`); ``schedule_key`` names it in the inversion cache key.
+        composite_mask: ``(H, W)`` bool in image pixels used by ``composite`` instead of ``edit_mask`` upsampled.
+        vae_latent: ``mean`` (posterior mean) or ``sample`` (one posterior sample from the edit's seed) as ``z_0``.
+        to_uint8: decoded image to 8 bits by ``round`` (nearest) or ``truncate`` (``floor(x·255)``).
+        profile: the spec's fidelity profile label (``official``, ``dragsdk``, ``official+<improvements>``), for
+            the report.
+        profile_options: the profile's effective options (improvement names, or ``option=value``), for the report.
         image_prompt: the official image prompt (IP-Adapter scale and step window), used when the editor has an
             adapter loaded (:meth:`dragsdk.Editor.load_ip_adapter`); None = the mode has none.
     """
 
     edit_mask: torch.Tensor
     energies: list[EnergyTerm] = field(default_factory=list)
-    energy_scale: float = 0.0
-    guidance_step: float = 0.0
-    guided_steps: list[int] = field(default_factory=list)
+    energy_scale: float | None = None
+    guidance_step: float | None = None
+    guided_steps: list[int] | None = None
     init: list[LatentPaste] = field(default_factory=list)
     kv: KVPlan | None = None
     sde: SDEPlan | None = None
+    sde_mask: torch.Tensor | None = None
     composite: bool = False
-    time_travel: dict[int, int] = field(default_factory=dict)
+    time_travel: dict[int, int] | None = None
     references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sampling: Literal["ddim", "cycle-sde"] = "ddim"
@@ -194,13 +215,20 @@ class EditPlan:
     reference_features: Literal["inverted", "recorded"] = "recorded"
     step0_reference: Literal["inversion", "init"] = "inversion"
     rollback_at: Literal["prev", "t"] = "t"
+    outside_reset: Literal["after", "before"] = "after"
+    schedule: Callable[[Any, int], Any] | None = None
+    schedule_key: str = "ddim"
+    composite_mask: np.ndarray | None = None
+    vae_latent: Literal["mean", "sample"] = "mean"
+    to_uint8: Literal["round", "truncate"] = "round"
     profile: str = ""
     profile_options: tuple[str, ...] = ()
     image_prompt: ImagePromptPlan | None = None
 
     @property
     def needs_gradients(self) -> bool:
-        return bool(self.energies) and self.energy_scale * self.guidance_step > 0 and bool(self.guided_steps)
+        return (bool(self.energies) and (self.energy_scale or 0.0) * (self.guidance_step or 0.0) > 0
+                and bool(self.guided_steps))
 
     def kv_modes(self) -> list[str]:
         return [self.kv.injection.mode] if self.kv else []

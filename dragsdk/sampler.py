@@ -29,6 +29,7 @@ from .attention import AttentionController
 from .features import FeatureTap
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, ddim_inversion_step, ddim_step
 from .plan import EditPlan
+from .spec import ENERGY_UNIT
 from .trace import TracePass
 
 
@@ -124,7 +125,7 @@ class GuidedSampler:
                     self.counter.backward += 1
         zero = torch.zeros_like(z)
         g = mask * grads.get("edit", zero) + (1 - mask) * grads.get("content", zero)
-        g = (plan.guidance_step * plan.energy_scale) * g
+        g = (plan.guidance_step * plan.energy_scale * ENERGY_UNIT) * g
         terms = {k: float(v.detach()) for k, v in values.items()}
         record = StepEnergy(i, t, terms, float(sum(terms.values())), grad_norm=float(g.norm()))
         if self.probe_energy_after:
@@ -238,6 +239,8 @@ class GuidedSampler:
             for sp in plan.step_pastes:  # before the step: copies from the inversion latent of this step
                 if sp.active(t):
                     z = sp.paste.apply(z, trajectory.latents[i])
+            if keep is not None and plan.outside_reset == "before":  # official RegionDrag order (drag.py:144-146)
+                z = torch.where(keep, trajectory.latents[i][:1].to(z), z)
             passes = plan.time_travel.get(i, 1) if i in guided else 1
             for p in range(passes):
                 g = None
@@ -265,7 +268,7 @@ class GuidedSampler:
                     z = self._roll_back(z_prev, t_unet, a_t, a_prev, cond_text, plan, i)
                     rollbacks.append(t_unet)
             z = z_prev
-            if keep is not None:  # outside the edit mask the latent follows the inversion trajectory
+            if keep is not None and plan.outside_reset == "after":  # outside the mask: the inversion trajectory
                 z = torch.where(keep, trajectory.latents[i + 1][:1].to(z), z)
                 if trace:
                     passes_trace[-1].latent_after = z.detach().float().cpu()
