@@ -361,6 +361,9 @@ class Editor:
 
             cond_text = self._prompt(spec.prompt)
             cond_bank = torch.cat([cond_text, *(self._prompt(r.prompt) for r in plan.references)])
+            feature_cond = cond_bank  # reference features: each image's own prompt, or the base prompt for all rows
+            if plan.reference_prompt == "base" and plan.references:
+                feature_cond = cond_text.expand(cond_bank.shape[0], -1, -1)
             schedule = (plan.schedule or DDIMSchedule)(self.model.scheduler, s.steps)
             kv_steps = set(plan.kv.steps()) if plan.kv else set()
             feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
@@ -369,7 +372,7 @@ class Editor:
             key = (self._image_key(img), spec.prompt, *(self._image_key(r.image) + r.prompt for r in plan.references), s.steps, canvas.size, tuple(sorted(kv_steps)),
                    tuple(sorted(feature_steps)), self.model.name)
             key = (*key, plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None,
-                   plan.reference_features, plan.schedule_key, plan.vae_latent,
+                   plan.reference_features, plan.reference_prompt, plan.schedule_key, plan.vae_latent,
                    s.seed if plan.vae_latent == "sample" else None)
             if ip_plan is not None and ip_plan.inversion:
                 key = (*key, self.ip_adapter.name, controller.image_prompt.scale)
@@ -407,10 +410,11 @@ class Editor:
                         feature_steps if recorded else set(), counter, on_step=lambda i: bar.update(1),
                     )
                     if not recorded and feature_steps:
-                        feats = reference_features(unet_call, latents, cond_bank, schedule, controller, tap,
+                        feats = reference_features(unet_call, latents, feature_cond, schedule, controller, tap,
                                                    feature_steps, counter)
                 _check_finite(latents[plan.start_step], "inversion", plan.start_step, schedule.timesteps[plan.start_step])
-                traj = Trajectory(schedule, latents, controller.bank, feats, cond_bank, key, noises=noises)
+                traj = Trajectory(schedule, latents, controller.bank, feats, cond_bank, key, noises=noises,
+                                  feature_cond=None if feature_cond is cond_bank else feature_cond)
             controller.bank = traj.bank
             phases["invert"] = time.perf_counter() - t0
 

@@ -115,6 +115,8 @@ class Trajectory:
         key: what it was computed from (for caching).
         noises: Cycle-SDE reverse noise ``w`` per sampling step (``(B_bank, 4, h, w)``), empty for DDIM
             (:mod:`dragsdk.cycle_sde`).
+        feature_cond: ``(B_bank, 77, D)`` text embeddings of the reference-feature forwards when they differ from
+            ``cond`` (the official appearance / paste use the base prompt for every row, ``Sampler.py:371-383``).
     """
 
     schedule: DDIMSchedule
@@ -126,6 +128,7 @@ class Trajectory:
     counter: UNetCounter = field(default_factory=UNetCounter)
     seconds: float = 0.0
     noises: dict[int, torch.Tensor] = field(default_factory=dict)
+    feature_cond: torch.Tensor | None = None
 
 
 @torch.no_grad()

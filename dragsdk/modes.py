@@ -88,11 +88,13 @@ class PlanContext:
         """The plan entries shared by the DragonDiffusion / DiffEditor profiles: where the reference features come
         from (``recorded-reference``), the roll-back timestep (``rollback-at-t``), the image prompt (DiffEditor's
         IP-Adapter at scale 0.1 on sampling steps 10–19, ``model.py:25``, ``attn_proc.py:220-221``; used only when
-        an adapter is loaded) and the profile for the report."""
+        an adapter is loaded), the reference images' feature prompt (``own-reference-prompt``; official: the base
+        prompt) and the profile for the report."""
         from .image_prompt import ImagePromptPlan
 
         return {
             "image_prompt": ImagePromptPlan(scale=0.1, start=10, end=20),
+            "reference_prompt": "own" if "own-reference-prompt" in options else "base",
             "reference_features": "recorded" if "recorded-reference" in options else "inverted",
             "rollback_at": "t" if "rollback-at-t" in options else "prev",
             "profile": profile_label(profile),

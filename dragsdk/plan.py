@@ -189,6 +189,10 @@ class EditPlan:
         profile: the spec's fidelity profile label (``official``, ``dragsdk``, ``official+<improvements>``), for
             the report.
         profile_options: the profile's effective options (improvement names, or ``option=value``), for the report.
+        reference_prompt: the prompt of the reference images' feature forwards (``inverted`` reference features):
+            ``base`` = the base prompt for every row (official appearance / paste, ``Sampler.py:371-383``),
+            ``own`` = each image's own prompt (the one it was inverted with). The inversion always uses each image's
+            own prompt (``model.py:162``).
         image_prompt: the official image prompt (IP-Adapter scale and step window), used when the editor has an
             adapter loaded (:meth:`dragsdk.Editor.load_ip_adapter`); None = the mode has none.
     """
@@ -223,6 +227,7 @@ class EditPlan:
     to_uint8: Literal["round", "truncate"] = "round"
     profile: str = ""
     profile_options: tuple[str, ...] = ()
+    reference_prompt: Literal["base", "own"] = "own"
     image_prompt: ImagePromptPlan | None = None
 
     @property

@@ -137,7 +137,8 @@ class GuidedSampler:
 
     def _reference(self, trajectory: Trajectory, i: int, t: int) -> list[torch.Tensor]:
         with torch.no_grad():
-            feats = [f.detach() for f in self.features(trajectory.latents[i], t, trajectory.cond)]
+            cond = trajectory.cond if trajectory.feature_cond is None else trajectory.feature_cond
+            feats = [f.detach() for f in self.features(trajectory.latents[i], t, cond)]
         self.counter.forward += 1
         return feats
 

@@ -273,6 +273,13 @@ DIFFEDITOR_IMPROVEMENTS = {
 }
 """Improvements every DragonDiffusion / DiffEditor mode offers (``docs/modes/dragondiffusion.md``)."""
 
+REFERENCE_IMPROVEMENTS = {
+    **DIFFEDITOR_IMPROVEMENTS,
+    "own-reference-prompt": "the reference image's features computed with its own prompt (the one it is inverted "
+    "with) instead of the base prompt the official code uses for both rows",
+}
+"""Improvements of the modes with a reference image (appearance, paste)."""
+
 DRAG_IMPROVEMENTS = {
     **DIFFEDITOR_IMPROVEMENTS,
     "unpasted-step0": "step-0 reference features of the inverted z_T instead of the handle-pasted z_T",

@@ -24,7 +24,7 @@ from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, Reference
 from dragsdk.spec import (
-    DIFFEDITOR_IMPROVEMENTS,
+    REFERENCE_IMPROVEMENTS,
     EditSpec,
     SamplerSettings,
     SpecModel,
@@ -55,7 +55,7 @@ class AppearanceSpec(EditSpec):
     energy_scale: float = energy_scale_field(2.0)
     guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
-    profile: profile_type(DIFFEDITOR_IMPROVEMENTS) = profile_field(DIFFEDITOR_IMPROVEMENTS)  # type: ignore[valid-type]
+    profile: profile_type(REFERENCE_IMPROVEMENTS) = profile_field(REFERENCE_IMPROVEMENTS)  # type: ignore[valid-type]
     sampler: SamplerSettings = Field(default_factory=lambda: SamplerSettings(guidance_scale=5.0))
 
     _mask_ref = field_validator("mask", "reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
@@ -71,7 +71,7 @@ class AppearanceMode(EditMode):
         from dragsdk.io import load_image
 
         canvas = ctx.canvas
-        options = profile_options(spec.profile, DIFFEDITOR_IMPROVEMENTS)
+        options = profile_options(spec.profile, REFERENCE_IMPROVEMENTS)
         method = "area" if "area-masks" in options else "nearest"
         base_mask = ctx.mask(spec.mask, "mask")
         ref_img = ctx.load_reference(spec.reference, "reference")

@@ -28,7 +28,7 @@ from dragsdk.modes import EditMode, PlanContext
 from dragsdk.objects import place_image
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste, Reference
 from dragsdk.spec import (
-    DIFFEDITOR_IMPROVEMENTS,
+    REFERENCE_IMPROVEMENTS,
     Coordinate,
     EditSpec,
     SpecModel,
@@ -62,7 +62,7 @@ class PasteSpec(EditSpec):
     energy_scale: float = energy_scale_field(1.5)
     guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
-    profile: profile_type(DIFFEDITOR_IMPROVEMENTS) = profile_field(DIFFEDITOR_IMPROVEMENTS)  # type: ignore[valid-type]
+    profile: profile_type(REFERENCE_IMPROVEMENTS) = profile_field(REFERENCE_IMPROVEMENTS)  # type: ignore[valid-type]
 
     _mask_ref = field_validator("reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
@@ -75,7 +75,7 @@ class PasteMode(EditMode):
 
     def plan(self, spec: PasteSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         canvas = ctx.canvas
-        options = profile_options(spec.profile, DIFFEDITOR_IMPROVEMENTS)
+        options = profile_options(spec.profile, REFERENCE_IMPROVEMENTS)
         method = "area" if "area-masks" in options else "nearest"
         ref_img = ctx.load_reference(spec.reference, "reference")
         ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask", load_image(spec.reference).size)

@@ -262,3 +262,28 @@ def test_official_placement_scales_about_the_image_centre_and_clips_instead_of_w
     assert sorted(set(moved.source_cols.tolist())) == [14]
     with pytest.raises(SpecError, match="dx, dy"):  # 3 cells right: nothing left (the official roll wraps it)
         official_placement_map(canvas, edge, 1.0, (12, 0), "feature")
+
+
+def test_reference_features_use_the_base_prompt_in_the_official_profile(tiny_model):
+    """Official appearance / paste: the reference row's features are computed with the base prompt
+    (``Sampler.py:371-383``), its inversion with its own prompt; ``own-reference-prompt`` uses its own for both."""
+    from pathlib import Path
+
+    from dragsdk import Editor
+
+    ref = Path(__file__).parents[1] / "examples" / "reference-cat"
+    image = str(ref / "cat.jpg")
+    spec = {"mode": "appearance", "prompt": "a photo of a cat", "mask": str(ref / "cat_mask.png"),
+            "reference": image, "reference_mask": str(ref / "cat_mask.png"), "reference_prompt": "a painting",
+            "sampler": {"steps": 6, "resolution": 64}}
+    editor = Editor(tiny_model)
+    official = editor.edit(image, spec)
+    traj, base = editor._trajectory, editor._prompt(spec["prompt"])[0]
+    assert traj.feature_cond is not None and torch.equal(traj.feature_cond[1], base)
+    assert not torch.equal(traj.cond[1], base)  # the inversion keeps the reference's own prompt
+    own = Editor(tiny_model).edit(image, {**spec, "profile": ["own-reference-prompt"]})
+    assert (official.latent - own.latent).abs().max() > 1e-5
+    same = {**spec, "reference_prompt": spec["prompt"]}
+    a = Editor(tiny_model).edit(image, same).latent
+    b = Editor(tiny_model).edit(image, {**same, "profile": ["own-reference-prompt"]}).latent
+    assert torch.equal(a, b)
