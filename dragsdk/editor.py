@@ -336,7 +336,8 @@ class Editor:
         ip_plan = plan.image_prompt if self.ip_adapter is not None else None
         if ip_plan is not None:
             scale = ip_plan.scale if self.ip_adapter.scale is None else self.ip_adapter.scale
-            controller.image_prompt = self.ip_adapter.state(img, scale, self.model.device, self.model.dtype)
+            source = plan.references[0].image if ip_plan.source == "reference" and plan.references else img
+            controller.image_prompt = self.ip_adapter.state(source, scale, self.model.device, self.model.dtype)
         unet = self.model.unet
         previous = install(unet, controller)
         tap = FeatureTap(unet, self.model.adapter.feature_blocks)

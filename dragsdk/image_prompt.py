@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -38,12 +38,16 @@ class ImagePromptPlan:
         start / end: sampling step indices ``start ≤ i < end`` that use it (``end=None``: to the last step).
         inversion: the inversion's UNet calls use it too (the official RegionDrag's forward passes take the same
             ``added_cond_kwargs``, ``utils/drag.py`` ``forward``).
+        source: the image it encodes: ``input`` (the base image) or ``reference`` (the plan's first reference: the
+            official appearance / paste image prompt, whose IP branch takes the last 64 of the 2×64 tokens, the
+            reference's; ``attention_processor.py:190-194``, ``model.py:340-352``).
     """
 
     scale: float
     start: int = 0
     end: int | None = None
     inversion: bool = False
+    source: Literal["input", "reference"] = "input"
 
     def active(self, step: int) -> bool:
         return self.start <= step and (self.end is None or step < self.end)

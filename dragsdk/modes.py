@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -84,7 +85,8 @@ class PlanContext:
         out["time_travel"] = {i: settings.time_travel.repeats for i in settings.time_travel.steps(n) if i in guided}
         return out
 
-    def fidelity(self, profile: str | list[str], options: frozenset[str]) -> dict[str, object]:
+    def fidelity(self, profile: str | list[str], options: frozenset[str],
+                 image_prompt_source: Literal["input", "reference"] = "input") -> dict[str, object]:
         """The plan entries shared by the DragonDiffusion / DiffEditor profiles: where the reference features come
         from (``recorded-reference``), the roll-back timestep (``rollback-at-t``), the image prompt (DiffEditor's
         IP-Adapter at scale 0.1 on sampling steps 10–19, ``model.py:25``, ``attn_proc.py:220-221``; used only when
@@ -93,7 +95,7 @@ class PlanContext:
         from .image_prompt import ImagePromptPlan
 
         return {
-            "image_prompt": ImagePromptPlan(scale=0.1, start=10, end=20),
+            "image_prompt": ImagePromptPlan(scale=0.1, start=10, end=20, source=image_prompt_source),
             "reference_prompt": "own" if "own-reference-prompt" in options else "base",
             "reference_features": "recorded" if "recorded-reference" in options else "inverted",
             "rollback_at": "t" if "rollback-at-t" in options else "prev",

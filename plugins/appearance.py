@@ -103,7 +103,7 @@ class AppearanceMode(EditMode):
             guided_steps=guided,
             kv=KVPlan(kv, 0, int(round(spec.kv_end * n))),
             references=[Reference(ref_img, spec.reference_prompt)],
-            **ctx.fidelity(spec.profile, options),  # type: ignore[arg-type]
+            **ctx.fidelity(spec.profile, options, image_prompt_source="reference"),  # type: ignore[arg-type]
             **ctx.diffeditor(spec.sampler, guided, base_l),  # type: ignore[arg-type]
         )
 

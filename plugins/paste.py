@@ -109,7 +109,7 @@ class PasteMode(EditMode):
             init=[LatentPaste(rows, cols, rows, cols, bank=1)],
             kv=KVPlan(kv, 0, int(round(spec.kv_end * n))),
             references=[Reference(placed_img, spec.reference_prompt)],
-            **ctx.fidelity(spec.profile, options),  # type: ignore[arg-type]
+            **ctx.fidelity(spec.profile, options, image_prompt_source="reference"),  # type: ignore[arg-type]
             **ctx.diffeditor(spec.sampler, guided, p_l),  # type: ignore[arg-type]
         )
 

@@ -174,3 +174,32 @@ def test_load_ip_adapter_errors_name_what_is_missing(tiny_model, ip_folder, tmp_
     save_file({"other.weight": torch.zeros(2)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ModelLoadError, match="image_proj"):
         load_ip_adapter(tiny_model.unet, tmp_path, "bad.safetensors")
+
+
+def test_appearance_image_prompt_encodes_the_reference_image(tiny_model, ip_folder, tmp_path, monkeypatch):
+    """Official appearance / paste: the IP branch carries the reference image's tokens (the last 64 of 2×64)."""
+    from pathlib import Path
+
+    from dragsdk.image_prompt import ImagePromptAdapter
+
+    ref_dir = Path(__file__).parents[1] / "examples" / "reference-cat"
+    base = Image.open(ref_dir / "cat.jpg").convert("RGB")
+    rng = np.random.default_rng(1)
+    reference = Image.fromarray(rng.integers(0, 255, (base.size[1], base.size[0], 3), dtype=np.uint8))
+    reference.save(tmp_path / "ref.png")
+    spec = {"mode": "appearance", "prompt": "a cat", "mask": str(ref_dir / "cat_mask.png"),
+            "reference": str(tmp_path / "ref.png"), "reference_mask": str(ref_dir / "cat_mask.png"),
+            "sampler": {"steps": 4, "resolution": 64}}
+    encoded: list[Image.Image] = []
+    original = ImagePromptAdapter.state
+
+    def spy(self, image, *args):
+        encoded.append(image)
+        return original(self, image, *args)
+
+    monkeypatch.setattr(ImagePromptAdapter, "state", spy)
+    editor = Editor(tiny_model)
+    editor.load_ip_adapter(ip_folder, "ip.safetensors")
+    r = editor.edit(base, spec)
+    assert r.plan.image_prompt is not None and r.plan.image_prompt.source == "reference"
+    assert len(encoded) == 1 and np.array_equal(np.asarray(encoded[0]), np.asarray(reference))
