@@ -198,3 +198,52 @@ def official_placement_map(
     if not keep.any():
         raise SpecError("dx, dy", f"the placed object (scale {scale}, shift {shift} px) leaves the image entirely")
     return SourceMap(rows[keep], cols[keep], (jr[keep] * gh) // out_h, (jc[keep] * gw) // out_w, (gw, gh))
+
+
+def official_scale_about_centre(image: Image.Image, mask: np.ndarray, scale: float) -> tuple[Image.Image, np.ndarray]:
+    """Image and mask scaled about the **image centre** as the official paste does it (``model.py:362-372``,
+    ``utils.py`` ``process_paste``): nearest resampling to ``(int(W·s), int(H·s))``, then centre-cropped (``s > 1``)
+    or padded (``s < 1``) by ``|int(G·s) − G| // 2``. The padding is the zero of the VAE's ``[-1, 1]`` range, grey
+    ``(128, 128, 128)`` here (official 127.5), and empty in the mask.
+
+    Returns:
+        the scaled RGB image and ``(H, W)`` bool mask, both at the input's size.
+
+    Raises:
+        SpecError: (field ``scale``) ``scale`` ≤ 0, or nothing of the object is left.
+    """
+    if scale <= 0:
+        raise SpecError("scale", f"must be > 0, got {scale}")
+    w, h = image.size
+    ow, oh = max(1, int(w * scale)), max(1, int(h * scale))
+    px, py = abs(ow - w) // 2, abs(oh - h) // 2
+    img = np.asarray(image.convert("RGB").resize((ow, oh), Image.Resampling.NEAREST))
+    m = np.asarray(Image.fromarray(np.asarray(mask, dtype=bool)).resize((ow, oh), Image.Resampling.NEAREST))
+    out_img = np.full((h, w, 3), 128, dtype=np.uint8)
+    out_mask = np.zeros((h, w), dtype=bool)
+    if scale > 1:
+        out_img[:] = img[py : py + h, px : px + w][:h, :w]
+        out_mask[:] = m[py : py + h, px : px + w][:h, :w]
+    else:
+        out_img[py : py + oh, px : px + ow] = img
+        out_mask[py : py + oh, px : px + ow] = m
+    if not out_mask.any():
+        raise SpecError("scale", f"the object scaled by {scale} about the image centre leaves the image")
+    return Image.fromarray(out_img), out_mask
+
+
+def shift_cells(mask: torch.Tensor, dx: int, dy: int) -> SourceMap:
+    """Target ← source cells of a whole-cell shift of a grid mask ``(h, w)`` by ``(dx, dy)`` cells: the official
+    ``torch.roll`` of the paste (``model.py:394-396``, ``utils.py`` ``process_paste``) with its wrap-around fixed as in
+    :func:`official_placement_map` (content shifted off the grid is clipped).
+
+    Raises:
+        SpecError: (field ``dx, dy``) nothing of the mask is left on the grid.
+    """
+    h, w = mask.shape
+    sr, sc = torch.nonzero(mask, as_tuple=True)
+    tr, tc = sr + dy, sc + dx
+    keep = (tr >= 0) & (tr < h) & (tc >= 0) & (tc < w)
+    if not keep.any():
+        raise SpecError("dx, dy", f"the shift ({dx}, {dy}) cells moves the object off the image")
+    return SourceMap(tr[keep], tc[keep], sr[keep], sc[keep], (w, h))

@@ -1,31 +1,41 @@
 """Object pasting (DiffEditor arXiv 2402.02583; DragonDiffusion code ``guidance_paste``; dossier §2).
 
-An object cut from a reference image (``reference_mask``) is placed on the base image by ``scale`` about its own
-centroid and a shift ``(dx, dy)`` pixels, with :func:`dragsdk.objects.place_image`, the same map that
-:func:`dragsdk.objects.paste_preview` draws, so the preview and the result agree (the official UI previews about the
-object centre but processes about the image centre; dossier §7). The placed reference is inverted in the same batch
-as the base (bank row 1). On the feature grid, with ``P`` the placed object:
+An object cut from a reference image (``reference_mask``) is placed on the base image by ``scale`` and a shift
+``(dx, dy)`` pixels.
 
-- edit (local): ``w_edit / (1 + 4·S(F_cur, F_placed-reference))`` over ``P``;
+- Profile ``official`` (the official ``run_paste``, ``model.py:335-413``, ``process_paste``): the reference is scaled
+  about the **image centre** (:func:`dragsdk.objects.official_scale_about_centre`) and inverted unshifted (bank
+  row 1); its inverted latent is shifted by ``int(d/8)`` latent cells into the placed object ``P`` (the official
+  ``torch.roll``, with its wrap-around fixed as in move: content shifted off the image is clipped), and the edit
+  term pairs each placed feature cell with the reference-frame cell ``int(d/4)`` feature cells back.
+- ``centroid-placement``: the object is placed in pixels about its own centroid with
+  :func:`dragsdk.objects.place_image`, the map :func:`dragsdk.objects.paste_preview` draws (the official UI previews
+  about the object centre but processes about the image centre; dossier §7), and the placed reference is inverted.
+
+On the feature grid, with ``P`` the placed object:
+
+- edit (local): ``w_edit / (1 + 4·mean S(F_cur[P], F_ref[P − d]))``;
 - content (local): ``w_content / (1 + 4·S(F_cur, F_base))`` outside ``P``.
 
-Layers summed; c = 0.04, energy 1.5. Before sampling, the placed reference's inverted latent is pasted inside
-``P``; K/V are composited per token (base outside ``P``, reference inside) for steps 0–35 of 50.
+Layers summed; c = 0.04, energy 1.5. Before sampling, the reference's inverted latent is pasted inside ``P``; K/V
+are composited per token (base outside ``P``, reference inside its reference-frame object) for steps 0–35 of 50.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field, field_validator
 
 from dragsdk.attention import KVInjection, token_mask
-from dragsdk.energy import correspondence_energy, region_similarity
+from dragsdk.energy import correspondence_energy, local_similarity, region_similarity
+from dragsdk.geometry import Canvas, Grid
 from dragsdk.hookspecs import hookimpl
 from dragsdk.io import load_image
 from dragsdk.modes import EditMode, PlanContext
-from dragsdk.objects import place_image
+from dragsdk.objects import official_scale_about_centre, place_image, shift_cells
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste, Reference
 from dragsdk.spec import (
     REFERENCE_IMPROVEMENTS,
@@ -42,6 +52,13 @@ from dragsdk.spec import (
     weight_field,
 )
 
+PASTE_IMPROVEMENTS = {
+    **REFERENCE_IMPROVEMENTS,
+    "centroid-placement": "the object placed in pixels about its own centroid (as the preview draws it) and the "
+    "placed reference inverted, instead of the official scaling about the image centre and shifted inverted latent",
+}
+"""Improvements of paste (``docs/modes/dragondiffusion.md``)."""
+
 
 class PasteWeights(SpecModel):
     edit: float = weight_field(4.0)
@@ -56,13 +73,14 @@ class PasteSpec(EditSpec):
     reference_mask: str = Field(..., description="object mask in the reference image's pixels")
     dx: Coordinate = displacement_field("shift of the object, base-image pixels")
     dy: Coordinate = displacement_field("shift of the object, base-image pixels")
-    scale: float = Field(1.0, gt=0.0, le=1.5, description="scale about the object's centroid (official slider 0–1.5)")
+    scale: float = Field(1.0, gt=0.0, le=1.5, description="scale about the image centre (profile official) or the "
+                         "object's centroid (centroid-placement); official slider 0–1.5")
     reference_prompt: str = Field("", description="prompt describing the reference image")
     weights: PasteWeights = Field(default_factory=PasteWeights)
     energy_scale: float = energy_scale_field(1.5)
     guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
-    profile: profile_type(REFERENCE_IMPROVEMENTS) = profile_field(REFERENCE_IMPROVEMENTS)  # type: ignore[valid-type]
+    profile: profile_type(PASTE_IMPROVEMENTS) = profile_field(PASTE_IMPROVEMENTS)  # type: ignore[valid-type]
 
     _mask_ref = field_validator("reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
@@ -75,20 +93,36 @@ class PasteMode(EditMode):
 
     def plan(self, spec: PasteSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         canvas = ctx.canvas
-        options = profile_options(spec.profile, REFERENCE_IMPROVEMENTS)
+        options = profile_options(spec.profile, PASTE_IMPROVEMENTS)
         method = "area" if "area-masks" in options else "nearest"
         ref_img = ctx.load_reference(spec.reference, "reference")
         ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask", load_image(spec.reference).size)
-        placed_img, placed = place_image(ref_img, ref_mask, spec.scale, (spec.dx, spec.dy))
-        p_g = canvas.mask_to_grid(placed, "feature", method=method)
-        p_l = canvas.mask_to_grid(placed, "latent", method=method)
-        if not p_l.any():
-            p_l = canvas.mask_to_grid(placed, "latent", threshold=1e-6)
+        if "centroid-placement" in options:
+            ref_used, placed = place_image(ref_img, ref_mask, spec.scale, (spec.dx, spec.dy))
+            p_g = canvas.mask_to_grid(placed, "feature", method=method)
+            p_l = canvas.mask_to_grid(placed, "latent", method=method)
+            if not p_l.any():
+                p_l = canvas.mask_to_grid(placed, "latent", threshold=1e-6)
+            rows, cols = torch.nonzero(p_l, as_tuple=True)
+            init = LatentPaste(rows, cols, rows, cols, bank=1)
+            ref_l = p_l
+            f_cells = torch.nonzero(p_g, as_tuple=True)
+            r_cells = f_cells
+        else:
+            ref_used, scaled = official_scale_about_centre(ref_img, ref_mask, spec.scale)
+            fmap, lmap = (
+                shift_cells(_grid(canvas, scaled, g, method), *(int(v) for v in canvas.vector_to_grid((spec.dx, spec.dy), g)))
+                for g in ("feature", "latent")
+            )
+            p_g, p_l, ref_l = fmap.target_mask(), lmap.target_mask(), lmap.source_mask()
+            init = LatentPaste(lmap.target_rows, lmap.target_cols, lmap.source_rows, lmap.source_cols, bank=1)
+            f_cells, r_cells = (fmap.target_rows, fmap.target_cols), (fmap.source_rows, fmap.source_cols)
         outside = ~p_g
         w = spec.weights
 
         def edit(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
-            return correspondence_energy(w.edit, region_similarity(c, r, p_g, reference_row=1)).sum()
+            s = local_similarity(c, r, f_cells, r_cells, canvas.feature_size, reference_row=1)
+            return correspondence_energy(w.edit, s).sum()
 
         def content(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
             return correspondence_energy(w.content, region_similarity(c, r, outside)).sum()
@@ -96,22 +130,27 @@ class PasteMode(EditMode):
         energies = [EnergyTerm("edit", "edit", edit)] if p_g.any() else []
         if outside.any() and w.content > 0:
             energies.append(EnergyTerm("content", "content", content))
-        rows, cols = torch.nonzero(p_l, as_tuple=True)
         n = ctx.steps
         guided = spec.sampler.schedule.steps(n)
-        kv = KVInjection("composite", banks=(0, 1), token_masks=(token_mask(p_l, invert=True), token_mask(p_l)))
+        kv = KVInjection("composite", banks=(0, 1), token_masks=(token_mask(p_l, invert=True), token_mask(ref_l)))
         return EditPlan(
             edit_mask=p_l,
             energies=energies,
             energy_scale=spec.energy_scale,
             guidance_step=spec.guidance_step,
             guided_steps=guided,
-            init=[LatentPaste(rows, cols, rows, cols, bank=1)],
+            init=[init],
             kv=KVPlan(kv, 0, int(round(spec.kv_end * n))),
-            references=[Reference(placed_img, spec.reference_prompt)],
+            references=[Reference(ref_used, spec.reference_prompt)],
             **ctx.fidelity(spec.profile, options, image_prompt_source="reference"),  # type: ignore[arg-type]
             **ctx.diffeditor(spec.sampler, guided, p_l),  # type: ignore[arg-type]
         )
+
+
+def _grid(canvas: Canvas, mask: np.ndarray, grid: Grid, method: str) -> torch.Tensor:
+    """A pixel mask on a grid, never empty when the mask is not (cells touching it, as a last resort)."""
+    g = canvas.mask_to_grid(mask, grid, method=method)  # type: ignore[arg-type]
+    return g if g.any() else canvas.mask_to_grid(mask, grid, threshold=1e-6)
 
 
 @hookimpl

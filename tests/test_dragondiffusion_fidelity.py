@@ -287,3 +287,40 @@ def test_reference_features_use_the_base_prompt_in_the_official_profile(tiny_mod
     a = Editor(tiny_model).edit(image, same).latent
     b = Editor(tiny_model).edit(image, {**same, "profile": ["own-reference-prompt"]}).latent
     assert torch.equal(a, b)
+
+
+def test_official_paste_scales_about_the_image_centre_and_shifts_the_inverted_reference_latent(tiny_model):
+    """Official paste: the reference (and its mask) scaled about the image centre is inverted unshifted; the placed
+    object is its latent mask shifted by int(d/8) cells, filled from the reference's inverted latent d/8 cells back;
+    the edit term pairs placed feature cells with reference cells int(d/4) back; K/V reference keys come from the
+    reference-frame object."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from dragsdk.objects import official_scale_about_centre
+    from dragsdk.plugins.paste import PasteSpec
+    from dragsdk.registry import get_registry
+
+    ref = Path(__file__).parents[1] / "examples" / "reference-cat"
+    base = Image.open(ref / "cat.jpg").convert("RGB")
+    mask = np.asarray(Image.open(ref / "cat_mask.png")) > 127
+    spec = PasteSpec(prompt="a cat", reference=str(ref / "cat.jpg"), reference_mask=str(ref / "cat_mask.png"),
+                     dx=-40, dy=24, scale=0.6, sampler={"steps": 4, "resolution": 256})
+    canvas = Canvas.fit(base.size, 256)
+    plan = get_registry().modes["paste"].plan(spec, PlanContext(canvas, base, 4))
+    scaled_img, scaled = official_scale_about_centre(base, mask, 0.6)
+    assert np.array_equal(np.asarray(plan.references[0].image), np.asarray(scaled_img))
+    # the scaled object sits about the image centre, not about its own centroid
+    w, h = base.size
+    assert abs(np.nonzero(scaled)[1].mean() - (w / 2 + 0.6 * (np.nonzero(mask)[1].mean() - w / 2))) < 2
+    sdx, sdy = (int(v) for v in canvas.vector_to_grid((-40, 24), "latent"))
+    ref_l = canvas.mask_to_grid(scaled, "latent", method="nearest")
+    p = plan.init[0]
+    assert p.bank == 1 and torch.equal(p.target_rows - p.source_rows, torch.full_like(p.target_rows, sdy))
+    assert torch.equal(p.target_cols - p.source_cols, torch.full_like(p.target_cols, sdx))
+    assert ref_l[p.source_rows, p.source_cols].all() and plan.edit_mask[p.target_rows, p.target_cols].all()
+    assert int(plan.edit_mask.sum()) == len(p.target_rows)
+    centroid = get_registry().modes["paste"].plan(
+        spec.model_copy(update={"profile": ["centroid-placement"]}), PlanContext(canvas, base, 4))
+    assert not torch.equal(centroid.edit_mask, plan.edit_mask)

@@ -170,9 +170,9 @@ def test_content_leaving_the_canvas_is_clipped_not_wrapped():
     assert m[:, 490:].any() and not m[:, :100].any()
 
 
-def test_paste_preview_and_processed_placement_are_the_same_geometry(editor, car):
+def test_paste_preview_and_centroid_placement_are_the_same_geometry(editor, car):
     image, mask, prompt = car
-    spec = _mode_specs(mask, prompt)["paste"]
+    spec = {**_mode_specs(mask, prompt)["paste"], "profile": ["centroid-placement"]}
     base = Image.open(image).convert("RGB")
     ref = Image.open(REF / "cat.jpg").convert("RGB").resize(base.size, Image.Resampling.LANCZOS)
     ref_mask = np.asarray(Image.open(REF / "cat_mask.png").resize(base.size, Image.Resampling.NEAREST)) > 127
