@@ -22,6 +22,7 @@ from .concurrency import model_lock
 from .errors import BackendUnavailableError, NonFiniteError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
+from .image_prompt import ImagePromptPlan
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
 from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
 from .models import ModelBundle, bundle_from_pipe, load_model
@@ -293,6 +294,7 @@ class Editor:
         plan = build_plan(mode, spec, ctx)
         backend, reason = self.select_backend(plan, canvas.size)
         with model_lock(self.model):
+            adapter = self.ip_adapter  # the one _run uses (load / unload take the same lock)
             edited, out, traj, reused, phases, counter, peak, kind = self._run(
                 img, spec, plan, canvas, backend, progress, callback, trace is not None
             )
@@ -306,8 +308,8 @@ class Editor:
             unet_evaluations=counter.to_dict(), inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
             peak_memory_bytes=peak, peak_memory_kind=kind, mask_proposed=ctx.mask_proposed,
-            notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), self._image_prompt_note(plan)])],
-            image_prompt=self.ip_adapter.name if self.ip_adapter is not None and plan.image_prompt else None,
+            notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), _image_prompt_note(plan, adapter)])],
+            image_prompt=adapter.name if adapter is not None and plan.image_prompt else None,
             profile=plan.profile, profile_options=list(plan.profile_options),
         )
         if trace is not None:
@@ -509,19 +511,21 @@ class Editor:
         up = F.interpolate(region.float()[None, None], size=(img.size[1], img.size[0]), mode="nearest")[0, 0] > 0.5
         return dilate(up, dilate_px).numpy()
 
-    def _image_prompt_note(self, plan: EditPlan) -> str | None:
-        ip = plan.image_prompt
-        if ip is None:
-            return None
-        if self.ip_adapter is None:
-            return (f"image prompt (IP-Adapter, official {ip.describe()}) not used: no adapter loaded "
-                    "(Editor.load_ip_adapter)")
-        scale = ip.scale if self.ip_adapter.scale is None else self.ip_adapter.scale
-        return f"image prompt: IP-Adapter {self.ip_adapter.name} on the input image, scale {scale:g}, {ip.describe()}"
-
     @staticmethod
     def _image_key(img: Image.Image) -> str:
         return hashlib.sha1(img.tobytes()).hexdigest() + f"{img.size}"
+
+
+def _image_prompt_note(plan: EditPlan, adapter: Any) -> str | None:
+    """The report's line on the image prompt: used (adapter, image, scale, steps) or not (no adapter loaded)."""
+    ip = plan.image_prompt
+    if ip is None:
+        return None
+    if adapter is None:
+        return f"image prompt (IP-Adapter, official {ip.describe()}) not used: no adapter loaded (Editor.load_ip_adapter)"
+    scale = ip.scale if adapter.scale is None else adapter.scale
+    ip = ImagePromptPlan(scale, ip.start, ip.end, ip.inversion, ip.source)
+    return f"image prompt: IP-Adapter {adapter.name} on the {ip.source} image, {ip.describe()}"
 
 
 def _check_finite(x: torch.Tensor, phase: str, step: int | None, timestep: int | None) -> None:

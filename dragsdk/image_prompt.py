@@ -53,7 +53,10 @@ class ImagePromptPlan:
         return self.start <= step and (self.end is None or step < self.end)
 
     def describe(self) -> str:
-        window = "every step" if self.start == 0 and self.end is None else f"sampling steps {self.start}–{self.end - 1 if self.end else 'end'}"
+        if self.start == 0 and self.end is None:
+            window = "every inversion and sampling step" if self.inversion else "every sampling step"
+        else:
+            window = f"sampling steps {self.start}–{self.end - 1 if self.end else 'end'}"
         return f"scale {self.scale:g} at {window}"
 
 

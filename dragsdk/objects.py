@@ -245,5 +245,5 @@ def shift_cells(mask: torch.Tensor, dx: int, dy: int) -> SourceMap:
     tr, tc = sr + dy, sc + dx
     keep = (tr >= 0) & (tr < h) & (tc >= 0) & (tc < w)
     if not keep.any():
-        raise SpecError("dx, dy", f"the shift ({dx}, {dy}) cells moves the object off the image")
+        raise SpecError("dx, dy", f"the placed object (shift ({dx}, {dy}) cells) leaves the image entirely")
     return SourceMap(tr[keep], tc[keep], sr[keep], sc[keep], (w, h))
