@@ -1,0 +1,88 @@
+"""A dry run of an edit: the plan and what running it would cost, computed without the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .geometry import Canvas
+from .plan import EditPlan
+
+
+@dataclass
+class Cost:
+    """UNet evaluations of an edit, by kind, as :class:`~dragsdk.inversion.UNetCounter` counts them (a classifier-free
+    guidance batch of two is one evaluation).
+
+    Attributes:
+        forward: evaluations without a graph (inversion, sampling, reference features, probes, time-travel
+            roll-backs).
+        forward_grad: feature forwards with an autograd graph (one per guided pass).
+        backward: autograd passes (one per region, edit / content, that has an energy term, per guided pass).
+        inversion_forward: the part of ``forward`` spent inverting (0 when the cached inversion would be reused).
+    """
+
+    forward: int
+    forward_grad: int
+    backward: int
+    inversion_forward: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward}
+
+
+def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: bool = False,
+                  recompute_reference: bool = False) -> Cost:
+    """The UNet evaluations :meth:`Editor.edit` makes for ``plan`` with ``steps`` DDIM steps; the same loops as
+    :func:`~dragsdk.inversion.invert` / :func:`~dragsdk.cycle_sde.cycle_sde_invert` and
+    :meth:`~dragsdk.sampler.GuidedSampler.run`, counted instead of run.
+
+    Per sampling step ``i ≥ start_step``: ``passes = time_travel.get(i, 1)`` when ``i`` is guided, else 1; each pass
+    is one ε evaluation, plus (guided) one graph forward, one backward per energy region, one forward per
+    ``probe_energy_after`` and per recomputed reference, and (all passes but the last) one roll-back forward.
+    """
+    inv = 0
+    if invert:
+        inv = steps if plan.sampling == "ddim" else steps - plan.start_step
+    guided = set(plan.guided_steps) if plan.needs_gradients else set()
+    regions = len({term.region for term in plan.energies})
+    fwd, fwd_grad, bwd = inv, 0, 0
+    for i in range(plan.start_step, steps):
+        passes = plan.time_travel.get(i, 1) if i in guided else 1
+        for p in range(passes):
+            if i in guided:
+                fwd_grad += 1
+                bwd += regions
+                fwd += int(probe_energy_after) + int(recompute_reference)
+            fwd += 1
+            if p + 1 < passes:
+                fwd += 1
+    return Cost(fwd, fwd_grad, bwd, inv)
+
+
+@dataclass
+class DryRun:
+    """What :meth:`Editor.plan` returns.
+
+    Attributes:
+        plan: the mode's plan: ``plan.edit_mask`` ``(h, w)`` bool on the latent grid, energy terms, pastes,
+            ``plan.guided_steps`` (sampling step indices taking energy guidance), ``plan.kv`` (K/V injection window
+            ``start ≤ i < end``, or None).
+        canvas: the working canvas: ``canvas.size`` working pixels ``(w, h)``, ``canvas.latent_size`` latent cells,
+            ``canvas.feature_size`` feature cells.
+        steps: DDIM steps (after overrides).
+        guided_steps: the sampling steps that take energy guidance (empty for gradient-free plans).
+        kv_window: ``(start, end)`` sampling steps of cross-branch K/V injection, or None.
+        inversion_cached: the Editor holds this image's inversion for these settings and weights.
+        cost: UNet evaluations the edit would make.
+        backend / backend_reason: the backend ``auto`` (or the named one) would use, and why.
+    """
+
+    plan: EditPlan
+    canvas: Canvas
+    steps: int
+    guided_steps: list[int]
+    kv_window: tuple[int, int] | None
+    inversion_cached: bool
+    cost: Cost
+    backend: str
+    backend_reason: str
