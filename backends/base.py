@@ -116,7 +116,9 @@ class Backend(ABC):
         return None
 
     def describe(self) -> dict[str, Any]:
-        ok, why = self.availability()
+        from .select import availability
+
+        ok, why = availability(self)
         return {
             "name": self.name,
             "description": self.description,

@@ -102,6 +102,15 @@ def save_entry(key: str, entry: dict[str, Any], merge: bool = False) -> Path:
     return write_text_atomic(json.dumps(table, indent=2), table_path())
 
 
+def availability(backend: Any) -> tuple[bool, str]:
+    """``backend.availability()``, with an exception raised by a (plugin) backend turned into a refusal."""
+    try:
+        ok, why = backend.availability()
+    except Exception as e:
+        return False, f"availability() raised {type(e).__name__}: {str(e)[:200]}"
+    return bool(ok), str(why)
+
+
 def _order(backends: dict[str, Any]) -> list[str]:
     return sorted(backends, key=lambda n: (-int(getattr(backends[n], "priority", 0)), n))
 
@@ -111,7 +120,7 @@ def _covering(backends: dict[str, Any], device: str, dtype: str, gradients: bool
     out, refusals = [], []
     for name in _order(backends):
         b = backends[name]
-        ok, why = b.availability()
+        ok, why = availability(b)
         if ok:
             ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes)
         if ok and dtype == "float32" and b.capabilities.precision == "reduced" and not allow_reduced:
@@ -141,7 +150,7 @@ def select_backend(
         if request not in backends:
             raise BackendUnavailableError(f"backend {request!r} is not registered; registered: {sorted(backends)}")
         b = backends[request]
-        ok, why = b.availability()
+        ok, why = availability(b)
         if not ok:
             raise BackendUnavailableError(f"backend {request!r} cannot run here: {why}")
         ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes)
@@ -214,7 +223,7 @@ def bench_backends(
     for name, backend in reg.backends.items():
         if names and name not in names:
             continue
-        ok, why = backend.availability()
+        ok, why = availability(backend)
         row: dict[str, Any] = {"backend": name, "available": ok, "reason": why}
         if ok:
             editor = Editor(model, backend=name, registry=reg)

@@ -45,7 +45,9 @@ class KVBank:
 
     Args:
         device: where entries are kept (default: where they were computed). Keeping the bank on the GPU avoids a
-            host↔device copy per layer per step (the official code keeps it on the CPU; dossier §7).
+            host↔device copy per layer per step. The official DragonDiffusion/DiffEditor code keeps it on the CPU
+            (dossier §7); the official RegionDrag keeps it on the device (its forward hooks append the ``to_k`` /
+            ``to_v`` outputs where they were computed, ``region_utils/drag.py:159-162``).
     """
 
     def __init__(self, device: torch.device | str | None = None) -> None:

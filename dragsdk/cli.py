@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Drag-style editing of real images with diffusion models.")
+_state = {"debug": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="show the Python traceback of an error (or DRAGSDK_DEBUG=1)")] = False,
+) -> None:
+    _state["debug"] = debug
 
 
 def _registry() -> Any:
@@ -25,6 +36,43 @@ def _print_json(obj: Any) -> None:
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+    """An error as one line of at most 1000 characters; an OSError names its file."""
+    if isinstance(e, OSError) and not str(e).startswith(("out:", "report:")) and e.filename is not None:
+        text = f"{e.filename}: {e.strerror or e}"
+    elif isinstance(e, RecursionError):
+        text = "the input is nested too deeply"
+    else:
+        text = str(e) or type(e).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= 1000 else text[:1000] + "…"
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """User mistakes (dragsdk errors, invalid spec fields, unreadable or unwritable files) end the command with one
+    line on stderr and exit status 2; with ``--debug`` (or ``DRAGSDK_DEBUG=1``) they propagate with the traceback."""
+    from pydantic import ValidationError
+
+    from .errors import DragSDKError
+
+    debug = _state["debug"] or os.environ.get("DRAGSDK_DEBUG", "") not in ("", "0")
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except ValidationError as e:
+        if debug:
+            raise
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        _fail(f"spec field {loc}: {first['msg']} ({e.error_count()} error(s))")
+    except (DragSDKError, OSError, UnicodeError, RecursionError) as e:
+        if debug:
+            raise
+        _fail(_one_line(e))
 
 
 @app.command()
@@ -44,55 +92,51 @@ def edit(
     reference: Annotated[Path | None, typer.Option(help="reference image (appearance, paste)")] = None,
     out: Annotated[Path, typer.Option(help="edited image path")] = Path("edited.png"),
     report: Annotated[Path | None, typer.Option(help="write the report JSON here")] = None,
+    trace: Annotated[Path | None, typer.Option(help="write the per-step trace (.npz: timestep, latent before / "
+                                                    "after, energies, guidance norm) here")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Edit an image with a spec, or a benchmark sample with its own points and mask."""
-    from pydantic import ValidationError
-
-    from .errors import DragSDKError
+    from .io import check_outputs, load_image
     from .samples import detect_sample, load_sample
+    from .specfile import input_files, read_spec_file
 
-    try:
-        protect: tuple[Path, ...] = ()
+    with _user_errors():
+        if not input.exists():
+            _fail(f"{input}: no such image or sample folder")
+        protect: list[Path] = []
+        spec_obj: dict[str, Any] | None = None
         if input.is_dir():
             if detect_sample(input) is None and spec is None:
                 _fail(f"{input} is a folder but not a DragBench or Drag100 sample; give an image and --spec")
             image_path, spec_obj = load_sample(input)
-            protect = tuple(p for p in input.iterdir() if p.is_file())
+            protect += [p for p in input.iterdir() if p.is_file()]
         else:
             if spec is None:
                 _fail("an image input needs --spec SPEC.json (or give a sample folder)")
-            image_path, protect = input, (input,)
-            spec_obj = None
+            image_path = input
+            protect.append(input)
         if spec is not None:
-            spec_obj = json.loads(spec.read_text())
-            protect = (*protect, spec)
-            if isinstance(spec_obj.get("mask"), str) and not spec_obj["mask"].startswith("data:"):
-                mask_path = Path(spec_obj["mask"])
-                spec_obj["mask"] = str(mask_path if mask_path.is_absolute() else spec.parent / mask_path)
+            spec_obj = read_spec_file(spec)
+            protect.append(spec)
         assert spec_obj is not None
         if reference is not None:
             spec_obj["reference"] = str(reference)
-            protect = (*protect, reference)
-        elif isinstance(spec_obj.get("reference"), str) and spec is not None and not Path(spec_obj["reference"]).is_absolute():
-            spec_obj["reference"] = str(spec.parent / spec_obj["reference"])
-        for key in ("reference_mask", "fill_region"):
-            value = spec_obj.get(key)
-            if isinstance(value, str) and not value.startswith("data:") and spec is not None and not Path(value).is_absolute():
-                spec_obj[key] = str(spec.parent / value)
+            protect.append(reference)
         registered = _registry().modes
-        if spec is not None and spec_obj.get("mode") in registered:
-            spec_obj = registered[spec_obj["mode"]].resolve_paths(spec_obj, spec.parent)
         if mode is not None and spec_obj.get("mode") != mode:
             if mode not in registered:
                 _fail(f"unknown mode {mode!r}; installed modes are {sorted(registered)}")
             spec_obj = registered[mode].convert_spec(spec_obj, input if input.is_dir() else None)
-        sampler = dict(spec_obj.get("sampler", {}))
+        sampler = dict(spec_obj.get("sampler") or {})
         for key, value in (("steps", steps), ("seed", seed), ("resolution", resolution)):
             if value is not None:
                 sampler[key] = value
         spec_obj["sampler"] = sampler
+        protect += input_files(spec_obj)
+        check_outputs({"out": out, "report": report}, tuple(protect))
+        image = load_image(image_path)  # decoded (and refused) before the model loads
 
         from .editor import Editor
         from .models import parse_lora_arg
@@ -101,14 +145,10 @@ def edit(
         editor = Editor.from_pretrained(model, backend=backend)
         for path, scale in loras:
             editor.load_lora(path, scale)
-        result = editor.edit(image_path, spec_obj, progress=not quiet)
-        result.save(out, report, protect=protect)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        _fail(f"spec field {loc}: {first['msg']} ({e.error_count()} error(s))")
-    except (DragSDKError, json.JSONDecodeError) as e:
-        _fail(str(e))
+        if trace is not None and trace.resolve() in {Path(p).resolve() for p in protect}:
+            _fail(f"--trace {trace} is one of the inputs; refusing to overwrite it")
+        result = editor.edit(image, spec_obj, progress=not quiet, trace=trace)
+        result.save(out, report, protect=tuple(protect))
     r = result.report
     if json_out:
         typer.echo(r.model_dump_json(indent=2))
@@ -132,16 +172,14 @@ def mask(
     import numpy as np
     from PIL import Image
 
-    from .errors import DragSDKError
-    from .io import save_image_atomic
+    from .io import check_outputs, save_image_atomic
 
-    try:
+    with _user_errors():
+        check_outputs({"out": out}, (image,))
         from .editor import Editor
 
         m = Editor.from_pretrained(model).suggest_mask(image, (x, y), prompt=prompt, threshold=threshold)
         save_image_atomic(Image.fromarray((m * 255).astype(np.uint8), "L"), out, protect=(image,))
-    except DragSDKError as e:
-        _fail(str(e))
     ys, xs = np.nonzero(m)
     info = {"out": str(out), "area_px": int(m.sum()), "fraction": float(m.mean()),
             "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None}
@@ -152,12 +190,22 @@ def mask(
 def modes(json_out: Annotated[bool, typer.Option("--json", help="JSON with each mode's schema")] = False) -> None:
     """List the installed edit modes."""
     reg = _registry()
-    items = [m.describe() for m in reg.modes.values()]
+    items, broken = [], [f"{f.name} ({f.stage}): {f.error.splitlines()[0]}" for f in reg.failures
+                         if f.stage == "dragsdk_register_modes"]
+    for name, m in reg.modes.items():
+        try:
+            items.append(m.describe())
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # one broken mode never hides the others
+            broken.append(f"{name}: describe() failed: {type(e).__name__}: {e}")
     if json_out:
         _print_json(items)
     else:
         for m in items:
             typer.echo(f"{m['name']:<14} {m['description']}")
+    for line in broken:
+        typer.secho(f"FAILED {line}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()
@@ -178,6 +226,7 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="JSON output")
     data = {
         "plugins": [vars(p) for p in reg.plugins.values()],
         "failures": [vars(f) for f in reg.failures],
+        "overrides": [vars(o) for o in reg.overrides],
     }
     if json_out:
         _print_json(data)
@@ -185,6 +234,9 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="JSON output")
     for p in data["plugins"]:
         what = ", ".join([f"mode {m}" for m in p["modes"]] + [f"backend {b}" for b in p["backends"]])
         typer.echo(f"{p['name']:<14} {p['module']:<28} {what}")
+    for o in data["overrides"]:
+        typer.secho(f"OVERRIDE {o['kind']} {o['name']}: plugin {o['plugin']} replaces the built-in {o['replaces']} "
+                    "(DRAGSDK_OVERRIDE)", fg=typer.colors.YELLOW)
     for f in data["failures"]:
         typer.secho(f"FAILED {f['name']} ({f['stage']}): {f['error'].splitlines()[0]}", fg=typer.colors.YELLOW)
 
@@ -254,24 +306,28 @@ def bench(
     dift_ensemble: Annotated[int, typer.Option(help="DIFT noise draws averaged (protocol: 8)")] = 8,
     ray: Annotated[bool, typer.Option("--ray", help="spread samples over Ray actors (optionally give ADDRESS after it)")] = False,
     actors: Annotated[int | None, typer.Option(help="Ray actors (default one per GPU, else one per CPU)")] = None,
+    allow_outside_paths: Annotated[bool, typer.Option(
+        "--allow-outside-paths", help="let a folder dataset's specs name files outside the dataset folder")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Edit and score every sample of a benchmark; resumable (run the same command again to continue)."""
-    from .errors import DragSDKError
+    """Edit and score every sample of a benchmark; resumable (run the same command again to continue).
+
+    One run at a time per --out folder: a second one on the same folder stops with a message."""
     from .eval.bench import BenchConfig, run_bench
 
     if address is not None and not ray:
         _fail(f"unexpected argument {address!r} (a Ray address goes after --ray)")
-    try:
+    with _user_errors():
         config = BenchConfig(
             dataset=str(dataset), out=str(out), mode=mode, model=model, backend=backend, format=dataset_format,
             limit=limit, steps=steps, resolution=resolution, seed=seed,
             metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), dift_model=dift_model,
-            dift_ensemble=dift_ensemble,
+            dift_ensemble=dift_ensemble, allow_outside_paths=allow_outside_paths,
         )
-        result = run_bench(config, progress=not quiet, ray=ray, ray_address=address, actors=actors, echo=typer.echo)
-    except (DragSDKError, ImportError) as e:
-        _fail(str(e))
+        try:
+            result = run_bench(config, progress=not quiet, ray=ray, ray_address=address, actors=actors, echo=typer.echo)
+        except ImportError as e:
+            _fail(str(e))
     typer.echo(f"{result.ran} sample(s) run, {result.skipped} already done; results {result.paths['results']}, "
                f"report {result.paths['report']}")
 
@@ -286,14 +342,28 @@ def ui(
         help="folder searched for DragBench / Drag100 samples (repeatable; default ../shared/data and examples)")] = None,
     steps: Annotated[int | None, typer.Option(help="steps the page starts with (default: the mode's)")] = None,
     resolution: Annotated[int | None, typer.Option(help="working resolution the page starts with")] = None,
+    max_steps: Annotated[int, typer.Option(help="most sampling steps one edit may use")] = 100,
+    max_resolution: Annotated[int, typer.Option(help="highest working resolution one edit may use")] = 1024,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload, megabytes")] = 20.0,
+    max_megapixels: Annotated[float, typer.Option(help="largest uploaded or opened image, megapixels")] = 40.0,
+    max_run_seconds: Annotated[float, typer.Option(
+        help="an edit stops after the step that passes this many seconds")] = 120.0,
+    queue_size: Annotated[int, typer.Option(help="runs that may wait for the run slot")] = 16,
 ) -> None:
-    """Open the interactive editor in the browser: click points, brush masks, run, download (needs the ui extra)."""
+    """Open the interactive editor in the browser: click points, brush masks, run, download (needs the ui extra).
+
+    The sample box opens only samples under the --samples folders; the --max-* flags cap what one request may ask."""
     from .errors import DragSDKError
 
     try:
         from .ui.app import build_app, launch
+        from .ui.state import UILimits
     except ImportError as e:
         _fail(f"the browser editor needs Gradio: pip install 'dragsdk[ui]' ({e})")
+    try:
+        limits = UILimits(max_steps, max_resolution, max_upload_mb, max_megapixels, max_run_seconds, queue_size)
+    except ValueError as e:
+        _fail(str(e))
     roots = samples if samples else [p for p in (Path("../shared/data"), Path("examples")) if p.is_dir()]
     try:
         from .editor import Editor
@@ -302,7 +372,8 @@ def ui(
     except DragSDKError as e:
         _fail(str(e))
     typer.echo(f"dragsdk ui: model {model}, backend {backend}; the page's address follows (Ctrl+C stops)")
-    launch(build_app(editor, sample_roots=roots, steps=steps, resolution=resolution), host=host, port=port)
+    launch(build_app(editor, sample_roots=roots, steps=steps, resolution=resolution, limits=limits), host=host,
+           port=port)
 
 
 def main() -> None:

@@ -19,30 +19,41 @@ class Cost:
         forward_grad: feature forwards with an autograd graph (one per guided pass).
         backward: autograd passes (one per region, edit / content, that has an energy term, per guided pass).
         inversion_forward: the part of ``forward`` spent inverting (0 when the cached inversion would be reused).
+        reference: batch rows of truncated reference-feature forwards made after inversion
+            (:func:`~dragsdk.inversion.reference_features`; 0 when the features are recorded during inversion).
     """
 
     forward: int
     forward_grad: int
     backward: int
     inversion_forward: int
+    reference: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return {"forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward}
+        """As ``EditReport.unet_evaluations`` (``reference`` only when nonzero)."""
+        out = {"forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward}
+        if self.reference:
+            out["reference"] = self.reference
+        return out
 
 
 def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: bool = False,
-                  recompute_reference: bool = False) -> Cost:
+                  recompute_reference: bool = False, feature_steps: set[int] | None = None) -> Cost:
     """The UNet evaluations :meth:`Editor.edit` makes for ``plan`` with ``steps`` DDIM steps; the same loops as
     :func:`~dragsdk.inversion.invert` / :func:`~dragsdk.cycle_sde.cycle_sde_invert` and
     :meth:`~dragsdk.sampler.GuidedSampler.run`, counted instead of run.
 
     Per sampling step ``i ≥ start_step``: ``passes = time_travel.get(i, 1)`` when ``i`` is guided, else 1; each pass
     is one ε evaluation, plus (guided) one graph forward, one backward per energy region, one forward per
-    ``probe_energy_after`` and per recomputed reference, and (all passes but the last) one roll-back forward.
+    ``probe_energy_after`` and per recomputed reference (none at the start step when ``step0_reference`` is
+    ``init``), and (all passes but the last) one roll-back forward. ``feature_steps``: the steps whose reference
+    features the inversion provides (``reference`` rows = their count × bank rows when they are not recorded).
     """
-    inv = 0
+    inv = ref_rows = 0
     if invert:
         inv = steps if plan.sampling == "ddim" else steps - plan.start_step
+        if plan.sampling == "ddim" and plan.reference_features != "recorded" and feature_steps:
+            ref_rows = len(feature_steps) * (1 + len(plan.references))
     guided = set(plan.guided_steps) if plan.needs_gradients else set()
     regions = len({term.region for term in plan.energies})
     fwd, fwd_grad, bwd = inv, 0, 0
@@ -52,11 +63,12 @@ def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: 
             if i in guided:
                 fwd_grad += 1
                 bwd += regions
-                fwd += int(probe_energy_after) + int(recompute_reference)
+                own_reference = plan.step0_reference == "init" and i == plan.start_step
+                fwd += int(probe_energy_after) + int(recompute_reference and not own_reference)
             fwd += 1
             if p + 1 < passes:
                 fwd += 1
-    return Cost(fwd, fwd_grad, bwd, inv)
+    return Cost(fwd, fwd_grad, bwd, inv, ref_rows)
 
 
 @dataclass

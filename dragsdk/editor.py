@@ -31,8 +31,8 @@ from .errors import (
 )
 from .features import FeatureTap
 from .geometry import Canvas
-from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert
-from .io import load_image, save_image_atomic, write_text_atomic
+from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
+from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
 from .models import ModelBundle, bundle_from_pipe, check_dtype, load_model, resolve_device
 from .modes import PlanContext
 from .plan import EditPlan
@@ -74,10 +74,18 @@ class EditResult:
 
     def save(self, path: str | os.PathLike[str], report: str | os.PathLike[str] | None = None,
              protect: tuple[Path, ...] = ()) -> None:
-        """Write the image (and the report JSON) atomically, never over a protected input."""
+        """Write the image (and the report JSON) atomically, never over a protected input.
+
+        Both destinations are checked before either is written (:func:`dragsdk.io.check_outputs`).
+
+        Raises:
+            SpecError: (``out`` / ``report``) a protected input, a folder, or the same file for both.
+            OutputError: a file could not be written (nothing partial is left).
+        """
+        check_outputs({"out": path, "report": report}, protect)
         save_image_atomic(self.image, path, protect)
         if report is not None:
-            write_text_atomic(self.report.model_dump_json(indent=2), report, protect)
+            write_text_atomic(self.report.model_dump_json(indent=2), report, protect, field="report")
 
 
 class Editor:
@@ -89,8 +97,11 @@ class Editor:
         registry: the plugin registry (default: the process-wide one).
         bank_device: where the K/V bank is kept (default: the model's device).
         probe_energy_after: also measure each guided step's energy after its update (report ``after``).
-        reference_profile: run with the official implementation's cost profile (reference features recomputed at
-            every guided step, the K/V bank on the CPU); for benchmarks, so a speed-up is a ratio from one run.
+        reference_profile: run with the official DragonDiffusion/DiffEditor cost profile (reference features
+            recomputed at every guided step, the K/V bank on the CPU); for benchmarks, so a speed-up is a ratio from
+            one run. It is not RegionDrag's profile: the official RegionDrag keeps its K/V bank on the device
+            (``region_utils/drag.py:159-162``, hooks appending the ``to_k``/``to_v`` outputs) and recomputes nothing,
+            which is what dragsdk's region-drag does by default.
         allow_reduced_precision: let ``auto`` pick a backend that computes a float32 edit partly in lower
             precision (``Capabilities.precision == "reduced"``); off by default.
         device / torch_dtype: where and in which precision the model runs; with a loaded ``model`` (a bundle) the
@@ -246,10 +257,12 @@ class Editor:
 
     # -- backends ------------------------------------------------------------------------------------------
     def _check_backend(self, name: str) -> Any:
+        from dragsdk.backends.select import availability
+
         backends = self.registry.backends
         if name not in backends:
             raise BackendUnavailableError(f"backend {name!r} is not registered; registered: {sorted(backends)}")
-        ok, why = backends[name].availability()
+        ok, why = availability(backends[name])
         if not ok:
             raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
         return backends[name]
@@ -287,8 +300,8 @@ class Editor:
         w, h = canvas.size
         return self.processor.preprocess(image, height=h, width=w)
 
-    def resolve_spec(self, spec: EditSpec | dict[str, Any] | str) -> EditSpec:
-        """Validate a spec given as a model, a dict or JSON text."""
+    def resolve_spec(self, spec: EditSpec | dict[str, Any] | str | os.PathLike[str]) -> EditSpec:
+        """Validate a spec given as a model, a dict, JSON text or a spec file path (:func:`spec_from_json`)."""
         if isinstance(spec, EditSpec):
             return spec
         return spec_from_json(spec, self.registry.spec_models())
@@ -326,8 +339,8 @@ class Editor:
         """Validate, apply the overrides and plan (no model call unless a mask is proposed and ``suggest``)."""
         if not isinstance(image, str | os.PathLike | Image.Image | np.ndarray):
             raise ArgumentTypeError("image", "a path, a PIL image or an (H, W, 3) uint8 array", image)
-        if not isinstance(spec, EditSpec | dict | str | bytes):
-            raise ArgumentTypeError("spec", "an EditSpec, a dict or JSON text", spec)
+        if not isinstance(spec, EditSpec | dict | str | bytes | os.PathLike):
+            raise ArgumentTypeError("spec", "an EditSpec, a dict, JSON text or a spec file path", spec)
         spec = self._overrides(self.resolve_spec(spec), num_inference_steps, guidance_scale, generator)
         modes = self.registry.modes
         if spec.mode not in modes:
@@ -350,14 +363,15 @@ class Editor:
 
     def _inversion_key(self, img: Image.Image, spec: EditSpec, plan: EditPlan, canvas: Canvas, weights: str) -> tuple:
         """What the inversion depends on: image(s), prompts, steps, size, recorded K/V and feature steps, sampling
-        kind, K/V layers, start step, the cycle-SDE seed and the weights."""
+        kind, K/V layers, start step, the cycle-SDE seed, how reference features are made, the time grid, the VAE
+        latent kind (and its seed when sampled) and the weights."""
         s = spec.sampler
-        kv_steps = set(plan.kv.steps()) if plan.kv else set()
-        feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
+        kv_steps, feature_steps = _recorded_steps(plan)
         return (self._image_key(img), spec.prompt, *(self._image_key(r.image) + r.prompt for r in plan.references),
                 s.steps, canvas.size, tuple(sorted(kv_steps)), tuple(sorted(feature_steps)), self.model.name,
                 plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None,
-                weights)
+                plan.reference_features, plan.schedule_key, plan.vae_latent,
+                s.seed if plan.vae_latent == "sample" else None, weights)
 
     def plan(
         self,
@@ -383,7 +397,8 @@ class Editor:
         inversion_cached = cached is not None and cached.key == self._inversion_key(
             img, spec, plan, canvas, self.weights_key())
         steps = spec.sampler.steps
-        cost = estimate_cost(plan, steps, not inversion_cached, self.probe_energy_after, self.reference_profile)
+        cost = estimate_cost(plan, steps, not inversion_cached, self.probe_energy_after, self.reference_profile,
+                             _recorded_steps(plan)[1])
         guided = list(plan.guided_steps) if plan.needs_gradients else []
         kv = (plan.kv.start, plan.kv.end) if plan.kv else None
         return DryRun(plan, canvas, steps, guided, kv, inversion_cached, cost, backend.name, reason)
@@ -391,9 +406,10 @@ class Editor:
     def edit(
         self,
         image: str | os.PathLike[str] | Image.Image | np.ndarray,
-        spec: EditSpec | dict[str, Any] | str,
+        spec: EditSpec | dict[str, Any] | str | os.PathLike[str],
         progress: bool = False,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        trace: str | os.PathLike[str] | None = None,
         *,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
@@ -406,10 +422,13 @@ class Editor:
         """Run one edit.
 
         Args:
-            image: the base image (path, PIL image or ``(H, W, 3)`` uint8 array).
-            spec: the edit (any registered mode).
+            image: the base image (path, PIL image or array; decoded by :func:`dragsdk.io.load_image`: EXIF
+                orientation, 16-bit and float data scaled, size capped by ``DRAGSDK_MAX_MEGAPIXELS``).
+            spec: the edit (any registered mode): a spec model, a dict, JSON text or the path of a spec file.
             progress: show a progress bar over inversion and sampling steps.
             callback: ``callback(i, t, z)`` after each sampling step (``callback_on_step_end`` sees every phase).
+            trace: write the per-pass trace (timestep, latent before / after, energies, guidance norm) to this
+                ``.npz`` path, atomically (:mod:`dragsdk.trace`).
             num_inference_steps / guidance_scale: override ``spec.sampler.steps`` / ``spec.sampler.guidance_scale``
                 (diffusers' names; validated as those fields).
             generator: a ``torch.Generator``; one draw from it sets ``spec.sampler.seed`` (recorded in the report).
@@ -426,8 +445,8 @@ class Editor:
         only by an edit that finished; the host's attention processors and scheduler are left as they were.
 
         Raises:
-            SpecError: invalid geometry for this image (the field is named); pydantic ``ValidationError`` for
-                invalid field values (overrides included).
+            SpecError: invalid geometry for this image, an unreadable image or spec (the field is named);
+                pydantic ``ValidationError`` for invalid field values (overrides included).
             ArgumentTypeError: an argument of the wrong type (named), or an unknown ``output_type``.
             BackendUnavailableError: no backend can run the edit here.
             HostAttentionError: the UNet carries host attention processors (e.g. an IP-Adapter's) that the edit
@@ -454,10 +473,11 @@ class Editor:
             key = self._inversion_key(img, spec, plan, canvas, weights)
             cached = self._trajectory if reuse_inversion else None
             reuse = cached if cached is not None and cached.key == key else None
-            steps = {"encode": 1, "invert": 1 if reuse is not None else n_run, "sample": n_run, "decode": 1}
+            n_inv = s.steps if plan.sampling == "ddim" else n_run
+            steps = {"encode": 1, "invert": 1 if reuse is not None else n_inv, "sample": n_run, "decode": 1}
             reporter = StepReporter(callback_on_step_end, cancel, steps)
             edited, out, traj, reused, phases, counter, peak, kind = self._run(
-                img, spec, plan, canvas, backend, progress, callback, reporter, key, weights, reuse
+                img, spec, plan, canvas, backend, progress, callback, reporter, key, weights, reuse, trace is not None
             )
             if not reused:  # only a finished edit's inversion is kept for the next one
                 self._trajectory = traj
@@ -468,14 +488,23 @@ class Editor:
             working_size=canvas.size, steps=s.steps, seed=s.seed, phase_seconds=phases,
             unet_evaluations=counter.to_dict(), inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
-            peak_memory_bytes=peak, peak_memory_kind=kind, notes=list(plan.notes), mask_proposed=ctx.mask_proposed,
+            peak_memory_bytes=peak, peak_memory_kind=kind, mask_proposed=ctx.mask_proposed,
+            notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size)])],
+            profile=plan.profile, profile_options=list(plan.profile_options),
         )
+        if trace is not None:
+            from .trace import write_trace
+
+            meta = {"mode": spec.mode, "profile": plan.profile, "profile_options": list(plan.profile_options),
+                    "model": self.model.name, "backend": backend.name, "steps": s.steps, "seed": s.seed,
+                    "working_size": list(canvas.size), "rollback_timesteps": out.rollback_timesteps}
+            write_trace(trace, out.trace, meta)
         return EditResult(edited, out.latent, report, spec, plan, _as_output(edited, output_type))
 
     def _run(
         self, img: Image.Image, spec: EditSpec, plan: EditPlan, canvas: Canvas, backend: Any, progress: bool,
         callback: Callable[[int, int, torch.Tensor], None] | None, report_step: StepReporter, key: tuple,
-        weights: str, cached: Trajectory | None,
+        weights: str, cached: Trajectory | None, trace: bool = False,
     ) -> tuple[Image.Image, SamplerOutput, Trajectory, bool, dict[str, float], UNetCounter, int, str]:
         """The model-using part of :meth:`edit`; the caller holds the model's lock. Never writes the cache.
         ``cached``: the inversion to reuse (its key equals ``key``), or None to invert."""
@@ -501,7 +530,10 @@ class Editor:
                 if r.size != img.size:
                     raise SpecError(f"references[{k}]", f"is {r.size}, must be the base image's size {img.size}")
             images = torch.cat([x, *(self._preprocess(r, canvas) for r in refs)])
-            z0 = backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
+            if plan.vae_latent == "sample":  # one posterior sample (official RegionDrag, cycle_sde.py:63), seeded
+                z0 = _sample_latent(self.model, images, s.seed)
+            else:
+                z0 = backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
             if z0 is None:
                 z0 = self.model.encode_image(images)
             _check_finite(z0, "encoding", None, None)
@@ -510,9 +542,8 @@ class Editor:
 
             cond_text = self._prompt(spec.prompt, weights=weights)
             cond_bank = torch.cat([cond_text, *(self._prompt(r.prompt, weights=weights) for r in plan.references)])
-            schedule = DDIMSchedule(self.model.scheduler, s.steps)
-            kv_steps = set(plan.kv.steps()) if plan.kv else set()
-            feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
+            schedule = (plan.schedule or DDIMSchedule)(self.model.scheduler, s.steps)
+            kv_steps, feature_steps = _recorded_steps(plan)
             t0 = time.perf_counter()
             reused = cached is not None
             if cached is not None:
@@ -538,10 +569,14 @@ class Editor:
                         inversion_generator(s.seed), on_step=on_invert_step,
                     )
                 else:
+                    recorded = plan.reference_features == "recorded"
                     latents, feats = invert(
-                        unet_call, z0, cond_bank, schedule, controller, tap, kv_steps, feature_steps, counter,
-                        on_step=on_invert_step,
+                        unet_call, z0, cond_bank, schedule, controller, tap, kv_steps,
+                        feature_steps if recorded else set(), counter, on_step=on_invert_step,
                     )
+                    if not recorded and feature_steps:
+                        feats = reference_features(unet_call, latents, cond_bank, schedule, controller, tap,
+                                                   feature_steps, counter)
                 _check_finite(latents[plan.start_step], "inversion", plan.start_step, schedule.timesteps[plan.start_step])
                 traj = Trajectory(schedule, latents, controller.bank, feats, cond_bank, key, noises=noises)
             controller.bank = traj.bank
@@ -559,7 +594,8 @@ class Editor:
                     callback(i, t, z)
                 report_step("sample", i, t, z)
 
-            out = sampler.run(traj, plan, torch.cat([uncond, cond_text]), cond_text, s.guidance_scale, generator, on_step)
+            out = sampler.run(traj, plan, torch.cat([uncond, cond_text]), cond_text, s.guidance_scale, generator, on_step,
+                              trace=trace)
             phases["sample"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
@@ -567,7 +603,11 @@ class Editor:
             if decoded is None:
                 decoded = self.model.decode_latent(out.latent)
             _check_finite(decoded, "decoding", None, None)
-            edited = self.processor.postprocess(decoded.float().cpu(), output_type="pil")[0]
+            if plan.to_uint8 == "truncate":  # official RegionDrag postprocess (drag.py:81-98): astype(uint8) truncates
+                arr = ((decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).numpy()
+                edited = Image.fromarray(arr.astype(np.uint8))
+            else:
+                edited = self.processor.postprocess(decoded.float().cpu(), output_type="pil")[0]
             if edited.size != img.size:
                 edited = edited.resize(img.size, Image.Resampling.LANCZOS)
             if plan.composite:
@@ -639,6 +679,15 @@ class Editor:
         return hashlib.sha1(img.tobytes()).hexdigest() + f"{img.size}"
 
 
+def _recorded_steps(plan: EditPlan) -> tuple[set[int], set[int]]:
+    """The sampling steps whose K/V and whose reference features the inversion provides."""
+    kv_steps = set(plan.kv.steps()) if plan.kv else set()
+    feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
+    if plan.step0_reference == "init":  # the first step's reference is the pasted start latent itself
+        feature_steps.discard(plan.start_step)
+    return kv_steps, feature_steps
+
+
 def _as_output(image: Image.Image, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
     """``image`` as ``result.images`` in diffusers' layout for ``output_type`` (see :class:`EditResult`)."""
     if output_type == "pil":
@@ -653,8 +702,22 @@ def _check_finite(x: torch.Tensor, phase: str, step: int | None, timestep: int |
         raise NonFiniteError(phase, step, timestep)
 
 
+def _sample_latent(model: ModelBundle, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """``(B, 4, h, w)`` latent: one sample of the VAE posterior × scaling factor, drawn from a CPU generator seeded
+    with ``seed`` (the official RegionDrag ``latent_dist.sample()``, ``cycle_sde.py:63``, on its global RNG)."""
+    with torch.no_grad():
+        post = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
+        z = post.sample(generator=torch.Generator("cpu").manual_seed(int(seed)))
+    return (z * model.vae.config.scaling_factor).to(model.dtype)
+
+
 def _composite_outside(original: Image.Image, edited: Image.Image, plan: EditPlan, canvas: Canvas) -> Image.Image:
-    """Original pixels outside the (latent) edit mask, edited pixels inside."""
+    """Original pixels outside the edit mask, edited pixels inside: the plan's pixel ``composite_mask`` when it has
+    one (official RegionDrag ``np.where(mask, out, ori)``, ``drag.py:81-98``), else the latent edit mask
+    nearest-upsampled."""
+    if plan.composite_mask is not None:
+        keep = np.asarray(plan.composite_mask, dtype=bool)[:, :, None]
+        return Image.fromarray(np.where(keep, np.asarray(edited), np.asarray(original.convert("RGB"))))
     m = plan.edit_mask.float()[None, None]
     m = torch.nn.functional.interpolate(m, size=(original.size[1], original.size[0]), mode="nearest")[0, 0]
     mask = Image.fromarray((m.numpy() * 255).astype(np.uint8), "L")

@@ -7,8 +7,10 @@ Conventions:
   cell ``(r, c)`` reads map cell ``(r·h_l // H_G, c·w_l // W_G)``: exactly what nearest upsampling of the map to
   the grid gives (the official code upsamples; gathering instead gives the same numbers without materialising
   the upsampled maps).
-- Similarity is ``S = (cos + 1) / 2`` ∈ [0, 1]. The official move / appearance terms use raw cosine in
-  ``w / (1 + 4·cos)``, which diverges at cos = −1/4 (dossier §7); every term here uses ``S``.
+- Similarity is ``S = (cos + 1) / 2`` ∈ [0, 1], as in the official drag, appearance and paste terms. Only the
+  official move / resize edit and content terms use the raw cosine in ``w / (1 + 4·cos)`` (``Sampler.py:200-212``),
+  which diverges at cos = −1/4; since every function here averages linearly, the mean cosine is ``2·S − 1``
+  (:mod:`dragsdk.plugins.move` does that in its official profile).
 - Each function returns one similarity per layer, shape ``(L,)``; modes combine layers.
 """
 

@@ -104,3 +104,7 @@ class HostAttentionError(DragSDKError, RuntimeError):
             "bypass; remove them (e.g. pipe.unload_ip_adapter() or unet.set_default_attn_processor()) or edit with "
             "a pipeline without them"
         )
+
+
+class OutputError(DragSDKError, OSError):
+    """An output file could not be written (a read-only folder, a full disk); nothing partial is left behind."""

@@ -23,6 +23,10 @@ import torch
 import torch.nn.functional as F
 
 Grid = Literal["latent", "feature", "working"]
+PointConvention = Literal["corner", "centre"]
+"""How an image-pixel point picks its grid cell: ``corner`` = ``floor(x·s)`` (the official DragonDiffusion code,
+``utils.py:139-142``), ``centre`` = ``floor((x+0.5)·s)``, the cell holding the pixel's centre."""
+MaskResampling = Literal["area", "nearest"]
 
 _GRID_DIVISOR = {"working": 1, "latent": 8, "feature": 4}
 
@@ -82,14 +86,17 @@ class Canvas:
         sx, sy = self.scale(grid)
         return xy[0] * sx, xy[1] * sy
 
-    def to_cell(self, xy: tuple[float, float], grid: Grid) -> tuple[int, int]:
-        """``(col, row)`` of the grid cell holding the centre of image pixel ``xy``, clipped to the grid.
+    def to_cell(self, xy: tuple[float, float], grid: Grid, convention: PointConvention = "centre") -> tuple[int, int]:
+        """``(col, row)`` of the grid cell of image pixel ``xy``, clipped to the grid.
 
-        The column is clipped by the grid *width* and the row by its *height* (the official DragonDiffusion
-        code clips x by the height, wrong for non-square images; dossier §7).
+        ``centre``: the cell holding the pixel's centre, ``floor((x + 0.5)·s)``; ``corner``: ``floor(x·s)``, the
+        official DragonDiffusion convention (``utils.py:139-142``). Each axis uses its own scale ``s``, the column
+        is clipped by the grid *width* and the row by its *height*: the official code scales y by the x ratio
+        (``model.py:292-296``) and clips x by the height (``utils.py:140``), both wrong on non-square images.
         """
         gw, gh = self.grid_size(grid)
-        gx, gy = self.to_grid((xy[0] + 0.5, xy[1] + 0.5), grid)
+        off = 0.5 if convention == "centre" else 0.0
+        gx, gy = self.to_grid((xy[0] + off, xy[1] + off), grid)
         return min(max(int(math.floor(gx)), 0), gw - 1), min(max(int(math.floor(gy)), 0), gh - 1)
 
     def vector_to_grid(self, dxy: tuple[float, float], grid: Grid) -> tuple[float, float]:
@@ -101,13 +108,22 @@ class Canvas:
         """Whether an image-pixel point lies on the image: ``0 ≤ x < W`` and ``0 ≤ y < H``."""
         return 0 <= xy[0] < self.image_size[0] and 0 <= xy[1] < self.image_size[1]
 
-    def mask_to_grid(self, mask: np.ndarray | torch.Tensor, grid: Grid, threshold: float = 0.5) -> torch.Tensor:
+    def mask_to_grid(
+        self, mask: np.ndarray | torch.Tensor, grid: Grid, threshold: float = 0.5, method: MaskResampling = "area"
+    ) -> torch.Tensor:
         """Resample an image-size mask onto a grid.
+
+        The mask is first resampled bilinearly to the working size. Then ``area``: a cell is inside when the
+        covered fraction of its area is at least ``threshold``. ``nearest``: a cell takes the working pixel at its
+        top-left corner, inside when that pixel is nonzero at 8-bit precision (bilinear value ≥ 0.5/255) — the
+        official DragonDiffusion rasterisation (``cv2.resize`` then ``> 0.5`` on 0–255 values, then
+        ``F.interpolate`` nearest; ``utils.py:127-133``, ``Sampler.py:298``); ``threshold`` is then unused.
 
         Args:
             mask: ``(H, W)`` array in image pixels; nonzero (or ``> 0.5`` for floats in [0, 1]) = inside.
             grid: target grid.
-            threshold: a cell is inside when the covered fraction of its area is at least this.
+            threshold: ``area`` only: the covered fraction that makes a cell inside.
+            method: ``area`` or ``nearest``.
 
         Returns:
             ``(h, w)`` bool tensor on the CPU.
@@ -125,10 +141,14 @@ class Canvas:
         # Area resampling through the working size keeps thin structures proportionally.
         up = F.interpolate(m[None, None], size=(self.size[1], self.size[0]), mode="bilinear", align_corners=False)
         d = _GRID_DIVISOR[grid]
+        if method == "nearest":
+            return (up[0, 0, : gh * d : d, : gw * d : d] * 255 >= 0.5).cpu()
         cov = F.avg_pool2d(up, d) if d > 1 else up
         return (cov[0, 0, :gh, :gw] >= threshold).cpu()
 
-    def patch(self, xy: tuple[float, float], grid: Grid, radius: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def patch(
+        self, xy: tuple[float, float], grid: Grid, radius: int = 1, convention: PointConvention = "centre"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cells of the ``(2·radius+1)²`` patch centred on the cell of ``xy``, clamped to the grid.
 
         The patch is shifted inward at borders (never truncated), so every patch has the same cell count
@@ -141,7 +161,7 @@ class Canvas:
         side = 2 * radius + 1
         if side > gw or side > gh:
             raise ValueError(f"a {side}×{side} patch does not fit a {gw}×{gh} {grid} grid")
-        cx, cy = self.to_cell(xy, grid)
+        cx, cy = self.to_cell(xy, grid, convention)
         x0 = min(max(cx - radius, 0), gw - side)
         y0 = min(max(cy - radius, 0), gh - side)
         rows = torch.arange(y0, y0 + side).repeat_interleave(side)

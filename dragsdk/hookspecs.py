@@ -28,7 +28,9 @@ __all__ = ["hookimpl", "hookspec", "dragsdk_register_modes", "dragsdk_register_b
 def dragsdk_register_modes(register: Callable[[Any], None]) -> None:
     """Register edit modes: call ``register(mode)`` once per :class:`dragsdk.modes.EditMode` instance.
 
-    :param register: adds one mode; raises :class:`dragsdk.errors.PluginError` on a duplicate name.
+    :param register: adds one mode; a duplicate name, or a mode whose ``spec_model`` is not an ``EditSpec``
+        subclass with a JSON Schema, is reported in ``Registry.failures`` and skipped (a nameless object raises
+        :class:`dragsdk.errors.PluginError`).
     """
 
 
@@ -36,5 +38,6 @@ def dragsdk_register_modes(register: Callable[[Any], None]) -> None:
 def dragsdk_register_backends(register: Callable[[Any], None]) -> None:
     """Register backends: call ``register(backend)`` once per :class:`dragsdk.backends.base.Backend` instance.
 
-    :param register: adds one backend; raises :class:`dragsdk.errors.PluginError` on a duplicate name.
+    :param register: adds one backend; a duplicate name is reported in ``Registry.failures`` and skipped (a
+        nameless object raises :class:`dragsdk.errors.PluginError`).
     """

@@ -6,8 +6,12 @@ DragonDiffusion, dossier §1 step 1): from ``z`` at ``ᾱ_prev`` to ``ᾱ_t``,
     ε = ε_θ(z, t, c),  x̂₀ = (z − √(1−ᾱ_prev)·ε) / √ᾱ_prev,  z_t = √ᾱ_t·x̂₀ + √(1−ᾱ_t)·ε.
 
 Conditioned on the text prompt only (no classifier-free guidance). The UNet call that produces ``z_{t_i}`` is
-evaluated at timestep ``t_i``, and that same call records the K/V and the decoder features used at sampling step
-``i`` (which runs at ``t_i`` too), so the guided steps never recompute reference features.
+evaluated at timestep ``t_i`` and records the K/V used at sampling step ``i`` (which runs at ``t_i`` too).
+
+Reference features for the energies at step ``i`` come either from that same call (``recorded``:
+``F(z_{t_{i+1}}, t_i)``, the input of the call, one DDIM step less noisy than the latent being sampled; no extra
+forward) or from :func:`reference_features` after the inversion (``inverted``: ``F(z_{t_i}, t_i)``, what the
+official estimator computes, ``Sampler.py:255-260``; one truncated no-grad forward row per guided step).
 """
 
 from __future__ import annotations
@@ -26,14 +30,19 @@ from .features import FeatureTap
 @dataclass
 class UNetCounter:
     """UNet evaluations by kind: ``forward`` (no gradient), ``forward_grad`` (feature forward with a graph),
-    ``backward`` (one autograd pass)."""
+    ``backward`` (one autograd pass), ``reference`` (batch rows of truncated no-grad reference-feature forwards,
+    :func:`reference_features`; reported only when nonzero)."""
 
     forward: int = 0
     forward_grad: int = 0
     backward: int = 0
+    reference: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        return {"forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward}
+        out = {"forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward}
+        if self.reference:
+            out["reference"] = self.reference
+        return out
 
 
 class DDIMSchedule:
@@ -59,6 +68,11 @@ class DDIMSchedule:
 
     def alpha_prev(self, i: int) -> float:
         return float(self._ac[self.timesteps[i + 1]]) if i + 1 < len(self.timesteps) else self._final
+
+    def inversion_step(self, i: int) -> tuple[int, float, float]:
+        """``(t, ᾱ_t, ᾱ_prev)`` of the inversion step that records sampling step ``i``: the sampling step's own
+        levels here; a schedule whose two passes differ (:class:`dragsdk.cycle_sde.RegionDragGrid`) overrides it."""
+        return self.timesteps[i], self.alpha(i), self.alpha_prev(i)
 
 
 def ddim_step(
@@ -158,3 +172,50 @@ def invert(
         controller.mode = "plain"
         controller.record_steps = None
     return latents, features
+
+
+@torch.no_grad()
+def reference_features(
+    unet: Callable[..., Any],
+    latents: list[torch.Tensor],
+    cond: torch.Tensor,
+    schedule: DDIMSchedule,
+    controller: AttentionController,
+    tap: FeatureTap,
+    steps: set[int],
+    counter: UNetCounter,
+    rows_per_call: int = 4,
+) -> dict[int, list[torch.Tensor]]:
+    """Decoder features ``F(z_{t_i}, t_i)`` of the inverted latents at their own timesteps, for each step in ``steps``.
+
+    The official DragonDiffusion estimator's reference (``Sampler.py:255-260``, ``latent_noise_ref[-(i+1)]``):
+    plain attention, text conditioning ``cond`` (``(B_bank, 77, D)``), forward stopped after the last feature block.
+    Several steps share one UNet call (per-row timesteps, at most ``rows_per_call`` latent rows per call); the
+    results are computed once per step, however many passes the step has. ``counter.reference`` counts rows.
+
+    Args:
+        latents: the trajectory's latents, ``latents[i]`` ``(B_bank, 4, h, w)`` at ``schedule.timesteps[i]``.
+
+    Returns:
+        ``{i: [(B_bank, C_l, h_l, w_l) per feature block]}``.
+    """
+    out: dict[int, list[torch.Tensor]] = {}
+    order = sorted(steps)
+    bank = latents[order[0]].shape[0] if order else 1
+    per_call = max(1, rows_per_call // bank)
+    prev = controller.mode
+    controller.mode = "plain"
+    try:
+        for k in range(0, len(order), per_call):
+            chunk = order[k : k + per_call]
+            z = torch.cat([latents[i] for i in chunk])
+            t = torch.tensor([schedule.timesteps[i] for i in chunk for _ in range(bank)], device=z.device)
+            with tap.capture(stop=True):
+                unet(z, t, encoder_hidden_states=cond.repeat(len(chunk), 1, 1), return_dict=False)
+            feats = tap.features()
+            counter.reference += len(chunk) * bank
+            for j, i in enumerate(chunk):
+                out[i] = [f[j * bank : (j + 1) * bank].detach() for f in feats]
+    finally:
+        controller.mode = prev
+    return out

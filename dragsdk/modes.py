@@ -16,7 +16,7 @@ from .errors import SpecError
 from .geometry import Canvas
 from .io import load_image, load_mask
 from .plan import EditPlan, SDEPlan
-from .spec import EditSpec, PointPair, SamplerSettings
+from .spec import EditSpec, PointPair, SamplerSettings, profile_label
 
 
 @dataclass
@@ -80,6 +80,16 @@ class PlanContext:
             out["sde"] = SDEPlan(a, b, settings.sde.eta_inside, settings.sde.eta_outside, sde_mask)
         out["time_travel"] = {i: settings.time_travel.repeats for i in settings.time_travel.steps(n) if i in guided}
         return out
+
+    def fidelity(self, profile: str | list[str], options: frozenset[str]) -> dict[str, object]:
+        """The plan entries shared by the DragonDiffusion / DiffEditor profiles: where the reference features come
+        from (``recorded-reference``), the roll-back timestep (``rollback-at-t``) and the profile for the report."""
+        return {
+            "reference_features": "recorded" if "recorded-reference" in options else "inverted",
+            "rollback_at": "t" if "rollback-at-t" in options else "prev",
+            "profile": profile_label(profile),
+            "profile_options": tuple(sorted(options)),
+        }
 
     def mask(self, ref: object, field: str, allow_empty: bool = False) -> np.ndarray:
         """Load a mask reference and check it against the image.

@@ -88,3 +88,53 @@ def paste_preview(base: Image.Image, reference: Image.Image, reference_mask: np.
     placed, m = place_image(ref, reference_mask, scale, shift)
     preview = Image.composite(placed, base, Image.fromarray((m * 255).astype(np.uint8), "L"))
     return preview, m
+
+
+def official_placement_map(
+    canvas: Canvas, mask: np.ndarray, scale: float, shift: tuple[float, float], grid: Grid
+) -> SourceMap:
+    """Target ← source cells of the object placed as the official DragonDiffusion move / resize does it.
+
+    The whole map is scaled about the **image centre** (nearest, ``F.interpolate`` to ``int(G·s)`` cells, then
+    centre-cropped or zero-padded by ``|int(G·s) − G| // 2``) after a ``torch.roll`` by the shift, which **wraps**
+    inside the scaled map (``utils.py:52-66``, ``model.py:93-114``, ``Sampler.py:185-186``). Shift in cells:
+    feature grid ``int(floor(d/4)·s)``, latent grid ``int(d/8·s)``, with ``d`` the shift in working pixels, each
+    axis scaled on its own (the official code scales both by the x ratio). A cell is in the placed object when the
+    working-size mask pixel it samples is set (the nearest rasterisation of
+    :meth:`~dragsdk.geometry.Canvas.mask_to_grid`).
+
+    Raises:
+        SpecError: (field ``scale``) the scaled object leaves the canvas (the official ``ValueError('Resize out of
+            bounds')``), or nothing of it is left on the canvas.
+    """
+    import torch.nn.functional as F
+
+    if scale <= 0:
+        raise SpecError("scale", f"must be > 0, got {scale}")
+    gw, gh = canvas.grid_size(grid)
+    ww, wh = canvas.size
+    m = torch.as_tensor(np.asarray(mask)).float()
+    m = (m > 0.5).float() if m.max() <= 1 else (m > 0).float()
+    up = F.interpolate(m[None, None], size=(wh, ww), mode="bilinear", align_corners=False)[0, 0] * 255 >= 0.5
+    sx, sy = canvas.scale("working")
+    dxw, dyw = shift[0] * sx, shift[1] * sy
+    d = ww // gw
+    if grid == "latent":
+        cx, cy = int(dxw / d * scale), int(dyw / d * scale)
+    else:
+        cx, cy = int((dxw // d) * scale), int((dyw // d) * scale)
+    out_w, out_h = int(gw * scale), int(gh * scale)
+    pad_x, pad_y = abs(out_w - gw) // 2, abs(out_h - gh) // 2
+    sign = 1 if scale > 1 else -1
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    jr, jc = rows + sign * pad_y, cols + sign * pad_x
+    valid = (jr >= 0) & (jr < out_h) & (jc >= 0) & (jc < out_w)
+    jr, jc = (jr - cy) % out_h, (jc - cx) % out_w
+    keep = valid & up[(jr * wh) // out_h, (jc * ww) // out_w]
+    whole = up[(torch.arange(out_h) * wh // out_h)[:, None], (torch.arange(out_w) * ww // out_w)[None, :]]
+    if scale > 1 and int(keep.sum()) != int(whole.sum()):
+        raise SpecError("scale", f"the object scaled by {scale} about the image centre leaves the image "
+                                 "(official profile; the centroid-placement improvement scales about the object)")
+    if not keep.any():
+        raise SpecError("scale", f"the placed object (scale {scale}, shift {shift} px) leaves the image entirely")
+    return SourceMap(rows[keep], cols[keep], (jr[keep] * gh) // out_h, (jc[keep] * gw) // out_w, (gw, gh))

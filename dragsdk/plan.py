@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -152,10 +153,30 @@ class EditPlan:
             inversion recording the reverse noise; the sampler runs η = 1 steps with it).
         start_step: first sampling step; inversion covers steps ``start_step … n−1`` only (cycle-sde).
         step_pastes: latent copies repeated before every sampling step inside their timestep window.
-        follow_outside: after every sampling step, reset the latent outside ``edit_mask`` to the inversion latent
-            of the same level.
+        follow_outside: reset the latent outside ``edit_mask`` to the inversion latent of the same level.
+        outside_reset: when ``follow_outside`` resets: ``after`` every sampling step (to the level it reached,
+            the last time to ``z_0``), or ``before`` every step, after its ``step_pastes`` (to the level the step
+            starts from; none after the last step: the official RegionDrag order, ``drag.py:144-146``).
         handle_noise: cells of the starting latent re-noised before sampling, or None.
         kv_layers: self-attention layers that record / inject K/V: ``decoder`` (up blocks) or ``all``.
+        reference_features: where the energies' reference features at sampling step ``i`` come from:
+            ``inverted`` = ``F(z^inv_{t_i}, t_i)``, the inverted latent at the sampled latent's own level, computed
+            by truncated no-grad forwards after the inversion (the official estimator, ``Sampler.py:255-260``);
+            ``recorded`` = ``F(z^inv_{t_{i+1}}, t_i)``, taken in the inversion call that produces ``z_{t_i}`` (no
+            extra forward, one DDIM step off).
+        step0_reference: ``init`` = the reference at the first sampling step is the starting latent after the
+            plan's ``init`` pastes (the official drag, whose handle→target copy is written into the very tensor the
+            estimator reads, ``utils.py:149``, ``model.py:284``); ``inversion`` = as every other step.
+        rollback_at: timestep of the time-travel roll-back UNet call ``z_{t_prev} → z_t``: ``prev`` = the level of
+            its input ``t_prev`` (official ``Sampler.py:136-144``), ``t`` = the target level (as the inversion).
+        schedule: ``schedule(scheduler, steps)`` builds the time grid of both passes (default: the model's DDIM
+            schedule, :class:`~dragsdk.inversion.DDIMSchedule`); ``schedule_key`` names it in the inversion cache key.
+        composite_mask: ``(H, W)`` bool in image pixels used by ``composite`` instead of ``edit_mask`` upsampled.
+        vae_latent: ``mean`` (posterior mean) or ``sample`` (one posterior sample from the edit's seed) as ``z_0``.
+        to_uint8: decoded image to 8 bits by ``round`` (nearest) or ``truncate`` (``floor(x·255)``).
+        profile: the spec's fidelity profile label (``official``, ``dragsdk``, ``official+<improvements>``), for
+            the report.
+        profile_options: the profile's effective options (improvement names, or ``option=value``), for the report.
     """
 
     edit_mask: torch.Tensor
@@ -176,6 +197,17 @@ class EditPlan:
     follow_outside: bool = False
     handle_noise: HandleNoise | None = None
     kv_layers: Literal["decoder", "all"] = "decoder"
+    reference_features: Literal["inverted", "recorded"] = "recorded"
+    step0_reference: Literal["inversion", "init"] = "inversion"
+    rollback_at: Literal["prev", "t"] = "t"
+    outside_reset: Literal["after", "before"] = "after"
+    schedule: Callable[[Any, int], Any] | None = None
+    schedule_key: str = "ddim"
+    composite_mask: np.ndarray | None = None
+    vae_latent: Literal["mean", "sample"] = "mean"
+    to_uint8: Literal["round", "truncate"] = "round"
+    profile: str = ""
+    profile_options: tuple[str, ...] = ()
 
     @property
     def needs_gradients(self) -> bool:

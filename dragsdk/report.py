@@ -39,6 +39,9 @@ class EditReport(BaseModel):
     peak_memory_bytes: int = 0
     peak_memory_kind: str = Field("", description="cuda_max_allocated or process_max_rss")
     mask_proposed: bool = False
+    profile: str = Field("", description="the spec's fidelity profile: official, dragsdk or official+<improvements>")
+    profile_options: list[str] = Field(default_factory=list, description="the profile's effective options: "
+                                       "improvement names, or option=value")
     notes: list[str] = Field(default_factory=list)
 
 

@@ -10,7 +10,11 @@ Per sampling step ``i`` at timestep ``t``:
 3. DDIM update with ``g`` in the x̂₀ term only (:func:`~dragsdk.inversion.ddim_step`), with per-cell η inside the
    regional-SDE window.
 
-Reference features come from the inversion (:class:`~dragsdk.inversion.Trajectory`), never recomputed.
+Reference features come from the :class:`~dragsdk.inversion.Trajectory` (recorded during the inversion or computed
+right after it, as the plan's ``reference_features`` says); with ``step0_reference="init"`` the first step's
+reference is the starting latent itself (the official drag). Time travel (DiffEditor Alg. 1): a repeated step rolls
+the latent back after every pass but the last (the official code also rolls back after the last pass and throws the
+result away: deterministic, no random draw, so skipping it changes nothing but the cost).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .attention import AttentionController
 from .features import FeatureTap
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, ddim_inversion_step, ddim_step
 from .plan import EditPlan
+from .trace import TracePass
 
 
 @dataclass
@@ -44,6 +49,8 @@ class StepEnergy:
 class SamplerOutput:
     latent: torch.Tensor
     energies: list[StepEnergy] = field(default_factory=list)
+    trace: list[TracePass] = field(default_factory=list)
+    rollback_timesteps: list[int] = field(default_factory=list)
 
 
 class GuidedSampler:
@@ -92,12 +99,18 @@ class GuidedSampler:
         return {term.name: term.fn(cur, ref) for term in plan.energies}
 
     def _guidance(
-        self, plan: EditPlan, z: torch.Tensor, i: int, t: int, a_t: float, cond_text: torch.Tensor, ref: list[torch.Tensor]
+        self, plan: EditPlan, z: torch.Tensor, i: int, t: int, a_t: float, cond_text: torch.Tensor,
+        ref: list[torch.Tensor] | None,
     ) -> tuple[torch.Tensor, StepEnergy]:
+        """Energy guidance ``g`` at ``z``; ``ref=None``: the reference is ``z``'s own features (detached), what the
+        official drag's step 0 computes (one feature forward serves both)."""
         mask = plan.edit_mask.to(z.device, z.dtype)[None, None]
         with torch.enable_grad():
             zg = z.detach().requires_grad_(True)
-            values = self._energies(plan, self.features(zg, t, cond_text), ref)
+            cur = self.features(zg, t, cond_text)
+            if ref is None:
+                ref = [f.detach() for f in cur]
+            values = self._energies(plan, cur, ref)
             self.counter.forward_grad += 1
             regions = {
                 r: [values[term.name] for term in plan.energies if term.region == r] for r in ("edit", "content")
@@ -144,10 +157,11 @@ class GuidedSampler:
         self.counter.forward += 1
         return eps
 
-    def _roll_back(self, z_prev: torch.Tensor, t: int, a_t: float, a_prev: float, cond_text: torch.Tensor) -> torch.Tensor:
-        """Time travel's deterministic roll-back ``z_{t_prev} → z_t``: one DDIM inversion step at ``t``, batch 1,
-        text conditioning only, no K/V injection (DiffEditor arXiv 2402.02583 Alg. 1; dossier §1 step 3.4)."""
-        eps = self.unet(z_prev, t, encoder_hidden_states=cond_text, return_dict=False)[0]
+    def _roll_back(self, z_prev: torch.Tensor, t_unet: int, a_t: float, a_prev: float, cond_text: torch.Tensor) -> torch.Tensor:
+        """Time travel's deterministic roll-back ``z_{t_prev} → z_t``: one DDIM inversion step with the UNet at
+        ``t_unet`` (official: ``t_prev``, ``Sampler.py:136-144``), batch 1, text conditioning only, no K/V injection
+        (DiffEditor arXiv 2402.02583 Alg. 1; dossier §1 step 3.4)."""
+        eps = self.unet(z_prev, t_unet, encoder_hidden_states=cond_text, return_dict=False)[0]
         self.counter.forward += 1
         return ddim_inversion_step(z_prev, eps, a_t, a_prev)
 
@@ -161,6 +175,7 @@ class GuidedSampler:
         guidance_scale: float,
         generator: torch.Generator | None = None,
         on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+        trace: bool = False,
     ) -> SamplerOutput:
         """Sample from the trajectory's ``z_T`` (with the plan's initial pastes) to ``z_0``.
 
@@ -169,9 +184,11 @@ class GuidedSampler:
             cond_text: ``(1, 77, D)`` conditional embedding (feature forwards).
             guidance_scale: classifier-free guidance scale ``s``.
             on_step: called as ``on_step(i, t, z_prev)`` after each step.
+            trace: keep one :class:`~dragsdk.trace.TracePass` per pass (latents copied to the CPU).
 
         Returns:
-            the final latent ``(1, 4, h, w)`` and the energies of the guided steps.
+            the final latent ``(1, 4, h, w)``, the energies of the guided steps, the trace (when asked) and the
+            timesteps at which roll-back UNet calls ran.
         """
         schedule: DDIMSchedule = trajectory.schedule
         start = plan.start_step
@@ -183,6 +200,8 @@ class GuidedSampler:
         keep = (~plan.edit_mask).to(z.device)[None, None] if plan.follow_outside else None
         guided = set(plan.guided_steps) if plan.needs_gradients else set()
         energies: list[StepEnergy] = []
+        passes_trace: list[TracePass] = []
+        rollbacks: list[int] = []
         ctl = self.controller
         eta_map = None
         if plan.sde is not None:
@@ -203,20 +222,39 @@ class GuidedSampler:
             for sp in plan.step_pastes:  # before the step: copies from the inversion latent of this step
                 if sp.active(t):
                     z = sp.paste.apply(z, trajectory.latents[i])
+            if keep is not None and plan.outside_reset == "before":  # official RegionDrag order (drag.py:144-146)
+                z = torch.where(keep, trajectory.latents[i][:1].to(z), z)
             passes = plan.time_travel.get(i, 1) if i in guided else 1
             for p in range(passes):
                 g = None
+                rec = None
+                if trace:
+                    passes_trace.append(TracePass(i, p, t, z.detach().float().cpu()))
                 if i in guided:
-                    ref = trajectory.features[i] if not self.recompute_reference else self._reference(trajectory, i, t)
+                    if plan.step0_reference == "init" and i == start:
+                        ref = None  # the pasted starting latent is its own reference (official drag step 0)
+                    elif self.recompute_reference:
+                        ref = self._reference(trajectory, i, t)
+                    else:
+                        ref = trajectory.features[i]
                     g, rec = self._guidance(plan, z, i, t, a_t, cond_text, ref)
                     energies.append(rec)
                 eps = self._eps(plan, z, i, t, cond_cfg, cond_text, guidance_scale)
                 z_prev = ddim_step(z, eps, a_t, a_prev, guidance=g, eta=eta_map if noise is not None else 0.0, noise=noise)
+                if trace:
+                    passes_trace[-1].latent_after = z_prev.detach().float().cpu()
+                    if rec is not None:
+                        passes_trace[-1].energies = dict(rec.terms)
+                        passes_trace[-1].guidance_norm = rec.grad_norm
                 if p + 1 < passes:
-                    z = self._roll_back(z_prev, t, a_t, a_prev, cond_text)
+                    t_unet = schedule.timesteps[i + 1] if plan.rollback_at == "prev" and i + 1 < len(schedule) else t
+                    z = self._roll_back(z_prev, t_unet, a_t, a_prev, cond_text)
+                    rollbacks.append(t_unet)
             z = z_prev
-            if keep is not None:  # outside the edit mask the latent follows the inversion trajectory
+            if keep is not None and plan.outside_reset == "after":  # outside the mask: the inversion trajectory
                 z = torch.where(keep, trajectory.latents[i + 1][:1].to(z), z)
+                if trace:
+                    passes_trace[-1].latent_after = z.detach().float().cpu()
             if on_step:
                 on_step(i, t, z)
-        return SamplerOutput(z, energies)
+        return SamplerOutput(z, energies, passes_trace, rollbacks)

@@ -12,7 +12,9 @@ Specs round-trip through JSON (``model_dump_json`` / :func:`parse_spec`) and exp
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import os
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -30,6 +32,49 @@ GUIDANCE_STEP_LIMIT = 1.0
 """Largest ``guidance_step`` c (the published defaults are 0.04 and 0.08)."""
 SEED_MAX = 2**64 - 1
 """Largest ``sampler.seed``: what ``torch.Generator.manual_seed`` accepts (an unsigned 64-bit integer)."""
+
+OFFICIAL = "official"
+"""The profile that reproduces the official code of a mode step by step (every mode's default)."""
+
+ALL_IMPROVEMENTS = "dragsdk"
+"""The profile that turns on every named improvement of a mode."""
+
+
+def profile_type(improvements: Iterable[str]) -> Any:
+    """The type of a mode's ``profile`` field: ``"official"``, ``"dragsdk"`` or a list of improvement names.
+
+    A mode lists the improvements it has over its official code (each a documented, named deviation); the
+    JSON Schema shows them as an enum. Use with :func:`profile_field` and resolve with :func:`profile_options`::
+
+        profile: profile_type(DRAG_IMPROVEMENTS) = profile_field(DRAG_IMPROVEMENTS)
+    """
+    names = tuple(improvements)
+    return Literal[OFFICIAL, ALL_IMPROVEMENTS] | list[Literal[names]]  # type: ignore[valid-type]
+
+
+def profile_field(improvements: Mapping[str, str]) -> Any:
+    """The pydantic ``Field`` of a mode's ``profile`` (default ``"official"``); ``improvements`` maps each name to
+    a one-line description that goes into the schema's description."""
+    listed = "; ".join(f"{k}: {v}" for k, v in improvements.items())
+    return Field(
+        OFFICIAL,
+        description=f"'{OFFICIAL}' reproduces the official code; '{ALL_IMPROVEMENTS}' enables every improvement; "
+        f"or a list of improvements. Improvements — {listed}",
+    )
+
+
+def profile_options(profile: str | list[str], improvements: Iterable[str]) -> frozenset[str]:
+    """The improvement names a ``profile`` value enables (``"official"`` → none, ``"dragsdk"`` → all)."""
+    if profile == OFFICIAL:
+        return frozenset()
+    if profile == ALL_IMPROVEMENTS:
+        return frozenset(improvements)
+    return frozenset(profile)
+
+
+def profile_label(profile: str | list[str]) -> str:
+    """The profile as one string for reports: ``official``, ``dragsdk`` or ``official+a+b``."""
+    return profile if isinstance(profile, str) else "+".join([OFFICIAL, *sorted(profile)])
 
 
 def _not_a_bool(value: Any) -> Any:
@@ -210,6 +255,21 @@ class DragWeights(SpecModel):
     contrast: float = weight_field(0.2, "pushes the vacated handle patch away from its old feature")
 
 
+DIFFEDITOR_IMPROVEMENTS = {
+    "recorded-reference": "reference features F(z_{t_{i+1}}, t_i) recorded during inversion instead of "
+    "F(z_{t_i}, t_i) recomputed (saves one truncated no-grad forward per guided step; one DDIM step off)",
+    "area-masks": "masks rasterised by >= 50 % area coverage instead of nearest (top-left pixel) sampling",
+    "rollback-at-t": "time-travel roll-back UNet evaluated at t (as in the inversion) instead of t_prev",
+}
+"""Improvements every DragonDiffusion / DiffEditor mode offers (``docs/modes/dragondiffusion.md``)."""
+
+DRAG_IMPROVEMENTS = {
+    **DIFFEDITOR_IMPROVEMENTS,
+    "unpasted-step0": "step-0 reference features of the inverted z_T instead of the handle-pasted z_T",
+    "pixel-centre": "a point falls in the cell holding its pixel's centre, floor((x+0.5)·s), instead of floor(x·s)",
+}
+
+
 class DragSpec(EditSpec):
     """Point drag (DragonDiffusion content dragging, arXiv 2307.02421 §3.4; dossier §2).
 
@@ -226,6 +286,7 @@ class DragSpec(EditSpec):
     energy_scale: float = energy_scale_field(2.0, "λ/1000 of the energy gradient (UI 'energy')")
     guidance_step: float = guidance_step_field(0.04, "c, multiplier of λ·∇E (0.04 for drag)")
     patch_radius: int = Field(1, ge=0, le=8, description="patch half-size in feature cells (1 → 3×3)")
+    profile: profile_type(DRAG_IMPROVEMENTS) = profile_field(DRAG_IMPROVEMENTS)  # type: ignore[valid-type]
 
     _mask_ref = field_validator("mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
@@ -237,34 +298,43 @@ def loads_spec_json(text: str | bytes) -> Any:
     Raises:
         SpecError: (field ``spec``) one of those literals, or text that is not JSON (the position is named).
     """
-    import json
+    from .io import parse_json
 
-    from .errors import SpecError
-
-    def refuse(literal: str) -> Any:
-        raise SpecError("spec", f"the JSON literal {literal} is not a number a spec may hold; give a finite number")
-
-    try:
-        return json.loads(text, parse_constant=refuse)
-    except json.JSONDecodeError as e:
-        raise SpecError("spec", f"not valid JSON: {e}") from e
+    return parse_json(text, "spec", allow_nan=False)
 
 
-def spec_from_json(data: str | bytes | dict[str, Any], models: dict[str, type[EditSpec]]) -> EditSpec:
+def spec_from_json(
+    data: str | bytes | os.PathLike[str] | dict[str, Any], models: dict[str, type[EditSpec]]
+) -> EditSpec:
     """Validate a spec with the model of its ``mode``.
 
+    Args:
+        data: a dict; JSON text (bytes, or a str starting with ``{``, ``[`` or ``"``); or the path of a spec JSON
+            file (any other str, or a ``PathLike``), read by :func:`dragsdk.specfile.read_spec_file` (relative
+            paths inside resolved against its folder).
+        models: the spec model of each mode.
+
     Raises:
-        SpecError: no ``mode`` or an unknown one; JSON text that is invalid or holds ``NaN`` / ``Infinity``
-            (:func:`loads_spec_json`). pydantic's ``ValidationError`` for invalid fields.
+        SpecError: no ``mode`` or an unknown one; (field ``spec``) JSON that is not an object, text that is not
+            JSON or holds ``NaN`` / ``Infinity`` (:func:`loads_spec_json`), a missing or unreadable file, or another
+            type; (field ``sampler``) ``sampler`` not an object. Pydantic's ``ValidationError`` for invalid field
+            values.
     """
     from .errors import SpecError
+    from .specfile import read_spec_file, spec_object
 
-    obj = loads_spec_json(data) if isinstance(data, str | bytes) else dict(data)
-    if not isinstance(obj, dict):
-        raise SpecError("spec", f"must be a JSON object, got {type(obj).__name__}")
+    if isinstance(data, os.PathLike) or (isinstance(data, str) and data.lstrip()[:1] not in ("{", "[", '"')):
+        obj = read_spec_file(data)
+    elif isinstance(data, str | bytes):
+        obj = spec_object(loads_spec_json(data))
+    elif isinstance(data, dict):
+        obj = spec_object(dict(data))
+    else:
+        raise SpecError("spec", f"expected an EditSpec, a dict, JSON text or a spec file path, got {type(data).__name__}")
     mode = obj.get("mode")
     if mode is None:
         raise SpecError("mode", f"missing; expected one of {sorted(models)}")
-    if mode not in models:
-        raise SpecError("mode", f"unknown mode {mode!r}; installed modes are {sorted(models)}")
+    if not isinstance(mode, str) or mode not in models:
+        shown = repr(mode[:40]) if isinstance(mode, str) else f"a {type(mode).__name__}"
+        raise SpecError("mode", f"unknown mode {shown}; installed modes are {sorted(models)}")
     return models[mode].model_validate(obj)

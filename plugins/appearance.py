@@ -24,12 +24,16 @@ from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, Reference
 from dragsdk.spec import (
+    DIFFEDITOR_IMPROVEMENTS,
     EditSpec,
     SamplerSettings,
     SpecModel,
     _as_mask_ref,
     energy_scale_field,
     guidance_step_field,
+    profile_field,
+    profile_options,
+    profile_type,
     weight_field,
 )
 
@@ -51,6 +55,7 @@ class AppearanceSpec(EditSpec):
     energy_scale: float = energy_scale_field(2.0, "λ/1000")
     guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
+    profile: profile_type(DIFFEDITOR_IMPROVEMENTS) = profile_field(DIFFEDITOR_IMPROVEMENTS)  # type: ignore[valid-type]
     sampler: SamplerSettings = Field(default_factory=lambda: SamplerSettings(guidance_scale=5.0))
 
     _mask_ref = field_validator("mask", "reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
@@ -65,11 +70,13 @@ class AppearanceMode(EditMode):
         from dragsdk.io import load_image
 
         canvas = ctx.canvas
+        options = profile_options(spec.profile, DIFFEDITOR_IMPROVEMENTS)
+        method = "area" if "area-masks" in options else "nearest"
         base_mask = ctx.mask(spec.mask, "mask")
         ref_img = ctx.load_reference(spec.reference, "reference")
         ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask", load_image(spec.reference).size)
-        base_g = canvas.mask_to_grid(base_mask, "feature")
-        ref_g = canvas.mask_to_grid(ref_mask, "feature")
+        base_g = canvas.mask_to_grid(base_mask, "feature", method=method)
+        ref_g = canvas.mask_to_grid(ref_mask, "feature", method=method)
         outside = ~base_g
         w = spec.weights
 
@@ -82,8 +89,8 @@ class AppearanceMode(EditMode):
         energies = [EnergyTerm("edit", "edit", edit)]
         if outside.any() and w.content > 0:
             energies.append(EnergyTerm("content", "content", content))
-        base_l = canvas.mask_to_grid(base_mask, "latent")
-        ref_l = canvas.mask_to_grid(ref_mask, "latent")
+        base_l = canvas.mask_to_grid(base_mask, "latent", method=method)
+        ref_l = canvas.mask_to_grid(ref_mask, "latent", method=method)
         n = ctx.steps
         guided = spec.sampler.schedule.steps(n)
         kv = KVInjection("composite", banks=(0, 1), token_masks=(token_mask(base_l, invert=True), token_mask(ref_l)))
@@ -95,6 +102,7 @@ class AppearanceMode(EditMode):
             guided_steps=guided,
             kv=KVPlan(kv, 0, int(round(spec.kv_end * n))),
             references=[Reference(ref_img, spec.reference_prompt)],
+            **ctx.fidelity(spec.profile, options),  # type: ignore[arg-type]
             **ctx.diffeditor(spec.sampler, guided, base_l),  # type: ignore[arg-type]
         )
 

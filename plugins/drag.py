@@ -15,6 +15,11 @@ SDE (inside the mask) and time travel run with the sampler settings. Without a m
 handle (:meth:`dragsdk.Editor.suggest_mask`) plus the target's latent cell. Patches are shifted
 inward at borders rather than clipped, and rows/columns are clipped by height/width respectively (the official
 code clips x by the height; dossier §7).
+
+Profile ``official`` (the default) reproduces the official code step by step (parity report
+``shared/research/parity/dragondiffusion.md``): step-0 reference = the pasted ``z_T`` (``utils.py:149``), reference
+features ``F(z_{t_i}, t_i)``, points ``floor(x·s)`` per axis, masks sampled nearest, roll-back at ``t_prev``. The
+improvements (``spec.DRAG_IMPROVEMENTS``) are listed in ``docs/modes/dragondiffusion.md``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dragsdk.energy import correspondence_energy, local_similarity, region_simil
 from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste
-from dragsdk.spec import DragSpec
+from dragsdk.spec import DRAG_IMPROVEMENTS, DragSpec, profile_options
 
 
 class DragMode(EditMode):
@@ -39,6 +44,9 @@ class DragMode(EditMode):
         canvas = ctx.canvas
         ctx.check_points(spec.points)
         notes: list[str] = []
+        options = profile_options(spec.profile, DRAG_IMPROVEMENTS)
+        method = "area" if "area-masks" in options else "nearest"
+        convention = "centre" if "pixel-centre" in options else "corner"
         if spec.mask is None and ctx.suggest_mask is not None:
             mask_px = np.zeros((canvas.image_size[1], canvas.image_size[0]), dtype=bool)
             for p in spec.points:
@@ -52,17 +60,17 @@ class DragMode(EditMode):
             notes.append("no mask given: the whole image is editable and the content term is off")
         else:
             mask_px = ctx.mask(spec.mask, "mask")
-        edit_latent = canvas.mask_to_grid(mask_px, "latent")
-        keep_feature = ~canvas.mask_to_grid(mask_px, "feature")
+        edit_latent = canvas.mask_to_grid(mask_px, "latent", method=method)
+        keep_feature = ~canvas.mask_to_grid(mask_px, "feature", method=method)
         if not edit_latent.any():
             edit_latent = canvas.mask_to_grid(mask_px, "latent", threshold=1e-6)
-            notes.append("mask smaller than one latent cell at half coverage: cells touching it are editable")
+            notes.append("mask covers no latent cell when resampled: cells touching it are editable")
 
         gw, gh = canvas.feature_size
         grid_hw = (gh, gw)
         r = spec.patch_radius
-        handles = [canvas.patch(p.handle, "feature", r) for p in spec.points]
-        targets = [canvas.patch(p.target, "feature", r) for p in spec.points]
+        handles = [canvas.patch(p.handle, "feature", r, convention) for p in spec.points]
+        targets = [canvas.patch(p.target, "feature", r, convention) for p in spec.points]
         vacated = []
         for (hr, hc), (tr, tc) in zip(handles, targets, strict=True):
             tgt = set(zip(tr.tolist(), tc.tolist(), strict=True))
@@ -89,8 +97,8 @@ class DragMode(EditMode):
 
         init = []
         for p in spec.points:
-            hr, hc = canvas.patch(p.handle, "latent", 1)
-            tr, tc = canvas.patch(p.target, "latent", 1)
+            hr, hc = canvas.patch(p.handle, "latent", 1, convention)
+            tr, tc = canvas.patch(p.target, "latent", 1, convention)
             init.append(LatentPaste(tr, tc, hr, hc))
         n = ctx.steps
         kv_start = int(round(spec.sampler.kv_start * n))
@@ -104,6 +112,8 @@ class DragMode(EditMode):
             init=init,
             kv=KVPlan(KVInjection("concat"), kv_start, n),
             notes=notes,
+            step0_reference="inversion" if "unpasted-step0" in options else "init",
+            **ctx.fidelity(spec.profile, options),  # type: ignore[arg-type]
             **ctx.diffeditor(spec.sampler, guided, edit_latent),  # type: ignore[arg-type]
         )
 

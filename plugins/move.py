@@ -10,9 +10,17 @@ own centroid, then shift; clipped at the borders):
 - fill: ``w_fill / (1 + 4·S_global(F_cur[vacated], F_ref[fill region]))``: the hole looks like the fill region (the
   user's reference region, else the unchanged background) on average.
 
-S = (cos+1)/2 in every term (the official code's raw cosine diverges; dossier §7). Edit gradients apply inside the
-placed object, the others outside it; c = 0.08, energy 0.5. Before sampling the object's inverted latent is pasted at
-its new place; K/V are replaced by the bank's from step 5 of 50; the regional SDE mask is placed ∪ original.
+Profile ``official`` (the default) uses the official ``guidance_move`` formulas (``Sampler.py:196-223``): the
+**raw cosine** in the edit and content terms, ``Σ_l 0.5·w/(1 + 4·mean cos)``; contrast ``Σ_l 0.5·w·mean S`` with
+``S = (cos+1)/2``; fill ``Σ_l w/(1 + 4·S_pooled)``, summed over the two layers without the 0.5. ``w/(1+4·cos)``
+diverges at cos = −1/4, which the official code does not guard against (neither does this profile: on real
+features cos stays far above it). The ``bounded-similarity`` improvement uses ``S`` in every term and averages every
+term over layers: a bounded energy, but about 3.7× weaker guidance at the same c and λ (parity report finding 1).
+The official profile places the object about the image centre (shift × scale, wrapping,
+:func:`dragsdk.objects.official_placement_map`); ``centroid-placement`` scales about the object's centroid without
+wrap-around (:func:`dragsdk.objects.placement_map`). Edit gradients apply inside the placed object, the others
+outside it; c = 0.08, energy 0.5. Before sampling the object's inverted latent is pasted at its new place; K/V are
+replaced by the bank's from step 5 of 50; the regional SDE mask is placed ∪ original.
 """
 
 from __future__ import annotations
@@ -26,9 +34,10 @@ from dragsdk.attention import KVInjection
 from dragsdk.energy import correspondence_energy, local_similarity, pooled_similarity, region_similarity
 from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
-from dragsdk.objects import placement_map
+from dragsdk.objects import official_placement_map, placement_map
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste
 from dragsdk.spec import (
+    DIFFEDITOR_IMPROVEMENTS,
     Coordinate,
     EditSpec,
     Point,
@@ -37,8 +46,20 @@ from dragsdk.spec import (
     displacement_field,
     energy_scale_field,
     guidance_step_field,
+    profile_field,
+    profile_options,
+    profile_type,
     weight_field,
 )
+
+MOVE_IMPROVEMENTS = {
+    **DIFFEDITOR_IMPROVEMENTS,
+    "bounded-similarity": "S = (cos+1)/2 in every term and every term averaged over layers (bounded energy, "
+    "about 3.7x weaker guidance at the official c and λ)",
+    "centroid-placement": "scale about the object's centroid, shift not multiplied by the scale, no wrap-around "
+    "(official: image centre, shift × scale, wraps)",
+}
+"""Improvements of move and resize over the official ``guidance_move`` (``docs/modes/dragondiffusion.md``)."""
 
 
 class MoveWeights(SpecModel):
@@ -58,11 +79,13 @@ class MoveSpec(EditSpec):
     handle: Point | None = Field(None, description="a click on the object, image pixels (used to propose a mask)")
     dx: Coordinate = displacement_field("horizontal displacement, image pixels")
     dy: Coordinate = displacement_field("vertical displacement, image pixels")
-    scale: float = Field(1.0, gt=0.0, le=10.0, description="scale about the object's centroid")
+    scale: float = Field(1.0, gt=0.0, le=10.0, description="scale about the image centre (profile official) or the "
+                         "object's centroid (centroid-placement)")
     fill_region: str | None = Field(None, description="region whose look fills the vacated area (mask); default: background")
     weights: MoveWeights = Field(default_factory=MoveWeights)
     energy_scale: float = energy_scale_field(0.5, "λ/1000")
     guidance_step: float = guidance_step_field(0.08, "c (0.08 for move)")
+    profile: profile_type(MOVE_IMPROVEMENTS) = profile_field(MOVE_IMPROVEMENTS)  # type: ignore[valid-type]
 
     _mask_ref = field_validator("mask", "fill_region", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
@@ -75,31 +98,47 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
 
         raise SpecError("handle", f"{spec.handle} is outside the {canvas.image_size[0]}×{canvas.image_size[1]} image")
     obj = ctx.object_mask(spec.mask, spec.handle, "mask", notes)
+    options = profile_options(spec.profile, MOVE_IMPROVEMENTS)
+    method = "area" if "area-masks" in options else "nearest"
+    bounded = "bounded-similarity" in options
     shift = (spec.dx, spec.dy)
-    fmap = placement_map(canvas, obj, spec.scale, shift, "feature")
-    lmap = placement_map(canvas, obj, spec.scale, shift, "latent")
+    if "centroid-placement" in options:
+        fmap = placement_map(canvas, obj, spec.scale, shift, "feature")
+        lmap = placement_map(canvas, obj, spec.scale, shift, "latent")
+    else:
+        fmap = official_placement_map(canvas, obj, spec.scale, shift, "feature")
+        lmap = official_placement_map(canvas, obj, spec.scale, shift, "latent")
     gw, gh = canvas.feature_size
     grid_hw = (gh, gw)
-    org = canvas.mask_to_grid(obj, "feature")
+    org = canvas.mask_to_grid(obj, "feature", method=method)
     cur = fmap.target_mask()
     other = ~(cur | org)
     vacated = org & ~cur
     fill = ctx.mask(spec.fill_region, "fill_region") if spec.fill_region is not None else None
-    fill_g = canvas.mask_to_grid(fill, "feature") if fill is not None else other
+    fill_g = canvas.mask_to_grid(fill, "feature", method=method) if fill is not None else other
     w = spec.weights
     tcells, scells = (fmap.target_rows, fmap.target_cols), (fmap.source_rows, fmap.source_cols)
 
+    def inverse(weight: float, s: torch.Tensor, raw_cosine: bool) -> torch.Tensor:
+        """``Σ_l 0.5·w/(1+4·mean cos)`` (official, ``Sampler.py:200-202, 211-212``; mean cos = 2·mean S − 1)
+        or ``mean_l w/(1+4·mean S)`` (bounded-similarity)."""
+        if bounded:
+            return correspondence_energy(weight, s).mean()
+        return 0.5 * correspondence_energy(weight, 2.0 * s - 1.0 if raw_cosine else s).sum()
+
     def edit(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
-        return correspondence_energy(w.edit, local_similarity(c, r, tcells, scells, grid_hw)).mean()
+        return inverse(w.edit, local_similarity(c, r, tcells, scells, grid_hw), raw_cosine=True)
 
     def content(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
-        return correspondence_energy(w.content, region_similarity(c, r, other)).mean()
+        return inverse(w.content, region_similarity(c, r, other), raw_cosine=True)
 
     def contrast(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
+        # official Σ_l 0.5·w·mean S (Sampler.py:214-218) = the layer mean for two layers
         return (w.contrast * region_similarity(c, r, vacated)).mean()
 
     def fill_term(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
-        return correspondence_energy(w.fill, pooled_similarity(c, r, vacated, fill_g)).mean()
+        e = correspondence_energy(w.fill, pooled_similarity(c, r, vacated, fill_g))
+        return e.mean() if bounded else e.sum()  # official: summed over layers, no 0.5 (Sampler.py:220-223)
 
     energies = [EnergyTerm("edit", "edit", edit)]
     if other.any() and w.content > 0:
@@ -112,7 +151,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
     placed_latent = lmap.target_mask()
     n = ctx.steps
     guided = spec.sampler.schedule.steps(n)
-    sde_mask = placed_latent | canvas.mask_to_grid(obj, "latent")
+    sde_mask = placed_latent | canvas.mask_to_grid(obj, "latent", method=method)
     return EditPlan(
         edit_mask=placed_latent,
         energies=energies,
@@ -122,6 +161,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
         init=[LatentPaste(lmap.target_rows, lmap.target_cols, lmap.source_rows, lmap.source_cols)],
         kv=KVPlan(KVInjection("replace"), int(round(spec.sampler.kv_start * n)), n),
         notes=notes,
+        **ctx.fidelity(spec.profile, options),  # type: ignore[arg-type]
         **ctx.diffeditor(spec.sampler, guided, sde_mask),  # type: ignore[arg-type]
     )
 

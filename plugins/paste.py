@@ -28,6 +28,7 @@ from dragsdk.modes import EditMode, PlanContext
 from dragsdk.objects import place_image
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste, Reference
 from dragsdk.spec import (
+    DIFFEDITOR_IMPROVEMENTS,
     Coordinate,
     EditSpec,
     SpecModel,
@@ -35,6 +36,9 @@ from dragsdk.spec import (
     displacement_field,
     energy_scale_field,
     guidance_step_field,
+    profile_field,
+    profile_options,
+    profile_type,
     weight_field,
 )
 
@@ -58,6 +62,7 @@ class PasteSpec(EditSpec):
     energy_scale: float = energy_scale_field(1.5, "λ/1000")
     guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
+    profile: profile_type(DIFFEDITOR_IMPROVEMENTS) = profile_field(DIFFEDITOR_IMPROVEMENTS)  # type: ignore[valid-type]
 
     _mask_ref = field_validator("reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
@@ -69,11 +74,13 @@ class PasteMode(EditMode):
 
     def plan(self, spec: PasteSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         canvas = ctx.canvas
+        options = profile_options(spec.profile, DIFFEDITOR_IMPROVEMENTS)
+        method = "area" if "area-masks" in options else "nearest"
         ref_img = ctx.load_reference(spec.reference, "reference")
         ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask", load_image(spec.reference).size)
         placed_img, placed = place_image(ref_img, ref_mask, spec.scale, (spec.dx, spec.dy))
-        p_g = canvas.mask_to_grid(placed, "feature")
-        p_l = canvas.mask_to_grid(placed, "latent")
+        p_g = canvas.mask_to_grid(placed, "feature", method=method)
+        p_l = canvas.mask_to_grid(placed, "latent", method=method)
         if not p_l.any():
             p_l = canvas.mask_to_grid(placed, "latent", threshold=1e-6)
         outside = ~p_g
@@ -101,6 +108,7 @@ class PasteMode(EditMode):
             init=[LatentPaste(rows, cols, rows, cols, bank=1)],
             kv=KVPlan(kv, 0, int(round(spec.kv_end * n))),
             references=[Reference(placed_img, spec.reference_prompt)],
+            **ctx.fidelity(spec.profile, options),  # type: ignore[arg-type]
             **ctx.diffeditor(spec.sampler, guided, p_l),  # type: ignore[arg-type]
         )
 

@@ -1,27 +1,33 @@
 """Region drag: RegionDrag (Lu et al., ECCV 2024, arXiv 2407.18247), gradient-free and fast.
 
-Reimplemented from the paper and the dossier (``drag-landscape.md`` §1); the official repository has no licence
-and none of its code is used.
+Reimplemented from the paper, the dossier (``drag-landscape.md`` §1) and the parity audit against the official code
+(``shared/research/parity/regiondrag.md``); the official repository has no licence and none of its code is used.
+The default ``profile="official"`` computes what the official "Encode then CP" code computes, step by step, with
+its bugs fixed (:data:`PROFILES`; docs/modes/region-drag.md has the item-by-item table):
 
 1. Every input (region pairs, polygon pairs, a region plus a few handle → target points, or the dense point list of
-   DragBench-SR/DR) becomes one dense target → source map on the latent grid (:mod:`dragsdk.regions`): each target
-   cell gets exactly one source cell, so the target has no holes. Several pairs are merged; a later pair wins a cell.
-2. Cycle-SDE inversion (:mod:`dragsdk.cycle_sde`, SDE-Drag arXiv 2311.01410) over the last ``start_t·steps`` steps
-   (20 steps, start 0.5 → 10 forward steps to t = 451), recording every latent, the reverse noise, and the
-   self-attention K/V of **every** layer (encoder, mid, decoder).
+   DragBench-SR/DR) becomes one dense target → source map on the latent grid (:mod:`dragsdk.regions`, official
+   rules: truncation, boundary-inclusive polygon fill, 1/d weights): each target cell gets exactly one source cell.
+   Several pairs are merged; a later pair wins a cell.
+2. ``z0`` = a seeded VAE posterior sample; Cycle-SDE inversion (:mod:`dragsdk.cycle_sde`, SDE-Drag arXiv
+   2311.01410) of ``int(start_t·steps)`` steps on the official grid (:class:`~dragsdk.cycle_sde.RegionDragGrid`:
+   UNet at 100 … 550 for 20 steps, start 0.5), recording every latent, the reverse noise, and the self-attention
+   K/V of **every** layer (encoder, mid, decoder).
 3. The handle cells of the starting latent are re-noised, ``√(1−α²)·z + α·ε`` (α = ``handle_noise``).
-4. Before every denoising step at timestep ``t ≥ end_t·1000`` (an explicit timestep window; the official code
-   compares a step count with raw timesteps and so copies at every step), the target cells take the recorded
-   inversion latent of the same step at their source cells. After every step, the latent outside the editable mask
-   is reset to the inversion trajectory. K/V of every self-attention layer are replaced by the recorded ones at
-   every step (MasaCtrl-style swap, whole tensors). No CFG (scale 1, batch 1), no gradients.
-5. After decoding, the original pixels are composited back outside the mask (``composite``).
+4. Denoising at 549, 500, …, 100 (the official off-by-one at the first step; ``time_grid="recorded"`` uses 550).
+   Before every step inside the copy window (official: ``t ≥ int(end_t·steps)``, i.e. every step) the target cells
+   take the recorded inversion latent of the same step at their source cells; then the latent outside the editable
+   mask (nearest-resampled; the whole image when none is given) is reset to that inversion latent; none after the
+   last step. K/V of every self-attention layer are replaced by the recorded ones at every step (whole tensors).
+   No CFG (scale 1, batch 1), no gradients.
+5. Decode, truncate to uint8, and composite the original pixels back outside the pixel mask (``composite``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
 from dragsdk.attention import KVInjection
+from dragsdk.cycle_sde import RegionDragGrid
 from dragsdk.errors import SpecError
 from dragsdk.hookspecs import hookimpl
 from dragsdk.io import mask_to_data_url, restricted_load
@@ -41,6 +48,7 @@ from dragsdk.spec import EditSpec, Point, PointPair, SamplerSettings, SpecModel,
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
+    "PROFILES",
     "PolygonPair",
     "RegionDragMode",
     "RegionDragSampler",
@@ -106,6 +114,24 @@ class RegionDragSampler(SamplerSettings):
 
 _KINDS = ("regions", "polygons", "region + points", "dense_points")
 
+Profile = Literal["official", "dragsdk"]
+
+PROFILES: dict[str, dict[str, str]] = {
+    "official": {
+        "time_grid": "official", "copy_window": "official", "mask_resampling": "nearest", "outside_reset": "before",
+        "composite_mask": "pixel", "default_mask": "whole", "map_rules": "official", "vae_latent": "sample",
+        "to_uint8": "truncate",
+    },
+    "dragsdk": {
+        "time_grid": "ddim", "copy_window": "timestep", "mask_resampling": "area", "outside_reset": "after",
+        "composite_mask": "latent", "default_mask": "regions", "map_rules": "dragsdk", "vae_latent": "mean",
+        "to_uint8": "round",
+    },
+}
+"""The option values of each ``profile``; a field given explicitly overrides its profile's value.
+``official`` reproduces the official RegionDrag code ("Encode then CP", Visual-AI/RegionDrag @5cf4922) step by
+step, with its bugs fixed (docs/modes/region-drag.md); ``dragsdk`` is dragsdk's earlier behaviour."""
+
 
 class RegionDragSpec(EditSpec):
     """Region drag (RegionDrag, arXiv 2407.18247). Exactly one input kind:
@@ -133,15 +159,73 @@ class RegionDragSpec(EditSpec):
         None, description="editable region (PNG path or data URL); absent = handle ∪ target grown by mask_margin"
     )
     mask_margin: float = Field(8.0, ge=0.0, le=512.0, description="pixels the default mask grows around the regions")
-    start_t: float = Field(0.5, gt=0.0, le=1.0, description="inversion depth as a fraction of the steps (t′ = 500)")
+    start_t: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="inversion depth: int(start_t·steps) inverted steps (20 · 0.5 → 10: the UNet at t = 550 … 100 "
+        "on the official grid, 451 … 1 on the ddim grid)",
+    )
     end_t: float = Field(
-        0.2, ge=0.0, le=1.0, description="latent copy while the timestep is ≥ end_t·1000 (t″ = 200)"
+        0.2, ge=0.0, le=1.0,
+        description="latent copy window: copy while t ≥ int(end_t·steps) (copy_window official: every step) or "
+        "while t ≥ end_t·1000 (copy_window timestep: t″ = 200)",
     )
     handle_noise: float = Field(
         1.0, ge=0.0, le=1.0, description="α: handle cells become √(1−α²)·z + α·ε (1.0 evaluation, 0.6 interactive)"
     )
     composite: bool = Field(True, description="paste the original pixels back outside the mask after decoding")
+    profile: Profile = Field(
+        "official",
+        description="official: reproduce the official RegionDrag code step by step (its bugs fixed); dragsdk: "
+        "dragsdk's own choices. Each option below, when given, overrides the profile's value",
+    )
+    time_grid: Literal["official", "recorded", "ddim"] | None = Field(
+        None,
+        description="official: DPMSolver set_timesteps grid, inversion to 550, denoising from 549 (the official "
+        "off-by-one); recorded: the same grid, denoising at the recorded levels (550); ddim: the model's DDIM grid "
+        "(451 … 1, z0 at ᾱ=0.99915). dragsdk: ddim",
+    )
+    copy_window: Literal["official", "timestep"] | None = Field(
+        None, description="official: t ≥ int(end_t·steps) (copies at every step); timestep: t ≥ end_t·1000. dragsdk: timestep"
+    )
+    mask_resampling: Literal["nearest", "area"] | None = Field(
+        None,
+        description="mask → latent grid: nearest (F.interpolate default); area: ≥ 50 % coverage, extended by the "
+        "handle and target cells. dragsdk: area",
+    )
+    outside_reset: Literal["before", "after"] | None = Field(
+        None,
+        description="outside the mask the latent is reset to the inversion: before each step (none after the last) "
+        "or after each step (the last time to z0). dragsdk: after",
+    )
+    composite_mask: Literal["pixel", "latent"] | None = Field(
+        None, description="mask of the final composite: the pixel mask, or the latent mask upsampled. dragsdk: latent"
+    )
+    default_mask: Literal["whole", "regions"] | None = Field(
+        None,
+        description="without `mask`: the whole image is editable (official UI), or the regions grown by "
+        "mask_margin. dragsdk: regions",
+    )
+    map_rules: Literal["official", "dragsdk"] | None = Field(
+        None,
+        description="inputs → latent map: official (truncation, boundary-inclusive polygon fill, 1/d weights; bugs "
+        "fixed) or dragsdk (cell centres, rounding, 1/d² weights). dragsdk: dragsdk",
+    )
+    vae_latent: Literal["sample", "mean"] | None = Field(
+        None, description="z0: a posterior sample seeded by sampler.seed, or the posterior mean. dragsdk: mean"
+    )
+    to_uint8: Literal["truncate", "round"] | None = Field(
+        None, description="decoded image to 8 bits: truncate (astype) or round. dragsdk: round"
+    )
     sampler: RegionDragSampler = Field(default_factory=RegionDragSampler)
+
+    def options(self) -> dict[str, str]:
+        """The effective option values: the ``profile``'s (:data:`PROFILES`), overridden by the fields given."""
+        out = dict(PROFILES[self.profile])
+        for k in out:
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
+        return out
 
     _mask_refs = field_validator("region", "mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
@@ -217,15 +301,19 @@ def spec_from_sample(
             raise SpecError("meta_data_region.pkl", "expected a dict with 'prompt', 'points' and 'mask'")
         try:
             pts = np.asarray(meta["points"], dtype=np.float64).reshape(-1, 2)
-        except (TypeError, ValueError) as e:
-            raise SpecError("meta_data_region.pkl:points", f"expected [x, y] points: {e}") from None
+        except (TypeError, ValueError):
+            raise SpecError("meta_data_region.pkl:points", "expected a flat list of [x, y] pixel points") from None
         out: dict[str, Any] = {
             "mode": "region-drag",
             "prompt": str(meta.get("prompt", "")).strip(),
             "dense_points": pts.tolist(),
         }
         if meta.get("mask") is not None:
-            out["mask"] = mask_to_data_url(np.asarray(meta["mask"]))
+            try:
+                mask = np.asarray(meta["mask"])
+            except (TypeError, ValueError):
+                raise SpecError("meta_data_region.pkl:mask", "expected an (H, W) array, 1 = editable") from None
+            out["mask"] = mask_to_data_url(mask, "meta_data_region.pkl:mask")
         return out
     if drag_spec is None:
         from dragsdk.samples import load_sample
@@ -283,7 +371,7 @@ class RegionDragMode(EditMode):
     description = "region drag: move regions, polygons or dense point sets (RegionDrag, gradient-free)"
 
     # -- inputs → one map -------------------------------------------------------------------------------------
-    def source_map(self, spec: RegionDragSpec, ctx: PlanContext) -> tuple[SourceMap, str]:
+    def source_map(self, spec: RegionDragSpec, ctx: PlanContext, rules: str | None = None) -> tuple[SourceMap, str]:
         """The merged target → source map on the latent grid and the input kind.
 
         Raises:
@@ -291,6 +379,7 @@ class RegionDragMode(EditMode):
                 degenerate or self-intersecting polygon, a point off the image, a map with no target cell.
         """
         canvas = ctx.canvas
+        rules = rules or spec.options()["map_rules"]
         maps: list[SourceMap] = []
         if spec.regions is not None:
             kind = "regions"
@@ -298,14 +387,14 @@ class RegionDragMode(EditMode):
                 h = ctx.mask(pair.handle, f"regions[{k}].handle")
                 t = ctx.mask(pair.target, f"regions[{k}].target")
                 try:
-                    maps.append(region_pair_map(canvas, h, t))
+                    maps.append(region_pair_map(canvas, h, t, rules=rules))  # type: ignore[arg-type]
                 except ValueError as e:
                     raise _spec_error(f"regions[{k}]{_which(e)}", e) from None
         elif spec.polygons is not None:
             kind = "polygons"
             for k, poly in enumerate(spec.polygons):
                 try:
-                    maps.append(polygon_map(canvas, poly.handle, poly.target))
+                    maps.append(polygon_map(canvas, poly.handle, poly.target, rules=rules))  # type: ignore[arg-type]
                 except ValueError as e:
                     raise _spec_error(f"polygons[{k}]{_which(e)}", e) from None
         elif spec.dense_points is not None:
@@ -326,7 +415,7 @@ class RegionDragMode(EditMode):
             handles = [p.handle for p in spec.points]
             targets = [p.target for p in spec.points]
             try:
-                maps.append(points_map(canvas, region, handles, targets))
+                maps.append(points_map(canvas, region, handles, targets, rules=rules))  # type: ignore[arg-type]
             except ValueError as e:
                 raise _spec_error("region" if str(e).startswith("region_mask") else "points", e) from None
         smap = maps[0]
@@ -339,22 +428,49 @@ class RegionDragMode(EditMode):
     # -- the plan ---------------------------------------------------------------------------------------------
     def plan(self, spec: RegionDragSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         canvas = ctx.canvas
-        smap, kind = self.source_map(spec, ctx)
+        opt = spec.options()
+        smap, kind = self.source_map(spec, ctx, opt["map_rules"])
         n = ctx.steps
-        n_inv = min(n, max(1, round(spec.start_t * n)))
+        grid = opt["time_grid"]
+        if grid == "ddim":
+            n_inv = min(n, max(1, round(spec.start_t * n)))
+        else:  # official drag.py:126 int(start_t·steps); all n steps would run the UNet past t = 999
+            n_inv = min(n - 1, max(1, int(spec.start_t * n)))
         start = n - n_inv
-        min_t = int(round(spec.end_t * NUM_TRAIN_TIMESTEPS))
+        if opt["copy_window"] == "official":  # drag.py:137,144: a step count compared with raw timesteps
+            min_t = int(spec.end_t * n)
+            window = f"latent copy while t ≥ int(end_t·steps) = {min_t} (official: a step count against timesteps)"
+        else:
+            min_t = int(round(spec.end_t * NUM_TRAIN_TIMESTEPS))
+            window = f"latent copy while t ≥ end_t·1000 = {min_t}"
         moved = smap.target_mask() | smap.source_mask()
         notes = [
+            f"profile {spec.profile}: " + ", ".join(f"{k}={v}" for k, v in opt.items()),
             f"region map from {kind}: {len(smap)} target latent cells from {int(smap.source_mask().sum())} source cells",
-            f"Cycle-SDE over steps {start}..{n - 1} of {n}; latent copy while t ≥ {min_t}",
+            f"Cycle-SDE over steps {start}..{n - 1} of {n} ({grid} time grid); {window}",
         ]
+        composite_mask = None
         if spec.mask is not None:
-            user = canvas.mask_to_grid(ctx.mask(spec.mask, "mask"), "latent")
-            outside = moved & ~user
-            if bool(outside.any()):
-                notes.append(f"{int(outside.sum())} handle/target latent cells outside the mask were made editable")
-            edit = user | moved
+            pixel = ctx.mask(spec.mask, "mask")
+            if opt["mask_resampling"] == "nearest":  # drag.py:217-218, F.interpolate's default mode
+                gw, gh = canvas.latent_size
+                m = torch.as_tensor(pixel, dtype=torch.float32)[None, None]
+                edit = F.interpolate(m, size=(gh, gw), mode="nearest")[0, 0] > 0.5
+                outside = moved & ~edit
+                if bool(outside.any()):
+                    notes.append(f"{int(outside.sum())} handle/target latent cells lie outside the mask: the outside "
+                                 "reset undoes their copy or noise (official behaviour)")
+            else:
+                user = canvas.mask_to_grid(pixel, "latent")
+                outside = moved & ~user
+                if bool(outside.any()):
+                    notes.append(f"{int(outside.sum())} handle/target latent cells outside the mask were made editable")
+                edit = user | moved
+            if opt["composite_mask"] == "pixel":
+                composite_mask = np.asarray(pixel, dtype=bool)
+        elif opt["default_mask"] == "whole":  # the official UI passes mask = ones (ui_utils.py:109)
+            edit = torch.ones(canvas.latent_size[1], canvas.latent_size[0], dtype=torch.bool)
+            notes.append("no mask given: the whole image is editable (no outside reset, no composite)")
         else:
             sx, sy = canvas.scale("latent")
             r = max(1, round(spec.mask_margin * max(sx, sy))) if spec.mask_margin > 0 else 0
@@ -365,7 +481,12 @@ class RegionDragMode(EditMode):
         paste = LatentPaste(smap.target_rows, smap.target_cols, smap.source_rows, smap.source_cols)
         kv_start = max(start, int(math.ceil(spec.sampler.kv_start * n - 1e-9)))
         kv = KVPlan(KVInjection("replace"), kv_start, n) if kv_start < n else None
-        return EditPlan(
+        schedule, schedule_key = None, "ddim"
+        if grid != "ddim":
+            first = "official" if grid == "official" else "recorded"
+            schedule = partial(RegionDragGrid, start=start, first_step=first)
+            schedule_key = f"regiondrag-{first}"
+        plan = EditPlan(
             edit_mask=edit,
             composite=spec.composite,
             notes=notes,
@@ -376,7 +497,16 @@ class RegionDragMode(EditMode):
             handle_noise=handle_noise,
             kv=kv,
             kv_layers="all",
+            outside_reset=opt["outside_reset"],  # type: ignore[arg-type]
+            schedule=schedule,
+            schedule_key=schedule_key,
+            composite_mask=composite_mask,
+            vae_latent=opt["vae_latent"],  # type: ignore[arg-type]
+            to_uint8=opt["to_uint8"],  # type: ignore[arg-type]
         )
+        plan.profile = spec.profile
+        plan.profile_options = tuple(f"{k}={v}" for k, v in opt.items())
+        return plan
 
     # -- CLI helpers ------------------------------------------------------------------------------------------
     def resolve_paths(self, spec: dict[str, Any], base: Path) -> dict[str, Any]:

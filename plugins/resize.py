@@ -1,7 +1,9 @@
-"""Object resizing (DragonDiffusion arXiv 2307.02421 §3.4): the object is scaled by ``scale`` about **its own
-centroid** (the official code scales about the image centre and multiplies the shift by the scale; dossier §7),
-optionally also shifted by ``(dx, dy)`` pixels. Content leaving the canvas is clipped, never wrapped; a placement
-leaving it entirely is refused. Energies, latent paste, K/V and SDE region are those of :mod:`dragsdk.plugins.move`.
+"""Object resizing (DragonDiffusion arXiv 2307.02421 §3.4): the object is scaled by ``scale``, optionally also
+shifted by ``(dx, dy)`` pixels. Profile ``official``: about the **image centre**, the shift multiplied by the scale,
+wrapping around, an object scaled off the canvas refused (:func:`dragsdk.objects.official_placement_map`, as the
+official code). Improvement ``centroid-placement``: about **its own centroid**, content leaving the canvas clipped,
+never wrapped; a placement leaving it entirely is refused. Energies, latent paste, K/V and SDE region are those of
+:mod:`dragsdk.plugins.move` (profiles included).
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from dragsdk.plugins.move import MoveSpec, plan_move
 
 
 class ResizeSpec(MoveSpec):
-    """Resize an object by ``scale`` about its own centroid (optionally also moving it)."""
+    """Resize an object by ``scale`` (optionally also moving it); the profile says about which centre."""
 
     mode: Literal["resize"] = "resize"  # type: ignore[assignment]
-    scale: float = Field(..., gt=0.0, le=10.0, description="scale about the object's centroid")
+    scale: float = Field(..., gt=0.0, le=10.0, description="scale about the image centre (profile official) or the "
+                         "object's centroid (centroid-placement)")
 
 
 class ResizeMode(EditMode):
     name = "resize"
     spec_model = ResizeSpec
-    description = "resize an object about its own centre, optionally moving it (DragonDiffusion object resizing)"
+    description = "resize an object, optionally moving it (DragonDiffusion object resizing)"
 
     def plan(self, spec: ResizeSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         return plan_move(spec, ctx)

@@ -208,3 +208,17 @@ def test_auto_never_takes_a_reduced_precision_backend_for_float32_unless_asked()
     assert b.name == "bf16"
     with pytest.raises(ValueError, match="precision"):
         Capabilities(devices=("cpu",), dtypes=("float32",), gradients=True, precision="half")
+
+
+def test_a_backend_whose_availability_raises_is_refused_not_fatal():
+    class Broken(_Fake):
+        def availability(self):
+            raise RuntimeError("driver exploded")
+
+    backends = {**_fakes(), "broken": Broken("broken")}
+    backends["broken"].priority = 99
+    b, why = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (16, 16))
+    assert b.name == "eager" and "broken (availability() raised RuntimeError: driver exploded)" in why
+    assert backends["broken"].describe()["available"] is False
+    with pytest.raises(BackendUnavailableError, match="driver exploded"):
+        select_backend(backends, "broken", "cpu", "float32", True, ["concat"])

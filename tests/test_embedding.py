@@ -258,6 +258,19 @@ def test_plan_runs_no_model_and_predicts_the_unet_evaluations(model, job, time_t
         hook.remove()
 
 
+@pytest.mark.parametrize("reference_profile", [False, True])
+def test_plan_cost_matches_region_drag_and_the_reference_profile(model, job, reference_profile):
+    """Cycle-SDE inversion (region-drag), recomputed reference features and the step-0 own reference counted."""
+    image, spec = job
+    square = [[100, 100], [160, 100], [160, 160], [100, 160]]
+    region = {"mode": "region-drag", "polygons": [{"handle": square, "target": [[x + 20, y] for x, y in square]}],
+              "sampler": {"steps": 6, "resolution": 64}}
+    editor = Editor(model, reference_profile=reference_profile)
+    for s in (region, spec):
+        dry = editor.plan(image, s)
+        assert editor.edit(image, s).report.unet_evaluations == dry.cost.to_dict()
+
+
 def test_plan_does_not_propose_masks_unless_asked(model, car_sample):
     editor = Editor(model)
     path, _ = car_sample

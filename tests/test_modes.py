@@ -15,7 +15,7 @@ from dragsdk.errors import SpecError
 from dragsdk.features import FeatureTap
 from dragsdk.geometry import Canvas
 from dragsdk.io import load_mask
-from dragsdk.objects import centroid, paste_preview, placement_map
+from dragsdk.objects import centroid, official_placement_map, paste_preview, placement_map
 
 from .conftest import ROOT
 
@@ -110,8 +110,8 @@ def test_move_pulls_the_object_to_its_target_and_away_from_its_old_place(editor,
     probe = _probe_step(MoveSpec, data)
     canvas = Canvas.fit(Image.open(image).size, FAST["resolution"])
     obj = load_mask(mask)
-    fmap = placement_map(canvas, obj, 1.0, (48, 0), "feature")
-    vacated = canvas.mask_to_grid(obj, "feature") & ~fmap.target_mask()
+    fmap = official_placement_map(canvas, obj, 1.0, (48, 0), "feature")  # the default (official) profile's geometry
+    vacated = canvas.mask_to_grid(obj, "feature", method="nearest") & ~fmap.target_mask()
     gw, gh = canvas.feature_size
     pairs = ((fmap.target_rows, fmap.target_cols), (fmap.source_rows, fmap.source_cols))
 
@@ -180,7 +180,8 @@ def test_paste_preview_and_processed_placement_are_the_same_geometry(editor, car
     _, preview_mask = paste_preview(base, ref, ref_mask, spec["scale"], (spec["dx"], spec["dy"]))
     r = editor.edit(image, spec)
     canvas = Canvas.fit(base.size, FAST["resolution"])
-    assert torch.equal(r.plan.edit_mask, canvas.mask_to_grid(preview_mask, "latent"))
+    # the official profile samples masks onto grids by nearest neighbour (issue 11, item 5)
+    assert torch.equal(r.plan.edit_mask, canvas.mask_to_grid(preview_mask, "latent", method="nearest"))
     assert abs(centroid(preview_mask)[0] - (centroid(ref_mask)[0] + spec["dx"])) <= 1.0
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from dragsdk.attention import AttentionController, self_attention_layers
-from dragsdk.cycle_sde import cycle_sde_invert, inversion_generator, reverse_step
+from dragsdk.cycle_sde import RegionDragGrid, cycle_sde_invert, inversion_generator, reverse_step
 from dragsdk.errors import SpecError
 from dragsdk.geometry import Canvas
 from dragsdk.inversion import DDIMSchedule, UNetCounter
@@ -66,9 +66,50 @@ def test_cycle_sde_inversion_then_reverse_steps_return_every_latent(tiny_model):
     assert (other[10] - latents[10]).abs().max() > 0.1
 
 
+def test_official_time_grid_lists(tiny_model):
+    """The official grid (region_utils/cycle_sde.py:23, drag.py:125-146): DPMSolver timesteps, Δ = 1000 // steps."""
+    sched = tiny_model.scheduler
+    g = RegionDragGrid(sched, 20, 10)
+    assert g.inversion_timesteps[10:] == [550, 500, 450, 400, 350, 300, 250, 200, 150, 100]
+    assert g.timesteps[10:] == [549, 500, 450, 400, 350, 300, 250, 200, 150, 100]  # the official off-by-one
+    ac = sched.alphas_cumprod.double()
+    assert g.clean_alpha == pytest.approx(float(ac[50])) and g.alpha_prev(19) == g.clean_alpha
+    assert (g.alpha(10), g.alpha_prev(10)) == (pytest.approx(float(ac[549])), pytest.approx(float(ac[499])))
+    assert g.inversion_step(10) == (550, pytest.approx(float(ac[550])), pytest.approx(float(ac[500])))
+    r = RegionDragGrid(sched, 20, 10, first_step="recorded")
+    assert r.timesteps[10:] == r.inversion_timesteps[10:]
+    assert all(r.inversion_step(i)[1:] == (r.alpha(i), r.alpha_prev(i)) for i in range(10, 20))
+    # 50 steps, start_t 0.5: Δ = 20; linspace grid round(k·19.98): G[24:] = 519, 500, 480, …, 20
+    g50 = RegionDragGrid(sched, 50, 25)
+    assert g50.inversion_timesteps[25:] == [520, *range(500, 20, -20)]
+    assert g50.timesteps[25:] == [519, *range(500, 20, -20)] and g50.clean_alpha == pytest.approx(float(ac[20]))
+    with pytest.raises(ValueError, match="past the last training timestep"):
+        RegionDragGrid(sched, 20, 0)
+    assert DDIMSchedule(sched, 20).inversion_step(10) == (451, DDIMSchedule(sched, 20).alpha(10),
+                                                          DDIMSchedule(sched, 20).alpha_prev(10))
+    # The plan: int(start_t·steps) inverted steps, the official copy threshold int(end_t·steps) = 4 (every step),
+    # the timestep window 200 (8 of the 10 official steps, 6 of the 10 ddim ones).
+    corners = [[32, 16], [63, 16], [63, 47], [32, 47]]
+    spec = RegionDragSpec(polygons=[[corners, [[x + 80, y + 48] for x, y in corners]]])
+    plan = _plan(spec)
+    (sp,) = plan.step_pastes
+    grid = plan.schedule(sched, 20)
+    assert plan.start_step == 10 and plan.schedule_key == "regiondrag-official"
+    assert [sp.active(t) for t in grid.timesteps[10:]] == [True] * 10
+    plan = _plan(spec.model_copy(update={"copy_window": "timestep"}))
+    assert sum(plan.step_pastes[0].active(t) for t in grid.timesteps[10:]) == 8
+    plan = _plan(spec.model_copy(update={"start_t": 0.99}))
+    assert plan.start_step == 1  # int(0.99·20) = 19 steps: 550 … 999 − never past 999
+    plan = _plan(spec.model_copy(update={"profile": "dragsdk"}))
+    assert plan.schedule is None and sum(plan.step_pastes[0].active(t) for t in DDIMSchedule(sched, 20).timesteps[10:]) == 6
+
+
 def test_null_region_edit_reconstructs_the_encoded_latent_at_twenty_unet_evaluations(editor):
+    """On the recorded levels an unedited latent cycles back to z0; the official first step (549 with the noise of
+    550) does not, by a small documented amount."""
     same = [[100, 100], [160, 100], [160, 160], [100, 160]]
-    spec = RegionDragSpec(polygons=[{"handle": same, "target": same}], handle_noise=0.0, sampler=FAST)
+    spec = RegionDragSpec(polygons=[{"handle": same, "target": same}], handle_noise=0.0, sampler=FAST,
+                          time_grid="recorded")
     editor._trajectory = None  # count the inversion too
     r = editor.edit(_car(), spec)
     traj = editor._trajectory
@@ -77,16 +118,38 @@ def test_null_region_edit_reconstructs_the_encoded_latent_at_twenty_unet_evaluat
     assert rep.unet_evaluations == {"forward": 20, "forward_grad": 0, "backward": 0}
     assert rep.steps == 20 and r.image.size == (512, 384) and not rep.energies
     assert set(rep.phase_seconds) == {"encode", "invert", "sample", "decode"}
+    assert rep.profile == "official" and "time_grid=recorded" in rep.profile_options
+    official = editor.edit(_car(), spec.model_copy(update={"time_grid": None}))
+    # The same inversion (same grid, same seed; cached under its own key), only the first step's levels differ.
+    assert torch.equal(editor._trajectory.latents[10], traj.latents[10])
+    assert 1e-4 < (official.latent - traj.latents[-1]).abs().max() < 0.5
 
 
 # -- the edit --------------------------------------------------------------------------------------------------
 
 
-def test_copies_targets_from_recorded_sources_inside_the_timestep_window_and_nothing_else(editor):
+OFFICIAL_INVERSION_T = [100, 150, 200, 250, 300, 350, 400, 450, 500, 550]
+OFFICIAL_DENOISE_T = [549, 500, 450, 400, 350, 300, 250, 200, 150, 100]
+
+
+@pytest.mark.parametrize(
+    ("profile", "inversion_t", "denoise_t", "copied"),
+    [
+        # official: DPMSolver grid; inversion 50 → 550, denoising 549 → 50; int(0.2·20) = 4 ≤ every t: copies at all.
+        ("official", OFFICIAL_INVERSION_T, OFFICIAL_DENOISE_T, OFFICIAL_DENOISE_T),
+        # dragsdk: the model's DDIM grid 451 … 1, copy while t ≥ 200.
+        ("dragsdk", [1, 51, 101, 151, 201, 251, 301, 351, 401, 451], [451, 401, 351, 301, 251, 201, 151, 101, 51, 1],
+         [451, 401, 351, 301, 251, 201]),
+    ],
+)
+def test_timesteps_copy_steps_and_reset_order_of_each_profile(editor, profile, inversion_t, denoise_t, copied):
+    w, h = Image.open(_car()).size
+    mask = np.zeros((h, w), np.uint8)
+    mask[80:272, 48:400] = 1  # covers the handle and target squares, not the image
     spec = RegionDragSpec(
         polygons=[{"handle": [[64, 96], [192, 96], [192, 224], [64, 224]],
                    "target": [[256, 128], [384, 128], [384, 256], [256, 256]]}],
-        sampler=FAST,
+        mask=mask_to_data_url(mask), profile=profile, sampler=FAST,
     )
     seen: list[tuple[int, torch.Tensor]] = []
     attention: list[tuple[str, str | None, int]] = []
@@ -106,32 +169,39 @@ def test_copies_targets_from_recorded_sources_inside_the_timestep_window_and_not
         hook.remove()
     traj, plan = editor._trajectory, r.plan
     assert len(seen) == 20
+    assert [t for t, _ in seen[:10]] == inversion_t
+    assert [t for t, _ in seen[10:]] == denoise_t == traj.schedule.timesteps[10:]
     # Inversion records, sampling replaces K/V, at all 16 self-attention layers (encoder, mid, decoder).
     assert attention == [("record", None, 16)] * 10 + [("inject", "replace", 16)] * 10
     sampling = seen[10:]  # the first 10 UNet calls are the inversion
     (sp,) = plan.step_pastes
     p = sp.paste
-    assert sp.min_timestep == 200 and len(p.target_rows) > 4
+    assert sp.min_timestep == (4 if profile == "official" else 200) and len(p.target_rows) > 4
     keep = ~plan.edit_mask
-    copied = []
+    assert 0 < int(keep.sum()) < keep.numel()
+    got = []
     for k, (t, z) in enumerate(sampling):
         i = 10 + k
-        assert t == traj.schedule.timesteps[i]
         src = traj.latents[i][0][:, p.source_rows, p.source_cols]
         tgt = z[0][:, p.target_rows, p.target_cols]
-        if t >= 200:
+        if t in copied:
             assert torch.equal(tgt, src), (i, t)  # exactly, bit for bit
-            copied.append(t)
+            got.append(t)
         else:
             assert not torch.equal(tgt, src), (i, t)
-        # Outside the editable mask the latent is the inversion latent of the same step.
+        # Outside the editable mask the UNet sees the inversion latent of the same step: reset before the step
+        # (official) or after the previous one (dragsdk) give the same input.
         assert torch.equal(z[0][:, keep], traj.latents[i][0][:, keep])
-    assert copied == [451, 401, 351, 301, 251, 201]
-    # Handle noise α = 1: handle cells that are not targets start as noise, not as the inverted latent.
+    assert got == copied
+    # After the last step: official leaves the outside as the last step made it, dragsdk resets it to z0.
+    outside_equals_z0 = torch.equal(r.latent[0][:, keep], traj.latents[-1][0][:, keep])
+    assert outside_equals_z0 == (profile == "dragsdk")
+    # Handle noise α = 1: handle cells that are not targets (and inside the mask) start as noise.
     hn = plan.handle_noise
     assert hn is not None and hn.alpha == 1.0
     tset = set(zip(p.target_rows.tolist(), p.target_cols.tolist(), strict=True))
-    only = [(a, b) for a, b in zip(hn.rows.tolist(), hn.cols.tolist(), strict=True) if (a, b) not in tset]
+    only = [(a, b) for a, b in zip(hn.rows.tolist(), hn.cols.tolist(), strict=True)
+            if (a, b) not in tset and bool(plan.edit_mask[a, b])]
     rows, cols = torch.tensor(only).T
     assert (sampling[0][1][0][:, rows, cols] - traj.latents[10][0][:, rows, cols]).abs().min() > 0
     # K/V of all 16 self-attention layers recorded at every sampled step (and replaced there: round trip test).
@@ -144,14 +214,43 @@ def test_copies_targets_from_recorded_sources_inside_the_timestep_window_and_not
 
 
 def test_pixels_outside_the_mask_are_the_original_when_compositing(editor):
-    spec = RegionDragSpec.from_points([[[200, 200], [240, 180]]], sampler=FAST)
-    r = editor.edit(_car(), spec)
     orig = np.asarray(Image.open(_car()).convert("RGB"))
-    m = torch.nn.functional.interpolate(r.plan.edit_mask.float()[None, None], size=orig.shape[:2], mode="nearest")
-    outside = ~m[0, 0].bool().numpy()
-    assert outside.mean() > 0.5
+    mask = np.zeros(orig.shape[:2], np.uint8)
+    mask[150:230, 170:283] = 1  # not aligned to 8-px blocks: the pixel and the latent composite differ
+    # official: the pixel mask itself
+    spec = RegionDragSpec.from_points([[[200, 200], [240, 180]]], mask=mask_to_data_url(mask), sampler=FAST)
+    r = editor.edit(_car(), spec)
+    outside = mask == 0
     assert np.array_equal(np.asarray(r.image)[outside], orig[outside])
     assert not np.array_equal(np.asarray(r.image)[~outside], orig[~outside])
+    # dragsdk: the latent edit mask, nearest-upsampled (blocky)
+    r = editor.edit(_car(), spec.model_copy(update={"profile": "dragsdk"}))
+    m = torch.nn.functional.interpolate(r.plan.edit_mask.float()[None, None], size=orig.shape[:2], mode="nearest")
+    outside = ~m[0, 0].bool().numpy()
+    assert outside.mean() > 0.5 and (outside != (mask == 0)).any()
+    assert np.array_equal(np.asarray(r.image)[outside], orig[outside])
+    assert not np.array_equal(np.asarray(r.image)[~outside], orig[~outside])
+
+
+def test_vae_posterior_sample_and_uint8_truncation(editor):
+    """official: z0 is a seeded posterior sample (not the mean) and the image is truncated to uint8 (never above
+    the rounded one, at most one grey level below it)."""
+    img = Image.open(_car()).convert("RGB").crop((150, 120, 278, 248))  # 128×128: edited at its own size, no resize
+    spec = RegionDragSpec.from_points([[[50, 60], [80, 50]]], sampler=FAST)
+    editor._trajectory = None
+    a = editor.edit(img, spec)
+    z0 = editor._trajectory.latents[-1]
+    b = editor.edit(img, spec.model_copy(update={"to_uint8": "round"}))
+    assert b.report.inversion_reused and torch.equal(a.latent, b.latent)
+    ta, rb = np.asarray(a.image).astype(int), np.asarray(b.image).astype(int)
+    assert (ta <= rb).all() and (rb - ta).max() == 1
+    c = editor.edit(img, spec.model_copy(update={"vae_latent": "mean"}))
+    assert not c.report.inversion_reused
+    mean = editor._trajectory.latents[-1]
+    assert (z0 - mean).abs().max() > 1e-3
+    editor._trajectory = None
+    again = editor.edit(img, spec)  # the same seed draws the same sample
+    assert torch.equal(editor._trajectory.latents[-1], z0) and torch.equal(again.latent, a.latent)
 
 
 # -- inputs → one map, on a non-square image -------------------------------------------------------------------
@@ -197,12 +296,28 @@ def test_plan_defaults_and_mask():
     assert plan.sampling == "cycle-sde" and plan.start_step == 10 and plan.kv_layers == "all"
     assert plan.kv is not None and plan.kv.injection.mode == "replace" and plan.kv.steps() == list(range(10, 20))
     assert plan.follow_outside and plan.composite and not plan.needs_gradients
-    # Default mask: handle ∪ target grown by one latent cell (8 px).
-    assert int(plan.edit_mask.sum()) == 2 * 36 and bool(plan.edit_mask[1, 3]) and not bool(plan.edit_mask[0, 3])
-    # A given mask is kept and extended by the handle and target cells.
+    assert plan.outside_reset == "before" and plan.vae_latent == "sample" and plan.to_uint8 == "truncate"
+    assert plan.profile == "official" and any(n.startswith("profile official:") for n in plan.notes)
+    # official, no mask: the whole image is editable (the official UI's mask = ones).
+    assert bool(plan.edit_mask.all()) and plan.composite_mask is None
+    # official, a given mask: nearest resampling (F.interpolate picks each cell's top-left pixel), not extended.
     small = _square_mask(IMG, 0, 0, 16)
+    small[84:88, 240:248] = 1  # the bottom half of cell (row 10, col 30): area 0.5, its top-left pixel is outside
     plan = _plan(spec.model_copy(update={"mask": mask_to_data_url(small)}))
-    assert int(plan.edit_mask.sum()) == 4 + 32 and any("made editable" in n for n in plan.notes)
+    assert int(plan.edit_mask.sum()) == 4 and not bool(plan.edit_mask[10, 30])
+    assert plan.composite_mask is not None and np.array_equal(plan.composite_mask, small.astype(bool))
+    assert any("undoes their copy" in n for n in plan.notes)
+    # dragsdk: default mask = handle ∪ target grown by one latent cell (8 px) ...
+    plan = _plan(spec.model_copy(update={"profile": "dragsdk"}))
+    assert plan.outside_reset == "after" and plan.vae_latent == "mean" and plan.to_uint8 == "round"
+    assert int(plan.edit_mask.sum()) == 2 * 36 and bool(plan.edit_mask[1, 3]) and not bool(plan.edit_mask[0, 3])
+    # ... and a given mask resampled by area (≥ 0.5) and extended by the handle and target cells.
+    plan = _plan(spec.model_copy(update={"profile": "dragsdk", "mask": mask_to_data_url(small)}))
+    assert int(plan.edit_mask.sum()) == 4 + 1 + 32 and bool(plan.edit_mask[10, 30])
+    assert any("made editable" in n for n in plan.notes) and plan.composite_mask is None
+    # A single option overrides its profile's value.
+    plan = _plan(spec.model_copy(update={"mask_resampling": "area", "mask": mask_to_data_url(small)}))
+    assert bool(plan.edit_mask[10, 30]) and "mask_resampling=area" in plan.profile_options and plan.to_uint8 == "truncate"
 
 
 def test_from_points_and_sample_conversion(tmp_path):

@@ -384,8 +384,13 @@ def test_dense_points_round_trip(canvas: Canvas) -> None:
                 sm.target_rows, sm.target_cols, sm.source_rows, sm.source_cols, strict=True
             )
         }
-        assert got == expected
+        # Each pair's own cells map exactly (the later pair wins a shared target) ...
+        assert {tc: got[tc] for tc in expected} == expected
         assert got[pairs[3][1]] == (0, 0)
+        # ... and any other cell written has its centre in the 8-px block of a target point (the no-holes fill).
+        blocks = {(int(t[0] // 8), int(t[1] // 8)) for t in np.asarray(flat)[1::2]}
+        for c, r in set(got) - set(expected):
+            assert (int((c + 0.5) * ux // 8), int((r + 0.5) * uy // 8)) in blocks
 
 
 def test_dense_points_errors() -> None:
@@ -420,3 +425,123 @@ def test_source_map_merge_and_validation() -> None:
         SourceMap(one, one, one, one, gs)
     with pytest.raises(ValueError, match="outside"):
         SourceMap(torch.tensor([gs[1]]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), gs)
+
+
+# ---------------------------------------------------------------------------------------------- official rules
+NATIVE = Canvas((320, 192), (320, 192))  # the official code's own working size: latent 40×24, 8 px per cell
+
+
+def _cells(x0: int, x1: int, y0: int, y1: int) -> np.ndarray:
+    """An image mask covering latent cells ``[x0, x1] × [y0, y1]`` of NATIVE (whole 8-px blocks)."""
+    m = np.zeros((192, 320), np.uint8)
+    m[8 * y0 : 8 * y1 + 8, 8 * x0 : 8 * x1 + 8] = 1
+    return m
+
+
+def _as_dict(sm: SourceMap) -> dict[tuple[int, int], tuple[int, int]]:
+    """``{(row, col) target: (row, col) source}``."""
+    return {
+        (int(r), int(c)): (int(sr), int(sc))
+        for r, c, sr, sc in zip(sm.target_rows, sm.target_cols, sm.source_rows, sm.source_cols, strict=True)
+    }
+
+
+def test_official_region_pair_truncates_where_dragsdk_rounds() -> None:
+    # Handle columns 0..2, target columns 10..14, same rows: x' = (c − 10)·2/4 = 0, .5, 1, 1.5, 2.
+    handle, target = _cells(0, 2, 2, 4), _cells(10, 14, 2, 4)
+    off = _as_dict(region_pair_map(NATIVE, handle, target, rules="official"))
+    sdk = _as_dict(region_pair_map(NATIVE, handle, target, rules="dragsdk"))
+    assert set(off) == set(sdk) == {(r, c) for r in range(2, 5) for c in range(10, 15)}
+    assert [off[(3, c)][1] for c in range(10, 15)] == [0, 0, 1, 1, 2]  # truncation
+    assert [sdk[(3, c)][1] for c in range(10, 15)] == [0, 1, 1, 2, 2]  # round half up
+    assert all(off[(r, c)][0] == r for r, c in off)  # equal heights: rows map 1:1
+    # A one-cell-wide target reads the handle's first column (official), its middle one (dragsdk).
+    line = _cells(20, 20, 2, 4)
+    assert {s[1] for s in _as_dict(region_pair_map(NATIVE, handle, line, rules="official")).values()} == {0}
+    assert {s[1] for s in _as_dict(region_pair_map(NATIVE, handle, line, rules="dragsdk")).values()} == {1}
+
+
+def test_official_region_pair_never_reads_an_empty_handle_column() -> None:
+    """Fixed official bug: a handle with empty columns inside its x-range gave NaN sources (copied from row 0)."""
+    handle = _cells(0, 1, 2, 4) | _cells(5, 6, 2, 4)  # columns 2..4 empty
+    target = _cells(10, 16, 8, 10)  # x' = c − 10: columns 12, 13, 14 land on empty handle columns
+    sm = region_pair_map(NATIVE, handle, target, rules="official")
+    d = _as_dict(sm)
+    assert len(d) == 21 and sm.source_mask()[torch.as_tensor(handle[::8, ::8] == 0)].sum() == 0
+    # nearest handle column with cells (ties: the lower one), rows on that column's range
+    assert [d[(9, c)] for c in (12, 13, 14)] == [(3, 1), (3, 1), (3, 5)]
+
+
+def test_official_polygon_fill_includes_the_boundary_and_truncates_sources() -> None:
+    # Target triangle with grid vertices (10, 2), (14, 2), (10, 6); the handle is it moved by −12 px = −1.5 cells.
+    target = [[80, 16], [112, 16], [80, 48]]
+    handle = [[x - 12, y] for x, y in target]
+    d = _as_dict(polygon_map(NATIVE, handle, target, rules="official"))
+    expected_cells = {(r, c) for r in range(2, 7) for c in range(10, 15) if (c - 10) + (r - 2) <= 4}
+    assert len(expected_cells) == 15 and set(d) == expected_cells  # the hypotenuse cells are included
+    assert all(d[(r, c)] == (r, c - 2) for r, c in d)  # trunc(c − 1.5) = c − 2
+    sdk = polygon_map(NATIVE, handle, target, rules="dragsdk")
+    assert len(sdk) < len(d)  # cell centres strictly inside: fewer cells
+
+
+def test_official_polygon_drops_sources_off_the_image() -> None:
+    """Fixed official bug: sources left of the image wrapped to the right edge, past the right edge raised."""
+    target = [[8, 16], [47, 16], [47, 55], [8, 55]]  # cells 1..5 × 2..6
+    handle = [[x - 24, y] for x, y in target]  # 3 cells to the left: columns −2 … 2
+    d = _as_dict(polygon_map(NATIVE, handle, target, rules="official"))
+    assert set(d) == {(r, c) for r in range(2, 7) for c in range(3, 6)}
+    assert all(s == (r, c - 3) for (r, c), s in d.items())
+    # target cells 31..35, sources 6 cells right: 37..41, of which 40 and 41 are past the right edge
+    right = _as_dict(polygon_map(NATIVE, [[x + 288, y] for x, y in target], [[x + 240, y] for x, y in target],
+                                 rules="official"))
+    assert {c for _, c in right} == {31, 32, 33} and max(s[1] for s in right.values()) == 39
+
+
+def test_official_region_points_weights_by_inverse_distance() -> None:
+    # Region: cells 0..4 of row 0. Handle (0, 0) stays, handle (4, 0) moves 4 cells right.
+    region = _cells(0, 4, 0, 0)
+    handles, targets = [[3.5, 3.5], [35.5, 3.5]], [[3.5, 3.5], [67.5, 3.5]]
+    off = _as_dict(points_map(NATIVE, region, handles, targets, rules="official"))
+    sdk = _as_dict(points_map(NATIVE, region, handles, targets, rules="dragsdk"))
+    # Cell 1: distances 1 and 3. 1/d: (0·1 + 4·⅓)/(1 + ⅓) = 1 → lands on cell 2.
+    # 1/d²: (4·1/9)/(1 + 1/9) = 0.4 → stays on cell 1 (cell 2 is back-filled from cell 2 − 0.4·… → 2).
+    assert off[(0, 2)] == (0, 1) and sdk[(0, 1)] == (0, 1) and sdk[(0, 2)] != (0, 1)
+    # Cell 3: 1/d: (4·1)/(⅓ + 1) = 3 → cell 6; 1/d²: 4/(1/9 + 1) = 3.6 → cell 7.
+    assert off[(0, 6)] == (0, 3) and sdk[(0, 7)] == (0, 3)
+    assert off[(0, 8)] == sdk[(0, 8)] == (0, 4) and off[(0, 0)] == sdk[(0, 0)] == (0, 0)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    w=st.integers(64, 960), h=st.integers(64, 960), res=st.integers(64, 768),
+    fx=st.floats(0, 1), fy=st.floats(0, 1), fw=st.floats(0, 1), fh=st.floats(0, 1),
+    fdx=st.floats(0, 1), fdy=st.floats(0, 1),
+)
+def test_dense_points_write_every_target_cell_at_any_working_size(w, h, res, fx, fy, fw, fh, fdx, fdy) -> None:
+    """DragBench-SR/DR dense points (one pair per 8-px block) leave no target cell unwritten at any size."""
+    nbx, nby = w // 8, h // 8  # whole blocks on the image
+    if nbx < 1 or nby < 1:
+        return
+    bw, bh = 1 + int(fw * (nbx - 1) * 0.5), 1 + int(fh * (nby - 1) * 0.5)
+    x0, y0 = int(fx * (nbx - bw)), int(fy * (nby - bh))
+    dx, dy = int(fdx * (nbx - bw)) - x0, int(fdy * (nby - bh)) - y0  # the handle blocks stay on the image
+    pts = []
+    for by in range(y0, y0 + bh):
+        for bx in range(x0, x0 + bw):
+            pts += [[8 * (bx + dx), 8 * (by + dy)], [8 * bx, 8 * by]]
+    for canvas in (Canvas.fit((w, h), max(res, 64)), Canvas((w, h), (8 * nbx, 8 * nby))):
+        sm = dense_points_map(canvas, pts)
+        written = sm.target_mask()
+        gw, gh = canvas.latent_size
+        sx, sy = canvas.scale("latent")
+        rows, cols = np.mgrid[0:gh, 0:gw]
+        bxc, byc = np.floor((cols + 0.5) / sx / 8), np.floor((rows + 0.5) / sy / 8)
+        in_target = (bxc >= x0) & (bxc < x0 + bw) & (byc >= y0) & (byc < y0 + bh)
+        assert written[torch.as_tensor(in_target)].all()  # every cell whose centre lies in a target block
+        for t in pts[1::2]:  # and every cell holding a target point
+            c, r = canvas.to_cell(tuple(t), "latent")
+            assert bool(written[r, c])
+        if canvas.size == (8 * nbx, 8 * nby) and canvas.image_size == canvas.size:  # native: the official map
+            d = _as_dict(sm)
+            pairs = zip(pts[0::2], pts[1::2], strict=True)
+            assert d == {(t[1] // 8, t[0] // 8): (s[1] // 8, s[0] // 8) for s, t in pairs}

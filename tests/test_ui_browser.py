@@ -267,5 +267,5 @@ def test_open_a_sample_folder(server, browser_page):
     page.locator("#sample input").fill("/no/such/folder")
     page.keyboard.press("Enter")
     page.click("#open-sample")
-    _wait_text(page, "#image-msg", "no folder")
+    _wait_text(page, "#image-msg", "no sample folder")
     _no_trace(page)

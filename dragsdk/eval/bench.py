@@ -16,6 +16,11 @@ runs again. Every line is written with one ``write`` and ``fsync`` before the ne
 finished is lost. Edits are seeded, so a resumed run writes the same lines as an uninterrupted one, except the
 measurements in :data:`VOLATILE_KEYS` (times, memory, worker).
 
+Integrity: one ``dragsdk bench`` at a time writes to an output folder; a second one on the same folder stops at
+once with a clear message (:func:`lock_out`, an exclusive lock on ``.dragsdk-bench.lock``). A line of
+``results.jsonl`` counts as done only when it is a complete, well-typed record (:func:`record_problem`); any other
+line is reported and its sample runs again. Each sample id counts once in the summary (the last complete record).
+
 Scale-out: with Ray (:func:`run_bench` ``ray=True``) the samples are spread over one actor per GPU (per CPU slot
 without GPUs), each loading the model once; the driver reads the samples, sends them to the actors, and writes the
 results to the same ``results.jsonl`` as they arrive, with the same resume logic.
@@ -23,6 +28,7 @@ results to the same ``results.jsonl`` as they arrive, with the same resume logic
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -38,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DragSDKError, ModelNotFoundError, SpecError
-from ..io import atomic_write, write_text_atomic
+from ..io import atomic_write, read_json, write_text_atomic
 from .datasets import Sample, SampleRef, discover, load
 from .dift import DIFT_ENSEMBLE, DIFT_MODEL
 from .metrics import (
@@ -64,6 +70,7 @@ RECORD_KEYS = (
 )
 RESULTS = "results.jsonl"
 RUN_FILE = "run.json"
+LOCK_FILE = ".dragsdk-bench.lock"
 THUMB_WIDTH = 512
 
 
@@ -82,6 +89,8 @@ class BenchConfig:
         metrics: a subset of :data:`METRICS`.
         dift_model / dift_ensemble: the DIFT extractor of MD (default SD 2.1, 8; the protocol). A name equal to
             ``model`` reuses the editing model.
+        allow_outside_paths: let a ``folder`` dataset's specs name files outside the dataset root (image, masks,
+            references); off, such a sample is an error record (:func:`dragsdk.eval.datasets.load`).
     """
 
     dataset: str
@@ -98,6 +107,7 @@ class BenchConfig:
     metrics: tuple[str, ...] = METRICS
     dift_model: str = DIFT_MODEL
     dift_ensemble: int = DIFT_ENSEMBLE
+    allow_outside_paths: bool = False
 
     def __post_init__(self) -> None:
         self.dataset, self.out = str(self.dataset), str(self.out)
@@ -109,10 +119,11 @@ class BenchConfig:
             raise SpecError("limit", f"must be ≥ 1, got {self.limit}")
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings a resumed run must share (everything but ``out`` and ``limit``)."""
+        """The settings a resumed run must share (everything but ``out``, ``limit`` and the path permission)."""
         d = asdict(self)
         d.pop("out")
         d.pop("limit")
+        d.pop("allow_outside_paths")
         d["dataset"] = str(Path(self.dataset).resolve())
         d["metrics"] = list(self.metrics)
         return d
@@ -194,6 +205,120 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _opt(check: Any) -> Any:
+    return lambda v: v is None or check(v)
+
+
+def _dict_of(check: Any) -> Any:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and check(x) for k, x in v.items())
+
+
+def _size(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+
+def _point_pairs(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(pair, list) and len(pair) == 2
+        and all(isinstance(p, list) and len(p) == 2 and all(_num(c) for c in p) for p in pair) for pair in v)
+
+
+def _metric_value(v: Any) -> bool:
+    return v is None or _num(v) or (isinstance(v, list) and all(x is None or _num(x) for x in v))
+
+
+def _relative_file(v: Any) -> bool:
+    return (isinstance(v, str) and bool(v) and not v.startswith(("/", "\\")) and ":" not in v
+            and ".." not in v.replace("\\", "/").split("/"))
+
+
+_str = lambda v: isinstance(v, str)  # noqa: E731
+_RECORD_TYPES: dict[str, tuple[Any, str]] = {
+    "id": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "dataset": (_opt(_str), "a string"),
+    "category": (_opt(_str), "a string"),
+    "status": (lambda v: v in ("ok", "error"), "'ok' or 'error'"),
+    "error": (_opt(_str), "a string or null"),
+    "mode": (_opt(_str), "a string or null"),
+    "prompt": (_opt(_str), "a string or null"),
+    "points": (_opt(_point_pairs), "[[handle, target], ...] pixel pairs"),
+    "spec": (_opt(lambda v: isinstance(v, dict)), "an object"),
+    "image_size": (_opt(_size), "[width, height]"),
+    "working_size": (_opt(_size), "[width, height]"),
+    "backend": (_opt(_str), "a string"),
+    "metrics": (_dict_of(_metric_value), "an object of numbers"),
+    "metric_notes": (_dict_of(_str), "an object of strings"),
+    "matches": (lambda v: isinstance(v, dict), "an object"),
+    "unet_evaluations": (_opt(_dict_of(lambda x: isinstance(x, int) and not isinstance(x, bool))),
+                         "an object of counts"),
+    "phase_seconds": (_opt(_dict_of(_num)), "an object of seconds"),
+    "metric_seconds": (_opt(_num), "seconds"),
+    "seconds": (_opt(_num), "seconds"),
+    "peak_memory_bytes": (_opt(lambda v: isinstance(v, int) and not isinstance(v, bool)), "a byte count"),
+    "peak_memory_kind": (_opt(_str), "a string"),
+    "notes": (lambda v: isinstance(v, list) and all(_str(x) for x in v), "a list of strings"),
+    "files": (_dict_of(_relative_file), "an object of paths inside the output folder"),
+    "worker": (lambda v: v is None or _str(v) or (isinstance(v, int) and not isinstance(v, bool)), "a pid or name"),
+}
+_OK_REQUIRED = ("points", "image_size", "phase_seconds", "seconds", "unet_evaluations")
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a ``results.jsonl`` line is not a complete record of a finished sample, or None when it is.
+
+    Complete means: an object with every key of :data:`RECORD_KEYS`, each of its type (numbers are not booleans;
+    ``files`` are relative paths inside the output folder), an ``error`` text when ``status`` is ``error`` and the
+    measurements the summary reads (points, sizes, times, UNet counts) when it is ``ok``.
+    """
+    if not isinstance(record, dict):
+        return f"not an object but {type(record).__name__}"
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for key, (check, what) in _RECORD_TYPES.items():
+        if not check(record[key]):
+            return f"{key} is not {what}: {json.dumps(record[key])[:60]}"
+    if record["status"] == "error" and not record["error"]:
+        return "status is 'error' without an error text"
+    if record["status"] == "ok":
+        nulls = [k for k in _OK_REQUIRED if record[k] is None]
+        if nulls:
+            return f"status is 'ok' but {', '.join(nulls)} is null"
+    return None
+
+
+def completed_records(lines: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The complete records of a results file, each sample id once, and what was wrong with the others.
+
+    Args:
+        lines: the parsed lines in file order (:meth:`ResultsLog.read`).
+
+    Returns:
+        ``(records, problems)``: per id the last complete record, in the order of their first line; one message
+        per id that has no complete record (that sample runs again) and per id that has several (counted once).
+    """
+    kept: dict[str, dict[str, Any]] = {}
+    bad: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for n, rec in enumerate(lines, 1):
+        sid = rec.get("id") if isinstance(rec, dict) else None
+        key = sid if isinstance(sid, str) else f"line {n}"
+        why = record_problem(rec)
+        if why is None:
+            kept[key] = rec
+            seen[key] = seen.get(key, 0) + 1
+        else:
+            bad.setdefault(key, f"line {n}: {why}")
+    problems = [f"{RESULTS}: {key} is incomplete ({why}); it runs again" for key, why in bad.items()
+                if key not in kept]
+    problems += [f"{RESULTS}: {key} has {k} complete records; the last one counts" for key, k in seen.items() if k > 1]
+    return list(kept.values()), problems
 
 
 def comparable(record: dict[str, Any]) -> dict[str, Any]:
@@ -404,11 +529,40 @@ def _sample_files(sid: str, original: Image.Image, edited: Image.Image, points: 
 # -- the run --------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def lock_out(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on a bench output folder for the duration of the block (``filelock``: ``flock`` on
+    POSIX, ``msvcrt.locking`` on Windows; released by the OS when the process dies, so a killed run leaves no stale
+    lock).
+
+    Raises:
+        SpecError: (field ``out``) another process (or another run in this one) holds the lock.
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(out) / LOCK_FILE
+    lock = FileLock(str(path), timeout=0, is_singleton=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise SpecError("out", f"{out} is in use by another dragsdk bench run (it holds {path}); wait for it to "
+                               "finish or choose another --out") from None
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
 def _check_run_file(out: Path, config: BenchConfig) -> None:
     path = out / RUN_FILE
     fp = config.fingerprint()
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
+    if path.exists():
+        try:
+            old = read_json(path, RUN_FILE)
+        except SpecError as e:
+            raise SpecError("out", f"{path} is not a readable bench run file ({e}); delete it or choose another --out") from None
+        if not isinstance(old, dict):
+            raise SpecError("out", f"{path} is not a bench run file (a JSON object); delete it or choose another --out")
         diff = [f"{k}: {old.get(k)!r} → {v!r}" for k, v in fp.items() if old.get(k) != v]
         if diff and (out / RESULTS).is_file():
             raise SpecError("out", f"{out} holds a run with other settings ({'; '.join(diff)}); resume it with the "
@@ -420,7 +574,7 @@ def _jobs(refs: Iterable[SampleRef], config: BenchConfig) -> Iterator[tuple[Samp
     """``(ref, job, error)`` per sample: a job, or None and why the sample cannot run."""
     for ref in refs:
         try:
-            yield ref, prepare_job(load(ref), config), ""
+            yield ref, prepare_job(load(ref, allow_outside=config.allow_outside_paths), config), ""
         except (DragSDKError, OSError, ValueError, KeyError, TypeError, EOFError) as e:
             yield ref, None, f"{type(e).__name__}: {e}"
 
@@ -451,18 +605,33 @@ def run_bench(
     Raises:
         SpecError: a dataset that is not one, an output folder holding a run with other settings, bad settings.
         MetricUnavailable: never; an unavailable metric is reported in the records and summary.
+        SpecError: (field ``out``) another bench run holds the output folder (:func:`lock_out`).
         ImportError: ``ray=True`` without Ray installed (the message gives the install line).
     """
-    from tqdm.auto import tqdm
-
     out = Path(config.out)
     refs = discover(config.dataset, config.format)
     if config.limit is not None:
         refs = refs[:config.limit]
+    if out.exists() and not out.is_dir():
+        raise SpecError("out", f"{out} is a file; bench --out is a folder (it holds results.jsonl, run.json, the report)")
     out.mkdir(parents=True, exist_ok=True)
+    with lock_out(out):
+        return _run_locked(config, out, refs, progress, ray, ray_address, actors, on_record, features, echo)
+
+
+def _run_locked(config: BenchConfig, out: Path, refs: list[SampleRef], progress: bool, ray: bool,
+                ray_address: str | None, actors: int | None, on_record: Callable[[dict[str, Any]], None] | None,
+                features: Callable[..., Any] | None, echo: Callable[[str], None] | None) -> BenchResult:
+    """:func:`run_bench` once the output folder is locked."""
+    from tqdm.auto import tqdm
+
     _check_run_file(out, config)
     log = ResultsLog(out / RESULTS)
-    done = {r["id"] for r in log.read(repair=True)}
+    previous, problems = completed_records(log.read(repair=True))
+    if echo:
+        for line in problems:
+            echo(f"warning: {line}")
+    done = {r["id"] for r in previous}
     todo = [r for r in refs if r.id not in done]
     skipped = len(refs) - len(todo)
     told: set[str] = set()
@@ -500,7 +669,7 @@ def run_bench(
     finally:
         bar.close()
     order = {r.id: i for i, r in enumerate(refs)}
-    records = sorted((r for r in log.read() if r["id"] in order), key=lambda r: order[r["id"]])
+    records = sorted((r for r in completed_records(log.read())[0] if r["id"] in order), key=lambda r: order[r["id"]])
     summary = summarize(records)
     summary["settings"] = config.fingerprint()
     paths = write_outputs(out, records, summary, echo)
@@ -547,8 +716,10 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
     MD (DragDiffusion) is the mean over all pairs (as ``run_eval_point_matching.py``); every other metric is the
     mean over samples that have it. ``unavailable`` lists the metrics that were not computed and why; ``errors``
-    the samples that could not be read or edited.
+    the samples that could not be read or edited. Incomplete or mistyped records are left out and each sample id
+    counts once (:func:`completed_records`).
     """
+    records, _ = completed_records(records)
     cats: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         cats.setdefault(str(r.get("category")), []).append(r)

@@ -9,18 +9,19 @@ Layouts (``../shared/data/README.md``, dossier ``drag-landscape.md`` §1.4, §2.
   ``meta_data.pkl`` score it, so MD stays comparable with point methods (RegionDrag's own evaluation).
 - ``drag100`` (GoodDrag, arXiv 2404.07206): ``<sample>/original.jpg`` + ``points.json`` + ``mask.png``; no prompt.
 - ``folder``: any folder of edit-spec JSON files (any mode). A spec names its image with an ``"image"`` key (a path
-  relative to the JSON) or sits beside an image of the same stem (``cat.json`` + ``cat.png``). Optional keys, removed
+  relative to the JSON) or sits beside an image of the same stem (``cat.json`` + ``cat.png``). Every file a spec
+  names must be inside the dataset root unless ``allow_outside`` (``dragsdk bench --allow-outside-paths``). Optional keys, removed
   before the spec is validated: ``"category"`` and ``"eval_points"`` (``[[handle, target], ...]`` pixels that score
   the edit when the spec itself has no point pairs).
 
-Pickles are read only through :func:`dragsdk.io.restricted_load`. A sample that cannot be read (missing file,
+Pickles are read only through :func:`dragsdk.io.restricted_load` and JSON through :func:`dragsdk.io.read_json`
+(both capped at :func:`dragsdk.io.max_sample_bytes`). A sample that cannot be read (missing file,
 malformed pickle or JSON, a point off the image, a mask of the wrong size) is reported through ``on_error`` and
 skipped; it never ends the iteration.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,13 +30,12 @@ from typing import Any, NamedTuple
 from PIL import Image
 
 from ..errors import DragSDKError, SpecError
-from ..io import load_image, load_mask
+from ..io import load_image, load_mask, read_json
 
 FORMATS = ("dragbench", "dragbench-sr", "dragbench-dr", "drag100", "folder")
 """Dataset layouts :func:`discover` knows; ``auto`` detects one of them."""
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-_PATH_KEYS = ("mask", "reference", "reference_mask", "fill_region", "region")
 
 
 class SampleRef(NamedTuple):
@@ -46,12 +46,15 @@ class SampleRef(NamedTuple):
         format: one of :data:`FORMATS`.
         path: the sample folder, or the spec JSON for ``folder`` datasets.
         category: the folder holding the sample (DragBench: its category), or the JSON's ``category``.
+        root: the dataset root it was found under (:func:`discover`); files a ``folder`` spec names must be inside
+            it. None: no such check.
     """
 
     id: str
     format: str
     path: Path
     category: str
+    root: Path | None = None
 
 
 class Sample(NamedTuple):
@@ -135,26 +138,36 @@ def discover(root: str | Path, format: str = "auto") -> list[SampleRef]:
             rel = folder.relative_to(r).as_posix()
             sid = r.name if rel == "." else rel
             category = (folder.parent if rel != "." else r.parent).name
-            refs.append(SampleRef(sid, fmt, folder, category))
+            refs.append(SampleRef(sid, fmt, folder, category, r))
     else:
         for f in r.rglob("*.json"):
             if _hidden(f, r):
                 continue
             rel = f.relative_to(r).with_suffix("").as_posix()
-            refs.append(SampleRef(rel, fmt, f, f.parent.name))
+            refs.append(SampleRef(rel, fmt, f, f.parent.name, r))
     return sorted(refs, key=lambda s: s.id)
 
 
-def load(ref: SampleRef) -> Sample:
+def load(ref: SampleRef, allow_outside: bool = False) -> Sample:
     """Read one sample.
 
+    Args:
+        ref: the sample (:func:`discover`).
+        allow_outside: let a ``folder`` spec name files (its image, masks, references) outside the dataset root
+            ``ref.root``, through ``..``, an absolute path or a symbolic link. Off (the default), such a spec is
+            refused: a dataset cannot make the bench read, and copy into its report, any file of the machine.
+
     Raises:
-        SpecError: a missing or malformed file, a point off the image, a mask that is not the image's size.
+        SpecError: a missing or malformed file, a point off the image, a mask that is not the image's size, a path
+            outside the dataset root (the field is named).
         UnsafePickleError: a pickle that references anything but builtins and numpy arrays.
     """
-    loader = {"dragbench": _load_dragbench, "dragbench-sr": _load_region, "dragbench-dr": _load_region,
-              "drag100": _load_drag100, "folder": _load_folder}[ref.format]
-    sample = loader(ref)
+    if ref.format == "folder":
+        sample = _load_folder(ref, allow_outside)
+    else:
+        loader = {"dragbench": _load_dragbench, "dragbench-sr": _load_region, "dragbench-dr": _load_region,
+                  "drag100": _load_drag100}[ref.format]
+        sample = loader(ref)
     _check(sample)
     return sample
 
@@ -164,6 +177,7 @@ def iter_samples(
     format: str = "auto",
     limit: int | None = None,
     on_error: Callable[[SampleRef, str], None] | None = None,
+    allow_outside: bool = False,
 ) -> Iterator[Sample]:
     """``(id, image, spec, meta)`` for every readable sample of a dataset, in id order.
 
@@ -173,6 +187,7 @@ def iter_samples(
         limit: stop after this many samples of :func:`discover` (broken ones count).
         on_error: called with the sample and the reason for each sample that cannot be read; default: a
             ``warnings.warn``. The sample is skipped either way.
+        allow_outside: as :func:`load`.
 
     Raises:
         SpecError: (field ``dataset``) the root is not a dataset (nothing is yielded).
@@ -180,7 +195,7 @@ def iter_samples(
     refs = discover(root, format)
     for ref in refs[:limit] if limit is not None else refs:
         try:
-            sample = load(ref)
+            sample = load(ref, allow_outside)
         except (DragSDKError, OSError, ValueError, KeyError, TypeError, EOFError) as e:
             reason = f"{type(e).__name__}: {e}"
             if on_error is None:
@@ -202,7 +217,7 @@ def _pairs(points: Any, field: str) -> list[list[list[float]]]:
     except (TypeError, ValueError) as e:
         if isinstance(e, SpecError):
             raise
-        raise SpecError(field, f"expected [x, y] points: {e}") from None
+        raise SpecError(field, "expected [x, y] pixel points") from None
 
 
 def _load_dragbench(ref: SampleRef) -> Sample:
@@ -235,10 +250,7 @@ def _load_region(ref: SampleRef) -> Sample:
 def _load_drag100(ref: SampleRef) -> Sample:
     from ..samples import load_sample
 
-    try:
-        image_path, spec = load_sample(ref.path)
-    except json.JSONDecodeError as e:
-        raise SpecError("points.json", f"not JSON: {e}") from None
+    image_path, spec = load_sample(ref.path)
     image = load_image(image_path)
     mask = load_mask(spec["mask"], "mask.png") if spec.get("mask") else None
     meta = {"dataset": ref.format, "category": ref.category, "source": str(ref.path), "prompt": "",
@@ -246,14 +258,36 @@ def _load_drag100(ref: SampleRef) -> Sample:
     return Sample(ref.id, image, spec, meta)
 
 
-def _load_folder(ref: SampleRef) -> Sample:
+def _inside(path: str | Path, root: Path) -> bool:
     try:
-        obj = json.loads(ref.path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SpecError(ref.path.name, f"not JSON: {e}") from None
+        Path(path).resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _check_inside(spec: Any, root: Path, where: str) -> None:
+    """Refuse every absolute path of a resolved spec (relative ones were made absolute) outside ``root``."""
+    if isinstance(spec, dict):
+        for k, v in spec.items():
+            if k not in ("prompt", "negative_prompt", "reference_prompt", "mode"):
+                _check_inside(v, root, f"{where}.{k}" if where else str(k))
+    elif isinstance(spec, list):
+        for k, v in enumerate(spec):
+            _check_inside(v, root, f"{where}[{k}]")
+    elif isinstance(spec, str) and not spec.startswith("data:") and Path(spec).is_absolute() and not _inside(spec, root):
+        raise SpecError(where, f"{spec} is outside the dataset root {root}; allow it with --allow-outside-paths")
+
+
+def _load_folder(ref: SampleRef, allow_outside: bool = False) -> Sample:
+    root = None if allow_outside or ref.root is None else Path(ref.root).resolve()
+    if root is not None and not _inside(ref.path, root):
+        raise SpecError(ref.path.name, f"is outside the dataset root {root} (a symbolic link?); allow it with "
+                                       "--allow-outside-paths")
+    obj = read_json(ref.path)
     if not isinstance(obj, dict) or "mode" not in obj:
         raise SpecError(ref.path.name, "not an edit spec (a JSON object with a 'mode')")
-    base = ref.path.parent
+    base = ref.path.parent if root is None else ref.path.parent.resolve()
     image_ref = obj.pop("image", None)
     category = str(obj.pop("category", ref.category))
     eval_points = obj.pop("eval_points", None)
@@ -264,8 +298,13 @@ def _load_folder(ref: SampleRef) -> Sample:
         if not found:
             raise SpecError("image", f"{ref.path.name} has no 'image' key and no image {ref.path.stem}.png/.jpg beside it")
         image_path = found[0]
-    image = load_image(image_path)
     spec = _resolve_paths(obj, base)
+    if root is not None:
+        if not _inside(image_path, root):
+            raise SpecError("image", f"{image_path} is outside the dataset root {root}; allow it with "
+                                     "--allow-outside-paths")
+        _check_inside(spec, root, "")
+    image = load_image(image_path)
     if eval_points is not None:
         points = _pairs([p for pair in eval_points for p in pair], "eval_points")
     elif isinstance(spec.get("points"), list) and spec["points"]:
@@ -290,17 +329,9 @@ def _pair_list(pair: Any) -> list[Any]:
 
 def _resolve_paths(spec: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative mask / reference paths made relative to the spec's folder (as ``dragsdk edit --spec`` does)."""
-    from ..registry import get_registry
+    from ..specfile import resolve_spec_paths
 
-    out = dict(spec)
-    for key in _PATH_KEYS:
-        v = out.get(key)
-        if isinstance(v, str) and not v.startswith("data:") and not Path(v).is_absolute():
-            out[key] = str(base / v)
-    modes = get_registry().modes
-    if out.get("mode") in modes:
-        out = modes[out["mode"]].resolve_paths(out, base)
-    return out
+    return resolve_spec_paths(spec, base)
 
 
 def _check(sample: Sample) -> None:

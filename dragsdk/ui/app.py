@@ -24,7 +24,7 @@ from PIL import Image  # noqa: E402
 
 from dragsdk.errors import DragSDKError, SpecError  # noqa: E402
 
-from .run import run_edit  # noqa: E402
+from .run import RunControl, RunStopped, run_edit  # noqa: E402
 from .state import (  # noqa: E402
     CONTROLS,
     MODE_HELP,
@@ -32,6 +32,7 @@ from .state import (  # noqa: E402
     REGION_INPUTS,
     Session,
     UIError,
+    UILimits,
     add_click,
     build_spec,
     clear,
@@ -42,11 +43,14 @@ from .state import (  # noqa: E402
     editor_mask,
     find_samples,
     format_report,
+    load_upload,
     mask_layer,
+    open_sample,
     pydantic_message,
     render_overlay,
     sampler_defaults,
     undo,
+    upload_path,
 )
 
 log = logging.getLogger("dragsdk.ui")
@@ -94,6 +98,7 @@ def build_app(
     resolution: int | None = None,
     seed: int | None = None,
     workdir: str | Path | None = None,
+    limits: UILimits | None = None,
 ) -> gr.Blocks:
     """The editor page for ``editor``.
 
@@ -103,8 +108,13 @@ def build_app(
         sample_roots: folders searched for DragBench / Drag100 sample folders (offered in a list).
         steps, resolution, seed: values the settings start with (empty = the mode's default).
         workdir: where each run's files are written (default: a temporary folder).
+        limits: the server's caps on steps, resolution, uploads, run time and queue (default :class:`UILimits`).
+            The sample box opens only samples under ``sample_roots`` (:func:`~dragsdk.ui.state.open_sample`).
     """
+    limits = limits or UILimits()
+    sample_roots = [Path(r) for r in sample_roots]
     samples = find_samples(sample_roots)
+    control = RunControl()
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="dragsdk-ui-"))
     root.mkdir(parents=True, exist_ok=True)
     model_name = getattr(getattr(editor, "model", None), "name", "?")
@@ -179,6 +189,7 @@ def build_app(
                 reference_msg = gr.Markdown(elem_id="reference-msg", elem_classes="dragsdk-msg")
         with gr.Row():
             run_btn = gr.Button("Run edit", variant="primary", elem_id="run", scale=1)
+            cancel_btn = gr.Button("Cancel", elem_id="cancel", scale=0, min_width=90)
             run_msg = gr.Markdown(elem_id="run-msg", elem_classes="dragsdk-msg")
         with gr.Row(equal_height=True):
             original = gr.Image(label="Original", interactive=False, type="pil", format="png", elem_id="original")
@@ -218,30 +229,32 @@ def build_app(
                     target_ed: _editor_value(sess.image), original: sess.image, result: None, report_md: "",
                     **slot_updates(msgs)}
 
-        def on_upload(img: Image.Image | None, sess: Session, mode_v: str) -> dict[Any, Any]:
-            if img is None:
+        def on_upload(payload: Any, sess: Session, mode_v: str) -> dict[Any, Any]:
+            # taken without Gradio's preprocessing (which would end a non-image in a generic "Error"): decoded
+            # here, within the server's limits, with any problem shown beside the image control
+            upload = upload_path(payload)
+            if upload is None:
                 sess.image = None
                 return {session: sess, canvas: None, mask_ed: None, handle_ed: None, target_ed: None,
                         original: None, result: None, report_md: "",
                         **slot_updates(messages(image="no image: upload one or open a sample folder"))}
-            name = Path(getattr(img, "filename", "") or "").name or "uploaded image"
-            return new_image(sess, img, name, mode_v)
+            try:
+                img = load_upload(upload[0], upload[1], limits)
+            except UIError as e:
+                sess.image = None
+                return {session: sess, canvas: None, mask_ed: None, handle_ed: None, target_ed: None,
+                        original: None, result: None, report_md: "", image_in: None,
+                        **slot_updates(messages(image=_error(e.message)))}
+            return new_image(sess, img, upload[1] or "uploaded image", mode_v)
 
-        image_in.upload(on_upload, [image_in, session, mode], image_outputs)
-        image_in.clear(on_upload, [image_in, session, mode], image_outputs)
+        image_in.upload(on_upload, [image_in, session, mode], [*image_outputs, image_in], preprocess=False)
+        image_in.clear(on_upload, [image_in, session, mode], [*image_outputs, image_in], preprocess=False)
 
         def on_open(name: str | None, sess: Session) -> dict[Any, Any]:
-            from dragsdk.io import load_image, load_mask
-            from dragsdk.samples import load_sample
+            from dragsdk.io import load_mask
 
             try:
-                if not name:
-                    raise UIError("image", "choose a sample folder from the list or type a folder path")
-                folder = samples.get(name) or Path(name).expanduser()
-                if not folder.is_dir():
-                    raise UIError("image", f"no folder {name!r}")
-                image_path, spec = load_sample(folder)
-                img = load_image(image_path)
+                folder, img, spec = open_sample(name, sample_roots, samples, limits)
                 mask = load_mask(spec["mask"]) if spec.get("mask") else None
                 if mask is not None and mask.shape != (img.size[1], img.size[0]):
                     mask = None
@@ -372,7 +385,8 @@ def build_app(
 
         def on_run(sess: Session, mode_v: str, prompt_v: str, mask_v: Any, handle_v: Any, target_v: Any,
                    region_v: str, vertices_v: Any, ref_v: Any, ref_prompt_v: str, scale_v: float, steps_v: Any,
-                   res_v: Any, seed_v: Any, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:  # noqa: B008
+                   res_v: Any, seed_v: Any, request: gr.Request,
+                   progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:  # noqa: B008
             import json
 
             from pydantic import ValidationError
@@ -396,8 +410,15 @@ def build_app(
                     inputs.reference.save(inputs.reference_path)
                 spec = build_spec(mode_v, sess, inputs)
                 progress(0.0, desc="inverting the image…")
-                out = run_edit(editor, sess.image, spec, folder,
-                               on_step=lambda i, n: progress((i + 1) / n, desc=f"sampling step {i + 1}/{n}"))
+                key = _client(request)
+                cancel = control.start(key)
+                try:
+                    out = run_edit(editor, sess.image, spec, folder, limits=limits, cancel=cancel,
+                                   on_step=lambda i, n: progress((i + 1) / n, desc=f"sampling step {i + 1}/{n}"))
+                finally:
+                    control.finish(key, cancel)
+            except RunStopped as e:
+                return fail("run", str(e))
             except UIError as e:
                 return fail(e.control, e.message)
             except ValidationError as e:
@@ -424,7 +445,8 @@ def build_app(
                 **slot_updates(messages(run=done, points=points_line(sess, mode_v, vertices_v, region_v))),
             }
 
-        run_btn.click(lambda: slot_updates(messages(run="running…")), None, list(slots.values()), queue=False).then(
+        run_event = run_btn.click(lambda: slot_updates(messages(run="running…")), None, list(slots.values()),
+                                  queue=False).then(
             on_run,
             [session, mode, prompt, mask_ed, handle_ed, target_ed, region_input, vertices, ref_ed, ref_prompt,
              scale, steps_in, res_in, seed_in],
@@ -433,12 +455,29 @@ def build_app(
             concurrency_id="run",
             show_progress="full",
         )
+
+        def on_cancel(request: gr.Request) -> dict[Any, Any]:
+            stopping = control.cancel(_client(request))
+            return {run_msg: "cancelled: the edit stops after its current step" if stopping else "no edit is running"}
+
+        # not queued behind the run it cancels; also drops a run of this tab still waiting in the queue
+        cancel_btn.click(on_cancel, None, [run_msg], queue=False, cancels=[run_event])
+        app.queue(max_size=limits.queue_size)
     app.dragsdk_css = CSS  # type: ignore[attr-defined]
+    app.dragsdk_limits = limits  # type: ignore[attr-defined]
     return app
 
 
+def _client(request: Any) -> str:
+    """The key of one browser tab (Gradio's session hash)."""
+    return str(getattr(request, "session_hash", None) or id(request))
+
+
 def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **kwargs: Any) -> Any:
-    """Serve the page on ``host:port`` (loopback by default; no share link, no analytics)."""
+    """Serve the page on ``host:port`` (loopback by default; no share link, no analytics), refusing uploads over
+    the page's :attr:`UILimits.max_upload_mb`."""
     kwargs.setdefault("quiet", False)
+    limits = getattr(app, "dragsdk_limits", None) or UILimits()
+    kwargs.setdefault("max_file_size", int(limits.max_upload_mb * 1e6))
     return app.launch(server_name=host, server_port=port, share=False, css=getattr(app, "dragsdk_css", CSS),
                       ssr_mode=False, footer_links=[], **kwargs)

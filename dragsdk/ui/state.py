@@ -707,3 +707,148 @@ def find_samples(roots: Iterable[str | Path], limit: int = 2000) -> dict[str, Pa
             if len(found) >= limit:
                 return found
     return dict(sorted(found.items()))
+
+
+# -- server-side limits ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UILimits:
+    """What one request of the page may ask of the server (``dragsdk ui --max-*`` flags), checked on the server
+    whatever the page sends.
+
+    Attributes:
+        max_steps: sampling steps of one edit (the mode's default counts too).
+        max_resolution: working resolution of one edit (area ≈ resolution² pixels).
+        max_upload_mb: size of one uploaded file, megabytes (Gradio refuses larger uploads before they are stored;
+            :func:`load_upload` checks again).
+        max_megapixels: pixels of an uploaded or opened image, millions (checked before it is decoded).
+        max_run_seconds: wall time of one edit; a longer one stops after its current sampling step, so one client
+            cannot hold the run slot.
+        queue_size: runs waiting for the slot; further ones are refused by Gradio's queue.
+    """
+
+    max_steps: int = 100
+    max_resolution: int = 1024
+    max_upload_mb: float = 20.0
+    max_megapixels: float = 40.0
+    max_run_seconds: float = 120.0
+    queue_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "max_resolution", "max_upload_mb", "max_megapixels", "max_run_seconds",
+                     "queue_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                    and value > 0):
+                raise ValueError(f"UILimits.{name} must be a positive number, got {value!r}")
+
+
+def check_sampler_limits(steps: int, resolution: int, limits: UILimits) -> None:
+    """Refuse an edit over the server's caps.
+
+    Raises:
+        UIError: (settings) steps or resolution over :class:`UILimits`, naming the flag that raises it.
+    """
+    if steps > limits.max_steps:
+        raise UIError("settings", f"steps {steps} is over this server's limit of {limits.max_steps} "
+                                  "(dragsdk ui --max-steps)")
+    if resolution > limits.max_resolution:
+        raise UIError("settings", f"resolution {resolution} is over this server's limit of {limits.max_resolution} "
+                                  "(dragsdk ui --max-resolution)")
+
+
+def _check_pixels(size: tuple[int, int], name: str, limits: UILimits) -> None:
+    mp = size[0] * size[1] / 1e6
+    if mp > limits.max_megapixels:
+        raise UIError("image", f"{name} is {size[0]}×{size[1]} pixels ({mp:.1f} MP), over this server's limit of "
+                               f"{limits.max_megapixels:g} MP (dragsdk ui --max-megapixels)")
+
+
+def upload_path(payload: Any) -> tuple[Path, str] | None:
+    """The stored file and the original name of a Gradio image upload taken without preprocessing (a dict or an
+    object with ``path`` and ``orig_name``); None when there is no file."""
+    if payload is None:
+        return None
+    get = payload.get if isinstance(payload, dict) else lambda k, d=None: getattr(payload, k, d)
+    path = get("path")
+    if not path:
+        return None
+    return Path(path), Path(get("orig_name") or "").name or Path(path).name
+
+
+def load_upload(path: str | Path, name: str, limits: UILimits) -> Image.Image:
+    """Open an uploaded file as an RGB image, within the server's limits.
+
+    Raises:
+        UIError: (image) the file is over :attr:`UILimits.max_upload_mb` or :attr:`UILimits.max_megapixels`, or is
+            not an image Pillow can read; the message names the file and what is accepted.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError:
+        raise UIError("image", f"{name}: the upload is gone; upload it again") from None
+    if size > limits.max_upload_mb * 1e6:
+        raise UIError("image", f"{name} is {size / 1e6:.1f} MB, over this server's limit of {limits.max_upload_mb:g} MB "
+                               "(dragsdk ui --max-upload-mb)")
+    try:
+        with Image.open(p) as im:
+            _check_pixels(im.size, name, limits)
+            return im.convert("RGB")
+    except UIError:
+        raise
+    except Image.DecompressionBombError:
+        raise UIError("image", f"{name} has more pixels than this server decodes (limit "
+                               f"{limits.max_megapixels:g} MP, dragsdk ui --max-megapixels)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise UIError("image", f"{name} is not an image this page can read (PNG, JPEG, WebP, BMP, TIFF): "
+                               f"{reason}") from None
+
+
+def open_sample(name: str | None, roots: Iterable[str | Path], listed: dict[str, Path],
+                limits: UILimits | None = None) -> tuple[Path, Image.Image, dict[str, Any]]:
+    """Open a sample folder typed or picked on the page: only DragBench / Drag100 samples under ``roots``.
+
+    ``name`` is a listed name (:func:`find_samples`) or a folder path. Anything else (a folder outside every root,
+    through ``..`` or a symbolic link, a folder that is not a sample, a path that does not exist) gets the *same*
+    message, so the box cannot be used to learn which paths exist on the server.
+
+    Returns:
+        ``(folder, image, spec)``: the resolved folder, its image (RGB) and its ``drag`` spec.
+
+    Raises:
+        UIError: (image) nothing named, not an allowed sample, or a sample whose files cannot be read.
+    """
+    from dragsdk.errors import DragSDKError
+    from dragsdk.io import load_image
+    from dragsdk.samples import detect_sample, load_sample
+
+    if not name or not str(name).strip():
+        raise UIError("image", "choose a sample folder from the list or type a folder path")
+    resolved_roots = [Path(r).resolve() for r in roots if Path(r).is_dir()]
+    refused = UIError("image", f"no sample folder {name!r} under the sample folders this server offers")
+
+    def allowed(p: Path) -> bool:
+        return any(p == r or r in p.parents for r in resolved_roots)
+
+    try:
+        folder = (listed.get(name) or Path(name).expanduser()).resolve()
+        ok = allowed(folder) and folder.is_dir() and detect_sample(folder) is not None
+    except (OSError, RuntimeError, ValueError):
+        ok = False
+    if not ok:
+        raise refused
+    try:
+        image_path, spec = load_sample(folder)
+        files = [image_path] + ([Path(spec["mask"])] if isinstance(spec.get("mask"), str)
+                                and not spec["mask"].startswith("data:") else [])
+        if not all(allowed(f.resolve()) for f in files):  # a file linked to outside the roots
+            raise refused
+        with Image.open(image_path) as im:
+            _check_pixels(im.size, folder.name, limits or UILimits())
+        img = load_image(image_path)
+    except UIError:
+        raise
+    except (DragSDKError, OSError, ValueError) as e:
+        raise UIError("image", f"{folder.name}: {e}") from None
+    return folder, img, spec
