@@ -337,10 +337,6 @@ class Editor:
         generator: torch.Generator | None, suggest: bool,
     ) -> tuple[Image.Image, EditSpec, EditPlan, Canvas, PlanContext, Any, str]:
         """Validate, apply the overrides and plan (no model call unless a mask is proposed and ``suggest``)."""
-        if not isinstance(image, str | os.PathLike | Image.Image | np.ndarray):
-            raise ArgumentTypeError("image", "a path, a PIL image or an (H, W, 3) uint8 array", image)
-        if not isinstance(spec, EditSpec | dict | str | bytes | os.PathLike):
-            raise ArgumentTypeError("spec", "an EditSpec, a dict, JSON text or a spec file path", spec)
         spec = self._overrides(self.resolve_spec(spec), num_inference_steps, guidance_scale, generator)
         modes = self.registry.modes
         if spec.mode not in modes:
