@@ -34,7 +34,7 @@ from .geometry import Canvas
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
 from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
 from .models import ModelBundle, bundle_from_pipe, check_dtype, load_model, resolve_device
-from .modes import PlanContext
+from .modes import PlanContext, build_plan
 from .plan import EditPlan
 from .progress import StepHook, StepReporter
 from .registry import Registry, get_registry
@@ -353,7 +353,7 @@ class Editor:
 
         suggest_mask = (lambda xy: self.suggest_mask(img, xy, spec.prompt)) if suggest else no_proposal
         ctx = PlanContext(canvas, img, s.steps, suggest_mask=suggest_mask)
-        plan = mode.plan(spec, ctx)
+        plan = build_plan(mode, spec, ctx)
         backend, reason = self.select_backend(plan, canvas.size)
         return img, spec, plan, canvas, ctx, backend, reason
 

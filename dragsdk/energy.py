@@ -3,7 +3,8 @@
 Conventions:
 
 - Features are a list of ``(B, C_l, h_l, w_l)`` maps (one per decoder block). Geometry is given on the
-  **feature grid** ``(H_G, W_G)`` = working size / 4, which is an integer multiple of every map. A feature-grid
+  **feature grid** of size ``(W_G, H_G)`` = working size / 4 (a *size* is ``(w, h)`` everywhere in dragsdk, as
+  :attr:`dragsdk.geometry.Canvas.feature_size` gives it; tensor *shapes* are ``(h, w)``), which is an integer multiple of every map. A feature-grid
   cell ``(r, c)`` reads map cell ``(r·h_l // H_G, c·w_l // W_G)``: exactly what nearest upsampling of the map to
   the grid gives (the official code upsamples; gathering instead gives the same numbers without materialising
   the upsampled maps).
@@ -28,9 +29,10 @@ def similarity(a: torch.Tensor, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return (F.cosine_similarity(a.float(), b.float(), dim=dim, eps=1e-6) + 1.0) / 2.0
 
 
-def gather_cells(feature: torch.Tensor, cells: Cells, grid_hw: tuple[int, int], row: int = 0) -> torch.Tensor:
-    """Features ``(C, K)`` of batch row ``row`` at feature-grid ``cells`` (nearest map cell)."""
-    hg, wg = grid_hw
+def gather_cells(feature: torch.Tensor, cells: Cells, grid_size: tuple[int, int], row: int = 0) -> torch.Tensor:
+    """Features ``(C, K)`` of batch row ``row`` at feature-grid ``cells`` (nearest map cell); ``grid_size`` is
+    ``(W_G, H_G)``."""
+    wg, hg = grid_size
     h, w = feature.shape[-2:]
     rows = (cells[0].to(feature.device) * h) // hg
     cols = (cells[1].to(feature.device) * w) // wg
@@ -42,16 +44,17 @@ def local_similarity(
     reference: list[torch.Tensor],
     current_cells: Cells,
     reference_cells: Cells,
-    grid_hw: tuple[int, int],
+    grid_size: tuple[int, int],
     reference_row: int = 0,
 ) -> torch.Tensor:
     """Mean over paired cells of ``S(F_cur[current_cells[k]], F_ref[reference_cells[k]])``, per layer ``(L,)``.
 
     The local correspondence of DragonDiffusion Eq. 4 (pixels of two equal-size regions paired in order).
+    ``grid_size`` is the feature grid's ``(W_G, H_G)`` (``canvas.feature_size``).
     """
     return torch.stack(
         [
-            similarity(gather_cells(c, current_cells, grid_hw), gather_cells(r, reference_cells, grid_hw, reference_row)).mean()
+            similarity(gather_cells(c, current_cells, grid_size), gather_cells(r, reference_cells, grid_size, reference_row)).mean()
             for c, r in zip(current, reference, strict=True)
         ]
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,10 @@ class PlanContext:
         return m
 
     def diffeditor(self, settings: SamplerSettings, guided: list[int], sde_mask: torch.Tensor) -> dict[str, object]:
-        """The regional SDE and time-travel entries of a plan (DiffEditor defaults from the settings)."""
+        """The regional SDE and time-travel entries of a plan (DiffEditor defaults from the settings).
+
+        A mode need not call this: :func:`apply_sampler_settings` fills the same entries when a plan leaves them
+        ``None`` (set ``EditPlan.sde_mask`` for an SDE region other than the edit mask)."""
         n = self.steps
         out: dict[str, object] = {}
         if settings.sde.enabled:
@@ -131,6 +134,9 @@ class EditMode(ABC):
     name: str = ""
     spec_model: type[EditSpec] = EditSpec
     description: str = ""
+    unsupported_settings: frozenset[str] = frozenset()
+    """Fields of :class:`~dragsdk.spec.SamplerSettings` this mode cannot honour (e.g. ``{"sde"}``); a spec that
+    sets one to a value other than its default is refused naming ``sampler.FIELD`` (:func:`check_settings`)."""
 
     @abstractmethod
     def plan(self, spec: EditSpec, ctx: PlanContext) -> EditPlan:
@@ -141,7 +147,8 @@ class EditMode(ABC):
         """
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "description": self.description, "schema": self.spec_model.model_json_schema()}
+        return {"name": self.name, "description": self.description, "schema": self.spec_model.model_json_schema(),
+                "unsupported_settings": sorted(self.unsupported_settings)}
 
     def resolve_paths(self, spec: dict[str, object], base: Path) -> dict[str, object]:
         """Make file references of a spec read from a file in ``base`` absolute (the CLI calls this; the top-level
@@ -159,3 +166,78 @@ class EditMode(ABC):
             SpecError: (field ``mode``) this mode cannot convert it (the default).
         """
         raise SpecError("mode", f"mode {self.name!r} cannot run a {spec.get('mode')!r} spec; give a {self.name!r} spec")
+
+
+APPLIED_SETTINGS = ("schedule", "kv_start", "sde", "time_travel")
+"""The :class:`~dragsdk.spec.SamplerSettings` fields :func:`apply_sampler_settings` puts into a plan; the Editor
+applies the others (``steps``, ``guidance_scale``, ``seed``, ``resolution``) to every mode itself."""
+
+
+def check_settings(mode: EditMode, spec: EditSpec) -> None:
+    """Refuse a spec that sets a sampler field its mode declares it cannot honour.
+
+    A field counts as set when the spec gives it explicitly with a value other than the default of the mode's
+    sampler model (so a host may always send the defaults).
+
+    Raises:
+        SpecError: (field ``sampler.NAME``) the mode cannot honour it.
+        ValueError: the mode declares a name that is not a ``SamplerSettings`` field (an authoring error).
+    """
+    sampler = spec.sampler
+    fields = type(sampler).model_fields
+    defaults = type(sampler)()
+    for name in sorted(mode.unsupported_settings):
+        if name not in fields:
+            raise ValueError(f"mode {mode.name!r} declares unsupported_settings {name!r}, which is not a sampler "
+                             f"field; expected one of {sorted(fields)}")
+        if name in sampler.model_fields_set and getattr(sampler, name) != getattr(defaults, name):
+            raise SpecError(f"sampler.{name}", f"mode {mode.name!r} cannot honour this setting; leave it out "
+                                               "(its default applies)")
+
+
+def apply_sampler_settings(plan: EditPlan, spec: EditSpec, mode: EditMode, steps: int) -> EditPlan:
+    """Fill every plan entry the mode left ``None`` from the spec, so each sampler setting takes effect for every
+    mode without the mode doing anything. Entries the mode set are kept; settings in ``mode.unsupported_settings``
+    are not applied.
+
+    - ``guided_steps`` ← ``sampler.schedule.steps(n)`` (empty when ``schedule`` is unsupported);
+    - ``kv.start`` ← ``round(sampler.kv_start · n)``, ``kv.end`` ← ``n``;
+    - ``sde`` ← ``sampler.sde`` (window, η inside / outside) on ``plan.sde_mask`` (default the edit mask), or none
+      when disabled (DiffEditor regional SDE, arXiv 2402.02583 §3.3);
+    - ``time_travel`` ← ``sampler.time_travel.repeats`` on its steps that are guided (DiffEditor Alg. 1);
+    - ``energy_scale`` / ``guidance_step`` ← the spec's fields of those names (0 when it has none).
+
+    Returns:
+        a new plan; ``plan`` itself is not changed.
+    """
+    s, n, skip = spec.sampler, steps, mode.unsupported_settings
+    updates: dict[str, object] = {}
+    for name in ("energy_scale", "guidance_step"):
+        if getattr(plan, name) is None:
+            updates[name] = float(getattr(spec, name, 0.0))
+    guided = plan.guided_steps
+    if guided is None:
+        guided = [] if "schedule" in skip else s.schedule.steps(n)
+        updates["guided_steps"] = guided
+    if plan.kv is not None and (plan.kv.start is None or plan.kv.end is None):
+        start = plan.kv.start
+        if start is None:
+            start = 0 if "kv_start" in skip else int(round(s.kv_start * n))
+        updates["kv"] = replace(plan.kv, start=start, end=n if plan.kv.end is None else plan.kv.end)
+    if plan.sde is None and "sde" not in skip and s.sde.enabled:
+        a, b = s.sde.window(n)
+        updates["sde"] = SDEPlan(a, b, s.sde.eta_inside, s.sde.eta_outside, plan.sde_mask)
+    if plan.time_travel is None:
+        updates["time_travel"] = ({} if "time_travel" in skip else
+                                  {i: s.time_travel.repeats for i in s.time_travel.steps(n) if i in guided})
+    return replace(plan, **updates)  # type: ignore[arg-type]
+
+
+def build_plan(mode: EditMode, spec: EditSpec, ctx: PlanContext) -> EditPlan:
+    """The engine's plan of an edit: :func:`check_settings`, ``mode.plan``, then :func:`apply_sampler_settings`.
+
+    Raises:
+        SpecError: an unsupported sampler setting, or the mode's own refusals (the field is named).
+    """
+    check_settings(mode, spec)
+    return apply_sampler_settings(mode.plan(spec, ctx), spec, mode, ctx.steps)

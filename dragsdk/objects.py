@@ -1,9 +1,10 @@
-"""Object placement geometry for move, resize and paste, computed once in one coordinate system.
+"""Object placement geometry for move, resize, paste (and plugin modes such as rotate), in one coordinate system.
 
-An object (a mask in image pixels) is scaled by ``s`` about **its own centroid** ``c`` and shifted by
-``d = (dx, dy)`` pixels: ``x' = c + s·(x − c) + d``. Every grid (latent, feature, pixels for the paste preview)
+An object (a mask in image pixels) is transformed by an affine map about **its own centroid** ``c`` and shifted by
+``d = (dx, dy)`` pixels: ``x' = c + A·(x − c) + d``, with ``A`` any invertible ``2×2`` matrix (scale, rotation,
+shear, flip: :func:`affine`); move and resize use ``A = s·I``. Every grid (latent, feature, pixels for the paste preview)
 applies this same map, through :class:`~dragsdk.geometry.Canvas`, as a backward map: each target cell takes the
-source cell ``c + (x' − c − d)/s``, so the placed object has no holes. Content that leaves the canvas is clipped
+source cell ``c + A⁻¹·(x' − c − d)``, so the placed object has no holes. Content that leaves the canvas is clipped
 (no wrap-around); an object that would leave it entirely is refused. (The official DragonDiffusion code scales
 about the image centre, multiplies the shift by ``s`` and wraps with ``torch.roll``; dossier §7.)
 """
@@ -27,49 +28,103 @@ def centroid(mask: np.ndarray) -> tuple[float, float]:
     return float(xs.mean() + 0.5), float(ys.mean() + 0.5)
 
 
-def placement_map(
-    canvas: Canvas, mask: np.ndarray, scale: float, shift: tuple[float, float], grid: Grid, field: str = "mask"
+def affine(scale: float | tuple[float, float] = 1.0, rotation: float = 0.0, shear: float = 0.0,
+           flip_x: bool = False, flip_y: bool = False) -> np.ndarray:
+    """The ``2×2`` linear part ``A`` of a placement, in image pixels (``x`` right, ``y`` down).
+
+    ``A = R(rotation) · H(shear) · F · diag(scale)``: the object is first scaled (``scale`` or ``(sx, sy)``),
+    flipped (``flip_x`` mirrors left-right, ``flip_y`` top-bottom), sheared (``x += shear · y``) and then rotated
+    by ``rotation`` degrees counter-clockwise as seen on screen.
+    """
+    sx, sy = (scale, scale) if isinstance(scale, int | float) else scale
+    th = np.deg2rad(rotation)
+    rot = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])  # y down: counter-clockwise on screen
+    sh = np.array([[1.0, shear], [0.0, 1.0]])
+    flip = np.diag([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0])
+    return rot @ sh @ flip @ np.diag([float(sx), float(sy)])
+
+
+def affine_map(
+    canvas: Canvas, mask: np.ndarray, matrix: np.ndarray, shift: tuple[float, float], grid: Grid,
+    field: str = "transform",
 ) -> SourceMap:
-    """Target ← source cells of the object placed by ``scale`` about its centroid and ``shift`` (image pixels).
+    """Target ← source cells of the object placed by ``x' = c + A·(x − c) + d`` (image pixels), ``c`` its centroid.
+
+    The map is backward (each target cell takes the source cell ``c + A⁻¹·(x' − c − d)``, floor of the continuous
+    position), so the placed object has no holes; on a grid with per-axis scale ``S`` the matrix is ``S·A·S⁻¹``.
 
     Args:
         mask: ``(H, W)`` object mask in image pixels.
-        scale: > 0.
-        shift: ``(dx, dy)`` in image pixels.
+        matrix: ``A``, ``2×2`` acting on ``(x, y)`` (:func:`affine` builds one); must be invertible.
+        shift: ``d = (dx, dy)`` in image pixels.
         grid: which grid the map is on.
+        field: the spec field blamed when ``A`` is singular or the object leaves the canvas.
+
+    Returns:
+        a :class:`~dragsdk.regions.SourceMap` on ``grid`` (size ``(w, h)``).
 
     Raises:
-        SpecError: ``scale`` ≤ 0, or the placed object leaves the canvas entirely (field ``dx``/``scale``).
+        SpecError: ``A`` singular (|det A| < 1e-6, field ``field``), or the placed object leaves the canvas
+            entirely (field ``dx, dy`` when the unshifted object would stay on it, else ``field``).
     """
-    if scale <= 0:
-        raise SpecError("scale", f"must be > 0, got {scale}")
+    a = np.asarray(matrix, dtype=np.float64)
+    if a.shape != (2, 2) or not np.isfinite(a).all() or abs(np.linalg.det(a)) < 1e-6:
+        raise SpecError(field, f"the placement must be an invertible finite 2×2 map, got {a.tolist()}")
     obj = canvas.mask_to_grid(mask, grid)
     if not obj.any():
         obj = canvas.mask_to_grid(mask, grid, threshold=1e-6)
     gw, gh = canvas.grid_size(grid)
+    sx, sy = canvas.scale(grid)
+    inv = np.linalg.inv(np.diag([sx, sy]) @ a @ np.diag([1 / sx, 1 / sy])).tolist()
     cx, cy = canvas.to_grid(centroid(mask), grid)
     dx, dy = canvas.vector_to_grid(shift, grid)
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-    sx = cx + ((cols + 0.5) - cx - dx) / scale
-    sy = cy + ((rows + 0.5) - cy - dy) / scale
-    sc, sr = torch.floor(sx).long(), torch.floor(sy).long()
+    u, v = (cols + 0.5) - cx - dx, (rows + 0.5) - cy - dy
+    src_x = cx + inv[0][0] * u + inv[0][1] * v
+    src_y = cy + inv[1][0] * u + inv[1][1] * v
+    sc, sr = torch.floor(src_x).long(), torch.floor(src_y).long()
     inside = (sc >= 0) & (sc < gw) & (sr >= 0) & (sr < gh)
     keep = inside.clone()
     keep[inside] = obj[sr[inside], sc[inside]]
     if not keep.any():
-        # Blame the shift when the scaled object alone would stay on the canvas, else the scale.
-        field = "dx, dy" if (shift != (0, 0) and placement_map(canvas, mask, scale, (0, 0), grid).target_rows.numel()) else "scale"
-        raise SpecError(field, f"the placed object (scale {scale}, shift {shift} px) leaves the image entirely")
+        # Blame the shift when the transformed object alone would stay on the canvas, else the transform.
+        stays = tuple(shift) != (0, 0) and affine_map(canvas, mask, a, (0, 0), grid, field).target_rows.numel()
+        raise SpecError("dx, dy" if stays else field,
+                        f"the placed object (map {np.round(a, 4).tolist()}, shift {tuple(shift)} px) leaves the image entirely")
     return SourceMap(rows[keep], cols[keep], sr[keep], sc[keep], (gw, gh))
 
 
-def place_image(image: Image.Image, mask: np.ndarray, scale: float, shift: tuple[float, float]) -> tuple[Image.Image, np.ndarray]:
-    """The image and mask with the object placed (pixel grid of the same map), e.g. a paste reference in the base frame.
+def placement_map(
+    canvas: Canvas, mask: np.ndarray, scale: float, shift: tuple[float, float], grid: Grid, field: str = "mask"
+) -> SourceMap:
+    """:func:`affine_map` with ``A = scale · I``: the object scaled about its centroid and shifted (image pixels).
 
-    Outside the placed object the returned image is the unchanged input (only the object moves).
+    Raises:
+        SpecError: ``scale`` ≤ 0 (field ``scale``), or the placed object leaves the canvas entirely (field
+            ``dx, dy`` / ``scale``).
+    """
+    if scale <= 0:
+        raise SpecError("scale", f"must be > 0, got {scale}")
+    return affine_map(canvas, mask, affine(scale), shift, grid, "scale")
+
+
+def place_image(image: Image.Image, mask: np.ndarray, scale: float | np.ndarray,
+                shift: tuple[float, float]) -> tuple[Image.Image, np.ndarray]:
+    """The image and mask with the object placed (pixel grid of the same map), e.g. a paste reference in the base
+    frame, or the preview of a placement.
+
+    Args:
+        scale: a scale about the centroid, or a ``2×2`` matrix ``A`` (:func:`affine`).
+
+    Returns:
+        the image (RGB, unchanged outside the placed object: only the object moves) and the placed object mask
+        ``(H, W)`` bool in image pixels.
     """
     canvas = Canvas(image.size, image.size)
-    m = placement_map(canvas, mask, scale, shift, "working")
+    if isinstance(scale, int | float):
+        m = placement_map(canvas, mask, float(scale), shift, "working")
+    else:
+        m = affine_map(canvas, mask, scale, shift, "working")
     src = np.asarray(image)
     out = src.copy()
     out[m.target_rows.numpy(), m.target_cols.numpy()] = src[m.source_rows.numpy(), m.source_cols.numpy()]
@@ -96,8 +151,9 @@ def official_placement_map(
     """Target ← source cells of the object placed as the official DragonDiffusion move / resize does it.
 
     The whole map is scaled about the **image centre** (nearest, ``F.interpolate`` to ``int(G·s)`` cells, then
-    centre-cropped or zero-padded by ``|int(G·s) − G| // 2``) after a ``torch.roll`` by the shift, which **wraps**
-    inside the scaled map (``utils.py:52-66``, ``model.py:93-114``, ``Sampler.py:185-186``). Shift in cells:
+    centre-cropped or zero-padded by ``|int(G·s) − G| // 2``) after a ``torch.roll`` by the shift
+    (``utils.py:52-66``, ``model.py:93-114``, ``Sampler.py:185-186``). The official roll **wraps** content that leaves
+    one edge round to the opposite edge; that bug is fixed: such content is clipped. Shift in cells:
     feature grid ``int(floor(d/4)·s)``, latent grid ``int(d/8·s)``, with ``d`` the shift in working pixels, each
     axis scaled on its own (the official code scales both by the x ratio). A cell is in the placed object when the
     working-size mask pixel it samples is set (the nearest rasterisation of
@@ -105,7 +161,7 @@ def official_placement_map(
 
     Raises:
         SpecError: (field ``scale``) the scaled object leaves the canvas (the official ``ValueError('Resize out of
-            bounds')``), or nothing of it is left on the canvas.
+            bounds')``); (field ``dx, dy``) nothing of it is left on the canvas.
     """
     import torch.nn.functional as F
 
@@ -129,12 +185,16 @@ def official_placement_map(
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     jr, jc = rows + sign * pad_y, cols + sign * pad_x
     valid = (jr >= 0) & (jr < out_h) & (jc >= 0) & (jc < out_w)
-    jr, jc = (jr - cy) % out_h, (jc - cx) % out_w
+    # The official torch.roll wraps content that leaves one edge around to the opposite one; that is a bug
+    # (an object pushed off the right edge reappears on the left), fixed here: off-map sources are dropped.
+    jr, jc = jr - cy, jc - cx
+    valid &= (jr >= 0) & (jr < out_h) & (jc >= 0) & (jc < out_w)
+    jr, jc = jr.clamp(0, out_h - 1), jc.clamp(0, out_w - 1)
     keep = valid & up[(jr * wh) // out_h, (jc * ww) // out_w]
     whole = up[(torch.arange(out_h) * wh // out_h)[:, None], (torch.arange(out_w) * ww // out_w)[None, :]]
     if scale > 1 and int(keep.sum()) != int(whole.sum()):
         raise SpecError("scale", f"the object scaled by {scale} about the image centre leaves the image "
                                  "(official profile; the centroid-placement improvement scales about the object)")
     if not keep.any():
-        raise SpecError("scale", f"the placed object (scale {scale}, shift {shift} px) leaves the image entirely")
+        raise SpecError("dx, dy", f"the placed object (scale {scale}, shift {shift} px) leaves the image entirely")
     return SourceMap(rows[keep], cols[keep], (jr[keep] * gh) // out_h, (jc[keep] * gw) // out_w, (gw, gh))

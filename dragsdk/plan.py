@@ -61,16 +61,22 @@ class EnergyTerm:
 
 @dataclass
 class KVPlan:
-    """Cross-branch K/V injection at sampling steps ``start ≤ i < end``."""
+    """Cross-branch K/V injection at sampling steps ``start ≤ i < end``.
+
+    ``start=None`` (the usual choice) lets the engine take it from ``sampler.kv_start``; ``end=None`` is the step
+    count (:func:`dragsdk.modes.apply_sampler_settings`).
+    """
 
     injection: KVInjection
-    start: int
-    end: int
+    start: int | None = None
+    end: int | None = None
 
     def active(self, step: int) -> bool:
-        return self.start <= step < self.end
+        return self.start is not None and self.end is not None and self.start <= step < self.end
 
     def steps(self) -> list[int]:
+        if self.start is None or self.end is None:
+            raise ValueError("KVPlan window not resolved: the engine sets start / end from the sampler settings")
         return list(range(self.start, self.end))
 
 
@@ -139,14 +145,19 @@ class EditPlan:
     Attributes:
         edit_mask: ``(h, w)`` bool on the latent grid: where edit-term gradients apply (content terms outside).
         energies: energy terms; empty for gradient-free modes.
-        energy_scale: λ, the multiplier of the energy gradient (DragonDiffusion UI "energy" × 1000).
-        guidance_step: c, a further multiplier (0.04 drag, 0.08 move; dossier §2).
-        guided_steps: sampling step indices that take energy guidance.
+        energy_scale: the energy gradient's scale in the spec's unit, the DragonDiffusion UI "energy": λ =
+            :data:`~dragsdk.spec.ENERGY_UNIT` · ``energy_scale`` (the sampler multiplies). ``None``: the spec's
+            ``energy_scale`` field.
+        guidance_step: c, a further multiplier (0.04 drag, 0.08 move; DragonDiffusion code defaults). ``None``:
+            the spec's ``guidance_step`` field.
+        guided_steps: sampling step indices that take energy guidance; ``None``: ``sampler.schedule``.
         init: latent pastes applied to z_T before sampling.
         kv: cross-branch K/V injection, or None.
-        sde: regional SDE window, or None (deterministic DDIM).
+        sde: regional SDE window, or None: the engine builds it from ``sampler.sde`` (deterministic DDIM when
+            that is disabled) on ``sde_mask``.
+        sde_mask: ``(h, w)`` latent bool region of the regional SDE; None = ``edit_mask``.
         composite: paste the original pixels back outside ``edit_mask`` after decoding.
-        time_travel: ``{step: passes}`` for DiffEditor time travel on guided steps.
+        time_travel: ``{step: passes}`` for DiffEditor time travel on guided steps; None: ``sampler.time_travel``.
         references: extra images inverted in the same batch as the base (bank rows 1, 2, ...).
         notes: human-readable facts for the report (e.g. "no mask given: whole image editable").
         sampling: ``ddim`` (DDIM inversion and sampling) or ``cycle-sde`` (:mod:`dragsdk.cycle_sde`: stochastic
@@ -181,14 +192,15 @@ class EditPlan:
 
     edit_mask: torch.Tensor
     energies: list[EnergyTerm] = field(default_factory=list)
-    energy_scale: float = 0.0
-    guidance_step: float = 0.0
-    guided_steps: list[int] = field(default_factory=list)
+    energy_scale: float | None = None
+    guidance_step: float | None = None
+    guided_steps: list[int] | None = None
     init: list[LatentPaste] = field(default_factory=list)
     kv: KVPlan | None = None
     sde: SDEPlan | None = None
+    sde_mask: torch.Tensor | None = None
     composite: bool = False
-    time_travel: dict[int, int] = field(default_factory=dict)
+    time_travel: dict[int, int] | None = None
     references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sampling: Literal["ddim", "cycle-sde"] = "ddim"
@@ -211,7 +223,8 @@ class EditPlan:
 
     @property
     def needs_gradients(self) -> bool:
-        return bool(self.energies) and self.energy_scale * self.guidance_step > 0 and bool(self.guided_steps)
+        return (bool(self.energies) and (self.energy_scale or 0.0) * (self.guidance_step or 0.0) > 0
+                and bool(self.guided_steps))
 
     def kv_modes(self) -> list[str]:
         return [self.kv.injection.mode] if self.kv else []

@@ -54,7 +54,7 @@ MapRules = Literal["official", "dragsdk"]
 
 @dataclass(frozen=True, eq=False)
 class SourceMap:
-    """Target cell → source cell on a ``(h, w)`` grid.
+    """Target cell → source cell on a grid of size ``grid_size = (w, h)`` (cells indexed ``(row, col)``).
 
     Pair ``i`` says: the content at cell ``(source_rows[i], source_cols[i])`` goes to cell
     ``(target_rows[i], target_cols[i])``. Targets are unique (one source per target); sources may repeat

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,8 +90,8 @@ def _is_builtin(ep: md.EntryPoint) -> bool:
 
 
 def check_mode(mode: Any) -> None:
-    """Check what the registry needs of a mode: a ``spec_model`` subclassing ``EditSpec`` with a JSON Schema, and
-    a callable ``plan``.
+    """Check what the registry needs of a mode: a ``spec_model`` subclassing ``EditSpec`` with a JSON Schema, a
+    callable ``plan``, and ``unsupported_settings`` naming only fields of its sampler settings.
 
     Raises:
         PluginError: naming the mode and what is wrong.
@@ -108,6 +109,11 @@ def check_mode(mode: Any) -> None:
                           f"({type(e).__name__}: {e})") from e
     if not callable(getattr(mode, "plan", None)):
         raise PluginError(f"mode {name!r} has no callable plan(spec, ctx)")
+    sampler_fields = model.model_fields["sampler"].annotation.model_fields  # type: ignore[union-attr]
+    unknown = sorted(set(getattr(mode, "unsupported_settings", ())) - set(sampler_fields))
+    if unknown:
+        raise PluginError(f"mode {name!r}: unsupported_settings {unknown} are not sampler settings; expected some "
+                          f"of {sorted(sampler_fields)}")
 
 
 class Registry:
@@ -130,6 +136,7 @@ class Registry:
         self._backends: dict[str, Any] = {}
         self._owners: dict[tuple[str, str], str] = {}
         self._resolved = False
+        self._lock = threading.RLock()  # resolution runs once, whole, even when threads ask at the same time
 
     # -- loading ---------------------------------------------------------------------------------------
     def load_entry_points(self) -> None:
@@ -206,12 +213,22 @@ class Registry:
 
     # -- resolution --------------------------------------------------------------------------------------
     def resolve(self) -> None:
-        """Call every registration hook (once; again after a plugin is added or removed), built-ins first."""
+        """Call every registration hook (once; again after a plugin is added or removed), built-ins first.
+
+        Thread-safe: one thread resolves under the registry's lock while others wait; the mode and backend
+        tables are swapped in only when complete, so no reader sees a half-filled table."""
         if self._resolved:
             return
+        with self._lock:
+            if not self._resolved:
+                self._resolve_locked()
+
+    def _resolve_locked(self) -> None:
         self.failures = [f for f in self.failures if f not in self._hook_failures]
         self._hook_failures, self.overrides = [], []
-        self._modes, self._backends, self._owners = {}, {}, {}
+        modes: dict[str, Any] = {}
+        backends: dict[str, Any] = {}
+        self._owners = {}
         override = _names(OVERRIDE_ENV)
         order = sorted(self.plugins.items(), key=lambda item: not item[1].builtin)
         for _, info in order:
@@ -219,8 +236,8 @@ class Registry:
         for plugin_name, info in order:
             plugin = self.pm.get_plugin(plugin_name)
             for hook, table, kind in (
-                ("dragsdk_register_modes", self._modes, "mode"),
-                ("dragsdk_register_backends", self._backends, "backend"),
+                ("dragsdk_register_modes", modes, "mode"),
+                ("dragsdk_register_backends", backends, "backend"),
             ):
                 impl = getattr(plugin, hook, None)
                 if impl is None:
@@ -232,6 +249,7 @@ class Registry:
                     raise
                 except BaseException as e:  # SystemExit included: a plugin never ends the process
                     self._fail(PluginFailure(plugin_name, hook, _error_text(e, with_trace=True), info.distribution))
+        self._modes, self._backends = modes, backends
         self._resolved = True
 
     def _fail(self, failure: PluginFailure) -> None:
@@ -292,7 +310,15 @@ _default: Registry | None = None
 
 
 def get_registry(reload: bool = False) -> Registry:
-    """The process-wide registry, loading entry points on first use."""
+    """The process-wide registry, loading entry points on first use (thread-safe)."""
+    with _default_lock:
+        return _get_registry(reload)
+
+
+_default_lock = threading.Lock()
+
+
+def _get_registry(reload: bool) -> Registry:
     global _default
     if _default is None or reload:
         reg = Registry()

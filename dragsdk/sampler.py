@@ -29,6 +29,7 @@ from .attention import AttentionController
 from .features import FeatureTap
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, ddim_inversion_step, ddim_step
 from .plan import EditPlan
+from .spec import ENERGY_UNIT
 from .trace import TracePass
 
 
@@ -124,7 +125,7 @@ class GuidedSampler:
                     self.counter.backward += 1
         zero = torch.zeros_like(z)
         g = mask * grads.get("edit", zero) + (1 - mask) * grads.get("content", zero)
-        g = (plan.guidance_step * plan.energy_scale) * g
+        g = (plan.guidance_step * plan.energy_scale * ENERGY_UNIT) * g
         terms = {k: float(v.detach()) for k, v in values.items()}
         record = StepEnergy(i, t, terms, float(sum(terms.values())), grad_norm=float(g.norm()))
         if self.probe_energy_after:

@@ -26,8 +26,12 @@ COORDINATE_LIMIT = 100_000.0
 """Largest ``|x|`` or ``|y|`` of a point, and of a displacement (``dx``, ``dy``), in image pixels."""
 WEIGHT_LIMIT = 100.0
 """Largest energy weight (``weights.*``; the published defaults are 0.2–12)."""
+ENERGY_UNIT = 1000.0
+"""The unit of ``energy_scale``: λ, the multiplier of the energy gradient, is ``ENERGY_UNIT · energy_scale``. A spec
+and a plan hold the same number (the DragonDiffusion UI's "energy" value, e.g. 2 for drag = λ 2000); only the
+sampler multiplies by the unit."""
 ENERGY_SCALE_LIMIT = 100.0
-"""Largest ``energy_scale`` (λ/1000; the published defaults are 0.5–3)."""
+"""Largest ``energy_scale`` (in units of :data:`ENERGY_UNIT`; the published defaults are 0.5–3)."""
 GUIDANCE_STEP_LIMIT = 1.0
 """Largest ``guidance_step`` c (the published defaults are 0.04 and 0.08)."""
 SEED_MAX = 2**64 - 1
@@ -98,9 +102,15 @@ def weight_field(default: float, description: str = "") -> Any:
     return Field(default, ge=0.0, le=WEIGHT_LIMIT, description=description or None)
 
 
-def energy_scale_field(default: float, description: str = "λ/1000 of the energy gradient") -> Any:
-    """The ``energy_scale`` field: finite, ``0 ≤ λ/1000 ≤ ENERGY_SCALE_LIMIT``."""
-    return Field(default, ge=0.0, le=ENERGY_SCALE_LIMIT, description=description)
+ENERGY_SCALE_UNIT_TEXT = "unit: 1000 × λ, the energy-gradient multiplier (DragonDiffusion UI 'energy')"
+
+
+def energy_scale_field(default: float, description: str = "scale of the energy gradient") -> Any:
+    """The ``energy_scale`` field: finite, ``0 ≤ energy_scale ≤ ENERGY_SCALE_LIMIT``, in units of
+    :data:`ENERGY_UNIT` (λ = 1000 · energy_scale). The unit is appended to the description and stated in the
+    JSON Schema as ``"unit"``."""
+    return Field(default, ge=0.0, le=ENERGY_SCALE_LIMIT, description=f"{description}; {ENERGY_SCALE_UNIT_TEXT}",
+                 json_schema_extra={"unit": "1000·λ"})
 
 
 def guidance_step_field(default: float, description: str = "c, multiplier of λ·∇E") -> Any:
@@ -283,7 +293,7 @@ class DragSpec(EditSpec):
         None, description="editable region (PNG path or data URL, white = may change); absent = whole image"
     )
     weights: DragWeights = Field(default_factory=DragWeights)
-    energy_scale: float = energy_scale_field(2.0, "λ/1000 of the energy gradient (UI 'energy')")
+    energy_scale: float = energy_scale_field(2.0)
     guidance_step: float = guidance_step_field(0.04, "c, multiplier of λ·∇E (0.04 for drag)")
     patch_radius: int = Field(1, ge=0, le=8, description="patch half-size in feature cells (1 → 3×3)")
     profile: profile_type(DRAG_IMPROVEMENTS) = profile_field(DRAG_IMPROVEMENTS)  # type: ignore[valid-type]

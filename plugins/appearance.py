@@ -52,7 +52,7 @@ class AppearanceSpec(EditSpec):
     reference_mask: str = Field(..., description="reference object mask, in the reference image's pixels")
     reference_prompt: str = Field("", description="prompt describing the reference image")
     weights: AppearanceWeights = Field(default_factory=AppearanceWeights)
-    energy_scale: float = energy_scale_field(2.0, "λ/1000")
+    energy_scale: float = energy_scale_field(2.0)
     guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
     profile: profile_type(DIFFEDITOR_IMPROVEMENTS) = profile_field(DIFFEDITOR_IMPROVEMENTS)  # type: ignore[valid-type]
@@ -65,6 +65,7 @@ class AppearanceMode(EditMode):
     name = "appearance"
     spec_model = AppearanceSpec
     description = "give an object the appearance of an object in a reference image (DragonDiffusion)"
+    unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
     def plan(self, spec: AppearanceSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         from dragsdk.io import load_image
@@ -97,7 +98,7 @@ class AppearanceMode(EditMode):
         return EditPlan(
             edit_mask=base_l,
             energies=energies,
-            energy_scale=spec.energy_scale * 1000.0,
+            energy_scale=spec.energy_scale,
             guidance_step=spec.guidance_step,
             guided_steps=guided,
             kv=KVPlan(kv, 0, int(round(spec.kv_end * n))),

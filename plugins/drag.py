@@ -66,8 +66,7 @@ class DragMode(EditMode):
             edit_latent = canvas.mask_to_grid(mask_px, "latent", threshold=1e-6)
             notes.append("mask covers no latent cell when resampled: cells touching it are editable")
 
-        gw, gh = canvas.feature_size
-        grid_hw = (gh, gw)
+        grid = canvas.feature_size
         r = spec.patch_radius
         handles = [canvas.patch(p.handle, "feature", r, convention) for p in spec.points]
         targets = [canvas.patch(p.target, "feature", r, convention) for p in spec.points]
@@ -82,10 +81,10 @@ class DragMode(EditMode):
         def edit_energy(cur: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
             total = cur[0].new_zeros((), dtype=torch.float32)
             for hcells, tcells, vcells in zip(handles, targets, vacated, strict=True):
-                s = local_similarity(cur, ref, tcells, hcells, grid_hw)
+                s = local_similarity(cur, ref, tcells, hcells, grid)
                 total = total + correspondence_energy(w.edit, s).sum()
                 if w.contrast > 0 and vcells[0].numel():
-                    total = total + (w.contrast * local_similarity(cur, ref, vcells, vcells, grid_hw)).sum()
+                    total = total + (w.contrast * local_similarity(cur, ref, vcells, vcells, grid)).sum()
             return total / (len(cur) * n_pairs)
 
         def content_energy(cur: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
@@ -106,7 +105,7 @@ class DragMode(EditMode):
         return EditPlan(
             edit_mask=edit_latent,
             energies=energies,
-            energy_scale=spec.energy_scale * 1000.0,
+            energy_scale=spec.energy_scale,
             guidance_step=spec.guidance_step,
             guided_steps=guided,
             init=init,

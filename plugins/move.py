@@ -83,7 +83,7 @@ class MoveSpec(EditSpec):
                          "object's centroid (centroid-placement)")
     fill_region: str | None = Field(None, description="region whose look fills the vacated area (mask); default: background")
     weights: MoveWeights = Field(default_factory=MoveWeights)
-    energy_scale: float = energy_scale_field(0.5, "λ/1000")
+    energy_scale: float = energy_scale_field(0.5)
     guidance_step: float = guidance_step_field(0.08, "c (0.08 for move)")
     profile: profile_type(MOVE_IMPROVEMENTS) = profile_field(MOVE_IMPROVEMENTS)  # type: ignore[valid-type]
 
@@ -108,8 +108,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
     else:
         fmap = official_placement_map(canvas, obj, spec.scale, shift, "feature")
         lmap = official_placement_map(canvas, obj, spec.scale, shift, "latent")
-    gw, gh = canvas.feature_size
-    grid_hw = (gh, gw)
+    grid = canvas.feature_size
     org = canvas.mask_to_grid(obj, "feature", method=method)
     cur = fmap.target_mask()
     other = ~(cur | org)
@@ -127,7 +126,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
         return 0.5 * correspondence_energy(weight, 2.0 * s - 1.0 if raw_cosine else s).sum()
 
     def edit(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
-        return inverse(w.edit, local_similarity(c, r, tcells, scells, grid_hw), raw_cosine=True)
+        return inverse(w.edit, local_similarity(c, r, tcells, scells, grid), raw_cosine=True)
 
     def content(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
         return inverse(w.content, region_similarity(c, r, other), raw_cosine=True)
@@ -155,7 +154,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
     return EditPlan(
         edit_mask=placed_latent,
         energies=energies,
-        energy_scale=spec.energy_scale * 1000.0,
+        energy_scale=spec.energy_scale,
         guidance_step=spec.guidance_step,
         guided_steps=guided,
         init=[LatentPaste(lmap.target_rows, lmap.target_cols, lmap.source_rows, lmap.source_cols)],

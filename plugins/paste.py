@@ -59,7 +59,7 @@ class PasteSpec(EditSpec):
     scale: float = Field(1.0, gt=0.0, le=1.5, description="scale about the object's centroid (official slider 0–1.5)")
     reference_prompt: str = Field("", description="prompt describing the reference image")
     weights: PasteWeights = Field(default_factory=PasteWeights)
-    energy_scale: float = energy_scale_field(1.5, "λ/1000")
+    energy_scale: float = energy_scale_field(1.5)
     guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
     profile: profile_type(DIFFEDITOR_IMPROVEMENTS) = profile_field(DIFFEDITOR_IMPROVEMENTS)  # type: ignore[valid-type]
@@ -71,6 +71,7 @@ class PasteMode(EditMode):
     name = "paste"
     spec_model = PasteSpec
     description = "paste an object from a reference image onto the base image (DiffEditor object pasting)"
+    unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
     def plan(self, spec: PasteSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         canvas = ctx.canvas
@@ -102,7 +103,7 @@ class PasteMode(EditMode):
         return EditPlan(
             edit_mask=p_l,
             energies=energies,
-            energy_scale=spec.energy_scale * 1000.0,
+            energy_scale=spec.energy_scale,
             guidance_step=spec.guidance_step,
             guided_steps=guided,
             init=[LatentPaste(rows, cols, rows, cols, bank=1)],

@@ -100,7 +100,8 @@ class PolygonPair(SpecModel):
 
 class RegionDragSampler(SamplerSettings):
     """Sampler settings with RegionDrag's defaults (dossier §1.3): 20 steps, no CFG, 512² working area, K/V replaced
-    from the first sampled step. ``schedule``, ``sde`` and ``time_travel`` (energy-guidance settings) are ignored."""
+    from the first sampled step. ``schedule``, ``sde`` and ``time_travel`` (energy-guidance and DDIM settings) do not
+    apply to Cycle-SDE sampling: a spec that sets them to other than their defaults is refused naming the field."""
 
     steps: int = Field(20, ge=2, le=1000, description="Cycle-SDE steps over the full schedule (20)")
     guidance_scale: float = Field(
@@ -369,6 +370,7 @@ class RegionDragMode(EditMode):
     name = "region-drag"
     spec_model = RegionDragSpec
     description = "region drag: move regions, polygons or dense point sets (RegionDrag, gradient-free)"
+    unsupported_settings = frozenset({"schedule", "sde", "time_travel"})
 
     # -- inputs → one map -------------------------------------------------------------------------------------
     def source_map(self, spec: RegionDragSpec, ctx: PlanContext, rules: str | None = None) -> tuple[SourceMap, str]:

@@ -111,3 +111,36 @@ def test_the_host_scheduler_is_left_as_it_was(tiny_model, car_sample, sequential
     before = scheduler.timesteps.clone()
     Editor(tiny_model).edit(*jobs[0])
     assert torch.equal(scheduler.timesteps, before) and scheduler.num_inference_steps == 7
+
+
+def test_threads_resolving_one_registry_at_once_all_see_the_complete_tables():
+    """Resolution is swapped in whole under the registry's lock: a thread never reads a half-filled table, even
+    while a slow plugin's hook is still registering (issue 12, item 1)."""
+    import threading
+    import time
+
+    from dragsdk import hookimpl
+    from dragsdk.registry import Registry
+
+    reg = Registry()
+    reg.load_entry_points()
+    full = set(reg.modes)
+
+    class Slow:
+        @hookimpl
+        def dragsdk_register_backends(self, register):
+            time.sleep(0.2)
+
+    reg.register_plugin(Slow(), "slow")  # forces a new resolution, slow in the middle
+    seen, start = [], threading.Barrier(6)
+
+    def read():
+        start.wait()
+        seen.append(set(reg.modes))
+
+    threads = [threading.Thread(target=read) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [full] * 6

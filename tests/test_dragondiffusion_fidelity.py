@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from dragsdk.cli import app
 from dragsdk.energy import region_similarity
+from dragsdk.errors import SpecError
 from dragsdk.features import FeatureTap
 from dragsdk.geometry import Canvas
 from dragsdk.modes import PlanContext
@@ -247,7 +248,7 @@ def test_trace_of_the_cli_and_of_two_profiles_differ_only_where_the_profiles_do(
 
 
 # -- official placement (move / resize) ---------------------------------------------------------------------------------
-def test_official_placement_scales_about_the_image_centre_and_wraps():
+def test_official_placement_scales_about_the_image_centre_and_clips_instead_of_wrapping():
     canvas = Canvas((64, 64), (64, 64))  # feature grid 16×16
     mask = np.zeros((64, 64), bool)
     mask[24:40, 24:40] = True  # feature cells 6..9, centred
@@ -256,6 +257,8 @@ def test_official_placement_scales_about_the_image_centre_and_wraps():
     assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (4, 11, 4, 11)
     edge = np.zeros((64, 64), bool)
     edge[0:8, 56:64] = True  # feature cells rows 0..1, cols 14..15
-    moved = official_placement_map(canvas, edge, 1.0, (12, 0), "feature")  # 3 cells right: wraps to cols 1..2
-    assert sorted(set(moved.target_cols.tolist())) == [1, 2]
-    assert sorted(set(moved.source_cols.tolist())) == [14, 15]
+    moved = official_placement_map(canvas, edge, 1.0, (4, 0), "feature")  # 1 cell right: col 15 stays, 16 is off
+    assert sorted(set(moved.target_cols.tolist())) == [15]  # the official roll would also write col 0 (wrap)
+    assert sorted(set(moved.source_cols.tolist())) == [14]
+    with pytest.raises(SpecError, match="dx, dy"):  # 3 cells right: nothing left (the official roll wraps it)
+        official_placement_map(canvas, edge, 1.0, (12, 0), "feature")

@@ -49,7 +49,6 @@ def _target_vs_handle_similarity(editor, spec, latents, step):
     model = editor.model
     t = traj.schedule.timesteps[step]
     canvas = Canvas.fit((512, 384), spec.sampler.resolution)
-    gw, gh = canvas.feature_size
     tap = FeatureTap(model.unet)
     cond = model.encode_prompt(spec.prompt)
     try:
@@ -62,7 +61,7 @@ def _target_vs_handle_similarity(editor, spec, latents, step):
     finally:
         tap.remove()
     sims = [
-        local_similarity(feats[0], feats[1], canvas.patch(p.target, "feature", 1), canvas.patch(p.handle, "feature", 1), (gh, gw)).mean()
+        local_similarity(feats[0], feats[1], canvas.patch(p.target, "feature", 1), canvas.patch(p.handle, "feature", 1), canvas.feature_size).mean()
         for p in spec.points
     ]
     return float(torch.stack(sims).mean())

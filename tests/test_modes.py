@@ -112,14 +112,13 @@ def test_move_pulls_the_object_to_its_target_and_away_from_its_old_place(editor,
     obj = load_mask(mask)
     fmap = official_placement_map(canvas, obj, 1.0, (48, 0), "feature")  # the default (official) profile's geometry
     vacated = canvas.mask_to_grid(obj, "feature", method="nearest") & ~fmap.target_mask()
-    gw, gh = canvas.feature_size
     pairs = ((fmap.target_rows, fmap.target_cols), (fmap.source_rows, fmap.source_cols))
 
     def measure(extra):
         _, z = _run_and_probe(editor, image, {**data, **extra}, probe)
         cur = _features(editor, z, probe, prompt)
         ref = _features(editor, editor._trajectory.latents[probe][:1], probe, prompt)
-        return float(local_similarity(cur, ref, *pairs, (gh, gw)).mean()), float(region_similarity(cur, ref, vacated).mean())
+        return float(local_similarity(cur, ref, *pairs, canvas.feature_size).mean()), float(region_similarity(cur, ref, vacated).mean())
 
     unguided, guided = measure({"energy_scale": 0.0}), measure({})
     assert guided[0] > unguided[0], (unguided, guided)

@@ -171,3 +171,33 @@ def test_the_ui_command_offers_the_limit_flags():
     for opt in ("--max-steps", "--max-resolution", "--max-upload-mb", "--max-megapixels", "--max-run-seconds",
                 "--queue-size"):
         assert opt in res.output, opt
+
+
+def test_brushed_layers_follow_the_one_mask_rule():
+    """A faint stroke (alpha 40 of 255) is outside, a firm one (alpha 200) inside, as for every other mask
+    (dragsdk.io.load_mask, threshold 0.5); an opaque layer is judged by its brightest channel."""
+    from dragsdk.ui.state import mask_from_layers
+
+    layer = np.zeros((8, 8, 4), np.uint8)
+    layer[0:4, :, 3] = 40
+    layer[4:8, :, 3] = 200
+    m = mask_from_layers([layer], (8, 8))
+    assert m is not None and not m[:4].any() and m[4:].all()
+    opaque = np.full((8, 8, 4), 255, np.uint8)
+    opaque[..., :3] = 0
+    opaque[:, :2, 0] = 255
+    m = mask_from_layers([opaque], (8, 8))
+    assert m is not None and m[:, :2].all() and not m[:, 2:].any()
+
+
+def test_an_upload_is_decoded_as_viewers_show_it(tmp_path):
+    """EXIF orientation is honoured (a phone photo rotated by its tag) and 16-bit images are scaled."""
+    from dragsdk.ui.state import UILimits, load_upload
+
+    img = Image.new("RGB", (40, 20), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    img.save(tmp_path / "phone.jpg", exif=exif)
+    assert load_upload(tmp_path / "phone.jpg", "phone.jpg", UILimits()).size == (20, 40)
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(tmp_path / "deep.png")
+    assert np.asarray(load_upload(tmp_path / "deep.png", "deep.png", UILimits())).min() == 255

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from dragsdk.io import save_image_atomic, write_text_atomic
+from dragsdk.io import load_image, save_image_atomic, write_text_atomic
 
 from .state import UIError, UILimits, check_sampler_limits, portable_spec
 
@@ -136,7 +136,6 @@ def run_edit(editor: Any, image: Image.Image, spec: dict[str, Any], folder: str 
     if isinstance(ref, str) and Path(ref).is_file():
         dest = folder / "reference.png"
         if Path(ref).resolve() != dest.resolve():
-            with Image.open(ref) as im:
-                save_image_atomic(im.convert("RGB"), dest)
+            save_image_atomic(load_image(ref, field="reference"), dest)
         files["reference.png"] = dest
     return RunOutput(result.image, result.report, data, files, seconds)

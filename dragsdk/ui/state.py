@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dragsdk.io import mask_to_data_url
+from dragsdk.errors import DragSDKError
+from dragsdk.io import load_image, load_mask, mask_to_data_url
 
 MODES = ("drag", "region-drag", "move", "resize", "paste", "appearance")
 """Modes the page offers, in the order of its selector."""
@@ -278,22 +279,17 @@ def _as_array(img: Any) -> np.ndarray | None:
 def mask_from_layers(layers: Iterable[Any] | None, size: tuple[int, int]) -> np.ndarray | None:
     """The union of brushed layers as an ``(H, W)`` bool mask of an image of ``size`` = ``(W, H)``.
 
-    A layer pixel is inside where its alpha is nonzero (RGBA) or, for layers without alpha, where it is not black.
-    Layers of another size (a canvas the browser scaled) are resampled to ``size`` (nearest). None when nothing is
-    brushed.
+    Each layer is read by the one mask rule of :func:`dragsdk.io.load_mask` (files, arrays and data URLs alike): on
+    a layer with transparency, inside where alpha exceeds :data:`dragsdk.io.MASK_THRESHOLD` (brush strokes on a
+    transparent layer); on an opaque layer, where the brightest channel does. Layers of another size (a canvas the
+    browser scaled) are resampled to ``size`` (nearest). None when nothing is brushed.
     """
     w, h = size
     out = np.zeros((h, w), dtype=bool)
     for layer in layers or []:
-        a = _as_array(layer)
-        if a is None:
+        if layer is None:
             continue
-        if a.ndim == 3 and a.shape[2] == 4:
-            m = a[..., 3] > 0
-        elif a.ndim == 3:
-            m = a.max(axis=2) > 0
-        else:
-            m = a > 0
+        m = load_mask(layer if isinstance(layer, Image.Image | str | Path) else np.asarray(layer), field="mask")
         if m.shape != (h, w):
             m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 127
         out |= m
@@ -793,7 +789,9 @@ def load_upload(path: str | Path, name: str, limits: UILimits) -> Image.Image:
     try:
         with Image.open(p) as im:
             _check_pixels(im.size, name, limits)
-            return im.convert("RGB")
+        return load_image(p, field="image")  # EXIF orientation, 16-bit and float scaling, animation refused
+    except DragSDKError as e:
+        raise UIError("image", f"{name}: {e}") from None
     except UIError:
         raise
     except Image.DecompressionBombError:
@@ -819,8 +817,6 @@ def open_sample(name: str | None, roots: Iterable[str | Path], listed: dict[str,
     Raises:
         UIError: (image) nothing named, not an allowed sample, or a sample whose files cannot be read.
     """
-    from dragsdk.errors import DragSDKError
-    from dragsdk.io import load_image
     from dragsdk.samples import detect_sample, load_sample
 
     if not name or not str(name).strip():
