@@ -336,3 +336,31 @@ def test_a_host_euler_scheduler_is_converted_on_a_copy_and_flow_matching_is_refu
     with pytest.raises(ModelLoadError, match="FlowMatchEulerDiscreteScheduler has no beta schedule") as info:
         Editor.from_pipe(pipe)
     assert "\n" not in str(info.value)
+
+
+def test_a_host_pipeline_toggling_a_real_lora_matches_a_fresh_editor_each_time(model, job, tmp_path):
+    """The issue's case: a host loads, fuses, unfuses and disables a LoRA with diffusers between edits; every edit
+    equals a fresh Editor's on the same weights, and none reuses the inversion made on other weights."""
+    pytest.importorskip("peft")
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    donor = load_model("tiny", device="cpu").unet
+    donor.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                 init_lora_weights=False))
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(donor)))
+    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                   unet=model.unet, scheduler=model.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    editor = Editor.from_pipe(pipe)
+    results = [editor.edit(*job)]
+    for toggle in (lambda: pipe.load_lora_weights(tmp_path), pipe.fuse_lora, pipe.unfuse_lora, pipe.disable_lora):
+        toggle()
+        r = editor.edit(*job)
+        assert not r.report.inversion_reused and _same(r, Editor.from_pipe(pipe).edit(*job))
+        results.append(r)
+    assert not _same(results[1], results[0])  # the LoRA changes the edit
+    assert editor.edit(*job).report.inversion_reused  # unchanged weights: reused
