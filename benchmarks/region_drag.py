@@ -71,11 +71,9 @@ def _spec(size: int, dx: float, seed: int, steps: int) -> Any:
 
 def _run(editor: Any, image: Image.Image, spec: Any, cold: bool) -> dict[str, Any]:
     device = editor.model.device
-    if cold:
-        editor._trajectory = None
     _sync(device)
     t0 = time.perf_counter()
-    result = editor.edit(image, spec)
+    result = editor.edit(image, spec, reuse_inversion=not cold)
     _sync(device)
     wall = time.perf_counter() - t0
     rep = result.report

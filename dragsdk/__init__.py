@@ -14,8 +14,12 @@ from importlib import import_module
 from typing import Any
 
 from .errors import (
+    ArgumentTypeError,
     BackendUnavailableError,
+    DeviceUnavailableError,
     DragSDKError,
+    EditCancelled,
+    HostAttentionError,
     ModelNotFoundError,
     NonFiniteError,
     SpecError,
@@ -32,11 +36,17 @@ _LAZY = {
     "EditSpec": "dragsdk.spec",
     "PointPair": "dragsdk.spec",
     "SamplerSettings": "dragsdk.spec",
+    "StepEvent": "dragsdk.progress",
+    "DryRun": "dragsdk.dryrun",
 }
 
 __all__ = [
+    "ArgumentTypeError",
     "BackendUnavailableError",
+    "DeviceUnavailableError",
     "DragSDKError",
+    "EditCancelled",
+    "HostAttentionError",
     "ModelNotFoundError",
     "NonFiniteError",
     "SpecError",

@@ -274,3 +274,22 @@ def token_mask(latent_mask: torch.Tensor, invert: bool = False) -> Callable[[int
         return (~t if invert else t).flatten()
 
     return fn
+
+
+PLAIN_PROCESSORS = frozenset({
+    "AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "SlicedAttnProcessor", "AttnProcessorNPU",
+    "FusedAttnProcessor2_0", "KVProcessor",
+})
+"""Processors computing plain attention (diffusers' defaults and their faster equivalents, and dragsdk's own): an
+edit may replace them for its duration without changing what the model computes."""
+
+
+def foreign_processors(unet: Any) -> dict[str, int]:
+    """The host processors on ``unet`` that are not plain attention (an IP-Adapter's, a custom one), as
+    ``{class name: layers}``; an edit would bypass them."""
+    found: dict[str, int] = {}
+    for proc in unet.attn_processors.values():
+        name = type(proc).__name__
+        if name not in PLAIN_PROCESSORS:
+            found[name] = found.get(name, 0) + 1
+    return found

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,32 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .attention import AttentionController, install
+from .attention import AttentionController, foreign_processors, install
+from .cache import LRUCache, weights_fingerprint
 from .concurrency import model_lock
-from .errors import BackendUnavailableError, NonFiniteError, SpecError
+from .dryrun import DryRun, estimate_cost
+from .errors import (
+    ArgumentTypeError,
+    BackendUnavailableError,
+    HostAttentionError,
+    NonFiniteError,
+    SpecError,
+)
 from .features import FeatureTap
 from .geometry import Canvas
 from .image_prompt import ImagePromptPlan
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
 from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
-from .models import ModelBundle, bundle_from_pipe, load_model
+from .models import ModelBundle, bundle_from_pipe, check_dtype, load_model, resolve_device
 from .modes import PlanContext, build_plan
 from .plan import EditPlan
+from .progress import StepHook, StepReporter
 from .registry import Registry, get_registry
 from .report import EditReport, EnergyRecord, peak_memory, reset_peak_memory
 from .sampler import GuidedSampler, SamplerOutput
-from .spec import EditSpec, spec_from_json
+from .spec import SEED_MAX, EditSpec, spec_from_json
+
+OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 @dataclass
@@ -42,8 +54,12 @@ class EditResult:
         image: the edited image at the input's size.
         latent: the final latent ``(1, 4, h, w)``.
         report: timings, UNet evaluations, energies, memory, backend.
-        spec: the spec that was run.
+        spec: the spec that was run (with the overrides of :meth:`Editor.edit` applied).
         plan: the mode's plan (masks and terms), for inspection.
+        images: the image in the ``output_type`` of :meth:`Editor.edit`, batch first as diffusers pipelines return
+            it: ``pil`` a one-element list of PIL images; ``np`` ``(1, H, W, 3)`` float32 in [0, 1]; ``pt``
+            ``(1, 3, H, W)`` float32 in [0, 1]. Arrays are made from ``image`` (8-bit after compositing), so all
+            three hold the same pixels.
     """
 
     image: Image.Image
@@ -51,6 +67,11 @@ class EditResult:
     report: EditReport
     spec: EditSpec
     plan: EditPlan
+    images: list[Image.Image] | np.ndarray | torch.Tensor = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.images, list) and not self.images:
+            self.images = [self.image]
 
     def save(self, path: str | os.PathLike[str], report: str | os.PathLike[str] | None = None,
              protect: tuple[Path, ...] = ()) -> None:
@@ -84,9 +105,20 @@ class Editor:
             which is what dragsdk's region-drag does by default.
         allow_reduced_precision: let ``auto`` pick a backend that computes a float32 edit partly in lower
             precision (``Capabilities.precision == "reduced"``); off by default.
+        device / torch_dtype: where and in which precision the model runs; with a loaded ``model`` (a bundle) the
+            modules are moved there (as :meth:`to`).
+        prompt_cache_size: prompt embeddings kept (least recently used dropped first).
+
+    Caches: the inversion of the last finished edit (reused by the next edit of the same image, prompt and settings
+    on the same weights) and up to ``prompt_cache_size`` prompt embeddings. Both are keyed by the identity of the
+    weights (:func:`dragsdk.cache.weights_fingerprint`: adapters loaded or fused, dtype, device), so a LoRA fused or
+    toggled by the host is never answered from a stale cache. :meth:`clear_cache` drops them;
+    ``edit(..., reuse_inversion=False)`` inverts afresh.
 
     Raises:
         BackendUnavailableError: the named backend is unknown or cannot run here.
+        DeviceUnavailableError: ``device`` is not on this machine (e.g. ``cuda`` without CUDA).
+        ArgumentTypeError: an argument of the wrong type (named).
     """
 
     def __init__(
@@ -100,17 +132,30 @@ class Editor:
         device: str | torch.device | None = None,
         torch_dtype: torch.dtype | None = None,
         allow_reduced_precision: bool = False,
+        prompt_cache_size: int = 64,
     ) -> None:
+        if not isinstance(model, ModelBundle | str | os.PathLike):
+            raise ArgumentTypeError("model", "a ModelBundle, a model name or a path (Editor.from_pipe for a pipeline)",
+                                    model)
+        if not isinstance(backend, str):
+            raise ArgumentTypeError("backend", "a backend name such as 'auto' or 'torch'", backend)
+        if not isinstance(prompt_cache_size, int) or isinstance(prompt_cache_size, bool) or prompt_cache_size < 1:
+            raise ArgumentTypeError("prompt_cache_size", "an int ≥ 1", prompt_cache_size)
         self.registry = registry or get_registry()
         self.allow_reduced_precision = allow_reduced_precision
-        self.model = model if isinstance(model, ModelBundle) else load_model(model, device, torch_dtype)
+        if isinstance(model, ModelBundle):
+            self.model = model
+            if device is not None or torch_dtype is not None:
+                self.model.to(resolve_device(device) if device is not None else None, check_dtype(torch_dtype))
+        else:
+            self.model = load_model(model, device, torch_dtype)
         self.backend_request = backend
         self.reference_profile = reference_profile
         self.bank_device = "cpu" if reference_profile else bank_device
         self.probe_energy_after = probe_energy_after
         self.processor = VaeImageProcessor(vae_scale_factor=self.model.vae_scale_factor, resample="lanczos")
         self._trajectory: Trajectory | None = None
-        self._prompt_cache: dict[tuple[str, bool], torch.Tensor] = {}
+        self._prompt_cache: LRUCache[torch.Tensor] = LRUCache(prompt_cache_size)
         self.ip_adapter: Any = None
         self.bank_layers = frozenset(self.model.adapter.bank_layers())
         if backend != "auto":
@@ -166,9 +211,51 @@ class Editor:
         """
         from .models import load_lora
 
-        load_lora(self.model, path, scale)
-        self._prompt_cache.clear()
-        self._trajectory = None
+        with model_lock(self.model):
+            load_lora(self.model, path, scale)
+            self.clear_cache()
+
+    # -- device, dtype, caches -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The device the UNet's weights are on."""
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The UNet's weight dtype."""
+        return self.model.dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Editor:
+        """Move (and cast) the model in place, as diffusers' ``pipe.to(device, dtype)``; returns the Editor. Modules
+        shared with a host pipeline (:meth:`from_pipe`) move with it. The caches are dropped.
+
+        Thread safety: waits for a running edit on the model (:func:`dragsdk.concurrency.model_lock`).
+
+        Raises:
+            DeviceUnavailableError: ``device`` is not on this machine (e.g. ``cuda`` without CUDA).
+            ArgumentTypeError: ``dtype`` is not a floating ``torch.dtype``.
+        """
+        dev = resolve_device(device) if device is not None else None
+        dt = check_dtype(dtype)
+        with model_lock(self.model):
+            self.model.to(dev, dt)
+            self.clear_cache()
+        return self
+
+    def clear_cache(self) -> None:
+        """Drop the cached inversion and prompt embeddings (the next edit inverts and encodes afresh)."""
+        with model_lock(self.model):
+            self._trajectory = None
+            self._prompt_cache.clear()
+
+    def weights_key(self) -> str:
+        """The identity of the model's weights (:func:`dragsdk.cache.weights_fingerprint` of the UNet, VAE and text
+        encoders): what the caches are keyed by."""
+        m = self.model
+        with model_lock(m):
+            return weights_fingerprint({"unet": m.unet, "vae": m.vae, "text_encoder": m.text_encoder,
+                                        "text_encoder_2": m.text_encoder_2})
 
     def load_ip_adapter(
         self,
@@ -225,11 +312,15 @@ class Editor:
         )
 
     # -- pieces --------------------------------------------------------------------------------------------
-    def _prompt(self, prompt: str, negative: bool = False) -> torch.Tensor:
-        key = (prompt, negative)
-        if key not in self._prompt_cache:
-            self._prompt_cache[key] = self.model.encode_prompt(prompt, negative)
-        return self._prompt_cache[key]
+    def _prompt(self, prompt: str, negative: bool = False, weights: str | None = None) -> torch.Tensor:
+        """The embedding of ``prompt``, cached under ``(prompt, negative, weights)`` (``weights``: the weights key;
+        None computes it)."""
+        key = (prompt, negative, self.weights_key() if weights is None else weights)
+        cached = self._prompt_cache.get(key)
+        if cached is None:
+            cached = self.model.encode_prompt(prompt, negative)
+            self._prompt_cache.put(key, cached)
+        return cached
 
     def _bank_layers(self, plan: EditPlan) -> frozenset[str]:
         """The layers that record / inject K/V for a plan: the decoder's, or every self-attention layer."""
@@ -250,6 +341,103 @@ class Editor:
         return spec_from_json(spec, self.registry.spec_models())
 
     # -- the edit ------------------------------------------------------------------------------------------
+    def _overrides(self, spec: EditSpec, num_inference_steps: int | None, guidance_scale: float | None,
+                   generator: torch.Generator | None) -> EditSpec:
+        """``spec`` with diffusers-style keyword overrides written into its sampler settings (validated as spec
+        fields: ``sampler.steps``, ``sampler.guidance_scale``, ``sampler.seed``)."""
+        update: dict[str, Any] = {}
+        if num_inference_steps is not None:
+            if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool):
+                raise ArgumentTypeError("num_inference_steps", "an int", num_inference_steps)
+            update["steps"] = num_inference_steps
+        if guidance_scale is not None:
+            if not isinstance(guidance_scale, int | float) or isinstance(guidance_scale, bool):
+                raise ArgumentTypeError("guidance_scale", "a number", guidance_scale)
+            update["guidance_scale"] = float(guidance_scale)
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise ArgumentTypeError("generator", "a torch.Generator", generator)
+            # One draw from the host's generator picks the edit's seed (the report records it, so the edit can be
+            # repeated from the report alone); the generator advances, as a diffusers pipeline advances it.
+            update["seed"] = int(torch.randint(0, SEED_MAX >> 1, (1,), generator=generator, device=generator.device))
+        if not update:
+            return spec
+        s = spec.sampler
+        sampler = type(s).model_validate({**s.model_dump(exclude_unset=True), **update})
+        return spec.model_copy(update={"sampler": sampler})
+
+    def _prepare(
+        self, image: Any, spec: Any, num_inference_steps: int | None, guidance_scale: float | None,
+        generator: torch.Generator | None, suggest: bool,
+    ) -> tuple[Image.Image, EditSpec, EditPlan, Canvas, PlanContext, Any, str]:
+        """Validate, apply the overrides and plan (no model call unless a mask is proposed and ``suggest``)."""
+        spec = self._overrides(self.resolve_spec(spec), num_inference_steps, guidance_scale, generator)
+        modes = self.registry.modes
+        if spec.mode not in modes:
+            raise SpecError("mode", f"unknown mode {spec.mode!r}; installed modes are {sorted(modes)}")
+        mode = modes[spec.mode]
+        img = load_image(image)
+        s = spec.sampler
+        resolution = s.resolution if "resolution" in s.model_fields_set else self.model.default_resolution
+        canvas = Canvas.fit(img.size, resolution)
+
+        def no_proposal(xy: tuple[float, float]) -> np.ndarray:
+            raise SpecError("mask", f"a dry run does not run the model, so no mask is proposed from the point {xy}: "
+                                    "give a mask, or call plan(..., propose_mask=True)")
+
+        suggest_mask = (lambda xy: self.suggest_mask(img, xy, spec.prompt)) if suggest else no_proposal
+        ctx = PlanContext(canvas, img, s.steps, suggest_mask=suggest_mask)
+        plan = build_plan(mode, spec, ctx)
+        backend, reason = self.select_backend(plan, canvas.size)
+        return img, spec, plan, canvas, ctx, backend, reason
+
+    def _inversion_key(self, img: Image.Image, spec: EditSpec, plan: EditPlan, canvas: Canvas, weights: str) -> tuple:
+        """What the inversion depends on: image(s), prompts, steps, size, recorded K/V and feature steps, sampling
+        kind, K/V layers, start step, the cycle-SDE seed, how reference features are made, the time grid, the VAE
+        latent kind (and its seed when sampled), the weights, the reference features' prompt and an image prompt that
+        the inversion uses (adapter and scale)."""
+        s = spec.sampler
+        kv_steps, feature_steps = _recorded_steps(plan)
+        ip, adapter = plan.image_prompt, self.ip_adapter
+        ip_key = None
+        if ip is not None and ip.inversion and adapter is not None:
+            ip_key = (adapter.name, ip.scale if adapter.scale is None else adapter.scale)
+        return (self._image_key(img), spec.prompt, *(self._image_key(r.image) + r.prompt for r in plan.references),
+                s.steps, canvas.size, tuple(sorted(kv_steps)), tuple(sorted(feature_steps)), self.model.name,
+                plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None,
+                plan.reference_features, plan.schedule_key, plan.vae_latent,
+                s.seed if plan.vae_latent == "sample" else None, weights, plan.reference_prompt, ip_key)
+
+    def plan(
+        self,
+        image: str | os.PathLike[str] | Image.Image | np.ndarray,
+        spec: EditSpec | dict[str, Any] | str,
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        propose_mask: bool = False,
+    ) -> DryRun:
+        """A dry run: validate ``spec`` for ``image`` and return the plan, the working grids, the guided steps, the
+        K/V injection window, the backend and the cost in UNet evaluations, without running the model (for UI
+        previews and validation). ``propose_mask=True`` lets a mode propose a mask from a point, which runs one
+        UNet feature forward (:meth:`suggest_mask`).
+
+        Raises:
+            SpecError / pydantic ``ValidationError`` / BackendUnavailableError / ArgumentTypeError: as :meth:`edit`;
+            SpecError (field ``mask``) when a mask would be proposed and ``propose_mask`` is False.
+        """
+        img, spec, plan, canvas, _, backend, reason = self._prepare(
+            image, spec, num_inference_steps, guidance_scale, None, propose_mask)
+        cached = self._trajectory
+        inversion_cached = cached is not None and cached.key == self._inversion_key(
+            img, spec, plan, canvas, self.weights_key())
+        steps = spec.sampler.steps
+        cost = estimate_cost(plan, steps, not inversion_cached, self.probe_energy_after, self.reference_profile,
+                             _recorded_steps(plan)[1])
+        guided = list(plan.guided_steps) if plan.needs_gradients else []
+        kv = (plan.kv.start, plan.kv.end) if plan.kv else None
+        return DryRun(plan, canvas, steps, guided, kv, inversion_cached, cost, backend.name, reason)
+
     def edit(
         self,
         image: str | os.PathLike[str] | Image.Image | np.ndarray,
@@ -257,6 +445,14 @@ class Editor:
         progress: bool = False,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         trace: str | os.PathLike[str] | None = None,
+        *,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: StepHook | None = None,
+        cancel: threading.Event | None = None,
+        reuse_inversion: bool = True,
     ) -> EditResult:
         """Run one edit.
 
@@ -265,9 +461,17 @@ class Editor:
                 orientation, 16-bit and float data scaled, size capped by ``DRAGSDK_MAX_MEGAPIXELS``).
             spec: the edit (any registered mode): a spec model, a dict, JSON text or the path of a spec file.
             progress: show a progress bar over inversion and sampling steps.
-            callback: ``callback(i, t, z)`` after each sampling step.
+            callback: ``callback(i, t, z)`` after each sampling step (``callback_on_step_end`` sees every phase).
             trace: write the per-pass trace (timestep, latent before / after, energies, guidance norm) to this
                 ``.npz`` path, atomically (:mod:`dragsdk.trace`).
+            num_inference_steps / guidance_scale: override ``spec.sampler.steps`` / ``spec.sampler.guidance_scale``
+                (diffusers' names; validated as those fields).
+            generator: a ``torch.Generator``; one draw from it sets ``spec.sampler.seed`` (recorded in the report).
+            output_type: ``pil``, ``np`` or ``pt``: the type of ``result.images`` (:class:`EditResult`).
+            callback_on_step_end: ``hook(event) -> bool | None`` after every step of every phase (encode, invert,
+                sample, decode; :class:`dragsdk.progress.StepEvent`); returning True cancels the edit.
+            cancel: a ``threading.Event``; once set (from any thread) the edit stops at the end of the current step.
+            reuse_inversion: False inverts afresh even when the cached inversion matches.
 
         Thread safety: one Editor may be called from many threads, and several Editors may share one model. The
         model-using part (encoding, inversion, sampling, decoding) runs under a per-model re-entrant lock
@@ -277,26 +481,39 @@ class Editor:
 
         Raises:
             SpecError: invalid geometry for this image, an unreadable image or spec (the field is named);
-                pydantic ``ValidationError`` for invalid field values.
+                pydantic ``ValidationError`` for invalid field values (overrides included).
+            ArgumentTypeError: an argument of the wrong type (named), or an unknown ``output_type``.
             BackendUnavailableError: no backend can run the edit here.
+            HostAttentionError: the UNet carries host attention processors (e.g. an IP-Adapter's) that the edit
+                would bypass; they are named.
+            EditCancelled: the hook or ``cancel`` stopped the edit; nothing is returned or cached.
             NonFiniteError: the latent went NaN or ±inf (the phase and step are named); nothing is returned.
         """
-        spec = self.resolve_spec(spec)
-        modes = self.registry.modes
-        if spec.mode not in modes:
-            raise SpecError("mode", f"unknown mode {spec.mode!r}; installed modes are {sorted(modes)}")
-        mode = modes[spec.mode]
-        img = load_image(image)
+        if output_type not in OUTPUT_TYPES:
+            raise ArgumentTypeError("output_type", f"one of {', '.join(OUTPUT_TYPES)}", output_type)
+        for name, fn in (("callback", callback), ("callback_on_step_end", callback_on_step_end)):
+            if fn is not None and not callable(fn):
+                raise ArgumentTypeError(name, "a callable", fn)
+        if cancel is not None and not isinstance(cancel, threading.Event):
+            raise ArgumentTypeError("cancel", "a threading.Event", cancel)
+        img, spec, plan, canvas, ctx, backend, reason = self._prepare(
+            image, spec, num_inference_steps, guidance_scale, generator, True)
         s = spec.sampler
-        resolution = s.resolution if "resolution" in s.model_fields_set else self.model.default_resolution
-        canvas = Canvas.fit(img.size, resolution)
-        ctx = PlanContext(canvas, img, s.steps, suggest_mask=lambda xy: self.suggest_mask(img, xy, spec.prompt))
-        plan = build_plan(mode, spec, ctx)
-        backend, reason = self.select_backend(plan, canvas.size)
+        n_run = s.steps - plan.start_step
         with model_lock(self.model):
             adapter = self.ip_adapter  # the one _run uses (load / unload take the same lock)
+            foreign = foreign_processors(self.model.unet)
+            if foreign:
+                raise HostAttentionError(sorted(foreign), sum(foreign.values()))
+            weights = self.weights_key()
+            key = self._inversion_key(img, spec, plan, canvas, weights)
+            cached = self._trajectory if reuse_inversion else None
+            reuse = cached if cached is not None and cached.key == key else None
+            n_inv = s.steps if plan.sampling == "ddim" else n_run
+            steps = {"encode": 1, "invert": 1 if reuse is not None else n_inv, "sample": n_run, "decode": 1}
+            reporter = StepReporter(callback_on_step_end, cancel, steps)
             edited, out, traj, reused, phases, counter, peak, kind = self._run(
-                img, spec, plan, canvas, backend, progress, callback, trace is not None
+                img, spec, plan, canvas, backend, progress, callback, reporter, key, weights, reuse, trace is not None
             )
             if not reused:  # only a finished edit's inversion is kept for the next one
                 self._trajectory = traj
@@ -319,13 +536,15 @@ class Editor:
                     "model": self.model.name, "backend": backend.name, "steps": s.steps, "seed": s.seed,
                     "working_size": list(canvas.size), "rollback_timesteps": out.rollback_timesteps}
             write_trace(trace, out.trace, meta)
-        return EditResult(edited, out.latent, report, spec, plan)
+        return EditResult(edited, out.latent, report, spec, plan, _as_output(edited, output_type))
 
     def _run(
         self, img: Image.Image, spec: EditSpec, plan: EditPlan, canvas: Canvas, backend: Any, progress: bool,
-        callback: Callable[[int, int, torch.Tensor], None] | None, trace: bool = False,
+        callback: Callable[[int, int, torch.Tensor], None] | None, report_step: StepReporter, key: tuple,
+        weights: str, cached: Trajectory | None, trace: bool = False,
     ) -> tuple[Image.Image, SamplerOutput, Trajectory, bool, dict[str, float], UNetCounter, int, str]:
-        """The model-using part of :meth:`edit`; the caller holds the model's lock. Never writes the cache."""
+        """The model-using part of :meth:`edit`; the caller holds the model's lock. Never writes the cache.
+        ``cached``: the inversion to reuse (its key equals ``key``), or None to invert."""
         s = spec.sampler
         device = self.model.device
         reset_peak_memory(device)
@@ -361,36 +580,31 @@ class Editor:
                 z0 = self.model.encode_image(images)
             _check_finite(z0, "encoding", None, None)
             phases["encode"] = time.perf_counter() - t0
+            report_step("encode", latent=z0)
 
-            cond_text = self._prompt(spec.prompt)
-            cond_bank = torch.cat([cond_text, *(self._prompt(r.prompt) for r in plan.references)])
+            cond_text = self._prompt(spec.prompt, weights=weights)
+            cond_bank = torch.cat([cond_text, *(self._prompt(r.prompt, weights=weights) for r in plan.references)])
             feature_cond = cond_bank  # reference features: each image's own prompt, or the base prompt for all rows
             if plan.reference_prompt == "base" and plan.references:
                 feature_cond = cond_text.expand(cond_bank.shape[0], -1, -1)
             schedule = (plan.schedule or DDIMSchedule)(self.model.scheduler, s.steps)
-            kv_steps = set(plan.kv.steps()) if plan.kv else set()
-            feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
-            if plan.step0_reference == "init":  # the first step's reference is the pasted start latent itself
-                feature_steps.discard(plan.start_step)
-            key = (self._image_key(img), spec.prompt, *(self._image_key(r.image) + r.prompt for r in plan.references), s.steps, canvas.size, tuple(sorted(kv_steps)),
-                   tuple(sorted(feature_steps)), self.model.name)
-            key = (*key, plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None,
-                   plan.reference_features, plan.reference_prompt, plan.schedule_key, plan.vae_latent,
-                   s.seed if plan.vae_latent == "sample" else None)
-            if ip_plan is not None and ip_plan.inversion:
-                key = (*key, self.ip_adapter.name, controller.image_prompt.scale)
+            kv_steps, feature_steps = _recorded_steps(plan)
             t0 = time.perf_counter()
-            cached = self._trajectory
-            reused = cached is not None and cached.key == key
-            if reused:
-                assert cached is not None
+            reused = cached is not None
+            if cached is not None:
                 traj = cached
                 bar.update(s.steps - plan.start_step)
+                report_step("invert", plan.start_step, schedule.timesteps[plan.start_step],
+                            cached.latents[plan.start_step])
             else:
                 from .attention import KVBank
 
                 controller.bank = KVBank(self.bank_device)
                 noises: dict[int, torch.Tensor] = {}
+
+                def on_invert_step(i: int) -> None:
+                    bar.update(1)
+                    report_step("invert", i, schedule.timesteps[i])
                 if plan.sampling == "cycle-sde":  # stochastic inversion recording the reverse noise (no features)
                     from .cycle_sde import cycle_sde_invert, inversion_generator
 
@@ -401,7 +615,7 @@ class Editor:
                     try:
                         latents, noises = cycle_sde_invert(
                             unet_call, z0, cond_bank, schedule, plan.start_step, controller, kv_steps, counter,
-                            inversion_generator(s.seed), on_step=lambda i: bar.update(1),
+                            inversion_generator(s.seed), on_step=on_invert_step,
                         )
                     finally:
                         if controller.image_prompt is not None:
@@ -410,7 +624,7 @@ class Editor:
                     recorded = plan.reference_features == "recorded"
                     latents, feats = invert(
                         unet_call, z0, cond_bank, schedule, controller, tap, kv_steps,
-                        feature_steps if recorded else set(), counter, on_step=lambda i: bar.update(1),
+                        feature_steps if recorded else set(), counter, on_step=on_invert_step,
                     )
                     if not recorded and feature_steps:
                         feats = reference_features(unet_call, latents, feature_cond, schedule, controller, tap,
@@ -422,7 +636,7 @@ class Editor:
             phases["invert"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            uncond = self._prompt(spec.negative_prompt, negative=True)
+            uncond = self._prompt(spec.negative_prompt, negative=True, weights=weights)
             sampler = GuidedSampler(unet_call, controller, tap, counter, self.probe_energy_after, self.reference_profile)
             generator = torch.Generator("cpu").manual_seed(s.seed)
 
@@ -431,6 +645,7 @@ class Editor:
                 bar.update(1)
                 if callback:
                     callback(i, t, z)
+                report_step("sample", i, t, z)
 
             out = sampler.run(traj, plan, torch.cat([uncond, cond_text]), cond_text, s.guidance_scale, generator, on_step,
                               trace=trace)
@@ -451,6 +666,7 @@ class Editor:
             if plan.composite:
                 edited = _composite_outside(img, edited, plan, canvas)
             phases["decode"] = time.perf_counter() - t0
+            report_step("decode", latent=out.latent)
         finally:
             bar.close()
             tap.remove()
@@ -526,6 +742,23 @@ def _image_prompt_note(plan: EditPlan, adapter: Any) -> str | None:
     scale = ip.scale if adapter.scale is None else adapter.scale
     ip = ImagePromptPlan(scale, ip.start, ip.end, ip.inversion, ip.source)
     return f"image prompt: IP-Adapter {adapter.name} on the {ip.source} image, {ip.describe()}"
+
+
+def _recorded_steps(plan: EditPlan) -> tuple[set[int], set[int]]:
+    """The sampling steps whose K/V and whose reference features the inversion provides."""
+    kv_steps = set(plan.kv.steps()) if plan.kv else set()
+    feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
+    if plan.step0_reference == "init":  # the first step's reference is the pasted start latent itself
+        feature_steps.discard(plan.start_step)
+    return kv_steps, feature_steps
+
+
+def _as_output(image: Image.Image, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
+    """``image`` as ``result.images`` in diffusers' layout for ``output_type`` (see :class:`EditResult`)."""
+    if output_type == "pil":
+        return [image]
+    arr = np.asarray(image, dtype=np.float32)[None] / 255.0  # (1, H, W, 3) in [0, 1]
+    return arr if output_type == "np" else torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
 def _check_finite(x: torch.Tensor, phase: str, step: int | None, timestep: int | None) -> None:

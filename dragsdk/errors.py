@@ -58,5 +58,53 @@ class NonFiniteError(DragSDKError, ArithmeticError):
         )
 
 
+class EditCancelled(DragSDKError):
+    """The edit was cancelled by its step hook or its ``cancel`` event; nothing was returned or cached, and the
+    Editor is ready for the next edit.
+
+    Attributes:
+        phase: ``encode``, ``invert``, ``sample`` or ``decode``: the phase whose step asked to stop.
+        step: the number of steps of that phase done when it stopped (``1 … total``).
+        total: the phase's step count.
+    """
+
+    def __init__(self, phase: str, step: int, total: int) -> None:
+        self.phase, self.step, self.total = phase, step, total
+        super().__init__(f"edit cancelled after {phase} step {step}/{total}; nothing was returned or cached")
+
+
+class DeviceUnavailableError(DragSDKError, RuntimeError):
+    """A device that this machine does not have (``cuda`` without a CUDA build or GPU), or not a device name."""
+
+
+class ArgumentTypeError(DragSDKError, TypeError):
+    """An argument of the wrong type.
+
+    Attributes:
+        field: the argument's name.
+    """
+
+    def __init__(self, field: str, expected: str, got: object) -> None:
+        self.field = field
+        super().__init__(f"{field}: expected {expected}, got {type(got).__name__}")
+
+
+class HostAttentionError(DragSDKError, RuntimeError):
+    """The UNet carries attention processors of the host (an IP-Adapter's, a custom one) that an edit would
+    bypass: dragsdk installs its own K/V processors for the edit, so it refuses rather than ignore them silently.
+
+    Attributes:
+        processors: the class names of the foreign processors.
+    """
+
+    def __init__(self, processors: list[str], layers: int) -> None:
+        self.processors = processors
+        super().__init__(
+            f"the UNet has host attention processors {', '.join(processors)} on {layers} layers, which an edit would "
+            "bypass; remove them (e.g. pipe.unload_ip_adapter() or unet.set_default_attn_processor()) or edit with "
+            "a pipeline without them"
+        )
+
+
 class OutputError(DragSDKError, OSError):
     """An output file could not be written (a read-only folder, a full disk); nothing partial is left behind."""

@@ -171,12 +171,23 @@ def check_prediction_type(scheduler_config: Any) -> str:
     return str(pred)
 
 
-def ddim_from_config(scheduler_config: Any) -> Any:
+def ddim_from_config(scheduler_config: Any, name: str | None = None) -> Any:
     """A fresh ``DDIMScheduler`` with the same betas, timestep spacing and prediction type as any diffusers scheduler
-    config (DDIM, PNDM, Euler, DPM-Solver, …); ``clip_sample`` and ``set_alpha_to_one`` off (DDIM inversion)."""
+    config (DDIM, PNDM, Euler, DPM-Solver, …); ``clip_sample`` and ``set_alpha_to_one`` off (DDIM inversion).
+    ``name``: the scheduler's class name, for the error message.
+
+    Raises:
+        ModelLoadError: the config has no β schedule (``beta_schedule`` or ``trained_betas``) and
+            ``num_train_timesteps``, e.g. a flow-matching scheduler: DDIM inversion cannot be built from it.
+    """
     from diffusers import DDIMScheduler
 
-    cfg = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+    raw = dict(scheduler_config)
+    if "num_train_timesteps" not in raw or not ("beta_schedule" in raw or raw.get("trained_betas") is not None):
+        raise ModelLoadError(f"scheduler {name or raw.get('_class_name', '(unnamed)')} has no beta schedule "
+                             "(beta_schedule / trained_betas and num_train_timesteps in its config): a DDIM scheduler "
+                             "for inversion cannot be built from it")
+    cfg = {k: v for k, v in raw.items() if not k.startswith("_")}
     return DDIMScheduler.from_config({**cfg, "clip_sample": False, "set_alpha_to_one": False})
 
 

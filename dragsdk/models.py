@@ -291,6 +291,49 @@ def _finish(bundle: ModelBundle, device: torch.device, dtype: torch.dtype) -> Mo
     return bundle.to(device, dtype)
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` (None: CUDA when available, else the CPU), checked to exist here.
+
+    Raises:
+        DeviceUnavailableError: not a device name, or a CUDA / MPS device this machine does not have.
+        ArgumentTypeError: (field ``device``) neither a string nor a ``torch.device``.
+    """
+    from .errors import ArgumentTypeError, DeviceUnavailableError
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str | torch.device):
+        raise ArgumentTypeError("device", "a device name such as 'cpu' or 'cuda:0', or a torch.device", device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise DeviceUnavailableError(f"device {device!r} is not a torch device name (e.g. 'cpu', 'cuda', 'cuda:1')") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceUnavailableError(f"device {str(device)!r} requested but CUDA is not available ({why}); "
+                                         "use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} "
+                                         "CUDA device(s) are visible")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailableError(f"device {str(device)!r} requested but MPS is not available; use device='cpu'")
+    return dev
+
+
+def check_dtype(dtype: Any) -> torch.dtype | None:
+    """``dtype`` if it is None or a floating ``torch.dtype``.
+
+    Raises:
+        ArgumentTypeError: (field ``torch_dtype``) anything else.
+    """
+    from .errors import ArgumentTypeError
+
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ArgumentTypeError("torch_dtype", "a floating torch.dtype such as torch.float16", dtype)
+    return dtype
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     device: str | torch.device | None = None,
@@ -315,8 +358,8 @@ def load_model(
         ModelLoadError: the folder or file exists but cannot be used (unsupported family such as SD3 / FLUX, an SDXL
             refiner, a broken component, components of different architectures); the message names what was found.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    device = resolve_device(device)
+    dtype = check_dtype(torch_dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     name = str(name_or_path)
     if name in BUILTIN_MODELS:
         return _random_bundle(name).to(device, dtype)
@@ -400,7 +443,8 @@ def bundle_from_pipe(pipe: Any, name: str | None = None) -> ModelBundle:
     config = getattr(pipe, "config", {}) or {}
     force_zeros = bool(config.get("force_zeros_for_empty_prompt", True)) if hasattr(config, "get") else True
     return ModelBundle(
-        pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, ddim_from_config(pipe.scheduler.config),
+        pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
+        ddim_from_config(pipe.scheduler.config, type(pipe.scheduler).__name__),
         name or getattr(pipe, "name_or_path", None) or type(pipe).__name__, family,
         getattr(pipe, "text_encoder_2", None), getattr(pipe, "tokenizer_2", None), force_zeros,
     )

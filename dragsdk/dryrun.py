@@ -1,0 +1,100 @@
+"""A dry run of an edit: the plan and what running it would cost, computed without the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .geometry import Canvas
+from .plan import EditPlan
+
+
+@dataclass
+class Cost:
+    """UNet evaluations of an edit, by kind, as :class:`~dragsdk.inversion.UNetCounter` counts them (a classifier-free
+    guidance batch of two is one evaluation).
+
+    Attributes:
+        forward: evaluations without a graph (inversion, sampling, reference features, probes, time-travel
+            roll-backs).
+        forward_grad: feature forwards with an autograd graph (one per guided pass).
+        backward: autograd passes (one per region, edit / content, that has an energy term, per guided pass).
+        inversion_forward: the part of ``forward`` spent inverting (0 when the cached inversion would be reused).
+        reference: batch rows of truncated reference-feature forwards made after inversion
+            (:func:`~dragsdk.inversion.reference_features`; 0 when the features are recorded during inversion).
+    """
+
+    forward: int
+    forward_grad: int
+    backward: int
+    inversion_forward: int
+    reference: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """As ``EditReport.unet_evaluations`` (``reference`` only when nonzero)."""
+        out = {"forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward}
+        if self.reference:
+            out["reference"] = self.reference
+        return out
+
+
+def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: bool = False,
+                  recompute_reference: bool = False, feature_steps: set[int] | None = None) -> Cost:
+    """The UNet evaluations :meth:`Editor.edit` makes for ``plan`` with ``steps`` DDIM steps; the same loops as
+    :func:`~dragsdk.inversion.invert` / :func:`~dragsdk.cycle_sde.cycle_sde_invert` and
+    :meth:`~dragsdk.sampler.GuidedSampler.run`, counted instead of run.
+
+    Per sampling step ``i ≥ start_step``: ``passes = time_travel.get(i, 1)`` when ``i`` is guided, else 1; each pass
+    is one ε evaluation, plus (guided) one graph forward, one backward per energy region, one forward per
+    ``probe_energy_after`` and per recomputed reference (none at the start step when ``step0_reference`` is
+    ``init``), and (all passes but the last) one roll-back forward. ``feature_steps``: the steps whose reference
+    features the inversion provides (``reference`` rows = their count × bank rows when they are not recorded).
+    """
+    inv = ref_rows = 0
+    if invert:
+        inv = steps if plan.sampling == "ddim" else steps - plan.start_step
+        if plan.sampling == "ddim" and plan.reference_features != "recorded" and feature_steps:
+            ref_rows = len(feature_steps) * (1 + len(plan.references))
+    guided = set(plan.guided_steps) if plan.needs_gradients else set()
+    regions = len({term.region for term in plan.energies})
+    fwd, fwd_grad, bwd = inv, 0, 0
+    for i in range(plan.start_step, steps):
+        passes = plan.time_travel.get(i, 1) if i in guided else 1
+        for p in range(passes):
+            if i in guided:
+                fwd_grad += 1
+                bwd += regions
+                own_reference = plan.step0_reference == "init" and i == plan.start_step
+                fwd += int(probe_energy_after) + int(recompute_reference and not own_reference)
+            fwd += 1
+            if p + 1 < passes:
+                fwd += 1
+    return Cost(fwd, fwd_grad, bwd, inv, ref_rows)
+
+
+@dataclass
+class DryRun:
+    """What :meth:`Editor.plan` returns.
+
+    Attributes:
+        plan: the mode's plan: ``plan.edit_mask`` ``(h, w)`` bool on the latent grid, energy terms, pastes,
+            ``plan.guided_steps`` (sampling step indices taking energy guidance), ``plan.kv`` (K/V injection window
+            ``start ≤ i < end``, or None).
+        canvas: the working canvas: ``canvas.size`` working pixels ``(w, h)``, ``canvas.latent_size`` latent cells,
+            ``canvas.feature_size`` feature cells.
+        steps: DDIM steps (after overrides).
+        guided_steps: the sampling steps that take energy guidance (empty for gradient-free plans).
+        kv_window: ``(start, end)`` sampling steps of cross-branch K/V injection, or None.
+        inversion_cached: the Editor holds this image's inversion for these settings and weights.
+        cost: UNet evaluations the edit would make.
+        backend / backend_reason: the backend ``auto`` (or the named one) would use, and why.
+    """
+
+    plan: EditPlan
+    canvas: Canvas
+    steps: int
+    guided_steps: list[int]
+    kv_window: tuple[int, int] | None
+    inversion_cached: bool
+    cost: Cost
+    backend: str
+    backend_reason: str

@@ -1,0 +1,366 @@
+"""Embedding dragsdk in a host: the step hook and cancellation, diffusers-style arguments, cache control, the dry
+run and one-line errors (issue 14, items 7–10 and 12)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from dragsdk import Editor
+from dragsdk.errors import (
+    ArgumentTypeError,
+    DeviceUnavailableError,
+    DragSDKError,
+    EditCancelled,
+    HostAttentionError,
+    ModelLoadError,
+    SpecError,
+)
+from dragsdk.models import load_model
+from dragsdk.spec import DragSpec
+
+# 3 steps at 64², one guided step (the feature tap and the K/V bank still run), no time travel.
+FAST = {"steps": 3, "resolution": 64, "schedule": {"end": 0.34, "dense_end": 0.34}, "time_travel": {"enabled": False}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_intra_op_thread():
+    """Bit-exact comparisons between runs need one reduction order (see tests/test_concurrency.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def job(car_sample):
+    path, spec = car_sample
+    return Image.open(path).convert("RGB"), DragSpec.model_validate({**spec, "prompt": "a car", "sampler": FAST})
+
+
+@pytest.fixture()
+def model():
+    """A model of its own: tests here change weights, dtype and processors."""
+    return load_model("tiny", device="cpu")
+
+
+def _same(a, b) -> bool:
+    return torch.equal(a.latent, b.latent) and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+# -- item 7: one step hook, cancellation --------------------------------------------------------------------------
+def test_step_hook_sees_every_phase_with_step_total_and_timestep(model, job):
+    events = []
+    Editor(model).edit(*job, callback_on_step_end=lambda e: events.append((e.phase, e.step, e.total, e.index,
+                                                                                 e.timestep)))
+    n = job[1].sampler.steps
+    assert [e[0] for e in events] == ["encode"] + ["invert"] * n + ["sample"] * n + ["decode"]
+    assert events[0][1:3] == (1, 1) and events[-1][1:3] == (1, 1)
+    inv, smp = events[1:1 + n], events[1 + n:1 + 2 * n]
+    assert [e[1] for e in inv] == list(range(1, n + 1)) and {e[2] for e in inv} == {n}
+    assert [e[3] for e in inv] == list(reversed(range(n))) and [e[3] for e in smp] == list(range(n))
+    timesteps = [e[4] for e in smp]
+    assert timesteps == sorted(timesteps, reverse=True) and len(set(timesteps)) == n
+    # A second edit of the same image reuses the inversion: one invert step, and the report says so.
+    events.clear()
+    r = Editor(model)
+    r.edit(*job)
+    r.edit(*job, callback_on_step_end=lambda e: events.append(e.phase))
+    assert events == ["encode", "invert"] + ["sample"] * n + ["decode"]
+
+
+@pytest.mark.parametrize("where", [("invert", 2), ("sample", 2), ("decode", 1)])
+def test_cancel_from_the_hook_leaves_the_editor_reusable_and_its_cache_clean(model, job, where):
+    editor = Editor(model)
+    processors = dict(model.unet.attn_processors)
+    with pytest.raises(EditCancelled) as info:
+        editor.edit(*job, callback_on_step_end=lambda e: (e.phase, e.step) == where)
+    assert (info.value.phase, info.value.step) == where and isinstance(info.value, DragSDKError)
+    assert editor._trajectory is None  # nothing cached
+    assert model.unet.attn_processors == processors  # the processors before the edit are back
+    after = editor.edit(*job)
+    assert not after.report.inversion_reused and _same(after, Editor(load_model("tiny", device="cpu")).edit(*job))
+
+
+def test_cancel_event_set_from_another_thread_stops_the_edit_and_keeps_the_earlier_cache(model, job):
+    editor = Editor(model)
+    first = editor.edit(*job)
+    cached = editor._trajectory
+    cancel = threading.Event()
+    other = job[1].model_copy(update={"prompt": "a street"})  # another inversion: would replace the cache
+
+    def hook(e):
+        if e.phase == "invert" and e.step == 1:
+            t = threading.Thread(target=cancel.set)
+            t.start()
+            t.join()
+
+    with pytest.raises(EditCancelled, match="invert step 1/3"):
+        editor.edit(job[0], other, callback_on_step_end=hook, cancel=cancel)
+    assert editor._trajectory is cached  # the cancelled edit did not touch the cache
+    again = editor.edit(*job)
+    assert again.report.inversion_reused and _same(again, first)
+    with pytest.raises(ArgumentTypeError, match="cancel: expected a threading.Event"):
+        editor.edit(*job, cancel=True)
+
+
+# -- item 8: diffusers habits ---------------------------------------------------------------------------------------
+def test_diffusers_keyword_overrides_equal_the_spec_fields(model, job):
+    image, spec = job
+    editor = Editor(model)
+    over = editor.edit(image, spec, num_inference_steps=4, guidance_scale=2.5)
+    sampler = spec.sampler.model_copy(update={"steps": 4, "guidance_scale": 2.5})
+    direct = Editor(load_model("tiny", device="cpu")).edit(image, spec.model_copy(update={"sampler": sampler}))
+    assert over.report.steps == 4 and over.spec.sampler.guidance_scale == 2.5 and _same(over, direct)
+    assert spec.sampler.steps == 3  # the caller's spec is not modified
+    with pytest.raises(ValidationError, match="guidance_scale"):
+        editor.edit(image, spec, guidance_scale=0.5)
+    with pytest.raises(ArgumentTypeError, match="num_inference_steps: expected an int, got str"):
+        editor.edit(image, spec, num_inference_steps="4")
+
+
+def test_generator_sets_the_seed_reproducibly_and_output_types_hold_the_same_pixels(model, job):
+    image, spec = job
+    editor = Editor(model)
+    a = editor.edit(image, spec, generator=torch.Generator().manual_seed(7), output_type="np")
+    b = editor.edit(image, spec, generator=torch.Generator().manual_seed(7), output_type="pt")
+    c = editor.edit(image, spec, generator=torch.Generator().manual_seed(8))
+    assert a.report.seed == b.report.seed != c.report.seed
+    again = editor.edit(image, spec.model_copy(update={"sampler": spec.sampler.model_copy(
+        update={"seed": a.report.seed})}))
+    assert _same(a, again)  # the report's seed alone repeats the edit
+    w, h = image.size
+    assert a.images.shape == (1, h, w, 3) and a.images.dtype == np.float32
+    assert b.images.shape == (1, 3, h, w) and b.images.dtype == torch.float32
+    np.testing.assert_array_equal(a.images[0], np.asarray(a.image, dtype=np.float32) / 255)
+    np.testing.assert_array_equal(b.images[0].permute(1, 2, 0).numpy(), a.images[0])
+    assert c.images == [c.image]
+    with pytest.raises(ArgumentTypeError, match="output_type: expected one of pil, np, pt"):
+        editor.edit(image, spec, output_type="latent")
+
+
+def test_to_moves_and_casts_the_model_and_drops_the_caches(model, job):
+    editor = Editor(model)
+    editor.edit(*job)
+    assert editor.device == torch.device("cpu") and editor.dtype == torch.float32
+    assert editor.to(dtype=torch.float64) is editor
+    assert editor.dtype == torch.float64 and model.unet.conv_in.weight.dtype == torch.float64
+    assert editor._trajectory is None and len(editor._prompt_cache) == 0
+    with pytest.raises(ArgumentTypeError, match="torch_dtype"):
+        editor.to(dtype="float16")
+
+
+def test_host_attention_processors_are_refused_by_name_and_left_in_place(model, job):
+    from diffusers.models.attention_processor import AttnProcessor, IPAdapterAttnProcessor2_0
+
+    name = next(k for k in model.unet.attn_processors if "attn2" in k)
+    attn = model.unet.get_submodule(name[: -len(".processor")])
+    ip = IPAdapterAttnProcessor2_0(hidden_size=attn.to_q.out_features, cross_attention_dim=attn.to_k.in_features,
+                                   num_tokens=(4,))
+    model.unet.set_attn_processor({k: (ip if k == name else AttnProcessor()) for k in model.unet.attn_processors})
+    before = dict(model.unet.attn_processors)
+    editor = Editor(model)
+    with pytest.raises(HostAttentionError, match="IPAdapterAttnProcessor2_0 on 1 layers"):
+        editor.edit(*job)
+    assert model.unet.attn_processors == before and editor._trajectory is None
+    model.unet.set_default_attn_processor()  # plain attention processors are replaced for the edit only
+    editor.edit(*job)
+
+
+# -- item 9: cache control ----------------------------------------------------------------------------------------
+def test_a_lora_fused_by_the_host_never_reuses_the_stale_inversion(model, job):
+    """diffusers' fuse_lora writes ``W.data += scale·B·A`` in place: no new storage, no version bump."""
+    editor = Editor(model)
+    editor.edit(*job)
+    w = model.unet.get_submodule("up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q").weight
+    ptr = w.data_ptr()
+    delta = 0.5 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0))
+    w.data += delta
+    assert w.data_ptr() == ptr
+    fused = editor.edit(*job)
+    fresh = Editor(load_model("tiny", device="cpu")).model
+    fresh.unet.get_submodule("up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q").weight.data += delta
+    assert not fused.report.inversion_reused and _same(fused, Editor(fresh).edit(*job))
+
+
+def test_weights_key_sees_dtype_and_in_place_weight_changes(model):
+    editor = Editor(model)
+    key = editor.weights_key()
+    assert editor.weights_key() == key  # deterministic
+    w = model.unet.conv_in.weight
+    w.data[0, 0, 0, 0] += 1.0
+    assert editor.weights_key() != key
+    w.data[0, 0, 0, 0] -= 1.0
+    editor.to(dtype=torch.float64)
+    assert editor.weights_key() != key
+
+
+def test_weights_key_sees_peft_adapters_loaded_and_toggled(model):
+    peft = pytest.importorskip("peft")
+    editor = Editor(model)
+    keys = [editor.weights_key()]
+    model.unet.add_adapter(peft.LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"], init_lora_weights=False))
+    keys.append(editor.weights_key())
+    model.unet.disable_adapters()
+    keys.append(editor.weights_key())
+    model.unet.enable_adapters()
+    assert editor.weights_key() == keys[1] and len(set(keys)) == 3
+
+
+def test_reuse_inversion_switch_clear_cache_and_a_bounded_prompt_cache(model, job):
+    editor = Editor(model, prompt_cache_size=2)
+    first = editor.edit(*job)
+    assert editor.edit(*job).report.inversion_reused
+    fresh = editor.edit(*job, reuse_inversion=False)
+    assert not fresh.report.inversion_reused and _same(fresh, first)
+    editor.clear_cache()
+    assert editor._trajectory is None and len(editor._prompt_cache) == 0
+    assert not editor.edit(*job).report.inversion_reused
+    for p in ("a", "b", "c"):
+        editor._prompt(p)
+    assert len(editor._prompt_cache) == 2
+    with pytest.raises(ArgumentTypeError, match="prompt_cache_size"):
+        Editor(model, prompt_cache_size=0)
+
+
+# -- item 10: the dry run -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("time_travel", [False, True])
+def test_plan_runs_no_model_and_predicts_the_unet_evaluations(model, job, time_travel):
+    image, spec = job
+    if time_travel:
+        spec = DragSpec.model_validate({**spec.model_dump(), "sampler": {
+            "steps": 6, "resolution": 64, "time_travel": {"enabled": True, "start": 0.0, "end": 1.0}}})
+    editor = Editor(model, probe_energy_after=True)
+    calls = []
+    hook = model.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        dry = editor.plan(image, spec)
+        assert not calls  # no UNet evaluation
+        assert not dry.inversion_cached and dry.cost.inversion_forward == dry.steps
+        assert dry.guided_steps == dry.plan.guided_steps and dry.guided_steps
+        assert dry.kv_window == (dry.plan.kv.start, dry.plan.kv.end)
+        assert dry.plan.edit_mask.shape == (dry.canvas.latent_size[1], dry.canvas.latent_size[0])
+        result = editor.edit(image, spec)
+        assert result.report.unet_evaluations == dry.cost.to_dict()
+        assert dry.backend == result.report.backend
+        if time_travel:
+            assert any(p > 1 for p in result.plan.time_travel.values())
+        calls.clear()
+        again = editor.plan(image, spec)
+        assert not calls and again.inversion_cached and again.cost.inversion_forward == 0
+        assert editor.edit(image, spec).report.unet_evaluations == again.cost.to_dict()
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("reference_profile", [False, True])
+def test_plan_cost_matches_region_drag_and_the_reference_profile(model, job, reference_profile):
+    """Cycle-SDE inversion (region-drag), recomputed reference features and the step-0 own reference counted."""
+    image, spec = job
+    square = [[100, 100], [160, 100], [160, 160], [100, 160]]
+    region = {"mode": "region-drag", "polygons": [{"handle": square, "target": [[x + 20, y] for x, y in square]}],
+              "sampler": {"steps": 6, "resolution": 64}}
+    editor = Editor(model, reference_profile=reference_profile)
+    for s in (region, spec):
+        dry = editor.plan(image, s)
+        assert editor.edit(image, s).report.unet_evaluations == dry.cost.to_dict()
+
+
+def test_plan_does_not_propose_masks_unless_asked(model, car_sample):
+    editor = Editor(model)
+    path, _ = car_sample
+    spec = {"mode": "move", "handle": [200, 200], "dx": 10, "dy": 0, "sampler": FAST}
+    with pytest.raises(SpecError, match="dry run does not run the model"):
+        editor.plan(path, spec)
+    dry = editor.plan(path, spec, propose_mask=True)  # one feature forward proposes the mask
+    assert dry.plan.edit_mask.any() and any("proposed" in n for n in dry.plan.notes)
+
+
+# -- item 12: one-line errors -------------------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_clear_line(model):
+    for make in (lambda: Editor("tiny", device="cuda"), lambda: Editor(model).to("cuda"),
+                 lambda: Editor(model, device="cuda:0")):
+        with pytest.raises(DeviceUnavailableError, match="CUDA is not available") as info:
+            make()
+        assert "\n" not in str(info.value)
+    assert model.device == torch.device("cpu")
+    with pytest.raises(DeviceUnavailableError, match="not a torch device name"):
+        Editor(model).to("gpu")
+
+
+def test_wrong_argument_types_are_named(model, job):
+    image, spec = job
+    cases = [
+        (lambda: Editor(123), "model"), (lambda: Editor(model, backend=None), "backend"),
+        (lambda: Editor("tiny", torch_dtype="float16"), "torch_dtype"),
+        (lambda: Editor(model).edit(image, spec, generator=0), "generator"),
+        (lambda: Editor(model).edit(image, spec, callback_on_step_end="print"), "callback_on_step_end"),
+    ]
+    for make, field in cases:
+        with pytest.raises(ArgumentTypeError) as info:
+            make()
+        assert info.value.field == field and str(info.value).startswith(f"{field}: expected")
+        assert isinstance(info.value, TypeError) and "\n" not in str(info.value)
+    for make, field in ((lambda: Editor(model).edit(42, spec), "image"), (lambda: Editor(model).edit(image, 5), "spec")):
+        with pytest.raises(SpecError, match=f"^{field}: expected") as info:  # the readers' own one-line refusals
+            make()
+        assert info.value.field == field and "\n" not in str(info.value)
+
+
+def test_a_host_euler_scheduler_is_converted_on_a_copy_and_flow_matching_is_refused(model, job):
+    from diffusers import (
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        StableDiffusionPipeline,
+    )
+
+    sched = EulerDiscreteScheduler.from_config(model.scheduler.config)
+    sched.set_timesteps(7)
+    state = (sched.timesteps.clone(), sched.sigmas.clone(), dict(sched.config), sched.num_inference_steps)
+    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                   unet=model.unet, scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    editor = Editor.from_pipe(pipe)
+    assert isinstance(editor.model.scheduler, DDIMScheduler) and pipe.scheduler is sched
+    editor.edit(*job)
+    assert pipe.scheduler is sched and torch.equal(sched.timesteps, state[0]) and torch.equal(sched.sigmas, state[1])
+    assert dict(sched.config) == state[2] and sched.num_inference_steps == state[3]
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler()
+    with pytest.raises(ModelLoadError, match="FlowMatchEulerDiscreteScheduler has no beta schedule") as info:
+        Editor.from_pipe(pipe)
+    assert "\n" not in str(info.value)
+
+
+def test_a_host_pipeline_toggling_a_real_lora_matches_a_fresh_editor_each_time(model, job, tmp_path):
+    """The issue's case: a host loads, fuses, unfuses and disables a LoRA with diffusers between edits; every edit
+    equals a fresh Editor's on the same weights, and none reuses the inversion made on other weights."""
+    pytest.importorskip("peft")
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    donor = load_model("tiny", device="cpu").unet
+    donor.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                 init_lora_weights=False))
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(donor)))
+    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                                   unet=model.unet, scheduler=model.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    editor = Editor.from_pipe(pipe)
+    results = [editor.edit(*job)]
+    for toggle in (lambda: pipe.load_lora_weights(tmp_path), pipe.fuse_lora, pipe.unfuse_lora, pipe.disable_lora):
+        toggle()
+        r = editor.edit(*job)
+        assert not r.report.inversion_reused and _same(r, Editor.from_pipe(pipe).edit(*job))
+        results.append(r)
+    assert not _same(results[1], results[0])  # the LoRA changes the edit
+    assert editor.edit(*job).report.inversion_reused  # unchanged weights: reused
