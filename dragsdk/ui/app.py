@@ -335,8 +335,8 @@ def build_app(
                         steps_in, res_in, seed_in, *slots.values()]
         mode_inputs = [mode, region_input, vertices, session, scale]
         then_preview(mode.change(on_mode, mode_inputs, mode_outputs, **quiet))
-        for control in (region_input, vertices):
-            control.change(on_mode, mode_inputs, mode_outputs, **quiet)
+        for widget in (region_input, vertices):  # not `control`: that name is the run slot (RunControl) above
+            widget.change(on_mode, mode_inputs, mode_outputs, **quiet)
 
         # -- clicks -------------------------------------------------------------------------------------------
         # Handlers that change the clicks run one at a time (one concurrency group) and queue (trigger_mode
