@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -222,3 +223,26 @@ def test_a_backend_whose_availability_raises_is_refused_not_fatal():
     assert backends["broken"].describe()["available"] is False
     with pytest.raises(BackendUnavailableError, match="driver exploded"):
         select_backend(backends, "broken", "cpu", "float32", True, ["concat"])
+
+
+def test_traces_of_one_edit_agree_between_backends(tiny_model, car_sample, tmp_path):
+    """Issue 11's trace format compares backends: the same drag through eager and through the fused kernel (Triton's
+    interpreter on this CPU) gives the same per-pass timesteps, and latents and energies within float32 rounding."""
+    from dragsdk import Editor
+    from dragsdk.trace import read_trace
+
+    image, spec = car_sample
+    spec = {**spec, "sampler": {"steps": 4, "resolution": 64}}
+    traces = {}
+    for backend in (EagerBackend(), TritonBackend(allow_interpreter=True)):
+        path = tmp_path / f"{backend.name}.npz"
+        Editor(tiny_model, backend=backend.name, registry=_registry_with(backend)).edit(image, spec, trace=path)
+        traces[backend.name] = read_trace(path)
+    (a, meta_a), (b, meta_b) = traces["eager"], traces["triton"]
+    assert meta_a["backend"] == "eager" and meta_b["backend"] == "triton"
+    assert list(a["timestep"]) == list(b["timestep"]) and list(a["step"]) == list(b["step"])
+    for key in ("latent_before", "latent_after"):
+        assert np.abs(a[key] - b[key]).max() < 1e-4 * max(1.0, np.abs(a[key]).max()), key
+    guided = ~np.isnan(a["energy_total"])
+    assert guided.any() and np.array_equal(guided, ~np.isnan(b["energy_total"]))
+    np.testing.assert_allclose(a["energy_total"][guided], b["energy_total"][guided], rtol=1e-4)
