@@ -57,3 +57,16 @@ def car_sample():
 
     folder = SHARED_DATA / "DragBench/building_city_view/YAN_2023-09-15-2231-44"
     return load_sample(folder if folder.is_dir() else EXAMPLE_SAMPLE)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one intra-op thread for the test: with several, reductions split differently from call to call and
+    two identical edits can differ in the last bits (~1e-7), which tests of bit-exact equality must exclude."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

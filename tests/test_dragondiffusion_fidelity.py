@@ -264,7 +264,7 @@ def test_official_placement_scales_about_the_image_centre_and_clips_instead_of_w
         official_placement_map(canvas, edge, 1.0, (12, 0), "feature")
 
 
-def test_reference_features_use_the_base_prompt_in_the_official_profile(tiny_model):
+def test_reference_features_use_the_base_prompt_in_the_official_profile(tiny_model, one_thread):
     """Official appearance / paste: the reference row's features are computed with the base prompt
     (``Sampler.py:371-383``), its inversion with its own prompt; ``own-reference-prompt`` uses its own for both."""
     from pathlib import Path

@@ -115,7 +115,7 @@ def test_without_adapter_the_report_says_the_image_prompt_was_not_used(tiny_mode
 
 
 def test_image_prompt_changes_the_edit_only_inside_its_step_window(tiny_model, ip_folder, image, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, one_thread):
     """DiffEditor window: steps 10–19 only. Per-step latents before step 10 equal the text-only run's; the image
     term is applied at exactly the steps 10..19 (the sampling ε calls, both CFG rows)."""
     plain = Editor(tiny_model)
@@ -145,7 +145,7 @@ def test_image_prompt_changes_the_edit_only_inside_its_step_window(tiny_model, i
     assert (r1.latent - r0.latent).abs().max() > 1e-4
 
 
-def test_image_prompt_at_scale_zero_equals_no_adapter(tiny_model, ip_folder, image):
+def test_image_prompt_at_scale_zero_equals_no_adapter(tiny_model, ip_folder, image, one_thread):
     r0 = Editor(tiny_model).edit(image, _spec(steps=12))
     editor = Editor(tiny_model)
     editor.load_ip_adapter(ip_folder, "ip.safetensors", scale=0.0)
