@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .geometry import Canvas
+from .inversion import UNetCounter
 from .plan import EditPlan
 
 
@@ -30,11 +31,8 @@ class Cost:
     reference: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        """As ``EditReport.unet_evaluations`` (``reference`` only when nonzero)."""
-        out = {"forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward}
-        if self.reference:
-            out["reference"] = self.reference
-        return out
+        """As ``EditReport.unet_evaluations`` (``reference`` only when nonzero): the report's own counter's form."""
+        return UNetCounter(self.forward, self.forward_grad, self.backward, self.reference).to_dict()
 
 
 def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: bool = False,
