@@ -169,20 +169,22 @@ class Editor:
         device: str | torch.device | None = None,
         torch_dtype: torch.dtype | None = None,
         variant: str | None = None,
+        single_file_config: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> Editor:
         """Load a model (hub id, local diffusers folder, single-file checkpoint or built-in name; SD 1.x, SD 2.x or
         SDXL, :mod:`dragsdk.families`) and wrap it.
 
         Args:
-            device / torch_dtype / variant: as :func:`~dragsdk.models.load_model`.
+            device / torch_dtype / variant / single_file_config: as :func:`~dragsdk.models.load_model`.
 
         Raises:
             ModelNotFoundError: the model is absent; the message says how to provide one.
             ModelLoadError: it exists but cannot be used (unsupported family, broken folder); the message says what
                 was found.
         """
-        return cls(load_model(name_or_path, device, torch_dtype, variant), backend=backend, **kwargs)
+        return cls(load_model(name_or_path, device, torch_dtype, variant, single_file_config), backend=backend,
+                   **kwargs)
 
     @classmethod
     def from_pipe(cls, pipe: Any, backend: str = "auto", **kwargs: Any) -> Editor:
