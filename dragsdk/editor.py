@@ -305,12 +305,13 @@ class Editor:
 
     def select_backend(self, plan: EditPlan, working_size: tuple[int, int] | None = None) -> tuple[Any, str]:
         """The backend for a plan and why it was chosen (measured table first, then the fallback order)."""
-        from dragsdk.backends.select import model_key, select_backend
+        from dragsdk.backends.select import model_family, model_key, select_backend
 
         return select_backend(
             self.registry.backends, self.backend_request, self.model.device.type,
             str(self.model.dtype).removeprefix("torch."), plan.needs_gradients, plan.kv_modes(),
             model=model_key(self.model), working_size=working_size, allow_reduced=self.allow_reduced_precision,
+            family=model_family(self.model),
         )
 
     # -- pieces --------------------------------------------------------------------------------------------
