@@ -499,7 +499,8 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[
 
     Raises:
         ModelLoadError: the file cannot be read; its keys are not the LDM layout; an SDXL file whose two text
-            encoders have the same width (diffusers cannot tell them apart); diffusers fails (without ``config``:
+            encoders have the same width (diffusers cannot tell them apart); a ``config`` folder of another family
+            (SDXL vs SD 1.x / 2.x; an unusable folder as :func:`detect_family`); diffusers fails (without ``config``:
             the message names the repository whose configs were needed and says to pass ``single_file_config``);
             the file lacks weights of the configured architecture (the component is named when diffusers returns
             it with weights left unloaded).
@@ -520,12 +521,17 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[
             f"checkpoint {path} is an SDXL checkpoint whose two text encoders are both {shapes[_SDXL_CLIP_L][-1]} "
             "wide: diffusers' from_single_file picks text_encoder_2's weights by width and would load the first "
             "encoder's into it. Convert it to a diffusers folder another way, or load that folder")
+    kind = "SDXL" if is_xl else "SD 1.x / 2.x"
+    if config is not None and Path(config).is_dir():
+        folder_family = detect_family(config)
+        if (folder_family == "sdxl") != is_xl:
+            raise ModelLoadError(f"single_file_config {config} holds an {folder_family} model but checkpoint {path} "
+                                 f"has {kind} keys; give a diffusers folder of the checkpoint's architecture")
     cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     kw: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": offline}
     if config is not None:
         kw.update(config=str(config), local_files_only=True)
-    kind = "SDXL" if is_xl else "SD 1.x / 2.x"
     try:
         pipe = cls.from_single_file(str(path), **kw)
     except Exception as e:  # diffusers raises ValueError / OSError / hub errors / KeyError on what it cannot map
@@ -540,6 +546,9 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[
                     + ": pass single_file_config=FOLDER (CLI: --model-config FOLDER), a local diffusers folder of "
                     "the same architecture (only its *.json and tokenizer files are read), or make that "
                     "repository's configs reachable or cached.")
+        else:
+            hint = (f" Does single_file_config {config} describe this checkpoint's architecture? Its configs give the "
+                    "shapes diffusers expects.")
         raise ModelLoadError(f"checkpoint {path} ({kind} keys) could not be converted by diffusers' "
                              f"from_single_file: {_one_line(e)}.{hint}") from e
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):

@@ -133,6 +133,15 @@ def test_offline_without_a_config_folder_the_error_names_the_repository_and_the_
         load_model(checkpoints["sd1"][2], device="cpu")
 
 
+def test_a_config_folder_of_another_architecture_is_refused(checkpoints):
+    with pytest.raises(ModelLoadError, match="single_file_config .*sdxl holds an sdxl model but checkpoint .*sd1"
+                                             ".safetensors has SD 1.x / 2.x keys"):
+        load_model(checkpoints["sd1"][2], device="cpu", single_file_config=checkpoints["sdxl"][1])
+    # SD 2.x configs (linear projections) for an SD 1.x file (conv projections): diffusers' shape error, with a hint
+    with pytest.raises(ModelLoadError, match="expected shape .*Does single_file_config .*sd2 describe this checkpoint"):
+        load_model(checkpoints["sd1"][2], device="cpu", single_file_config=checkpoints["sd2"][1])
+
+
 def test_a_config_folder_is_refused_for_a_model_that_is_not_a_single_file(checkpoints):
     with pytest.raises(ModelLoadError, match="single_file_config is for a .safetensors / .ckpt checkpoint; 'tiny'"):
         load_model("tiny", device="cpu", single_file_config=checkpoints["sd1"][1])
