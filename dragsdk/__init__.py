@@ -28,6 +28,7 @@ from .errors import (
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
+"""The installed dragsdk version (PEP 440)."""
 
 _LAZY = {
     "Editor": "dragsdk.editor",

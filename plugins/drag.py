@@ -12,7 +12,7 @@ Edit and contrast are averaged over layers and pairs, content over layers (offic
 contrast gradients apply inside the mask, content outside. Before sampling, the 3×3 latent patch at each handle
 of ``z_T`` is copied to its target; K/V are concatenated ``[own; bank]`` from step 5 of 50; DiffEditor's regional
 SDE (inside the mask) and time travel run with the sampler settings. Without a mask, one is proposed around each
-handle (:meth:`dragsdk.Editor.suggest_mask`) plus the target's latent cell. Patches are shifted
+handle (:meth:`dragsdk.editor.Editor.suggest_mask`) plus the target's latent cell. Patches are shifted
 inward at borders rather than clipped, and rows/columns are clipped by height/width respectively (the official
 code clips x by the height; dossier §7).
 
