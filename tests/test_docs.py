@@ -34,10 +34,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings_handlers") is None:
         pytest.skip("mkdocs / mkdocstrings[python] not installed (the dev extra installs them)")
     out = tmp_path_factory.mktemp("site")
-    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = _build(ROOT / "mkdocs.yml", out)
     assert run.returncode == 0, f"mkdocs build --strict failed:\n{run.stdout}\n{run.stderr}"
     return out
+
+
+def _build(config: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "--site-dir",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def _anchors(site: Path, page: str) -> set[str]:
@@ -95,6 +99,41 @@ def test_sphinx_roles_become_links_and_no_raw_role_reaches_the_page(site):
     # ":class:`EditPlan`" in the authoring module docstring is a link to where EditPlan is documented.
     assert re.search(r'<a class="autorefs autorefs-internal"[^>]*href="#dragsdk\.authoring\.EditPlan"',
                      pages["authoring"])
+
+
+def test_a_broken_link_fails_the_strict_build(site, tmp_path):
+    """The site's own configuration, on a page that builds, then with a link to a missing page."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    handler = config["plugins"][1]["mkdocstrings"]["handlers"]["python"]
+    handler["paths"] = [str(ROOT)]
+    handler["options"]["extensions"] = [f"{ROOT / 'docs' / 'griffe_dragsdk.py'}:DragsdkDocs"]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    config.update(docs_dir=str(docs), nav=["index.md"])
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    (docs / "index.md").write_text("# Page\n\n::: dragsdk.errors\n", encoding="utf-8")
+    assert _build(tmp_path / "mkdocs.yml", tmp_path / "ok").returncode == 0       # the set-up itself builds
+    (docs / "index.md").write_text("# Page\n\nSee [specs](specs.md).\n", encoding="utf-8")
+    run = _build(tmp_path / "mkdocs.yml", tmp_path / "broken")
+    assert run.returncode != 0 and "specs.md" in run.stderr
+
+
+def test_a_sphinx_role_naming_a_missing_dragsdk_object_is_a_warning_and_a_real_one_a_cross_reference(site, caplog):
+    import griffe
+
+    spec = importlib.util.spec_from_file_location("griffe_dragsdk", ROOT / "docs" / "griffe_dragsdk.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    package = griffe.load("dragsdk", search_paths=[ROOT], extensions=griffe.load_extensions(ext.DragsdkDocs))
+    assert "base" in package["backends"].members          # the package-dir sub-packages are loaded
+    modes = package["modes"]
+    with caplog.at_level("WARNING"):
+        text = ext.ROLE.sub(lambda m: ext.DragsdkDocs._ref(modes, m), ":class:`~dragsdk.modes.EditMod`, :class:`EditMode`")
+    assert "EditMod'" in caplog.text and "EditMode'" not in caplog.text
+    assert '<autoref identifier="dragsdk.modes.EditMode" optional><code>EditMode</code></autoref>' in text
 
 
 def test_the_generated_reference_has_no_internal_vocabulary(site):
