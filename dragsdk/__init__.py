@@ -1,8 +1,10 @@
 """dragsdk: drag-style editing of real images with pretrained diffusion models.
 
->>> from dragsdk import Editor, DragSpec
->>> editor = Editor.from_pretrained("tiny")
->>> result = editor.edit("photo.png", DragSpec(points=[((120, 80), (160, 80))], prompt="a cat"))
+```python
+from dragsdk import Editor, DragSpec
+editor = Editor.from_pretrained("tiny")
+result = editor.edit("photo.png", DragSpec(points=[((120, 80), (160, 80))], prompt="a cat"))
+```
 
 Heavy modules (torch models, diffusers) load on first use of :class:`Editor`, so ``import dragsdk`` and the
 plugin registry stay fast.
