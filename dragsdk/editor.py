@@ -34,7 +34,15 @@ from .geometry import Canvas
 from .image_prompt import ImagePromptPlan
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
 from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
-from .models import ModelBundle, bundle_from_pipe, check_dtype, load_model, resolve_device
+from .models import (
+    ModelBundle,
+    bundle_from_pipe,
+    check_dtype,
+    default_model,
+    load_model,
+    random_weights_warning,
+    resolve_device,
+)
 from .modes import PlanContext, build_plan
 from .plan import EditPlan
 from .progress import StepHook, StepReporter
@@ -93,7 +101,11 @@ class Editor:
     """Drag-style editing with one model and one backend.
 
     Args:
-        model: a :class:`~dragsdk.models.ModelBundle` or a name for :func:`~dragsdk.models.load_model`.
+        model: a :class:`~dragsdk.models.ModelBundle` or a name for :func:`~dragsdk.models.load_model`; default
+            :func:`~dragsdk.models.default_model` (``$DRAGSDK_MODEL``, else real SD 1.5 weights
+            ``stable-diffusion-v1-5/stable-diffusion-v1-5`` from the Hugging Face cache, or a
+            :class:`~dragsdk.errors.ModelNotFoundError` saying how to provide it). Random-weight test models
+            (``tiny`` ...) are used only when named, and their reports say so (``random_weights``).
         backend: a registered backend name or ``auto``.
         registry: the plugin registry (default: the process-wide one).
         bank_device: where the K/V bank is kept (default: the model's device).
@@ -124,7 +136,7 @@ class Editor:
 
     def __init__(
         self,
-        model: ModelBundle | str = "tiny",
+        model: ModelBundle | str | os.PathLike[str] | None = None,
         backend: str = "auto",
         registry: Registry | None = None,
         bank_device: str | torch.device | None = None,
@@ -135,6 +147,8 @@ class Editor:
         allow_reduced_precision: bool = False,
         prompt_cache_size: int = 64,
     ) -> None:
+        if model is None:
+            model = default_model()
         if not isinstance(model, ModelBundle | str | os.PathLike):
             raise ArgumentTypeError("model", "a ModelBundle, a model name or a path (Editor.from_pipe for a pipeline)",
                                     model)
@@ -534,7 +548,10 @@ class Editor:
             notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), _image_prompt_note(plan, adapter)])],
             image_prompt=adapter.name if adapter is not None and plan.image_prompt else None,
             profile=plan.profile, profile_options=list(plan.profile_options),
+            random_weights=self.model.random_weights,
         )
+        if self.model.random_weights:
+            report.notes.append(random_weights_warning(self.model) or "")
         if trace is not None:
             from .trace import write_trace
 
