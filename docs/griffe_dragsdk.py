@@ -12,6 +12,7 @@ Two jobs, neither imports dragsdk (no torch, no model):
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from pathlib import Path
@@ -28,6 +29,19 @@ logger = griffe.get_logger("griffe_dragsdk")
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = re.compile(r":(?:py:)?(?:class|func|data|mod|meth|attr|exc|obj|const):`(?P<tilde>~?)(?P<target>[\w.]+)(?:\(\))?`")
+
+
+def _lazy_names() -> dict[str, str]:
+    """``dragsdk.Editor`` → ``dragsdk.editor.Editor``: the top-level names ``dragsdk/__init__.py`` imports lazily
+    (its ``_LAZY`` table), which static analysis does not see as members."""
+    tree = ast.parse((ROOT / "dragsdk" / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets):
+            return {f"dragsdk.{k}": f"{v}.{k}" for k, v in ast.literal_eval(node.value).items()}
+    return {}
+
+
+LAZY = _lazy_names()
 
 
 def _package_dirs() -> dict[str, Path]:
@@ -76,6 +90,9 @@ class DragsdkDocs(griffe.Extension):
             full = scope.resolve(head) + (f".{rest}" if rest else "") if scope is not None else target
         except griffe.NameResolutionError:
             full = target
+        for name, where in LAZY.items():
+            if full == name or full.startswith(f"{name}."):
+                full = where + full[len(name):]
         if full.startswith("dragsdk"):
             try:
                 obj.modules_collection.get_member(full)

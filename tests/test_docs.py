@@ -131,9 +131,12 @@ def test_a_sphinx_role_naming_a_missing_dragsdk_object_is_a_warning_and_a_real_o
     assert "base" in package["backends"].members          # the package-dir sub-packages are loaded
     modes = package["modes"]
     with caplog.at_level("WARNING"):
-        text = ext.ROLE.sub(lambda m: ext.DragsdkDocs._ref(modes, m), ":class:`~dragsdk.modes.EditMod`, :class:`EditMode`")
-    assert "EditMod'" in caplog.text and "EditMode'" not in caplog.text
+        text = ext.ROLE.sub(lambda m: ext.DragsdkDocs._ref(modes, m),
+                            ":class:`~dragsdk.modes.EditMod`, :class:`EditMode`, :meth:`dragsdk.Editor.edit`")
+    assert "EditMod'" in caplog.text and "EditMode'" not in caplog.text and "Editor" not in caplog.text
     assert '<autoref identifier="dragsdk.modes.EditMode" optional><code>EditMode</code></autoref>' in text
+    # a lazy top-level name (dragsdk/__init__.py _LAZY) points where the reference documents it
+    assert '<autoref identifier="dragsdk.editor.Editor.edit" optional><code>dragsdk.Editor.edit</code>' in text
 
 
 def test_the_generated_reference_has_no_internal_vocabulary(site):
