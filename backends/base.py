@@ -78,6 +78,9 @@ class Capabilities:
             the editor was asked to (``Editor(allow_reduced_precision=True)``).
         families: model families it can run (:data:`dragsdk.families.FAMILIES`: ``sd1``, ``sd2``, ``sdxl``);
             ``auto`` skips a backend whose families do not include the model's, and a named one is refused.
+        image_prompt: whether it computes the image-prompt (IP-Adapter) term of cross-attention, i.e. its UNet runs
+            dragsdk's attention processors (:class:`~dragsdk.attention.KVProcessor`); an edit with an image prompt
+            skips (``auto``) or refuses (named) a backend without it rather than drop the term silently.
     """
 
     devices: tuple[str, ...]
@@ -87,6 +90,7 @@ class Capabilities:
     head_dims: tuple[int, ...] = field(default_factory=tuple)
     precision: str = "native"
     families: tuple[str, ...] = FAMILIES
+    image_prompt: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -96,11 +100,13 @@ class Capabilities:
             raise ValueError(f"Capabilities.families must be a non-empty subset of {FAMILIES}, got {self.families!r}")
 
     def covers(self, device: str, dtype: str, gradients: bool, kv_modes: Sequence[str],
-               family: str | None = None) -> tuple[bool, str]:
-        """Whether an edit's needs are covered (``family``: the model's, None: not checked); when not, the first
-        unmet need in words."""
+               family: str | None = None, image_prompt: bool = False) -> tuple[bool, str]:
+        """Whether an edit's needs are covered (``family``: the model's, None: not checked; ``image_prompt``: the
+        edit uses an IP-Adapter image prompt); when not, the first unmet need in words."""
         if family is not None and family not in self.families:
             return False, f"model family {family!r} not in {self.families}"
+        if image_prompt and not self.image_prompt:
+            return False, "the edit uses an image prompt (IP-Adapter) and this backend does not compute it"
         if device not in self.devices:
             return False, f"device {device!r} not in {self.devices}"
         if dtype not in self.dtypes:

@@ -533,6 +533,7 @@ class OnnxBackend(Backend):
                 gradients=False,
                 kv_modes=("plain", "replace"),
                 families=("sd1", "sd2"),
+                image_prompt=False,  # the exported graphs have no image-prompt (IP-Adapter) inputs
             )
         return self._caps
 

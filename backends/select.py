@@ -116,13 +116,13 @@ def _order(backends: dict[str, Any]) -> list[str]:
 
 
 def _covering(backends: dict[str, Any], device: str, dtype: str, gradients: bool, kv_modes: Sequence[str],
-              allow_reduced: bool = False, family: str | None = None):
+              allow_reduced: bool = False, family: str | None = None, image_prompt: bool = False):
     out, refusals = [], []
     for name in _order(backends):
         b = backends[name]
         ok, why = availability(b)
         if ok:
-            ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes, family)
+            ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes, family, image_prompt)
         if ok and dtype == "float32" and b.capabilities.precision == "reduced" and not allow_reduced:
             ok, why = False, "computes in reduced precision; a float32 edit uses it only when asked " \
                              "(Editor(allow_reduced_precision=True) or the backend named)"
@@ -133,13 +133,13 @@ def _covering(backends: dict[str, Any], device: str, dtype: str, gradients: bool
 def select_backend(
     backends: dict[str, Any], request: str, device: str, dtype: str, gradients: bool, kv_modes: Sequence[str],
     model: str = "", working_size: Sequence[int] | None = None, allow_reduced: bool = False,
-    family: str | None = None,
+    family: str | None = None, image_prompt: bool = False,
 ) -> tuple[Any, str]:
     """Return ``(backend, reason)``.
 
     ``auto`` takes, among the backends that can run here and cover the edit (``family``, the model's, when given:
     a backend whose ``Capabilities.families`` leave it out is skipped; and, for a float32 edit, compute in
-    native precision unless ``allow_reduced``), the fastest in the measured table entry for this device, model
+    native precision unless ``allow_reduced``; with ``image_prompt``, compute the IP-Adapter term), the fastest in the measured table entry for this device, model
     (:func:`model_key`), working size and dtype; with none measured, the first by ``priority``. The reason names the
     entry that decided (its key and when it was measured).
 
@@ -148,7 +148,8 @@ def select_backend(
             with ``auto``, when no backend does (each refusal is listed).
     """
     needs = (f"family={family}, " if family is not None else "") + (
-        f"device={device}, dtype={dtype}, gradients={gradients}, kv_modes={list(kv_modes)}")
+        f"device={device}, dtype={dtype}, gradients={gradients}, kv_modes={list(kv_modes)}") + (
+        ", image_prompt=True" if image_prompt else "")
     if request != "auto":
         if request not in backends:
             raise BackendUnavailableError(f"backend {request!r} is not registered; registered: {sorted(backends)}")
@@ -156,11 +157,12 @@ def select_backend(
         ok, why = availability(b)
         if not ok:
             raise BackendUnavailableError(f"backend {request!r} cannot run here: {why}")
-        ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes, family)
+        ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes, family, image_prompt)
         if not ok:
             raise BackendUnavailableError(f"backend {request!r} does not cover this edit: {why}")
         return b, f"requested by name; covers {needs}"
-    candidates, refusals = _covering(backends, device, dtype, gradients, kv_modes, allow_reduced, family)
+    candidates, refusals = _covering(backends, device, dtype, gradients, kv_modes, allow_reduced, family,
+                                     image_prompt)
     if not candidates:
         raise BackendUnavailableError(f"no backend covers {needs}: " + "; ".join(refusals))
     skipped = f"; cannot: {'; '.join(refusals)}" if refusals else ""

@@ -377,7 +377,7 @@ class Editor:
             self.registry.backends, self.backend_request, self.model.device.type,
             str(self.model.dtype).removeprefix("torch."), plan.needs_gradients, plan.kv_modes(),
             model=model_key(self.model), working_size=working_size, allow_reduced=self.allow_reduced_precision,
-            family=model_family(self.model),
+            family=model_family(self.model), image_prompt=plan.image_prompt is not None and self.ip_adapter is not None,
         )
 
     # -- pieces --------------------------------------------------------------------------------------------

@@ -255,3 +255,31 @@ def test_an_unloaded_host_adapter_is_dropped_and_an_unusable_one_refused(tiny_mo
         editor.use_host_ip_adapter(None)
     with pytest.raises(ModelLoadError, match="no IP-Adapter processors"):
         Editor(tiny_model).use_host_ip_adapter(object())
+
+
+def test_a_backend_that_cannot_compute_the_image_prompt_is_skipped_or_refused(tiny_model, ip_folder, image, tmp_path,
+                                                                              monkeypatch):
+    """onnx's exported graphs have no IP-Adapter inputs: with an adapter loaded, a region drag (which the onnx
+    backend otherwise runs) never goes to it, even when the table measures it fastest; named, it is refused."""
+    pytest.importorskip("onnxruntime")
+    from dragsdk.backends.select import model_key, save_entry, table_key
+    from dragsdk.errors import BackendUnavailableError
+
+    monkeypatch.setenv("DRAGSDK_CACHE_DIR", str(tmp_path / "cache"))
+    spec = {"mode": "region-drag", "prompt": "a photo",
+            "polygons": [{"handle": [[10, 10], [30, 10], [30, 30], [10, 30]],
+                          "target": [[20, 14], [40, 14], [40, 34], [20, 34]]}],
+            "sampler": {"steps": 10, "resolution": 64}}
+    text_only = Editor(tiny_model)
+    size = text_only.plan(image, spec).canvas.size
+    save_entry(table_key("cpu", model_key(tiny_model), size, "float32"),
+               {"results": {"onnx": {"region_step_s": 0.001}, "eager": {"region_step_s": 1.0}}})
+    assert text_only.plan(image, spec).backend == "onnx"  # what the table says without an image prompt
+    editor = Editor(tiny_model)
+    editor.load_ip_adapter(ip_folder, "ip.safetensors")
+    dry = editor.plan(image, spec)
+    assert dry.backend != "onnx" and "onnx (the edit uses an image prompt" in dry.backend_reason
+    named = Editor(tiny_model, backend="onnx")
+    named.load_ip_adapter(ip_folder, "ip.safetensors")
+    with pytest.raises(BackendUnavailableError, match="does not cover this edit: the edit uses an image prompt"):
+        named.plan(image, spec)
