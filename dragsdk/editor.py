@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .attention import AttentionController, foreign_processors, install
-from .cache import LRUCache, weights_fingerprint
+from .cache import LRUCache, WeightsFingerprint
 from .concurrency import model_lock
 from .dryrun import DryRun, estimate_cost
 from .errors import (
@@ -156,6 +156,7 @@ class Editor:
         self.processor = VaeImageProcessor(vae_scale_factor=self.model.vae_scale_factor, resample="lanczos")
         self._trajectory: Trajectory | None = None
         self._prompt_cache: LRUCache[torch.Tensor] = LRUCache(prompt_cache_size)
+        self._fingerprint = WeightsFingerprint()  # weights_key, memoised per parameter
         self.ip_adapter: Any = None
         self.bank_layers = frozenset(self.model.adapter.bank_layers())
         if backend != "auto":
@@ -251,11 +252,12 @@ class Editor:
 
     def weights_key(self) -> str:
         """The identity of the model's weights (:func:`dragsdk.cache.weights_fingerprint` of the UNet, VAE and text
-        encoders): what the caches are keyed by."""
+        encoders): what the caches are keyed by. Memoised (:class:`dragsdk.cache.WeightsFingerprint`): a repeated
+        call reads each weight once, as its norm (SD 1.5 on a CPU: ``benchmarks/weights_key.py``)."""
         m = self.model
         with model_lock(m):
-            return weights_fingerprint({"unet": m.unet, "vae": m.vae, "text_encoder": m.text_encoder,
-                                        "text_encoder_2": m.text_encoder_2})
+            return self._fingerprint({"unet": m.unet, "vae": m.vae, "text_encoder": m.text_encoder,
+                                      "text_encoder_2": m.text_encoder_2})
 
     def load_ip_adapter(
         self,
