@@ -435,7 +435,7 @@ class Editor:
             img, spec, plan, canvas, self.weights_key())
         steps = spec.sampler.steps
         cost = estimate_cost(plan, steps, not inversion_cached, self.probe_energy_after, self.reference_profile,
-                             _recorded_steps(plan)[1])
+                             _recorded_steps(plan)[1], image_prompt=self.ip_adapter is not None)
         guided = list(plan.guided_steps) if plan.needs_gradients else []
         kv = (plan.kv.start, plan.kv.end) if plan.kv else None
         return DryRun(plan, canvas, steps, guided, kv, inversion_cached, cost, backend.name, reason)
@@ -524,7 +524,7 @@ class Editor:
             mode=spec.mode, model=self.model.name, backend=backend.name, backend_reason=reason,
             device=str(device), dtype=str(self.model.dtype).removeprefix("torch."), image_size=img.size,
             working_size=canvas.size, steps=s.steps, seed=s.seed, phase_seconds=phases,
-            unet_evaluations=counter.to_dict(), inversion_reused=reused,
+            unet_evaluations=counter.to_dict(), image_encoder_forwards=counter.image_encoder, inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
             peak_memory_bytes=peak, peak_memory_kind=kind, mask_proposed=ctx.mask_proposed,
             notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), _image_prompt_note(plan, adapter)])],
@@ -560,7 +560,8 @@ class Editor:
         if ip_plan is not None:
             scale = ip_plan.scale if self.ip_adapter.scale is None else self.ip_adapter.scale
             source = plan.references[0].image if ip_plan.source == "reference" and plan.references else img
-            controller.image_prompt = self.ip_adapter.state(source, scale, self.model.device, self.model.dtype)
+            controller.image_prompt = self.ip_adapter.state(source, scale, self.model.device, self.model.dtype,
+                                                            counter)
         unet = self.model.unet
         previous = install(unet, controller)
         tap = FeatureTap(unet, self.model.adapter.feature_blocks)

@@ -203,3 +203,34 @@ def test_appearance_image_prompt_encodes_the_reference_image(tiny_model, ip_fold
     r = editor.edit(base, spec)
     assert r.plan.image_prompt is not None and r.plan.image_prompt.source == "reference"
     assert len(encoded) == 1 and np.array_equal(np.asarray(encoded[0]), np.asarray(reference))
+
+
+@pytest.mark.parametrize("mode", ["drag", "region-drag"])
+def test_plan_counts_the_image_encoder_forward_exactly_as_the_edit_reports_it(tiny_model, ip_folder, image, mode):
+    """One image-encoder forward per edit with an image prompt (inversion reused or not), counted on its own line,
+    not as a UNet evaluation; the dry run predicts it and the UNet evaluations exactly."""
+    from dragsdk.io import mask_to_data_url
+
+    box = np.zeros((64, 64), bool)
+    box[8:40, 8:40] = True
+    spec = {**_spec(steps=6), "mask": mask_to_data_url(box)} if mode == "drag" else {
+        "mode": "region-drag", "prompt": "a photo", "sampler": {"steps": 6, "resolution": 64},
+        "polygons": [{"handle": [[10, 10], [30, 10], [30, 30], [10, 30]], "target": [[20, 14], [40, 14], [40, 34], [20, 34]]}]}
+    plain = Editor(tiny_model)
+    dry0, r0 = plain.plan(image, spec), plain.edit(image, spec)
+    assert dry0.cost.image_encoder == r0.report.image_encoder_forwards == 0
+    editor = Editor(tiny_model)
+    editor.load_ip_adapter(ip_folder, "ip.safetensors")
+    calls: list[int] = []
+    hook = editor.ip_adapter.image_encoder.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        for cached in (False, True):
+            calls.clear()
+            dry = editor.plan(image, spec)
+            assert not calls and dry.inversion_cached is cached
+            r = editor.edit(image, spec)
+            assert r.report.inversion_reused is cached
+            assert len(calls) == r.report.image_encoder_forwards == dry.cost.image_encoder == 1
+            assert r.report.unet_evaluations == dry.cost.to_dict() and "image_encoder" not in dry.cost.to_dict()
+    finally:
+        hook.remove()

@@ -752,7 +752,9 @@ def format_report(report: Any, seconds: float | None = None) -> str:
         "",
         f"Backend **{r.backend}** on {r.device}, {r.dtype}; model {r.model}; {r.image_size[0]}×{r.image_size[1]} "
         f"edited at {r.working_size[0]}×{r.working_size[1]}, {r.steps} steps, seed {r.seed}. "
-        f"UNet evaluations: {unet}." + (f" Wall time of the run: {seconds:.2f} s." if seconds is not None else ""),
+        f"UNet evaluations: {unet}."
+        + (f" Image-encoder forwards: {r.image_encoder_forwards}." if r.image_encoder_forwards else "")
+        + (f" Wall time of the run: {seconds:.2f} s." if seconds is not None else ""),
         "",
         f"<small>Why this backend: {r.backend_reason.split('; cannot:')[0]}</small>",
     ]
