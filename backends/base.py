@@ -1,5 +1,9 @@
 """The backend interface: what runs the attention op (and optionally wraps the UNet) for the sampler.
 
+Everything a backend author imports is here (``__all__``): :class:`Backend`, :class:`Capabilities`,
+:class:`KVSource`, :func:`join_sources` and the ``hookimpl`` marker of ``dragsdk_register_backends``
+(``docs/backends.md``; a worked example is ``examples/dragsdk-bf16-backend``).
+
 A backend declares :class:`Capabilities` and says *why* it cannot run when it cannot (a missing package, no
 CUDA device). Selection (``backend="auto"``) only considers backends whose capabilities cover the edit.
 """
@@ -13,10 +17,48 @@ from typing import Any
 
 import torch
 
+from dragsdk.hookspecs import hookimpl
 from dragsdk.kernels.reference import KVSource
+
+__all__ = ["KV_MODES", "PRECISIONS", "Backend", "Capabilities", "KVSource", "hookimpl", "join_sources"]
 
 KV_MODES = ("plain", "concat", "replace", "composite")
 PRECISIONS = ("native", "reduced")
+
+
+def join_sources(
+    q: torch.Tensor, sources: Sequence[KVSource]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The keys, values and key mask of cross-branch attention over ``sources``, ready for
+    ``torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)``.
+
+    The softmax of cross-branch attention is joint over every source's keys (DragonDiffusion arXiv 2307.02421
+    §3.3; ``concat`` = ``[own, bank]``, ``replace`` = ``[bank]``, ``composite`` = two masked banks). A bank shared by
+    both halves of the classifier-free-guidance batch (batch 1) is expanded, not copied, when it is the only source.
+
+    Args:
+        q: ``(B, H, N, d)`` queries (only ``B`` and the device are read).
+        sources: :class:`KVSource` items, ``k`` / ``v`` ``(1 or B, H, M_i, d)``, ``key_mask`` ``(M_i,)`` bool or None.
+
+    Returns:
+        ``k``, ``v`` ``(B, H, ΣM_i, d)`` and a ``(1, 1, 1, ΣM_i)`` bool mask (True = visible), or None when every
+        key is visible.
+    """
+    b = q.shape[0]
+    if len(sources) == 1:
+        s = sources[0]
+        mask = None if s.key_mask is None else s.key_mask.to(q.device)[None, None, None, :]
+        return s.k.expand(b, -1, -1, -1), s.v.expand(b, -1, -1, -1), mask
+    k = torch.cat([s.k.expand(b, -1, -1, -1) for s in sources], dim=2)
+    v = torch.cat([s.v.expand(b, -1, -1, -1) for s in sources], dim=2)
+    if all(s.key_mask is None for s in sources):
+        return k, v, None
+    mask = torch.cat([
+        s.key_mask.to(q.device) if s.key_mask is not None
+        else torch.ones(s.k.shape[2], dtype=torch.bool, device=q.device)
+        for s in sources
+    ])
+    return k, v, mask[None, None, None, :]
 
 
 @dataclass(frozen=True)

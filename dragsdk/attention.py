@@ -284,12 +284,14 @@ PLAIN_PROCESSORS = frozenset({
 edit may replace them for its duration without changing what the model computes."""
 
 
-def foreign_processors(unet: Any) -> dict[str, int]:
+def foreign_processors(unet: Any, composed: Any = ()) -> dict[str, int]:
     """The host processors on ``unet`` that are not plain attention (an IP-Adapter's, a custom one), as
-    ``{class name: layers}``; an edit would bypass them."""
+    ``{class name: layers}``; an edit would bypass them. ``composed``: processor objects the edit reproduces itself
+    (a host IP-Adapter adopted as the image prompt, :func:`dragsdk.image_prompt.host_ip_adapter`); not counted."""
+    skip = {id(p) for p in composed}
     found: dict[str, int] = {}
     for proc in unet.attn_processors.values():
         name = type(proc).__name__
-        if name not in PLAIN_PROCESSORS:
+        if name not in PLAIN_PROCESSORS and id(proc) not in skip:
             found[name] = found.get(name, 0) + 1
     return found

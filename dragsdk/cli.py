@@ -12,6 +12,10 @@ from typing import Annotated, Any
 
 import typer
 
+from .defaults import DEFAULT_MODEL, MODEL_ENV, RANDOM_MODELS, default_model
+
+_MODEL_HELP = (f"hub id, diffusers folder (SD 1.x, 2.x, SDXL), .safetensors / .ckpt checkpoint, or a built-in random "
+               f"model for tests ({', '.join(RANDOM_MODELS)}) [default: ${MODEL_ENV}, else {DEFAULT_MODEL}]")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Drag-style editing of real images with diffusion models.")
 _state = {"debug": False}
 
@@ -31,6 +35,22 @@ def _registry() -> Any:
 
 def _print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _load_editor(model: str | None, **kw: Any) -> Any:
+    """The Editor of ``--model`` (default :func:`~dragsdk.defaults.default_model`: never a random-weight model)."""
+    from .editor import Editor
+
+    return Editor.from_pretrained(model or default_model(), **kw)
+
+
+def _warn_random(editor: Any) -> None:
+    """Name a random-weight model on stderr next to what it made (nothing it outputs is a real edit)."""
+    from .models import random_weights_warning
+
+    warning = random_weights_warning(editor.model)
+    if warning:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -79,9 +99,7 @@ def _user_errors() -> Iterator[None]:
 def edit(
     input: Annotated[Path, typer.Argument(help="an image (with --spec), or a DragBench / Drag100 sample folder")],
     spec: Annotated[Path | None, typer.Option(help="edit spec JSON (mode, geometry, settings)")] = None,
-    model: Annotated[str, typer.Option(help="hub id, diffusers folder (SD 1.x, 2.x, SDXL), .safetensors / .ckpt "
-                                            "checkpoint, or a built-in: tiny, tiny-sd2, tiny-sdxl, sd15-random, "
-                                            "sd21-random, sdxl-random")] = "tiny",
+    model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
     lora: Annotated[list[str] | None, typer.Option(help="LoRA weights to fuse, PATH[:SCALE] (repeatable)")] = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     steps: Annotated[int | None, typer.Option(help="override the spec's DDIM steps")] = None,
@@ -138,17 +156,17 @@ def edit(
         check_outputs({"out": out, "report": report}, tuple(protect))
         image = load_image(image_path)  # decoded (and refused) before the model loads
 
-        from .editor import Editor
         from .models import parse_lora_arg
 
         loras = [parse_lora_arg(v) for v in lora or []]
-        editor = Editor.from_pretrained(model, backend=backend)
+        editor = _load_editor(model, backend=backend)
         for path, scale in loras:
             editor.load_lora(path, scale)
         if trace is not None and trace.resolve() in {Path(p).resolve() for p in protect}:
             _fail(f"--trace {trace} is one of the inputs; refusing to overwrite it")
         result = editor.edit(image, spec_obj, progress=not quiet, trace=trace)
         result.save(out, report, protect=tuple(protect))
+        _warn_random(editor)
     r = result.report
     if json_out:
         typer.echo(r.model_dump_json(indent=2))
@@ -164,7 +182,7 @@ def mask(
     x: Annotated[float, typer.Argument(help="click x, image pixels")],
     y: Annotated[float, typer.Argument(help="click y, image pixels")],
     out: Annotated[Path, typer.Option(help="mask PNG to write (white = the proposed part)")] = Path("mask.png"),
-    model: Annotated[str, typer.Option(help="hub id, diffusers folder, 'tiny' or 'sd15-random'")] = "tiny",
+    model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
     prompt: Annotated[str, typer.Option(help="prompt describing the image")] = "",
     threshold: Annotated[float, typer.Option(help="similarity threshold in [0, 1]")] = 0.6,
     json_out: Annotated[bool, typer.Option("--json", help="print area and bounding box as JSON")] = False,
@@ -177,10 +195,11 @@ def mask(
 
     with _user_errors():
         check_outputs({"out": out}, (image,))
-        from .editor import Editor
 
-        m = Editor.from_pretrained(model).suggest_mask(image, (x, y), prompt=prompt, threshold=threshold)
+        editor = _load_editor(model)
+        m = editor.suggest_mask(image, (x, y), prompt=prompt, threshold=threshold)
         save_image_atomic(Image.fromarray((m * 255).astype(np.uint8), "L"), out, protect=(image,))
+        _warn_random(editor)
     ys, xs = np.nonzero(m)
     info = {"out": str(out), "area_px": int(m.sum()), "fraction": float(m.mean()),
             "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None}
@@ -246,7 +265,10 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="JSON output")
 def backends(
     json_out: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
     bench: Annotated[bool, typer.Option("--bench", help="time every available backend and store the table")] = False,
-    model: Annotated[str, typer.Option(help="model to time with (--bench)")] = "tiny",
+    model: Annotated[str | None, typer.Option(
+        envvar=MODEL_ENV, show_default=False,
+        help=f"model to time with (--bench); weights do not change the cost: sd15-random times SD 1.5 without "
+             f"downloading [default: {DEFAULT_MODEL}]")] = None,
     resolution: Annotated[int, typer.Option(help="working resolution to time at (--bench)")] = 512,
     steps: Annotated[int, typer.Option(help="steps of each timed edit (--bench)")] = 4,
     only: Annotated[list[str] | None, typer.Option(
@@ -258,9 +280,8 @@ def backends(
     if bench:
         from dragsdk.backends.select import bench_backends, table_path
 
-        from .editor import Editor
 
-        editor = Editor.from_pretrained(model, registry=reg)
+        editor = _load_editor(model, registry=reg)  # timing only: no output is an edit, no warning
 
         def show(row: dict[str, Any]) -> None:
             if not json_out:
@@ -295,7 +316,7 @@ def bench(
         help="after --ray: the Ray cluster (auto, ray://host:10001); omitted: a local Ray instance",
         show_default=False)] = None,
     mode: Annotated[str | None, typer.Option(help="edit mode; default: the dataset's own (drag, region-drag for SR/DR)")] = None,
-    model: Annotated[str, typer.Option(help="hub id, diffusers folder, 'tiny' or 'sd15-random'")] = "tiny",
+    model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     limit: Annotated[int | None, typer.Option(help="only the first N samples (in id order)")] = None,
     dataset_format: Annotated[str, typer.Option("--format", help="auto, dragbench, dragbench-sr, dragbench-dr, drag100, folder")] = "auto",
@@ -320,8 +341,8 @@ def bench(
         _fail(f"unexpected argument {address!r} (a Ray address goes after --ray)")
     with _user_errors():
         config = BenchConfig(
-            dataset=str(dataset), out=str(out), mode=mode, model=model, backend=backend, format=dataset_format,
-            limit=limit, steps=steps, resolution=resolution, seed=seed,
+            dataset=str(dataset), out=str(out), mode=mode, model=model or default_model(), backend=backend,
+            format=dataset_format, limit=limit, steps=steps, resolution=resolution, seed=seed,
             metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), dift_model=dift_model,
             dift_ensemble=dift_ensemble, allow_outside_paths=allow_outside_paths,
         )
@@ -335,7 +356,7 @@ def bench(
 
 @app.command()
 def ui(
-    model: Annotated[str, typer.Option(help="hub id, diffusers folder, 'tiny' or 'sd15-random'")] = "tiny",
+    model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     port: Annotated[int | None, typer.Option(help="port (default: 7860, or the next free one)")] = None,
     host: Annotated[str, typer.Option(help="address to serve on; 0.0.0.0 exposes the page to the network")] = "127.0.0.1",
@@ -367,12 +388,12 @@ def ui(
         _fail(str(e))
     roots = samples if samples else [p for p in (Path("../shared/data"), Path("examples")) if p.is_dir()]
     try:
-        from .editor import Editor
 
-        editor = Editor.from_pretrained(model, backend=backend)
+        editor = _load_editor(model, backend=backend)
     except DragSDKError as e:
         _fail(str(e))
-    typer.echo(f"dragsdk ui: model {model}, backend {backend}; the page's address follows (Ctrl+C stops)")
+    _warn_random(editor)
+    typer.echo(f"dragsdk ui: model {editor.model.name}, backend {backend}; the page's address follows (Ctrl+C stops)")
     launch(build_app(editor, sample_roots=roots, steps=steps, resolution=resolution, limits=limits), host=host,
            port=port)
 

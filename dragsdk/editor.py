@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -26,15 +27,24 @@ from .errors import (
     ArgumentTypeError,
     BackendUnavailableError,
     HostAttentionError,
+    ModelLoadError,
     NonFiniteError,
     SpecError,
 )
 from .features import FeatureTap
 from .geometry import Canvas
-from .image_prompt import ImagePromptPlan
+from .image_prompt import ImagePromptPlan, host_adapter_detached, host_adapter_installed
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
 from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
-from .models import ModelBundle, bundle_from_pipe, check_dtype, load_model, resolve_device
+from .models import (
+    ModelBundle,
+    bundle_from_pipe,
+    check_dtype,
+    default_model,
+    load_model,
+    random_weights_warning,
+    resolve_device,
+)
 from .modes import PlanContext, build_plan
 from .plan import EditPlan
 from .progress import StepHook, StepReporter
@@ -93,7 +103,11 @@ class Editor:
     """Drag-style editing with one model and one backend.
 
     Args:
-        model: a :class:`~dragsdk.models.ModelBundle` or a name for :func:`~dragsdk.models.load_model`.
+        model: a :class:`~dragsdk.models.ModelBundle` or a name for :func:`~dragsdk.models.load_model`; default
+            :func:`~dragsdk.models.default_model` (``$DRAGSDK_MODEL``, else real SD 1.5 weights
+            ``stable-diffusion-v1-5/stable-diffusion-v1-5`` from the Hugging Face cache, or a
+            :class:`~dragsdk.errors.ModelNotFoundError` saying how to provide it). Random-weight test models
+            (``tiny`` ...) are used only when named, and their reports say so (``random_weights``).
         backend: a registered backend name or ``auto``.
         registry: the plugin registry (default: the process-wide one).
         bank_device: where the K/V bank is kept (default: the model's device).
@@ -123,7 +137,7 @@ class Editor:
 
     def __init__(
         self,
-        model: ModelBundle | str = "tiny",
+        model: ModelBundle | str | os.PathLike[str] | None = None,
         backend: str = "auto",
         registry: Registry | None = None,
         bank_device: str | torch.device | None = None,
@@ -134,6 +148,8 @@ class Editor:
         allow_reduced_precision: bool = False,
         prompt_cache_size: int = 64,
     ) -> None:
+        if model is None:
+            model = default_model()
         if not isinstance(model, ModelBundle | str | os.PathLike):
             raise ArgumentTypeError("model", "a ModelBundle, a model name or a path (Editor.from_pipe for a pipeline)",
                                     model)
@@ -196,11 +212,41 @@ class Editor:
         the pipeline's UNet are used as they are. The exception: a float16 VAE whose config sets ``force_upcast``
         (SDXL) is copied once to float32 for encoding and decoding, as diffusers upcasts it.
 
+        An IP-Adapter the host loaded with diffusers' ``load_ip_adapter`` (and its ``pipe.image_encoder``) is composed,
+        not bypassed: it becomes the modes' image prompt (:meth:`use_host_ip_adapter`).
+
         Raises:
             ModelLoadError: a component is missing (an SDXL refiner has no ``text_encoder``) or the family is not
                 supported.
         """
-        return cls(bundle_from_pipe(pipe), backend=backend, **kwargs)
+        from .image_prompt import host_ip_adapter
+
+        editor = cls(bundle_from_pipe(pipe), backend=backend, **kwargs)
+        # not composable (two adapters, no image encoder): an edit refuses, naming the processors
+        with contextlib.suppress(ModelLoadError):
+            editor.ip_adapter = host_ip_adapter(pipe.unet, getattr(pipe, "image_encoder", None))
+        return editor
+
+    def use_host_ip_adapter(self, image_encoder: Any) -> None:
+        """Compose the IP-Adapter the host loaded into this model's UNet (diffusers' ``load_ip_adapter``) instead of
+        refusing the edit: its ``to_k_ip`` / ``to_v_ip`` and image projection, shared, give the modes' official
+        image prompt (DiffEditor modes scale 0.1 at steps 10–19, region-drag 0.5; :func:`dragsdk.image_prompt.
+        host_ip_adapter`), conditioned on the input (or reference) image, encoded by ``image_encoder``
+        (``pipe.image_encoder``). :meth:`from_pipe` does this itself. If the host later unloads or replaces the
+        adapter, the next edit notices and runs without it (or refuses the new processors).
+
+        Raises:
+            ModelLoadError: the UNet has no IP-Adapter, more than one, or ``image_encoder`` is None.
+        """
+        from .image_prompt import host_ip_adapter
+
+        with model_lock(self.model):
+            adapter = host_ip_adapter(self.model.unet, image_encoder)
+            if adapter is None:
+                raise ModelLoadError("the UNet carries no IP-Adapter processors (load one with the host pipeline's "
+                                     "load_ip_adapter, or use Editor.load_ip_adapter)")
+            self.ip_adapter = adapter
+            self._trajectory = None
 
     def load_lora(self, path: str | os.PathLike[str], scale: float = 1.0) -> None:
         """Load LoRA weights into the model's UNet (and text encoders, when the file has them) with diffusers'
@@ -290,6 +336,22 @@ class Editor:
         with model_lock(self.model):
             self.ip_adapter = None
             self._trajectory = None
+
+    def _check_host_processors(self) -> Any:
+        """The image-prompt adapter to use now; the caller holds the model's lock. A host IP-Adapter adopted earlier
+        and since unloaded or replaced by the host is dropped (with the inversion it conditioned).
+
+        Raises:
+            HostAttentionError: the UNet carries host processors that an edit would bypass (not a composed adapter).
+        """
+        adapter = self.ip_adapter
+        if adapter is not None and adapter.host and not host_adapter_installed(self.model.unet, adapter):
+            self.ip_adapter = adapter = self._trajectory = None
+        composed = adapter.processors.values() if adapter is not None and adapter.host else ()
+        foreign = foreign_processors(self.model.unet, composed)
+        if foreign:
+            raise HostAttentionError(sorted(foreign), sum(foreign.values()))
+        return adapter
 
     # -- backends ------------------------------------------------------------------------------------------
     def _check_backend(self, name: str) -> Any:
@@ -434,8 +496,11 @@ class Editor:
         inversion_cached = cached is not None and cached.key == self._inversion_key(
             img, spec, plan, canvas, self.weights_key())
         steps = spec.sampler.steps
+        adapter = self.ip_adapter
+        if adapter is not None and adapter.host and not host_adapter_installed(self.model.unet, adapter):
+            adapter = None  # unloaded by the host since: the edit drops it (_check_host_processors)
         cost = estimate_cost(plan, steps, not inversion_cached, self.probe_energy_after, self.reference_profile,
-                             _recorded_steps(plan)[1], image_prompt=self.ip_adapter is not None)
+                             _recorded_steps(plan)[1], image_prompt=adapter is not None)
         guided = list(plan.guided_steps) if plan.needs_gradients else []
         kv = (plan.kv.start, plan.kv.end) if plan.kv else None
         return DryRun(plan, canvas, steps, guided, kv, inversion_cached, cost, backend.name, reason)
@@ -503,10 +568,7 @@ class Editor:
         s = spec.sampler
         n_run = s.steps - plan.start_step
         with model_lock(self.model):
-            adapter = self.ip_adapter  # the one _run uses (load / unload take the same lock)
-            foreign = foreign_processors(self.model.unet)
-            if foreign:
-                raise HostAttentionError(sorted(foreign), sum(foreign.values()))
+            adapter = self._check_host_processors()  # the adapter _run uses (load / unload take the same lock)
             weights = self.weights_key()
             key = self._inversion_key(img, spec, plan, canvas, weights)
             cached = self._trajectory if reuse_inversion else None
@@ -514,9 +576,11 @@ class Editor:
             n_inv = s.steps if plan.sampling == "ddim" else n_run
             steps = {"encode": 1, "invert": 1 if reuse is not None else n_inv, "sample": n_run, "decode": 1}
             reporter = StepReporter(callback_on_step_end, cancel, steps)
-            edited, out, traj, reused, phases, counter, peak, kind = self._run(
-                img, spec, plan, canvas, backend, progress, callback, reporter, key, weights, reuse, trace is not None
-            )
+            with host_adapter_detached(self.model.unet, adapter):
+                edited, out, traj, reused, phases, counter, peak, kind = self._run(
+                    img, spec, plan, canvas, backend, progress, callback, reporter, key, weights, reuse,
+                    trace is not None
+                )
             if not reused:  # only a finished edit's inversion is kept for the next one
                 self._trajectory = traj
         device = self.model.device
@@ -530,7 +594,10 @@ class Editor:
             notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), _image_prompt_note(plan, adapter)])],
             image_prompt=adapter.name if adapter is not None and plan.image_prompt else None,
             profile=plan.profile, profile_options=list(plan.profile_options),
+            random_weights=self.model.random_weights,
         )
+        if self.model.random_weights:
+            report.notes.append(random_weights_warning(self.model) or "")
         if trace is not None:
             from .trace import write_trace
 
@@ -712,7 +779,7 @@ class Editor:
         canvas = Canvas.fit(img.size, resolution)
         if not canvas.contains(point):
             raise SpecError("point", f"{point} is outside the {img.size[0]}×{img.size[1]} image")
-        with model_lock(self.model):
+        with model_lock(self.model), host_adapter_detached(self.model.unet, self._check_host_processors()):
             z0 = self.model.encode_image(self._preprocess(img, canvas))
             a = float(self.model.scheduler.alphas_cumprod[timestep])
             noise = torch.randn(z0.shape, generator=torch.Generator("cpu").manual_seed(0)).to(z0)

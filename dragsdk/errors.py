@@ -101,8 +101,9 @@ class HostAttentionError(DragSDKError, RuntimeError):
         self.processors = processors
         super().__init__(
             f"the UNet has host attention processors {', '.join(processors)} on {layers} layers, which an edit would "
-            "bypass; remove them (e.g. pipe.unload_ip_adapter() or unet.set_default_attn_processor()) or edit with "
-            "a pipeline without them"
+            "bypass; remove them (e.g. pipe.unload_ip_adapter() or unet.set_default_attn_processor()), or, for an "
+            "IP-Adapter loaded with diffusers' load_ip_adapter, compose it: Editor.from_pipe(pipe) or "
+            "editor.use_host_ip_adapter(pipe.image_encoder)"
         )
 
 

@@ -19,6 +19,8 @@ processors, no config change): a host's UNet is left as it was, and dragsdk's
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -82,14 +84,16 @@ class ImagePromptState:
 class ImagePromptAdapter:
     """A loaded IP-Adapter: image encoder, image projection and per-layer ``to_k_ip`` / ``to_v_ip``.
 
-    Build with :func:`load_ip_adapter`. ``name`` is what reports show.
+    Build with :func:`load_ip_adapter` (dragsdk's own copy) or :func:`host_ip_adapter` (the one a host loaded into
+    its UNet, shared). ``name`` is what reports show.
     """
 
     def __init__(self, name: str, image_encoder: Any, projection: Any, processors: dict[str, Any],
-                 scale: float | None = None) -> None:
+                 scale: float | None = None, host: bool = False) -> None:
         from diffusers.models.embeddings import ImageProjection
 
         self.name = name
+        self.host = host  # adopted from the host's UNet (host_ip_adapter): its modules are the host's
         self.image_encoder = image_encoder
         self.projection = projection
         self.processors = processors
@@ -199,3 +203,72 @@ def load_ip_adapter(
         proc.to(device, dtype).requires_grad_(False)
     name = Path(str(folder_or_id), subfolder or "", weight_name).as_posix()
     return ImagePromptAdapter(name, image_encoder, projection, processors, scale)
+
+
+def host_ip_adapter(unet: Any, image_encoder: Any, name: str | None = None) -> ImagePromptAdapter | None:
+    """The IP-Adapter a host loaded into ``unet`` with diffusers' ``load_ip_adapter``, adopted as dragsdk's image
+    prompt: its modules are shared, not copied, and nothing on the UNet is changed.
+
+    diffusers' loader installs ``IPAdapterAttnProcessor*`` processors (``to_k_ip`` / ``to_v_ip``) on the
+    cross-attention layers and the image projection as ``unet.encoder_hid_proj``. An edit replaces every processor
+    for its duration, so it reproduces the image term itself from those modules (:class:`ImagePromptState`) instead
+    of bypassing it, and the host's processors come back afterwards. The scale is each mode's official one (as
+    :func:`load_ip_adapter` with ``scale=None``), not the host's ``set_ip_adapter_scale``.
+
+    Args:
+        unet: the host's ``UNet2DConditionModel``.
+        image_encoder: the host pipeline's ``CLIPVisionModelWithProjection`` (``pipe.image_encoder``).
+        name: what reports show (default: ``host IP-Adapter (<encoder's name_or_path>)``).
+
+    Returns:
+        The adapter, or None when ``unet`` carries no IP-Adapter processors.
+
+    Raises:
+        ModelLoadError: more than one IP-Adapter is loaded (dragsdk composes one), the UNet has no single image
+            projection, or ``image_encoder`` is None (loaded with ``image_encoder_folder=None``).
+    """
+    procs = {k[: -len(".processor")]: p for k, p in unet.attn_processors.items() if hasattr(p, "to_k_ip")}
+    if not procs:
+        return None
+    loaded = max(len(p.to_k_ip) for p in procs.values())
+    layers = getattr(getattr(unet, "encoder_hid_proj", None), "image_projection_layers", None)
+    if loaded != 1 or layers is None or len(layers) != 1:
+        raise ModelLoadError(f"the host UNet carries {loaded} IP-Adapters; dragsdk composes exactly one "
+                             "(pipe.unload_ip_adapter() and load one)")
+    if image_encoder is None:
+        raise ModelLoadError("the host UNet carries an IP-Adapter but no image encoder was given (pipe.image_encoder "
+                             "is None: loaded with image_encoder_folder=None?); dragsdk encodes the image itself")
+    label = name or f"host IP-Adapter ({getattr(image_encoder, 'name_or_path', '') or type(image_encoder).__name__})"
+    return ImagePromptAdapter(label, image_encoder, layers[0], procs, None, host=True)
+
+
+def host_adapter_installed(unet: Any, adapter: ImagePromptAdapter) -> bool:
+    """Whether the host still has exactly ``adapter``'s modules installed on ``unet`` (it may have unloaded or
+    replaced the IP-Adapter since it was adopted)."""
+    current = unet.attn_processors
+    layers = getattr(getattr(unet, "encoder_hid_proj", None), "image_projection_layers", None)
+    return (layers is not None and len(layers) == 1 and layers[0] is adapter.projection
+            and all(current.get(f"{k}.processor") is p for k, p in adapter.processors.items()))
+
+
+@contextmanager
+def host_adapter_detached(unet: Any, adapter: ImagePromptAdapter | None) -> Iterator[None]:
+    """For the duration, the host IP-Adapter ``adapter`` (adopted by :func:`host_ip_adapter`) is taken off ``unet``:
+    its cross-attention processors are replaced by plain attention and its image projection
+    (``unet.encoder_hid_proj``, ``encoder_hid_dim_type == "ip_image_proj"``) is detached, since diffusers' UNet would
+    otherwise demand ``added_cond_kwargs["image_embeds"]`` on every call; dragsdk's processors add the image term
+    themselves. Both are put back on exit, even on error. A no-op for ``None`` or dragsdk's own adapter."""
+    if adapter is None or not adapter.host:
+        yield
+        return
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    procs = dict(unet.attn_processors)
+    proj = unet.encoder_hid_proj
+    unet.set_attn_processor({k: AttnProcessor2_0() if hasattr(p, "to_k_ip") else p for k, p in procs.items()})
+    unet.encoder_hid_proj = None
+    try:
+        yield
+    finally:
+        unet.encoder_hid_proj = proj
+        unet.set_attn_processor(dict(procs))

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .defaults import DEFAULT_MODEL, MODEL_ENV, RANDOM_MODELS, default_model  # noqa: F401 (re-exported)
 from .errors import ModelLoadError, ModelNotFoundError
 from .families import (
     EpsilonUNet,
@@ -40,7 +41,7 @@ from .families import (
     family_from_configs,
 )
 
-BUILTIN_MODELS = ("tiny", "tiny-sd2", "tiny-sdxl", "sd15-random", "sd21-random", "sdxl-random")
+BUILTIN_MODELS = RANDOM_MODELS
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -72,6 +73,8 @@ class ModelBundle:
         family: ``sd1``, ``sd2`` or ``sdxl`` (:mod:`dragsdk.families`).
         text_encoder_2 / tokenizer_2: SDXL's OpenCLIP bigG encoder (with projection) and its tokenizer.
         force_zeros_for_empty_prompt: SDXL: an empty negative prompt is encoded as zeros.
+        random_weights: a built-in random-weight model (:data:`BUILTIN_MODELS`): its edits are not real edits, and
+            every report made with it says so (``EditReport.random_weights``).
 
     Raises:
         ModelLoadError: (at construction) the components do not fit the family (:class:`ModelAdapter`).
@@ -87,6 +90,7 @@ class ModelBundle:
     text_encoder_2: Any = None
     tokenizer_2: Any = None
     force_zeros_for_empty_prompt: bool = True
+    random_weights: bool = False
     adapter: ModelAdapter = field(init=False, repr=False)
     _vae_upcast: Any = field(default=None, init=False, repr=False)
 
@@ -262,7 +266,7 @@ def _random_bundle(name: str, seed: int = 0) -> ModelBundle:
         scaling_factor=0.13025 if family == "sdxl" else 0.18215, force_upcast=family == "sdxl",
     )
     bundle = ModelBundle(unet, vae, text_encoder, _byte_level_clip_tokenizer(), ddim_from_config(sched), name,
-                         family, text_encoder_2, tokenizer_2)
+                         family, text_encoder_2, tokenizer_2, random_weights=True)
     for m in (unet, vae, *bundle.text_encoders()):
         m.eval().requires_grad_(False)
     return bundle
@@ -332,6 +336,14 @@ def check_dtype(dtype: Any) -> torch.dtype | None:
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ArgumentTypeError("torch_dtype", "a floating torch.dtype such as torch.float16", dtype)
     return dtype
+
+
+def random_weights_warning(bundle: ModelBundle) -> str | None:
+    """The warning every output made with a random-weight model carries (None for real weights)."""
+    if not bundle.random_weights:
+        return None
+    return (f"model {bundle.name!r} has random weights (a built-in test model): the output is not a real edit; "
+            f"name a real model, e.g. --model {DEFAULT_MODEL}")
 
 
 def load_model(

@@ -23,6 +23,8 @@ class EditReport(BaseModel):
 
     mode: str
     model: str
+    random_weights: bool = Field(False, description="the model has random weights (a built-in test model such as "
+                                 "'tiny'): the image is not a real edit")
     backend: str
     backend_reason: str
     device: str

@@ -7,6 +7,9 @@ from pathlib import Path
 
 # Tests never read or write the user's cache (measured backend table, exported ONNX graphs).
 os.environ.setdefault("DRAGSDK_CACHE_DIR", tempfile.mkdtemp(prefix="dragsdk-test-cache-"))
+# Tests edit with the random-weight `tiny` model unless they name another: named here, through the variable the CLI
+# and Editor() read (without it the default is real SD 1.5 weights; test_default_model.py checks that path).
+os.environ["DRAGSDK_MODEL"] = "tiny"
 
 
 def _cuda_available() -> bool:

@@ -234,3 +234,55 @@ def test_plan_counts_the_image_encoder_forward_exactly_as_the_edit_reports_it(ti
             assert r.report.unet_evaluations == dry.cost.to_dict() and "image_encoder" not in dry.cost.to_dict()
     finally:
         hook.remove()
+
+
+# -- a host's IP-Adapter (diffusers' load_ip_adapter on the host pipeline) is composed, not bypassed ---------------
+def _host_pipe(tiny_model, ip_folder):
+    """A host StableDiffusionPipeline (its own UNet copy) with the adapter loaded by diffusers' own loader."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=tiny_model.vae, text_encoder=tiny_model.text_encoder, tokenizer=tiny_model.tokenizer,
+        unet=copy.deepcopy(tiny_model.unet), scheduler=copy.deepcopy(tiny_model.scheduler), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.load_ip_adapter(str(ip_folder), subfolder="", weight_name="ip.safetensors", image_encoder_folder="image_encoder")
+    return pipe
+
+
+def test_a_host_ip_adapter_is_composed_as_the_image_prompt_and_left_in_place(tiny_model, ip_folder, image, one_thread):
+    """Editor.from_pipe on a pipeline holding an IP-Adapter edits exactly as dragsdk's own copy of the same adapter
+    (bit for bit), and the host's processors, image projection and pipeline work unchanged afterwards."""
+    pipe = _host_pipe(tiny_model, ip_folder)
+    before, projection = dict(pipe.unet.attn_processors), pipe.unet.encoder_hid_proj
+    host = Editor.from_pipe(pipe).edit(image, _spec())
+    own = Editor(tiny_model)
+    own.load_ip_adapter(ip_folder, "ip.safetensors")
+    mine = own.edit(image, _spec())
+    plain = Editor(tiny_model).edit(image, _spec())
+    assert torch.equal(host.latent, mine.latent) and not torch.equal(host.latent, plain.latent)
+    assert host.report.image_prompt.startswith("host IP-Adapter")
+    assert pipe.unet.attn_processors == before and pipe.unet.encoder_hid_proj is projection
+    out = pipe("a photo", ip_adapter_image=image, num_inference_steps=2, height=64, width=64, output_type="latent")
+    assert torch.isfinite(out.images).all()  # the host pipeline still runs with its adapter
+
+
+def test_an_unloaded_host_adapter_is_dropped_and_an_unusable_one_refused(tiny_model, ip_folder, image, one_thread):
+    from dragsdk.errors import HostAttentionError
+
+    pipe = _host_pipe(tiny_model, ip_folder)
+    editor = Editor.from_pipe(pipe)
+    assert editor.ip_adapter is not None and editor.ip_adapter.host
+    pipe.unload_ip_adapter()  # the host changes its mind: the next edit runs text-only, as a fresh editor would
+    after = editor.edit(image, _spec(steps=12))
+    assert after.report.image_prompt is None and editor.ip_adapter is None
+    assert torch.equal(after.latent, Editor(tiny_model).edit(image, _spec(steps=12)).latent)
+
+    pipe = _host_pipe(tiny_model, ip_folder)
+    pipe.register_modules(image_encoder=None)  # loaded with image_encoder_folder=None: nothing to encode with
+    editor = Editor.from_pipe(pipe)
+    with pytest.raises(HostAttentionError, match="IPAdapterAttnProcessor2_0 on .* layers.*use_host_ip_adapter"):
+        editor.edit(image, _spec(steps=12))
+    with pytest.raises(ModelLoadError, match="no image encoder"):
+        editor.use_host_ip_adapter(None)
+    with pytest.raises(ModelLoadError, match="no IP-Adapter processors"):
+        Editor(tiny_model).use_host_ip_adapter(object())

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..defaults import RANDOM_MODELS, default_model
 from ..errors import DragSDKError, ModelNotFoundError, SpecError
 from ..io import atomic_write, read_json, write_text_atomic
 from .datasets import Sample, SampleRef, discover, load
@@ -96,7 +97,7 @@ class BenchConfig:
     dataset: str
     out: str
     mode: str | None = None
-    model: str = "tiny"
+    model: str = field(default_factory=default_model)
     backend: str = "auto"
     device: str | None = None
     format: str = "auto"
@@ -628,6 +629,10 @@ def _run_locked(config: BenchConfig, out: Path, refs: list[SampleRef], progress:
     _check_run_file(out, config)
     log = ResultsLog(out / RESULTS)
     previous, problems = completed_records(log.read(repair=True))
+    random = config.model in RANDOM_MODELS
+    if echo and random:
+        echo(f"warning: model {config.model!r} has random weights (a built-in test model): the edits and their "
+             "scores say nothing about editing quality")
     if echo:
         for line in problems:
             echo(f"warning: {line}")
@@ -672,6 +677,7 @@ def _run_locked(config: BenchConfig, out: Path, refs: list[SampleRef], progress:
     records = sorted((r for r in completed_records(log.read())[0] if r["id"] in order), key=lambda r: order[r["id"]])
     summary = summarize(records)
     summary["settings"] = config.fingerprint()
+    summary["random_weights"] = random
     paths = write_outputs(out, records, summary, echo)
     return BenchResult(records, summary, out, paths, skipped, len(todo), workers)
 

@@ -131,8 +131,11 @@ def build_app(
 
     with gr.Blocks(title="dragsdk editor", analytics_enabled=False) as app:
         session = gr.State(Session())
+        random = getattr(getattr(editor, "model", None), "random_weights", False)
         gr.Markdown(f"## dragsdk — drag editing in the browser\nModel **{model_name}**, backend "
-                    f"**{editor.backend_request}**. Upload an image, pick a mode, click and brush, then run.")
+                    f"**{editor.backend_request}**. Upload an image, pick a mode, click and brush, then run."
+                    + ("\n\n**Random weights**: this model is a built-in test model; its edits are not real edits."
+                       if random else ""), elem_id="page-head")
         defaults = sampler_defaults("drag", editor.registry)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=280):
