@@ -205,8 +205,9 @@ def test_appearance_image_prompt_encodes_the_reference_image(tiny_model, ip_fold
     assert len(encoded) == 1 and np.array_equal(np.asarray(encoded[0]), np.asarray(reference))
 
 
-@pytest.mark.parametrize("mode", ["drag", "region-drag"])
-def test_plan_counts_the_image_encoder_forward_exactly_as_the_edit_reports_it(tiny_model, ip_folder, image, mode):
+@pytest.mark.parametrize("mode, host", [("drag", False), ("region-drag", False), ("drag", True)])
+def test_plan_counts_the_image_encoder_forward_exactly_as_the_edit_reports_it(tiny_model, ip_folder, image, mode,
+                                                                              host):
     """One image-encoder forward per edit with an image prompt (inversion reused or not), counted on its own line,
     not as a UNet evaluation; the dry run predicts it and the UNet evaluations exactly."""
     from dragsdk.io import mask_to_data_url
@@ -219,8 +220,12 @@ def test_plan_counts_the_image_encoder_forward_exactly_as_the_edit_reports_it(ti
     plain = Editor(tiny_model)
     dry0, r0 = plain.plan(image, spec), plain.edit(image, spec)
     assert dry0.cost.image_encoder == r0.report.image_encoder_forwards == 0
-    editor = Editor(tiny_model)
-    editor.load_ip_adapter(ip_folder, "ip.safetensors")
+    pipe = _host_pipe(tiny_model, ip_folder) if host else None
+    if pipe is not None:  # the host's own adapter, composed
+        editor = Editor.from_pipe(pipe)
+    else:
+        editor = Editor(tiny_model)
+        editor.load_ip_adapter(ip_folder, "ip.safetensors")
     calls: list[int] = []
     hook = editor.ip_adapter.image_encoder.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
@@ -234,6 +239,9 @@ def test_plan_counts_the_image_encoder_forward_exactly_as_the_edit_reports_it(ti
             assert r.report.unet_evaluations == dry.cost.to_dict() and "image_encoder" not in dry.cost.to_dict()
     finally:
         hook.remove()
+    if pipe is not None:  # the host unloads its adapter: the plan, like the edit, runs text-only
+        pipe.unload_ip_adapter()
+        assert editor.plan(image, spec).cost.image_encoder == editor.edit(image, spec).report.image_encoder_forwards == 0
 
 
 # -- a host's IP-Adapter (diffusers' load_ip_adapter on the host pipeline) is composed, not bypassed ---------------
