@@ -1,10 +1,11 @@
 # make demo: edit a real DragBench photograph end to end.  make test: the test suite.
+# make docs: the documentation site with the API reference generated from the docstrings, into site/.
 # Both create .venv on first use (CPU torch 2.13.0, taken from this machine's disk when it is there).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint clean gpu
+.PHONY: demo test lint clean gpu docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,8 +25,11 @@ test: $(STAMP)
 gpu: $(STAMP)
 	$(PY) benchmarks/gpu.py
 
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache site

@@ -1,8 +1,10 @@
 """dragsdk: drag-style editing of real images with pretrained diffusion models.
 
->>> from dragsdk import Editor, DragSpec
->>> editor = Editor.from_pretrained("tiny")
->>> result = editor.edit("photo.png", DragSpec(points=[((120, 80), (160, 80))], prompt="a cat"))
+```python
+from dragsdk import Editor, DragSpec
+editor = Editor.from_pretrained("tiny")
+result = editor.edit("photo.png", DragSpec(points=[((120, 80), (160, 80))], prompt="a cat"))
+```
 
 Heavy modules (torch models, diffusers) load on first use of :class:`Editor`, so ``import dragsdk`` and the
 plugin registry stay fast.
@@ -28,6 +30,7 @@ from .errors import (
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
+"""The installed dragsdk version (PEP 440)."""
 
 _LAZY = {
     "Editor": "dragsdk.editor",

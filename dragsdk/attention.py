@@ -5,9 +5,10 @@ One :class:`KVProcessor` is installed on every attention layer of the UNet; all 
 layers, so nothing compiled depends on it. The attention op itself is the backend's
 (:meth:`dragsdk.backends.base.Backend.attention`).
 
-Bank layers default to the decoder self-attention layers ``up_blocks.{1,2,3}.attentions.*.attn1`` (9 in SD 1.5;
-DragonDiffusion arXiv 2307.02421 §3.3, dossier §4). Bank entries are the ``to_k`` / ``to_v`` projections
-before the head split, ``(B_bank, N, C)``, recorded at inversion step ``i`` for use at sampling step ``i``.
+Bank layers default to the decoder self-attention layers ``up_blocks.{1,2,3}.attentions.*.attn1`` (9 in SD
+1.5; DragonDiffusion arXiv 2307.02421 §3.3; official ``src/unet/attention_processor.py:101-106``). Bank
+entries are the ``to_k`` / ``to_v`` projections before the head split, ``(B_bank, N, C)``, recorded at
+inversion step ``i`` for use at sampling step ``i``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def decoder_self_attention_layers(unet: Any) -> list[str]:
 
 def self_attention_layers(unet: Any) -> list[str]:
     """Names (without ``.processor``) of every self-attention layer (``attn1``) of a diffusers UNet: encoder, mid
-    block and decoder (16 in SD 1.5; RegionDrag swaps K/V in all of them, dossier §1.1 step 4)."""
+    block and decoder (16 in SD 1.5; RegionDrag swaps K/V in all of them, official
+    ``region_utils/drag.py:159-179``)."""
     return [k[: -len(".processor")] for k in unet.attn_processors if k.endswith(".attn1.processor")]
 
 
@@ -48,9 +50,10 @@ class KVBank:
 
     Args:
         device: where entries are kept (default: where they were computed). Keeping the bank on the GPU avoids a
-            host↔device copy per layer per step. The official DragonDiffusion/DiffEditor code keeps it on the CPU
-            (dossier §7); the official RegionDrag keeps it on the device (its forward hooks append the ``to_k`` /
-            ``to_v`` outputs where they were computed, ``region_utils/drag.py:159-162``).
+            host↔device copy per layer per step. The official DragonDiffusion/DiffEditor code keeps it on the
+            CPU (``src/unet/attention_processor.py:101-106``); the official RegionDrag keeps it on the device
+            (its forward hooks append the ``to_k`` / ``to_v`` outputs where they were computed,
+            ``region_utils/drag.py:159-162``).
     """
 
     def __init__(self, device: torch.device | str | None = None) -> None:

@@ -1,7 +1,7 @@
 """Cycle-SDE inversion: a stochastic inversion whose reverse steps land exactly back on the recorded latents.
 
 The scheduler of SDE-Drag (Nie et al., ICLR 2024, arXiv 2311.01410, §3 "Cycle-SDE"), used by RegionDrag (Lu et
-al., ECCV 2024, arXiv 2407.18247, §3.2; dossier ``drag-landscape.md`` §1.2). Reimplemented from those
+al., ECCV 2024, arXiv 2407.18247, §3.2; official ``cycle_sde.py:111-149``). Reimplemented from those
 descriptions; no code was copied.
 
 With ``ᾱ_t`` (``a_t``) the noise level of sampling step ``i`` and ``ᾱ_prev`` (``a_prev``) that of the step after it
@@ -70,7 +70,7 @@ class RegionDragGrid(DDIMSchedule):
 
     ``first_step`` (the official off-by-one): with ``"official"`` the first denoising step runs at ``G[start − 1]``
     (549) → 499 although its recorded latent, noise and K/V are those of 550 → 500, exactly as the official code
-    (2e-2 max latent deviation at the end on the tiny model, parity report C2). ``"recorded"`` runs every denoising
+    (measured: 2e-2 max latent deviation at the end on the tiny model). ``"recorded"`` runs every denoising
     step at the levels its noise was recorded for (550 → 500), so an unedited latent cycles back exactly.
     The same holds for grids whose spacing is not ``Δ`` (e.g. 30 steps): ``"official"`` keeps the official
     mismatch at every step, ``"recorded"`` none. Inverting all ``n`` steps (``start = 0``) would evaluate the UNet

@@ -119,8 +119,9 @@ class Editor:
             which is what dragsdk's region-drag does by default.
         allow_reduced_precision: let ``auto`` pick a backend that computes a float32 edit partly in lower
             precision (``Capabilities.precision == "reduced"``); off by default.
-        device / torch_dtype: where and in which precision the model runs; with a loaded ``model`` (a bundle) the
-            modules are moved there (as :meth:`to`).
+        device: where the model runs; with a loaded ``model`` (a bundle) the modules are moved there (as
+            :meth:`to`).
+        torch_dtype: the precision the model runs in; a loaded bundle is converted (as :meth:`to`).
         prompt_cache_size: prompt embeddings kept (least recently used dropped first).
 
     Caches: the inversion of the last finished edit (reused by the next edit of the same image, prompt and settings
@@ -192,7 +193,9 @@ class Editor:
         SDXL, :mod:`dragsdk.families`) and wrap it.
 
         Args:
-            device / torch_dtype / variant: as :func:`~dragsdk.models.load_model`.
+            device: as :func:`~dragsdk.models.load_model`.
+            torch_dtype: as :func:`~dragsdk.models.load_model`.
+            variant: as :func:`~dragsdk.models.load_model`.
 
         Raises:
             ModelNotFoundError: the model is absent; the message says how to provide one.
@@ -487,8 +490,11 @@ class Editor:
         UNet feature forward (:meth:`suggest_mask`).
 
         Raises:
-            SpecError / pydantic ``ValidationError`` / BackendUnavailableError / ArgumentTypeError: as :meth:`edit`;
-            SpecError (field ``mask``) when a mask would be proposed and ``propose_mask`` is False.
+            SpecError: as :meth:`edit`, and (field ``mask``) when a mask would be proposed and ``propose_mask``
+                is False.
+            pydantic.ValidationError: as :meth:`edit`.
+            BackendUnavailableError: as :meth:`edit`.
+            ArgumentTypeError: as :meth:`edit`.
         """
         img, spec, plan, canvas, _, backend, reason = self._prepare(
             image, spec, num_inference_steps, guidance_scale, None, propose_mask)
@@ -531,8 +537,8 @@ class Editor:
             callback: ``callback(i, t, z)`` after each sampling step (``callback_on_step_end`` sees every phase).
             trace: write the per-pass trace (timestep, latent before / after, energies, guidance norm) to this
                 ``.npz`` path, atomically (:mod:`dragsdk.trace`).
-            num_inference_steps / guidance_scale: override ``spec.sampler.steps`` / ``spec.sampler.guidance_scale``
-                (diffusers' names; validated as those fields).
+            num_inference_steps: overrides ``spec.sampler.steps`` (diffusers' name; validated as that field).
+            guidance_scale: overrides ``spec.sampler.guidance_scale`` (diffusers' name; validated as that field).
             generator: a ``torch.Generator``; one draw from it sets ``spec.sampler.seed`` (recorded in the report).
             output_type: ``pil``, ``np`` or ``pt``: the type of ``result.images`` (:class:`EditResult`).
             callback_on_step_end: ``hook(event) -> bool | None`` after every step of every phase (encode, invert,

@@ -1,4 +1,6 @@
-"""Reusable pieces of correspondence energies (DragonDiffusion arXiv 2307.02421 §3.2, Eq. 3–6; dossier §2).
+"""Reusable pieces of correspondence energies (DragonDiffusion arXiv 2307.02421 §3.2, Eq. 3–6;
+official ``guidance_move`` / ``guidance_drag`` / ``guidance_appearance`` / ``guidance_paste``,
+``src/models/Sampler.py:150-234, 236-303, 354-420, 422-488``).
 
 Conventions:
 

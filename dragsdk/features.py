@@ -3,10 +3,10 @@
 ``up_blocks[0]`` and ``[1]`` for SDXL (the same resolutions and widths).
 
 These are the paper's "2nd and 3rd decoder layers" (DragonDiffusion arXiv 2307.02421 §3.2; code
-``up_ft_index = [1, 2]``, dossier §3): at a 64×64 latent, 1280 channels at 32² and 640 at 64² (SD 1.5). They
-are taken with forward hooks on the editing UNet itself (no second "estimator" copy); a feature-only forward
-stops right after ``up_blocks[2]`` by raising from its hook, so the last decoder stage and the output conv are
-never run.
+``up_ft_index = [1, 2]``, ``src/demo/model.py:28``): at a 64×64 latent, 1280 channels at 32² and 640 at 64²
+(SD 1.5). They are taken with forward hooks on the editing UNet itself (no second "estimator" copy); a
+feature-only forward stops right after ``up_blocks[2]`` by raising from its hook, so the last decoder stage
+and the output conv are never run.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Three grids are in play for an image of ``W×H`` pixels edited at a working size
   pixel's corner, so pixel ``(i, j)`` covers ``[i, i+1) × [j, j+1)``);
 - **latent cells**: the VAE latent grid, ``W'/8 × H'/8`` (VAE factor 8);
 - **feature cells**: the energy-guidance grid, ``W'/4 × H'/4``, i.e. twice the finest decoder map
-  (DragonDiffusion, arXiv 2307.02421, code ``up_scale = 2``; dossier §3).
+  (DragonDiffusion, arXiv 2307.02421, code ``up_scale = 2``, ``src/demo/model.py:29``).
 
 Every conversion goes through :class:`Canvas`, so a mode never multiplies by 8 or 4 itself.
 """
@@ -48,7 +48,7 @@ class Canvas:
         """Working size with area ≈ ``resolution²`` and the image's aspect ratio.
 
         Each side is ``round(side · sqrt(resolution² / (W·H)) / multiple) · multiple`` and at least
-        ``multiple`` (DragonDiffusion ``resize_numpy_image``; dossier §1, step 0).
+        ``multiple`` (DragonDiffusion ``resize_numpy_image``, ``src/utils/utils.py:7-19``).
 
         Raises:
             ValueError: a non-positive image side or resolution.

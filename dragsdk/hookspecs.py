@@ -2,13 +2,13 @@
 ``dragsdk`` entry-point group. Hooks are called once, when the registry loads; nothing per step goes through
 pluggy.
 
-.. code-block:: python
+```python
+from dragsdk import hookimpl
 
-    from dragsdk import hookimpl
-
-    @hookimpl
-    def dragsdk_register_modes(register):
-        register(MyMode())
+@hookimpl
+def dragsdk_register_modes(register):
+    register(MyMode())
+```
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ __all__ = ["hookimpl", "hookspec", "dragsdk_register_modes", "dragsdk_register_b
 def dragsdk_register_modes(register: Callable[[Any], None]) -> None:
     """Register edit modes: call ``register(mode)`` once per :class:`dragsdk.modes.EditMode` instance.
 
-    :param register: adds one mode; a duplicate name, or a mode whose ``spec_model`` is not an ``EditSpec``
-        subclass with a JSON Schema, is reported in ``Registry.failures`` and skipped (a nameless object raises
-        :class:`dragsdk.errors.PluginError`).
+    Args:
+        register: adds one mode; a duplicate name, or a mode whose ``spec_model`` is not an ``EditSpec``
+            subclass with a JSON Schema, is reported in ``Registry.failures`` and skipped (a nameless object
+            raises :class:`dragsdk.errors.PluginError`).
     """
 
 
@@ -38,6 +39,7 @@ def dragsdk_register_modes(register: Callable[[Any], None]) -> None:
 def dragsdk_register_backends(register: Callable[[Any], None]) -> None:
     """Register backends: call ``register(backend)`` once per :class:`dragsdk.backends.base.Backend` instance.
 
-    :param register: adds one backend; a duplicate name is reported in ``Registry.failures`` and skipped (a
-        nameless object raises :class:`dragsdk.errors.PluginError`).
+    Args:
+        register: adds one backend; a duplicate name is reported in ``Registry.failures`` and skipped (a
+            nameless object raises :class:`dragsdk.errors.PluginError`).
     """

@@ -3,7 +3,7 @@
 The official DiffEditor code conditions cross-attention on image-prompt tokens of the input image at scale 0.1 at
 sampling steps 10–19 (``model.py:25``, ``attn_proc.py:220-221``); the official RegionDrag code uses IP-Adapter-Plus
 at scale 0.5, conditioned on the input image, at every UNet call (``cycle_sde.py:11-35``, ``drag.py:110-121``).
-The weights are a separate download: :meth:`dragsdk.Editor.load_ip_adapter` loads them; without them a mode runs
+The weights are a separate download: :meth:`dragsdk.editor.Editor.load_ip_adapter` loads them; without them a mode runs
 text-only and its report says so.
 
 Loading uses diffusers: the weight file is read as ``IPAdapterMixin.load_ip_adapter`` reads it (``image_proj.*`` /

@@ -1,7 +1,7 @@
 """DDIM inversion that builds the memory bank: latents per step, self-attention K/V, reference features.
 
 Deterministic DDIM inversion (Song et al. 2021, arXiv 2010.02502 Eq. 12 with η = 0, run backwards; as used by
-DragonDiffusion, dossier §1 step 1): from ``z`` at ``ᾱ_prev`` to ``ᾱ_t``,
+DragonDiffusion, ``src/utils/inversion.py:47-58``): from ``z`` at ``ᾱ_prev`` to ``ᾱ_t``,
 
     ε = ε_θ(z, t, c),  x̂₀ = (z − √(1−ᾱ_prev)·ε) / √ᾱ_prev,  z_t = √ᾱ_t·x̂₀ + √(1−ᾱ_t)·ε.
 
@@ -86,7 +86,8 @@ def ddim_step(
 
     ``x̂₀ = (z − √(1−ᾱ_t)(ε + g)) / √ᾱ_t``;  ``σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)``;
     ``z_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev−σ²)·ε + σ·n`` (DDIM arXiv 2010.02502 Eq. 12; guidance placement of
-    DragonDiffusion/DiffEditor code, dossier §1 step 3.2). ``eta`` may be a ``(1, 1, h, w)`` map (regional SDE).
+    DragonDiffusion/DiffEditor code, ``src/models/Sampler.py:88-108``). ``eta`` may be a ``(1, 1, h, w)`` map
+    (regional SDE).
     """
     x0 = (z - (1 - a_t) ** 0.5 * (eps if guidance is None else eps + guidance)) / a_t**0.5
     eta_t = torch.as_tensor(eta, dtype=z.dtype, device=z.device)

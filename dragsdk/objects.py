@@ -6,7 +6,8 @@ shear, flip: :func:`affine`); move and resize use ``A = s·I``. Every grid (late
 applies this same map, through :class:`~dragsdk.geometry.Canvas`, as a backward map: each target cell takes the
 source cell ``c + A⁻¹·(x' − c − d)``, so the placed object has no holes. Content that leaves the canvas is clipped
 (no wrap-around); an object that would leave it entirely is refused. (The official DragonDiffusion code scales
-about the image centre, multiplies the shift by ``s`` and wraps with ``torch.roll``; dossier §7.)
+about the image centre, multiplies the shift by ``s`` and wraps with ``torch.roll``: ``process_move``,
+``process_paste``, ``src/utils/utils.py:29-87, 199-240``.)
 """
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ class EditPlan:
             ``own`` = each image's own prompt (the one it was inverted with). The inversion always uses each image's
             own prompt (``model.py:162``).
         image_prompt: the official image prompt (IP-Adapter scale and step window), used when the editor has an
-            adapter loaded (:meth:`dragsdk.Editor.load_ip_adapter`); None = the mode has none.
+            adapter loaded (:meth:`dragsdk.editor.Editor.load_ip_adapter`); None = the mode has none.
     """
 
     edit_mask: torch.Tensor

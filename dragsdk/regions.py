@@ -1,10 +1,10 @@
 """Region inputs turned into dense target→source cell maps (RegionDrag).
 
-RegionDrag (Lu et al., ECCV 2024, arXiv 2407.18247, §3; dossier ``drag-landscape.md`` §1.1) turns every
-input — two brush regions, a pair of triangles or quads, a region plus a few point pairs, or the dense
+RegionDrag (Lu et al., ECCV 2024, arXiv 2407.18247, §3; official code ``region_utils/ui_utils.py``) turns
+every input — two brush regions, a pair of triangles or quads, a region plus a few point pairs, or the dense
 point list of DragBench-SR/DR — into one dense correspondence: for **every** cell of the target region,
-exactly one source cell whose latent is copied there. Because the map is built backwards (target →
-source), the target region has no holes.
+exactly one source cell whose latent is copied there. Because the map is built backwards (target → source),
+the target region has no holes.
 
 Conventions (see :mod:`dragsdk.geometry`):
 
@@ -20,7 +20,7 @@ official code (Visual-AI/RegionDrag @5cf4922, ``region_utils/ui_utils.py``) comp
 boundary-inclusive polygon fill, 1/d weights — with its bugs fixed (no NaN sources from empty handle columns, no
 off-grid or negative, wrapping sources); ``"dragsdk"`` is dragsdk's own cell-centre, round-half-up construction.
 No code was taken from the RegionDrag repository (it has no licence); the official rules were re-derived from its
-observable behaviour (parity report ``regiondrag.md`` §2.4).
+observable behaviour on identical inputs.
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ def region_pair_map(
     Both masks are resampled onto the grid (:meth:`Canvas.mask_to_grid`). With ``[tx0, tx1]`` / ``[sx0, sx1]``
     the column ranges of the target / source regions and ``[ty0(c), ty1(c)]`` / ``[sy0(c), sy1(c)]`` the row
     ranges inside column ``c``, each target cell ``(row r, col c)`` reads source cell ``(r', c')`` with
-    (RegionDrag arXiv 2407.18247 §3; dossier §1.1, ``region_pair_to_pts``)::
+    (RegionDrag arXiv 2407.18247 §3; official ``region_pair_to_pts``, ``ui_utils.py:141-205``)::
 
         c' = round(sx0 + (c − tx0)·(sx1 − sx0)/(tx1 − tx0))          then the nearest source column with cells
         r' = round(sy0(c') + (r − ty0(c))·(sy1(c') − sy0(c'))/(ty1(c) − ty0(c)))
@@ -481,13 +481,13 @@ def polygon_map(
     With ``rules="official"`` the cells and sources follow :func:`_polygon_official`; validation and the transform
     are shared. The rest of this docstring describes the ``dragsdk`` rule.
 
-    Vertices are image pixels, in order around the polygon, vertex ``i`` of the target corresponding to
-    vertex ``i`` of the handle. In cell-index coordinates the transform ``M`` (target → source) is solved
-    exactly: for 3 points an affine map from the 3×3 system ``[x y 1]·Mᵀ = [x' y']`` (torch.linalg.solve),
-    for 4 points the homography of :func:`kornia.geometry.transform.get_perspective_transform` (DLT). Every
-    cell whose centre lies inside the target polygon (even-odd test, so concave quads work) reads the cell
-    holding ``M(centre)`` (RegionDrag arXiv 2407.18247 §3; dossier §1.1, ``transform_polygon``); cells whose
-    source is off the grid (or, for a homography, behind the line at infinity) are dropped.
+    Vertices are image pixels, in order around the polygon, vertex ``i`` of the target corresponding to vertex
+    ``i`` of the handle. In cell-index coordinates the transform ``M`` (target → source) is solved exactly:
+    for 3 points an affine map from the 3×3 system ``[x y 1]·Mᵀ = [x' y']`` (torch.linalg.solve), for 4 points
+    the homography of :func:`kornia.geometry.transform.get_perspective_transform` (DLT). Every cell whose
+    centre lies inside the target polygon (even-odd test, so concave quads work) reads the cell holding
+    ``M(centre)`` (RegionDrag arXiv 2407.18247 §3; official ``transform_polygon``, ``ui_utils.py:286-305``);
+    cells whose source is off the grid (or, for a homography, behind the line at infinity) are dropped.
 
     Args:
         canvas: the working canvas.
@@ -659,8 +659,8 @@ def points_map(
 
     The displacement field is inverse-distance weighted (Shepard 1968) over the ``k`` nearest handles,
     ``d(p) = Σ wᵢ dᵢ / Σ wᵢ`` with ``wᵢ = 1/|p − hᵢ|²`` (``rules="dragsdk"``) or ``1/|p − hᵢ|`` (``"official"``,
-    ``ui_utils.py:420-525``; exact at a handle in both), ``dᵢ = tᵢ − hᵢ`` in cells
-    (RegionDrag arXiv 2407.18247 §3; dossier §1.1, ``region_to_points``: 4 nearest, at most 100 handles).
+    ``ui_utils.py:420-525``; exact at a handle in both), ``dᵢ = tᵢ − hᵢ`` in cells (RegionDrag arXiv
+    2407.18247 §3; official ``region_to_points``: 4 nearest, at most 100 handles).
 
     1. *Forward*: every region cell ``p`` goes to the cell ``round(p + d(p))``; where several land on one
        cell, the one landing nearest its centre is the source.
@@ -753,14 +753,15 @@ def dense_points_map(
     grid: Grid = "latent",
     block_px: int = 8,
 ) -> SourceMap:
-    """Map from the dense point list of DragBench-SR/DR ``meta_data_region.pkl`` (dossier §1.4).
+    """Map from the dense point list of DragBench-SR/DR ``meta_data_region.pkl`` (read by the official
+    ``get_meta_data``, ``region_utils/drag.py:39-59``).
 
     ``points`` alternates handle and target ``[x, y]`` image pixels: ``[h₀, t₀, h₁, t₁, …]``, one pair per
     ``block_px``-pixel block of the target region (the official ``region_pair_to_pts(…, 1/8)·8``). The official
     code edits at the image's own size and maps pair ``i`` to the cells ``hᵢ//8 → tᵢ//8`` (``drag.py:189``).
 
     At any working size every target cell is written (at another size than the native one a per-point map
-    leaves holes, parity report §1.5: 38 of 118 target cells for a 512×384 image at 576×448):
+    leaves holes: measured, 38 of 118 target cells for a 512×384 image edited at 576×448):
 
     1. *fill*: each grid cell whose centre (in image pixels) falls in the ``block_px`` block of a target ``tᵢ``
        (``floor(p/block_px)``) reads the cell holding that centre moved by ``hᵢ − tᵢ`` (clipped to the grid);

@@ -173,8 +173,7 @@ class GuidedSampler:
                    plan: EditPlan, i: int) -> torch.Tensor:
         """Time travel's deterministic roll-back ``z_{t_prev} → z_t``: one DDIM inversion step with the UNet at
         ``t_unet`` (official: ``t_prev``, ``Sampler.py:136-144``), batch 1, text conditioning (and the image prompt
-        inside its window, as the official context), no K/V injection (DiffEditor arXiv 2402.02583 Alg. 1; dossier
-        §1 step 3.4)."""
+        inside its window, as the official context), no K/V injection (DiffEditor arXiv 2402.02583 Alg. 1)."""
         self._image_prompt(plan, i)
         try:
             eps = self.unet(z_prev, t_unet, encoder_hidden_states=cond_text, return_dict=False)[0]

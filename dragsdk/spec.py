@@ -3,8 +3,8 @@
 Geometry is in the pixel coordinates of the image the user gave (``x`` right, ``y`` down). Masks are a PNG
 path or a ``data:image/png;base64,...`` URL (a spec can carry its mask inside the JSON); the Python API also
 takes a PIL image or an ``(H, W)`` array, stored as a data URL. A spec with only the geometry is a complete
-edit: every sampler setting has the published default (DragonDiffusion / DiffEditor code defaults,
-dossier §5).
+edit: every sampler setting has the published default (the DragonDiffusion / DiffEditor code defaults of
+MC-E/DragonDiffusion @f9b5bdf: ``src/models/Sampler.py``, ``src/demo/demo.py``).
 
 Specs round-trip through JSON (``model_dump_json`` / :func:`parse_spec`) and export a JSON Schema
 (``model_json_schema``).
@@ -187,7 +187,7 @@ class SpecModel(BaseModel):
 class GuidanceSchedule(SpecModel):
     """Which sampling steps take energy guidance, as fractions of the step count.
 
-    Published schedule at 50 steps (DragonDiffusion/DiffEditor ``Sampler.py``; dossier §1 step 3.2): every step
+    Published schedule at 50 steps (DragonDiffusion/DiffEditor ``src/models/Sampler.py:74``): every step
     ``i < 10``, then even steps up to ``i < 30``. With ``n`` steps, step ``i`` is guided when
     ``i < end·n`` and (``i < dense_end·n`` or ``i % stride == 0``).
     """
@@ -204,8 +204,9 @@ class GuidanceSchedule(SpecModel):
 class RegionalSDE(SpecModel):
     """DiffEditor regional SDE (arXiv 2402.02583 §3.3): stochastic steps with η inside / outside the edit region.
 
-    Code defaults (dossier §1 step 3.3): steps 11–19 of 50 (``start ≤ i/n < end``), η 0.4 inside, 0 outside; the
-    paper's 0.2 outside is a setting. ``enabled=False`` gives deterministic DDIM everywhere.
+    Official code defaults (DragonDiffusion ``src/models/Sampler.py:98-105``): steps 11–19 of 50
+    (``start ≤ i/n < end``), η 0.4 inside, 0 outside; the paper's 0.2 outside is a setting. ``enabled=False``
+    gives deterministic DDIM everywhere.
     """
 
     enabled: bool = True
@@ -239,7 +240,8 @@ class TimeTravel(SpecModel):
 
 
 class SamplerSettings(SpecModel):
-    """Settings shared by every mode, with the published defaults (dossier §5)."""
+    """Settings shared by every mode, with the published defaults (DragonDiffusion / DiffEditor code:
+    ``src/models/Sampler.py:21,74,98-101``, UI ``src/demo/demo.py:475-513``)."""
 
     steps: int = Field(50, ge=2, le=1000, description="DDIM inversion and sampling steps")
     guidance_scale: float = Field(4.0, ge=1.0, le=30.0, description="classifier-free guidance scale")
@@ -285,7 +287,8 @@ class PointPair(SpecModel):
 
 
 class DragWeights(SpecModel):
-    """Energy weights of content dragging (DragonDiffusion ``guidance_drag``; dossier §2, §5)."""
+    """Energy weights of content dragging (DragonDiffusion ``guidance_drag``,
+    ``src/models/Sampler.py:236-303``; defaults ``src/demo/demo.py:475-513``)."""
 
     edit: float = weight_field(4.0, "pulls the target patch toward the handle's reference feature")
     content: float = weight_field(6.0, "keeps features outside the mask")
@@ -315,7 +318,8 @@ DRAG_IMPROVEMENTS = {
 
 
 class DragSpec(EditSpec):
-    """Point drag (DragonDiffusion content dragging, arXiv 2307.02421 §3.4; dossier §2).
+    """Point drag (DragonDiffusion content dragging, arXiv 2307.02421 §3.4; ``guidance_drag``,
+    ``src/models/Sampler.py:236-303``).
 
     Each handle's feature is pulled to its target on the image/4 feature grid, with the region outside
     ``mask`` held to its inverted features.

@@ -1,4 +1,5 @@
-"""Appearance replacement (DragonDiffusion arXiv 2307.02421 §3.4 "appearance replacing"; dossier §2).
+"""Appearance replacement (DragonDiffusion arXiv 2307.02421 §3.4 "appearance replacing"; official
+``guidance_appearance``, ``src/models/Sampler.py:354-420``).
 
 The object in the base image takes the appearance of the object in a reference image. The reference is resized to
 the base size and inverted in the same batch (bank row 1). On the feature grid:

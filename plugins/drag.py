@@ -1,4 +1,5 @@
-"""Point drag: DragonDiffusion content dragging (arXiv 2307.02421 §3.4; dossier §2 "Content dragging").
+"""Point drag: DragonDiffusion content dragging (arXiv 2307.02421 §3.4; official ``guidance_drag``,
+``src/models/Sampler.py:236-303``).
 
 For each handle → target pair, on the feature grid (image/4):
 
@@ -12,14 +13,14 @@ Edit and contrast are averaged over layers and pairs, content over layers (offic
 contrast gradients apply inside the mask, content outside. Before sampling, the 3×3 latent patch at each handle
 of ``z_T`` is copied to its target; K/V are concatenated ``[own; bank]`` from step 5 of 50; DiffEditor's regional
 SDE (inside the mask) and time travel run with the sampler settings. Without a mask, one is proposed around each
-handle (:meth:`dragsdk.Editor.suggest_mask`) plus the target's latent cell. Patches are shifted
+handle (:meth:`dragsdk.editor.Editor.suggest_mask`) plus the target's latent cell. Patches are shifted
 inward at borders rather than clipped, and rows/columns are clipped by height/width respectively (the official
-code clips x by the height; dossier §7).
+code clips x by the height, ``src/utils/utils.py:140,142``).
 
-Profile ``official`` (the default) reproduces the official code step by step (parity report
-``shared/research/parity/dragondiffusion.md``): step-0 reference = the pasted ``z_T`` (``utils.py:149``), reference
-features ``F(z_{t_i}, t_i)``, points ``floor(x·s)`` per axis, masks sampled nearest, roll-back at ``t_prev``. The
-improvements (``spec.DRAG_IMPROVEMENTS``) are listed in ``docs/modes/dragondiffusion.md``.
+Profile ``official`` (the default) reproduces the official code step by step (MC-E/DragonDiffusion @f9b5bdf,
+``run_drag`` ``src/demo/model.py:265-333``): step-0 reference = the pasted ``z_T`` (``utils.py:149``),
+reference features ``F(z_{t_i}, t_i)``, points ``floor(x·s)`` per axis, masks sampled nearest, roll-back at
+``t_prev``. The improvements (``spec.DRAG_IMPROVEMENTS``) are listed in ``docs/modes/dragondiffusion.md``.
 """
 
 from __future__ import annotations

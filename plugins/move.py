@@ -1,4 +1,6 @@
-"""Object moving (and the planner shared with resizing, :mod:`dragsdk.plugins.resize`) (DragonDiffusion arXiv 2307.02421 §3.4 "object moving"; dossier §2).
+"""Object moving, and the planner shared with resizing (:mod:`dragsdk.plugins.resize`).
+
+DragonDiffusion arXiv 2307.02421 §3.4 "object moving"; official ``guidance_move``, ``src/models/Sampler.py:150-234``.
 
 On the feature grid (image/4), with the object placed by :func:`dragsdk.objects.placement_map` (scale about its
 own centroid, then shift; clipped at the borders):
@@ -11,16 +13,17 @@ own centroid, then shift; clipped at the borders):
   user's reference region, else the unchanged background) on average.
 
 Profile ``official`` (the default) uses the official ``guidance_move`` formulas (``Sampler.py:196-223``): the
-**raw cosine** in the edit and content terms, ``Σ_l 0.5·w/(1 + 4·mean cos)``; contrast ``Σ_l 0.5·w·mean S`` with
-``S = (cos+1)/2``; fill ``Σ_l w/(1 + 4·S_pooled)``, summed over the two layers without the 0.5. ``w/(1+4·cos)``
-diverges at cos = −1/4, which the official code does not guard against (neither does this profile: on real
-features cos stays far above it). The ``bounded-similarity`` improvement uses ``S`` in every term and averages every
-term over layers: a bounded energy, but about 3.7× weaker guidance at the same c and λ (parity report finding 1).
-The official profile places the object about the image centre (shift × scale, wrapping,
-:func:`dragsdk.objects.official_placement_map`); ``centroid-placement`` scales about the object's centroid without
-wrap-around (:func:`dragsdk.objects.placement_map`). Edit gradients apply inside the placed object, the others
-outside it; c = 0.08, energy 0.5. Before sampling the object's inverted latent is pasted at its new place; K/V are
-replaced by the bank's from step 5 of 50; the regional SDE mask is placed ∪ original.
+**raw cosine** in the edit and content terms, ``Σ_l 0.5·w/(1 + 4·mean cos)``; contrast ``Σ_l 0.5·w·mean S``
+with ``S = (cos+1)/2``; fill ``Σ_l w/(1 + 4·S_pooled)``, summed over the two layers without the 0.5.
+``w/(1+4·cos)`` diverges at cos = −1/4, which the official code does not guard against (neither does this
+profile: on real features cos stays far above it). The ``bounded-similarity`` improvement uses ``S`` in every
+term and averages every term over layers: a bounded energy, but about 3.7× weaker guidance at the same c and λ
+(measured on identical features). The official profile places the object about the image centre (shift ×
+scale, wrapping, :func:`dragsdk.objects.official_placement_map`); ``centroid-placement`` scales about the
+object's centroid without wrap-around (:func:`dragsdk.objects.placement_map`). Edit gradients apply inside the
+placed object, the others outside it; c = 0.08, energy 0.5. Before sampling the object's inverted latent is
+pasted at its new place; K/V are replaced by the bank's from step 5 of 50; the regional SDE mask is placed ∪
+original.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ MOVE_IMPROVEMENTS = {
 
 
 class MoveWeights(SpecModel):
-    """Energy weights of object moving (DragonDiffusion demo defaults; dossier §2, §5)."""
+    """Energy weights of object moving (DragonDiffusion demo defaults, ``src/demo/demo.py:189-241``)."""
 
     edit: float = weight_field(4.0)
     content: float = weight_field(6.0)

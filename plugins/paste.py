@@ -1,4 +1,5 @@
-"""Object pasting (DiffEditor arXiv 2402.02583; DragonDiffusion code ``guidance_paste``; dossier §2).
+"""Object pasting (DiffEditor arXiv 2402.02583; DragonDiffusion code ``guidance_paste``,
+``src/models/Sampler.py:422-488``).
 
 An object cut from a reference image (``reference_mask``) is placed on the base image by ``scale`` and a shift
 ``(dx, dy)`` pixels.
@@ -9,8 +10,9 @@ An object cut from a reference image (``reference_mask``) is placed on the base 
   ``torch.roll``, with its wrap-around fixed as in move: content shifted off the image is clipped), and the edit
   term pairs each placed feature cell with the reference-frame cell ``int(d/4)`` feature cells back.
 - ``centroid-placement``: the object is placed in pixels about its own centroid with
-  :func:`dragsdk.objects.place_image`, the map :func:`dragsdk.objects.paste_preview` draws (the official UI previews
-  about the object centre but processes about the image centre; dossier §7), and the placed reference is inverted.
+  :func:`dragsdk.objects.place_image`, the map :func:`dragsdk.objects.paste_preview` draws (the official UI
+  previews about the object centre but processes about the image centre, ``process_paste``
+  ``src/utils/utils.py:199-240``), and the placed reference is inverted.
 
 On the feature grid, with ``P`` the placed object:
 

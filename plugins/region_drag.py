@@ -1,7 +1,8 @@
 """Region drag: RegionDrag (Lu et al., ECCV 2024, arXiv 2407.18247), gradient-free and fast.
 
-Reimplemented from the paper, the dossier (``drag-landscape.md`` §1) and the parity audit against the official code
-(``shared/research/parity/regiondrag.md``); the official repository has no licence and none of its code is used.
+Reimplemented from the paper and from the observable behaviour of the official code (Visual-AI/RegionDrag
+@5cf4922, ``region_utils/drag.py``, ``cycle_sde.py``, ``ui_utils.py``), compared on identical inputs; the
+official repository has no licence and none of its code is used.
 The default ``profile="official"`` computes what the official "Encode then CP" code computes, step by step, with
 its bugs fixed (:data:`PROFILES`; docs/modes/region-drag.md has the item-by-item table):
 
@@ -111,9 +112,10 @@ class PolygonPair(SpecModel):
 
 
 class RegionDragSampler(SamplerSettings):
-    """Sampler settings with RegionDrag's defaults (dossier §1.3): 20 steps, no CFG, 512² working area, K/V replaced
-    from the first sampled step. ``schedule``, ``sde`` and ``time_travel`` (energy-guidance and DDIM settings) do not
-    apply to Cycle-SDE sampling: a spec that sets them to other than their defaults is refused naming the field."""
+    """Sampler settings with RegionDrag's defaults (``run_eval.py:23``, ``region_utils/drag.py:129``): 20
+    steps, no CFG, 512² working area, K/V replaced from the first sampled step. ``schedule``, ``sde`` and
+    ``time_travel`` (energy-guidance and DDIM settings) do not apply to Cycle-SDE sampling: a spec that sets
+    them to other than their defaults is refused naming the field."""
 
     steps: int = Field(20, ge=2, le=1000, description="Cycle-SDE steps over the full schedule (20)")
     guidance_scale: float = Field(
@@ -304,9 +306,10 @@ def spec_from_sample(
 ) -> dict[str, Any]:
     """A ``region-drag`` spec dict for a benchmark sample folder.
 
-    With ``meta_data_region.pkl`` (DragBench-SR/DR, dossier §1.4: prompt, dense alternating points, mask) the dense
-    point list drives the edit (read through :func:`dragsdk.io.restricted_load`). Otherwise the sample's sparse
-    points (``drag_spec``, default :func:`dragsdk.samples.load_sample`) become squares
+    With ``meta_data_region.pkl`` (DragBench-SR/DR, as the official ``get_meta_data`` reads it,
+    ``region_utils/drag.py:39-59``: prompt, dense alternating points, mask) the dense point list drives the
+    edit (read through :func:`dragsdk.io.restricted_load`). Otherwise the sample's sparse points
+    (``drag_spec``, default :func:`dragsdk.samples.load_sample`) become squares
     (:meth:`RegionDragSpec.from_points`). The sample's mask is the editable mask.
 
     Raises:

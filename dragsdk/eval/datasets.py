@@ -1,6 +1,7 @@
 """Benchmark datasets as one stream of ``(sample id, image, spec, metadata)``.
 
-Layouts (``../shared/data/README.md``, dossier ``drag-landscape.md`` §1.4, §2.2, §4):
+Layouts (as published: DragDiffusion's ``drag_bench_evaluation``, RegionDrag's README and
+``region_utils/drag.py:39-59``, GoodDrag's Drag100 release):
 
 - ``dragbench`` (DragDiffusion, arXiv 2306.14435): ``<category>/<sample>/original_image.png`` + ``meta_data.pkl``
   (prompt, points as alternating handle/target ``[x, y]`` pixels, mask ``(H, W)`` uint8, 1 = editable).

@@ -1,4 +1,5 @@
-"""Drag-editing metrics, each pinned to its published protocol (dossier ``drag-landscape.md`` §1.6, §2.2, §3).
+"""Drag-editing metrics, each pinned to its published protocol (DragDiffusion ``drag_bench_evaluation``,
+RegionDrag ``region_utils/evaluator.py``; each function names its own source).
 
 All coordinates are image pixels ``(x, y)`` of the *original* image; ``pairs`` is ``[[handle, target], ...]``.
 Images are PIL images or ``(H, W, 3)`` uint8 arrays; masks are ``(H, W)`` bool arrays, True = editable.
