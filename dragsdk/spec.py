@@ -104,8 +104,8 @@ MAX_DENSE_POINTS = 2 * (2048 // 8) ** 2
 """Most entries of a dense ``[h0, t0, h1, t1, ...]`` list (region-drag ``dense_points``, the DragBench-SR/DR
 ``meta_data_region.pkl`` format): one pair per latent cell of the largest working canvas (resolution 2048, 256×256
 cells), 131072 points. RegionDrag builds the list on the 1/8 latent grid, one pair per covered cell
-(``utils/ui_utils.py`` ``region_pair_to_pts``), so a longer one repeats cells (the last pair wins); the 512×384
-DragBench sample of the parity report has 90 pairs."""
+(``utils/ui_utils.py`` ``region_pair_to_pts``), so a longer one repeats cells (the last pair wins); a region pair
+on a 512×384 DragBench image gives about a hundred."""
 MAX_REGION_PAIRS = 64
 """Most handle / target region pairs (region-drag ``regions``): each pair is two masks of the image's size held in
 memory."""
