@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from dragsdk.families import FAMILIES
 from dragsdk.hookspecs import hookimpl
 from dragsdk.kernels.reference import KVSource
 
@@ -75,6 +76,8 @@ class Capabilities:
             ``"reduced"`` (computes some of the work in a lower precision than the edit's dtype, e.g. a bf16
             attention for float32 inputs). ``auto`` never picks a ``reduced`` backend for a float32 edit unless
             the editor was asked to (``Editor(allow_reduced_precision=True)``).
+        families: model families it can run (:data:`dragsdk.families.FAMILIES`: ``sd1``, ``sd2``, ``sdxl``);
+            ``auto`` skips a backend whose families do not include the model's, and a named one is refused.
     """
 
     devices: tuple[str, ...]
@@ -83,13 +86,21 @@ class Capabilities:
     kv_modes: tuple[str, ...] = KV_MODES
     head_dims: tuple[int, ...] = field(default_factory=tuple)
     precision: str = "native"
+    families: tuple[str, ...] = FAMILIES
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"Capabilities.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families:
+            raise ValueError(f"Capabilities.families must be a non-empty subset of {FAMILIES}, got {self.families!r}")
 
-    def covers(self, device: str, dtype: str, gradients: bool, kv_modes: Sequence[str]) -> tuple[bool, str]:
-        """Whether an edit's needs are covered; when not, the first unmet need in words."""
+    def covers(self, device: str, dtype: str, gradients: bool, kv_modes: Sequence[str],
+               family: str | None = None) -> tuple[bool, str]:
+        """Whether an edit's needs are covered (``family``: the model's, None: not checked); when not, the first
+        unmet need in words."""
+        if family is not None and family not in self.families:
+            return False, f"model family {family!r} not in {self.families}"
         if device not in self.devices:
             return False, f"device {device!r} not in {self.devices}"
         if dtype not in self.dtypes:

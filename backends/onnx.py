@@ -523,7 +523,8 @@ class OnnxBackend(Backend):
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]
         """cpu (+ cuda with the CUDA execution provider), float32 (+ float16 on CUDA), no gradients, K/V
-        ``plain`` / ``replace``."""
+        ``plain`` / ``replace``, SD 1.x / 2.x models (the exported UNet graph has no SDXL ``added_cond_kwargs``
+        inputs)."""
         if self._caps is None:
             cuda = "CUDAExecutionProvider" in self._providers()
             self._caps = Capabilities(
@@ -531,6 +532,7 @@ class OnnxBackend(Backend):
                 dtypes=("float32", "float16") if cuda else ("float32",),
                 gradients=False,
                 kv_modes=("plain", "replace"),
+                families=("sd1", "sd2"),
             )
         return self._caps
 

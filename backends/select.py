@@ -4,7 +4,7 @@
 model and resolution: a ``drag`` edit (energy guidance, gradients, ``concat`` K/V) and a ``region-drag`` edit (no
 gradient, ``replace`` K/V), and stores the sampling seconds per step of each in a table in the user cache directory
 (with the device, the versions and the time of measurement). ``backend="auto"`` then takes, among the backends that
-can run here and cover the edit (device, dtype, gradients, K/V mode), the fastest measured for that kind of edit on
+can run here and cover the edit (model family, device, dtype, gradients, K/V mode), the fastest measured for that kind of edit on
 this device, model, working size and dtype. With nothing measured it takes the first covering backend in
 :data:`FALLBACK_ORDER`. The reason goes into the report.
 """
@@ -116,13 +116,13 @@ def _order(backends: dict[str, Any]) -> list[str]:
 
 
 def _covering(backends: dict[str, Any], device: str, dtype: str, gradients: bool, kv_modes: Sequence[str],
-              allow_reduced: bool = False):
+              allow_reduced: bool = False, family: str | None = None):
     out, refusals = [], []
     for name in _order(backends):
         b = backends[name]
         ok, why = availability(b)
         if ok:
-            ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes)
+            ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes, family)
         if ok and dtype == "float32" and b.capabilities.precision == "reduced" and not allow_reduced:
             ok, why = False, "computes in reduced precision; a float32 edit uses it only when asked " \
                              "(Editor(allow_reduced_precision=True) or the backend named)"
@@ -133,10 +133,12 @@ def _covering(backends: dict[str, Any], device: str, dtype: str, gradients: bool
 def select_backend(
     backends: dict[str, Any], request: str, device: str, dtype: str, gradients: bool, kv_modes: Sequence[str],
     model: str = "", working_size: Sequence[int] | None = None, allow_reduced: bool = False,
+    family: str | None = None,
 ) -> tuple[Any, str]:
     """Return ``(backend, reason)``.
 
-    ``auto`` takes, among the backends that can run here and cover the edit (and, for a float32 edit, compute in
+    ``auto`` takes, among the backends that can run here and cover the edit (``family``, the model's, when given:
+    a backend whose ``Capabilities.families`` leave it out is skipped; and, for a float32 edit, compute in
     native precision unless ``allow_reduced``), the fastest in the measured table entry for this device, model
     (:func:`model_key`), working size and dtype; with none measured, the first by ``priority``. The reason names the
     entry that decided (its key and when it was measured).
@@ -145,7 +147,8 @@ def select_backend(
         BackendUnavailableError: the requested backend is unknown, cannot run here or does not cover the edit;
             with ``auto``, when no backend does (each refusal is listed).
     """
-    needs = f"device={device}, dtype={dtype}, gradients={gradients}, kv_modes={list(kv_modes)}"
+    needs = (f"family={family}, " if family is not None else "") + (
+        f"device={device}, dtype={dtype}, gradients={gradients}, kv_modes={list(kv_modes)}")
     if request != "auto":
         if request not in backends:
             raise BackendUnavailableError(f"backend {request!r} is not registered; registered: {sorted(backends)}")
@@ -153,11 +156,11 @@ def select_backend(
         ok, why = availability(b)
         if not ok:
             raise BackendUnavailableError(f"backend {request!r} cannot run here: {why}")
-        ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes)
+        ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes, family)
         if not ok:
             raise BackendUnavailableError(f"backend {request!r} does not cover this edit: {why}")
         return b, f"requested by name; covers {needs}"
-    candidates, refusals = _covering(backends, device, dtype, gradients, kv_modes, allow_reduced)
+    candidates, refusals = _covering(backends, device, dtype, gradients, kv_modes, allow_reduced, family)
     if not candidates:
         raise BackendUnavailableError(f"no backend covers {needs}: " + "; ".join(refusals))
     skipped = f"; cannot: {'; '.join(refusals)}" if refusals else ""
@@ -219,11 +222,14 @@ def bench_backends(
     region = {"mode": "region-drag", "regions": [{"handle": mask, "target": mask_to_data_url(np.roll(m, r // 8, 1))}],
               "sampler": {"steps": max(steps, 4), "resolution": resolution}}
     dev, dtype = model.device.type, str(model.dtype).removeprefix("torch.")
+    family = model_family(model)
     results: dict[str, Any] = {}
     for name, backend in reg.backends.items():
         if names and name not in names:
             continue
         ok, why = availability(backend)
+        if ok and family not in backend.capabilities.families:
+            ok, why = False, f"model family {family!r} not in {backend.capabilities.families}"
         row: dict[str, Any] = {"backend": name, "available": ok, "reason": why}
         if ok:
             editor = Editor(model, backend=name, registry=reg)
@@ -248,7 +254,7 @@ def bench_backends(
             on_row(row)
     entry = {
         "device": device_name(dev), "model": model_key(model), "model_name": model.name,
-        "family": model_family(model), "working_size": list(canvas.size), "dtype": dtype,
+        "family": family, "working_size": list(canvas.size), "dtype": dtype,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results,
     }

@@ -183,11 +183,12 @@ def backends_bench(rehearse: bool) -> dict[str, Any]:
     entry = bench_backends(editor.model, res, steps=4, names=names, registry=reg)
     picks = {}
     for kind, grads, kv in (("drag", True, ["concat"]), ("region-drag", False, ["replace"])):
-        from dragsdk.backends.select import select_backend
+        from dragsdk.backends.select import model_family, model_key, select_backend
 
         b, why = select_backend(reg.backends, "auto", editor.model.device.type,
                                 str(editor.model.dtype).removeprefix("torch."), grads, kv,
-                                model=editor.model.name, working_size=entry["working_size"])
+                                model=model_key(editor.model), working_size=entry["working_size"],
+                                family=model_family(editor.model))
         picks[kind] = {"backend": b.name, "reason": why}
     return {"entry": entry, "auto": picks}
 

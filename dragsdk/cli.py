@@ -100,6 +100,9 @@ def edit(
     input: Annotated[Path, typer.Argument(help="an image (with --spec), or a DragBench / Drag100 sample folder")],
     spec: Annotated[Path | None, typer.Option(help="edit spec JSON (mode, geometry, settings)")] = None,
     model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
+    model_config: Annotated[Path | None, typer.Option(
+        help="for a .safetensors / .ckpt --model: a diffusers folder of the same architecture whose configs and "
+             "tokenizers describe it (offline; default: the hub repository diffusers infers)")] = None,
     lora: Annotated[list[str] | None, typer.Option(help="LoRA weights to fuse, PATH[:SCALE] (repeatable)")] = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     steps: Annotated[int | None, typer.Option(help="override the spec's DDIM steps")] = None,
@@ -154,12 +157,14 @@ def edit(
         spec_obj["sampler"] = sampler
         protect += input_files(spec_obj)
         check_outputs({"out": out, "report": report}, tuple(protect))
+        from .models import SINGLE_FILE_SUFFIXES, parse_lora_arg
+
+        if model_config is not None and not (model or default_model()).endswith(SINGLE_FILE_SUFFIXES):
+            _fail(f"--model-config applies to a .safetensors / .ckpt --model; {model or default_model()!r} is not one")
         image = load_image(image_path)  # decoded (and refused) before the model loads
 
-        from .models import parse_lora_arg
-
         loras = [parse_lora_arg(v) for v in lora or []]
-        editor = _load_editor(model, backend=backend)
+        editor = _load_editor(model, backend=backend, single_file_config=model_config)
         for path, scale in loras:
             editor.load_lora(path, scale)
         if trace is not None and trace.resolve() in {Path(p).resolve() for p in protect}:

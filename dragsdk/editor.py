@@ -187,6 +187,7 @@ class Editor:
         device: str | torch.device | None = None,
         torch_dtype: torch.dtype | None = None,
         variant: str | None = None,
+        single_file_config: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> Editor:
         """Load a model (hub id, local diffusers folder, single-file checkpoint or built-in name; SD 1.x, SD 2.x or
@@ -196,13 +197,15 @@ class Editor:
             device: as :func:`~dragsdk.models.load_model`.
             torch_dtype: as :func:`~dragsdk.models.load_model`.
             variant: as :func:`~dragsdk.models.load_model`.
+            single_file_config: as :func:`~dragsdk.models.load_model` (a ``.safetensors`` / ``.ckpt`` model only).
 
         Raises:
             ModelNotFoundError: the model is absent; the message says how to provide one.
             ModelLoadError: it exists but cannot be used (unsupported family, broken folder); the message says what
                 was found.
         """
-        return cls(load_model(name_or_path, device, torch_dtype, variant), backend=backend, **kwargs)
+        return cls(load_model(name_or_path, device, torch_dtype, variant, single_file_config), backend=backend,
+                   **kwargs)
 
     @classmethod
     def from_pipe(cls, pipe: Any, backend: str = "auto", **kwargs: Any) -> Editor:
@@ -370,12 +373,13 @@ class Editor:
 
     def select_backend(self, plan: EditPlan, working_size: tuple[int, int] | None = None) -> tuple[Any, str]:
         """The backend for a plan and why it was chosen (measured table first, then the fallback order)."""
-        from dragsdk.backends.select import model_key, select_backend
+        from dragsdk.backends.select import model_family, model_key, select_backend
 
         return select_backend(
             self.registry.backends, self.backend_request, self.model.device.type,
             str(self.model.dtype).removeprefix("torch."), plan.needs_gradients, plan.kv_modes(),
             model=model_key(self.model), working_size=working_size, allow_reduced=self.allow_reduced_precision,
+            family=model_family(self.model),
         )
 
     # -- pieces --------------------------------------------------------------------------------------------

@@ -361,18 +361,24 @@ def load_model(
         device: default CUDA when available, else CPU.
         torch_dtype: default float16 on CUDA, float32 on the CPU.
         variant: weight file variant (e.g. ``fp16``) passed to diffusers.
-        single_file_config: for a single-file checkpoint, a diffusers folder or hub id whose configs describe it
-            (diffusers' ``config=``); default: diffusers infers one, which needs the hub or its cache.
+        single_file_config: for a single-file checkpoint only: a diffusers folder (or hub id) of the same
+            architecture whose configs and tokenizers describe it (diffusers' ``config=``; its weights are not
+            read); default: the hub repository diffusers infers from the keys, which needs the hub or its cache.
 
     Raises:
         ModelNotFoundError: the folder or file is missing, or the hub id is not cached while offline, unknown, or
             unreachable. The message says how to provide a model.
         ModelLoadError: the folder or file exists but cannot be used (unsupported family such as SD3 / FLUX, an SDXL
-            refiner, a broken component, components of different architectures); the message names what was found.
+            refiner, a broken component, components of different architectures, a single-file checkpoint diffusers
+            cannot convert); the message names what was found. Also ``single_file_config`` given for a model that
+            is not a single-file checkpoint.
     """
     device = resolve_device(device)
     dtype = check_dtype(torch_dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
     name = str(name_or_path)
+    if single_file_config is not None and not name.endswith(SINGLE_FILE_SUFFIXES):
+        raise ModelLoadError(f"single_file_config is for a .safetensors / .ckpt checkpoint; {name!r} is not one "
+                             "(a diffusers folder or hub id carries its own configs)")
     if name in BUILTIN_MODELS:
         return _random_bundle(name).to(device, dtype)
     path = Path(name).expanduser()
@@ -462,25 +468,77 @@ def bundle_from_pipe(pipe: Any, name: str | None = None) -> ModelBundle:
     )
 
 
+_SDXL_CLIP_L = "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight"
+_SDXL_OPEN_CLIP = "conditioner.embedders.1.model.positional_embedding"
+
+
+def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key → tensor shape of a ``.safetensors`` (header only) or ``.ckpt`` (``torch.load(weights_only=True)``,
+    its ``state_dict``) file.
+
+    Raises:
+        ModelLoadError: the file cannot be read.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                names = f.keys()  # safe_open is not iterable
+                return {k: tuple(f.get_slice(k).get_shape()) for k in names}
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else {}
+        return {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    except Exception as e:  # safetensors / pickle / zip errors on a damaged or foreign file
+        raise ModelLoadError(f"checkpoint {path} exists but cannot be read: {_one_line(e)}") from e
+
+
+def _hub_configs_of(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The hub repository whose configs diffusers' ``from_single_file`` would fetch for these keys (diffusers'
+    own inference, ``single_file_utils.fetch_diffusers_config``, run on shape-only meta tensors)."""
+    try:
+        from diffusers.loaders.single_file_utils import fetch_diffusers_config
+
+        meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+        return str(fetch_diffusers_config(meta)["pretrained_model_name_or_path"])
+    except Exception:  # a diffusers without this helper, or keys it cannot classify: no repository to name
+        return None
+
+
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[str] | None) -> ModelBundle:
-    """A single-file checkpoint through diffusers' ``from_single_file`` (SD 1.x / 2.x or SDXL, from its keys)."""
+    """A single-file checkpoint through diffusers' ``from_single_file`` (SD 1.x / 2.x or SDXL, from its keys), its
+    configs from ``config`` (a diffusers folder or hub id) or, by default, the hub repository diffusers infers.
+
+    Raises:
+        ModelLoadError: the file cannot be read; its keys are not the LDM layout; an SDXL file whose two text
+            encoders have the same width (diffusers cannot tell them apart); a ``config`` folder of another family
+            (SDXL vs SD 1.x / 2.x; an unusable folder as :func:`detect_family`); diffusers fails (without ``config``:
+            the message names the repository whose configs were needed and says to pass ``single_file_config``);
+            the file lacks weights of the configured architecture (the component is named when diffusers returns
+            it with weights left unloaded).
+    """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    try:
-        from safetensors import safe_open
-
-        if path.suffix == ".safetensors":
-            with safe_open(str(path), "pt") as f:
-                keys = list(f.keys())
-        else:
-            keys = list(torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {}))
-    except Exception as e:
-        raise ModelLoadError(f"checkpoint {path} exists but cannot be read: {_one_line(e)}") from e
+    shapes = _checkpoint_shapes(path)
+    keys = list(shapes)
     is_xl = any(k.startswith("conditioner.embedders.1") for k in keys)
     is_sd = any(k.startswith("cond_stage_model.") for k in keys)
     if not (is_xl or is_sd) or not any(k.startswith("model.diffusion_model.") for k in keys):
         raise ModelLoadError(f"checkpoint {path} is not an SD 1.x / 2.x / SDXL checkpoint in the original (LDM) key "
                              f"layout ({len(keys)} keys, e.g. {keys[:2]})")
+    if is_xl and _SDXL_CLIP_L in shapes and shapes[_SDXL_CLIP_L][-1:] == shapes.get(_SDXL_OPEN_CLIP, ())[-1:]:
+        # diffusers (single_file_utils.create_diffusers_clip_model_from_ldm) gives text_encoder_2 the CLIP ViT-L
+        # weights of embedders.0 whenever that encoder's width equals text_encoder_2's (768 vs 1280 in SDXL base).
+        raise ModelLoadError(
+            f"checkpoint {path} is an SDXL checkpoint whose two text encoders are both {shapes[_SDXL_CLIP_L][-1]} "
+            "wide: diffusers' from_single_file picks text_encoder_2's weights by width and would load the first "
+            "encoder's into it. Convert it to a diffusers folder another way, or load that folder")
+    kind = "SDXL" if is_xl else "SD 1.x / 2.x"
+    if config is not None and Path(config).is_dir():
+        folder_family = detect_family(config)
+        if (folder_family == "sdxl") != is_xl:
+            raise ModelLoadError(f"single_file_config {config} holds an {folder_family} model but checkpoint {path} "
+                                 f"has {kind} keys; give a diffusers folder of the checkpoint's architecture")
     cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     kw: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": offline}
@@ -488,9 +546,30 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[
         kw.update(config=str(config), local_files_only=True)
     try:
         pipe = cls.from_single_file(str(path), **kw)
-    except Exception as e:
-        raise ModelLoadError(f"checkpoint {path} ({'SDXL' if is_xl else 'SD 1.x / 2.x'} keys) could not be converted "
-                             f"by diffusers' from_single_file: {_one_line(e)}") from e
+    except Exception as e:  # diffusers raises ValueError / OSError / hub errors / KeyError on what it cannot map
+        hint = ""
+        if "meta tensor" in str(e):  # diffusers builds on the meta device and casts before checking completeness
+            hint = (f" The file does not hold every weight of the configured {kind} architecture (diffusers left "
+                    "some unloaded).")
+        elif config is None:
+            repo = _hub_configs_of(shapes)
+            hint = (f" It needs the configs of the hub repository {repo or 'it infers'}"
+                    + (" (HF_HUB_OFFLINE is set)" if offline else "")
+                    + ": pass single_file_config=FOLDER (CLI: --model-config FOLDER), a local diffusers folder of "
+                    "the same architecture (only its *.json and tokenizer files are read), or make that "
+                    "repository's configs reachable or cached.")
+        else:
+            hint = (f" Does single_file_config {config} describe this checkpoint's architecture? Its configs give the "
+                    "shapes diffusers expects.")
+        raise ModelLoadError(f"checkpoint {path} ({kind} keys) could not be converted by diffusers' "
+                             f"from_single_file: {_one_line(e)}.{hint}") from e
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, part, None)
+        empty = [n for n, t in (module.state_dict().items() if module is not None else ()) if t.is_meta]
+        if empty:
+            raise ModelLoadError(f"checkpoint {path}: diffusers' from_single_file left {len(empty)} {part} "
+                                 f"weight(s) unloaded (e.g. {empty[:2]}); the file does not hold a complete {kind} "
+                                 f"{part} of the configured architecture")
     return bundle_from_pipe(pipe, str(path))
 
 

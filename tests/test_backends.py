@@ -103,11 +103,13 @@ def test_triton_backend_attention_matches_eager_under_the_interpreter(mode):
 
 # -- selection -------------------------------------------------------------------------------------------------------
 class _Fake(EagerBackend):
-    def __init__(self, name, available=True, gradients=True, kv=("plain", "concat", "replace", "composite")):
+    def __init__(self, name, available=True, gradients=True, kv=("plain", "concat", "replace", "composite"),
+                 families=("sd1", "sd2", "sdxl")):
         self.name = name
         self.priority = {"triton": 40, "xformers": 30, "eager": 20, "compile": 10}.get(name, 0)  # the built-ins'
         self._available = available
-        self.capabilities = Capabilities(devices=("cpu",), dtypes=("float32",), gradients=gradients, kv_modes=kv)
+        self.capabilities = Capabilities(devices=("cpu",), dtypes=("float32",), gradients=gradients, kv_modes=kv,
+                                         families=families)
 
     def availability(self):
         return (True, "") if self._available else (False, "no CUDA device")
@@ -118,7 +120,7 @@ def _fakes():
         "eager": _Fake("eager"),
         "compile": _Fake("compile"),
         "triton": _Fake("triton", available=False),
-        "onnx": _Fake("onnx", gradients=False, kv=("plain", "replace")),
+        "onnx": _Fake("onnx", gradients=False, kv=("plain", "replace"), families=("sd1", "sd2")),
     }
 
 
@@ -151,6 +153,57 @@ def test_a_named_backend_that_cannot_run_or_cover_is_refused_with_the_reason():
         select_backend(_fakes(), "triton", "cpu", "float32", True, ["concat"])
     with pytest.raises(BackendUnavailableError, match="needs gradients"):
         select_backend(_fakes(), "onnx", "cpu", "float32", True, ["concat"])
+
+
+def test_auto_skips_a_backend_that_does_not_run_the_models_family_and_says_so():
+    key = table_key("cpu", "xl", (64, 64), "float32")
+    save_entry(key, {"results": {"onnx": {"region_step_s": 0.001}, "compile": {"region_step_s": 0.01},
+                                 "eager": {"region_step_s": 0.02}}})
+    b, why = select_backend(_fakes(), "auto", "cpu", "float32", False, ["replace"], "xl", (64, 64), family="sd1")
+    assert b.name == "onnx"  # fastest and covers an SD 1.x region drag
+    b, why = select_backend(_fakes(), "auto", "cpu", "float32", False, ["replace"], "xl", (64, 64), family="sdxl")
+    assert b.name == "compile" and "fastest measured" in why and "family=sdxl" in why
+    assert "onnx (model family 'sdxl' not in ('sd1', 'sd2'))" in why and "onnx 1.0 ms" not in why
+    only_onnx = {"eager": _Fake("eager", available=False), "onnx": _fakes()["onnx"]}
+    b, why = select_backend(only_onnx, "auto", "cpu", "float32", False, ["replace"], "xl", (32, 32), family="sd2")
+    assert b.name == "onnx" and "nothing measured" in why
+    with pytest.raises(BackendUnavailableError, match="no backend covers family=sdxl.*onnx \\(model family 'sdxl'"):
+        select_backend(only_onnx, "auto", "cpu", "float32", False, ["replace"], "xl", (32, 32), family="sdxl")
+    with pytest.raises(BackendUnavailableError, match="'onnx' does not cover this edit: model family 'sdxl' not in"):
+        select_backend(_fakes(), "onnx", "cpu", "float32", False, ["replace"], family="sdxl")
+    with pytest.raises(ValueError, match="families must be a non-empty subset"):
+        Capabilities(devices=("cpu",), dtypes=("float32",), gradients=True, families=("sd3",))
+
+
+def test_an_sdxl_edit_with_auto_falls_back_from_onnx_measured_fastest(car_sample):
+    """The bug: the measured table says ``onnx`` is fastest for region drags; an SDXL edit must not pick it (its
+    exported graph has no SDXL conditioning) but the next measured backend, and say why."""
+    from dragsdk import Editor
+    from dragsdk.geometry import Canvas
+    from dragsdk.models import load_model
+
+    reg = Registry()
+    reg.load_entry_points()
+    if not reg.backends["onnx"].availability()[0]:
+        pytest.skip("onnxruntime / onnx / onnxscript not installed")
+    assert reg.backends["onnx"].capabilities.families == ("sd1", "sd2")
+    xl = load_model("tiny-sdxl", device="cpu")
+    image, spec = car_sample
+    from PIL import Image
+
+    size = Canvas.fit(Image.open(image).size, 64).size
+    save_entry(table_key("cpu", model_key(xl), size, "float32"), {"results": {
+        "onnx": {"region_step_s": 0.0001}, "eager": {"region_step_s": 0.5}}})
+    same = [[100, 100], [160, 100], [160, 160], [100, 160]]
+    region = {"mode": "region-drag", "prompt": spec["prompt"], "sampler": {"steps": 3, "resolution": 64},
+              "polygons": [{"handle": same, "target": [[x + 40, y + 20] for x, y in same]}]}
+    r = Editor(xl, registry=reg).edit(image, region)
+    assert r.report.backend == "eager" and "fastest measured" in r.report.backend_reason
+    assert "onnx (model family 'sdxl' not in ('sd1', 'sd2'))" in r.report.backend_reason
+    from dragsdk.backends.select import bench_backends
+
+    row = bench_backends(xl, resolution=64, steps=2, names=["onnx"], registry=reg, store=False)["results"]["onnx"]
+    assert not row["available"] and "model family 'sdxl'" in row["reason"] and "drag_step_s" not in row
 
 
 def test_bench_stores_a_table_that_auto_then_uses(tiny_model, tmp_path):
