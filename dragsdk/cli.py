@@ -177,7 +177,8 @@ def edit(
         typer.echo(r.model_dump_json(indent=2))
     else:
         phases = ", ".join(f"{k} {v:.2f}s" for k, v in r.phase_seconds.items())
-        typer.echo(f"wrote {out} ({r.image_size[0]}×{r.image_size[1]}); {phases}; backend {r.backend}; UNet {r.unet_evaluations}")
+        typer.echo(f"wrote {out} ({r.image_size[0]}×{r.image_size[1]}); {phases}; backend {r.backend}; UNet {r.unet_evaluations}"
+                   + (f"; image encoder {r.image_encoder_forwards}" if r.image_encoder_forwards else ""))
 
 
 @app.command()

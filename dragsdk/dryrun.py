@@ -22,6 +22,8 @@ class Cost:
         inversion_forward: the part of ``forward`` spent inverting (0 when the cached inversion would be reused).
         reference: batch rows of truncated reference-feature forwards made after inversion
             (:func:`~dragsdk.inversion.reference_features`; 0 when the features are recorded during inversion).
+        image_encoder: forwards of the image prompt's image encoder (the IP-Adapter's CLIP vision model), not UNet
+            evaluations (``EditReport.image_encoder_forwards``; not in :meth:`to_dict`).
     """
 
     forward: int
@@ -29,6 +31,7 @@ class Cost:
     backward: int
     inversion_forward: int
     reference: int = 0
+    image_encoder: int = 0
 
     def to_dict(self) -> dict[str, int]:
         """As ``EditReport.unet_evaluations`` (``reference`` only when nonzero): the report's own counter's form."""
@@ -36,7 +39,8 @@ class Cost:
 
 
 def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: bool = False,
-                  recompute_reference: bool = False, feature_steps: set[int] | None = None) -> Cost:
+                  recompute_reference: bool = False, feature_steps: set[int] | None = None,
+                  image_prompt: bool = False) -> Cost:
     """The UNet evaluations :meth:`Editor.edit` makes for ``plan`` with ``steps`` DDIM steps; the same loops as
     :func:`~dragsdk.inversion.invert` / :func:`~dragsdk.cycle_sde.cycle_sde_invert` and
     :meth:`~dragsdk.sampler.GuidedSampler.run`, counted instead of run.
@@ -46,6 +50,8 @@ def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: 
     ``probe_energy_after`` and per recomputed reference (none at the start step when ``step0_reference`` is
     ``init``), and (all passes but the last) one roll-back forward. ``feature_steps``: the steps whose reference
     features the inversion provides (``reference`` rows = their count × bank rows when they are not recorded).
+    ``image_prompt``: an image-prompt adapter is loaded; a plan with an image prompt then encodes its image once per
+    edit (one image-encoder forward, inversion reused or not: the tokens are not cached).
     """
     inv = ref_rows = 0
     if invert:
@@ -66,7 +72,7 @@ def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: 
             fwd += 1
             if p + 1 < passes:
                 fwd += 1
-    return Cost(fwd, fwd_grad, bwd, inv, ref_rows)
+    return Cost(fwd, fwd_grad, bwd, inv, ref_rows, int(image_prompt and plan.image_prompt is not None))
 
 
 @dataclass

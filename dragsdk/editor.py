@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .attention import AttentionController, foreign_processors, install
-from .cache import LRUCache, weights_fingerprint
+from .cache import LRUCache, WeightsFingerprint
 from .concurrency import model_lock
 from .dryrun import DryRun, estimate_cost
 from .errors import (
@@ -173,6 +173,7 @@ class Editor:
         self.processor = VaeImageProcessor(vae_scale_factor=self.model.vae_scale_factor, resample="lanczos")
         self._trajectory: Trajectory | None = None
         self._prompt_cache: LRUCache[torch.Tensor] = LRUCache(prompt_cache_size)
+        self._fingerprint = WeightsFingerprint()  # weights_key, memoised per parameter
         self.ip_adapter: Any = None
         self.bank_layers = frozenset(self.model.adapter.bank_layers())
         if backend != "auto":
@@ -303,11 +304,12 @@ class Editor:
 
     def weights_key(self) -> str:
         """The identity of the model's weights (:func:`dragsdk.cache.weights_fingerprint` of the UNet, VAE and text
-        encoders): what the caches are keyed by."""
+        encoders): what the caches are keyed by. Memoised (:class:`dragsdk.cache.WeightsFingerprint`): a repeated
+        call reads each weight once, as its norm (SD 1.5 on a CPU: ``benchmarks/weights_key.py``)."""
         m = self.model
         with model_lock(m):
-            return weights_fingerprint({"unet": m.unet, "vae": m.vae, "text_encoder": m.text_encoder,
-                                        "text_encoder_2": m.text_encoder_2})
+            return self._fingerprint({"unet": m.unet, "vae": m.vae, "text_encoder": m.text_encoder,
+                                      "text_encoder_2": m.text_encoder_2})
 
     def load_ip_adapter(
         self,
@@ -504,8 +506,11 @@ class Editor:
         inversion_cached = cached is not None and cached.key == self._inversion_key(
             img, spec, plan, canvas, self.weights_key())
         steps = spec.sampler.steps
+        adapter = self.ip_adapter
+        if adapter is not None and adapter.host and not host_adapter_installed(self.model.unet, adapter):
+            adapter = None  # unloaded by the host since: the edit drops it (_check_host_processors)
         cost = estimate_cost(plan, steps, not inversion_cached, self.probe_energy_after, self.reference_profile,
-                             _recorded_steps(plan)[1])
+                             _recorded_steps(plan)[1], image_prompt=adapter is not None)
         guided = list(plan.guided_steps) if plan.needs_gradients else []
         kv = (plan.kv.start, plan.kv.end) if plan.kv else None
         return DryRun(plan, canvas, steps, guided, kv, inversion_cached, cost, backend.name, reason)
@@ -593,7 +598,7 @@ class Editor:
             mode=spec.mode, model=self.model.name, backend=backend.name, backend_reason=reason,
             device=str(device), dtype=str(self.model.dtype).removeprefix("torch."), image_size=img.size,
             working_size=canvas.size, steps=s.steps, seed=s.seed, phase_seconds=phases,
-            unet_evaluations=counter.to_dict(), inversion_reused=reused,
+            unet_evaluations=counter.to_dict(), image_encoder_forwards=counter.image_encoder, inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
             peak_memory_bytes=peak, peak_memory_kind=kind, mask_proposed=ctx.mask_proposed,
             notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), _image_prompt_note(plan, adapter)])],
@@ -632,7 +637,8 @@ class Editor:
         if ip_plan is not None:
             scale = ip_plan.scale if self.ip_adapter.scale is None else self.ip_adapter.scale
             source = plan.references[0].image if ip_plan.source == "reference" and plan.references else img
-            controller.image_prompt = self.ip_adapter.state(source, scale, self.model.device, self.model.dtype)
+            controller.image_prompt = self.ip_adapter.state(source, scale, self.model.device, self.model.dtype,
+                                                            counter)
         unet = self.model.unet
         previous = install(unet, controller)
         tap = FeatureTap(unet, self.model.adapter.feature_blocks)

@@ -111,10 +111,15 @@ class ImagePromptAdapter:
         return proc(images=image.convert("RGB"), return_tensors="pt").pixel_values.to(p.device, p.dtype)
 
     @torch.no_grad()
-    def tokens(self, image: Image.Image) -> torch.Tensor:
+    def tokens(self, image: Image.Image, counter: Any = None) -> torch.Tensor:
         """``(2, T, D)`` image-prompt tokens: [zero image (unconditional), ``image``], as diffusers' pipelines build
-        them (``encode_image``: zero-image hidden states for Plus, zero embeddings for the plain adapter)."""
+        them (``encode_image``: zero-image hidden states for Plus, zero embeddings for the plain adapter).
+
+        One image-encoder forward (batch 2 for Plus: zero image and ``image``; batch 1 for the plain adapter), added
+        to ``counter.image_encoder`` when a :class:`~dragsdk.inversion.UNetCounter` is given."""
         pixels = self._pixels(image)
+        if counter is not None:
+            counter.image_encoder += 1
         if self.hidden_states:
             h = self.image_encoder(torch.cat([torch.zeros_like(pixels), pixels]), output_hidden_states=True)
             emb = h.hidden_states[-2]
@@ -123,8 +128,10 @@ class ImagePromptAdapter:
             emb = torch.cat([torch.zeros_like(e), e])
         return self.projection(emb)
 
-    def state(self, image: Image.Image, scale: float, device: torch.device, dtype: torch.dtype) -> ImagePromptState:
-        tokens = self.tokens(image).to(device, dtype)
+    def state(self, image: Image.Image, scale: float, device: torch.device, dtype: torch.dtype,
+              counter: Any = None) -> ImagePromptState:
+        """The tokens of ``image`` (:meth:`tokens`, counted in ``counter``) on ``device`` / ``dtype`` at ``scale``."""
+        tokens = self.tokens(image, counter).to(device, dtype)
         return ImagePromptState(tokens, scale, self.processors)
 
 

@@ -31,12 +31,15 @@ from .features import FeatureTap
 class UNetCounter:
     """UNet evaluations by kind: ``forward`` (no gradient), ``forward_grad`` (feature forward with a graph),
     ``backward`` (one autograd pass), ``reference`` (batch rows of truncated no-grad reference-feature forwards,
-    :func:`reference_features`; reported only when nonzero)."""
+    :func:`reference_features`; reported only when nonzero). ``image_encoder`` counts the image-prompt encoder's
+    forwards (the IP-Adapter's CLIP vision model, :meth:`~dragsdk.image_prompt.ImagePromptAdapter.tokens`): not UNet
+    evaluations, so not in :meth:`to_dict` (the report's ``image_encoder_forwards``)."""
 
     forward: int = 0
     forward_grad: int = 0
     backward: int = 0
     reference: int = 0
+    image_encoder: int = 0
 
     def to_dict(self) -> dict[str, int]:
         out = {"forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +29,8 @@ class PlanContext:
         canvas: the working canvas of the base image.
         image: the base image (RGB, its original size).
         steps: the number of sampling steps.
+        images: images already in memory, by the name a spec's image field gives (e.g. the browser UI's preview
+            plans a paste whose reference it holds but has not saved); other names are read as paths.
     """
 
     canvas: Canvas
@@ -35,6 +38,22 @@ class PlanContext:
     steps: int
     suggest_mask: Callable[[tuple[float, float]], np.ndarray] | None = None
     mask_proposed: bool = False
+    images: dict[str, Image.Image] = dataclass_field(default_factory=dict)
+
+    def _image(self, ref: object, field: str) -> Image.Image:
+        held = self.images.get(ref) if isinstance(ref, str) else None
+        try:
+            return load_image(held if held is not None else ref, field)  # type: ignore[arg-type]
+        except SpecError as e:
+            raise SpecError(field, str(e).split(": ", 1)[-1]) from e
+
+    def reference_size(self, ref: object, field: str) -> tuple[int, int]:
+        """``(W, H)`` of a reference image as given (before :meth:`load_reference` resizes it), pixels.
+
+        Raises:
+            SpecError: missing or unreadable (the field is named).
+        """
+        return self._image(ref, field).size
 
     def load_reference(self, ref: object, field: str) -> Image.Image:
         """A reference image resized to the base image's size (DragonDiffusion resizes references to the base).
@@ -42,10 +61,7 @@ class PlanContext:
         Raises:
             SpecError: missing or unreadable (the field is named).
         """
-        try:
-            img = load_image(ref)  # type: ignore[arg-type]
-        except SpecError as e:
-            raise SpecError(field, str(e).split(": ", 1)[-1]) from e
+        img = self._image(ref, field)
         return img if img.size == self.image.size else img.resize(self.image.size, Image.Resampling.LANCZOS)
 
     def reference_mask(self, ref: object, field: str, reference_size: tuple[int, int]) -> np.ndarray:

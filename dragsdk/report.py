@@ -35,6 +35,9 @@ class EditReport(BaseModel):
     seed: int
     phase_seconds: dict[str, float] = Field(default_factory=dict, description="encode, invert, sample, decode")
     unet_evaluations: dict[str, int] = Field(default_factory=dict, description="forward, forward_grad, backward")
+    image_encoder_forwards: int = Field(0, description="forwards of the image prompt's image encoder (the "
+                                        "IP-Adapter's CLIP vision model; not UNet evaluations): 1 per edit with an "
+                                        "image prompt, else 0")
     inversion_reused: bool = False
     energies: list[EnergyRecord] = Field(default_factory=list)
     kv_bank_bytes: int = 0

@@ -96,6 +96,33 @@ Coordinate = Annotated[
 
 Point = tuple[Coordinate, Coordinate]
 
+MAX_POINT_PAIRS = 4096
+"""Most handle → target pairs in a list of point pairs (``points`` of drag and region-drag) or of polygon pairs
+(region-drag ``polygons``). Published inputs hold 1–20 pairs (DragBench 349 pairs over 205 images); each pair adds
+energy or map work, so a longer list is a mistake or an attack, refused before its items are validated."""
+MAX_DENSE_POINTS = 2 * (2048 // 8) ** 2
+"""Most entries of a dense ``[h0, t0, h1, t1, ...]`` list (region-drag ``dense_points``, the DragBench-SR/DR
+``meta_data_region.pkl`` format): one pair per latent cell of the largest working canvas (resolution 2048, 256×256
+cells), 131072 points. RegionDrag builds the list on the 1/8 latent grid, one pair per covered cell
+(``utils/ui_utils.py`` ``region_pair_to_pts``), so a longer one repeats cells (the last pair wins); a region pair
+on a 512×384 DragBench image gives about a hundred."""
+MAX_REGION_PAIRS = 64
+"""Most handle / target region pairs (region-drag ``regions``): each pair is two masks of the image's size held in
+memory."""
+
+
+def list_cap(limit: int, unit: str) -> Any:
+    """A before-validator refusing a list (or tuple) longer than ``limit``, before its items are validated, with
+    ``"N <unit>, more than the limit of <limit>"`` (pydantic names the field); use with ``max_length=limit`` on the
+    field so the JSON Schema has ``maxItems``."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) > limit:
+            raise ValueError(f"{len(value)} {unit}, more than the limit of {limit}")
+        return value
+
+    return BeforeValidator(check)
+
 
 def weight_field(default: float, description: str = "") -> Any:
     """A bounded energy-weight field: finite, ``0 ≤ w ≤ WEIGHT_LIMIT``."""
@@ -299,7 +326,9 @@ class DragSpec(EditSpec):
     """
 
     mode: str = Field("drag", pattern="^drag$")
-    points: list[PointPair] = Field(..., min_length=1, description="handle → target pairs, image pixels")
+    points: Annotated[list[PointPair], list_cap(MAX_POINT_PAIRS, "pairs")] = Field(
+        ..., min_length=1, max_length=MAX_POINT_PAIRS,
+        description=f"handle → target pairs, image pixels (1 to {MAX_POINT_PAIRS} pairs)")
     mask: str | None = Field(
         None, description="editable region (PNG path or data URL, white = may change); absent = whole image"
     )
@@ -314,13 +343,22 @@ class DragSpec(EditSpec):
 
 def loads_spec_json(text: str | bytes) -> Any:
     """Parse spec JSON, refusing the non-standard literals ``NaN``, ``Infinity`` and ``-Infinity`` that Python's
-    ``json`` accepts (RFC 8259 has no such numbers).
+    ``json`` accepts (RFC 8259 has no such numbers), and text longer than a spec file may be
+    (:func:`dragsdk.io.max_sample_bytes`: ``DRAGSDK_MAX_SAMPLE_MB``, default 32 MiB; characters of a str, bytes of
+    bytes), refused before it is parsed.
 
     Raises:
-        SpecError: (field ``spec``) one of those literals, or text that is not JSON (the position is named).
+        SpecError: (field ``spec``) too long, one of those literals, or text that is not JSON (the position is
+            named).
     """
-    from .io import parse_json
+    from .errors import SpecError
+    from .io import MAX_SAMPLE_MB_ENV, max_sample_bytes, parse_json
 
+    cap = max_sample_bytes()
+    if len(text) > cap:
+        unit = "bytes" if isinstance(text, bytes) else "characters"
+        raise SpecError("spec", f"the JSON text is {len(text)} {unit} long, more than the limit of {cap} "
+                                f"({cap / 2**20:g} MiB; raise it with {MAX_SAMPLE_MB_ENV})")
     return parse_json(text, "spec", allow_nan=False)
 
 

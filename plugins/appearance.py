@@ -69,14 +69,13 @@ class AppearanceMode(EditMode):
     unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
     def plan(self, spec: AppearanceSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
-        from dragsdk.io import load_image
-
         canvas = ctx.canvas
         options = profile_options(spec.profile, REFERENCE_IMPROVEMENTS)
         method = "area" if "area-masks" in options else "nearest"
         base_mask = ctx.mask(spec.mask, "mask")
         ref_img = ctx.load_reference(spec.reference, "reference")
-        ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask", load_image(spec.reference).size)
+        ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask",
+                                      ctx.reference_size(spec.reference, "reference"))
         base_g = canvas.mask_to_grid(base_mask, "feature", method=method)
         ref_g = canvas.mask_to_grid(ref_mask, "feature", method=method)
         outside = ~base_g

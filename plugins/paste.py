@@ -35,7 +35,6 @@ from dragsdk.attention import KVInjection, token_mask
 from dragsdk.energy import correspondence_energy, local_similarity, region_similarity
 from dragsdk.geometry import Canvas, Grid
 from dragsdk.hookspecs import hookimpl
-from dragsdk.io import load_image
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.objects import official_scale_about_centre, place_image, shift_cells
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste, Reference
@@ -98,7 +97,8 @@ class PasteMode(EditMode):
         options = profile_options(spec.profile, PASTE_IMPROVEMENTS)
         method = "area" if "area-masks" in options else "nearest"
         ref_img = ctx.load_reference(spec.reference, "reference")
-        ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask", load_image(spec.reference).size)
+        ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask",
+                                      ctx.reference_size(spec.reference, "reference"))
         if "centroid-placement" in options:
             ref_used, placed = place_image(ref_img, ref_mask, spec.scale, (spec.dx, spec.dy))
             p_g = canvas.mask_to_grid(placed, "feature", method=method)

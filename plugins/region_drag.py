@@ -30,7 +30,7 @@ import math
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -46,7 +46,18 @@ from dragsdk.io import mask_to_data_url, restricted_load
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan, HandleNoise, KVPlan, LatentPaste, StepPaste
 from dragsdk.regions import SourceMap, dense_points_map, points_map, polygon_map, region_pair_map
-from dragsdk.spec import EditSpec, Point, PointPair, SamplerSettings, SpecModel, _as_mask_ref
+from dragsdk.spec import (
+    MAX_DENSE_POINTS,
+    MAX_POINT_PAIRS,
+    MAX_REGION_PAIRS,
+    EditSpec,
+    Point,
+    PointPair,
+    SamplerSettings,
+    SpecModel,
+    _as_mask_ref,
+    list_cap,
+)
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
@@ -89,7 +100,7 @@ class PolygonPair(SpecModel):
     ``[handle, target]``."""
 
     handle: list[Point] = Field(..., min_length=3, max_length=4, description="3 or 4 [x, y] vertices, pixels")
-    target: list[Point] = Field(..., min_length=3, max_length=4, description="as many [x, y] vertices, pixels")
+    target: list[Point] = Field(..., min_length=3, max_length=4, description="as many [x, y] vertices as the handle (3 or 4), pixels")
 
     _seq = model_validator(mode="before")(classmethod(lambda cls, v: _pair_from_sequence(v)))
 
@@ -150,15 +161,21 @@ class RegionDragSpec(EditSpec):
     """
 
     mode: Literal["region-drag"] = "region-drag"
-    regions: list[RegionPair] | None = Field(None, min_length=1, description="handle / target region pairs")
-    polygons: list[PolygonPair] | None = Field(None, min_length=1, description="triangle or quad pairs")
+    regions: Annotated[list[RegionPair] | None, list_cap(MAX_REGION_PAIRS, "region pairs")] = Field(
+        None, min_length=1, max_length=MAX_REGION_PAIRS,
+        description=f"handle / target region pairs (1 to {MAX_REGION_PAIRS})")
+    polygons: Annotated[list[PolygonPair] | None, list_cap(MAX_POINT_PAIRS, "polygon pairs")] = Field(
+        None, min_length=1, max_length=MAX_POINT_PAIRS,
+        description=f"triangle or quad pairs (1 to {MAX_POINT_PAIRS})")
     region: str | None = Field(None, description="region moved by `points` (PNG path or data URL)")
-    points: list[PointPair] | None = Field(
-        None, min_length=1, description="handle → target points warping `region` (inverse-distance weighting)"
-    )
-    dense_points: list[Point] | None = Field(
-        None, min_length=2, description="[h0, t0, h1, t1, ...] [x, y] pixels (DragBench-SR/DR meta_data_region.pkl)"
-    )
+    points: Annotated[list[PointPair] | None, list_cap(MAX_POINT_PAIRS, "pairs")] = Field(
+        None, min_length=1, max_length=MAX_POINT_PAIRS,
+        description=f"handle → target points warping `region` (inverse-distance weighting; 1 to {MAX_POINT_PAIRS} "
+        "pairs)")
+    dense_points: Annotated[list[Point] | None, list_cap(MAX_DENSE_POINTS, "points")] = Field(
+        None, min_length=2, max_length=MAX_DENSE_POINTS,
+        description="[h0, t0, h1, t1, ...] [x, y] pixels (DragBench-SR/DR meta_data_region.pkl; 2 to "
+        f"{MAX_DENSE_POINTS} points: one pair per latent cell of the largest canvas)")
     mask: str | None = Field(
         None, description="editable region (PNG path or data URL); absent = handle ∪ target grown by mask_margin"
     )

@@ -205,6 +205,45 @@ def test_appearance_image_prompt_encodes_the_reference_image(tiny_model, ip_fold
     assert len(encoded) == 1 and np.array_equal(np.asarray(encoded[0]), np.asarray(reference))
 
 
+@pytest.mark.parametrize("mode, host", [("drag", False), ("region-drag", False), ("drag", True)])
+def test_plan_counts_the_image_encoder_forward_exactly_as_the_edit_reports_it(tiny_model, ip_folder, image, mode,
+                                                                              host):
+    """One image-encoder forward per edit with an image prompt (inversion reused or not), counted on its own line,
+    not as a UNet evaluation; the dry run predicts it and the UNet evaluations exactly."""
+    from dragsdk.io import mask_to_data_url
+
+    box = np.zeros((64, 64), bool)
+    box[8:40, 8:40] = True
+    spec = {**_spec(steps=6), "mask": mask_to_data_url(box)} if mode == "drag" else {
+        "mode": "region-drag", "prompt": "a photo", "sampler": {"steps": 6, "resolution": 64},
+        "polygons": [{"handle": [[10, 10], [30, 10], [30, 30], [10, 30]], "target": [[20, 14], [40, 14], [40, 34], [20, 34]]}]}
+    plain = Editor(tiny_model)
+    dry0, r0 = plain.plan(image, spec), plain.edit(image, spec)
+    assert dry0.cost.image_encoder == r0.report.image_encoder_forwards == 0
+    pipe = _host_pipe(tiny_model, ip_folder) if host else None
+    if pipe is not None:  # the host's own adapter, composed
+        editor = Editor.from_pipe(pipe)
+    else:
+        editor = Editor(tiny_model)
+        editor.load_ip_adapter(ip_folder, "ip.safetensors")
+    calls: list[int] = []
+    hook = editor.ip_adapter.image_encoder.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        for cached in (False, True):
+            calls.clear()
+            dry = editor.plan(image, spec)
+            assert not calls and dry.inversion_cached is cached
+            r = editor.edit(image, spec)
+            assert r.report.inversion_reused is cached
+            assert len(calls) == r.report.image_encoder_forwards == dry.cost.image_encoder == 1
+            assert r.report.unet_evaluations == dry.cost.to_dict() and "image_encoder" not in dry.cost.to_dict()
+    finally:
+        hook.remove()
+    if pipe is not None:  # the host unloads its adapter: the plan, like the edit, runs text-only
+        pipe.unload_ip_adapter()
+        assert editor.plan(image, spec).cost.image_encoder == editor.edit(image, spec).report.image_encoder_forwards == 0
+
+
 # -- a host's IP-Adapter (diffusers' load_ip_adapter on the host pipeline) is composed, not bypassed ---------------
 def _host_pipe(tiny_model, ip_folder):
     """A host StableDiffusionPipeline (its own UNet copy) with the adapter loaded by diffusers' own loader."""

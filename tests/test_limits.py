@@ -18,7 +18,15 @@ from dragsdk import Editor, NonFiniteError
 from dragsdk.cli import app
 from dragsdk.errors import SpecError
 from dragsdk.registry import get_registry
-from dragsdk.spec import SEED_MAX, DragSpec, SamplerSettings, spec_from_json
+from dragsdk.spec import (
+    MAX_DENSE_POINTS,
+    MAX_POINT_PAIRS,
+    MAX_REGION_PAIRS,
+    SEED_MAX,
+    DragSpec,
+    SamplerSettings,
+    spec_from_json,
+)
 
 from .conftest import EXAMPLE_SAMPLE
 
@@ -186,3 +194,82 @@ def test_bench_records_a_non_finite_edit_as_an_error(tmp_path, nan_at_step_2):
     assert not rec["metrics"] and rec["id"] in r.summary["errors"]
     assert not [p for p in (tmp_path / "out").rglob("*") if p.suffix in (".png", ".jpg")]
 
+
+
+# -- list lengths ---------------------------------------------------------------------------------------------------
+def _point_lists():
+    """Every spec field (of every model reachable from a mode's spec) holding a list of points, point pairs, polygon
+    pairs or region pairs."""
+    models: dict[str, type[BaseModel]] = {}
+    for spec_model in get_registry().spec_models().values():
+        _models(spec_model, models)
+    pair_refs = ("PointPair", "PolygonPair", "RegionPair")
+    for name, cls in sorted(models.items()):
+        for field, prop in cls.model_json_schema()["properties"].items():
+            for arr in [prop, *prop.get("anyOf", [])]:
+                if arr.get("type") != "array" or not isinstance(arr.get("items"), dict):
+                    continue
+                items = arr["items"]
+                if "prefixItems" in items or items.get("$ref", "").endswith(pair_refs):
+                    yield pytest.param(cls, field, prop, arr, id=f"{name}.{field}")
+
+
+POINT_LISTS = list(_point_lists())
+
+
+def test_every_list_of_points_or_pairs_has_a_documented_length_cap():
+    ids = {p.id for p in POINT_LISTS}
+    assert {"DragSpec.points", "RegionDragSpec.points", "RegionDragSpec.polygons", "RegionDragSpec.dense_points",
+            "RegionDragSpec.regions", "PolygonPair.handle", "PolygonPair.target"} <= ids
+    for p in POINT_LISTS:
+        _, _, prop, arr = p.values
+        assert "maxItems" in arr, f"{p.id} has no length cap"
+        cap = arr["maxItems"]
+        assert str(cap) in prop["description"] or (cap == 4 and "3 or 4" in prop["description"]), p.id
+
+
+@pytest.mark.parametrize("mode, field, limit, unit", [
+    ("drag", "points", MAX_POINT_PAIRS, "pairs"),
+    ("region-drag", "points", MAX_POINT_PAIRS, "pairs"),
+    ("region-drag", "polygons", MAX_POINT_PAIRS, "polygon pairs"),
+    ("region-drag", "dense_points", MAX_DENSE_POINTS, "points"),
+    ("region-drag", "regions", MAX_REGION_PAIRS, "region pairs"),
+])
+def test_an_over_long_list_is_refused_before_its_items_naming_field_count_and_limit(mode, field, limit, unit):
+    model = get_registry().spec_models()[mode]
+    with pytest.raises(ValidationError) as e:
+        model.model_validate({"mode": mode, field: [None] * (limit + 1)})  # items never validated: one error
+    (err,) = e.value.errors()
+    assert err["loc"] == (field,) and f"{limit + 1} {unit}, more than the limit of {limit}" in err["msg"]
+    with pytest.raises(ValidationError, match=f"{limit + 1} {unit}, more than the limit of {limit}"):
+        spec_from_json(json.dumps({"mode": mode, field: [None] * (limit + 1)}), get_registry().spec_models())
+
+
+def test_the_dense_cap_holds_one_pair_per_latent_cell_of_the_largest_canvas():
+    from dragsdk.geometry import Canvas
+
+    largest = max(m.le for m in SamplerSettings.model_fields["resolution"].metadata if hasattr(m, "le"))
+    w, h = Canvas.fit((largest, largest), largest).latent_size
+    assert 2 * w * h == MAX_DENSE_POINTS
+    model = get_registry().spec_models()["region-drag"]
+    spec = model.model_validate({"mode": "region-drag", "dense_points": [[x % 2048, x // 2048] for x in
+                                                                         range(MAX_DENSE_POINTS)]})
+    assert len(spec.dense_points) == MAX_DENSE_POINTS
+
+
+def test_spec_json_over_the_size_cap_is_refused_before_parsing(tmp_path, monkeypatch):
+    from dragsdk.specfile import read_spec_file
+
+    big = tmp_path / "huge.json"
+    with open(big, "wb") as f:  # a 2 GiB sparse file: refused from its size, never read
+        f.truncate(2 * 2**30)
+    with pytest.raises(SpecError, match=r"2048\.0 MiB, more than the 32 MiB limit"):
+        read_spec_file(big)
+    with pytest.raises(SpecError, match="2048.0 MiB"):
+        spec_from_json(big, get_registry().spec_models())
+    monkeypatch.setenv("DRAGSDK_MAX_SAMPLE_MB", "1")
+    text = json.dumps({**DRAG, "prompt": "x" * 2**20})
+    with pytest.raises(SpecError, match=rf"{len(text)} characters long, more than the limit of {2**20}"):
+        spec_from_json(text, get_registry().spec_models())
+    with pytest.raises(SpecError, match=rf"{len(text)} bytes long"):
+        spec_from_json(text.encode(), get_registry().spec_models())

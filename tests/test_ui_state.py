@@ -28,6 +28,7 @@ from dragsdk.ui.state import (
     format_report,
     mask_from_layers,
     parse_setting,
+    placement_preview,
     polygon_pairs,
     portable_spec,
     pydantic_message,
@@ -345,6 +346,44 @@ def test_move_preview_shows_the_object_at_its_new_place():
     out = np.asarray(render_overlay(s, "move", Inputs(mask=_box((200, 100), 20, 40, 40, 60))))
     assert out[42, 122].mean() > 200 and out[57, 137].mean() > 200  # the square is drawn at its new place
     assert out[42, 22].mean() < 240 and out[42, 80].mean() < 5  # its old place is greyed, the rest unchanged
+
+
+def _cells_on_pixels(cells, size) -> np.ndarray:
+    """A latent-cell mask drawn on ``size`` = (W, H) image pixels (each pixel takes the cell holding its centre)."""
+    (lh, lw), (w, h) = cells.shape, size
+    rows = np.minimum(((np.arange(h) + 0.5) * lh / h).astype(int), lh - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * lw / w).astype(int), lw - 1)
+    return cells.numpy()[rows[:, None], cols[None, :]]
+
+
+@pytest.mark.parametrize("profile", ["official", "dragsdk", ["centroid-placement"]])
+@pytest.mark.parametrize("mode", ["paste", "move", "resize"])
+def test_placement_preview_draws_the_plans_placed_mask(editor, tmp_path, mode, profile):
+    """Off-centre object, scale 0.5, non-square image: about the image centre (official) and about the object's
+    centroid the object lands in different places; the preview draws exactly the plan's edit mask either way."""
+    size = (320, 192)
+    s = _session(size)
+    inputs = Inputs(scale=0.5, profile=profile)
+    if mode == "paste":
+        ref = Image.new("RGB", (160, 96), (200, 30, 30))
+        ref.save(tmp_path / "ref.png")
+        inputs.reference, inputs.reference_mask = ref, _box((160, 96), 100, 10, 140, 40)
+    else:
+        inputs.mask = _box(size, 200, 20, 280, 80)
+    add_click(s, mode, (230, 120))
+    place = placement_preview(mode, s, inputs, editor.registry, editor.model.default_resolution)
+    assert place is not None
+
+    spec = build_spec(mode, s, Inputs(**{**inputs.__dict__, "reference_path": str(tmp_path / "ref.png")}))
+    dry = editor.plan(s.image, spec)
+    np.testing.assert_array_equal(place.region, _cells_on_pixels(dry.plan.edit_mask, size))
+    other = "official" if profile != "official" else ["centroid-placement"]
+    elsewhere = editor.plan(s.image, {**spec, "profile": other}).plan.edit_mask
+    assert (place.region != _cells_on_pixels(elsewhere, size)).mean() > 0.01  # the profiles place it differently
+    drawn = np.asarray(render_overlay(s, mode, inputs, editor.registry, editor.model.default_resolution)).astype(int)
+    base = np.asarray(s.image).astype(int)
+    ys, xs = np.nonzero(place.region & ~_box(size, 200, 100, 260, 140))  # away from the click's dot and arrow
+    assert (np.abs(drawn[ys, xs] - base[ys, xs]).sum(-1) > 10).all()  # the placed region is tinted
 
 
 def test_report_says_whether_the_inversion_was_reused():

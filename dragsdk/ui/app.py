@@ -30,6 +30,7 @@ from .state import (  # noqa: E402
     MODE_HELP,
     MODES,
     REGION_INPUTS,
+    Inputs,
     Session,
     UIError,
     UILimits,
@@ -121,6 +122,12 @@ def build_app(
 
     def messages(**kw: str) -> dict[str, str]:
         return {c: kw.get(c, "") for c in CONTROLS}
+
+    resolution = getattr(getattr(editor, "model", None), "default_resolution", None)
+
+    def overlay(sess: Session, mode_v: str, inputs: Inputs) -> Any:
+        """The click view; placements are planned by the editor's own modes at its model's resolution."""
+        return render_overlay(sess, mode_v, inputs, editor.registry, resolution)
 
     with gr.Blocks(title="dragsdk editor", analytics_enabled=False) as app:
         session = gr.State(Session())
@@ -227,7 +234,7 @@ def build_app(
             w, h = sess.image.size  # type: ignore[union-attr]
             msgs = messages(image=f"{name or 'image'}: {w}×{h} pixels" + (f"; {note}" if note else ""),
                             points=describe_clicks(sess, mode_v))
-            return {session: sess, canvas: render_overlay(sess, mode_v, sess.inputs()),
+            return {session: sess, canvas: overlay(sess, mode_v, sess.inputs()),
                     mask_ed: _editor_value(sess.image, mask), handle_ed: _editor_value(sess.image),
                     target_ed: _editor_value(sess.image), original: sess.image, result: None, report_md: "",
                     **slot_updates(msgs)}
@@ -268,7 +275,7 @@ def build_app(
             loaded = f"{len(spec['points'])} point pair(s)" + (" and its mask" if mask is not None else "")
             out = new_image(sess, img, folder.name, "drag", mask, note=f"{loaded} loaded")
             sess.clicks["drag"] = [(int(round(p[0])), int(round(p[1]))) for pair in spec["points"] for p in pair]
-            out[canvas] = render_overlay(sess, "drag", sess.inputs())
+            out[canvas] = overlay(sess, "drag", sess.inputs())
             out[points_msg] = describe_clicks(sess, "drag")
             out[image_in] = img
             out[prompt] = spec.get("prompt", "")
@@ -300,7 +307,7 @@ def build_app(
                 msgs = {reference_msg: msg, mask_msg: gr.skip()}
             else:
                 msgs = {mask_msg: describe_mask(sess.mask, "object mask"), reference_msg: gr.skip()}
-            return {session: sess, canvas: render_overlay(sess, mode_v, sess.inputs(scale_v)), **msgs}
+            return {session: sess, canvas: overlay(sess, mode_v, sess.inputs(scale_v)), **msgs}
 
         preview_inputs = [session, mode, mask_ed, ref_ed, scale]
         preview_outputs = [session, canvas, mask_msg, reference_msg]
@@ -330,7 +337,7 @@ def build_app(
                 regions_row: gr.update(visible=mode_v == "region-drag" and not polygons),
                 ref_group: gr.update(visible=mode_v in ("paste", "appearance")),
                 mask_ed: gr.update(label=_MASK_LABELS[mode_v], visible=mode_v != "paste"),
-                canvas: render_overlay(sess, mode_v, sess.inputs(scale_v, vertices_v, region_v)),
+                canvas: overlay(sess, mode_v, sess.inputs(scale_v, vertices_v, region_v)),
                 **slot_updates(messages(points=points_line(sess, mode_v, vertices_v, region_v))),
             }
 
@@ -350,7 +357,7 @@ def build_app(
 
         def redraw(sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float,
                    msg: str) -> dict[Any, Any]:
-            return {session: sess, canvas: render_overlay(sess, mode_v, sess.inputs(scale_v, vertices_v, region_v)),
+            return {session: sess, canvas: overlay(sess, mode_v, sess.inputs(scale_v, vertices_v, region_v)),
                     points_msg: msg, image_msg: gr.skip()}
 
         def on_click(sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float,

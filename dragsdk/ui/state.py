@@ -361,6 +361,8 @@ class Inputs:
         handle_region / target_region: region-drag brushed regions, or None.
         reference: the reference image (paste, appearance) and ``reference_mask`` brushed on it.
         reference_path: the path the reference image is saved at (the spec names it).
+        profile: the spec's ``profile`` (``official``, ``dragsdk`` or a list of improvements), None = the mode's
+            default (the page has no control for it; a host embedding the page logic may set it).
     """
 
     prompt: str = ""
@@ -377,6 +379,7 @@ class Inputs:
     steps: int | str | None = None
     resolution: int | str | None = None
     seed: int | str | None = None
+    profile: str | list[str] | None = None
 
 
 def _need_mask(m: np.ndarray | None, what: str, control: str = "mask") -> np.ndarray:
@@ -518,6 +521,8 @@ def build_spec(mode: str, session: Session, inputs: Inputs) -> dict[str, Any]:
     sampler = _sampler(inputs)
     if sampler:
         spec["sampler"] = sampler
+    if inputs.profile is not None:
+        spec["profile"] = inputs.profile
     return spec
 
 
@@ -564,9 +569,11 @@ def _tint(img: Image.Image, mask: np.ndarray, rgb: tuple[int, int, int], alpha: 
     return Image.fromarray(a.astype(np.uint8))
 
 
-def render_overlay(session: Session, mode: str, inputs: Inputs | None = None) -> Image.Image | None:
+def render_overlay(session: Session, mode: str, inputs: Inputs | None = None, registry: Any = None,
+                   default_resolution: int | None = None) -> Image.Image | None:
     """The click view: the displayed copy with the mode's clicks drawn (arrows from handles to targets, polygons,
-    the object at its new place for move / resize / paste)."""
+    the object at its new place for move / resize / paste, as :func:`placement_preview` plans it with
+    ``registry`` and ``default_resolution``)."""
     if session.image is None:
         return None
     inputs = inputs or Inputs()
@@ -574,11 +581,11 @@ def render_overlay(session: Session, mode: str, inputs: Inputs | None = None) ->
     disp = display_size(size)
     base = session.image
     pts = session.points(mode)
-    if mode in ("move", "resize") and inputs.mask is not None and np.asarray(inputs.mask).any():
-        base = _preview_move(base, np.asarray(inputs.mask, bool), pts, inputs.scale)
-    elif mode == "paste" and inputs.reference is not None and inputs.reference_mask is not None \
-            and np.asarray(inputs.reference_mask).any():
-        base = _preview_paste(base, inputs, pts)
+    place = None
+    if mode in ("move", "resize", "paste"):
+        place = placement_preview(mode, session, inputs, registry, default_resolution)
+        obj = inputs.mask if mode != "paste" and inputs.mask is not None and np.asarray(inputs.mask).any() else None
+        base = _preview_placement(base, mode, obj, place)
     img = base.convert("RGB").resize(disp, Image.Resampling.LANCZOS) if base.size != disp else base.convert("RGB")
     draw = ImageDraw.Draw(img)
     r = max(5.0, min(disp) / 55)
@@ -616,38 +623,109 @@ def render_overlay(session: Session, mode: str, inputs: Inputs | None = None) ->
             obj = resize_mask(np.asarray(inputs.reference_mask, bool), size)
         elif mode != "paste" and inputs.mask is not None and np.asarray(inputs.mask).any():
             obj = np.asarray(inputs.mask, bool)
-        if obj is not None:
-            cx, cy = centroid(obj)
-            _arrow(draw, d((cx - 0.5, cy - 0.5)), d(pts[-1]), (250, 200, 40), width)
+        if obj is not None and place is not None and place.region.any():
+            # from the object's centre to where the plan puts it (the click, unless the profile places it
+            # about the image centre)
+            (cx, cy), (px, py) = centroid(obj), centroid(place.region)
+            _arrow(draw, d((cx - 0.5, cy - 0.5)), d((px - 0.5, py - 0.5)), (250, 200, 40), width)
         _dot(draw, d(pts[-1]), r, TARGET_RGB)
     return img
 
 
-def _preview_move(image: Image.Image, mask: np.ndarray, pts: Sequence[Point], scale: float) -> Image.Image:
+PREVIEW_REFERENCE = "reference.png"
+"""The name a preview's spec gives the reference image it holds in memory (:attr:`PlanContext.images`)."""
+
+
+@dataclass
+class Placement:
+    """Where a move / resize / paste puts the object, read from the mode's own plan.
+
+    Attributes:
+        image: ``(W, H)`` RGB, the object's content at its new place over the base image (each latent cell of the
+            plan's latent paste shows the image pixels of its source cell, from the bank image the paste reads).
+        region: ``(H, W)`` bool, image pixels: the plan's edit mask (latent cells) drawn on the image, each pixel
+            taking the cell that holds its centre.
+        plan: the :class:`~dragsdk.plan.EditPlan` it was drawn from.
+    """
+
+    image: Image.Image
+    region: np.ndarray
+    plan: Any
+
+
+def _cell_index(n_pixels: int, n_cells: int) -> np.ndarray:
+    """The cell of each pixel along one axis: ``floor((i + 0.5)·n_cells / n_pixels)`` (the cell holding its centre)."""
+    return np.minimum(((np.arange(n_pixels) + 0.5) * n_cells / n_pixels).astype(np.int64), n_cells - 1)
+
+
+def placement_preview(mode: str, session: Session, inputs: Inputs, registry: Any = None,
+                      default_resolution: int | None = None) -> Placement | None:
+    """The placement of a move / resize / paste as the edit will make it, from the mode's own planner.
+
+    The page's input becomes a spec (:func:`build_spec`), validated by the mode's spec model and planned by
+    :func:`dragsdk.modes.build_plan` on the canvas the Editor would use (``Canvas.fit(image size, resolution)``),
+    so every profile (``official``: about the image centre; ``centroid-placement``) is drawn as it runs.
+
+    Args:
+        registry: the Editor's registry (default the process registry).
+        default_resolution: the working resolution when the page sets none (the Editor's model default; else the
+            spec's default).
+
+    Returns:
+        the :class:`Placement`, or None when there is nothing to place yet or the plan refuses the input (the run
+        reports why).
+    """
+    from pydantic import ValidationError
+
     from dragsdk.errors import SpecError
-    from dragsdk.objects import place_image
+    from dragsdk.geometry import Canvas
+    from dragsdk.modes import PlanContext, build_plan
+    from dragsdk.registry import get_registry
 
-    shift = shift_to(pts[-1], mask) if pts else (0.0, 0.0)
+    if session.image is None or mode not in ("move", "resize", "paste"):
+        return None
+    registry = registry or get_registry()
+    held = {}
+    if mode == "paste" and inputs.reference is not None:
+        held = {PREVIEW_REFERENCE: inputs.reference}
+        inputs = Inputs(**{**inputs.__dict__, "reference_path": PREVIEW_REFERENCE})
     try:
-        placed, m = place_image(image, mask, float(scale), shift)
-    except SpecError:
-        return _tint(image, mask, OBJECT_RGB)
-    shown = _tint(image, mask, (120, 120, 120), 0.45)
-    return Image.composite(_tint(placed, m, OBJECT_RGB, 0.25), shown, Image.fromarray((m * 255).astype(np.uint8)))
+        spec = registry.spec_models()[mode].model_validate(build_spec(mode, session, inputs))
+        s = spec.sampler
+        resolution = s.resolution if "resolution" in s.model_fields_set or default_resolution is None \
+            else default_resolution
+        canvas = Canvas.fit(session.image.size, resolution)
+        plan = build_plan(registry.modes[mode], spec, PlanContext(canvas, session.image, s.steps, images=held))
+    except (UIError, SpecError, ValidationError):
+        return None
+    w, h = session.image.size
+    lw, lh = canvas.latent_size
+    rows, cols = _cell_index(h, lh)[:, None], _cell_index(w, lw)[None, :]
+    region = plan.edit_mask.numpy()[rows, cols]
+    banks = [np.asarray(session.image.convert("RGB"))] + [np.asarray(r.image.convert("RGB")) for r in plan.references]
+    out = banks[0].copy()
+    for paste in plan.init:
+        # Each target cell shows its source cell's pixels: a per-cell shift by (source − target) cells.
+        off_x, off_y, on = np.zeros((lh, lw)), np.zeros((lh, lw)), np.zeros((lh, lw), bool)
+        tr, tc = paste.target_rows.numpy(), paste.target_cols.numpy()
+        off_x[tr, tc] = (paste.source_cols.numpy() - tc) * w / lw
+        off_y[tr, tc] = (paste.source_rows.numpy() - tr) * h / lh
+        on[tr, tc] = True
+        ys, xs = np.nonzero(on[rows, cols])
+        sx = np.clip(np.round(xs + off_x[rows[ys, 0], cols[0, xs]]).astype(np.int64), 0, w - 1)
+        sy = np.clip(np.round(ys + off_y[rows[ys, 0], cols[0, xs]]).astype(np.int64), 0, h - 1)
+        out[ys, xs] = banks[paste.bank][sy, sx]
+    return Placement(Image.fromarray(out), region, plan)
 
 
-def _preview_paste(image: Image.Image, inputs: Inputs, pts: Sequence[Point]) -> Image.Image:
-    from dragsdk.errors import SpecError
-    from dragsdk.objects import paste_preview
-
-    assert inputs.reference is not None and inputs.reference_mask is not None
-    ref_mask = np.asarray(inputs.reference_mask, bool)
-    shift = shift_to(pts[-1], resize_mask(ref_mask, image.size)) if pts else (0.0, 0.0)
-    try:
-        preview, m = paste_preview(image, inputs.reference, resize_mask(ref_mask, image.size), float(inputs.scale), shift)
-    except SpecError:
-        return image
-    return _tint(preview, m, OBJECT_RGB, 0.2)
+def _preview_placement(image: Image.Image, mode: str, obj: np.ndarray | None, place: Placement | None) -> Image.Image:
+    """The base image with the placed object tinted green (move / resize: its old place greyed)."""
+    shown = _tint(image, obj, (120, 120, 120), 0.45) if mode != "paste" and obj is not None else image
+    if place is None:
+        return _tint(image, obj, OBJECT_RGB) if mode != "paste" and obj is not None else image
+    alpha = 0.25 if mode != "paste" else 0.2
+    region = Image.fromarray((place.region * 255).astype(np.uint8))
+    return Image.composite(_tint(place.image, place.region, OBJECT_RGB, alpha), shown.convert("RGB"), region)
 
 
 # -- report -----------------------------------------------------------------------------------------------------
@@ -674,7 +752,9 @@ def format_report(report: Any, seconds: float | None = None) -> str:
         "",
         f"Backend **{r.backend}** on {r.device}, {r.dtype}; model {r.model}; {r.image_size[0]}×{r.image_size[1]} "
         f"edited at {r.working_size[0]}×{r.working_size[1]}, {r.steps} steps, seed {r.seed}. "
-        f"UNet evaluations: {unet}." + (f" Wall time of the run: {seconds:.2f} s." if seconds is not None else ""),
+        f"UNet evaluations: {unet}."
+        + (f" Image-encoder forwards: {r.image_encoder_forwards}." if r.image_encoder_forwards else "")
+        + (f" Wall time of the run: {seconds:.2f} s." if seconds is not None else ""),
         "",
         f"<small>Why this backend: {r.backend_reason.split('; cannot:')[0]}</small>",
     ]
