@@ -16,6 +16,9 @@ from .defaults import DEFAULT_MODEL, MODEL_ENV, RANDOM_MODELS, default_model
 
 _MODEL_HELP = (f"hub id, diffusers folder (SD 1.x, 2.x, SDXL), .safetensors / .ckpt checkpoint, or a built-in random "
                f"model for tests ({', '.join(RANDOM_MODELS)}) [default: ${MODEL_ENV}, else {DEFAULT_MODEL}]")
+ModelConfigOption = Annotated[Path | None, typer.Option(
+    help="for a .safetensors / .ckpt --model: a diffusers folder of the same architecture whose configs and "
+         "tokenizers describe it (offline; default: the hub repository diffusers infers)")]
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Drag-style editing of real images with diffusion models.")
 _state = {"debug": False}
 
@@ -100,9 +103,7 @@ def edit(
     input: Annotated[Path, typer.Argument(help="an image (with --spec), or a DragBench / Drag100 sample folder")],
     spec: Annotated[Path | None, typer.Option(help="edit spec JSON (mode, geometry, settings)")] = None,
     model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
-    model_config: Annotated[Path | None, typer.Option(
-        help="for a .safetensors / .ckpt --model: a diffusers folder of the same architecture whose configs and "
-             "tokenizers describe it (offline; default: the hub repository diffusers infers)")] = None,
+    model_config: ModelConfigOption = None,
     lora: Annotated[list[str] | None, typer.Option(help="LoRA weights to fuse, PATH[:SCALE] (repeatable)")] = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     steps: Annotated[int | None, typer.Option(help="override the spec's DDIM steps")] = None,
@@ -188,6 +189,7 @@ def mask(
     y: Annotated[float, typer.Argument(help="click y, image pixels")],
     out: Annotated[Path, typer.Option(help="mask PNG to write (white = the proposed part)")] = Path("mask.png"),
     model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
+    model_config: ModelConfigOption = None,
     prompt: Annotated[str, typer.Option(help="prompt describing the image")] = "",
     threshold: Annotated[float, typer.Option(help="similarity threshold in [0, 1]")] = 0.6,
     json_out: Annotated[bool, typer.Option("--json", help="print area and bounding box as JSON")] = False,
@@ -201,7 +203,7 @@ def mask(
     with _user_errors():
         check_outputs({"out": out}, (image,))
 
-        editor = _load_editor(model)
+        editor = _load_editor(model, single_file_config=model_config)
         m = editor.suggest_mask(image, (x, y), prompt=prompt, threshold=threshold)
         save_image_atomic(Image.fromarray((m * 255).astype(np.uint8), "L"), out, protect=(image,))
         _warn_random(editor)
@@ -274,6 +276,7 @@ def backends(
         envvar=MODEL_ENV, show_default=False,
         help=f"model to time with (--bench); weights do not change the cost: sd15-random times SD 1.5 without "
              f"downloading [default: {DEFAULT_MODEL}]")] = None,
+    model_config: ModelConfigOption = None,
     resolution: Annotated[int, typer.Option(help="working resolution to time at (--bench)")] = 512,
     steps: Annotated[int, typer.Option(help="steps of each timed edit (--bench)")] = 4,
     only: Annotated[list[str] | None, typer.Option(
@@ -286,7 +289,8 @@ def backends(
         from dragsdk.backends.select import bench_backends, table_path
 
 
-        editor = _load_editor(model, registry=reg)  # timing only: no output is an edit, no warning
+        # timing only: no output is an edit, so no random-weights warning
+        editor = _load_editor(model, registry=reg, single_file_config=model_config)
 
         def show(row: dict[str, Any]) -> None:
             if not json_out:
@@ -322,6 +326,7 @@ def bench(
         show_default=False)] = None,
     mode: Annotated[str | None, typer.Option(help="edit mode; default: the dataset's own (drag, region-drag for SR/DR)")] = None,
     model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
+    model_config: ModelConfigOption = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     limit: Annotated[int | None, typer.Option(help="only the first N samples (in id order)")] = None,
     dataset_format: Annotated[str, typer.Option("--format", help="auto, dragbench, dragbench-sr, dragbench-dr, drag100, folder")] = "auto",
@@ -346,7 +351,8 @@ def bench(
         _fail(f"unexpected argument {address!r} (a Ray address goes after --ray)")
     with _user_errors():
         config = BenchConfig(
-            dataset=str(dataset), out=str(out), mode=mode, model=model or default_model(), backend=backend,
+            dataset=str(dataset), out=str(out), mode=mode, model=model or default_model(),
+            model_config=str(model_config) if model_config is not None else None, backend=backend,
             format=dataset_format, limit=limit, steps=steps, resolution=resolution, seed=seed,
             metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), dift_model=dift_model,
             dift_ensemble=dift_ensemble, allow_outside_paths=allow_outside_paths,
@@ -362,6 +368,7 @@ def bench(
 @app.command()
 def ui(
     model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
+    model_config: ModelConfigOption = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     port: Annotated[int | None, typer.Option(help="port (default: 7860, or the next free one)")] = None,
     host: Annotated[str, typer.Option(help="address to serve on; 0.0.0.0 exposes the page to the network")] = "127.0.0.1",
@@ -394,7 +401,7 @@ def ui(
     roots = samples if samples else [p for p in (Path("../shared/data"), Path("examples")) if p.is_dir()]
     try:
 
-        editor = _load_editor(model, backend=backend)
+        editor = _load_editor(model, backend=backend, single_file_config=model_config)
     except DragSDKError as e:
         _fail(str(e))
     _warn_random(editor)

@@ -159,3 +159,26 @@ def test_the_cli_edits_with_a_single_file_model_and_a_config_folder(checkpoints,
     res = CliRunner().invoke(app, ["edit", str(EXAMPLE_SAMPLE), "--model", "tiny", "--model-config", str(folder),
                                    "--out", str(tmp_path / "x.png")])
     assert res.exit_code != 0 and "--model-config" in res.output and "tiny" in res.output
+
+
+def test_every_command_that_loads_a_model_takes_the_config_folder(checkpoints, tmp_path, monkeypatch):
+    """`mask`, `bench` and `backends --bench` load a single-file model offline as `edit` does."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DRAGSDK_CACHE_DIR", str(tmp_path / "cache"))
+    _, folder, file = checkpoints["sd1"]
+    image = EXAMPLE_SAMPLE / "original_image.png"
+    model = ["--model", str(file), "--model-config", str(folder)]
+    res = CliRunner().invoke(app, ["mask", str(image), "131", "264", "--out", str(tmp_path / "m.png"), "--json", *model])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["area_px"] > 0
+    res = CliRunner().invoke(app, ["bench", str(EXAMPLE_SAMPLE.parent), "--out", str(tmp_path / "run"), "--limit", "1",
+                                   "--steps", "2", "--resolution", "64", "--metrics", "psnr_ssim", "--quiet", *model])
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]
+    assert settings["model"] == str(file) and settings["model_config"] == str(folder)
+    res = CliRunner().invoke(app, ["backends", "--bench", "--only", "eager", "--resolution", "64", "--steps", "2",
+                                   "--repeats", "1", "--json", *model])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["mask", str(image), "131", "264", "--out", str(tmp_path / "n.png"),
+                                   "--model", "tiny", "--model-config", str(folder)])
+    assert res.exit_code == 2 and "single_file_config" in res.output and not (tmp_path / "n.png").exists()

@@ -84,6 +84,8 @@ class BenchConfig:
         out: output folder.
         mode: edit mode; None = the dataset's own (drag for DragBench / Drag100, region-drag for SR/DR).
         model / backend / device: as :class:`~dragsdk.editor.Editor`.
+        model_config: for a ``.safetensors`` / ``.ckpt`` model, the diffusers folder describing it
+            (:func:`~dragsdk.models.load_model`'s ``single_file_config``).
         format: dataset layout or ``auto``.
         limit: only the first N samples (in id order).
         steps / resolution / seed: override the spec's sampler settings.
@@ -98,6 +100,7 @@ class BenchConfig:
     out: str
     mode: str | None = None
     model: str = field(default_factory=default_model)
+    model_config: str | None = None
     backend: str = "auto"
     device: str | None = None
     format: str = "auto"
@@ -387,7 +390,7 @@ class BenchWorker:
         from ..models import load_model
 
         self.config = config
-        self.bundle = load_model(config.model, config.device)
+        self.bundle = load_model(config.model, config.device, single_file_config=config.model_config)
         self.editor = Editor(self.bundle, backend=config.backend)
         self.stats = {"pid": os.getpid(), "model_loads": 1, "samples": 0}
         self._features = features
