@@ -409,3 +409,31 @@ def test_sample_folders_are_found_under_the_roots(tmp_path):
     (d / "points.json").write_text('{"points": [[1, 2], [3, 4]]}')
     Image.new("RGB", (8, 8)).save(d / "original.jpg")
     assert find_samples([tmp_path]) == {f"{tmp_path.name}/Drag100/cat_0": d}
+
+
+@pytest.mark.parametrize("profile", ["official", ["centroid-placement"]])
+@pytest.mark.parametrize(("mode", "scale"), [("move", 1.0), ("move", 0.6), ("resize", 0.5), ("resize", 1.4),
+                                             ("paste", 0.5), ("paste", 1.2)])
+def test_the_clicked_point_becomes_the_placed_objects_centre_under_every_profile(editor, tmp_path, mode, scale,
+                                                                                  profile):
+    """The shift the page writes puts the object's centroid under the click whether the profile scales about the
+    image centre (official) or about the object (centroid-placement): read back from the plan's latent paste."""
+    size = (320, 192)
+    s = _session(size)
+    inputs = Inputs(scale=scale, profile=profile)
+    if mode == "paste":
+        ref = Image.new("RGB", size, (200, 30, 30))
+        ref.save(tmp_path / "ref.png")
+        inputs.reference, inputs.reference_mask = ref, _box(size, 40, 30, 100, 80)
+        inputs.reference_path = str(tmp_path / "ref.png")
+    else:
+        inputs.mask = _box(size, 200, 20, 260, 70)
+    click = (150, 110)
+    add_click(s, mode, click)
+    dry = editor.plan(s.image, build_spec(mode, s, inputs))
+    paste = dry.plan.init[0]
+    gw, gh = dry.canvas.latent_size
+    x = (paste.target_cols.double().mean().item() + 0.5) * size[0] / gw
+    y = (paste.target_rows.double().mean().item() + 0.5) * size[1] / gh
+    cell = size[0] / gw
+    assert abs(x - (click[0] + 0.5)) <= 1.5 * cell and abs(y - (click[1] + 0.5)) <= 1.5 * cell, (x, y, cell)

@@ -345,10 +345,35 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img) > 127
 
 
-def shift_to(click: Point, mask: np.ndarray) -> tuple[float, float]:
-    """``(dx, dy)`` that brings the object's centroid onto the pixel ``click`` (its centre)."""
+def shift_to(click: Point, mask: np.ndarray, scale: float = 1.0, placement: str = "centroid") -> tuple[float, float]:
+    """``(dx, dy)`` that brings the placed object's centroid onto the pixel ``click`` (its centre), for the way the
+    mode's profile places it (``c``: the object's centroid, ``C``: the image centre, ``s``: ``scale``, ``p``: the
+    click, all in image pixels):
+
+    - ``centroid`` (the ``centroid-placement`` improvement): ``c' = c + d``, so ``d = p − c``;
+    - ``official-move`` (move / resize, official profile: scaled about the image centre, the shift scaled too,
+      :func:`dragsdk.objects.official_placement_map`): ``c' = C + s·(c − C + d)``, so ``d = (p − C)/s − (c − C)``;
+    - ``official-paste`` (paste, official profile: scaled about the image centre, then shifted):
+      ``c' = C + s·(c − C) + d``, so ``d = p − C − s·(c − C)``.
+    """
     cx, cy = centroid(mask)
-    return round(click[0] + 0.5 - cx, 2), round(click[1] + 0.5 - cy, 2)
+    px, py = click[0] + 0.5, click[1] + 0.5
+    h, w = mask.shape
+    ox, oy = w / 2, h / 2
+    if placement == "official-move":
+        dx, dy = (px - ox) / scale - (cx - ox), (py - oy) / scale - (cy - oy)
+    elif placement == "official-paste":
+        dx, dy = px - ox - scale * (cx - ox), py - oy - scale * (cy - oy)
+    else:
+        dx, dy = px - cx, py - cy
+    return round(dx, 2), round(dy, 2)
+
+
+def _placement(mode: str, profile: str | list[str] | None) -> str:
+    """The :func:`shift_to` rule of a mode's profile (``centroid-placement`` is in ``dragsdk`` and may be listed)."""
+    if profile == "dragsdk" or (isinstance(profile, list) and "centroid-placement" in profile):
+        return "centroid"
+    return "official-paste" if mode == "paste" else "official-move"
 
 
 # -- specs ------------------------------------------------------------------------------------------------------
@@ -497,7 +522,7 @@ def build_spec(mode: str, session: Session, inputs: Inputs) -> dict[str, Any]:
         spec["mask"] = mask_to_data_url(obj)
         if clicks:
             check_point(clicks[-1], size, "new position")
-            spec["dx"], spec["dy"] = shift_to(clicks[-1], obj)
+            spec["dx"], spec["dy"] = shift_to(clicks[-1], obj, float(inputs.scale), _placement(mode, inputs.profile))
         elif mode == "move":
             raise UIError("points", "click where the object's centre should go")
         spec["scale"] = float(inputs.scale)
@@ -514,7 +539,8 @@ def build_spec(mode: str, session: Session, inputs: Inputs) -> dict[str, Any]:
         if mode == "paste":
             if clicks:
                 check_point(clicks[-1], size, "new position")
-                spec["dx"], spec["dy"] = shift_to(clicks[-1], resize_mask(ref_mask, size))
+                spec["dx"], spec["dy"] = shift_to(clicks[-1], resize_mask(ref_mask, size), float(inputs.scale),
+                                                  _placement(mode, inputs.profile))
             spec["scale"] = float(inputs.scale)
         else:
             spec["mask"] = mask_to_data_url(_need_mask(mask, "object mask"))
