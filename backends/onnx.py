@@ -27,9 +27,10 @@ the bank's K/V in ``inject`` mode. Nothing per step is baked into a graph.
 Graphs are exported with ``torch.onnx.export(..., dynamo=True)`` (falling back to the TorchScript exporter, with the
 reason recorded in ``meta.json`` and a warning, only when the dynamo exporter fails) and cached under
 ``<cache>/onnx/<key>/`` (``<cache>`` = ``$DRAGSDK_CACHE_DIR`` or ``platformdirs.user_cache_dir("dragsdk")``), the key a
-hash of the model name, its config, a weight fingerprint (taken once per module object: weights changed in place
-later are not noticed), the shapes, the dtype, the graph format and the torch / onnx / onnxscript versions. A graph
-is written into a temporary folder and renamed into place, so readers never see a partial export.
+hash of the model name, its config, a weight fingerprint taken at every graph lookup
+(:class:`dragsdk.cache.WeightsFingerprint`: a LoRA fused in place later gives a new graph, never the stale one), the
+shapes, the dtype, the graph format and the torch / onnx / onnxscript versions. A graph is written into a temporary
+folder and renamed into place, so readers never see a partial export.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from dragsdk.attention import ProcessorBase, split_heads
+from dragsdk.cache import WeightsFingerprint
 from dragsdk.errors import BackendUnavailableError
 from dragsdk.hookspecs import hookimpl
 from dragsdk.kernels.reference import KVSource
@@ -210,21 +212,6 @@ def _config_hash(module: Any) -> str:
     cfg = dict(getattr(module, "config", {}) or {})
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@torch.no_grad()
-def _weight_fingerprint(module: torch.nn.Module) -> str:
-    """A cheap hash of every parameter's name, shape, dtype and a few values (first, last and 16 strided ones)."""
-    h = hashlib.sha256()
-    for name, p in module.state_dict().items():
-        flat = p.detach().reshape(-1)
-        n = flat.numel()
-        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-        if n:
-            idx = torch.unique(torch.cat([torch.arange(min(n, 4)), torch.arange(max(n - 4, 0), n),
-                                          torch.arange(16) * (n - 1) // 15]))
-            h.update(flat[idx.to(flat.device)].double().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _safe(name: str) -> str:
@@ -510,6 +497,7 @@ class OnnxBackend(Backend):
         self._caps: Capabilities | None = None
         self._lock = threading.Lock()
         self._idents: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+        self._weights: weakref.WeakKeyDictionary[Any, WeightsFingerprint] = weakref.WeakKeyDictionary()
 
     # -- declaration ----------------------------------------------------------------------------------------
     @staticmethod
@@ -584,11 +572,18 @@ class OnnxBackend(Backend):
 
     # -- graphs ---------------------------------------------------------------------------------------------
     def _key_parts(self, model: Any, module: Any, graph: str, **extra: Any) -> dict[str, Any]:
-        ident = self._idents.get(module)
-        if ident is None:  # once per module object: the fingerprint reads every tensor (a small gather each)
-            ident = self._idents[module] = {"config": _config_hash(module), "weights": _weight_fingerprint(module)}
+        with self._lock:
+            config = self._idents.get(module)
+            if config is None:
+                config = self._idents[module] = {"config": _config_hash(module)}
+            fingerprint = self._weights.get(module)
+            if fingerprint is None:
+                fingerprint = self._weights[module] = WeightsFingerprint()
+        # At every lookup: a LoRA fused into the weights in place (W.data writes) gives another graph, never the
+        # stale one (dragsdk.cache.WeightsFingerprint reads each weight once, as its norm).
+        weights = fingerprint({"module": module})
         return {
-            "graph": graph, "format": GRAPH_FORMAT, "model": model.name, **ident,
+            "graph": graph, "format": GRAPH_FORMAT, "model": model.name, **config, "weights": weights,
             "dtype": str(model.dtype).removeprefix("torch."), **_versions(), **extra,
         }
 

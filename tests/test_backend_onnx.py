@@ -249,3 +249,22 @@ def test_availability_names_the_missing_package(monkeypatch):
         m.setitem(sys.modules, "onnxscript", None)
         ok, why = OnnxBackend().availability()
     assert not ok and "onnxscript not installed" in why
+
+
+def test_a_weight_written_in_place_gives_a_new_unet_graph_not_the_stale_one(tiny_model, backend, region_spec, edits):
+    """diffusers' fuse_lora writes ``W.data += scale·B·A`` in place (no new tensor, no version bump): the next onnx
+    edit must run the new weights, so the UNet graph is exported again (the VAE's, unchanged, are reused)."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    image, spec = region_spec
+    Editor(model, backend="onnx").edit(image, spec)  # same weights as tiny_model: the cached graphs
+    w = model.unet.get_submodule("up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q").weight
+    w.data += 0.2 * torch.randn(w.shape, generator=torch.Generator().manual_seed(0))
+    n = len(backend.exports)
+    after = Editor(model, backend="onnx").edit(image, spec)
+    assert [e["graph"] for e in backend.exports[n:]] == ["unet_kv"]
+    eager = Editor(model, backend="eager").edit(image, spec)
+    scale = float(eager.latent.abs().max())
+    assert float((after.latent - eager.latent).abs().max()) <= 1e-4 * scale
+    assert float((after.latent - edits[1].latent).abs().max()) > 1e-3 * scale  # the written weight mattered
