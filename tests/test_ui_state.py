@@ -230,7 +230,11 @@ def test_paste_and_appearance_name_the_reference_and_its_mask(tmp_path):
     inputs = Inputs(reference=ref, reference_mask=ref_mask, reference_path=str(ref_path), scale=0.8,
                     reference_prompt="a cat")
     spec = build_spec("paste", s, inputs)
-    assert spec["reference"] == str(ref_path) and (spec["dx"], spec["dy"]) == (107.5, 55.5)
+    # The official paste scales about the image centre C = (256, 192), then shifts: the click's centre p lands at
+    # C + 0.8·(c − C) + d, so d = p − C − 0.8·(c − C) = (299.5 − 256 + 51.2, 199.5 − 192 + 38.4).
+    assert spec["reference"] == str(ref_path) and (spec["dx"], spec["dy"]) == (94.7, 45.9)
+    centroid_rule = build_spec("paste", s, Inputs(**{**inputs.__dict__, "profile": ["centroid-placement"]}))
+    assert (centroid_rule["dx"], centroid_rule["dy"]) == (107.5, 55.5)  # p − c
     assert spec["scale"] == 0.8 and spec["reference_prompt"] == "a cat"
     assert np.array_equal(load_mask(spec["reference_mask"]), ref_mask)
     _validate(spec)
