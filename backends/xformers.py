@@ -13,7 +13,7 @@ import torch
 from dragsdk.hookspecs import hookimpl
 from dragsdk.kernels.reference import KVSource
 
-from .base import Backend, Capabilities
+from .base import Backend, Capabilities, join_sources
 
 
 class XformersBackend(Backend):
@@ -35,14 +35,11 @@ class XformersBackend(Backend):
         import xformers.ops as xops
 
         b, h, n, _ = q.shape
-        k = torch.cat([s.k.expand(b, -1, -1, -1) for s in sources], dim=2)
-        v = torch.cat([s.v.expand(b, -1, -1, -1) for s in sources], dim=2)
+        k, v, mask = join_sources(q, sources)
+        k, v = k.contiguous(), v.contiguous()  # a lone shared bank comes back expanded (batch stride 0)
         bias = None
-        if any(s.key_mask is not None for s in sources):
-            keep = torch.cat([
-                s.key_mask.to(q.device) if s.key_mask is not None
-                else torch.ones(s.k.shape[2], dtype=torch.bool, device=q.device) for s in sources
-            ])
+        if mask is not None:
+            keep = mask[0, 0, 0]
             m = k.shape[2]
             pad = (-m) % 8  # xformers wants the bias's last dim aligned; slice back to m
             full = torch.zeros(b, h, n, m + pad, dtype=q.dtype, device=q.device)

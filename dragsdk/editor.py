@@ -225,12 +225,10 @@ class Editor:
             ModelLoadError: a component is missing (an SDXL refiner has no ``text_encoder``) or the family is not
                 supported.
         """
-        from .image_prompt import host_ip_adapter
-
         editor = cls(bundle_from_pipe(pipe), backend=backend, **kwargs)
-        # not composable (two adapters, no image encoder): an edit refuses, naming the processors
+        # none loaded, or not composable (two adapters, no image encoder): an edit refuses, naming the processors
         with contextlib.suppress(ModelLoadError):
-            editor.ip_adapter = host_ip_adapter(pipe.unet, getattr(pipe, "image_encoder", None))
+            editor.use_host_ip_adapter(getattr(pipe, "image_encoder", None))
         return editor
 
     def use_host_ip_adapter(self, image_encoder: Any) -> None:
@@ -601,13 +599,12 @@ class Editor:
             unet_evaluations=counter.to_dict(), image_encoder_forwards=counter.image_encoder, inversion_reused=reused,
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
             peak_memory_bytes=peak, peak_memory_kind=kind, mask_proposed=ctx.mask_proposed,
-            notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), _image_prompt_note(plan, adapter)])],
+            notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), _image_prompt_note(plan, adapter),
+                                               random_weights_warning(self.model)])],
             image_prompt=adapter.name if adapter is not None and plan.image_prompt else None,
             profile=plan.profile, profile_options=list(plan.profile_options),
             random_weights=self.model.random_weights,
         )
-        if self.model.random_weights:
-            report.notes.append(random_weights_warning(self.model) or "")
         if trace is not None:
             from .trace import write_trace
 

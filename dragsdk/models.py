@@ -276,7 +276,7 @@ _HOW_TO_PROVIDE = (
     "Provide a Stable Diffusion model in diffusers layout (SD 1.x, SD 2.x or SDXL base for editing; SD 2.1 for DIFT "
     "evaluation features): a local folder with model_index.json and unet/, vae/, text_encoder/, "
     "tokenizer/ and scheduler/ subfolders, a .safetensors / .ckpt single-file checkpoint, or a Hugging Face hub id "
-    "(e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5') that is already in the Hugging Face cache "
+    f"(e.g. {DEFAULT_MODEL!r}) that is already in the Hugging Face cache "
     "(HF_HOME / HF_HUB_CACHE) or downloadable (unset HF_HUB_OFFLINE). Download once with "
     "`huggingface-cli download ID`. For tests and demos without weights use the built-in 'tiny', 'tiny-sd2' or "
     "'tiny-sdxl' models."

@@ -16,10 +16,10 @@ from dragsdk.inversion import ddim_step
 from dragsdk.models import SDXL_SCHEDULER_CONFIG, ModelBundle, load_model
 
 from .conftest import ROOT
+from .test_modes import _mode_specs as _object_specs
 
 FAMILIES = {"sd1": "tiny", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}
 FAST = {"steps": 4, "resolution": 64}
-REF = ROOT / "examples" / "reference-cat"
 _MODELS: dict[str, ModelBundle] = {}
 
 
@@ -157,12 +157,7 @@ def _mode_specs(image_spec):
     same = [[100, 100], [160, 100], [160, 160], [100, 160]]
     return {
         "drag": {**spec, "sampler": FAST},
-        "move": {"mode": "move", "prompt": prompt, "mask": mask, "dx": 40, "dy": 10, "sampler": FAST},
-        "resize": {"mode": "resize", "prompt": prompt, "mask": mask, "scale": 0.7, "sampler": FAST},
-        "appearance": {"mode": "appearance", "prompt": prompt, "mask": mask, "reference": str(REF / "cat.jpg"),
-                       "reference_mask": str(REF / "cat_mask.png"), "sampler": FAST},
-        "paste": {"mode": "paste", "prompt": prompt, "reference": str(REF / "cat.jpg"),
-                  "reference_mask": str(REF / "cat_mask.png"), "dx": -40, "dy": 20, "scale": 0.6, "sampler": FAST},
+        **_object_specs(mask, prompt, FAST),
         "region-drag": {"mode": "region-drag", "prompt": prompt, "sampler": FAST,
                         "polygons": [{"handle": same, "target": [[x + 40, y + 20] for x, y in same]}]},
     }

@@ -52,14 +52,15 @@ def _probe_step(spec_cls, data):
 
 
 # -- each mode end to end ------------------------------------------------------------------------------------------
-def _mode_specs(mask, prompt):
+def _mode_specs(mask, prompt, sampler=FAST):
+    """Move, resize, appearance and paste specs of one object (``sampler``: their sampler settings)."""
     return {
-        "move": {"mode": "move", "prompt": prompt, "mask": mask, "dx": 40, "dy": 10, "sampler": FAST},
-        "resize": {"mode": "resize", "prompt": prompt, "mask": mask, "scale": 0.7, "sampler": FAST},
+        "move": {"mode": "move", "prompt": prompt, "mask": mask, "dx": 40, "dy": 10, "sampler": sampler},
+        "resize": {"mode": "resize", "prompt": prompt, "mask": mask, "scale": 0.7, "sampler": sampler},
         "appearance": {"mode": "appearance", "prompt": prompt, "mask": mask, "reference": str(REF / "cat.jpg"),
-                       "reference_mask": str(REF / "cat_mask.png"), "sampler": FAST},
+                       "reference_mask": str(REF / "cat_mask.png"), "sampler": sampler},
         "paste": {"mode": "paste", "prompt": prompt, "reference": str(REF / "cat.jpg"),
-                  "reference_mask": str(REF / "cat_mask.png"), "dx": -40, "dy": 20, "scale": 0.6, "sampler": FAST},
+                  "reference_mask": str(REF / "cat_mask.png"), "dx": -40, "dy": 20, "scale": 0.6, "sampler": sampler},
     }
 
 

@@ -371,7 +371,9 @@ def shift_to(click: Point, mask: np.ndarray, scale: float = 1.0, placement: str 
 
 def _placement(mode: str, profile: str | list[str] | None) -> str:
     """The :func:`shift_to` rule of a mode's profile (``centroid-placement`` is in ``dragsdk`` and may be listed)."""
-    if profile == "dragsdk" or (isinstance(profile, list) and "centroid-placement" in profile):
+    from dragsdk.spec import OFFICIAL, profile_options
+
+    if "centroid-placement" in profile_options(profile or OFFICIAL, ("centroid-placement",)):
         return "centroid"
     return "official-paste" if mode == "paste" else "official-move"
 
