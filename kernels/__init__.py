@@ -8,8 +8,13 @@ Triton is optional: this package imports without it (the fused op then raises ``
 See ``docs/kernels.md``.
 """
 
-from .cross_attention import MAX_HEAD_DIM, MAX_SOURCES, cross_branch_attention, is_available
-from .reference import KVSource, cross_branch_attention_reference, validate_sources
+if __name__ != "dragsdk.kernels":  # imported as bare `kernels` from a checkout's root: yield to an installed one
+    from dragsdk._source_layout import yield_bare_name
+
+    yield_bare_name(__name__)
+else:
+    from .cross_attention import MAX_HEAD_DIM, MAX_SOURCES, cross_branch_attention, is_available
+    from .reference import KVSource, cross_branch_attention_reference, validate_sources
 
 __all__ = [
     "KVSource",
