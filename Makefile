@@ -11,7 +11,7 @@ LOCK := requirements/lock.txt
 EXTRAS := .[dev,onnx,ray,ui]
 LATEST ?= .venv-latest
 
-.PHONY: demo test test-fast test-latest lock lint clean gpu docs
+.PHONY: demo test test-latest lock lint clean gpu docs
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -59,6 +59,7 @@ def _top_level_anchor(name: str) -> str:
     return f"dragsdk.{name}"
 
 
+@pytest.mark.smoke
 def test_the_embedder_reference_documents_every_top_level_name(site):
     anchors = _anchors(site, "embedding") | _anchors(site, "specs")
     missing = sorted(n for n in dragsdk.__all__ if _top_level_anchor(n) not in anchors)
