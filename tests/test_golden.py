@@ -1,0 +1,61 @@
+"""Golden slices: the centre 3×3 cells (every channel) of each built-in mode's final latent under its ``official``
+profile, on ``tiny`` with a fixed seed, recorded before the engine refactor of issue 19 (``golden_slices.json``).
+
+Tolerance: 1e-5 absolute. On one CPU thread in float32 the edit is deterministic (same inputs, same sequence of
+kernels: bit-identical results; ``test_engine`` checks reuse bit for bit), so the test runs on one thread
+(``one_thread``) and any difference is a change of the computation. The slice values lie within ±15 (random
+weights), where a float32 ulp is ≤ 1e-6: 1e-5 leaves room for a few ulps of an equivalent reordering and nothing
+more: a refactor that changes what is computed (a step, a term, a mask, a window, an order of random draws) shows.
+
+Re-record only for an intended numeric change, and say why in the commit::
+
+    DRAGSDK_RECORD_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_golden.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from dragsdk import Editor
+from dragsdk.testing import assert_slice_close, latent_slice
+
+from .builtin_specs import BUILTIN_MODES, IMAGE, builtin_specs
+from .conftest import ROOT
+
+GOLDEN = ROOT / "tests" / "golden_slices.json"
+SAMPLER = {"steps": 12, "resolution": 64, "seed": 7}
+"""12 steps reach every engine path of the official profiles at a 64×64 working size (8×8 latent): guided steps
+0, 1, 2, 4, 6, the regional SDE on steps 3–4, K/V injection from step 1, time travel (3 passes) on step 6, and
+region-drag's Cycle-SDE from step 6."""
+ATOL = 1e-5
+RECORD = os.environ.get("DRAGSDK_RECORD_GOLDEN") == "1"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    if RECORD:
+        data = {"sampler": SAMPLER, "image": IMAGE.relative_to(ROOT).as_posix(), "atol": ATOL, "slices": {}}
+        yield data
+        GOLDEN.write_text(json.dumps(data, indent=1) + "\n")
+    else:
+        yield json.loads(GOLDEN.read_text())
+
+
+def test_the_golden_file_covers_every_builtin_mode_at_these_settings(golden):
+    if RECORD:
+        pytest.skip("recording")
+    assert golden["sampler"] == SAMPLER and set(golden["slices"]) == set(BUILTIN_MODES)
+
+
+@pytest.mark.parametrize("mode", BUILTIN_MODES)
+def test_the_final_latent_of_each_official_mode_matches_its_golden_slice(tiny_model, one_thread, golden, mode):
+    result = Editor(tiny_model).edit(IMAGE, builtin_specs(SAMPLER)[mode])
+    assert result.report.profile == "official"
+    got = latent_slice(result.latent)
+    if RECORD:
+        golden["slices"][mode] = got
+        return
+    assert_slice_close(got, golden["slices"][mode], ATOL, mode)
