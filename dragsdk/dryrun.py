@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .geometry import Canvas
 from .inversion import UNetCounter
+from .passes import inversion_steps, sampling_passes
 from .plan import EditPlan
 
 
@@ -41,37 +42,25 @@ class Cost:
 def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: bool = False,
                   recompute_reference: bool = False, feature_steps: set[int] | None = None,
                   image_prompt: bool = False) -> Cost:
-    """The UNet evaluations :meth:`Editor.edit` makes for ``plan`` with ``steps`` DDIM steps; the same loops as
-    :func:`~dragsdk.inversion.invert` / :func:`~dragsdk.cycle_sde.cycle_sde_invert` and
-    :meth:`~dragsdk.sampler.GuidedSampler.run`, counted instead of run.
+    """The UNet evaluations :meth:`Editor.edit` makes for ``plan`` with ``steps`` DDIM steps: the sampler's own pass
+    sequence (:func:`dragsdk.passes.sampling_passes`, :meth:`~dragsdk.passes.Pass.unet_evaluations`) counted
+    instead of run, plus the inversion (:func:`dragsdk.passes.inversion_steps`) when ``invert``.
 
-    Per sampling step ``i ≥ start_step``: ``passes = time_travel.get(i, 1)`` when ``i`` is guided, else 1; each pass
-    is one ε evaluation, plus (guided) one graph forward, one backward per energy region, one forward per
-    ``probe_energy_after`` and per recomputed reference (none at the start step when ``step0_reference`` is
-    ``init``), and (all passes but the last) one roll-back forward. ``feature_steps``: the steps whose reference
-    features the inversion provides (``reference`` rows = their count × bank rows when they are not recorded).
-    ``image_prompt``: an image-prompt adapter is loaded; a plan with an image prompt then encodes its image once per
-    edit (one image-encoder forward, inversion reused or not: the tokens are not cached).
+    ``feature_steps``: the steps whose reference features the inversion provides (``reference`` rows = their count ×
+    bank rows when they are not recorded). ``image_prompt``: an image-prompt adapter is loaded; a plan with an image
+    prompt then encodes its image once per edit (one image-encoder forward, inversion reused or not: the tokens are
+    not cached).
     """
     inv = ref_rows = 0
     if invert:
-        inv = steps if plan.sampling == "ddim" else steps - plan.start_step
+        inv = inversion_steps(plan, steps)
         if plan.sampling == "ddim" and plan.reference_features != "recorded" and feature_steps:
             ref_rows = len(feature_steps) * (1 + len(plan.references))
-    guided = set(plan.guided_steps) if plan.needs_gradients else set()
     regions = len({term.region for term in plan.energies})
     fwd, fwd_grad, bwd = inv, 0, 0
-    for i in range(plan.start_step, steps):
-        passes = plan.time_travel.get(i, 1) if i in guided else 1
-        for p in range(passes):
-            if i in guided:
-                fwd_grad += 1
-                bwd += regions
-                own_reference = plan.step0_reference == "init" and i == plan.start_step
-                fwd += int(probe_energy_after) + int(recompute_reference and not own_reference)
-            fwd += 1
-            if p + 1 < passes:
-                fwd += 1
+    for p in sampling_passes(plan, steps):
+        f, g, b = p.unet_evaluations(regions, probe_energy_after, recompute_reference)
+        fwd, fwd_grad, bwd = fwd + f, fwd_grad + g, bwd + b
     return Cost(fwd, fwd_grad, bwd, inv, ref_rows, int(image_prompt and plan.image_prompt is not None))
 
 

@@ -28,6 +28,7 @@ import torch
 from .attention import AttentionController
 from .features import FeatureTap
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, ddim_inversion_step, ddim_step
+from .passes import Pass, sampling_passes
 from .plan import EditPlan
 from .spec import ENERGY_UNIT
 from .trace import TracePass
@@ -194,7 +195,8 @@ class GuidedSampler:
         on_step: Callable[[int, int, torch.Tensor], None] | None = None,
         trace: bool = False,
     ) -> SamplerOutput:
-        """Sample from the trajectory's ``z_T`` (with the plan's initial pastes) to ``z_0``.
+        """Sample from the trajectory's ``z_T`` (with the plan's initial pastes) to ``z_0``, walking the plan's pass
+        sequence (:func:`dragsdk.passes.sampling_passes`, the one the dry run counts).
 
         Args:
             cond_cfg: ``(2, 77, D)`` = [unconditional, conditional] embeddings.
@@ -208,70 +210,104 @@ class GuidedSampler:
             timesteps at which roll-back UNet calls ran.
         """
         schedule: DDIMSchedule = trajectory.schedule
+        z = self._start_latent(trajectory, plan, generator)
+        keep = (~plan.edit_mask).to(z.device)[None, None] if plan.follow_outside else None
+        eta_map = self._eta_map(plan, z)
+        out = SamplerOutput(z)
+        noise = None
+        for ps in sampling_passes(plan, len(schedule)):
+            i, t = ps.step, schedule.timesteps[ps.step]
+            if ps.first:
+                self.controller.step = i
+                noise = self._noise(plan, trajectory, i, z, eta_map, generator)
+                z = self._before_step(plan, trajectory, i, t, z, keep)
+            z_prev = self._pass(ps, plan, trajectory, z, t, cond_cfg, cond_text, guidance_scale,
+                                eta_map if noise is not None else 0.0, noise, out, trace)
+            if not ps.last:
+                t_unet = schedule.timesteps[i + 1] if plan.rollback_at == "prev" and i + 1 < len(schedule) else t
+                z = self._roll_back(z_prev, t_unet, schedule.alpha(i), schedule.alpha_prev(i), cond_text, plan, i)
+                out.rollback_timesteps.append(t_unet)
+                continue
+            z = z_prev
+            if keep is not None and plan.outside_reset == "after":  # outside the mask: the inversion trajectory
+                z = torch.where(keep, trajectory.latents[i + 1][:1].to(z), z)
+                if trace:
+                    out.trace[-1].latent_after = z.detach().float().cpu()
+            if on_step:
+                on_step(i, t, z)
+        out.latent = z
+        return out
+
+    @staticmethod
+    def _start_latent(trajectory: Trajectory, plan: EditPlan, generator: torch.Generator | None) -> torch.Tensor:
+        """``z`` at the first sampling step: the inverted latent with the plan's ``init`` pastes and handle noise."""
         start = plan.start_step
         z = trajectory.latents[start][:1]
         for paste in plan.init:
             z = paste.apply(z, trajectory.latents[start])
         if plan.handle_noise is not None:
             z = plan.handle_noise.apply(z, generator)
-        keep = (~plan.edit_mask).to(z.device)[None, None] if plan.follow_outside else None
-        guided = set(plan.guided_steps) if plan.needs_gradients else set()
-        energies: list[StepEnergy] = []
-        passes_trace: list[TracePass] = []
-        rollbacks: list[int] = []
-        ctl = self.controller
+        return z
+
+    @staticmethod
+    def _eta_map(plan: EditPlan, z: torch.Tensor) -> torch.Tensor | None:
+        """η per latent cell (regional SDE: inside / outside its mask; Cycle-SDE: 1), or None (deterministic)."""
         eta_map = None
         if plan.sde is not None:
             m = (plan.sde.mask if plan.sde.mask is not None else plan.edit_mask).to(z.device, z.dtype)[None, None]
             eta_map = plan.sde.eta_inside * m + plan.sde.eta_outside * (1 - m)
         if plan.sampling == "cycle-sde":  # η = 1 with the noise recorded at inversion (dragsdk.cycle_sde)
             eta_map = torch.ones((), dtype=z.dtype, device=z.device)
-        for i in range(start, len(schedule)):
-            t = schedule.timesteps[i]
-            a_t, a_prev = schedule.alpha(i), schedule.alpha_prev(i)
-            ctl.step = i
-            noise = None
-            if eta_map is not None and plan.sde is not None and plan.sde.start <= i < plan.sde.end:
-                noise = torch.randn(z.shape, generator=generator, device=generator.device if generator else "cpu")
-                noise = noise.to(z.device, z.dtype)
-            if plan.sampling == "cycle-sde":
-                noise = trajectory.noises[i][:1].to(z.device, z.dtype)
-            for sp in plan.step_pastes:  # before the step: copies from the inversion latent of this step
-                if sp.active(t):
-                    z = sp.paste.apply(z, trajectory.latents[i])
-            if keep is not None and plan.outside_reset == "before":  # official RegionDrag order (drag.py:144-146)
-                z = torch.where(keep, trajectory.latents[i][:1].to(z), z)
-            passes = plan.time_travel.get(i, 1) if i in guided else 1
-            for p in range(passes):
-                g = None
-                rec = None
-                if trace:
-                    passes_trace.append(TracePass(i, p, t, z.detach().float().cpu()))
-                if i in guided:
-                    if plan.step0_reference == "init" and i == start:
-                        ref = None  # the pasted starting latent is its own reference (official drag step 0)
-                    elif self.recompute_reference:
-                        ref = self._reference(trajectory, i, t)
-                    else:
-                        ref = trajectory.features[i]
-                    g, rec = self._guidance(plan, z, i, t, a_t, cond_text, ref)
-                    energies.append(rec)
-                eps = self._eps(plan, z, i, t, cond_cfg, cond_text, guidance_scale)
-                z_prev = ddim_step(z, eps, a_t, a_prev, guidance=g, eta=eta_map if noise is not None else 0.0, noise=noise)
-                if trace:
-                    passes_trace[-1].latent_after = z_prev.detach().float().cpu()
-                    if rec is not None:
-                        passes_trace[-1].energies = dict(rec.terms)
-                        passes_trace[-1].guidance_norm = rec.grad_norm
-                if p + 1 < passes:
-                    t_unet = schedule.timesteps[i + 1] if plan.rollback_at == "prev" and i + 1 < len(schedule) else t
-                    z = self._roll_back(z_prev, t_unet, a_t, a_prev, cond_text, plan, i)
-                    rollbacks.append(t_unet)
-            z = z_prev
-            if keep is not None and plan.outside_reset == "after":  # outside the mask: the inversion trajectory
-                z = torch.where(keep, trajectory.latents[i + 1][:1].to(z), z)
-                if trace:
-                    passes_trace[-1].latent_after = z.detach().float().cpu()
-            if on_step:
-                on_step(i, t, z)
-        return SamplerOutput(z, energies, passes_trace, rollbacks)
+        return eta_map
+
+    @staticmethod
+    def _noise(plan: EditPlan, trajectory: Trajectory, i: int, z: torch.Tensor, eta_map: torch.Tensor | None,
+               generator: torch.Generator | None) -> torch.Tensor | None:
+        """Step ``i``'s noise: drawn inside the regional-SDE window, the recorded one for Cycle-SDE, else None."""
+        noise = None
+        if eta_map is not None and plan.sde is not None and plan.sde.start <= i < plan.sde.end:
+            noise = torch.randn(z.shape, generator=generator, device=generator.device if generator else "cpu")
+            noise = noise.to(z.device, z.dtype)
+        if plan.sampling == "cycle-sde":
+            noise = trajectory.noises[i][:1].to(z.device, z.dtype)
+        return noise
+
+    @staticmethod
+    def _before_step(plan: EditPlan, trajectory: Trajectory, i: int, t: int, z: torch.Tensor,
+                     keep: torch.Tensor | None) -> torch.Tensor:
+        """Step ``i``'s latent copies from the inversion latent of this step, then (``outside_reset="before"``, the
+        official RegionDrag order, ``drag.py:144-146``) the reset outside the mask."""
+        for sp in plan.step_pastes:
+            if sp.active(t):
+                z = sp.paste.apply(z, trajectory.latents[i])
+        if keep is not None and plan.outside_reset == "before":
+            z = torch.where(keep, trajectory.latents[i][:1].to(z), z)
+        return z
+
+    def _pass(self, ps: Pass, plan: EditPlan, trajectory: Trajectory, z: torch.Tensor, t: int,
+              cond_cfg: torch.Tensor, cond_text: torch.Tensor, guidance_scale: float, eta: torch.Tensor | float,
+              noise: torch.Tensor | None, out: SamplerOutput, trace: bool) -> torch.Tensor:
+        """One pass: energy guidance (guided steps), ε with CFG and K/V injection, the DDIM update; returns
+        ``z_{t_prev}`` and records the energies (and the trace) into ``out``."""
+        schedule, i = trajectory.schedule, ps.step
+        a_t, a_prev = schedule.alpha(i), schedule.alpha_prev(i)
+        g = rec = None
+        if trace:
+            out.trace.append(TracePass(i, ps.index, t, z.detach().float().cpu()))
+        if ps.guided:
+            if ps.own_reference:
+                ref = None  # the pasted starting latent is its own reference (official drag step 0)
+            elif self.recompute_reference:
+                ref = self._reference(trajectory, i, t)
+            else:
+                ref = trajectory.features[i]
+            g, rec = self._guidance(plan, z, i, t, a_t, cond_text, ref)
+            out.energies.append(rec)
+        eps = self._eps(plan, z, i, t, cond_cfg, cond_text, guidance_scale)
+        z_prev = ddim_step(z, eps, a_t, a_prev, guidance=g, eta=eta, noise=noise)
+        if trace:
+            out.trace[-1].latent_after = z_prev.detach().float().cpu()
+            if rec is not None:
+                out.trace[-1].energies = dict(rec.terms)
+                out.trace[-1].guidance_norm = rec.grad_norm
+        return z_prev
