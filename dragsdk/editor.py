@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -36,6 +35,7 @@ from .geometry import Canvas
 from .image_prompt import ImagePromptPlan, host_adapter_detached, host_adapter_installed
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
 from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
+from .keys import InversionKey, inversion_key, recorded_steps
 from .models import (
     ModelBundle,
     bundle_from_pipe,
@@ -460,23 +460,6 @@ class Editor:
         backend, reason = self.select_backend(plan, canvas.size)
         return img, spec, plan, canvas, ctx, backend, reason
 
-    def _inversion_key(self, img: Image.Image, spec: EditSpec, plan: EditPlan, canvas: Canvas, weights: str) -> tuple:
-        """What the inversion depends on: image(s), prompts, steps, size, recorded K/V and feature steps, sampling
-        kind, K/V layers, start step, the cycle-SDE seed, how reference features are made, the time grid, the VAE
-        latent kind (and its seed when sampled), the weights, the reference features' prompt and an image prompt that
-        the inversion uses (adapter and scale)."""
-        s = spec.sampler
-        kv_steps, feature_steps = _recorded_steps(plan)
-        ip, adapter = plan.image_prompt, self.ip_adapter
-        ip_key = None
-        if ip is not None and ip.inversion and adapter is not None:
-            ip_key = (adapter.name, ip.scale if adapter.scale is None else adapter.scale)
-        return (self._image_key(img), spec.prompt, *(self._image_key(r.image) + r.prompt for r in plan.references),
-                s.steps, canvas.size, tuple(sorted(kv_steps)), tuple(sorted(feature_steps)), self.model.name,
-                plan.sampling, plan.kv_layers, plan.start_step, s.seed if plan.sampling == "cycle-sde" else None,
-                plan.reference_features, plan.schedule_key, plan.vae_latent,
-                s.seed if plan.vae_latent == "sample" else None, weights, plan.reference_prompt, ip_key)
-
     def plan(
         self,
         image: str | os.PathLike[str] | Image.Image | np.ndarray,
@@ -500,15 +483,15 @@ class Editor:
         """
         img, spec, plan, canvas, _, backend, reason = self._prepare(
             image, spec, num_inference_steps, guidance_scale, None, propose_mask)
-        cached = self._trajectory
-        inversion_cached = cached is not None and cached.key == self._inversion_key(
-            img, spec, plan, canvas, self.weights_key())
         steps = spec.sampler.steps
         adapter = self.ip_adapter
         if adapter is not None and adapter.host and not host_adapter_installed(self.model.unet, adapter):
             adapter = None  # unloaded by the host since: the edit drops it (_check_host_processors)
+        cached = self._trajectory
+        inversion_cached = cached is not None and cached.key == inversion_key(
+            img, spec, plan, canvas.size, self.model.name, self.weights_key(), adapter)
         cost = estimate_cost(plan, steps, not inversion_cached, self.probe_energy_after, self.reference_profile,
-                             _recorded_steps(plan)[1], image_prompt=adapter is not None)
+                             recorded_steps(plan)[1], image_prompt=adapter is not None)
         guided = list(plan.guided_steps) if plan.needs_gradients else []
         kv = (plan.kv.start, plan.kv.end) if plan.kv else None
         return DryRun(plan, canvas, steps, guided, kv, inversion_cached, cost, backend.name, reason)
@@ -578,7 +561,7 @@ class Editor:
         with model_lock(self.model):
             adapter = self._check_host_processors()  # the adapter _run uses (load / unload take the same lock)
             weights = self.weights_key()
-            key = self._inversion_key(img, spec, plan, canvas, weights)
+            key = inversion_key(img, spec, plan, canvas.size, self.model.name, weights, adapter)
             cached = self._trajectory if reuse_inversion else None
             reuse = cached if cached is not None and cached.key == key else None
             n_inv = s.steps if plan.sampling == "ddim" else n_run
@@ -616,7 +599,7 @@ class Editor:
 
     def _run(
         self, img: Image.Image, spec: EditSpec, plan: EditPlan, canvas: Canvas, backend: Any, progress: bool,
-        callback: Callable[[int, int, torch.Tensor], None] | None, report_step: StepReporter, key: tuple,
+        callback: Callable[[int, int, torch.Tensor], None] | None, report_step: StepReporter, key: InversionKey,
         weights: str, cached: Trajectory | None, trace: bool = False,
     ) -> tuple[Image.Image, SamplerOutput, Trajectory, bool, dict[str, float], UNetCounter, int, str]:
         """The model-using part of :meth:`edit`; the caller holds the model's lock. Never writes the cache.
@@ -665,7 +648,7 @@ class Editor:
             if plan.reference_prompt == "base" and plan.references:
                 feature_cond = cond_text.expand(cond_bank.shape[0], -1, -1)
             schedule = (plan.schedule or DDIMSchedule)(self.model.scheduler, s.steps)
-            kv_steps, feature_steps = _recorded_steps(plan)
+            kv_steps, feature_steps = recorded_steps(plan)
             t0 = time.perf_counter()
             reused = cached is not None
             if cached is not None:
@@ -804,10 +787,6 @@ class Editor:
         up = F.interpolate(region.float()[None, None], size=(img.size[1], img.size[0]), mode="nearest")[0, 0] > 0.5
         return dilate(up, dilate_px).numpy()
 
-    @staticmethod
-    def _image_key(img: Image.Image) -> str:
-        return hashlib.sha1(img.tobytes()).hexdigest() + f"{img.size}"
-
 
 def _image_prompt_note(plan: EditPlan, adapter: Any) -> str | None:
     """The report's line on the image prompt: used (adapter, image, scale, steps) or not (no adapter loaded)."""
@@ -819,15 +798,6 @@ def _image_prompt_note(plan: EditPlan, adapter: Any) -> str | None:
     scale = ip.scale if adapter.scale is None else adapter.scale
     ip = ImagePromptPlan(scale, ip.start, ip.end, ip.inversion, ip.source)
     return f"image prompt: IP-Adapter {adapter.name} on the {ip.source} image, {ip.describe()}"
-
-
-def _recorded_steps(plan: EditPlan) -> tuple[set[int], set[int]]:
-    """The sampling steps whose K/V and whose reference features the inversion provides."""
-    kv_steps = set(plan.kv.steps()) if plan.kv else set()
-    feature_steps = set(plan.guided_steps) if plan.needs_gradients else set()
-    if plan.step0_reference == "init":  # the first step's reference is the pasted start latent itself
-        feature_steps.discard(plan.start_step)
-    return kv_steps, feature_steps
 
 
 def _as_output(image: Image.Image, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:

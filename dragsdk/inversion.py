@@ -25,6 +25,7 @@ import torch
 
 from .attention import AttentionController, KVBank
 from .features import FeatureTap
+from .keys import InversionKey
 
 
 @dataclass
@@ -116,7 +117,7 @@ class Trajectory:
         bank: recorded decoder self-attention K/V per step.
         features: reference features per sampling step (``(B_bank, C_l, h_l, w_l)`` per block).
         cond: ``(B_bank, 77, D)`` text embeddings the inversion used.
-        key: what it was computed from (for caching).
+        key: what it was computed from (:class:`~dragsdk.keys.InversionKey`, for caching).
         noises: Cycle-SDE reverse noise ``w`` per sampling step (``(B_bank, 4, h, w)``), empty for DDIM
             (:mod:`dragsdk.cycle_sde`).
         feature_cond: ``(B_bank, 77, D)`` text embeddings of the reference-feature forwards when they differ from
@@ -128,7 +129,7 @@ class Trajectory:
     bank: KVBank
     features: dict[int, list[torch.Tensor]]
     cond: torch.Tensor
-    key: tuple = ()
+    key: InversionKey | None = None
     counter: UNetCounter = field(default_factory=UNetCounter)
     seconds: float = 0.0
     noises: dict[int, torch.Tensor] = field(default_factory=dict)

@@ -7,7 +7,7 @@ feature grid = working size / 4 (see :mod:`dragsdk.geometry`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -16,6 +16,7 @@ from PIL import Image
 
 from .attention import KVInjection
 from .image_prompt import ImagePromptPlan
+from .keys import inverts, no_inversion, plan_field
 
 Features = list[torch.Tensor]
 """Decoder features, one ``(B, C_l, h_l, w_l)`` tensor per feature block."""
@@ -143,6 +144,9 @@ class HandleNoise:
 class EditPlan:
     """What a mode supplies for one edit.
 
+    Each field declares whether the inversion depends on it (:func:`~dragsdk.keys.inverts` /
+    :func:`~dragsdk.keys.no_inversion`, read by :func:`~dragsdk.keys.inversion_key`'s test).
+
     Attributes:
         edit_mask: ``(h, w)`` bool on the latent grid: where edit-term gradients apply (content terms outside).
         energies: energy terms; empty for gradient-free modes.
@@ -197,38 +201,45 @@ class EditPlan:
             adapter loaded (:meth:`dragsdk.editor.Editor.load_ip_adapter`); None = the mode has none.
     """
 
-    edit_mask: torch.Tensor
-    energies: list[EnergyTerm] = field(default_factory=list)
-    energy_scale: float | None = None
-    guidance_step: float | None = None
-    guided_steps: list[int] | None = None
-    init: list[LatentPaste] = field(default_factory=list)
-    kv: KVPlan | None = None
-    sde: SDEPlan | None = None
-    sde_mask: torch.Tensor | None = None
-    composite: bool = False
-    time_travel: dict[int, int] | None = None
-    references: list[Reference] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    sampling: Literal["ddim", "cycle-sde"] = "ddim"
-    start_step: int = 0
-    step_pastes: list[StepPaste] = field(default_factory=list)
-    follow_outside: bool = False
-    handle_noise: HandleNoise | None = None
-    kv_layers: Literal["decoder", "all"] = "decoder"
-    reference_features: Literal["inverted", "recorded"] = "recorded"
-    step0_reference: Literal["inversion", "init"] = "inversion"
-    rollback_at: Literal["prev", "t"] = "t"
-    outside_reset: Literal["after", "before"] = "after"
-    schedule: Callable[[Any, int], Any] | None = None
-    schedule_key: str = "ddim"
-    composite_mask: np.ndarray | None = None
-    vae_latent: Literal["mean", "sample"] = "mean"
-    to_uint8: Literal["round", "truncate"] = "round"
-    profile: str = ""
-    profile_options: tuple[str, ...] = ()
-    reference_prompt: Literal["base", "own"] = "own"
-    image_prompt: ImagePromptPlan | None = None
+    edit_mask: torch.Tensor = plan_field(no_inversion())
+    energies: list[EnergyTerm] = plan_field(
+        inverts("feature_steps: energies make the plan guided"), default_factory=list)
+    energy_scale: float | None = plan_field(
+        inverts("feature_steps: a zero scale leaves the plan unguided"), default=None)
+    guidance_step: float | None = plan_field(
+        inverts("feature_steps: a zero step leaves the plan unguided"), default=None)
+    guided_steps: list[int] | None = plan_field(inverts("feature_steps"), default=None)
+    init: list[LatentPaste] = plan_field(no_inversion(), default_factory=list)
+    kv: KVPlan | None = plan_field(inverts("kv_steps: its window"), default=None)
+    sde: SDEPlan | None = plan_field(no_inversion(), default=None)
+    sde_mask: torch.Tensor | None = plan_field(no_inversion(), default=None)
+    composite: bool = plan_field(no_inversion(), default=False)
+    time_travel: dict[int, int] | None = plan_field(no_inversion(), default=None)
+    references: list[Reference] = plan_field(inverts("references"), default_factory=list)
+    notes: list[str] = plan_field(no_inversion(), default_factory=list)
+    sampling: Literal["ddim", "cycle-sde"] = plan_field(inverts("sampling"), default="ddim")
+    start_step: int = plan_field(inverts("start_step"), default=0)
+    step_pastes: list[StepPaste] = plan_field(no_inversion(), default_factory=list)
+    follow_outside: bool = plan_field(no_inversion(), default=False)
+    handle_noise: HandleNoise | None = plan_field(no_inversion(), default=None)
+    kv_layers: Literal["decoder", "all"] = plan_field(inverts("kv_layers"), default="decoder")
+    reference_features: Literal["inverted", "recorded"] = plan_field(
+        inverts("reference_features"), default="recorded")
+    step0_reference: Literal["inversion", "init"] = plan_field(
+        inverts("feature_steps: init drops the first step"), default="inversion")
+    rollback_at: Literal["prev", "t"] = plan_field(no_inversion(), default="t")
+    outside_reset: Literal["after", "before"] = plan_field(no_inversion(), default="after")
+    schedule: Callable[[Any, int], Any] | None = plan_field(
+        inverts("schedule: named by schedule_key"), default=None)
+    schedule_key: str = plan_field(inverts("schedule"), default="ddim")
+    composite_mask: np.ndarray | None = plan_field(no_inversion(), default=None)
+    vae_latent: Literal["mean", "sample"] = plan_field(inverts("vae_latent, vae_seed"), default="mean")
+    to_uint8: Literal["round", "truncate"] = plan_field(no_inversion(), default="round")
+    profile: str = plan_field(no_inversion(), default="")
+    profile_options: tuple[str, ...] = plan_field(no_inversion(), default=())
+    reference_prompt: Literal["base", "own"] = plan_field(inverts("reference_prompt"), default="own")
+    image_prompt: ImagePromptPlan | None = plan_field(
+        inverts("image_prompt: when the inversion uses it"), default=None)
 
     @property
     def needs_gradients(self) -> bool:

@@ -21,6 +21,7 @@ from PIL import Image
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .io import mask_to_data_url
+from .keys import inverts, no_inversion
 
 COORDINATE_LIMIT = 100_000.0
 """Largest ``|x|`` or ``|y|`` of a point, and of a displacement (``dx``, ``dy``), in image pixels."""
@@ -243,27 +244,34 @@ class SamplerSettings(SpecModel):
     """Settings shared by every mode, with the published defaults (DragonDiffusion / DiffEditor code:
     ``src/models/Sampler.py:21,74,98-101``, UI ``src/demo/demo.py:475-513``)."""
 
-    steps: int = Field(50, ge=2, le=1000, description="DDIM inversion and sampling steps")
-    guidance_scale: float = Field(4.0, ge=1.0, le=30.0, description="classifier-free guidance scale")
-    seed: int = Field(42, ge=0, le=SEED_MAX, description="seed of every random draw of the edit")
-    resolution: int = Field(
+    steps: Annotated[int, inverts("steps")] = Field(
+        50, ge=2, le=1000, description="DDIM inversion and sampling steps")
+    guidance_scale: Annotated[float, no_inversion()] = Field(
+        4.0, ge=1.0, le=30.0, description="classifier-free guidance scale")
+    seed: Annotated[int, inverts("cycle_seed, vae_seed: a stochastic inversion or a sampled VAE latent")] = Field(
+        42, ge=0, le=SEED_MAX, description="seed of every random draw of the edit")
+    resolution: Annotated[int, inverts("working_size")] = Field(
         768, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64"
     )
-    schedule: GuidanceSchedule = Field(default_factory=GuidanceSchedule)
-    kv_start: float = Field(
+    schedule: Annotated[GuidanceSchedule, inverts("feature_steps: plan.guided_steps")] = Field(
+        default_factory=GuidanceSchedule)
+    kv_start: Annotated[float, inverts("kv_steps: plan.kv")] = Field(
         0.1, ge=0.0, le=1.0, description="cross-branch K/V injection starts at this fraction of the steps (5/50)"
     )
-    sde: RegionalSDE = Field(default_factory=RegionalSDE)
-    time_travel: TimeTravel = Field(default_factory=TimeTravel)
+    sde: Annotated[RegionalSDE, no_inversion()] = Field(default_factory=RegionalSDE)
+    time_travel: Annotated[TimeTravel, no_inversion()] = Field(default_factory=TimeTravel)
 
 
 class EditSpec(SpecModel):
     """Fields common to every mode. A mode's spec subclasses this and fixes ``mode`` to a literal."""
 
-    mode: str
-    prompt: str = Field("", description="text describing the image (used for inversion and sampling)")
-    negative_prompt: str = Field("", description="the unconditional prompt of classifier-free guidance")
-    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
+    mode: Annotated[str, inverts("through the plan the mode builds")]
+    prompt: Annotated[str, inverts("prompt")] = Field(
+        "", description="text describing the image (used for inversion and sampling)")
+    negative_prompt: Annotated[str, no_inversion()] = Field(
+        "", description="the unconditional prompt of classifier-free guidance")
+    sampler: Annotated[SamplerSettings, inverts("through its own fields")] = Field(
+        default_factory=SamplerSettings)
 
 
 def _as_mask_ref(value: Any) -> Any:
