@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,44 +15,37 @@ import torch
 import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
-from tqdm.auto import tqdm
 
-from .attention import AttentionController, foreign_processors, install
+from .attention import foreign_processors
 from .cache import LRUCache, WeightsFingerprint
 from .concurrency import model_lock
-from .dryrun import DryRun, estimate_cost
+from .dryrun import DryRun
 from .errors import (
     ArgumentTypeError,
     BackendUnavailableError,
     HostAttentionError,
     ModelLoadError,
-    NonFiniteError,
     SpecError,
 )
 from .features import FeatureTap
 from .geometry import Canvas
-from .image_prompt import ImagePromptPlan, host_adapter_detached, host_adapter_installed
-from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
-from .io import check_outputs, load_image, save_image_atomic, size_note, write_text_atomic
-from .keys import InversionKey, inversion_key, recorded_steps
+from .image_prompt import host_adapter_detached, host_adapter_installed
+from .inversion import Trajectory
+from .io import check_outputs, load_image, save_image_atomic, write_text_atomic
 from .models import (
     ModelBundle,
     bundle_from_pipe,
     check_dtype,
     default_model,
     load_model,
-    random_weights_warning,
     resolve_device,
 )
-from .modes import PlanContext, build_plan
 from .plan import EditPlan
-from .progress import StepHook, StepReporter
+from .progress import StepHook
 from .registry import Registry, get_registry
-from .report import EditReport, EnergyRecord, peak_memory, reset_peak_memory
-from .sampler import GuidedSampler, SamplerOutput
-from .spec import SEED_MAX, EditSpec, spec_from_json
-
-OUTPUT_TYPES = ("pil", "np", "pt")
+from .report import EditReport
+from .session import EditOptions, EditRun
+from .spec import EditSpec, spec_from_json
 
 
 @dataclass
@@ -410,56 +402,6 @@ class Editor:
         return spec_from_json(spec, self.registry.spec_models())
 
     # -- the edit ------------------------------------------------------------------------------------------
-    def _overrides(self, spec: EditSpec, num_inference_steps: int | None, guidance_scale: float | None,
-                   generator: torch.Generator | None) -> EditSpec:
-        """``spec`` with diffusers-style keyword overrides written into its sampler settings (validated as spec
-        fields: ``sampler.steps``, ``sampler.guidance_scale``, ``sampler.seed``)."""
-        update: dict[str, Any] = {}
-        if num_inference_steps is not None:
-            if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool):
-                raise ArgumentTypeError("num_inference_steps", "an int", num_inference_steps)
-            update["steps"] = num_inference_steps
-        if guidance_scale is not None:
-            if not isinstance(guidance_scale, int | float) or isinstance(guidance_scale, bool):
-                raise ArgumentTypeError("guidance_scale", "a number", guidance_scale)
-            update["guidance_scale"] = float(guidance_scale)
-        if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise ArgumentTypeError("generator", "a torch.Generator", generator)
-            # One draw from the host's generator picks the edit's seed (the report records it, so the edit can be
-            # repeated from the report alone); the generator advances, as a diffusers pipeline advances it.
-            update["seed"] = int(torch.randint(0, SEED_MAX >> 1, (1,), generator=generator, device=generator.device))
-        if not update:
-            return spec
-        s = spec.sampler
-        sampler = type(s).model_validate({**s.model_dump(exclude_unset=True), **update})
-        return spec.model_copy(update={"sampler": sampler})
-
-    def _prepare(
-        self, image: Any, spec: Any, num_inference_steps: int | None, guidance_scale: float | None,
-        generator: torch.Generator | None, suggest: bool,
-    ) -> tuple[Image.Image, EditSpec, EditPlan, Canvas, PlanContext, Any, str]:
-        """Validate, apply the overrides and plan (no model call unless a mask is proposed and ``suggest``)."""
-        spec = self._overrides(self.resolve_spec(spec), num_inference_steps, guidance_scale, generator)
-        modes = self.registry.modes
-        if spec.mode not in modes:
-            raise SpecError("mode", f"unknown mode {spec.mode!r}; installed modes are {sorted(modes)}")
-        mode = modes[spec.mode]
-        img = load_image(image)
-        s = spec.sampler
-        resolution = s.resolution if "resolution" in s.model_fields_set else self.model.default_resolution
-        canvas = Canvas.fit(img.size, resolution)
-
-        def no_proposal(xy: tuple[float, float]) -> np.ndarray:
-            raise SpecError("mask", f"a dry run does not run the model, so no mask is proposed from the point {xy}: "
-                                    "give a mask, or call plan(..., propose_mask=True)")
-
-        suggest_mask = (lambda xy: self.suggest_mask(img, xy, spec.prompt)) if suggest else no_proposal
-        ctx = PlanContext(canvas, img, s.steps, suggest_mask=suggest_mask)
-        plan = build_plan(mode, spec, ctx)
-        backend, reason = self.select_backend(plan, canvas.size)
-        return img, spec, plan, canvas, ctx, backend, reason
-
     def plan(
         self,
         image: str | os.PathLike[str] | Image.Image | np.ndarray,
@@ -481,20 +423,8 @@ class Editor:
             BackendUnavailableError: as :meth:`edit`.
             ArgumentTypeError: as :meth:`edit`.
         """
-        img, spec, plan, canvas, _, backend, reason = self._prepare(
-            image, spec, num_inference_steps, guidance_scale, None, propose_mask)
-        steps = spec.sampler.steps
-        adapter = self.ip_adapter
-        if adapter is not None and adapter.host and not host_adapter_installed(self.model.unet, adapter):
-            adapter = None  # unloaded by the host since: the edit drops it (_check_host_processors)
-        cached = self._trajectory
-        inversion_cached = cached is not None and cached.key == inversion_key(
-            img, spec, plan, canvas.size, self.model.name, self.weights_key(), adapter)
-        cost = estimate_cost(plan, steps, not inversion_cached, self.probe_energy_after, self.reference_profile,
-                             recorded_steps(plan)[1], image_prompt=adapter is not None)
-        guided = list(plan.guided_steps) if plan.needs_gradients else []
-        kv = (plan.kv.start, plan.kv.end) if plan.kv else None
-        return DryRun(plan, canvas, steps, guided, kv, inversion_cached, cost, backend.name, reason)
+        options = EditOptions(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        return EditRun(self, image, spec, options).dry_run(propose_mask)
 
     def edit(
         self,
@@ -512,7 +442,8 @@ class Editor:
         cancel: threading.Event | None = None,
         reuse_inversion: bool = True,
     ) -> EditResult:
-        """Run one edit.
+        """Run one edit: an :class:`~dragsdk.session.EditRun` through its stages ``check_inputs → prepare → encode →
+        invert → sample → decode → report``.
 
         Args:
             image: the base image (path, PIL image or array; decoded by :func:`dragsdk.io.load_image`: EXIF
@@ -547,192 +478,9 @@ class Editor:
             EditCancelled: the hook or ``cancel`` stopped the edit; nothing is returned or cached.
             NonFiniteError: the latent went NaN or ±inf (the phase and step are named); nothing is returned.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ArgumentTypeError("output_type", f"one of {', '.join(OUTPUT_TYPES)}", output_type)
-        for name, fn in (("callback", callback), ("callback_on_step_end", callback_on_step_end)):
-            if fn is not None and not callable(fn):
-                raise ArgumentTypeError(name, "a callable", fn)
-        if cancel is not None and not isinstance(cancel, threading.Event):
-            raise ArgumentTypeError("cancel", "a threading.Event", cancel)
-        img, spec, plan, canvas, ctx, backend, reason = self._prepare(
-            image, spec, num_inference_steps, guidance_scale, generator, True)
-        s = spec.sampler
-        n_run = s.steps - plan.start_step
-        with model_lock(self.model):
-            adapter = self._check_host_processors()  # the adapter _run uses (load / unload take the same lock)
-            weights = self.weights_key()
-            key = inversion_key(img, spec, plan, canvas.size, self.model.name, weights, adapter)
-            cached = self._trajectory if reuse_inversion else None
-            reuse = cached if cached is not None and cached.key == key else None
-            n_inv = s.steps if plan.sampling == "ddim" else n_run
-            steps = {"encode": 1, "invert": 1 if reuse is not None else n_inv, "sample": n_run, "decode": 1}
-            reporter = StepReporter(callback_on_step_end, cancel, steps)
-            with host_adapter_detached(self.model.unet, adapter):
-                edited, out, traj, reused, phases, counter, peak, kind = self._run(
-                    img, spec, plan, canvas, backend, progress, callback, reporter, key, weights, reuse,
-                    trace is not None
-                )
-            if not reused:  # only a finished edit's inversion is kept for the next one
-                self._trajectory = traj
-        device = self.model.device
-        report = EditReport(
-            mode=spec.mode, model=self.model.name, backend=backend.name, backend_reason=reason,
-            device=str(device), dtype=str(self.model.dtype).removeprefix("torch."), image_size=img.size,
-            working_size=canvas.size, steps=s.steps, seed=s.seed, phase_seconds=phases,
-            unet_evaluations=counter.to_dict(), image_encoder_forwards=counter.image_encoder, inversion_reused=reused,
-            energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
-            peak_memory_bytes=peak, peak_memory_kind=kind, mask_proposed=ctx.mask_proposed,
-            notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), _image_prompt_note(plan, adapter),
-                                               random_weights_warning(self.model)])],
-            image_prompt=adapter.name if adapter is not None and plan.image_prompt else None,
-            profile=plan.profile, profile_options=list(plan.profile_options),
-            random_weights=self.model.random_weights,
-        )
-        if trace is not None:
-            from .trace import write_trace
-
-            meta = {"mode": spec.mode, "profile": plan.profile, "profile_options": list(plan.profile_options),
-                    "model": self.model.name, "backend": backend.name, "steps": s.steps, "seed": s.seed,
-                    "working_size": list(canvas.size), "rollback_timesteps": out.rollback_timesteps}
-            write_trace(trace, out.trace, meta)
-        return EditResult(edited, out.latent, report, spec, plan, _as_output(edited, output_type))
-
-    def _run(
-        self, img: Image.Image, spec: EditSpec, plan: EditPlan, canvas: Canvas, backend: Any, progress: bool,
-        callback: Callable[[int, int, torch.Tensor], None] | None, report_step: StepReporter, key: InversionKey,
-        weights: str, cached: Trajectory | None, trace: bool = False,
-    ) -> tuple[Image.Image, SamplerOutput, Trajectory, bool, dict[str, float], UNetCounter, int, str]:
-        """The model-using part of :meth:`edit`; the caller holds the model's lock. Never writes the cache.
-        ``cached``: the inversion to reuse (its key equals ``key``), or None to invert."""
-        s = spec.sampler
-        device = self.model.device
-        reset_peak_memory(device)
-        phases: dict[str, float] = {}
-        counter = UNetCounter()
-
-        controller = AttentionController(
-            attend=backend.attention, bank_layers=self._bank_layers(plan), latent_size=canvas.latent_size
-        )
-        ip_plan = plan.image_prompt if self.ip_adapter is not None else None
-        if ip_plan is not None:
-            scale = ip_plan.scale if self.ip_adapter.scale is None else self.ip_adapter.scale
-            source = plan.references[0].image if ip_plan.source == "reference" and plan.references else img
-            controller.image_prompt = self.ip_adapter.state(source, scale, self.model.device, self.model.dtype,
-                                                            counter)
-        unet = self.model.unet
-        previous = install(unet, controller)
-        tap = FeatureTap(unet, self.model.adapter.feature_blocks)
-        bar = tqdm(total=2 * (s.steps - plan.start_step), desc=f"dragsdk {spec.mode}", disable=not progress, leave=False)
-        try:
-            unet_call = self.model.unet_call(backend.prepare_unet_for_edit(self.model, controller))
-            t0 = time.perf_counter()
-            x = self._preprocess(img, canvas)
-            refs = [r.image for r in plan.references]
-            for k, r in enumerate(refs):
-                if r.size != img.size:
-                    raise SpecError(f"references[{k}]", f"is {r.size}, must be the base image's size {img.size}")
-            images = torch.cat([x, *(self._preprocess(r, canvas) for r in refs)])
-            if plan.vae_latent == "sample":  # one posterior sample (official RegionDrag, cycle_sde.py:63), seeded
-                z0 = _sample_latent(self.model, images, s.seed)
-            else:
-                z0 = backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
-            if z0 is None:
-                z0 = self.model.encode_image(images)
-            _check_finite(z0, "encoding", None, None)
-            phases["encode"] = time.perf_counter() - t0
-            report_step("encode", latent=z0)
-
-            cond_text = self._prompt(spec.prompt, weights=weights)
-            cond_bank = torch.cat([cond_text, *(self._prompt(r.prompt, weights=weights) for r in plan.references)])
-            feature_cond = cond_bank  # reference features: each image's own prompt, or the base prompt for all rows
-            if plan.reference_prompt == "base" and plan.references:
-                feature_cond = cond_text.expand(cond_bank.shape[0], -1, -1)
-            schedule = (plan.schedule or DDIMSchedule)(self.model.scheduler, s.steps)
-            kv_steps, feature_steps = recorded_steps(plan)
-            t0 = time.perf_counter()
-            reused = cached is not None
-            if cached is not None:
-                traj = cached
-                bar.update(s.steps - plan.start_step)
-                report_step("invert", plan.start_step, schedule.timesteps[plan.start_step],
-                            cached.latents[plan.start_step])
-            else:
-                from .attention import KVBank
-
-                controller.bank = KVBank(self.bank_device)
-                noises: dict[int, torch.Tensor] = {}
-
-                def on_invert_step(i: int) -> None:
-                    bar.update(1)
-                    report_step("invert", i, schedule.timesteps[i])
-                if plan.sampling == "cycle-sde":  # stochastic inversion recording the reverse noise (no features)
-                    from .cycle_sde import cycle_sde_invert, inversion_generator
-
-                    feats: dict[int, list[torch.Tensor]] = {}
-                    if ip_plan is not None and ip_plan.inversion:
-                        assert controller.image_prompt is not None
-                        controller.image_prompt.active = True
-                    try:
-                        latents, noises = cycle_sde_invert(
-                            unet_call, z0, cond_bank, schedule, plan.start_step, controller, kv_steps, counter,
-                            inversion_generator(s.seed), on_step=on_invert_step,
-                        )
-                    finally:
-                        if controller.image_prompt is not None:
-                            controller.image_prompt.active = False
-                else:
-                    recorded = plan.reference_features == "recorded"
-                    latents, feats = invert(
-                        unet_call, z0, cond_bank, schedule, controller, tap, kv_steps,
-                        feature_steps if recorded else set(), counter, on_step=on_invert_step,
-                    )
-                    if not recorded and feature_steps:
-                        feats = reference_features(unet_call, latents, feature_cond, schedule, controller, tap,
-                                                   feature_steps, counter)
-                _check_finite(latents[plan.start_step], "inversion", plan.start_step, schedule.timesteps[plan.start_step])
-                traj = Trajectory(schedule, latents, controller.bank, feats, cond_bank, key, noises=noises,
-                                  feature_cond=None if feature_cond is cond_bank else feature_cond)
-            controller.bank = traj.bank
-            phases["invert"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            uncond = self._prompt(spec.negative_prompt, negative=True, weights=weights)
-            sampler = GuidedSampler(unet_call, controller, tap, counter, self.probe_energy_after, self.reference_profile)
-            generator = torch.Generator("cpu").manual_seed(s.seed)
-
-            def on_step(i: int, t: int, z: torch.Tensor) -> None:
-                _check_finite(z, "sampling", i, t)
-                bar.update(1)
-                if callback:
-                    callback(i, t, z)
-                report_step("sample", i, t, z)
-
-            out = sampler.run(traj, plan, torch.cat([uncond, cond_text]), cond_text, s.guidance_scale, generator, on_step,
-                              trace=trace)
-            phases["sample"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            decoded = backend.vae_decode(self.model, out.latent)
-            if decoded is None:
-                decoded = self.model.decode_latent(out.latent)
-            _check_finite(decoded, "decoding", None, None)
-            if plan.to_uint8 == "truncate":  # official RegionDrag postprocess (drag.py:81-98): astype(uint8) truncates
-                arr = ((decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).numpy()
-                edited = Image.fromarray(arr.astype(np.uint8))
-            else:
-                edited = self.processor.postprocess(decoded.float().cpu(), output_type="pil")[0]
-            if edited.size != img.size:
-                edited = edited.resize(img.size, Image.Resampling.LANCZOS)
-            if plan.composite:
-                edited = _composite_outside(img, edited, plan, canvas)
-            phases["decode"] = time.perf_counter() - t0
-            report_step("decode", latent=out.latent)
-        finally:
-            bar.close()
-            tap.remove()
-            unet.set_attn_processor(previous)
-        peak, kind = peak_memory(device)
-        return edited, out, traj, reused, phases, counter, peak, kind
+        options = EditOptions(progress, callback, trace, num_inference_steps, guidance_scale, generator, output_type,
+                              callback_on_step_end, cancel, reuse_inversion)
+        return EditRun(self, image, spec, options).execute()
 
     @torch.no_grad()
     def suggest_mask(
@@ -786,51 +534,3 @@ class Editor:
         region = mask_from_features(f[0], canvas.to_cell(point, "feature"), threshold)
         up = F.interpolate(region.float()[None, None], size=(img.size[1], img.size[0]), mode="nearest")[0, 0] > 0.5
         return dilate(up, dilate_px).numpy()
-
-
-def _image_prompt_note(plan: EditPlan, adapter: Any) -> str | None:
-    """The report's line on the image prompt: used (adapter, image, scale, steps) or not (no adapter loaded)."""
-    ip = plan.image_prompt
-    if ip is None:
-        return None
-    if adapter is None:
-        return f"image prompt (IP-Adapter, official {ip.describe()}) not used: no adapter loaded (Editor.load_ip_adapter)"
-    scale = ip.scale if adapter.scale is None else adapter.scale
-    ip = ImagePromptPlan(scale, ip.start, ip.end, ip.inversion, ip.source)
-    return f"image prompt: IP-Adapter {adapter.name} on the {ip.source} image, {ip.describe()}"
-
-
-def _as_output(image: Image.Image, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
-    """``image`` as ``result.images`` in diffusers' layout for ``output_type`` (see :class:`EditResult`)."""
-    if output_type == "pil":
-        return [image]
-    arr = np.asarray(image, dtype=np.float32)[None] / 255.0  # (1, H, W, 3) in [0, 1]
-    return arr if output_type == "np" else torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-
-
-def _check_finite(x: torch.Tensor, phase: str, step: int | None, timestep: int | None) -> None:
-    """Stop the edit when ``x`` holds a NaN or ±inf (one device sync; the check is a single reduction)."""
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteError(phase, step, timestep)
-
-
-def _sample_latent(model: ModelBundle, images: torch.Tensor, seed: int) -> torch.Tensor:
-    """``(B, 4, h, w)`` latent: one sample of the VAE posterior × scaling factor, drawn from a CPU generator seeded
-    with ``seed`` (the official RegionDrag ``latent_dist.sample()``, ``cycle_sde.py:63``, on its global RNG)."""
-    with torch.no_grad():
-        post = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
-        z = post.sample(generator=torch.Generator("cpu").manual_seed(int(seed)))
-    return (z * model.vae.config.scaling_factor).to(model.dtype)
-
-
-def _composite_outside(original: Image.Image, edited: Image.Image, plan: EditPlan, canvas: Canvas) -> Image.Image:
-    """Original pixels outside the edit mask, edited pixels inside: the plan's pixel ``composite_mask`` when it has
-    one (official RegionDrag ``np.where(mask, out, ori)``, ``drag.py:81-98``), else the latent edit mask
-    nearest-upsampled."""
-    if plan.composite_mask is not None:
-        keep = np.asarray(plan.composite_mask, dtype=bool)[:, :, None]
-        return Image.fromarray(np.where(keep, np.asarray(edited), np.asarray(original.convert("RGB"))))
-    m = plan.edit_mask.float()[None, None]
-    m = torch.nn.functional.interpolate(m, size=(original.size[1], original.size[0]), mode="nearest")[0, 0]
-    mask = Image.fromarray((m.numpy() * 255).astype(np.uint8), "L")
-    return Image.composite(edited, original, mask)

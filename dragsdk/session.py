@@ -1,0 +1,475 @@
+"""One edit as a session: :class:`EditRun` holds what one edit needs and runs its named stages
+
+``check_inputs → prepare → encode → invert → sample → decode → report``
+
+(the pattern of diffusers' pipelines: a linear call of named, overridable stages). :meth:`dragsdk.editor.Editor.edit`
+creates one and calls :meth:`EditRun.execute`; :meth:`dragsdk.editor.Editor.plan` runs the first two stages and
+:meth:`EditRun.dry_run`. A stage is where a future method plugs in (e.g. an optimisation stage between ``invert``
+and ``sample``): subclass and override it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .attention import AttentionController, KVBank, install
+from .concurrency import model_lock
+from .dryrun import DryRun, estimate_cost
+from .errors import ArgumentTypeError, NonFiniteError, SpecError
+from .features import FeatureTap
+from .geometry import Canvas
+from .image_prompt import ImagePromptPlan, host_adapter_detached, host_adapter_installed
+from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
+from .io import load_image, size_note
+from .keys import InversionKey, inversion_key, recorded_steps
+from .models import ModelBundle, random_weights_warning
+from .modes import PlanContext, build_plan
+from .passes import inversion_steps
+from .plan import EditPlan
+from .progress import StepHook, StepReporter
+from .report import EditReport, EnergyRecord, peak_memory, reset_peak_memory
+from .sampler import GuidedSampler, SamplerOutput
+from .spec import SEED_MAX, EditSpec
+
+if TYPE_CHECKING:
+    from .editor import Editor, EditResult
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """The keyword arguments of :meth:`dragsdk.editor.Editor.edit` (see there), as one value."""
+
+    progress: bool = False
+    callback: Callable[[int, int, torch.Tensor], None] | None = None
+    trace: str | os.PathLike[str] | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    generator: torch.Generator | None = None
+    output_type: str = "pil"
+    callback_on_step_end: StepHook | None = None
+    cancel: threading.Event | None = None
+    reuse_inversion: bool = True
+
+
+class EditRun:
+    """One edit of one image with one spec on one :class:`~dragsdk.editor.Editor`.
+
+    Stages fill the attributes in order: ``check_inputs`` (``spec``), ``prepare`` (``img``, ``plan``, ``canvas``,
+    ``ctx``, ``backend``, ``reason``), then, under the model's lock, ``encode`` (``z0``), ``invert`` (``traj``,
+    ``reused``), ``sample`` (``out``), ``decode`` (``edited``), and ``report`` builds the
+    :class:`~dragsdk.report.EditReport` from them. ``phases`` (seconds per stage) and ``counter`` (UNet evaluations)
+    are shared by the stages.
+    """
+
+    def __init__(self, editor: Editor, image: Any, spec: Any, options: EditOptions | None = None) -> None:
+        self.editor, self.model = editor, editor.model
+        self.image_in, self.spec_in = image, spec
+        self.options = options or EditOptions()
+        self.phases: dict[str, float] = {}
+        self.counter = UNetCounter()
+        self.adapter: Any = None
+        self.cached: Trajectory | None = None
+        self.reused = False
+
+    # -- 1. check_inputs ------------------------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        """Check the arguments' types, validate the spec and write the diffusers-style overrides into it.
+
+        Raises:
+            ArgumentTypeError: an argument of the wrong type (named), or an unknown ``output_type``.
+            SpecError / pydantic.ValidationError: an invalid spec or override (the field is named).
+        """
+        o = self.options
+        if o.output_type not in OUTPUT_TYPES:
+            raise ArgumentTypeError("output_type", f"one of {', '.join(OUTPUT_TYPES)}", o.output_type)
+        for name, fn in (("callback", o.callback), ("callback_on_step_end", o.callback_on_step_end)):
+            if fn is not None and not callable(fn):
+                raise ArgumentTypeError(name, "a callable", fn)
+        if o.cancel is not None and not isinstance(o.cancel, threading.Event):
+            raise ArgumentTypeError("cancel", "a threading.Event", o.cancel)
+        self.spec = _overrides(self.editor.resolve_spec(self.spec_in), o.num_inference_steps, o.guidance_scale,
+                               o.generator)
+        modes = self.editor.registry.modes
+        if self.spec.mode not in modes:
+            raise SpecError("mode", f"unknown mode {self.spec.mode!r}; installed modes are {sorted(modes)}")
+
+    # -- 2. prepare -----------------------------------------------------------------------------------------------
+    def prepare(self, suggest: bool = True) -> None:
+        """Load the image, fit the canvas, plan (no model call unless a mask is proposed and ``suggest``) and pick
+        the backend.
+
+        Raises:
+            SpecError: an unreadable image or geometry that does not fit it (named).
+            BackendUnavailableError: no backend can run the plan here.
+        """
+        editor, spec = self.editor, self.spec
+        img = self.img = load_image(self.image_in)
+        s = spec.sampler
+        resolution = s.resolution if "resolution" in s.model_fields_set else self.model.default_resolution
+        self.canvas = Canvas.fit(img.size, resolution)
+
+        def no_proposal(xy: tuple[float, float]) -> np.ndarray:
+            raise SpecError("mask", f"a dry run does not run the model, so no mask is proposed from the point {xy}: "
+                                    "give a mask, or call plan(..., propose_mask=True)")
+
+        suggest_mask = (lambda xy: editor.suggest_mask(img, xy, spec.prompt)) if suggest else no_proposal
+        self.ctx = PlanContext(self.canvas, img, s.steps, suggest_mask=suggest_mask)
+        self.plan = build_plan(editor.registry.modes[spec.mode], spec, self.ctx)
+        self.backend, self.reason = editor.select_backend(self.plan, self.canvas.size)
+
+    def inversion_key(self, weights: str) -> InversionKey:
+        """The key of the inversion this edit needs, on weights ``weights`` with the run's image-prompt adapter."""
+        return inversion_key(self.img, self.spec, self.plan, self.canvas.size, self.model.name, weights,
+                             self.adapter)
+
+    # -- the model part -------------------------------------------------------------------------------------------
+    def execute(self) -> EditResult:
+        """Run every stage and return the result; only a finished edit's inversion is cached on the editor.
+
+        Raises:
+            as :meth:`dragsdk.editor.Editor.edit`.
+        """
+        editor, o = self.editor, self.options
+        self.check_inputs()
+        self.prepare()
+        with model_lock(self.model):
+            self.adapter = editor._check_host_processors()  # load / unload take the same lock
+            self.weights = editor.weights_key()
+            self.key = self.inversion_key(self.weights)
+            cached = editor._trajectory if o.reuse_inversion else None
+            self.cached = cached if cached is not None and cached.key == self.key else None
+            n_run = self.spec.sampler.steps - self.plan.start_step
+            n_inv = 1 if self.cached is not None else inversion_steps(self.plan, self.spec.sampler.steps)
+            self.report_step = StepReporter(o.callback_on_step_end, o.cancel,
+                                            {"encode": 1, "invert": n_inv, "sample": n_run, "decode": 1})
+            with host_adapter_detached(self.model.unet, self.adapter), self.attention():
+                self.encode()
+                self.invert()
+                self.sample()
+                self.decode()
+            if not self.reused:
+                editor._trajectory = self.traj
+        report = self.report()
+        self.write_trace()
+        from .editor import EditResult
+
+        return EditResult(self.edited, self.out.latent, report, self.spec, self.plan,
+                          _as_output(self.edited, o.output_type))
+
+    @contextmanager
+    def attention(self) -> Iterator[None]:
+        """Install the attention controller (and the image prompt), the feature hooks and the progress bar for the
+        model stages; restore the UNet's processors and measure peak memory after them, whatever happens."""
+        editor, plan, s = self.editor, self.plan, self.spec.sampler
+        device = self.model.device
+        reset_peak_memory(device)
+        self.controller = AttentionController(attend=self.backend.attention, bank_layers=editor._bank_layers(plan),
+                                              latent_size=self.canvas.latent_size)
+        self.ip_plan = plan.image_prompt if self.adapter is not None else None
+        if self.ip_plan is not None:
+            ad = self.adapter
+            scale = self.ip_plan.scale if ad.scale is None else ad.scale
+            source = plan.references[0].image if self.ip_plan.source == "reference" and plan.references else self.img
+            self.controller.image_prompt = ad.state(source, scale, device, self.model.dtype, self.counter)
+        unet = self.model.unet
+        previous = install(unet, self.controller)
+        self.tap = FeatureTap(unet, self.model.adapter.feature_blocks)
+        self.bar = tqdm(total=2 * (s.steps - plan.start_step), desc=f"dragsdk {self.spec.mode}",
+                        disable=not self.options.progress, leave=False)
+        try:
+            self.unet_call = self.model.unet_call(self.backend.prepare_unet_for_edit(self.model, self.controller))
+            yield
+        finally:
+            self.bar.close()
+            self.tap.remove()
+            unet.set_attn_processor(previous)
+        self.peak, self.peak_kind = peak_memory(device)
+
+    # -- 3. encode ------------------------------------------------------------------------------------------------
+    def encode(self) -> None:
+        """VAE-encode the image and the plan's references into ``z0`` ``(1 + R, 4, h, w)``.
+
+        Raises:
+            SpecError: (``references[k]``) a reference of another size than the image.
+            NonFiniteError: the latent is not finite.
+        """
+        t0 = time.perf_counter()
+        x = self.editor._preprocess(self.img, self.canvas)
+        refs = [r.image for r in self.plan.references]
+        for k, r in enumerate(refs):
+            if r.size != self.img.size:
+                raise SpecError(f"references[{k}]", f"is {r.size}, must be the base image's size {self.img.size}")
+        images = torch.cat([x, *(self.editor._preprocess(r, self.canvas) for r in refs)])
+        if self.plan.vae_latent == "sample":  # one posterior sample (official RegionDrag, cycle_sde.py:63), seeded
+            z0 = _sample_latent(self.model, images, self.spec.sampler.seed)
+        else:
+            z0 = self.backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
+        if z0 is None:
+            z0 = self.model.encode_image(images)
+        _check_finite(z0, "encoding", None, None)
+        self.z0 = z0
+        self.phases["encode"] = time.perf_counter() - t0
+        self.report_step("encode", latent=z0)
+
+    # -- 4. invert ------------------------------------------------------------------------------------------------
+    def invert(self) -> None:
+        """The inversion (``traj``): the cached one when its key matches, else DDIM or Cycle-SDE inversion
+        recording latents, the K/V bank and the reference features.
+
+        Raises:
+            NonFiniteError: the inverted latent is not finite.
+        """
+        editor, plan, s = self.editor, self.plan, self.spec.sampler
+        self.cond_text = editor._prompt(self.spec.prompt, weights=self.weights)
+        cond_bank = torch.cat([self.cond_text, *(editor._prompt(r.prompt, weights=self.weights)
+                                                 for r in plan.references)])
+        feature_cond = cond_bank  # reference features: each image's own prompt, or the base prompt for all rows
+        if plan.reference_prompt == "base" and plan.references:
+            feature_cond = self.cond_text.expand(cond_bank.shape[0], -1, -1)
+        schedule = (plan.schedule or DDIMSchedule)(self.model.scheduler, s.steps)
+        t0 = time.perf_counter()
+        self.reused = self.cached is not None
+        if self.cached is not None:
+            self.traj = self.cached
+            self.bar.update(s.steps - plan.start_step)
+            self.report_step("invert", plan.start_step, schedule.timesteps[plan.start_step],
+                             self.cached.latents[plan.start_step])
+        else:
+            self.controller.bank = KVBank(editor.bank_device)
+            noises: dict[int, torch.Tensor] = {}
+            if plan.sampling == "cycle-sde":
+                latents, noises, feats = *self._invert_cycle_sde(schedule, cond_bank), {}
+            else:
+                latents, feats = self._invert_ddim(schedule, cond_bank, feature_cond)
+            _check_finite(latents[plan.start_step], "inversion", plan.start_step, schedule.timesteps[plan.start_step])
+            self.traj = Trajectory(schedule, latents, self.controller.bank, feats, cond_bank, self.key, noises=noises,
+                                   feature_cond=None if feature_cond is cond_bank else feature_cond)
+        self.controller.bank = self.traj.bank
+        self.phases["invert"] = time.perf_counter() - t0
+
+    def _on_invert_step(self, schedule: Any) -> Callable[[int], None]:
+        def on_step(i: int) -> None:
+            self.bar.update(1)
+            self.report_step("invert", i, schedule.timesteps[i])
+        return on_step
+
+    def _invert_cycle_sde(self, schedule: Any, cond_bank: torch.Tensor
+                          ) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+        """Stochastic inversion recording the reverse noise (no features; :mod:`dragsdk.cycle_sde`)."""
+        from .cycle_sde import cycle_sde_invert, inversion_generator
+
+        kv_steps, _ = recorded_steps(self.plan)
+        ip = self.controller.image_prompt
+        if self.ip_plan is not None and self.ip_plan.inversion:
+            assert ip is not None
+            ip.active = True
+        try:
+            return cycle_sde_invert(self.unet_call, self.z0, cond_bank, schedule, self.plan.start_step,
+                                    self.controller, kv_steps, self.counter,
+                                    inversion_generator(self.spec.sampler.seed), on_step=self._on_invert_step(schedule))
+        finally:
+            if ip is not None:
+                ip.active = False
+
+    def _invert_ddim(self, schedule: Any, cond_bank: torch.Tensor, feature_cond: torch.Tensor
+                     ) -> tuple[list[torch.Tensor], dict[int, list[torch.Tensor]]]:
+        """DDIM inversion; reference features recorded in its passes or computed by truncated forwards after it."""
+        kv_steps, feature_steps = recorded_steps(self.plan)
+        recorded = self.plan.reference_features == "recorded"
+        latents, feats = invert(self.unet_call, self.z0, cond_bank, schedule, self.controller, self.tap, kv_steps,
+                                feature_steps if recorded else set(), self.counter,
+                                on_step=self._on_invert_step(schedule))
+        if not recorded and feature_steps:
+            feats = reference_features(self.unet_call, latents, feature_cond, schedule, self.controller, self.tap,
+                                       feature_steps, self.counter)
+        return latents, feats
+
+    # -- 5. sample ------------------------------------------------------------------------------------------------
+    def sample(self) -> None:
+        """Guided sampling from the inversion to ``z_0`` (``out``): :class:`~dragsdk.sampler.GuidedSampler`.
+
+        Raises:
+            NonFiniteError: a sampled latent is not finite (the step is named).
+        """
+        editor, s, o = self.editor, self.spec.sampler, self.options
+        t0 = time.perf_counter()
+        uncond = editor._prompt(self.spec.negative_prompt, negative=True, weights=self.weights)
+        sampler = GuidedSampler(self.unet_call, self.controller, self.tap, self.counter, editor.probe_energy_after,
+                                editor.reference_profile)
+        generator = torch.Generator("cpu").manual_seed(s.seed)
+
+        def on_step(i: int, t: int, z: torch.Tensor) -> None:
+            _check_finite(z, "sampling", i, t)
+            self.bar.update(1)
+            if o.callback:
+                o.callback(i, t, z)
+            self.report_step("sample", i, t, z)
+
+        self.out: SamplerOutput = sampler.run(self.traj, self.plan, torch.cat([uncond, self.cond_text]),
+                                              self.cond_text, s.guidance_scale, generator, on_step,
+                                              trace=o.trace is not None)
+        self.phases["sample"] = time.perf_counter() - t0
+
+    # -- 6. decode ------------------------------------------------------------------------------------------------
+    def decode(self) -> None:
+        """VAE-decode ``z_0`` to the edited image (``edited``) at the input's size, composited when the plan says.
+
+        Raises:
+            NonFiniteError: the decoded image is not finite.
+        """
+        t0 = time.perf_counter()
+        latent = self.out.latent
+        decoded = self.backend.vae_decode(self.model, latent)
+        if decoded is None:
+            decoded = self.model.decode_latent(latent)
+        _check_finite(decoded, "decoding", None, None)
+        if self.plan.to_uint8 == "truncate":  # official RegionDrag postprocess (drag.py:81-98): astype truncates
+            arr = ((decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).numpy()
+            edited = Image.fromarray(arr.astype(np.uint8))
+        else:
+            edited = self.editor.processor.postprocess(decoded.float().cpu(), output_type="pil")[0]
+        if edited.size != self.img.size:
+            edited = edited.resize(self.img.size, Image.Resampling.LANCZOS)
+        if self.plan.composite:
+            edited = _composite_outside(self.img, edited, self.plan, self.canvas)
+        self.edited = edited
+        self.phases["decode"] = time.perf_counter() - t0
+        self.report_step("decode", latent=latent)
+
+    # -- 7. report ------------------------------------------------------------------------------------------------
+    def report(self) -> EditReport:
+        """The edit's :class:`~dragsdk.report.EditReport`, built here and nowhere else."""
+        spec, plan, model, adapter, s = self.spec, self.plan, self.model, self.adapter, self.spec.sampler
+        notes = [*plan.notes, *filter(None, [size_note(self.img.size, self.canvas.size),
+                                             _image_prompt_note(plan, adapter), random_weights_warning(model)])]
+        return EditReport(
+            mode=spec.mode, model=model.name, backend=self.backend.name, backend_reason=self.reason,
+            device=str(model.device), dtype=str(model.dtype).removeprefix("torch."), image_size=self.img.size,
+            working_size=self.canvas.size, steps=s.steps, seed=s.seed, phase_seconds=self.phases,
+            unet_evaluations=self.counter.to_dict(), image_encoder_forwards=self.counter.image_encoder,
+            inversion_reused=self.reused, energies=[EnergyRecord(**e.__dict__) for e in self.out.energies],
+            kv_bank_bytes=self.traj.bank.nbytes(), peak_memory_bytes=self.peak, peak_memory_kind=self.peak_kind,
+            mask_proposed=self.ctx.mask_proposed, notes=notes,
+            image_prompt=adapter.name if adapter is not None and plan.image_prompt else None,
+            profile=plan.profile, profile_options=list(plan.profile_options), random_weights=model.random_weights,
+        )
+
+    def write_trace(self) -> None:
+        """Write the per-pass trace to ``options.trace`` when asked (:mod:`dragsdk.trace`)."""
+        if self.options.trace is None:
+            return
+        from .trace import write_trace
+
+        plan, s = self.plan, self.spec.sampler
+        meta = {"mode": self.spec.mode, "profile": plan.profile, "profile_options": list(plan.profile_options),
+                "model": self.model.name, "backend": self.backend.name, "steps": s.steps, "seed": s.seed,
+                "working_size": list(self.canvas.size), "rollback_timesteps": self.out.rollback_timesteps}
+        write_trace(self.options.trace, self.out.trace, meta)
+
+    # -- the dry run ----------------------------------------------------------------------------------------------
+    def dry_run(self, propose_mask: bool = False) -> DryRun:
+        """``check_inputs`` and ``prepare``, then the cost the edit would have (:func:`~dragsdk.dryrun.estimate_cost`
+        over the sampler's pass sequence) and whether it would reuse the cached inversion (the same
+        :class:`~dragsdk.keys.InversionKey` the edit builds); no model call unless ``propose_mask``."""
+        editor = self.editor
+        self.check_inputs()
+        self.prepare(suggest=propose_mask)
+        plan, steps = self.plan, self.spec.sampler.steps
+        adapter = editor.ip_adapter
+        if adapter is not None and adapter.host and not host_adapter_installed(self.model.unet, adapter):
+            adapter = None  # unloaded by the host since: the edit drops it (Editor._check_host_processors)
+        self.adapter = adapter
+        cached = editor._trajectory
+        inversion_cached = cached is not None and cached.key == self.inversion_key(editor.weights_key())
+        cost = estimate_cost(plan, steps, not inversion_cached, editor.probe_energy_after, editor.reference_profile,
+                             recorded_steps(plan)[1], image_prompt=adapter is not None)
+        guided = list(plan.guided_steps or ()) if plan.needs_gradients else []
+        kv = (plan.kv.start, plan.kv.end) if plan.kv else None
+        return DryRun(plan, self.canvas, steps, guided, kv, inversion_cached, cost, self.backend.name, self.reason)
+
+
+def _overrides(spec: EditSpec, num_inference_steps: int | None, guidance_scale: float | None,
+               generator: torch.Generator | None) -> EditSpec:
+    """``spec`` with diffusers-style keyword overrides written into its sampler settings (validated as spec fields:
+    ``sampler.steps``, ``sampler.guidance_scale``, ``sampler.seed``)."""
+    update: dict[str, Any] = {}
+    if num_inference_steps is not None:
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool):
+            raise ArgumentTypeError("num_inference_steps", "an int", num_inference_steps)
+        update["steps"] = num_inference_steps
+    if guidance_scale is not None:
+        if not isinstance(guidance_scale, int | float) or isinstance(guidance_scale, bool):
+            raise ArgumentTypeError("guidance_scale", "a number", guidance_scale)
+        update["guidance_scale"] = float(guidance_scale)
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ArgumentTypeError("generator", "a torch.Generator", generator)
+        # One draw from the host's generator picks the edit's seed (the report records it, so the edit can be
+        # repeated from the report alone); the generator advances, as a diffusers pipeline advances it.
+        update["seed"] = int(torch.randint(0, SEED_MAX >> 1, (1,), generator=generator, device=generator.device))
+    if not update:
+        return spec
+    s = spec.sampler
+    sampler = type(s).model_validate({**s.model_dump(exclude_unset=True), **update})
+    return spec.model_copy(update={"sampler": sampler})
+
+
+def _image_prompt_note(plan: EditPlan, adapter: Any) -> str | None:
+    """The report's line on the image prompt: used (adapter, image, scale, steps) or not (no adapter loaded)."""
+    ip = plan.image_prompt
+    if ip is None:
+        return None
+    if adapter is None:
+        return f"image prompt (IP-Adapter, official {ip.describe()}) not used: no adapter loaded (Editor.load_ip_adapter)"
+    scale = ip.scale if adapter.scale is None else adapter.scale
+    ip = ImagePromptPlan(scale, ip.start, ip.end, ip.inversion, ip.source)
+    return f"image prompt: IP-Adapter {adapter.name} on the {ip.source} image, {ip.describe()}"
+
+
+def _as_output(image: Image.Image, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
+    """``image`` as ``result.images`` in diffusers' layout for ``output_type`` (see :class:`EditResult`)."""
+    if output_type == "pil":
+        return [image]
+    arr = np.asarray(image, dtype=np.float32)[None] / 255.0  # (1, H, W, 3) in [0, 1]
+    return arr if output_type == "np" else torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def _check_finite(x: torch.Tensor, phase: str, step: int | None, timestep: int | None) -> None:
+    """Stop the edit when ``x`` holds a NaN or ±inf (one device sync; the check is a single reduction)."""
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(phase, step, timestep)
+
+
+def _sample_latent(model: ModelBundle, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """``(B, 4, h, w)`` latent: one sample of the VAE posterior × scaling factor, drawn from a CPU generator seeded
+    with ``seed`` (the official RegionDrag ``latent_dist.sample()``, ``cycle_sde.py:63``, on its global RNG)."""
+    with torch.no_grad():
+        post = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
+        z = post.sample(generator=torch.Generator("cpu").manual_seed(int(seed)))
+    return (z * model.vae.config.scaling_factor).to(model.dtype)
+
+
+def _composite_outside(original: Image.Image, edited: Image.Image, plan: EditPlan, canvas: Canvas) -> Image.Image:
+    """Original pixels outside the edit mask, edited pixels inside: the plan's pixel ``composite_mask`` when it has
+    one (official RegionDrag ``np.where(mask, out, ori)``, ``drag.py:81-98``), else the latent edit mask
+    nearest-upsampled."""
+    if plan.composite_mask is not None:
+        keep = np.asarray(plan.composite_mask, dtype=bool)[:, :, None]
+        return Image.fromarray(np.where(keep, np.asarray(edited), np.asarray(original.convert("RGB"))))
+    m = plan.edit_mask.float()[None, None]
+    m = torch.nn.functional.interpolate(m, size=(original.size[1], original.size[0]), mode="nearest")[0, 0]
+    mask = Image.fromarray((m.numpy() * 255).astype(np.uint8), "L")
+    return Image.composite(edited, original, mask)
