@@ -77,3 +77,19 @@ def test_an_edit_runs_the_named_stages_in_order(tiny_model, monkeypatch):
     Editor(tiny_model).edit(IMAGE, builtin_specs({"steps": 2, "resolution": 64})["move"])
     assert order == ["check_inputs", "prepare", "encode", "invert", "sample", "decode", "report"]
 
+
+def _module_table() -> list[str]:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    return [line.split("`")[1] for line in section.splitlines() if line.startswith("| `")]
+
+
+def test_the_architecture_module_table_matches_the_files_on_disk():
+    """Every module of dragsdk/ (its subpackages as folders) and the three top-level source folders has a row, and
+    every row names something that exists."""
+    rows = _module_table()
+    assert len(rows) == len(set(rows)), "a module is listed twice"
+    on_disk = {p.relative_to(ROOT).as_posix() for p in (ROOT / "dragsdk").glob("*.py")}
+    on_disk |= {p.parent.relative_to(ROOT).as_posix() + "/" for p in (ROOT / "dragsdk").glob("*/__init__.py")}
+    on_disk |= {"plugins/", "backends/", "kernels/"}
+    assert set(rows) == on_disk, (sorted(on_disk - set(rows)), sorted(set(rows) - on_disk))
