@@ -16,20 +16,19 @@ import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from .attention import foreign_processors
-from .cache import LRUCache, WeightsFingerprint
+from .adapters import ImagePromptSlot, WeightsIdentity
+from .cache import LRUCache
 from .concurrency import model_lock
 from .dryrun import DryRun
 from .errors import (
     ArgumentTypeError,
     BackendUnavailableError,
-    HostAttentionError,
     ModelLoadError,
     SpecError,
 )
 from .features import FeatureTap
 from .geometry import Canvas
-from .image_prompt import host_adapter_detached, host_adapter_installed
+from .image_prompt import host_adapter_detached
 from .inversion import Trajectory
 from .io import check_outputs, load_image, save_image_atomic, write_text_atomic
 from .models import (
@@ -38,6 +37,7 @@ from .models import (
     check_dtype,
     default_model,
     load_model,
+    open_model,
     resolve_device,
 )
 from .plan import EditPlan
@@ -152,12 +152,7 @@ class Editor:
             raise ArgumentTypeError("prompt_cache_size", "an int ≥ 1", prompt_cache_size)
         self.registry = registry or get_registry()
         self.allow_reduced_precision = allow_reduced_precision
-        if isinstance(model, ModelBundle):
-            self.model = model
-            if device is not None or torch_dtype is not None:
-                self.model.to(resolve_device(device) if device is not None else None, check_dtype(torch_dtype))
-        else:
-            self.model = load_model(model, device, torch_dtype)
+        self.model = open_model(model, device, torch_dtype)
         self.backend_request = backend
         self.reference_profile = reference_profile
         self.bank_device = "cpu" if reference_profile else bank_device
@@ -165,8 +160,8 @@ class Editor:
         self.processor = VaeImageProcessor(vae_scale_factor=self.model.vae_scale_factor, resample="lanczos")
         self._trajectory: Trajectory | None = None
         self._prompt_cache: LRUCache[torch.Tensor] = LRUCache(prompt_cache_size)
-        self._fingerprint = WeightsFingerprint()  # weights_key, memoised per parameter
-        self.ip_adapter: Any = None
+        self._weights = WeightsIdentity(self.model)
+        self._image_prompt = ImagePromptSlot(self.model)
         self.bank_layers = frozenset(self.model.adapter.bank_layers())
         if backend != "auto":
             self._check_backend(backend)
@@ -234,14 +229,8 @@ class Editor:
         Raises:
             ModelLoadError: the UNet has no IP-Adapter, more than one, or ``image_encoder`` is None.
         """
-        from .image_prompt import host_ip_adapter
-
         with model_lock(self.model):
-            adapter = host_ip_adapter(self.model.unet, image_encoder)
-            if adapter is None:
-                raise ModelLoadError("the UNet carries no IP-Adapter processors (load one with the host pipeline's "
-                                     "load_ip_adapter, or use Editor.load_ip_adapter)")
-            self.ip_adapter = adapter
+            self._image_prompt.adopt_host(image_encoder)
             self._trajectory = None
 
     def load_lora(self, path: str | os.PathLike[str], scale: float = 1.0) -> None:
@@ -296,10 +285,14 @@ class Editor:
         """The identity of the model's weights (:func:`dragsdk.cache.weights_fingerprint` of the UNet, VAE and text
         encoders): what the caches are keyed by. Memoised (:class:`dragsdk.cache.WeightsFingerprint`): a repeated
         call reads each weight once, as its norm (SD 1.5 on a CPU: ``benchmarks/weights_key.py``)."""
-        m = self.model
-        with model_lock(m):
-            return self._fingerprint({"unet": m.unet, "vae": m.vae, "text_encoder": m.text_encoder,
-                                      "text_encoder_2": m.text_encoder_2})
+        with model_lock(self.model):
+            return self._weights.key()
+
+    @property
+    def ip_adapter(self) -> Any:
+        """The image-prompt adapter edits use (loaded or adopted from the host), or None
+        (:class:`dragsdk.adapters.ImagePromptSlot`)."""
+        return self._image_prompt.adapter
 
     def load_ip_adapter(
         self,
@@ -320,17 +313,14 @@ class Editor:
             ModelNotFoundError: the weights or the image encoder are absent.
             ModelLoadError: the file is not an IP-Adapter for this UNet.
         """
-        from .image_prompt import load_ip_adapter
-
         with model_lock(self.model):
-            self.ip_adapter = load_ip_adapter(self.model.unet, folder_or_id, weight_name, subfolder, image_encoder,
-                                              scale, self.model.device, self.model.dtype)
+            self._image_prompt.load(folder_or_id, weight_name, subfolder, image_encoder, scale)
             self._trajectory = None
 
     def unload_ip_adapter(self) -> None:
         """Drop the image prompt: the modes run text-only again."""
         with model_lock(self.model):
-            self.ip_adapter = None
+            self._image_prompt.unload()
             self._trajectory = None
 
     def _check_host_processors(self) -> Any:
@@ -340,13 +330,9 @@ class Editor:
         Raises:
             HostAttentionError: the UNet carries host processors that an edit would bypass (not a composed adapter).
         """
-        adapter = self.ip_adapter
-        if adapter is not None and adapter.host and not host_adapter_installed(self.model.unet, adapter):
-            self.ip_adapter = adapter = self._trajectory = None
-        composed = adapter.processors.values() if adapter is not None and adapter.host else ()
-        foreign = foreign_processors(self.model.unet, composed)
-        if foreign:
-            raise HostAttentionError(sorted(foreign), sum(foreign.values()))
+        adapter, dropped = self._image_prompt.for_edit()
+        if dropped:
+            self._trajectory = None
         return adapter
 
     # -- backends ------------------------------------------------------------------------------------------

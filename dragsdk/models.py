@@ -346,6 +346,21 @@ def random_weights_warning(bundle: ModelBundle) -> str | None:
             f"name a real model, e.g. --model {DEFAULT_MODEL}")
 
 
+def open_model(model: ModelBundle | str | os.PathLike[str], device: str | torch.device | None = None,
+               torch_dtype: torch.dtype | None = None) -> ModelBundle:
+    """The model an :class:`~dragsdk.editor.Editor` wraps: a loaded bundle, moved / cast in place when ``device`` or
+    ``torch_dtype`` is given, or a name or path loaded by :func:`load_model`.
+
+    Raises:
+        as :func:`load_model`, :func:`resolve_device` and :func:`check_dtype`.
+    """
+    if isinstance(model, ModelBundle):
+        if device is not None or torch_dtype is not None:
+            model.to(resolve_device(device) if device is not None else None, check_dtype(torch_dtype))
+        return model
+    return load_model(model, device, torch_dtype)
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     device: str | torch.device | None = None,

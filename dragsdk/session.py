@@ -29,7 +29,7 @@ from .dryrun import DryRun, estimate_cost
 from .errors import ArgumentTypeError, NonFiniteError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
-from .image_prompt import ImagePromptPlan, host_adapter_detached, host_adapter_installed
+from .image_prompt import ImagePromptPlan, host_adapter_detached
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
 from .io import load_image, size_note
 from .keys import InversionKey, inversion_key, recorded_steps
@@ -388,10 +388,7 @@ class EditRun:
         self.check_inputs()
         self.prepare(suggest=propose_mask)
         plan, steps = self.plan, self.spec.sampler.steps
-        adapter = editor.ip_adapter
-        if adapter is not None and adapter.host and not host_adapter_installed(self.model.unet, adapter):
-            adapter = None  # unloaded by the host since: the edit drops it (Editor._check_host_processors)
-        self.adapter = adapter
+        self.adapter = adapter = editor._image_prompt.live()  # a host adapter the host unloaded: the edit drops it
         cached = editor._trajectory
         inversion_cached = cached is not None and cached.key == self.inversion_key(editor.weights_key())
         cost = estimate_cost(plan, steps, not inversion_cached, editor.probe_energy_after, editor.reference_profile,

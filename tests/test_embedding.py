@@ -209,15 +209,15 @@ def test_weights_key_is_memoised_and_still_sees_every_kind_of_weight_write(model
     editor = Editor(model)
     mods = {"unet": model.unet, "vae": model.vae, "text_encoder": model.text_encoder, "text_encoder_2": None}
     key = editor.weights_key()
-    n = editor._fingerprint.recomputed
+    n = editor._weights.fingerprint.recomputed
     assert n == sum(1 for m in mods.values() if m is not None for _ in m.parameters())
-    assert editor.weights_key() == key and editor._fingerprint.recomputed == 0  # nothing changed: memo only
+    assert editor.weights_key() == key and editor._weights.fingerprint.recomputed == 0  # nothing changed: memo only
     w = model.unet.get_submodule("up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q").weight
     version, ptr = w._version, w.data_ptr()
     w.data[0, 0] += 0.25  # as peft's merge writes: W.data += delta
     assert (w._version, w.data_ptr()) == (version, ptr)  # no metadata sees it ...
     changed = editor.weights_key()
-    assert changed != key and editor._fingerprint.recomputed == 1  # ... the norm read does
+    assert changed != key and editor._weights.fingerprint.recomputed == 1  # ... the norm read does
     assert changed == weights_fingerprint(mods)
     w.data[0, 0] -= 0.25
     original = {k: v.clone() for k, v in model.unet.state_dict().items()}
@@ -226,7 +226,7 @@ def test_weights_key_is_memoised_and_still_sees_every_kind_of_weight_write(model
     assert w._version > version and editor.weights_key() not in (key, changed)
     model.unet.load_state_dict(original)  # copy_ into each parameter: every version bumps
     assert editor.weights_key() == key == weights_fingerprint(mods)
-    assert editor._fingerprint.recomputed == sum(1 for _ in model.unet.parameters())
+    assert editor._weights.fingerprint.recomputed == sum(1 for _ in model.unet.parameters())
     keys: list[str] = []
     threads = [threading.Thread(target=lambda: keys.append(editor.weights_key())) for _ in range(4)]
     for t in threads:
