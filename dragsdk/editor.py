@@ -294,6 +294,10 @@ class Editor:
         (:class:`dragsdk.adapters.ImagePromptSlot`)."""
         return self._image_prompt.adapter
 
+    @ip_adapter.setter
+    def ip_adapter(self, adapter: Any) -> None:
+        self._image_prompt.adapter = adapter
+
     def load_ip_adapter(
         self,
         folder_or_id: str | os.PathLike[str],
