@@ -172,7 +172,8 @@ class EditRun:
     @contextmanager
     def attention(self) -> Iterator[None]:
         """Install the attention controller (and the image prompt), the feature hooks and the progress bar for the
-        model stages; restore the UNet's processors and measure peak memory after them, whatever happens."""
+        model stages; remove them and restore the UNet's processors whatever happens, and measure the peak memory
+        (``peak``, ``peak_kind``) when the stages finished."""
         editor, plan, s = self.editor, self.plan, self.spec.sampler
         device = self.model.device
         reset_peak_memory(device)

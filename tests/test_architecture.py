@@ -12,7 +12,7 @@ import pytest
 from .conftest import ROOT
 
 EDIT_PATH = ("dragsdk/editor.py", "dragsdk/session.py", "dragsdk/sampler.py", "dragsdk/inversion.py",
-             "dragsdk/passes.py", "dragsdk/keys.py")
+             "dragsdk/cycle_sde.py", "dragsdk/passes.py", "dragsdk/keys.py")
 MAX_LINES = 80
 MAX_EDIT_LINES = 30
 
