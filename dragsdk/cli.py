@@ -63,7 +63,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _one_line(e: BaseException) -> str:
     """An error as one line of at most 1000 characters; an OSError names its file."""
-    if isinstance(e, OSError) and not str(e).startswith(("out:", "report:")) and e.filename is not None:
+    if isinstance(e, OSError) and not str(e).startswith(("out:", "report:", "trace:")) and e.filename is not None:
         text = f"{e.filename}: {e.strerror or e}"
     elif isinstance(e, RecursionError):
         text = "the input is nested too deeply"
@@ -157,7 +157,7 @@ def edit(
                 sampler[key] = value
         spec_obj["sampler"] = sampler
         protect += input_files(spec_obj)
-        check_outputs({"out": out, "report": report}, tuple(protect))
+        check_outputs({"out": out, "report": report, "trace": trace}, tuple(protect))
         from .models import SINGLE_FILE_SUFFIXES, parse_lora_arg
 
         if model_config is not None and not (model or default_model()).endswith(SINGLE_FILE_SUFFIXES):
@@ -168,8 +168,6 @@ def edit(
         editor = _load_editor(model, backend=backend, single_file_config=model_config)
         for path, scale in loras:
             editor.load_lora(path, scale)
-        if trace is not None and trace.resolve() in {Path(p).resolve() for p in protect}:
-            _fail(f"--trace {trace} is one of the inputs; refusing to overwrite it")
         result = editor.edit(image, spec_obj, progress=not quiet, trace=trace)
         result.save(out, report, protect=tuple(protect))
         _warn_random(editor)

@@ -544,7 +544,10 @@ class Editor:
             generator: a ``torch.Generator``; one draw from it sets ``spec.sampler.seed`` (recorded in the report).
             output_type: ``pil``, ``np`` or ``pt``: the type of ``result.images`` (:class:`EditResult`).
             callback_on_step_end: ``hook(event) -> bool | None`` after every step of every phase (encode, invert,
-                sample, decode; :class:`dragsdk.progress.StepEvent`); returning True cancels the edit.
+                sample, decode; :class:`dragsdk.progress.StepEvent`); returning True cancels the edit, None or
+                False goes on, anything else raises ``ArgumentTypeError``. diffusers' signature
+                ``hook(pipe, step, timestep, callback_kwargs) -> dict`` is accepted too, called after each sampling
+                step (:mod:`dragsdk.progress`).
             cancel: a ``threading.Event``; once set (from any thread) the edit stops at the end of the current step.
             reuse_inversion: False inverts afresh even when the cached inversion matches.
 
@@ -557,7 +560,8 @@ class Editor:
         Raises:
             SpecError: invalid geometry for this image, an unreadable image or spec (the field is named);
                 pydantic ``ValidationError`` for invalid field values (overrides included).
-            ArgumentTypeError: an argument of the wrong type (named), or an unknown ``output_type``.
+            ArgumentTypeError: an argument of the wrong type (named), an unknown ``output_type``, or a
+                ``callback_on_step_end`` that returned something other than None or a bool.
             BackendUnavailableError: no backend can run the edit here.
             HostAttentionError: the UNet carries host attention processors (e.g. an IP-Adapter's) that the edit
                 would bypass; they are named.
@@ -571,6 +575,8 @@ class Editor:
                 raise ArgumentTypeError(name, "a callable", fn)
         if cancel is not None and not isinstance(cancel, threading.Event):
             raise ArgumentTypeError("cancel", "a threading.Event", cancel)
+        if trace is not None:  # refused before any work: a folder, a device / FIFO / socket, an unwritable folder
+            check_outputs({"trace": trace})
         img, spec, plan, canvas, ctx, backend, reason = self._prepare(
             image, spec, num_inference_steps, guidance_scale, generator, True)
         s = spec.sampler
@@ -583,7 +589,7 @@ class Editor:
             reuse = cached if cached is not None and cached.key == key else None
             n_inv = s.steps if plan.sampling == "ddim" else n_run
             steps = {"encode": 1, "invert": 1 if reuse is not None else n_inv, "sample": n_run, "decode": 1}
-            reporter = StepReporter(callback_on_step_end, cancel, steps)
+            reporter = StepReporter(callback_on_step_end, cancel, steps, pipe=self)
             with host_adapter_detached(self.model.unet, adapter):
                 edited, out, traj, reused, phases, counter, peak, kind = self._run(
                     img, spec, plan, canvas, backend, progress, callback, reporter, key, weights, reuse,
