@@ -257,8 +257,10 @@ class Editor:
         own loader (``load_lora_weights``) and fuse them at ``scale``; see :func:`dragsdk.models.load_lora`.
 
         Raises:
+            SpecError: (field ``lora``) the scale is NaN, infinite or over ``dragsdk.models.MAX_LORA_SCALE``.
             ModelNotFoundError: the file does not exist.
-            ModelLoadError: the file cannot be read, or none of its keys match the model's layers.
+            ModelLoadError: the file cannot be read, none of its keys match the model's layers, it holds
+                non-finite weights or its A / B ranks disagree; nothing is fused then.
         """
         from .models import load_lora
 

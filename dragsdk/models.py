@@ -585,9 +585,90 @@ def parse_lora_arg(value: str) -> tuple[str, float]:
     if not sep or not path or "/" in tail or "\\" in tail or (len(path) == 1 and path.isalpha()):
         return value, 1.0
     try:
-        return path, float(tail)
+        scale = float(tail)
     except ValueError:
         raise SpecError("lora", f"expected PATH[:SCALE] with a number after the colon, got {value!r}") from None
+    return path, check_lora_scale(scale, path)
+
+
+MAX_LORA_SCALE = 100.0
+"""The largest ``|scale|`` a LoRA is fused at. Scales in use are about −2 … 4; a larger one is a typo (``1e30``)
+that would fuse non-finite or huge weights into the model permanently."""
+
+
+def check_lora_scale(scale: object, name: str | os.PathLike[str] = "") -> float:
+    """The LoRA scale as a float, checked before anything is loaded or fused.
+
+    Raises:
+        SpecError: (field ``lora``) not a real number, NaN, infinite, or ``|scale|`` over :data:`MAX_LORA_SCALE`.
+    """
+    import math
+
+    from .errors import SpecError
+
+    label = f"LoRA {name}: " if name else ""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise SpecError("lora", f"{label}the scale must be a number, got {type(scale).__name__}")
+    if not math.isfinite(scale) or abs(scale) > MAX_LORA_SCALE:
+        raise SpecError("lora", f"{label}the scale must be a finite number with |scale| <= {MAX_LORA_SCALE:g}, "
+                                f"got {scale!r}; nothing was loaded")
+    return float(scale)
+
+
+_LORA_PAIRS = ((".lora.down.weight", ".lora.up.weight"), (".lora_down.weight", ".lora_up.weight"),
+               (".lora_A.weight", ".lora_B.weight"))
+
+
+def check_lora_file(path: Path) -> None:
+    """Read a ``.safetensors`` LoRA file and refuse what would be fused silently into a poisoned model.
+
+    Every floating-point tensor must be finite, and every down / up (A / B) pair must agree on its rank: A is
+    ``(r, in[, kh, kw])`` and B ``(out, r[, 1, 1])`` (Hu et al., arXiv 2106.09685 §4.1: ``ΔW = B·A``). Other
+    formats (``.bin``) are checked after loading, before fusing (:func:`load_lora`).
+
+    Raises:
+        ModelLoadError: the file is not a readable safetensors file, holds a NaN / ±inf value, or a pair's ranks
+            differ (the key is named).
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            shapes = {}
+            for key in keys:
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise ModelLoadError(f"LoRA {path}: tensor {key} holds NaN or infinite values; nothing was "
+                                         "fused (the file is corrupt or was trained into divergence)")
+                shapes[key] = tuple(tensor.shape)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # safetensors' SafetensorError, OSError: a corrupt or truncated file
+        raise ModelLoadError(f"LoRA {path} is not a readable safetensors file: {_one_line(e)}") from e
+    for key, shape in shapes.items():
+        for down, up in _LORA_PAIRS:
+            if key.endswith(down):
+                partner = key[: -len(down)] + up
+                if partner in shapes and (len(shape) < 2 or len(shapes[partner]) < 2
+                                          or shape[0] != shapes[partner][1]):
+                    raise ModelLoadError(f"LoRA {path}: {key} {list(shape)} and {partner} "
+                                         f"{list(shapes[partner])} disagree on the rank (A is (r, in), B is "
+                                         "(out, r)); nothing was fused")
+
+
+def _check_loaded_adapter(modules: list[Any], name: str, path: Path) -> None:
+    """Refuse a loaded (not yet fused) adapter whose A / B weights are non-finite or of mismatched rank."""
+    for module in modules:
+        for sub_name, sub in module.named_modules():
+            if name not in getattr(sub, "lora_A", {}):
+                continue
+            a, b = sub.lora_A[name].weight, sub.lora_B[name].weight
+            if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+                raise ModelLoadError(f"LoRA {path}: layer {sub_name} has NaN or infinite weights; nothing was fused")
+            if a.shape[0] != b.shape[1]:
+                raise ModelLoadError(f"LoRA {path}: layer {sub_name} has A rank {a.shape[0]} and B rank "
+                                     f"{b.shape[1]}; nothing was fused")
 
 
 def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 1.0) -> int:
@@ -601,14 +682,21 @@ def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 
         the number of layers the LoRA adapted.
 
     Raises:
+        SpecError: (field ``lora``) the scale is not a finite number within :data:`MAX_LORA_SCALE`.
         ModelNotFoundError: the path does not exist.
-        ModelLoadError: peft is missing, diffusers cannot read the file, or no key matches a layer of the model.
+        ModelLoadError: peft is missing, diffusers cannot read the file, no key matches a layer of the model, a
+            weight is NaN / infinite, or a down / up pair disagrees on its rank (:func:`check_lora_file`); in
+            every case nothing is fused and the model is unchanged.
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     p = Path(path).expanduser()
+    scale = check_lora_scale(scale, p)
     if not p.exists():
         raise ModelNotFoundError(f"LoRA file {p} does not exist")
+    weights_file = p if p.is_file() else p / "pytorch_lora_weights.safetensors"
+    if weights_file.suffix == ".safetensors" and weights_file.is_file():
+        check_lora_file(weights_file)
     try:
         import peft  # noqa: F401
     except ImportError as e:
@@ -633,6 +721,11 @@ def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 
     if not adapted:
         raise ModelLoadError(f"LoRA {p}: none of its keys matched a layer of the {bundle.family} model "
                              f"(UNet {type(bundle.unet).__name__}); is it a LoRA for another architecture?")
+    try:
+        _check_loaded_adapter(modules, name, p)
+    except ModelLoadError:
+        pipe.delete_adapters([name])  # loaded, not fused: removing it leaves the model as it was
+        raise
     pipe.fuse_lora(lora_scale=scale, adapter_names=[name])
     pipe.unload_lora_weights()
     return adapted
