@@ -98,6 +98,39 @@ def _user_errors() -> Iterator[None]:
         _fail(_one_line(e))
 
 
+def _plan_before_loading(spec_obj: dict[str, Any], image: Any, model_name: str) -> None:
+    """Validate and plan the edit before the model loads, so a spec this image cannot take (a patch larger than
+    the grid, an object scaled below one cell, too few steps) fails in a second, not after loading. Needs the
+    working size: the spec's resolution, else the model's default read without loading it
+    (:func:`dragsdk.models.peek_default_resolution`); skipped when neither is known, or when a mask is to be
+    proposed by the model (the edit then plans after loading, with the same errors)."""
+    from .geometry import Canvas
+    from .models import peek_default_resolution
+    from .modes import PlanContext, build_plan
+    from .spec import spec_from_json
+
+    registry = _registry()
+    spec = spec_from_json(dict(spec_obj), registry.spec_models())
+    if spec.mode not in registry.modes:
+        return  # the edit names the unknown mode with the installed ones
+    s = spec.sampler
+    resolution = s.resolution if "resolution" in s.model_fields_set else peek_default_resolution(model_name)
+    if resolution is None:
+        return
+
+    class _NeedsModel(Exception):
+        pass
+
+    def needs_model(xy: Any) -> Any:
+        raise _NeedsModel
+
+    try:
+        build_plan(registry.modes[spec.mode], spec, PlanContext(Canvas.fit(image.size, resolution), image, s.steps,
+                                                               suggest_mask=needs_model))
+    except _NeedsModel:
+        return
+
+
 @app.command()
 def edit(
     input: Annotated[Path, typer.Argument(help="an image (with --spec), or a DragBench / Drag100 sample folder")],
@@ -163,6 +196,7 @@ def edit(
         if model_config is not None and not (model or default_model()).endswith(SINGLE_FILE_SUFFIXES):
             _fail(f"--model-config applies to a .safetensors / .ckpt --model; {model or default_model()!r} is not one")
         image = load_image(image_path)  # decoded (and refused) before the model loads
+        _plan_before_loading(spec_obj, image, model or default_model())
 
         loras = [parse_lora_arg(v) for v in lora or []]
         editor = _load_editor(model, backend=backend, single_file_config=model_config)

@@ -729,3 +729,43 @@ def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 
     pipe.fuse_lora(lora_scale=scale, adapter_names=[name])
     pipe.unload_lora_weights()
     return adapted
+
+
+_BUILTIN_RESOLUTION = {"tiny": 768, "tiny-sd2": 768, "tiny-sdxl": 1024, "sd15-random": 768, "sd21-random": 768,
+                       "sdxl-random": 1024}
+
+
+def peek_default_resolution(name: str) -> int | None:
+    """The working resolution a model will use when a spec sets none, read without loading any weights: the
+    built-in models' table, a local diffusers folder's ``unet/config.json``, or that config already in the Hugging
+    Face cache. None when it cannot be known cheaply (a single-file checkpoint, a hub id not in the cache).
+
+    Used to plan an edit (and refuse a bad spec) before the model loads; the edit itself uses the loaded model's
+    :attr:`ModelBundle.default_resolution`, which this mirrors (:class:`~dragsdk.families.Layout`).
+    """
+    from .families import LAYOUTS, family_from_configs
+
+    if name in _BUILTIN_RESOLUTION:
+        return _BUILTIN_RESOLUTION[name]
+    config: dict[str, Any] | None = None
+    try:
+        folder = Path(name).expanduser()
+        if (folder / "unet" / "config.json").is_file():
+            config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        elif not folder.suffix and name.count("/") == 1 and not folder.exists():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "unet/config.json")
+            if isinstance(cached, str):
+                config = json.loads(Path(cached).read_text(encoding="utf-8"))
+    except Exception:  # best effort: an unreadable config or an odd name only means the edit plans after loading
+        return None
+    if not isinstance(config, dict):
+        return None
+    try:
+        family = family_from_configs(config)
+    except Exception:
+        return None
+    fixed = LAYOUTS[family].default_resolution
+    sample = config.get("sample_size")
+    return fixed or (int(sample) * 8 if isinstance(sample, int) and sample > 0 else None)

@@ -148,6 +148,11 @@ PROFILES: dict[str, dict[str, str]] = {
 step, with its bugs fixed (docs/modes/region-drag.md); ``dragsdk`` is dragsdk's earlier behaviour."""
 
 
+MIN_CYCLE_SDE_STEPS = 3
+"""Fewest steps on RegionDrag's own time grids: with DPM-Solver's linspace grid of 2 steps ``[999, 500]`` the one
+inversion step is ``500 + 1000 // 2 = 1000``, past timestep 999 (``dragsdk.cycle_sde.RegionDragGrid``)."""
+
+
 class RegionDragSpec(EditSpec):
     """Region drag (RegionDrag, arXiv 2407.18247). Exactly one input kind:
 
@@ -455,6 +460,10 @@ class RegionDragMode(EditMode):
         smap, kind = self.source_map(spec, ctx, opt["map_rules"])
         n = ctx.steps
         grid = opt["time_grid"]
+        if grid != "ddim" and n < MIN_CYCLE_SDE_STEPS:
+            raise SpecError("sampler.steps", f"RegionDrag's {grid} time grid needs at least {MIN_CYCLE_SDE_STEPS} "
+                                             f"steps, got {n}: at 2 its one inversion step goes past the last "
+                                             "training timestep 999 (the official code fails with an IndexError)")
         if grid == "ddim":
             n_inv = min(n, max(1, round(spec.start_t * n)))
         else:  # official drag.py:126 int(start_t·steps); all n steps would run the UNet past t = 999
