@@ -10,6 +10,9 @@
    20-step region drag on eager and triton, the ``reference`` cost profile, the second drag of the same image
    (inversion reused); then a drag at 768² for peak memory; then ``compile`` (its compilation is the slow part).
 5. ``dragsdk backends --bench`` on the same model: the measured table and the backend ``auto`` picks.
+6. One drag each on ``sd21-random`` (768², v-prediction) and ``sdxl-random`` (1024²), full random architectures:
+   time and peak memory (``triton``, ``eager`` if it cannot run). The summary ends with a table of the GPU issue's
+   targets and the values this run measured.
 
 Each section has a deadline (``--budget`` seconds for the whole run) and writes its JSON as soon as it ends, so a
 run cut short still leaves what it measured: ``benchmarks/results/<name>-<device>.json``, copied to ``$OUT`` when
