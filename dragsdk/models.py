@@ -440,6 +440,8 @@ def _load_components(source: str, family: str, dtype: torch.dtype, variant: str 
         parts["text_encoder_2"] = load("text_encoder_2", CLIPTextModelWithProjection.from_pretrained,
                                        torch_dtype=dtype, variant=variant)
         parts["tokenizer_2"] = load("tokenizer_2", CLIPTokenizer.from_pretrained)
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        _own_storage(parts.get(part))
     force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
     return ModelBundle(name=source, family=family, force_zeros_for_empty_prompt=force_zeros, **parts)
 
@@ -570,7 +572,26 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[
             raise ModelLoadError(f"checkpoint {path}: diffusers' from_single_file left {len(empty)} {part} "
                                  f"weight(s) unloaded (e.g. {empty[:2]}); the file does not hold a complete {kind} "
                                  f"{part} of the configured architecture")
+    for module in (pipe.unet, pipe.vae, getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)):
+        _own_storage(module)
     return bundle_from_pipe(pipe, str(path))
+
+
+def _own_storage(module: Any) -> None:
+    """Give every weight of ``module`` its own freshly allocated storage.
+
+    diffusers' loaders (folder and single-file, 0.42.1 with transformers 5.25) leave weights as views into the
+    memory-mapped safetensors files, at offsets that are not 64-byte aligned and differ between the two layouts.
+    CPU kernels take other vectorised paths on unaligned data, so the same weights gave UNet outputs differing in
+    the last bits (a single-file model vs its folder: ~1e-5 after a 6-step edit), and the mapping keeps the file
+    open. Used on the models dragsdk loads itself, never on a host's (``from_pipe`` shares, never copies). A copy
+    costs one pass over the weights at load.
+    """
+    if module is None:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
 
 
 def parse_lora_arg(value: str) -> tuple[str, float]:
