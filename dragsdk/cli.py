@@ -91,7 +91,8 @@ def _user_errors() -> Iterator[None]:
             raise
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        _fail(f"spec field {loc}: {first['msg']} ({e.error_count()} error(s))")
+        where = f"spec field {loc}" if loc else f"spec ({e.title})"  # a model-level validator has no field path
+        _fail(f"{where}: {first['msg']} ({e.error_count()} error(s))")
     except (DragSDKError, OSError, UnicodeError, RecursionError) as e:
         if debug:
             raise
@@ -151,6 +152,8 @@ def edit(
                                                     "after, energies, guidance norm) here")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    frame: Annotated[int | None, typer.Option(help="the frame of an animated image or the page of a multi-page "
+                                                   "TIFF to edit, from 0")] = None,
 ) -> None:
     """Edit an image with a spec, or a benchmark sample with its own points and mask."""
     from .io import check_outputs, load_image
@@ -195,7 +198,7 @@ def edit(
 
         if model_config is not None and not (model or default_model()).endswith(SINGLE_FILE_SUFFIXES):
             _fail(f"--model-config applies to a .safetensors / .ckpt --model; {model or default_model()!r} is not one")
-        image = load_image(image_path)  # decoded (and refused) before the model loads
+        image = load_image(image_path, frame=frame)  # decoded (and refused) before the model loads
         _plan_before_loading(spec_obj, image, model or default_model())
 
         loras = [parse_lora_arg(v) for v in lora or []]
@@ -234,7 +237,9 @@ def mask(
 
     with _user_errors():
         check_outputs({"out": out}, (image,))
+        from .proposal import check_proposal_settings
 
+        check_proposal_settings(threshold, 261, 512, 8)  # before the model loads (the timestep range: the edit's)
         editor = _load_editor(model, single_file_config=model_config)
         m = editor.suggest_mask(image, (x, y), prompt=prompt, threshold=threshold)
         save_image_atomic(Image.fromarray((m * 255).astype(np.uint8), "L"), out, protect=(image,))

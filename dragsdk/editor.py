@@ -608,6 +608,7 @@ class Editor:
             energies=[EnergyRecord(**e.__dict__) for e in out.energies], kv_bank_bytes=traj.bank.nbytes(),
             peak_memory_bytes=peak, peak_memory_kind=kind, mask_proposed=ctx.mask_proposed,
             notes=[*plan.notes, *filter(None, [size_note(img.size, canvas.size), _image_prompt_note(plan, adapter),
+                                               self.model.prompt_note(spec.prompt),
                                                random_weights_warning(self.model)])],
             image_prompt=adapter.name if adapter is not None and plan.image_prompt else None,
             profile=plan.profile, profile_options=list(plan.profile_options),
@@ -786,10 +787,14 @@ class Editor:
         Thread safety: runs under the model's lock, as :meth:`edit`.
 
         Raises:
-            SpecError: (field ``point``) the point is off the image.
+            SpecError: (field ``point``) the point is off the image; (``threshold``) not a number in [0, 1];
+                (``timestep``) not an integer timestep of the model's schedule; (``resolution``, ``dilate_px``)
+                not a positive / non-negative integer. All checked before the model runs.
         """
-        from .proposal import dilate, mask_from_features
+        from .proposal import check_proposal_settings, dilate, mask_from_features
 
+        check_proposal_settings(threshold, timestep, resolution, dilate_px,
+                                len(self.model.scheduler.alphas_cumprod))
         img = load_image(image)
         canvas = Canvas.fit(img.size, resolution)
         if not canvas.contains(point):

@@ -137,6 +137,27 @@ class ModelBundle:
         state) or ``(1, 78, D)`` for SDXL (:meth:`dragsdk.families.ModelAdapter.encode_prompt`)."""
         return self.adapter.encode_prompt(prompt, negative)
 
+    def prompt_note(self, prompt: str | None, field: str = "prompt") -> str | None:
+        """A report note when ``prompt`` is longer than the text encoder reads (CLIP: 77 tokens with the start and
+        end tokens), which silently drops its end; None when it fits.
+
+        Args:
+            prompt: the prompt text (None or empty: no note).
+            field: the spec field named in the note.
+        """
+        if not prompt or self.tokenizer is None:
+            return None
+        limit = int(getattr(self.tokenizer, "model_max_length", 77) or 77)
+        if limit > 100_000:  # a tokenizer without a limit ("very large integer"): CLIP's own
+            limit = 77
+        count = len(self.tokenizer(prompt, truncation=False).input_ids)
+        if count <= limit:
+            return None
+        kept = self.tokenizer.decode(self.tokenizer(prompt, truncation=True, max_length=limit).input_ids,
+                                     skip_special_tokens=True)
+        return (f"{field}: {count} tokens, but the text encoder reads {limit} (with the start and end tokens); "
+                f"the rest was cut: the edit used {kept!r}")
+
     def run_vae(self) -> Any:
         """The VAE to run: a float32 copy of a float16 VAE whose config sets ``force_upcast`` (SDXL's VAE overflows
         in float16; diffusers upcasts it the same way), made once; otherwise the VAE itself."""
