@@ -222,8 +222,9 @@ class Editor:
         not bypassed: it becomes the modes' image prompt (:meth:`use_host_ip_adapter`).
 
         Raises:
-            ModelLoadError: a component is missing (an SDXL refiner has no ``text_encoder``) or the family is not
-                supported.
+            ModelLoadError: a component is missing (an SDXL refiner has no ``text_encoder``) or of the wrong kind
+                (a ``unet`` that is not a ``UNet2DConditionModel``, a scheduler without ``config``), the UNet's
+                ``cross_attention_dim`` does not match the text encoder's width, or the family is not supported.
         """
         editor = cls(bundle_from_pipe(pipe), backend=backend, **kwargs)
         # none loaded, or not composable (two adapters, no image encoder): an edit refuses, naming the processors
@@ -327,8 +328,10 @@ class Editor:
         adapter the modes run text-only and the report notes it.
 
         Raises:
+            SpecError: (field ``scale``) not None and not a finite number in [0, 10].
+            ArgumentTypeError: ``image_encoder`` of the wrong type.
             ModelNotFoundError: the weights or the image encoder are absent.
-            ModelLoadError: the file is not an IP-Adapter for this UNet.
+            ModelLoadError: the file is corrupt or not an IP-Adapter for this UNet.
         """
         from .image_prompt import load_ip_adapter
 

@@ -467,6 +467,44 @@ def _load_components(source: str, family: str, dtype: torch.dtype, variant: str 
     return ModelBundle(name=source, family=family, force_zeros_for_empty_prompt=force_zeros, **parts)
 
 
+def _check_pipe_parts(pipe: Any) -> None:
+    """The components of a host pipeline are what an edit will call, and they belong together.
+
+    Raises:
+        ModelLoadError: ``unet`` is not a diffusers ``UNet2DConditionModel``, ``vae`` not an ``AutoencoderKL``,
+            a text encoder not a torch module with a ``config.hidden_size``, the scheduler has no ``config``, or
+            the UNet's ``cross_attention_dim`` does not match the text encoder's width (SD 1.x 768, SD 2.x 1024,
+            SDXL 768 + 1280 = 2048): a UNet and a text encoder of different families.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    name = type(pipe).__name__
+    for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+        if not isinstance(getattr(pipe, part), cls):
+            raise ModelLoadError(f"{name}.{part} is a {type(getattr(pipe, part)).__name__}, expected diffusers' "
+                                 f"{cls.__name__}")
+    encoders = [getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)]
+    widths = []
+    for part, module in zip(("text_encoder", "text_encoder_2"), encoders, strict=True):
+        if module is None:
+            continue
+        width = getattr(getattr(module, "config", None), "hidden_size", None)
+        if not isinstance(module, torch.nn.Module) or not isinstance(width, int):
+            raise ModelLoadError(f"{name}.{part} is a {type(module).__name__}, expected a transformers text encoder "
+                                 "(a torch module whose config has hidden_size)")
+        widths.append(width)
+    config = getattr(pipe.scheduler, "config", None)
+    if config is None or not hasattr(config, "get"):
+        raise ModelLoadError(f"{name}.scheduler ({type(pipe.scheduler).__name__}) has no diffusers config; the edit "
+                             "builds its own DDIM scheduler from it")
+    cross = pipe.unet.config.get("cross_attention_dim")
+    cross = cross[0] if isinstance(cross, (list, tuple)) and cross else cross
+    if isinstance(cross, int) and cross != sum(widths):
+        raise ModelLoadError(f"{name}: the UNet's cross_attention_dim is {cross} but its text encoder(s) give "
+                             f"{' + '.join(map(str, widths))} = {sum(widths)} features: a UNet and a text encoder "
+                             "of different families (SD 1.x 768, SD 2.x 1024, SDXL 768 + 1280)")
+
+
 def bundle_from_pipe(pipe: Any, name: str | None = None) -> ModelBundle:
     """A bundle sharing the modules of a diffusers ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` (or
     any object with ``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler`` and, for SDXL,
@@ -474,12 +512,14 @@ def bundle_from_pipe(pipe: Any, name: str | None = None) -> ModelBundle:
     object built from the pipeline scheduler's config, so the host's scheduler state is never touched.
 
     Raises:
-        ModelLoadError: a component is missing (named), or the family is unsupported.
+        ModelLoadError: a component is missing (named) or of the wrong kind, the UNet and text encoder are of
+            different families, the scheduler has no config, or the family is unsupported.
     """
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, c, None) is None]
     if missing:
         raise ModelLoadError(f"{type(pipe).__name__} has no {', '.join(missing)}; an editing model needs unet, vae, "
                              "text_encoder, tokenizer and scheduler (an SDXL refiner has no text_encoder)")
+    _check_pipe_parts(pipe)
     family = family_from_configs(dict(pipe.unet.config), type(pipe).__name__)
     config = getattr(pipe, "config", {}) or {}
     force_zeros = bool(config.get("force_zeros_for_empty_prompt", True)) if hasattr(config, "get") else True
