@@ -43,8 +43,16 @@ def _print_json(obj: Any) -> None:
 def _load_editor(model: str | None, **kw: Any) -> Any:
     """The Editor of ``--model`` (default :func:`~dragsdk.defaults.default_model`: never a random-weight model)."""
     from .editor import Editor
+    from .errors import ModelNotFoundError
 
-    return Editor.from_pretrained(model or default_model(), **kw)
+    name = model or default_model()
+    from_env = os.environ.get(MODEL_ENV, "").strip() == name  # --model reads the variable when not given
+    try:
+        return Editor.from_pretrained(name, **kw)
+    except ModelNotFoundError as e:  # ModelLoadError too: say where the name came from when the user did not type it
+        if from_env:
+            raise type(e)(f"model {name!r} from ${MODEL_ENV} (unset it or pass --model): {e}") from e
+        raise
 
 
 def _warn_random(editor: Any) -> None:

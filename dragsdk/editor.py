@@ -22,12 +22,14 @@ from tqdm.auto import tqdm
 from .attention import AttentionController, foreign_processors, install
 from .cache import LRUCache, WeightsFingerprint
 from .concurrency import model_lock
+from .defaults import MODEL_ENV
 from .dryrun import DryRun, estimate_cost
 from .errors import (
     ArgumentTypeError,
     BackendUnavailableError,
     HostAttentionError,
     ModelLoadError,
+    ModelNotFoundError,
     NonFiniteError,
     SpecError,
 )
@@ -149,6 +151,7 @@ class Editor:
         allow_reduced_precision: bool = False,
         prompt_cache_size: int = 64,
     ) -> None:
+        model_from_env = model is None and bool(os.environ.get(MODEL_ENV, "").strip())
         if model is None:
             model = default_model()
         if not isinstance(model, ModelBundle | str | os.PathLike):
@@ -165,7 +168,12 @@ class Editor:
             if device is not None or torch_dtype is not None:
                 self.model.to(resolve_device(device) if device is not None else None, check_dtype(torch_dtype))
         else:
-            self.model = load_model(model, device, torch_dtype)
+            try:
+                self.model = load_model(model, device, torch_dtype)
+            except ModelNotFoundError as e:  # ModelLoadError too: name the variable the default came from
+                if model_from_env:
+                    raise type(e)(f"model {model!r} from ${MODEL_ENV} (unset it or pass model=): {e}") from e
+                raise
         self.backend_request = backend
         self.reference_profile = reference_profile
         self.bank_device = "cpu" if reference_profile else bank_device

@@ -367,6 +367,25 @@ def random_weights_warning(bundle: ModelBundle) -> str | None:
             f"name a real model, e.g. --model {DEFAULT_MODEL}")
 
 
+def local_path_of_url(name: str) -> str:
+    """A ``file://`` URL as the local path it names (``file:///models/sd15`` → ``/models/sd15``); other names as
+    they are."""
+    if name.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+        from urllib.request import url2pathname
+
+        return url2pathname(unquote(urlparse(name).path))
+    return name
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether ``name`` can only be a local path, never a hub id (``owner/name``): it exists, starts with ``.``,
+    ``/`` or ``~``, has a backslash or a drive, or has more than one ``/``. Such a name that is missing fails at
+    once instead of waiting for hub retries."""
+    return (Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or "\\" in name
+            or (len(name) > 1 and name[1] == ":") or name.count("/") > 1)
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     device: str | torch.device | None = None,
@@ -396,7 +415,12 @@ def load_model(
     """
     device = resolve_device(device)
     dtype = check_dtype(torch_dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
-    name = str(name_or_path)
+    name = local_path_of_url(str(name_or_path))
+    if single_file_config is not None:
+        single_file_config = local_path_of_url(str(single_file_config))
+        if looks_like_local_path(single_file_config) and not Path(single_file_config).expanduser().is_dir():
+            raise ModelNotFoundError(f"single_file_config folder {single_file_config} does not exist (a local path, "
+                                     "so it is not looked up on the hub)")
     if single_file_config is not None and not name.endswith(SINGLE_FILE_SUFFIXES):
         raise ModelLoadError(f"single_file_config is for a .safetensors / .ckpt checkpoint; {name!r} is not one "
                              "(a diffusers folder or hub id carries its own configs)")
@@ -407,9 +431,12 @@ def load_model(
         if not path.is_file():
             raise ModelNotFoundError(f"checkpoint file {path} does not exist. {_HOW_TO_PROVIDE}")
         return _finish(_load_single_file(path, dtype, single_file_config), device, dtype)
-    looks_local = path.exists() or name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1
-    if looks_local and not path.is_dir():
-        raise ModelNotFoundError(f"model folder {path} does not exist. {_HOW_TO_PROVIDE}")
+    if path.is_file():
+        raise ModelLoadError(f"{path} is a file but not a single-file checkpoint (the name must end in "
+                             f"{' or '.join(SINGLE_FILE_SUFFIXES)}) nor a diffusers folder; rename it if it is one")
+    if looks_like_local_path(name) and not path.is_dir():
+        raise ModelNotFoundError(f"model folder {path} does not exist (a local path, so it is not looked up on the "
+                                 f"hub). {_HOW_TO_PROVIDE}")
     if path.is_dir():
         family = detect_family(path)
         index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").is_file() else {}
