@@ -318,9 +318,8 @@ def _still(im: Image.Image, field: str, name: str, frame: int | None) -> Image.I
             raise SpecError(field, f"frame {frame} does not exist: {name} has {n} frame(s)")
         im.seek(frame)
     elif getattr(im, "is_animated", False) and im.format != "MPO":
-        what = "a multi-page TIFF" if im.format == "TIFF" else f"an animated {im.format or 'image'}"
-        unit = "pages" if im.format == "TIFF" else "frames"
-        raise SpecError(field, f"{name} is {what} ({n} {unit}); choose one (frame=k from 0, --frame K on the "
+        what = f"a multi-page TIFF ({n} pages)" if im.format == "TIFF" else f"animated ({n} frames)"
+        raise SpecError(field, f"{name} is {what}; choose one (frame=k from 0, --frame K on the "
                                "command line) or save it as a still image")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
