@@ -1,6 +1,7 @@
 # make demo: edit a real DragBench photograph end to end.  make test: the test suite.
 # make docs: the documentation site with the API reference generated from the docstrings, into site/.
 # make test-latest: the newest versions pyproject.toml allows, in .venv-latest, on a fast subset (tests -m smoke).
+# make test-oldest: every direct dependency at its pyproject.toml lower bound, in .venv-oldest, on the same subset.
 # make lock: refresh requirements/lock.txt from the newest allowed versions (then run make test before committing).
 # Each creates its venv on first use (CPU torch 2.13.0, taken from this machine's disk when it is there).
 # .venv installs exactly the tested set in requirements/lock.txt, so an upstream release never reddens make test.
@@ -10,8 +11,9 @@ STAMP := $(VENV)/.installed-dev
 LOCK := requirements/lock.txt
 EXTRAS := .[dev,onnx,ray,ui]
 LATEST ?= .venv-latest
+OLDEST ?= .venv-oldest
 
-.PHONY: demo test test-latest lock lint clean gpu docs
+.PHONY: demo test test-latest test-oldest lock lint clean gpu docs
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +38,23 @@ test-latest:
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager "torch==2.13.0" -e "$(EXTRAS)"
 	$(LATEST)/bin/python tools/test_latest.py --lock $(LOCK)
 
+# The lower bounds of pyproject.toml's [project] dependencies, installed exactly (tools/oldest.py writes name==lower
+# for each), on the fast subset; a failure names the old version that broke, and the fix is a raised lower bound.
+# torch is the exception: 2.13.0, the only CPU wheel on this machine's disk (any other torch downloads several GB of
+# CUDA packages); pyproject.toml says what its lower bound rests on. torchvision is never installed. The extras are
+# those the subset imports (dev: pytest, peft; ui: gradio for dragsdk.ui.app), resolved by pip around the old pins.
+# The strict docs build is deselected: mkdocstrings reads the sources statically (griffe), so the runtime
+# dependencies' versions cannot change it, and make test-latest builds the docs anyway. --no-compile: this venv lives
+# for one run, so only the modules the subset imports get byte-compiled, as they are imported.
+test-oldest:
+	rm -rf $(OLDEST)
+	python3 -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --upgrade pip setuptools
+	$(OLDEST)/bin/python tools/oldest.py pyproject.toml > $(OLDEST)/constraints.txt
+	$(OLDEST)/bin/python -m pip install --quiet --no-compile -c $(OLDEST)/constraints.txt "torch==2.13.0" -e ".[dev,ui]"
+	$(OLDEST)/bin/python tools/test_latest.py --lock $(LOCK) --label test-oldest \
+		--deselect=tests/test_docs.py::test_the_embedder_reference_documents_every_top_level_name
+
 lock:
 	rm -rf .venv-lock
 	python3 -m venv .venv-lock
@@ -56,4 +75,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(LATEST) .venv-lock out .pytest_cache site
+	rm -rf $(VENV) $(LATEST) $(OLDEST) .venv-lock out .pytest_cache site

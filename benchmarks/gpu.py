@@ -10,6 +10,9 @@
    20-step region drag on eager and triton, the ``reference`` cost profile, the second drag of the same image
    (inversion reused); then a drag at 768² for peak memory; then ``compile`` (its compilation is the slow part).
 5. ``dragsdk backends --bench`` on the same model: the measured table and the backend ``auto`` picks.
+6. One drag each on ``sd21-random`` (768², v-prediction) and ``sdxl-random`` (1024²), full random architectures:
+   time and peak memory (``triton``, ``eager`` if it cannot run). The summary ends with a table of the GPU issue's
+   targets and the values this run measured.
 
 Each section has a deadline (``--budget`` seconds for the whole run) and writes its JSON as soon as it ends, so a
 run cut short still leaves what it measured: ``benchmarks/results/<name>-<device>.json``, copied to ``$OUT`` when
@@ -107,15 +110,18 @@ def environment() -> dict[str, Any]:
 def cuda_tests(run: Run, rehearse: bool) -> dict[str, Any]:
     """``pytest -m cuda`` in a subprocess (its own CUDA context), with a JUnit report parsed for counts."""
     junit = RESULTS / f".junit-{run.slug}.xml"
-    cmd = [sys.executable, "-P", "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-P", "-m", "pytest", "-v", "-m", "cuda", "tests/test_cuda.py", "-p", "no:cacheprovider",
            f"--junitxml={junit}", "-rs"]
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(30.0, min(150.0, run.left() - 300)))
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                              timeout=max(30.0, min(180.0, run.left() - 240)))
         tail = (proc.stdout + proc.stderr)[-6000:]
         rc = proc.returncode
-    except subprocess.TimeoutExpired as e:
-        tail, rc = f"timed out after {e.timeout:.0f} s", -1
+    except subprocess.TimeoutExpired as e:  # keep what it printed: the progress line says how far it got
+        partial = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                          for x in (e.stdout, e.stderr))
+        tail, rc = f"{partial[-5000:]}\ntimed out after {e.timeout:.0f} s", -1
     counts: dict[str, int] = {}
     if junit.exists():
         import xml.etree.ElementTree as ET
@@ -142,28 +148,47 @@ def attention(run: Run, rehearse: bool) -> dict[str, Any]:
 
 
 _MODEL: dict[str, Any] = {}
+# family: (full random-weight model on the GPU, tiny model of the family in the rehearsal, native resolution)
+FAMILY_MODELS = {"sd1": ("sd15-random", "tiny", 512), "sd2": ("sd21-random", "tiny-sd2", 768),
+                 "sdxl": ("sdxl-random", "tiny-sdxl", 1024)}
 
 
-def model(rehearse: bool) -> Any:
-    """One model for every section (building ``sd15-random`` takes a while)."""
-    name = "tiny" if rehearse else "sd15-random"
+def model(rehearse: bool, family: str = "sd1") -> Any:
+    """One model at a time for every section (building a full random architecture takes a while); loading another
+    frees the previous one first, so the peak memory a section reports holds its own model's weights only."""
+    name = FAMILY_MODELS[family][1 if rehearse else 0]
     if name not in _MODEL:
+        import gc
+
+        import torch
+
         from dragsdk.models import load_model
 
+        _MODEL.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         _MODEL[name] = load_model(name)
     return _MODEL[name]
 
 
 def edits(run: Run, rehearse: bool, configs: list[str], resolution: int, drag_steps: int, repeats: int,
-          edit_kinds: list[str] | None = None) -> dict[str, Any]:
+          edit_kinds: list[str] | None = None, family: str = "sd1", fallback: str | None = None) -> dict[str, Any]:
+    """``benchmarks/edit.py``'s run on the family's model; with ``fallback``, a configuration that fails or is
+    skipped is run again on that backend (one measured row per edit kind is the point of the family sections)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import edit as bench
 
-    args = argparse.Namespace(model="tiny" if rehearse else "sd15-random", model_obj=model(rehearse),
+    args = argparse.Namespace(model=FAMILY_MODELS[family][1 if rehearse else 0], model_obj=model(rehearse, family),
                               resolution=resolution,
                               drag_steps=drag_steps, region_steps=20 if not rehearse else 4, warmup=1,
                               repeats=repeats, configs=configs, edits=edit_kinds, out=None)
     result = bench.run(args)
+    if fallback and not any("wall_s" in r for r in result["rows"]):
+        args.configs = [fallback]
+        failed = result["rows"]
+        result = bench.run(args)
+        result["rows"] = failed + result["rows"]
     bench.print_table(result)
     return result
 
@@ -211,12 +236,13 @@ def markdown(run: Run, env: dict[str, Any]) -> str:
             lines.append(f"| {r['family']} | {r['tokens']} | {r['heads']} | {r['dim']} | {r['mode']} | {r['phase']} "
                          f"| {r['kernel_ms']:.3f} | {r['sdpa_best']} | {r['sdpa_ms']:.3f} | {r['speedup']:.2f} |")
         lines.append("")
-    for key, title in (("edit", "Edits (sd15-random, fp16)"), ("edit_768", "Drag at 768²"),
-                       ("edit_compile", "compile backend")):
+    for key, title in (("edit", "Edits"), ("edit_768", "Drag at 768²"), ("edit_compile", "compile backend"),
+                       ("edit_sd2", "SD 2.1 architecture"), ("edit_sdxl", "SDXL architecture")):
         e = s.get(key)
         if not e or not e.get("rows"):
             continue
-        lines += [f"## {title}, {e['resolution']}², drag {e['drag_steps']} steps, region drag {e['region_steps']}", "",
+        lines += [f"## {title}: {e.get('model')} ({e.get('prediction_type')}), {e.get('dtype')}, {e['resolution']}², "
+                  f"drag {e['drag_steps']} steps, region drag {e['region_steps']}", "",
                   "| edit | config | wall s | encode | invert | sample | decode | peak GiB | × reference | 2nd drag s |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in e["rows"]:
@@ -238,9 +264,78 @@ def markdown(run: Run, env: dict[str, Any]) -> str:
         for kind, pick in b["auto"].items():
             lines.append(f"- auto for {kind}: **{pick['backend']}** ({pick['reason'][:200]})")
         lines.append("")
+    lines += targets(s)
     if s.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in s["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _rows(section: dict[str, Any] | None, edit: str) -> list[dict[str, Any]]:
+    return [r for r in (section or {}).get("rows", []) if r.get("edit") == edit and "wall_s" in r]
+
+
+def targets(s: dict[str, Any]) -> list[str]:
+    """Issue 24's targets, each with the value this run measured (``—`` where its section did not run)."""
+    def verdict(ok: bool | None) -> str:
+        return "—" if ok is None else ("met" if ok else "**missed**")
+
+    out = ["## Targets", "", "| measure | target | measured | |", "|---|---|---|---|"]
+    fast = [r for r in _rows(s.get("edit"), "drag") + _rows(s.get("edit_compile"), "drag") if r["config"] != "reference"]
+    ref = next(iter(r for r in _rows(s.get("edit"), "drag") if r["config"] == "reference"), None)
+    best = min(fast, key=lambda r: r["wall_s"]) if fast else None
+    out.append("| drag, 50 steps, best backend | ≤ 1.0 s | "
+               + (f"{best['wall_s']:.3f} s ({best['config']}) | {verdict(best['wall_s'] <= 1.0)} |" if best else "— | — |"))
+    if best and ref:
+        x = ref["wall_s"] / best["wall_s"]
+        out.append(f"| same edit vs the `reference` cost profile | ≥ 10× | {x:.2f}× ({ref['wall_s']:.3f} s / "
+                   f"{best['wall_s']:.3f} s) | {verdict(x >= 10)} |")
+    else:
+        out.append("| same edit vs the `reference` cost profile | ≥ 10× | — | — |")
+    region = _rows(s.get("edit"), "region-drag") + _rows(s.get("edit_compile"), "region-drag")
+    rb = min(region, key=lambda r: r["wall_s"]) if region else None
+    out.append("| region drag, 20 steps | ≤ 0.15 s | "
+               + (f"{rb['wall_s']:.3f} s ({rb['config']}) | {verdict(rb['wall_s'] <= 0.15)} |" if rb else "— | — |"))
+    second = [r for r in fast if r.get("second_edit_s") is not None]
+    sb = min(second, key=lambda r: r["second_edit_s"]) if second else None
+    out.append("| second drag, inversion reused | ≤ 0.6 s | "
+               + (f"{sb['second_edit_s']:.3f} s ({sb['config']}, reused: {sb.get('second_edit_reused_inversion')}) | "
+                  f"{verdict(sb['second_edit_s'] <= 0.6)} |" if sb else "— | — |"))
+    rows = (s.get("attention") or {}).get("rows") or []
+    if rows:
+        worst = min(rows, key=lambda r: r["speedup"])
+        cc = [r for r in rows if r["mode"] in ("concat", "composite")]
+        worst_cc = min(cc, key=lambda r: r["speedup"]) if cc else worst
+        below = sum(r["speedup"] < 1.0 for r in rows)
+        out.append(f"| kernel vs best SDPA, every shape, mode, phase | ≥ 1.0× | min {worst['speedup']:.2f}× "
+                   f"({worst['family']} {worst['tokens']}×{worst['heads']}×{worst['dim']} {worst['mode']} "
+                   f"{worst['phase']}); {below} of {len(rows)} below 1.0× | {verdict(below == 0)} |")
+        below13 = sum(r["speedup"] < 1.3 for r in cc)
+        out.append(f"| kernel vs best SDPA, concat and composite | ≥ 1.3× | min {worst_cc['speedup']:.2f}× "
+                   f"({worst_cc['family']} {worst_cc['tokens']}×{worst_cc['heads']}×{worst_cc['dim']} "
+                   f"{worst_cc['mode']} {worst_cc['phase']}); {below13} of {len(cc)} below 1.3× | "
+                   f"{verdict(below13 == 0)} |")
+    else:
+        out.append("| kernel vs best SDPA | ≥ 1.0× / ≥ 1.3× | — | — |")
+    for edit in ("drag", "region-drag"):
+        eager = next(iter(r for r in _rows(s.get("edit"), edit) if r["config"] == "eager"), None)
+        comp = next(iter(_rows(s.get("edit_compile"), edit)), None)
+        if eager and comp:
+            x = eager["wall_s"] / comp["wall_s"]
+            out.append(f"| `compile` vs eager, {edit} | ≥ 1.3× | {x:.2f}× ({eager['wall_s']:.3f} s / "
+                       f"{comp['wall_s']:.3f} s) | {verdict(x >= 1.3)} |")
+        else:
+            out.append(f"| `compile` vs eager, {edit} | ≥ 1.3× | — | — |")
+    big = next(iter(_rows(s.get("edit_768"), "drag")), None)
+    out.append("| peak GPU memory, drag at 768² | ≤ 8 GB | "
+               + (f"{big['peak_memory_bytes'] / 1e9:.2f} GB ({big['peak_memory_bytes'] / 2**30:.2f} GiB, "
+                  f"{big['config']}, {big['peak_memory_kind']}) | {verdict(big['peak_memory_bytes'] <= 8e9)} |"
+                  if big else "— | — |"))
+    for key, label in (("edit_sd2", "SD 2.1 drag, 768², v-prediction"), ("edit_sdxl", "SDXL drag, 1024²")):
+        r = next(iter(_rows(s.get(key), "drag")), None)
+        out.append(f"| {label} | measured, with peak memory | "
+                   + (f"{r['wall_s']:.3f} s, peak {r['peak_memory_bytes'] / 1e9:.2f} GB ({r['config']}) | measured |"
+                      if r else "— | — |"))
+    return out + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rehearse", action="store_true", help="CPU dress rehearsal: tiny model, small sizes")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run")
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["tests", "attention", "edit", "edit_768", "edit_compile", "backends"])
+                    choices=["tests", "attention", "edit", "edit_768", "edit_compile", "backends", "edit_sd2",
+                             "edit_sdxl"])
     ap.add_argument("--split", type=Path, default=None,
                     help="write the per-benchmark files and the Markdown summary from a gpu-<device>.json")
     args = ap.parse_args(argv)
@@ -289,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
                                        ["drag"])),
         ("edit_compile", 90, lambda: edits(run, args.rehearse, ["compile"], res, steps, reps)),
         ("backends", 30, lambda: backends_bench(args.rehearse)),
+        # the other families' full random architectures at their native size: one drag, time and peak memory
+        ("edit_sd2", 60, lambda: edits(run, args.rehearse, ["triton" if cuda else "eager"],
+                                       FAMILY_MODELS["sd2"][2] if cuda else 128, steps, 1, ["drag"], "sd2", "eager")),
+        ("edit_sdxl", 90, lambda: edits(run, args.rehearse, ["triton" if cuda else "eager"],
+                                        FAMILY_MODELS["sdxl"][2] if cuda else 128, steps, 1, ["drag"], "sdxl", "eager")),
     ]
     run.summary["errors"] = []
     for name, min_left, fn in sections:

@@ -107,7 +107,17 @@ def load_mask(ref: MaskInput, field: str = "mask", size: tuple[int, int] | None 
 
 def latent_paste(smap: SourceMap, bank: int = 0) -> LatentPaste:
     """The :class:`LatentPaste` that copies each source cell of a latent-grid :class:`SourceMap` (e.g. from
-    :func:`affine_map` on ``"latent"``) to its target cell, before sampling."""
+    :func:`affine_map` on ``"latent"``) to its target cell, before sampling.
+
+    Raises:
+        TypeError: ``smap`` is not a :class:`SourceMap` (e.g. None from a mode that found no cells), or ``bank``
+            not a non-negative int.
+    """
+    if not isinstance(smap, SourceMap):
+        raise TypeError(f"latent_paste: smap must be a SourceMap (from affine_map / placement_map), got "
+                        f"{type(smap).__name__}")
+    if isinstance(bank, bool) or not isinstance(bank, int) or bank < 0:
+        raise TypeError(f"latent_paste: bank must be a non-negative int (the reference latent's index), got {bank!r}")
     return LatentPaste(smap.target_rows, smap.target_cols, smap.source_rows, smap.source_cols, bank)
 
 

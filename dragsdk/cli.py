@@ -43,8 +43,16 @@ def _print_json(obj: Any) -> None:
 def _load_editor(model: str | None, **kw: Any) -> Any:
     """The Editor of ``--model`` (default :func:`~dragsdk.defaults.default_model`: never a random-weight model)."""
     from .editor import Editor
+    from .errors import ModelNotFoundError
 
-    return Editor.from_pretrained(model or default_model(), **kw)
+    name = model or default_model()
+    from_env = os.environ.get(MODEL_ENV, "").strip() == name  # --model reads the variable when not given
+    try:
+        return Editor.from_pretrained(name, **kw)
+    except ModelNotFoundError as e:  # ModelLoadError too: say where the name came from when the user did not type it
+        if from_env:
+            raise type(e)(f"model {name!r} from ${MODEL_ENV} (unset it or pass --model): {e}") from e
+        raise
 
 
 def _warn_random(editor: Any) -> None:
@@ -63,7 +71,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _one_line(e: BaseException) -> str:
     """An error as one line of at most 1000 characters; an OSError names its file."""
-    if isinstance(e, OSError) and not str(e).startswith(("out:", "report:")) and e.filename is not None:
+    if isinstance(e, OSError) and not str(e).startswith(("out:", "report:", "trace:")) and e.filename is not None:
         text = f"{e.filename}: {e.strerror or e}"
     elif isinstance(e, RecursionError):
         text = "the input is nested too deeply"
@@ -91,11 +99,45 @@ def _user_errors() -> Iterator[None]:
             raise
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        _fail(f"spec field {loc}: {first['msg']} ({e.error_count()} error(s))")
+        where = f"spec field {loc}" if loc else f"spec ({e.title})"  # a model-level validator has no field path
+        _fail(f"{where}: {first['msg']} ({e.error_count()} error(s))")
     except (DragSDKError, OSError, UnicodeError, RecursionError) as e:
         if debug:
             raise
         _fail(_one_line(e))
+
+
+def _plan_before_loading(spec_obj: dict[str, Any], image: Any, model_name: str) -> None:
+    """Validate and plan the edit before the model loads, so a spec this image cannot take (a patch larger than
+    the grid, an object scaled below one cell, too few steps) fails in a second, not after loading. Needs the
+    working size: the spec's resolution, else the model's default read without loading it
+    (:func:`dragsdk.models.peek_default_resolution`); skipped when neither is known, or when a mask is to be
+    proposed by the model (the edit then plans after loading, with the same errors)."""
+    from .geometry import Canvas
+    from .models import peek_default_resolution
+    from .modes import PlanContext, build_plan
+    from .spec import spec_from_json
+
+    registry = _registry()
+    spec = spec_from_json(dict(spec_obj), registry.spec_models())
+    if spec.mode not in registry.modes:
+        return  # the edit names the unknown mode with the installed ones
+    s = spec.sampler
+    resolution = s.resolution if "resolution" in s.model_fields_set else peek_default_resolution(model_name)
+    if resolution is None:
+        return
+
+    class _NeedsModel(Exception):
+        pass
+
+    def needs_model(xy: Any) -> Any:
+        raise _NeedsModel
+
+    try:
+        build_plan(registry.modes[spec.mode], spec, PlanContext(Canvas.fit(image.size, resolution), image, s.steps,
+                                                               suggest_mask=needs_model))
+    except _NeedsModel:
+        return
 
 
 @app.command()
@@ -118,6 +160,8 @@ def edit(
                                                     "after, energies, guidance norm) here")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    frame: Annotated[int | None, typer.Option(help="the frame of an animated image or the page of a multi-page "
+                                                   "TIFF to edit, from 0")] = None,
 ) -> None:
     """Edit an image with a spec, or a benchmark sample with its own points and mask."""
     from .io import check_outputs, load_image
@@ -157,19 +201,18 @@ def edit(
                 sampler[key] = value
         spec_obj["sampler"] = sampler
         protect += input_files(spec_obj)
-        check_outputs({"out": out, "report": report}, tuple(protect))
+        check_outputs({"out": out, "report": report, "trace": trace}, tuple(protect))
         from .models import SINGLE_FILE_SUFFIXES, parse_lora_arg
 
         if model_config is not None and not (model or default_model()).endswith(SINGLE_FILE_SUFFIXES):
             _fail(f"--model-config applies to a .safetensors / .ckpt --model; {model or default_model()!r} is not one")
-        image = load_image(image_path)  # decoded (and refused) before the model loads
+        image = load_image(image_path, frame=frame)  # decoded (and refused) before the model loads
+        _plan_before_loading(spec_obj, image, model or default_model())
 
         loras = [parse_lora_arg(v) for v in lora or []]
         editor = _load_editor(model, backend=backend, single_file_config=model_config)
         for path, scale in loras:
             editor.load_lora(path, scale)
-        if trace is not None and trace.resolve() in {Path(p).resolve() for p in protect}:
-            _fail(f"--trace {trace} is one of the inputs; refusing to overwrite it")
         result = editor.edit(image, spec_obj, progress=not quiet, trace=trace)
         result.save(out, report, protect=tuple(protect))
         _warn_random(editor)
@@ -202,7 +245,9 @@ def mask(
 
     with _user_errors():
         check_outputs({"out": out}, (image,))
+        from .proposal import check_proposal_settings
 
+        check_proposal_settings(threshold, 261, 512, 8)  # before the model loads (the timestep range: the edit's)
         editor = _load_editor(model, single_file_config=model_config)
         m = editor.suggest_mask(image, (x, y), prompt=prompt, threshold=threshold)
         save_image_atomic(Image.fromarray((m * 255).astype(np.uint8), "L"), out, protect=(image,))

@@ -81,7 +81,8 @@ class RegionDragGrid(DDIMSchedule):
         inversion_timesteps: ``(n,)`` UNet timesteps of the inversion steps (entries below ``start`` unused).
 
     Raises:
-        ValueError: ``start`` outside ``[0, n)``, or an inversion step past the last training timestep.
+        ValueError: ``start`` outside ``[0, n)``.
+        SpecError: (field ``sampler.steps``) an inversion step past the last training timestep.
     """
 
     def __init__(
@@ -111,7 +112,9 @@ class RegionDragGrid(DDIMSchedule):
         self.inversion_timesteps = inv
         top = int(dpm.config.num_train_timesteps) - 1
         if inv[start] > top:
-            raise ValueError(
+            from .errors import SpecError
+
+            raise SpecError("sampler.steps",
                 f"start={start} of {n} steps inverts past the last training timestep ({inv[start]} > {top}); the "
                 f"official code fails there too (IndexError): invert at most {n - 1} steps"
             )

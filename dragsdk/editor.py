@@ -19,11 +19,13 @@ from PIL import Image
 from .adapters import ImagePromptSlot, WeightsIdentity
 from .cache import LRUCache
 from .concurrency import model_lock
+from .defaults import MODEL_ENV
 from .dryrun import DryRun
 from .errors import (
     ArgumentTypeError,
     BackendUnavailableError,
     ModelLoadError,
+    ModelNotFoundError,
     SpecError,
 )
 from .features import FeatureTap
@@ -141,6 +143,7 @@ class Editor:
         allow_reduced_precision: bool = False,
         prompt_cache_size: int = 64,
     ) -> None:
+        model_from_env = model is None and bool(os.environ.get(MODEL_ENV, "").strip())
         if model is None:
             model = default_model()
         if not isinstance(model, ModelBundle | str | os.PathLike):
@@ -152,7 +155,12 @@ class Editor:
             raise ArgumentTypeError("prompt_cache_size", "an int ≥ 1", prompt_cache_size)
         self.registry = registry or get_registry()
         self.allow_reduced_precision = allow_reduced_precision
-        self.model = open_model(model, device, torch_dtype)
+        try:
+            self.model = open_model(model, device, torch_dtype)
+        except ModelNotFoundError as e:  # ModelLoadError too: name the variable the default came from
+            if model_from_env:
+                raise type(e)(f"model {model!r} from ${MODEL_ENV} (unset it or pass model=): {e}") from e
+            raise
         self.backend_request = backend
         self.reference_profile = reference_profile
         self.bank_device = "cpu" if reference_profile else bank_device
@@ -209,8 +217,9 @@ class Editor:
         not bypassed: it becomes the modes' image prompt (:meth:`use_host_ip_adapter`).
 
         Raises:
-            ModelLoadError: a component is missing (an SDXL refiner has no ``text_encoder``) or the family is not
-                supported.
+            ModelLoadError: a component is missing (an SDXL refiner has no ``text_encoder``) or of the wrong kind
+                (a ``unet`` that is not a ``UNet2DConditionModel``, a scheduler without ``config``), the UNet's
+                ``cross_attention_dim`` does not match the text encoder's width, or the family is not supported.
         """
         editor = cls(bundle_from_pipe(pipe), backend=backend, **kwargs)
         # none loaded, or not composable (two adapters, no image encoder): an edit refuses, naming the processors
@@ -238,8 +247,10 @@ class Editor:
         own loader (``load_lora_weights``) and fuse them at ``scale``; see :func:`dragsdk.models.load_lora`.
 
         Raises:
+            SpecError: (field ``lora``) the scale is NaN, infinite or over ``dragsdk.models.MAX_LORA_SCALE``.
             ModelNotFoundError: the file does not exist.
-            ModelLoadError: the file cannot be read, or none of its keys match the model's layers.
+            ModelLoadError: the file cannot be read, none of its keys match the model's layers, it holds
+                non-finite weights or its A / B ranks disagree; nothing is fused then.
         """
         from .models import load_lora
 
@@ -314,8 +325,10 @@ class Editor:
         adapter the modes run text-only and the report notes it.
 
         Raises:
+            SpecError: (field ``scale``) not None and not a finite number in [0, 10].
+            ArgumentTypeError: ``image_encoder`` of the wrong type.
             ModelNotFoundError: the weights or the image encoder are absent.
-            ModelLoadError: the file is not an IP-Adapter for this UNet.
+            ModelLoadError: the file is corrupt or not an IP-Adapter for this UNet.
         """
         with model_lock(self.model):
             self._image_prompt.load(folder_or_id, weight_name, subfolder, image_encoder, scale)
@@ -448,7 +461,10 @@ class Editor:
             generator: a ``torch.Generator``; one draw from it sets ``spec.sampler.seed`` (recorded in the report).
             output_type: ``pil``, ``np`` or ``pt``: the type of ``result.images`` (:class:`EditResult`).
             callback_on_step_end: ``hook(event) -> bool | None`` after every step of every phase (encode, invert,
-                sample, decode; :class:`dragsdk.progress.StepEvent`); returning True cancels the edit.
+                sample, decode; :class:`dragsdk.progress.StepEvent`); returning True cancels the edit, None or
+                False goes on, anything else raises ``ArgumentTypeError``. diffusers' signature
+                ``hook(pipe, step, timestep, callback_kwargs) -> dict`` is accepted too, called after each sampling
+                step (:mod:`dragsdk.progress`).
             cancel: a ``threading.Event``; once set (from any thread) the edit stops at the end of the current step.
             reuse_inversion: False inverts afresh even when the cached inversion matches.
 
@@ -461,7 +477,8 @@ class Editor:
         Raises:
             SpecError: invalid geometry for this image, an unreadable image or spec (the field is named);
                 pydantic ``ValidationError`` for invalid field values (overrides included).
-            ArgumentTypeError: an argument of the wrong type (named), or an unknown ``output_type``.
+            ArgumentTypeError: an argument of the wrong type (named), an unknown ``output_type``, or a
+                ``callback_on_step_end`` that returned something other than None or a bool.
             BackendUnavailableError: no backend can run the edit here.
             HostAttentionError: the UNet carries host attention processors (e.g. an IP-Adapter's) that the edit
                 would bypass; they are named.
@@ -499,10 +516,14 @@ class Editor:
         Thread safety: runs under the model's lock, as :meth:`edit`.
 
         Raises:
-            SpecError: (field ``point``) the point is off the image.
+            SpecError: (field ``point``) the point is off the image; (``threshold``) not a number in [0, 1];
+                (``timestep``) not an integer timestep of the model's schedule; (``resolution``, ``dilate_px``)
+                not a positive / non-negative integer. All checked before the model runs.
         """
-        from .proposal import dilate, mask_from_features
+        from .proposal import check_proposal_settings, dilate, mask_from_features
 
+        check_proposal_settings(threshold, timestep, resolution, dilate_px,
+                                len(self.model.scheduler.alphas_cumprod))
         img = load_image(image)
         canvas = Canvas.fit(img.size, resolution)
         if not canvas.contains(point):

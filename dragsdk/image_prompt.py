@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from .errors import ModelLoadError, ModelNotFoundError
+from .errors import ArgumentTypeError, ModelLoadError, ModelNotFoundError
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,30 @@ class ImagePromptAdapter:
         return ImagePromptState(tokens, scale, self.processors)
 
 
+MAX_IP_ADAPTER_SCALE = 10.0
+"""The largest IP-Adapter scale accepted; the official ones are 0.1 (DiffEditor) and 0.5 (RegionDrag), diffusers'
+default 1.0."""
+
+
+def check_ip_adapter_scale(scale: object) -> float | None:
+    """``scale`` as a float (None keeps each mode's official scale).
+
+    Raises:
+        SpecError: (field ``scale``) not a number, NaN, infinite, negative or above :data:`MAX_IP_ADAPTER_SCALE`.
+    """
+    import math
+
+    from .errors import SpecError
+
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise SpecError("scale", f"the IP-Adapter scale must be a number or None, got {type(scale).__name__}")
+    if not math.isfinite(scale) or not 0.0 <= scale <= MAX_IP_ADAPTER_SCALE:
+        raise SpecError("scale", f"the IP-Adapter scale must be in [0, {MAX_IP_ADAPTER_SCALE:g}], got {scale!r}")
+    return float(scale)
+
+
 def load_ip_adapter(
     unet: Any,
     folder_or_id: str | os.PathLike[str],
@@ -158,27 +182,38 @@ def load_ip_adapter(
         scale: overrides every mode's official scale; ``None`` keeps the mode's.
 
     Raises:
+        SpecError: (field ``scale``) not None and not a finite number in [0, :data:`MAX_IP_ADAPTER_SCALE`].
+        ArgumentTypeError: (``image_encoder``) neither None, a path / hub id nor a ``CLIPVisionModelWithProjection``.
         ModelNotFoundError: the weight file or the image encoder is absent.
-        ModelLoadError: the file lacks ``image_proj`` / ``ip_adapter`` or its shapes do not match the UNet.
+        ModelLoadError: the file cannot be read (corrupt), lacks ``image_proj`` / ``ip_adapter``, or its shapes do
+            not match the UNet.
     """
     from diffusers.models.model_loading_utils import load_state_dict
     from diffusers.utils import _get_model_file
     from safetensors import safe_open
     from transformers import CLIPVisionModelWithProjection
 
+    scale = check_ip_adapter_scale(scale)
+    if image_encoder is not None and not isinstance(image_encoder, (str, os.PathLike, CLIPVisionModelWithProjection)):
+        raise ArgumentTypeError("image_encoder", "None, a folder / hub id, or a transformers "
+                                "CLIPVisionModelWithProjection", image_encoder)
     try:
         model_file = _get_model_file(str(folder_or_id), weights_name=weight_name, subfolder=subfolder or None)
     except OSError as e:
         raise ModelNotFoundError(f"IP-Adapter weights {weight_name!r} not found in {str(folder_or_id)!r}: {e}") from e
-    if weight_name.endswith(".safetensors"):
-        sd: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
-        with safe_open(model_file, framework="pt", device="cpu") as f:
-            for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-                head, _, rest = key.partition(".")
-                if head in sd:
-                    sd[head][rest] = f.get_tensor(key)
-    else:
-        sd = load_state_dict(model_file)
+    try:
+        if weight_name.endswith(".safetensors"):
+            sd: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+            with safe_open(model_file, framework="pt", device="cpu") as f:
+                for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                    head, _, rest = key.partition(".")
+                    if head in sd:
+                        sd[head][rest] = f.get_tensor(key)
+        else:
+            sd = load_state_dict(model_file)
+    except Exception as e:  # safetensors' SafetensorError, a damaged pickle or zip: a corrupt file
+        raise ModelLoadError(f"IP-Adapter file {model_file} cannot be read (corrupt or not a weights file): "
+                             f"{' '.join(str(e).split())[:300] or type(e).__name__}") from e
     if not sd.get("image_proj") or not sd.get("ip_adapter"):
         raise ModelLoadError(f"{model_file}: an IP-Adapter file needs 'image_proj' and 'ip_adapter' weights")
     try:
@@ -238,6 +273,9 @@ def host_ip_adapter(unet: Any, image_encoder: Any, name: str | None = None) -> I
     if image_encoder is None:
         raise ModelLoadError("the host UNet carries an IP-Adapter but no image encoder was given (pipe.image_encoder "
                              "is None: loaded with image_encoder_folder=None?); dragsdk encodes the image itself")
+    if not isinstance(image_encoder, torch.nn.Module) or not callable(getattr(image_encoder, "forward", None)):
+        raise ArgumentTypeError("image_encoder", "the host's CLIPVisionModelWithProjection (pipe.image_encoder)",
+                                image_encoder)
     label = name or f"host IP-Adapter ({getattr(image_encoder, 'name_or_path', '') or type(image_encoder).__name__})"
     return ImagePromptAdapter(label, image_encoder, layers[0], procs, None, host=True)
 

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import signal
+import stat
 import tempfile
 import threading
 import warnings
@@ -317,7 +318,9 @@ def _still(im: Image.Image, field: str, name: str, frame: int | None) -> Image.I
             raise SpecError(field, f"frame {frame} does not exist: {name} has {n} frame(s)")
         im.seek(frame)
     elif getattr(im, "is_animated", False) and im.format != "MPO":
-        raise SpecError(field, f"{name} is animated ({n} frames); choose one (frame=k) or save it as a still image")
+        what = f"a multi-page TIFF ({n} pages)" if im.format == "TIFF" else f"animated ({n} frames)"
+        raise SpecError(field, f"{name} is {what}; choose one (frame=k from 0, --frame K on the "
+                               "command line) or save it as a still image")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         im.load()
@@ -494,6 +497,23 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _refuse_special(dest: Path, field: str) -> None:
+    """Refuse an output path that exists and is not a regular file (a symbolic link is judged by its target)."""
+    if dest.is_dir():
+        raise SpecError(field, f"{dest} is a folder; give a file path")
+    try:
+        st = dest.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise SpecError(field, f"cannot check {dest} ({e.strerror or e})") from e
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a character device" if stat.S_ISCHR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
+                else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "not a regular file")
+        raise SpecError(field, f"{dest} exists and is {kind}; outputs replace a regular file only, give a file path")
+
+
 def check_outputs(outputs: Mapping[str, str | os.PathLike[str] | None], protect: tuple[Path, ...] = ()) -> None:
     """Check output paths before any work starts.
 
@@ -502,16 +522,16 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str] | None], protect:
         protect: every input the work reads; none may be an output.
 
     Raises:
-        SpecError: (the output's field) it is a protected input, the same file as another output, a folder, or its
-            folder cannot be created or written.
+        SpecError: (the output's field) it is a protected input, the same file as another output, a folder, an
+            existing path that is not a regular file (a device, FIFO or socket: an atomic rename would replace it),
+            or its folder cannot be created or written.
     """
     seen: dict[str, Path] = {}
     for field, path in outputs.items():
         if path is None:
             continue
         dest = Path(path)
-        if dest.is_dir():
-            raise SpecError(field, f"{dest} is a folder; give a file path")
+        _refuse_special(dest, field)
         for p in protect:
             if _same_file(dest, Path(p)):
                 raise SpecError(field, f"refusing to overwrite the input {p}")
@@ -576,15 +596,15 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], pr
         field: the name errors give the destination (``out``, ``report``).
 
     Raises:
-        SpecError: (``field``) the destination is a protected input or a folder.
+        SpecError: (``field``) the destination is a protected input, a folder, or an existing path that is not a
+            regular file (device, FIFO, socket).
         OutputError: the file cannot be written (permissions, full disk, ...); nothing is left behind.
     """
     dest = Path(path).resolve()
     for p in protect:
         if _same_file(dest, Path(p)):
             raise SpecError(field, f"refusing to overwrite the input {p}")
-    if dest.is_dir():
-        raise SpecError(field, f"{dest} is a folder; give a file path")
+    _refuse_special(dest, field)
     with _removed_on_sigterm():
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)

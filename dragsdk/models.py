@@ -137,6 +137,27 @@ class ModelBundle:
         state) or ``(1, 78, D)`` for SDXL (:meth:`dragsdk.families.ModelAdapter.encode_prompt`)."""
         return self.adapter.encode_prompt(prompt, negative)
 
+    def prompt_note(self, prompt: str | None, field: str = "prompt") -> str | None:
+        """A report note when ``prompt`` is longer than the text encoder reads (CLIP: 77 tokens with the start and
+        end tokens), which silently drops its end; None when it fits.
+
+        Args:
+            prompt: the prompt text (None or empty: no note).
+            field: the spec field named in the note.
+        """
+        if not prompt or self.tokenizer is None:
+            return None
+        limit = int(getattr(self.tokenizer, "model_max_length", 77) or 77)
+        if limit > 100_000:  # a tokenizer without a limit ("very large integer"): CLIP's own
+            limit = 77
+        count = len(self.tokenizer(prompt, truncation=False).input_ids)
+        if count <= limit:
+            return None
+        kept = self.tokenizer.decode(self.tokenizer(prompt, truncation=True, max_length=limit).input_ids,
+                                     skip_special_tokens=True)
+        return (f"{field}: {count} tokens, but the text encoder reads {limit} (with the start and end tokens); "
+                f"the rest was cut: the edit used {kept!r}")
+
     def run_vae(self) -> Any:
         """The VAE to run: a float32 copy of a float16 VAE whose config sets ``force_upcast`` (SDXL's VAE overflows
         in float16; diffusers upcasts it the same way), made once; otherwise the VAE itself."""
@@ -361,6 +382,25 @@ def open_model(model: ModelBundle | str | os.PathLike[str], device: str | torch.
     return load_model(model, device, torch_dtype)
 
 
+def local_path_of_url(name: str) -> str:
+    """A ``file://`` URL as the local path it names (``file:///models/sd15`` → ``/models/sd15``); other names as
+    they are."""
+    if name.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+        from urllib.request import url2pathname
+
+        return url2pathname(unquote(urlparse(name).path))
+    return name
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether ``name`` can only be a local path, never a hub id (``owner/name``): it exists, starts with ``.``,
+    ``/`` or ``~``, has a backslash or a drive, or has more than one ``/``. Such a name that is missing fails at
+    once instead of waiting for hub retries."""
+    return (Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or "\\" in name
+            or (len(name) > 1 and name[1] == ":") or name.count("/") > 1)
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     device: str | torch.device | None = None,
@@ -390,7 +430,12 @@ def load_model(
     """
     device = resolve_device(device)
     dtype = check_dtype(torch_dtype) or (torch.float16 if device.type == "cuda" else torch.float32)
-    name = str(name_or_path)
+    name = local_path_of_url(str(name_or_path))
+    if single_file_config is not None:
+        single_file_config = local_path_of_url(str(single_file_config))
+        if looks_like_local_path(single_file_config) and not Path(single_file_config).expanduser().is_dir():
+            raise ModelNotFoundError(f"single_file_config folder {single_file_config} does not exist (a local path, "
+                                     "so it is not looked up on the hub)")
     if single_file_config is not None and not name.endswith(SINGLE_FILE_SUFFIXES):
         raise ModelLoadError(f"single_file_config is for a .safetensors / .ckpt checkpoint; {name!r} is not one "
                              "(a diffusers folder or hub id carries its own configs)")
@@ -401,9 +446,12 @@ def load_model(
         if not path.is_file():
             raise ModelNotFoundError(f"checkpoint file {path} does not exist. {_HOW_TO_PROVIDE}")
         return _finish(_load_single_file(path, dtype, single_file_config), device, dtype)
-    looks_local = path.exists() or name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1
-    if looks_local and not path.is_dir():
-        raise ModelNotFoundError(f"model folder {path} does not exist. {_HOW_TO_PROVIDE}")
+    if path.is_file():
+        raise ModelLoadError(f"{path} is a file but not a single-file checkpoint (the name must end in "
+                             f"{' or '.join(SINGLE_FILE_SUFFIXES)}) nor a diffusers folder; rename it if it is one")
+    if looks_like_local_path(name) and not path.is_dir():
+        raise ModelNotFoundError(f"model folder {path} does not exist (a local path, so it is not looked up on the "
+                                 f"hub). {_HOW_TO_PROVIDE}")
     if path.is_dir():
         family = detect_family(path)
         index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").is_file() else {}
@@ -455,8 +503,48 @@ def _load_components(source: str, family: str, dtype: torch.dtype, variant: str 
         parts["text_encoder_2"] = load("text_encoder_2", CLIPTextModelWithProjection.from_pretrained,
                                        torch_dtype=dtype, variant=variant)
         parts["tokenizer_2"] = load("tokenizer_2", CLIPTokenizer.from_pretrained)
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        _own_storage(parts.get(part))
     force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
     return ModelBundle(name=source, family=family, force_zeros_for_empty_prompt=force_zeros, **parts)
+
+
+def _check_pipe_parts(pipe: Any) -> None:
+    """The components of a host pipeline are what an edit will call, and they belong together.
+
+    Raises:
+        ModelLoadError: ``unet`` is not a diffusers ``UNet2DConditionModel``, ``vae`` not an ``AutoencoderKL``,
+            a text encoder not a torch module with a ``config.hidden_size``, the scheduler has no ``config``, or
+            the UNet's ``cross_attention_dim`` does not match the text encoder's width (SD 1.x 768, SD 2.x 1024,
+            SDXL 768 + 1280 = 2048): a UNet and a text encoder of different families.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    name = type(pipe).__name__
+    for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+        if not isinstance(getattr(pipe, part), cls):
+            raise ModelLoadError(f"{name}.{part} is a {type(getattr(pipe, part)).__name__}, expected diffusers' "
+                                 f"{cls.__name__}")
+    encoders = [getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)]
+    widths = []
+    for part, module in zip(("text_encoder", "text_encoder_2"), encoders, strict=True):
+        if module is None:
+            continue
+        width = getattr(getattr(module, "config", None), "hidden_size", None)
+        if not isinstance(module, torch.nn.Module) or not isinstance(width, int):
+            raise ModelLoadError(f"{name}.{part} is a {type(module).__name__}, expected a transformers text encoder "
+                                 "(a torch module whose config has hidden_size)")
+        widths.append(width)
+    config = getattr(pipe.scheduler, "config", None)
+    if config is None or not hasattr(config, "get"):
+        raise ModelLoadError(f"{name}.scheduler ({type(pipe.scheduler).__name__}) has no diffusers config; the edit "
+                             "builds its own DDIM scheduler from it")
+    cross = pipe.unet.config.get("cross_attention_dim")
+    cross = cross[0] if isinstance(cross, (list, tuple)) and cross else cross
+    if isinstance(cross, int) and cross != sum(widths):
+        raise ModelLoadError(f"{name}: the UNet's cross_attention_dim is {cross} but its text encoder(s) give "
+                             f"{' + '.join(map(str, widths))} = {sum(widths)} features: a UNet and a text encoder "
+                             "of different families (SD 1.x 768, SD 2.x 1024, SDXL 768 + 1280)")
 
 
 def bundle_from_pipe(pipe: Any, name: str | None = None) -> ModelBundle:
@@ -466,12 +554,14 @@ def bundle_from_pipe(pipe: Any, name: str | None = None) -> ModelBundle:
     object built from the pipeline scheduler's config, so the host's scheduler state is never touched.
 
     Raises:
-        ModelLoadError: a component is missing (named), or the family is unsupported.
+        ModelLoadError: a component is missing (named) or of the wrong kind, the UNet and text encoder are of
+            different families, the scheduler has no config, or the family is unsupported.
     """
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, c, None) is None]
     if missing:
         raise ModelLoadError(f"{type(pipe).__name__} has no {', '.join(missing)}; an editing model needs unet, vae, "
                              "text_encoder, tokenizer and scheduler (an SDXL refiner has no text_encoder)")
+    _check_pipe_parts(pipe)
     family = family_from_configs(dict(pipe.unet.config), type(pipe).__name__)
     config = getattr(pipe, "config", {}) or {}
     force_zeros = bool(config.get("force_zeros_for_empty_prompt", True)) if hasattr(config, "get") else True
@@ -585,7 +675,26 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[
             raise ModelLoadError(f"checkpoint {path}: diffusers' from_single_file left {len(empty)} {part} "
                                  f"weight(s) unloaded (e.g. {empty[:2]}); the file does not hold a complete {kind} "
                                  f"{part} of the configured architecture")
+    for module in (pipe.unet, pipe.vae, getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)):
+        _own_storage(module)
     return bundle_from_pipe(pipe, str(path))
+
+
+def _own_storage(module: Any) -> None:
+    """Give every weight of ``module`` its own freshly allocated storage.
+
+    diffusers' loaders (folder and single-file, 0.42.1 with transformers 5.25) leave weights as views into the
+    memory-mapped safetensors files, at offsets that are not 64-byte aligned and differ between the two layouts.
+    CPU kernels take other vectorised paths on unaligned data, so the same weights gave UNet outputs differing in
+    the last bits (a single-file model vs its folder: ~1e-5 after a 6-step edit), and the mapping keeps the file
+    open. Used on the models dragsdk loads itself, never on a host's (``from_pipe`` shares, never copies). A copy
+    costs one pass over the weights at load.
+    """
+    if module is None:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
 
 
 def parse_lora_arg(value: str) -> tuple[str, float]:
@@ -600,9 +709,90 @@ def parse_lora_arg(value: str) -> tuple[str, float]:
     if not sep or not path or "/" in tail or "\\" in tail or (len(path) == 1 and path.isalpha()):
         return value, 1.0
     try:
-        return path, float(tail)
+        scale = float(tail)
     except ValueError:
         raise SpecError("lora", f"expected PATH[:SCALE] with a number after the colon, got {value!r}") from None
+    return path, check_lora_scale(scale, path)
+
+
+MAX_LORA_SCALE = 100.0
+"""The largest ``|scale|`` a LoRA is fused at. Scales in use are about −2 … 4; a larger one is a typo (``1e30``)
+that would fuse non-finite or huge weights into the model permanently."""
+
+
+def check_lora_scale(scale: object, name: str | os.PathLike[str] = "") -> float:
+    """The LoRA scale as a float, checked before anything is loaded or fused.
+
+    Raises:
+        SpecError: (field ``lora``) not a real number, NaN, infinite, or ``|scale|`` over :data:`MAX_LORA_SCALE`.
+    """
+    import math
+
+    from .errors import SpecError
+
+    label = f"LoRA {name}: " if name else ""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise SpecError("lora", f"{label}the scale must be a number, got {type(scale).__name__}")
+    if not math.isfinite(scale) or abs(scale) > MAX_LORA_SCALE:
+        raise SpecError("lora", f"{label}the scale must be a finite number with |scale| <= {MAX_LORA_SCALE:g}, "
+                                f"got {scale!r}; nothing was loaded")
+    return float(scale)
+
+
+_LORA_PAIRS = ((".lora.down.weight", ".lora.up.weight"), (".lora_down.weight", ".lora_up.weight"),
+               (".lora_A.weight", ".lora_B.weight"))
+
+
+def check_lora_file(path: Path) -> None:
+    """Read a ``.safetensors`` LoRA file and refuse what would be fused silently into a poisoned model.
+
+    Every floating-point tensor must be finite, and every down / up (A / B) pair must agree on its rank: A is
+    ``(r, in[, kh, kw])`` and B ``(out, r[, 1, 1])`` (Hu et al., arXiv 2106.09685 §4.1: ``ΔW = B·A``). Other
+    formats (``.bin``) are checked after loading, before fusing (:func:`load_lora`).
+
+    Raises:
+        ModelLoadError: the file is not a readable safetensors file, holds a NaN / ±inf value, or a pair's ranks
+            differ (the key is named).
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            shapes = {}
+            for key in keys:
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise ModelLoadError(f"LoRA {path}: tensor {key} holds NaN or infinite values; nothing was "
+                                         "fused (the file is corrupt or was trained into divergence)")
+                shapes[key] = tuple(tensor.shape)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # safetensors' SafetensorError, OSError: a corrupt or truncated file
+        raise ModelLoadError(f"LoRA {path} is not a readable safetensors file: {_one_line(e)}") from e
+    for key, shape in shapes.items():
+        for down, up in _LORA_PAIRS:
+            if key.endswith(down):
+                partner = key[: -len(down)] + up
+                if partner in shapes and (len(shape) < 2 or len(shapes[partner]) < 2
+                                          or shape[0] != shapes[partner][1]):
+                    raise ModelLoadError(f"LoRA {path}: {key} {list(shape)} and {partner} "
+                                         f"{list(shapes[partner])} disagree on the rank (A is (r, in), B is "
+                                         "(out, r)); nothing was fused")
+
+
+def _check_loaded_adapter(modules: list[Any], name: str, path: Path) -> None:
+    """Refuse a loaded (not yet fused) adapter whose A / B weights are non-finite or of mismatched rank."""
+    for module in modules:
+        for sub_name, sub in module.named_modules():
+            if name not in getattr(sub, "lora_A", {}):
+                continue
+            a, b = sub.lora_A[name].weight, sub.lora_B[name].weight
+            if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+                raise ModelLoadError(f"LoRA {path}: layer {sub_name} has NaN or infinite weights; nothing was fused")
+            if a.shape[0] != b.shape[1]:
+                raise ModelLoadError(f"LoRA {path}: layer {sub_name} has A rank {a.shape[0]} and B rank "
+                                     f"{b.shape[1]}; nothing was fused")
 
 
 def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 1.0) -> int:
@@ -616,14 +806,21 @@ def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 
         the number of layers the LoRA adapted.
 
     Raises:
+        SpecError: (field ``lora``) the scale is not a finite number within :data:`MAX_LORA_SCALE`.
         ModelNotFoundError: the path does not exist.
-        ModelLoadError: peft is missing, diffusers cannot read the file, or no key matches a layer of the model.
+        ModelLoadError: peft is missing, diffusers cannot read the file, no key matches a layer of the model, a
+            weight is NaN / infinite, or a down / up pair disagrees on its rank (:func:`check_lora_file`); in
+            every case nothing is fused and the model is unchanged.
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     p = Path(path).expanduser()
+    scale = check_lora_scale(scale, p)
     if not p.exists():
         raise ModelNotFoundError(f"LoRA file {p} does not exist")
+    weights_file = p if p.is_file() else p / "pytorch_lora_weights.safetensors"
+    if weights_file.suffix == ".safetensors" and weights_file.is_file():
+        check_lora_file(weights_file)
     try:
         import peft  # noqa: F401
     except ImportError as e:
@@ -648,6 +845,51 @@ def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 
     if not adapted:
         raise ModelLoadError(f"LoRA {p}: none of its keys matched a layer of the {bundle.family} model "
                              f"(UNet {type(bundle.unet).__name__}); is it a LoRA for another architecture?")
+    try:
+        _check_loaded_adapter(modules, name, p)
+    except ModelLoadError:
+        pipe.delete_adapters([name])  # loaded, not fused: removing it leaves the model as it was
+        raise
     pipe.fuse_lora(lora_scale=scale, adapter_names=[name])
     pipe.unload_lora_weights()
     return adapted
+
+
+_BUILTIN_RESOLUTION = {"tiny": 768, "tiny-sd2": 768, "tiny-sdxl": 1024, "sd15-random": 768, "sd21-random": 768,
+                       "sdxl-random": 1024}
+
+
+def peek_default_resolution(name: str) -> int | None:
+    """The working resolution a model will use when a spec sets none, read without loading any weights: the
+    built-in models' table, a local diffusers folder's ``unet/config.json``, or that config already in the Hugging
+    Face cache. None when it cannot be known cheaply (a single-file checkpoint, a hub id not in the cache).
+
+    Used to plan an edit (and refuse a bad spec) before the model loads; the edit itself uses the loaded model's
+    :attr:`ModelBundle.default_resolution`, which this mirrors (:class:`~dragsdk.families.Layout`).
+    """
+    from .families import LAYOUTS, family_from_configs
+
+    if name in _BUILTIN_RESOLUTION:
+        return _BUILTIN_RESOLUTION[name]
+    config: dict[str, Any] | None = None
+    try:
+        folder = Path(name).expanduser()
+        if (folder / "unet" / "config.json").is_file():
+            config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        elif not folder.suffix and name.count("/") == 1 and not folder.exists():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "unet/config.json")
+            if isinstance(cached, str):
+                config = json.loads(Path(cached).read_text(encoding="utf-8"))
+    except Exception:  # best effort: an unreadable config or an odd name only means the edit plans after loading
+        return None
+    if not isinstance(config, dict):
+        return None
+    try:
+        family = family_from_configs(config)
+    except Exception:
+        return None
+    fixed = LAYOUTS[family].default_resolution
+    sample = config.get("sample_size")
+    return fixed or (int(sample) * 8 if isinstance(sample, int) and sample > 0 else None)

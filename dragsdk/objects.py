@@ -162,7 +162,8 @@ def official_placement_map(
 
     Raises:
         SpecError: (field ``scale``) the scaled object leaves the canvas (the official ``ValueError('Resize out of
-            bounds')``); (field ``dx, dy``) nothing of it is left on the canvas.
+            bounds')``), or is smaller than one grid cell (the official divides by zero there); (field ``dx, dy``)
+            nothing of it is left on the canvas.
     """
     import torch.nn.functional as F
 
@@ -181,6 +182,10 @@ def official_placement_map(
     else:
         cx, cy = int((dxw // d) * scale), int((dyw // d) * scale)
     out_w, out_h = int(gw * scale), int(gh * scale)
+    if out_w < 1 or out_h < 1:
+        raise SpecError("scale", f"the object scaled by {scale:g} about the image centre is smaller than one cell of "
+                                 f"the {gw}×{gh} {grid} grid, so nothing of it is left; use scale >= "
+                                 f"{1 / min(gw, gh):.3g}")
     pad_x, pad_y = abs(out_w - gw) // 2, abs(out_h - gh) // 2
     sign = 1 if scale > 1 else -1
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")

@@ -11,6 +11,32 @@ import torch
 import torch.nn.functional as F
 
 
+def check_proposal_settings(threshold: object, timestep: object, resolution: object, dilate_px: object,
+                            train_timesteps: int = 1000) -> None:
+    """Refuse mask-proposal settings that would give an empty or full mask silently, or fail deep in the model.
+
+    Raises:
+        SpecError: (``threshold``) not a finite number in [0, 1] (a cosine similarity threshold); (``timestep``) not
+            an int in ``[0, train_timesteps)``; (``resolution``) not an int ≥ 64; (``dilate_px``) not an int ≥ 0.
+    """
+    import math
+
+    from .errors import SpecError
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+            or not 0.0 <= threshold <= 1.0:
+        raise SpecError("threshold", f"expected a cosine-similarity threshold in [0, 1], got {threshold!r}")
+    if not is_int(timestep) or not 0 <= timestep < train_timesteps:  # type: ignore[operator]
+        raise SpecError("timestep", f"expected an integer timestep in [0, {train_timesteps - 1}], got {timestep!r}")
+    if not is_int(resolution) or resolution < 64:  # type: ignore[operator]
+        raise SpecError("resolution", f"expected an integer working resolution >= 64 pixels, got {resolution!r}")
+    if not is_int(dilate_px) or dilate_px < 0:  # type: ignore[operator]
+        raise SpecError("dilate_px", f"expected a non-negative integer (pixels), got {dilate_px!r}")
+
+
 def mask_from_features(features: torch.Tensor, cell: tuple[int, int], threshold: float = 0.6) -> torch.Tensor:
     """The region of cells similar to ``cell`` and connected to it.
 

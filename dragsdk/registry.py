@@ -4,22 +4,32 @@
   always first: a third-party plugin (or entry point) of the same name never replaces or hides one of them; it is
   the one reported as the duplicate. ``DRAGSDK_OVERRIDE=drag,eager`` lets a third-party plugin replace those
   built-in names on purpose; every override is listed in :attr:`Registry.overrides` (and by ``dragsdk plugins``).
-- ``DRAGSDK_LOAD_PLUGINS=a,b`` loads only those entry-point names (empty string: none); ``DRAGSDK_BLOCK_PLUGINS``
-  blocks names.
-- A plugin whose import, registration or hook raises *anything* (``SystemExit`` and any other ``BaseException``
-  included) is recorded in :attr:`Registry.failures` and skipped: a plugin never ends the process that loads it.
-  ``KeyboardInterrupt`` alone propagates, because it is the user stopping the process, not the plugin failing.
+- ``DRAGSDK_LOAD_PLUGINS=a,b`` loads only those third-party entry-point names (empty string: none; the built-ins
+  always load); ``DRAGSDK_BLOCK_PLUGINS`` blocks names, built-in ones included.
+- A plugin whose import, registration or hook raises *anything* (``SystemExit``, ``KeyboardInterrupt`` raised by
+  its import, any other ``BaseException``) is recorded in :attr:`Registry.failures` and skipped: a plugin never
+  ends the process that loads it. ``KeyboardInterrupt`` from a registration hook propagates (the user stopping a
+  running command).
+- Built-ins are imported from dragsdk's own modules (:data:`BUILTIN_PLUGINS`), not found through entry-point
+  metadata: a second distribution called ``dragsdk`` earlier on ``sys.path`` (a stale copy, an impostor) cannot
+  hide them, and its entry points are reported as failures, not loaded.
+- Third-party plugins are imported lazily (:func:`get_registry`): looking up a built-in mode or backend by name
+  imports none of them; they load on the first lookup of another name, a listing (iterating
+  :attr:`Registry.modes` / :attr:`Registry.backends`, ``dragsdk modes``, backend ``auto``), or :attr:`Registry.plugins`
+  / :attr:`Registry.failures`. A plugin that hangs or calls ``os._exit`` at import can only be kept out by name:
+  ``DRAGSDK_BLOCK_PLUGINS=name`` or ``DRAGSDK_LOAD_PLUGINS=`` (empty: no third-party plugin at all).
 - A registered mode must have a ``spec_model`` subclassing :class:`~dragsdk.spec.EditSpec` whose JSON Schema can
   be generated; one that has not is reported and left out, and every other mode stays usable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import os
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +41,15 @@ from .errors import PluginError
 ENTRY_POINT_GROUP = "dragsdk"
 BUILTIN_DISTRIBUTION = "dragsdk"
 """Entry points of this distribution whose module is inside ``dragsdk`` are the built-in plugins."""
+
+BUILTIN_PLUGINS = {
+    "drag": "dragsdk.plugins.drag", "region-drag": "dragsdk.plugins.region_drag", "move": "dragsdk.plugins.move",
+    "resize": "dragsdk.plugins.resize", "appearance": "dragsdk.plugins.appearance", "paste": "dragsdk.plugins.paste",
+    "eager": "dragsdk.backends.eager", "compile": "dragsdk.backends.compile", "triton": "dragsdk.backends.triton",
+    "xformers": "dragsdk.backends.xformers", "onnx": "dragsdk.backends.onnx",
+}
+"""The built-in plugins: entry-point name → module (the same as pyproject.toml's ``[project.entry-points.dragsdk]``,
+which tests/test_registry.py keeps equal)."""
 
 OVERRIDE_ENV = "DRAGSDK_OVERRIDE"
 """Comma-separated mode / backend (and entry-point) names a third-party plugin may take over from a built-in."""
@@ -128,9 +147,10 @@ class Registry:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager("dragsdk")
         self.pm.add_hookspecs(hookspecs)
-        self.failures: list[PluginFailure] = []
+        self._failures: list[PluginFailure] = []
         self.overrides: list[Override] = []
-        self.plugins: dict[str, PluginInfo] = {}
+        self._plugins: dict[str, PluginInfo] = {}
+        self._pending: list[tuple[md.EntryPoint, str, str | None]] = []  # third-party, not yet imported
         self._hook_failures: list[PluginFailure] = []
         self._modes: dict[str, Any] = {}
         self._backends: dict[str, Any] = {}
@@ -140,24 +160,62 @@ class Registry:
 
     # -- loading ---------------------------------------------------------------------------------------
     def load_entry_points(self) -> None:
-        """Import every entry point of the group (honouring the environment variables) and register it.
+        """Load the built-ins and import every third-party entry point of the group now (:meth:`discover`, then
+        :meth:`load_third_party`)."""
+        self.discover()
+        self.load_third_party()
 
-        Built-in entry points load first; a later entry point with a name already taken is reported (stage
-        ``duplicate``) and not loaded, unless it would take a built-in's name listed in ``DRAGSDK_OVERRIDE``: then
-        it loads as ``DISTRIBUTION:NAME`` and what it registers replaces the built-in's.
+    def _load_builtins(self, blocked: set[str]) -> None:
+        from importlib import import_module
+
+        version = None
+        with contextlib.suppress(md.PackageNotFoundError):  # run from a checkout without an install
+            version = md.version(BUILTIN_DISTRIBUTION)
+        for name, module in BUILTIN_PLUGINS.items():
+            if name in blocked:  # DRAGSDK_LOAD_PLUGINS selects third-party plugins only
+                continue
+            try:
+                obj = import_module(module)
+            except KeyboardInterrupt:
+                self._failures.append(PluginFailure(name, "import", "KeyboardInterrupt raised while importing",
+                                                    BUILTIN_DISTRIBUTION))
+                continue
+            except BaseException as e:  # an optional dependency broken at import: reported like any plugin
+                self._failures.append(PluginFailure(name, "import", _error_text(e), BUILTIN_DISTRIBUTION))
+                continue
+            self.register_plugin(obj, name, distribution=BUILTIN_DISTRIBUTION, version=version, builtin=True)
+
+    def discover(self) -> None:
+        """Register the built-ins (imported from :data:`BUILTIN_PLUGINS`) and find the third-party entry points
+        without importing them (honouring the environment variables); :meth:`load_third_party` imports them.
+
+        An entry point with a name already taken is reported (stage ``duplicate``) and not loaded, unless it would
+        take a built-in's name listed in ``DRAGSDK_OVERRIDE``: then it loads as ``DISTRIBUTION:NAME`` and what it
+        registers replaces the built-in's. Entry points of a distribution called ``dragsdk`` are dragsdk's own
+        declarations of the built-ins and are skipped; one naming anything else comes from a second distribution
+        of that name and is reported (stage ``impostor``), never loaded.
         """
         only = os.environ.get("DRAGSDK_LOAD_PLUGINS")
         allowed = None if only is None else _names("DRAGSDK_LOAD_PLUGINS")
         blocked = _names("DRAGSDK_BLOCK_PLUGINS")
         override = _names(OVERRIDE_ENV)
-        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: not _is_builtin(ep))
-        taken: dict[str, tuple[bool, str | None]] = {}
-        for ep in eps:
+        self._load_builtins(blocked)
+        self._report_second_dragsdk()
+        taken: dict[str, tuple[bool, str | None]] = {name: (True, BUILTIN_DISTRIBUTION) for name in BUILTIN_PLUGINS}
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
             if (allowed is not None and ep.name not in allowed) or ep.name in blocked:
                 continue
             dist = getattr(ep, "dist", None)
             dist_name = dist.name if dist is not None else None
-            builtin = _is_builtin(ep)
+            if dist_name is not None and md.Prepared.normalize(dist_name) == BUILTIN_DISTRIBUTION:
+                if BUILTIN_PLUGINS.get(ep.name) != ep.value.split(":")[0]:
+                    where = getattr(dist, "_path", None) or "?"
+                    self._failures.append(PluginFailure(
+                        ep.name, "impostor", f"entry point {ep.name!r} ({ep.value}) of a distribution called "
+                        f"dragsdk at {where} is not a dragsdk built-in: a second dragsdk distribution is on sys.path "
+                        "(a stale copy or an impostor); ignored", dist_name))
+                continue
+            builtin = False
             key = ep.name
             if ep.name in taken:
                 holder_builtin, holder_dist = taken[ep.name]
@@ -172,15 +230,54 @@ class Registry:
                     continue
                 key = f"{dist_name}:{ep.name}"
             taken.setdefault(ep.name, (builtin, dist_name))
-            try:
-                obj = ep.load()
-            except KeyboardInterrupt:
-                raise
-            except BaseException as e:  # a broken plugin is reported, never fatal (SystemExit included)
-                self.failures.append(PluginFailure(ep.name, "import", _error_text(e), dist_name))
-                continue
-            self.register_plugin(obj, key, distribution=dist_name, version=dist.version if dist else None,
-                                 builtin=builtin)
+            self._pending.append((ep, key, dist_name))
+
+    def _report_second_dragsdk(self) -> None:
+        """Report every distribution called dragsdk on ``sys.path`` beyond the first (whose metadata is used)."""
+        seen = [d for d in md.distributions() if md.Prepared.normalize(d.metadata["Name"] or "") == BUILTIN_DISTRIBUTION]
+        if len(seen) > 1:
+            places = ", ".join(f"{d.version} at {getattr(d, '_path', '?')}" for d in seen)
+            self._failures.append(PluginFailure(
+                BUILTIN_DISTRIBUTION, "impostor", f"{len(seen)} distributions called dragsdk are on sys.path ({places}); "
+                "the built-ins come from the imported dragsdk package, the others' entry points are ignored",
+                BUILTIN_DISTRIBUTION))
+
+    @property
+    def third_party_pending(self) -> bool:
+        """Whether third-party entry points were found and not imported yet."""
+        return bool(self._pending)
+
+    def load_third_party(self) -> None:
+        """Import the third-party entry points found by :meth:`discover` (once) and register them."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            for ep, key, dist_name in pending:
+                dist = getattr(ep, "dist", None)
+                try:
+                    obj = ep.load()
+                except KeyboardInterrupt:  # raised by the plugin's import itself: its failure, not the user's
+                    self._failures.append(PluginFailure(ep.name, "import", "KeyboardInterrupt raised while importing",
+                                                        dist_name))
+                    continue
+                except BaseException as e:  # a broken plugin is reported, never fatal (SystemExit included)
+                    self._failures.append(PluginFailure(ep.name, "import", _error_text(e), dist_name))
+                    continue
+                self.register_plugin(obj, key, distribution=dist_name, version=dist.version if dist else None)
+
+    @property
+    def failures(self) -> list[PluginFailure]:
+        """Plugins (or single modes / backends) that could not be loaded, with the reason (imports pending
+        third-party plugins first)."""
+        self.load_third_party()
+        self.resolve()
+        return self._failures
+
+    @property
+    def plugins(self) -> dict[str, PluginInfo]:
+        """The loaded plugins by name (imports pending third-party plugins first)."""
+        self.load_third_party()
+        self.resolve()
+        return self._plugins
 
     def register_plugin(self, obj: Any, name: str, distribution: str | None = None, version: str | None = None,
                         builtin: bool = False) -> None:
@@ -197,10 +294,10 @@ class Registry:
         except BaseException as e:
             if self.pm.is_registered(obj):
                 self.pm.unregister(obj)
-            self.failures.append(PluginFailure(name, "register", _error_text(e), distribution))
+            self._failures.append(PluginFailure(name, "register", _error_text(e), distribution))
             return
         module = getattr(obj, "__name__", type(obj).__module__)
-        self.plugins[name] = PluginInfo(name, module, distribution, version, builtin=builtin)
+        self._plugins[name] = PluginInfo(name, module, distribution, version, builtin=builtin)
         self._resolved = False
 
     def unregister_plugin(self, name: str) -> None:
@@ -208,7 +305,7 @@ class Registry:
         plugin = self.pm.get_plugin(name)
         if plugin is not None:
             self.pm.unregister(plugin)
-        self.plugins.pop(name, None)
+        self._plugins.pop(name, None)
         self._resolved = False
 
     # -- resolution --------------------------------------------------------------------------------------
@@ -224,13 +321,13 @@ class Registry:
                 self._resolve_locked()
 
     def _resolve_locked(self) -> None:
-        self.failures = [f for f in self.failures if f not in self._hook_failures]
+        self._failures = [f for f in self._failures if f not in self._hook_failures]
         self._hook_failures, self.overrides = [], []
         modes: dict[str, Any] = {}
         backends: dict[str, Any] = {}
         self._owners = {}
         override = _names(OVERRIDE_ENV)
-        order = sorted(self.plugins.items(), key=lambda item: not item[1].builtin)
+        order = sorted(self._plugins.items(), key=lambda item: not item[1].builtin)
         for _, info in order:
             info.modes, info.backends = [], []
         for plugin_name, info in order:
@@ -254,7 +351,7 @@ class Registry:
 
     def _fail(self, failure: PluginFailure) -> None:
         self._hook_failures.append(failure)
-        self.failures.append(failure)
+        self._failures.append(failure)
 
     def _register_fn(self, plugin_name: str, info: PluginInfo, hook: str, table: dict[str, Any], kind: str,
                      override: set[str]) -> Callable[[Any], None]:
@@ -272,7 +369,7 @@ class Registry:
                     return
             owner = self._owners.get((kind, name))
             if owner is not None:
-                owner_info = self.plugins[owner]
+                owner_info = self._plugins[owner]
                 if not (owner_info.builtin and not info.builtin and name in override):
                     how = (f"set {OVERRIDE_ENV}={name} to replace it" if owner_info.builtin and not info.builtin
                            else "rename one of them")
@@ -289,21 +386,52 @@ class Registry:
 
         return register
 
-    @property
-    def modes(self) -> dict[str, Any]:
-        """Edit modes by name."""
+    def _table(self, kind: str, complete: bool) -> dict[str, Any]:
+        if complete and self._pending:
+            self.load_third_party()
         self.resolve()
-        return dict(self._modes)
+        return self._modes if kind == "mode" else self._backends
 
     @property
-    def backends(self) -> dict[str, Any]:
-        """Backends by name."""
-        self.resolve()
-        return dict(self._backends)
+    def modes(self) -> Mapping[str, Any]:
+        """Edit modes by name: a read-only mapping that imports third-party plugins only when a name it does not
+        have yet is looked up, or when it is iterated (a listing)."""
+        return _LazyTable(self, "mode")
 
-    def spec_models(self) -> dict[str, type]:
-        """The spec model of every mode, by mode name."""
-        return {name: mode.spec_model for name, mode in self.modes.items()}
+    @property
+    def backends(self) -> Mapping[str, Any]:
+        """Backends by name (read-only, lazy as :attr:`modes`)."""
+        return _LazyTable(self, "backend")
+
+    def spec_models(self) -> Mapping[str, type]:
+        """The spec model of every mode, by mode name (read-only, lazy as :attr:`modes`)."""
+        return _LazyTable(self, "mode", lambda mode: mode.spec_model)
+
+
+class _LazyTable(Mapping[str, Any]):
+    """A registry table that imports third-party plugins only when it must (:class:`Registry`)."""
+
+    def __init__(self, registry: Registry, kind: str, get: Callable[[Any], Any] = lambda obj: obj) -> None:
+        self._registry, self._kind, self._get = registry, kind, get
+
+    def __getitem__(self, name: str) -> Any:
+        table = self._registry._table(self._kind, complete=False)
+        if name not in table and self._registry.third_party_pending:
+            table = self._registry._table(self._kind, complete=True)
+        return self._get(table[name])
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[name]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(self._registry._table(self._kind, complete=True)))
+
+    def __len__(self) -> int:
+        return len(self._registry._table(self._kind, complete=True))
 
 
 _default: Registry | None = None
@@ -322,6 +450,6 @@ def _get_registry(reload: bool) -> Registry:
     global _default
     if _default is None or reload:
         reg = Registry()
-        reg.load_entry_points()
+        reg.discover()  # built-ins now; third-party plugins on first need (module text)
         _default = reg
     return _default

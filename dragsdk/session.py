@@ -31,7 +31,7 @@ from .features import FeatureTap
 from .geometry import Canvas
 from .image_prompt import ImagePromptPlan, host_adapter_detached
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
-from .io import load_image, size_note
+from .io import check_outputs, load_image, size_note
 from .keys import InversionKey, inversion_key, recorded_steps
 from .models import ModelBundle, random_weights_warning
 from .modes import PlanContext, build_plan
@@ -100,6 +100,8 @@ class EditRun:
                 raise ArgumentTypeError(name, "a callable", fn)
         if o.cancel is not None and not isinstance(o.cancel, threading.Event):
             raise ArgumentTypeError("cancel", "a threading.Event", o.cancel)
+        if o.trace is not None:  # refused before any work: a folder, a device / FIFO / socket, an unwritable folder
+            check_outputs({"trace": o.trace})
         self.spec = _overrides(self.editor.resolve_spec(self.spec_in), o.num_inference_steps, o.guidance_scale,
                                o.generator)
         modes = self.editor.registry.modes
@@ -154,7 +156,8 @@ class EditRun:
             n_run = self.spec.sampler.steps - self.plan.start_step
             n_inv = 1 if self.cached is not None else inversion_steps(self.plan, self.spec.sampler.steps)
             self.report_step = StepReporter(o.callback_on_step_end, o.cancel,
-                                            {"encode": 1, "invert": n_inv, "sample": n_run, "decode": 1})
+                                            {"encode": 1, "invert": n_inv, "sample": n_run, "decode": 1},
+                                            pipe=editor)
             with host_adapter_detached(self.model.unet, self.adapter), self.attention():
                 self.encode()
                 self.invert()
@@ -355,7 +358,8 @@ class EditRun:
         """The edit's :class:`~dragsdk.report.EditReport`, built here and nowhere else."""
         spec, plan, model, adapter, s = self.spec, self.plan, self.model, self.adapter, self.spec.sampler
         notes = [*plan.notes, *filter(None, [size_note(self.img.size, self.canvas.size),
-                                             _image_prompt_note(plan, adapter), random_weights_warning(model)])]
+                                             _image_prompt_note(plan, adapter), model.prompt_note(spec.prompt),
+                                             random_weights_warning(model)])]
         return EditReport(
             mode=spec.mode, model=model.name, backend=self.backend.name, backend_reason=self.reason,
             device=str(model.device), dtype=str(model.dtype).removeprefix("torch."), image_size=self.img.size,

@@ -81,7 +81,8 @@ def write_trace(path: str | os.PathLike[str], passes: list[TracePass], meta: dic
     """Write the trace archive atomically (never over a protected input).
 
     Raises:
-        SpecError: (field ``out``) ``path`` is a protected input.
+        SpecError: (field ``trace``) ``path`` is a protected input, a folder or not a regular file.
+        OutputError: the file cannot be written (the message starts with ``trace:``).
         ValueError: no passes.
     """
     arrays = trace_arrays(passes, meta)
@@ -90,7 +91,7 @@ def write_trace(path: str | os.PathLike[str], passes: list[TracePass], meta: dic
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
 
-    return atomic_write(path, write, protect)
+    return atomic_write(path, write, protect, field="trace")
 
 
 def read_trace(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

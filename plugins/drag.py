@@ -30,6 +30,7 @@ import torch
 
 from dragsdk.attention import KVInjection
 from dragsdk.energy import correspondence_energy, local_similarity, region_similarity
+from dragsdk.errors import SpecError
 from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste
@@ -44,6 +45,12 @@ class DragMode(EditMode):
     def plan(self, spec: DragSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         canvas = ctx.canvas
         ctx.check_points(spec.points)
+        grid, r = canvas.feature_size, spec.patch_radius
+        if 2 * r + 1 > min(grid):  # before any mask proposal: refused without running the model
+            raise SpecError("patch_radius", f"a {2 * r + 1}×{2 * r + 1} patch (radius {r}) does not fit the "
+                                            f"{grid[0]}×{grid[1]} feature grid at working size {canvas.size[0]}×"
+                                            f"{canvas.size[1]}; use patch_radius <= {(min(grid) - 1) // 2} or a "
+                                            "larger resolution")
         notes: list[str] = []
         options = profile_options(spec.profile, DRAG_IMPROVEMENTS)
         method = "area" if "area-masks" in options else "nearest"

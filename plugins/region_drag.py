@@ -148,6 +148,22 @@ PROFILES: dict[str, dict[str, str]] = {
 step, with its bugs fixed (docs/modes/region-drag.md); ``dragsdk`` is dragsdk's earlier behaviour."""
 
 
+def _refuse_outside(canvas: Any, vertices: Sequence[Sequence[float]], field: str) -> None:
+    """A polygon whose every vertex lies outside the image, named as such (before rasterisation would blame its
+    size). A polygon partly outside is kept: the official rasteriser clips it to the grid."""
+    w, h = canvas.image_size
+    xs = [float(v[0]) for v in vertices]
+    ys = [float(v[1]) for v in vertices]
+    if max(xs) < 0 or min(xs) >= w or max(ys) < 0 or min(ys) >= h:
+        raise SpecError(field, f"the polygon lies entirely outside the {w}×{h} image (x {min(xs):g}…{max(xs):g}, "
+                               f"y {min(ys):g}…{max(ys):g} pixels)")
+
+
+MIN_CYCLE_SDE_STEPS = 3
+"""Fewest steps on RegionDrag's own time grids: with DPM-Solver's linspace grid of 2 steps ``[999, 500]`` the one
+inversion step is ``500 + 1000 // 2 = 1000``, past timestep 999 (``dragsdk.cycle_sde.RegionDragGrid``)."""
+
+
 class RegionDragSpec(EditSpec):
     """Region drag (RegionDrag, arXiv 2407.18247). Exactly one input kind:
 
@@ -416,6 +432,8 @@ class RegionDragMode(EditMode):
         elif spec.polygons is not None:
             kind = "polygons"
             for k, poly in enumerate(spec.polygons):
+                _refuse_outside(canvas, poly.handle, f"polygons[{k}].handle")
+                _refuse_outside(canvas, poly.target, f"polygons[{k}].target")
                 try:
                     maps.append(polygon_map(canvas, poly.handle, poly.target, rules=rules))  # type: ignore[arg-type]
                 except ValueError as e:
@@ -455,6 +473,10 @@ class RegionDragMode(EditMode):
         smap, kind = self.source_map(spec, ctx, opt["map_rules"])
         n = ctx.steps
         grid = opt["time_grid"]
+        if grid != "ddim" and n < MIN_CYCLE_SDE_STEPS:
+            raise SpecError("sampler.steps", f"RegionDrag's {grid} time grid needs at least {MIN_CYCLE_SDE_STEPS} "
+                                             f"steps, got {n}: at 2 its one inversion step goes past the last "
+                                             "training timestep 999 (the official code fails with an IndexError)")
         if grid == "ddim":
             n_inv = min(n, max(1, round(spec.start_t * n)))
         else:  # official drag.py:126 int(start_t·steps); all n steps would run the UNet past t = 999
@@ -534,7 +556,9 @@ class RegionDragMode(EditMode):
 
     # -- CLI helpers ------------------------------------------------------------------------------------------
     def resolve_paths(self, spec: dict[str, Any], base: Path) -> dict[str, Any]:
-        """Mask paths in ``region``, ``mask`` and ``regions[k].handle / .target`` made relative to ``base``."""
+        """Mask paths in ``regions[k].handle / .target`` joined to ``base``. The top-level ``region`` and ``mask``
+        are joined by the caller (:data:`dragsdk.specfile.PATH_KEYS`); joining them here too made a relative spec
+        path count twice (``specs/specs/m.png``)."""
 
         def fix(v: Any) -> Any:
             if isinstance(v, str) and not v.startswith("data:") and not Path(v).is_absolute():
@@ -542,9 +566,6 @@ class RegionDragMode(EditMode):
             return v
 
         out = dict(spec)
-        for key in ("region", "mask"):
-            if key in out:
-                out[key] = fix(out[key])
         if isinstance(out.get("regions"), list):
             out["regions"] = [
                 {k: fix(v) for k, v in r.items()} if isinstance(r, dict) else [fix(v) for v in r]

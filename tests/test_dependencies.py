@@ -1,5 +1,6 @@
-"""The dependency policy (make test-latest, requirements/lock.txt): pyproject.toml keeps ranges with lower bounds,
-every upper bound says why, the lock pins a set pyproject allows, and test-latest names the package that broke."""
+"""The dependency policy (make test-latest, make test-oldest, requirements/lock.txt): pyproject.toml keeps ranges with
+lower bounds, every upper bound says why, the lock pins a set pyproject allows, test-latest names the package that
+broke, and test-oldest installs every runtime dependency at its lower bound."""
 
 from __future__ import annotations
 
@@ -106,8 +107,8 @@ def test_the_lock_pins_every_requirement_at_a_version_pyproject_allows():
     assert pins.get("torch") == "2.13.0"  # the CPU wheel on this machine's disk
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("test_latest_tool", ROOT / "tools" / "test_latest.py")
+def _tool(name: str = "test_latest"):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -138,6 +139,24 @@ def test_test_latest_reads_the_lock_and_sees_what_moved(tmp_path):
     assert "torch" not in changed  # 2.13.0+cpu is the locked 2.13.0
 
 
-@pytest.mark.parametrize("target", ["test", "test-latest", "lock", "demo", "docs"])
+def test_test_oldest_pins_every_runtime_dependency_at_its_lower_bound(tmp_path):
+    oldest = _tool("oldest")
+    pins = oldest.lower_bounds(PYPROJECT)
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    assert set(pins) == {Requirement(r).name for r in project["dependencies"]}
+    for req in map(Requirement, project["dependencies"]):
+        if req.name != "torch":
+            assert req.specifier.contains(pins[req.name]), f"{req.name}=={pins[req.name]} outside {req}"
+    assert pins["torch"] == "2.13.0"  # the CPU wheel on this machine's disk, whatever the bound says
+    toml = tmp_path / "pyproject.toml"
+    toml.write_text('[project]\ndependencies = ["numpy>=1.24,<3", "kornia >= 0.7 ; python_version>=\'3.10\'", '
+                    '"torch>=2.4"]\n', encoding="utf-8")
+    assert oldest.lower_bounds(toml) == {"numpy": "1.24", "kornia": "0.7", "torch": "2.13.0"}
+    toml.write_text('[project]\ndependencies = ["numpy<3"]\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match="no >= lower bound"):
+        oldest.lower_bounds(toml)
+
+
+@pytest.mark.parametrize("target", ["test", "test-latest", "test-oldest", "lock", "demo", "docs"])
 def test_the_makefile_has_the_documented_targets(target):
     assert re.search(rf"^{re.escape(target)}:", (ROOT / "Makefile").read_text(), re.M)

@@ -9,6 +9,8 @@ from dragsdk.registry import Registry
 
 from .conftest import ROOT
 
+BUILTIN_MODES = ("drag", "region-drag", "move", "resize", "appearance", "paste")
+
 
 def test_builtins_register_through_their_entry_points():
     reg = Registry()
@@ -103,12 +105,23 @@ def test_misspelt_hook_is_refused_at_registration():
     assert any(f.name == "typo" and f.stage == "register" for f in reg.failures)
 
 
-@pytest.mark.parametrize("value, expect_drag", [("drag,eager", True), ("eager", False), ("", False)])
-def test_load_plugins_env_var_limits_what_loads(monkeypatch, value, expect_drag):
+@pytest.mark.parametrize("value", ["drag,eager", "eager", ""])
+def test_load_plugins_env_var_selects_third_party_plugins_and_the_builtins_always_load(monkeypatch, tmp_path, value):
+    (tmp_path / "tp_plugin.py").write_text("")
+    _fake_distribution(tmp_path, "tp-plugin", {"tp": "tp_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("DRAGSDK_LOAD_PLUGINS", value)
     reg = Registry()
     reg.load_entry_points()
-    assert ("drag" in reg.modes) == expect_drag
+    assert "drag" in reg.modes and "eager" in reg.backends
+    assert "tp" not in reg.plugins
+
+
+def test_block_plugins_blocks_a_builtin_by_name(monkeypatch):
+    monkeypatch.setenv("DRAGSDK_BLOCK_PLUGINS", "drag")
+    reg = Registry()
+    reg.load_entry_points()
+    assert "drag" not in reg.modes and "move" in reg.modes
 
 
 def test_every_hook_is_documented_with_its_signature():
@@ -145,12 +158,47 @@ def test_a_plugin_raising_any_base_exception_at_import_is_reported_not_fatal(tmp
     assert failure.error.split(":")[0] in ("SystemExit", "_Boom")
 
 
-def test_keyboard_interrupt_in_a_plugin_is_not_swallowed(tmp_path, monkeypatch):
+def test_keyboard_interrupt_raised_by_a_plugins_import_is_that_plugins_failure(tmp_path, monkeypatch):
     (tmp_path / "ctrl_c_plugin.py").write_text("raise KeyboardInterrupt\n")
     _fake_distribution(tmp_path, "ctrl-c-plugin", {"ctrl-c": "ctrl_c_plugin"})
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(KeyboardInterrupt):
-        Registry().load_entry_points()
+    reg = Registry()
+    reg.load_entry_points()
+    assert any(f.name == "ctrl-c" and f.stage == "import" and "KeyboardInterrupt" in f.error for f in reg.failures)
+    assert "drag" in reg.modes
+
+
+def test_third_party_plugins_are_not_imported_for_a_builtin_lookup(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "slow_plugin.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    _fake_distribution(tmp_path, "slow-plugin", {"slow": "slow_plugin"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry()
+    reg.discover()
+    assert "drag" in reg.modes and reg.modes["move"] is not None and "eager" in reg.backends
+    assert not marker.exists()
+    assert "nope" not in reg.modes  # a name the built-ins lack: the third-party plugins load
+    assert marker.exists()
+
+
+def test_a_second_dragsdk_distribution_cannot_hide_the_builtins(tmp_path, monkeypatch):
+    (tmp_path / "impostor_mod.py").write_text("")
+    _fake_distribution(tmp_path, "dragsdk", {"drag": "impostor_mod"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry()
+    reg.load_entry_points()
+    assert sorted(m for m in reg.modes if m in BUILTIN_MODES) == sorted(BUILTIN_MODES)
+    assert type(reg.modes["drag"]).__module__ == "dragsdk.plugins.drag"
+    assert any(f.stage == "impostor" and "impostor_mod" in f.error for f in reg.failures)
+
+
+def test_the_builtin_table_matches_pyproject():
+    import tomllib
+
+    from dragsdk.registry import BUILTIN_PLUGINS
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["dragsdk"]
+    assert declared == BUILTIN_PLUGINS
 
 
 @pytest.mark.parametrize("exc", [SystemExit(1), _Boom("hook")])

@@ -113,15 +113,29 @@ def _download_json(page, selector: str, tmp_path: Path) -> dict:
     return json.loads(dest.read_text())
 
 
+def _slots(page) -> dict[str, str]:
+    """Every message slot's text (what a failing wait shows)."""
+    return {s: page.inner_text(s) for s in ("#image-msg", "#points-msg", "#mask-msg", "#reference-msg",
+                                            "#settings-msg", "#run-msg")}
+
+
 def _wait_text(page, selector: str, text: str, timeout: float = 60_000) -> None:
     """Wait until ``selector``'s text contains ``text``; on timeout, fail showing every message slot."""
     try:
         page.wait_for_function(f"() => (document.querySelector({json.dumps(selector)}) || {{innerText: ''}})"
                                f".innerText.includes({json.dumps(text)})", timeout=timeout)
     except Exception as e:  # playwright's TimeoutError
-        slots = {s: page.inner_text(s) for s in ("#image-msg", "#points-msg", "#mask-msg", "#reference-msg",
-                                                 "#settings-msg", "#run-msg")}
-        raise AssertionError(f"{selector} never showed {text!r}: {slots}") from e
+        raise AssertionError(f"{selector} never showed {text!r}: {_slots(page)}") from e
+
+
+def _wait_result(page) -> None:
+    """Wait for the result image; on timeout, fail showing every message slot (an error beside a control, not a
+    slow run, is what usually keeps the result away)."""
+    try:
+        page.wait_for_function("() => { const i = document.querySelector('#result img'); "
+                               "return i && i.complete && i.naturalWidth > 0; }", timeout=RUN_TIMEOUT_MS)
+    except Exception as e:  # playwright's TimeoutError
+        raise AssertionError(f"no result image after {RUN_TIMEOUT_MS / 1000:.0f} s: {_slots(page)}") from e
 
 
 def _click(page, x: float, y: float, expect: str) -> None:
@@ -180,8 +194,7 @@ def test_edit_in_the_browser_end_to_end(server, browser_page, tmp_path):
 
     # run: the result appears at the input's size, with the report
     page.click("#run")
-    page.wait_for_function("() => { const i = document.querySelector('#result img'); "
-                           "return i && i.complete && i.naturalWidth > 0; }", timeout=RUN_TIMEOUT_MS)
+    _wait_result(page)
     _wait_text(page, "#run-msg", "done in", RUN_TIMEOUT_MS)
     size = page.evaluate("() => { const i = document.querySelector('#result img'); "
                          "return [i.naturalWidth, i.naturalHeight]; }")

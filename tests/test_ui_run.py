@@ -101,3 +101,6 @@ def test_the_page_builds_with_every_control(editor, tmp_path):
                  "target-editor", "reference-editor", "scale", "steps", "run", "original", "result", "report",
                  "download-result", "download-spec", "points-msg", "mask-msg", "reference-msg", "run-msg"):
         assert elem in ids, elem
+    # the settings start with the values given (`dragsdk ui --steps 4 --resolution 128`), not the model's default
+    start = {b.elem_id: b.value for b in page.blocks.values() if getattr(b, "elem_id", None) in ("steps", "resolution")}
+    assert str(start["resolution"]) == "128" and str(start["steps"]) == "4", start

@@ -7,7 +7,12 @@ distribution whose version differs from the lock. When no such frame exists it n
 moved. The fix is either a code change or an upper bound in pyproject.toml with a comment saying why
 (tests/test_dependencies.py requires the comment).
 
-Usage: ``python tools/test_latest.py [--lock requirements/lock.txt] [pytest args...]``. Exit status: pytest's.
+``make test-oldest`` runs it too, in ``.venv-oldest`` (every direct dependency at its lower bound) with
+``--label test-oldest``: there the distribution it names is the one whose old version broke, and the fix is a raised
+lower bound.
+
+Usage: ``python tools/test_latest.py [--lock requirements/lock.txt] [--label test-latest] [pytest args...]``.
+Exit status: pytest's.
 """
 
 from __future__ import annotations
@@ -80,9 +85,10 @@ def _describe(name: str, changed: dict[str, tuple[str, str | None]]) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lock", type=Path, default=ROOT / "requirements" / "lock.txt")
+    parser.add_argument("--label", default="test-latest", help="the make target named in the output lines")
     args, pytest_args = parser.parse_known_args(argv)
     changed = moved(read_lock(args.lock))
-    print(f"test-latest: {len(changed)} distributions differ from {args.lock.name}: "
+    print(f"{args.label}: {len(changed)} distributions differ from {args.lock.name}: "
           + ", ".join(_describe(n, changed) for n in sorted(changed)), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
@@ -92,14 +98,14 @@ def main(argv: list[str]) -> int:
         took = time.monotonic() - start
         count, report = _failures(junit)
     if done.returncode == 0:
-        print(f"test-latest: the fast subset passed with the newest allowed versions in {took:.0f} s")
+        print(f"{args.label}: the fast subset passed with these versions in {took:.0f} s")
         return 0
     names = culprits(report, changed)
     if names:
-        print(f"test-latest: FAILED ({count} failing tests) with {_describe(names[0], changed)}"
+        print(f"{args.label}: FAILED ({count} failing tests) with {_describe(names[0], changed)}"
               + (f"; also in the tracebacks: {', '.join(_describe(n, changed) for n in names[1:])}" if names[1:] else ""))
     else:
-        print(f"test-latest: FAILED ({count} failing tests, exit {done.returncode}); no moved distribution in the "
+        print(f"{args.label}: FAILED ({count} failing tests, exit {done.returncode}); no moved distribution in the "
               f"tracebacks; moved: {', '.join(_describe(n, changed) for n in sorted(changed)) or 'none'}")
     return done.returncode or 1
 

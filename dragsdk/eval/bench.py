@@ -45,7 +45,7 @@ from PIL import Image
 
 from ..defaults import RANDOM_MODELS, default_model
 from ..errors import DragSDKError, ModelNotFoundError, SpecError
-from ..io import atomic_write, read_json, write_text_atomic
+from ..io import atomic_write, check_outputs, read_json, write_text_atomic
 from .datasets import Sample, SampleRef, discover, load
 from .dift import DIFT_ENSEMBLE, DIFT_MODEL
 from .metrics import (
@@ -618,6 +618,8 @@ def run_bench(
         refs = refs[:config.limit]
     if out.exists() and not out.is_dir():
         raise SpecError("out", f"{out} is a file; bench --out is a folder (it holds results.jsonl, run.json, the report)")
+    for name in (RESULTS, RUN_FILE, LOCK_FILE, "summary.json", "summary.txt", "report.html"):
+        check_outputs({"out": out / name})  # an existing device, FIFO or socket there is refused before any work
     out.mkdir(parents=True, exist_ok=True)
     with lock_out(out):
         return _run_locked(config, out, refs, progress, ray, ray_address, actors, on_record, features, echo)

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from dragsdk.io import load_image, save_image_atomic, write_text_atomic
+from dragsdk.io import check_outputs, load_image, save_image_atomic, write_text_atomic
 
 from .state import UIError, UILimits, check_sampler_limits, portable_spec
 
@@ -104,6 +104,8 @@ def run_edit(editor: Any, image: Image.Image, spec: dict[str, Any], folder: str 
     if limits is not None:
         check_sampler_limits(n, resolved.sampler.resolution, limits)
     folder.mkdir(parents=True, exist_ok=True)
+    for name in ("result.png", "spec.json", "report.json", "reference.png"):
+        check_outputs({"out": folder / name})  # a device, FIFO or socket there is refused before the edit
     t0 = time.perf_counter()
 
     def callback(i: int, t: int, z: Any) -> None:
