@@ -1,11 +1,14 @@
 """Golden slices: the centre 3×3 cells (every channel) of each built-in mode's final latent under its ``official``
 profile, on ``tiny`` with a fixed seed, recorded before the engine refactor of issue 19 (``golden_slices.json``).
 
-Tolerance: 1e-5 absolute. On one CPU thread in float32 the edit is deterministic (same inputs, same sequence of
-kernels: bit-identical results; ``test_engine`` checks reuse bit for bit), so the test runs on one thread
-(``one_thread``) and any difference is a change of the computation. The slice values lie within ±15 (random
-weights), where a float32 ulp is ≤ 1e-6: 1e-5 leaves room for a few ulps of an equivalent reordering and nothing
-more: a refactor that changes what is computed (a step, a term, a mask, a window, an order of random draws) shows.
+Tolerance: 2e-3 absolute. On one CPU thread in float32 the edit is deterministic on one machine (same inputs, same
+sequence of kernels: bit-identical results; ``test_engine`` checks reuse bit for bit), but another CPU runs other
+SIMD kernels and energy guidance (λ = 2000 and more) amplifies their rounding: the slices recorded on one Xeon host
+differ on another by up to 3.3e-4 (paste; 1.4e-4 – 3.3e-4 for the guided modes, 2.3e-6 for region-drag), measured
+2026-12-05 with this file's settings. Changing what is computed moves them far more: +1 % energy_scale moves each
+guided mode's slice by 0.09 – 0.17, the ``dragsdk`` profile by 2.5 – 14, another seed by 2.5 – 3. So 2e-3 sits 6×
+above the drift between machines and 45× below the smallest real change measured: a refactor that changes a step,
+a term, a mask, a window or an order of random draws shows.
 
 Re-record only for an intended numeric change, and say why in the commit::
 
@@ -30,7 +33,7 @@ SAMPLER = {"steps": 12, "resolution": 64, "seed": 7}
 """12 steps reach every engine path of the official profiles at a 64×64 working size (8×8 latent): guided steps
 0, 1, 2, 4, 6, the regional SDE on steps 3–4, K/V injection from step 1, time travel (3 passes) on step 6, and
 region-drag's Cycle-SDE from step 6."""
-ATOL = 1e-5
+ATOL = 2e-3
 RECORD = os.environ.get("DRAGSDK_RECORD_GOLDEN") == "1"
 
 
