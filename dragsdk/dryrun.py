@@ -54,7 +54,7 @@ def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: 
     inv = ref_rows = 0
     if invert:
         inv = inversion_steps(plan, steps)
-        if plan.sampling == "ddim" and plan.reference_features != "recorded" and feature_steps:
+        if plan.sampling == "ddim" and plan.fidelity.reference_features != "recorded" and feature_steps:
             ref_rows = len(feature_steps) * (1 + len(plan.references))
     regions = len({term.region for term in plan.energies})
     fwd, fwd_grad, bwd = inv, 0, 0

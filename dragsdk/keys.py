@@ -109,7 +109,7 @@ def recorded_steps(plan: EditPlan) -> tuple[set[int], set[int]]:
 
     kv_steps = set(plan.kv.steps()) if plan.kv else set()
     feature_steps = guided_steps(plan)
-    if plan.step0_reference == "init":  # the first step's reference is the pasted start latent itself
+    if plan.fidelity.step0_reference == "init":  # the first step's reference is the pasted start latent itself
         feature_steps.discard(plan.start_step)
     return kv_steps, feature_steps
 
@@ -129,8 +129,8 @@ def inversion_key(img: Image.Image, spec: EditSpec, plan: EditPlan, working_size
         references=tuple((image_key(r.image), r.prompt) for r in plan.references),
         steps=s.steps, working_size=tuple(working_size), kv_steps=tuple(sorted(kv_steps)),  # type: ignore[arg-type]
         feature_steps=tuple(sorted(feature_steps)), model=model, weights=weights, sampling=plan.sampling,
-        kv_layers=plan.kv_layers, start_step=plan.start_step, reference_features=plan.reference_features,
-        schedule=plan.schedule_key, vae_latent=plan.vae_latent, reference_prompt=plan.reference_prompt,
+        kv_layers=plan.kv_layers, start_step=plan.start_step, reference_features=plan.fidelity.reference_features,
+        schedule=plan.schedule_key, vae_latent=plan.fidelity.vae_latent, reference_prompt=plan.fidelity.reference_prompt,
         cycle_seed=s.seed if plan.sampling == "cycle-sde" else None,
-        vae_seed=s.seed if plan.vae_latent == "sample" else None, image_prompt=ip_key,
+        vae_seed=s.seed if plan.fidelity.vae_latent == "sample" else None, image_prompt=ip_key,
     )

@@ -8,17 +8,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .errors import SpecError
+from .fidelity import ProfileTable
 from .geometry import Canvas
 from .io import load_image, load_mask
 from .plan import EditPlan, SDEPlan
-from .spec import EditSpec, PointPair, SamplerSettings, profile_label
+from .spec import EditSpec, PointPair, SamplerSettings
 
 
 @dataclass
@@ -101,22 +102,17 @@ class PlanContext:
         out["time_travel"] = {i: settings.time_travel.repeats for i in settings.time_travel.steps(n) if i in guided}
         return out
 
-    def fidelity(self, profile: str | list[str], options: frozenset[str],
+    def fidelity(self, table: ProfileTable[Any], profile: str | list[str], options: object,
                  image_prompt_source: Literal["input", "reference"] = "input") -> dict[str, object]:
-        """The plan entries shared by the DragonDiffusion / DiffEditor profiles: where the reference features come
-        from (``recorded-reference``), the roll-back timestep (``rollback-at-t``), the image prompt (DiffEditor's
-        IP-Adapter at scale 0.1 on sampling steps 10–19, ``model.py:25``, ``attn_proc.py:220-221``; used only when
-        an adapter is loaded), the reference images' feature prompt (``own-reference-prompt``; official: the base
-        prompt) and the profile for the report."""
+        """The plan entries shared by the DragonDiffusion / DiffEditor modes: the plan's
+        :class:`~dragsdk.fidelity.Fidelity` from the mode's resolved ``options`` (``table.resolve(profile)``) and
+        the image prompt (DiffEditor's IP-Adapter at scale 0.1 on sampling steps 10–19, ``model.py:25``,
+        ``attn_proc.py:220-221``; used only when an adapter is loaded)."""
         from .image_prompt import ImagePromptPlan
 
         return {
             "image_prompt": ImagePromptPlan(scale=0.1, start=10, end=20, source=image_prompt_source),
-            "reference_prompt": "own" if "own-reference-prompt" in options else "base",
-            "reference_features": "recorded" if "recorded-reference" in options else "inverted",
-            "rollback_at": "t" if "rollback-at-t" in options else "prev",
-            "profile": profile_label(profile),
-            "profile_options": tuple(sorted(options)),
+            "fidelity": table.fidelity(profile, options),
         }
 
     def mask(self, ref: object, field: str, allow_empty: bool = False) -> np.ndarray:
@@ -159,6 +155,9 @@ class EditMode(ABC):
     name: str = ""
     spec_model: type[EditSpec] = EditSpec
     description: str = ""
+    profiles: ProfileTable[Any] | None = None
+    """The mode's fidelity profiles (:class:`~dragsdk.fidelity.ProfileTable`), or None for a mode without an
+    official code to reproduce; read by the docs, the browser editor and ``dragsdk modes --json``."""
     unsupported_settings: frozenset[str] = frozenset()
     """Fields of :class:`~dragsdk.spec.SamplerSettings` this mode cannot honour (e.g. ``{"sde"}``); a spec that
     sets one to a value other than its default is refused naming ``sampler.FIELD`` (:func:`check_settings`)."""
@@ -172,8 +171,12 @@ class EditMode(ABC):
         """
 
     def describe(self) -> dict[str, object]:
+        """The mode for ``dragsdk modes --json``: name, description, spec schema, unsupported settings and its fidelity
+        profile table (each option's official and ``dragsdk`` value, improvement name and help; empty without one)."""
+        rows = self.profiles.rows() if self.profiles is not None else []
+        profiles = [{"option": o, "improvement": i, "official": a, "dragsdk": b, "help": h} for o, i, a, b, h in rows]
         return {"name": self.name, "description": self.description, "schema": self.spec_model.model_json_schema(),
-                "unsupported_settings": sorted(self.unsupported_settings)}
+                "unsupported_settings": sorted(self.unsupported_settings), "profiles": profiles}
 
     def resolve_paths(self, spec: dict[str, object], base: Path) -> dict[str, object]:
         """Make file references of a spec read from a file in ``base`` absolute (the CLI calls this; the top-level

@@ -67,7 +67,7 @@ def sampling_passes(plan: EditPlan, steps: int) -> Iterator[Pass]:
     for i in range(plan.start_step, steps):
         g = i in guided
         n = (plan.time_travel or {}).get(i, 1) if g else 1
-        own = plan.step0_reference == "init" and i == plan.start_step
+        own = plan.fidelity.step0_reference == "init" and i == plan.start_step
         for p in range(n):
             yield Pass(i, p, n, g, own)
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .attention import KVInjection
+from .fidelity import Fidelity
 from .image_prompt import ImagePromptPlan
 from .keys import inverts, no_inversion, plan_field
 
@@ -170,33 +171,15 @@ class EditPlan:
         start_step: first sampling step; inversion covers steps ``start_step … n−1`` only (cycle-sde).
         step_pastes: latent copies repeated before every sampling step inside their timestep window.
         follow_outside: reset the latent outside ``edit_mask`` to the inversion latent of the same level.
-        outside_reset: when ``follow_outside`` resets: ``after`` every sampling step (to the level it reached,
-            the last time to ``z_0``), or ``before`` every step, after its ``step_pastes`` (to the level the step
-            starts from; none after the last step: the official RegionDrag order, ``drag.py:144-146``).
         handle_noise: cells of the starting latent re-noised before sampling, or None.
         kv_layers: self-attention layers that record / inject K/V: ``decoder`` (up blocks) or ``all``.
-        reference_features: where the energies' reference features at sampling step ``i`` come from:
-            ``inverted`` = ``F(z^inv_{t_i}, t_i)``, the inverted latent at the sampled latent's own level, computed
-            by truncated no-grad forwards after the inversion (the official estimator, ``Sampler.py:255-260``);
-            ``recorded`` = ``F(z^inv_{t_{i+1}}, t_i)``, taken in the inversion call that produces ``z_{t_i}`` (no
-            extra forward, one DDIM step off).
-        step0_reference: ``init`` = the reference at the first sampling step is the starting latent after the
-            plan's ``init`` pastes (the official drag, whose handle→target copy is written into the very tensor the
-            estimator reads, ``utils.py:149``, ``model.py:284``); ``inversion`` = as every other step.
-        rollback_at: timestep of the time-travel roll-back UNet call ``z_{t_prev} → z_t``: ``prev`` = the level of
-            its input ``t_prev`` (official ``Sampler.py:136-144``), ``t`` = the target level (as the inversion).
         schedule: ``schedule(scheduler, steps)`` builds the time grid of both passes (default: the model's DDIM
             schedule, :class:`~dragsdk.inversion.DDIMSchedule`); ``schedule_key`` names it in the inversion cache key.
         composite_mask: ``(H, W)`` bool in image pixels used by ``composite`` instead of ``edit_mask`` upsampled.
-        vae_latent: ``mean`` (posterior mean) or ``sample`` (one posterior sample from the edit's seed) as ``z_0``.
-        to_uint8: decoded image to 8 bits by ``round`` (nearest) or ``truncate`` (``floor(x·255)``).
-        profile: the spec's fidelity profile label (``official``, ``dragsdk``, ``official+<improvements>``), for
-            the report.
-        profile_options: the profile's effective options (improvement names, or ``option=value``), for the report.
-        reference_prompt: the prompt of the reference images' feature forwards (``inverted`` reference features):
-            ``base`` = the base prompt for every row (official appearance / paste, ``Sampler.py:371-383``),
-            ``own`` = each image's own prompt (the one it was inverted with). The inversion always uses each image's
-            own prompt (``model.py:162``).
+        fidelity: the fidelity options the engine branches on (reference features, step-0 reference, roll-back
+            timestep, reference prompt, outside reset, VAE latent, 8-bit conversion) and the report's profile, in
+            one place (:class:`~dragsdk.fidelity.Fidelity`, built by a mode's
+            :meth:`~dragsdk.fidelity.ProfileTable.fidelity`).
         image_prompt: the official image prompt (IP-Adapter scale and step window), used when the editor has an
             adapter loaded (:meth:`dragsdk.editor.Editor.load_ip_adapter`); None = the mode has none.
     """
@@ -223,21 +206,14 @@ class EditPlan:
     follow_outside: bool = plan_field(no_inversion(), default=False)
     handle_noise: HandleNoise | None = plan_field(no_inversion(), default=None)
     kv_layers: Literal["decoder", "all"] = plan_field(inverts("kv_layers"), default="decoder")
-    reference_features: Literal["inverted", "recorded"] = plan_field(
-        inverts("reference_features"), default="recorded")
-    step0_reference: Literal["inversion", "init"] = plan_field(
-        inverts("feature_steps: init drops the first step"), default="inversion")
-    rollback_at: Literal["prev", "t"] = plan_field(no_inversion(), default="t")
-    outside_reset: Literal["after", "before"] = plan_field(no_inversion(), default="after")
     schedule: Callable[[Any, int], Any] | None = plan_field(
         inverts("schedule: named by schedule_key"), default=None)
     schedule_key: str = plan_field(inverts("schedule"), default="ddim")
     composite_mask: np.ndarray | None = plan_field(no_inversion(), default=None)
-    vae_latent: Literal["mean", "sample"] = plan_field(inverts("vae_latent, vae_seed"), default="mean")
-    to_uint8: Literal["round", "truncate"] = plan_field(no_inversion(), default="round")
-    profile: str = plan_field(no_inversion(), default="")
-    profile_options: tuple[str, ...] = plan_field(no_inversion(), default=())
-    reference_prompt: Literal["base", "own"] = plan_field(inverts("reference_prompt"), default="own")
+    fidelity: Fidelity = plan_field(
+        inverts("reference_features, feature_steps, reference_prompt, vae_latent, vae_seed: its reference_features, "
+                "step0_reference, reference_prompt and vae_latent"),
+        default_factory=Fidelity)
     image_prompt: ImagePromptPlan | None = plan_field(
         inverts("image_prompt: when the inversion uses it"), default=None)
 

@@ -45,8 +45,8 @@ class EditReport(BaseModel):
     peak_memory_kind: str = Field("", description="cuda_max_allocated or process_max_rss")
     mask_proposed: bool = False
     profile: str = Field("", description="the spec's fidelity profile: official, dragsdk or official+<improvements>")
-    profile_options: list[str] = Field(default_factory=list, description="the profile's effective options: "
-                                       "improvement names, or option=value")
+    profile_options: list[str] = Field(default_factory=list, description="every option of the mode's profile table as "
+                                       "name=value (dragsdk.fidelity)")
     notes: list[str] = Field(default_factory=list)
     image_prompt: str | None = Field(
         None, description="the IP-Adapter used as image prompt (None: the mode has none, or no adapter is loaded)"

@@ -11,7 +11,7 @@ Per sampling step ``i`` at timestep ``t``:
    regional-SDE window.
 
 Reference features come from the :class:`~dragsdk.inversion.Trajectory` (recorded during the inversion or computed
-right after it, as the plan's ``reference_features`` says); with ``step0_reference="init"`` the first step's
+right after it, as ``plan.fidelity.reference_features`` says); with ``step0_reference="init"`` the first step's
 reference is the starting latent itself (the official drag). Time travel (DiffEditor Alg. 1): a repeated step rolls
 the latent back after every pass but the last (the official code also rolls back after the last pass and throws the
 result away: deterministic, no random draw, so skipping it changes nothing but the cost).
@@ -224,12 +224,12 @@ class GuidedSampler:
             z_prev = self._pass(ps, plan, trajectory, z, t, cond_cfg, cond_text, guidance_scale,
                                 eta_map if noise is not None else 0.0, noise, out, trace)
             if not ps.last:
-                t_unet = schedule.timesteps[i + 1] if plan.rollback_at == "prev" and i + 1 < len(schedule) else t
+                t_unet = schedule.timesteps[i + 1] if plan.fidelity.rollback_at == "prev" and i + 1 < len(schedule) else t
                 z = self._roll_back(z_prev, t_unet, schedule.alpha(i), schedule.alpha_prev(i), cond_text, plan, i)
                 out.rollback_timesteps.append(t_unet)
                 continue
             z = z_prev
-            if keep is not None and plan.outside_reset == "after":  # outside the mask: the inversion trajectory
+            if keep is not None and plan.fidelity.outside_reset == "after":  # outside the mask: the inversion trajectory
                 z = torch.where(keep, trajectory.latents[i + 1][:1].to(z), z)
                 if trace:
                     out.trace[-1].latent_after = z.detach().float().cpu()
@@ -280,7 +280,7 @@ class GuidedSampler:
         for sp in plan.step_pastes:
             if sp.active(t):
                 z = sp.paste.apply(z, trajectory.latents[i])
-        if keep is not None and plan.outside_reset == "before":
+        if keep is not None and plan.fidelity.outside_reset == "before":
             z = torch.where(keep, trajectory.latents[i][:1].to(z), z)
         return z
 

@@ -217,7 +217,7 @@ class EditRun:
             if r.size != self.img.size:
                 raise SpecError(f"references[{k}]", f"is {r.size}, must be the base image's size {self.img.size}")
         images = torch.cat([x, *(self.editor._preprocess(r, self.canvas) for r in refs)])
-        if self.plan.vae_latent == "sample":  # one posterior sample (official RegionDrag, cycle_sde.py:63), seeded
+        if self.plan.fidelity.vae_latent == "sample":  # one posterior sample (official RegionDrag, cycle_sde.py:63), seeded
             z0 = _sample_latent(self.model, images, self.spec.sampler.seed)
         else:
             z0 = self.backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
@@ -241,7 +241,7 @@ class EditRun:
         cond_bank = torch.cat([self.cond_text, *(editor._prompt(r.prompt, weights=self.weights)
                                                  for r in plan.references)])
         feature_cond = cond_bank  # reference features: each image's own prompt, or the base prompt for all rows
-        if plan.reference_prompt == "base" and plan.references:
+        if plan.fidelity.reference_prompt == "base" and plan.references:
             feature_cond = self.cond_text.expand(cond_bank.shape[0], -1, -1)
         schedule = (plan.schedule or DDIMSchedule)(self.model.scheduler, s.steps)
         t0 = time.perf_counter()
@@ -292,7 +292,7 @@ class EditRun:
                      ) -> tuple[list[torch.Tensor], dict[int, list[torch.Tensor]]]:
         """DDIM inversion; reference features recorded in its passes or computed by truncated forwards after it."""
         kv_steps, feature_steps = recorded_steps(self.plan)
-        recorded = self.plan.reference_features == "recorded"
+        recorded = self.plan.fidelity.reference_features == "recorded"
         latents, feats = invert(self.unet_call, self.z0, cond_bank, schedule, self.controller, self.tap, kv_steps,
                                 feature_steps if recorded else set(), self.counter,
                                 on_step=self._on_invert_step(schedule))
@@ -340,7 +340,7 @@ class EditRun:
         if decoded is None:
             decoded = self.model.decode_latent(latent)
         _check_finite(decoded, "decoding", None, None)
-        if self.plan.to_uint8 == "truncate":  # official RegionDrag postprocess (drag.py:81-98): astype truncates
+        if self.plan.fidelity.to_uint8 == "truncate":  # official RegionDrag postprocess (drag.py:81-98): astype truncates
             arr = ((decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).numpy()
             edited = Image.fromarray(arr.astype(np.uint8))
         else:
@@ -369,7 +369,7 @@ class EditRun:
             kv_bank_bytes=self.traj.bank.nbytes(), peak_memory_bytes=self.peak, peak_memory_kind=self.peak_kind,
             mask_proposed=self.ctx.mask_proposed, notes=notes,
             image_prompt=adapter.name if adapter is not None and plan.image_prompt else None,
-            profile=plan.profile, profile_options=list(plan.profile_options), random_weights=model.random_weights,
+            profile=plan.fidelity.profile, profile_options=list(plan.fidelity.options), random_weights=model.random_weights,
         )
 
     def write_trace(self) -> None:
@@ -379,7 +379,7 @@ class EditRun:
         from .trace import write_trace
 
         plan, s = self.plan, self.spec.sampler
-        meta = {"mode": self.spec.mode, "profile": plan.profile, "profile_options": list(plan.profile_options),
+        meta = {"mode": self.spec.mode, "profile": plan.fidelity.profile, "profile_options": list(plan.fidelity.options),
                 "model": self.model.name, "backend": self.backend.name, "steps": s.steps, "seed": s.seed,
                 "working_size": list(self.canvas.size), "rollback_timesteps": self.out.rollback_timesteps}
         write_trace(self.options.trace, self.out.trace, meta)

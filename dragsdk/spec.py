@@ -13,13 +13,16 @@ Specs round-trip through JSON (``model_dump_json`` / :func:`parse_spec`) and exp
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from .fidelity import ALL_IMPROVEMENTS as _ALL_IMPROVEMENTS
+from .fidelity import OFFICIAL as _OFFICIAL
+from .fidelity import ProfileTable, option
 from .io import mask_to_data_url
 from .keys import inverts, no_inversion
 
@@ -38,48 +41,9 @@ GUIDANCE_STEP_LIMIT = 1.0
 SEED_MAX = 2**64 - 1
 """Largest ``sampler.seed``: what ``torch.Generator.manual_seed`` accepts (an unsigned 64-bit integer)."""
 
-OFFICIAL = "official"
-"""The profile that reproduces the official code of a mode step by step (every mode's default)."""
-
-ALL_IMPROVEMENTS = "dragsdk"
-"""The profile that turns on every named improvement of a mode."""
-
-
-def profile_type(improvements: Iterable[str]) -> Any:
-    """The type of a mode's ``profile`` field: ``"official"``, ``"dragsdk"`` or a list of improvement names.
-
-    A mode lists the improvements it has over its official code (each a documented, named deviation); the
-    JSON Schema shows them as an enum. Use with :func:`profile_field` and resolve with :func:`profile_options`::
-
-        profile: profile_type(DRAG_IMPROVEMENTS) = profile_field(DRAG_IMPROVEMENTS)
-    """
-    names = tuple(improvements)
-    return Literal[OFFICIAL, ALL_IMPROVEMENTS] | list[Literal[names]]  # type: ignore[valid-type]
-
-
-def profile_field(improvements: Mapping[str, str]) -> Any:
-    """The pydantic ``Field`` of a mode's ``profile`` (default ``"official"``); ``improvements`` maps each name to
-    a one-line description that goes into the schema's description."""
-    listed = "; ".join(f"{k}: {v}" for k, v in improvements.items())
-    return Field(
-        OFFICIAL,
-        description=f"'{OFFICIAL}' reproduces the official code; '{ALL_IMPROVEMENTS}' enables every improvement; "
-        f"or a list of improvements. Improvements — {listed}",
-    )
-
-
-def profile_options(profile: str | list[str], improvements: Iterable[str]) -> frozenset[str]:
-    """The improvement names a ``profile`` value enables (``"official"`` → none, ``"dragsdk"`` → all)."""
-    if profile == OFFICIAL:
-        return frozenset()
-    if profile == ALL_IMPROVEMENTS:
-        return frozenset(improvements)
-    return frozenset(profile)
-
-
-def profile_label(profile: str | list[str]) -> str:
-    """The profile as one string for reports: ``official``, ``dragsdk`` or ``official+a+b``."""
-    return profile if isinstance(profile, str) else "+".join([OFFICIAL, *sorted(profile)])
+# The profile names live in dragsdk.fidelity (one mechanism for every mode); re-exported here for old imports.
+OFFICIAL = _OFFICIAL
+ALL_IMPROVEMENTS = _ALL_IMPROVEMENTS
 
 
 def _not_a_bool(value: Any) -> Any:
@@ -303,26 +267,55 @@ class DragWeights(SpecModel):
     contrast: float = weight_field(0.2, "pushes the vacated handle patch away from its old feature")
 
 
-DIFFEDITOR_IMPROVEMENTS = {
-    "recorded-reference": "reference features F(z_{t_{i+1}}, t_i) recorded during inversion instead of "
-    "F(z_{t_i}, t_i) recomputed (saves one truncated no-grad forward per guided step; one DDIM step off)",
-    "area-masks": "masks rasterised by >= 50 % area coverage instead of nearest (top-left pixel) sampling",
-    "rollback-at-t": "time-travel roll-back UNet evaluated at t (as in the inversion) instead of t_prev",
-}
-"""Improvements every DragonDiffusion / DiffEditor mode offers (``docs/modes/dragondiffusion.md``)."""
+@dataclass(frozen=True)
+class DiffEditorOptions:
+    """The fidelity options every DragonDiffusion / DiffEditor mode has (``docs/modes/dragondiffusion.md``); each
+    field's default is the official code's behaviour (:mod:`dragsdk.fidelity`)."""
 
-REFERENCE_IMPROVEMENTS = {
-    **DIFFEDITOR_IMPROVEMENTS,
-    "own-reference-prompt": "the reference image's features computed with its own prompt (the one it is inverted "
-    "with) instead of the base prompt the official code uses for both rows",
-}
-"""Improvements of the modes with a reference image (appearance, paste)."""
+    reference_features: Literal["inverted", "recorded"] = option(
+        "inverted", "recorded", "reference features F(z_{t_{i+1}}, t_i) recorded during inversion instead of "
+        "F(z_{t_i}, t_i) recomputed (saves one truncated no-grad forward per guided step; one DDIM step off)",
+        improvement="recorded-reference")
+    mask_resampling: Literal["nearest", "area"] = option(
+        "nearest", "area", "masks rasterised by >= 50 % area coverage instead of nearest (top-left pixel) sampling",
+        improvement="area-masks")
+    rollback_at: Literal["prev", "t"] = option(
+        "prev", "t", "time-travel roll-back UNet evaluated at t (as in the inversion) instead of t_prev",
+        improvement="rollback-at-t")
 
-DRAG_IMPROVEMENTS = {
-    **DIFFEDITOR_IMPROVEMENTS,
-    "unpasted-step0": "step-0 reference features of the inverted z_T instead of the handle-pasted z_T",
-    "pixel-centre": "a point falls in the cell holding its pixel's centre, floor((x+0.5)·s), instead of floor(x·s)",
-}
+
+@dataclass(frozen=True)
+class ReferenceOptions(DiffEditorOptions):
+    """The options of the modes with a reference image (appearance, paste)."""
+
+    reference_prompt: Literal["base", "own"] = option(
+        "base", "own", "the reference image's features computed with its own prompt (the one it is inverted "
+        "with) instead of the base prompt the official code uses for both rows", improvement="own-reference-prompt")
+
+
+@dataclass(frozen=True)
+class DragOptions(DiffEditorOptions):
+    """The options of point drag."""
+
+    step0_reference: Literal["init", "inversion"] = option(
+        "init", "inversion", "step-0 reference features of the inverted z_T instead of the handle-pasted z_T",
+        improvement="unpasted-step0")
+    point_convention: Literal["corner", "centre"] = option(
+        "corner", "centre", "a point falls in the cell holding its pixel's centre, floor((x+0.5)·s), instead of "
+        "floor(x·s)", improvement="pixel-centre")
+
+
+DIFFEDITOR_PROFILES = ProfileTable(DiffEditorOptions)
+"""The profile table shared by every DragonDiffusion / DiffEditor mode."""
+REFERENCE_PROFILES = ProfileTable(ReferenceOptions)
+"""The profile table of the modes with a reference image (appearance)."""
+DRAG_PROFILES = ProfileTable(DragOptions)
+"""The profile table of point drag."""
+
+DIFFEDITOR_IMPROVEMENTS = DIFFEDITOR_PROFILES.improvements
+"""Improvement name → help of every DragonDiffusion / DiffEditor mode (derived from :class:`DiffEditorOptions`)."""
+REFERENCE_IMPROVEMENTS = REFERENCE_PROFILES.improvements
+DRAG_IMPROVEMENTS = DRAG_PROFILES.improvements
 
 
 class DragSpec(EditSpec):
@@ -344,7 +337,7 @@ class DragSpec(EditSpec):
     energy_scale: float = energy_scale_field(2.0)
     guidance_step: float = guidance_step_field(0.04, "c, multiplier of λ·∇E (0.04 for drag)")
     patch_radius: int = Field(1, ge=0, le=8, description="patch half-size in feature cells (1 → 3×3)")
-    profile: profile_type(DRAG_IMPROVEMENTS) = profile_field(DRAG_IMPROVEMENTS)  # type: ignore[valid-type]
+    profile: DRAG_PROFILES.spec_type() = DRAG_PROFILES.spec_field()  # type: ignore[valid-type]
 
     _mask_ref = field_validator("mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 

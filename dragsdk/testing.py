@@ -38,6 +38,7 @@ __all__ = [
     "check_dry_run_cost",
     "check_cancellation",
     "check_edit",
+    "check_profiles",
     "check_mode",
     "check_plan",
     "check_spec_round_trip",
@@ -193,6 +194,28 @@ def check_edit(result: Any, spec: EditSpec, dry: Any, image: Image.Image) -> Non
         _fail("edit", f"report (mode, steps, seed, working_size) = {seen}, expected {want}")
 
 
+def check_profiles(mode: Any, spec: EditSpec, result: Any) -> None:
+    """A mode with a fidelity profile table (``mode.profiles``, :mod:`dragsdk.fidelity`) reports through it: the
+    report's ``profile`` is the table's label of the spec's profile and ``profile_options`` lists every option of
+    the table once, as ``name=value``. A mode without a table is not checked.
+
+    Raises:
+        ConformanceError: a property fails (named ``profiles``).
+    """
+    table = getattr(mode, "profiles", None)
+    if table is None:
+        return
+    rep = result.report
+    label = table.label(spec.profile)  # type: ignore[attr-defined]
+    if rep.profile != label:
+        _fail("profiles", f"report profile {rep.profile!r}, expected {label!r} (ProfileTable.fidelity)")
+    names = [o.split("=", 1)[0] for o in rep.profile_options]
+    if sorted(names) != sorted(table.names) or any("=" not in o for o in rep.profile_options):
+        _fail("profiles", f"report profile_options {rep.profile_options}: expected every option of the table "
+                          f"({', '.join(table.names)}) once as name=value; build plan.fidelity with "
+                          "ProfileTable.fidelity")
+
+
 def check_dry_run_cost(dry: Any, result: Any) -> None:
     """The dry run's cost equals what the edit counted: UNet evaluations by kind and image-encoder forwards.
 
@@ -242,7 +265,8 @@ def check_mode(editor: Any, image: Image.Image | Any, spec: Mapping[str, Any] | 
                atol: float = 1e-5) -> ConformanceResult:
     """Run every conformance property for one mode, given one valid ``spec`` of it and an ``editor`` (normally on
     the ``tiny`` model, CPU): :func:`check_spec_round_trip`, :func:`check_plan` on the dry run, a ``steps``-step
-    edit (:func:`check_edit`) whose report equals the dry run's cost (:func:`check_dry_run_cost`), and
+    edit (:func:`check_edit`) whose report equals the dry run's cost (:func:`check_dry_run_cost`), its profile
+    report (:func:`check_profiles`, for a mode with a profile table), and
     :func:`check_cancellation`. The editor's caches are cleared first (the dry run then predicts a fresh
     inversion).
 
@@ -273,6 +297,10 @@ def check_mode(editor: Any, image: Image.Image | Any, spec: Mapping[str, Any] | 
     out.checked.append("edit")
     check_dry_run_cost(dry, result)
     out.checked.append("dry-run cost")
+    mode = editor.registry.modes[parsed.mode]
+    if getattr(mode, "profiles", None) is not None:
+        check_profiles(mode, parsed, result)
+        out.checked.append("profiles")
     check_cancellation(editor, img, parsed, result.latent, atol)
     out.checked.append("cancellation")
     out.result = result

@@ -25,16 +25,13 @@ from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, Reference
 from dragsdk.spec import (
-    REFERENCE_IMPROVEMENTS,
+    REFERENCE_PROFILES,
     EditSpec,
     SamplerSettings,
     SpecModel,
     _as_mask_ref,
     energy_scale_field,
     guidance_step_field,
-    profile_field,
-    profile_options,
-    profile_type,
     weight_field,
 )
 
@@ -56,7 +53,7 @@ class AppearanceSpec(EditSpec):
     energy_scale: float = energy_scale_field(2.0)
     guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
-    profile: profile_type(REFERENCE_IMPROVEMENTS) = profile_field(REFERENCE_IMPROVEMENTS)  # type: ignore[valid-type]
+    profile: REFERENCE_PROFILES.spec_type() = REFERENCE_PROFILES.spec_field()  # type: ignore[valid-type]
     sampler: SamplerSettings = Field(default_factory=lambda: SamplerSettings(guidance_scale=5.0))
 
     _mask_ref = field_validator("mask", "reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
@@ -65,13 +62,14 @@ class AppearanceSpec(EditSpec):
 class AppearanceMode(EditMode):
     name = "appearance"
     spec_model = AppearanceSpec
+    profiles = REFERENCE_PROFILES
     description = "give an object the appearance of an object in a reference image (DragonDiffusion)"
     unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
     def plan(self, spec: AppearanceSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         canvas = ctx.canvas
-        options = profile_options(spec.profile, REFERENCE_IMPROVEMENTS)
-        method = "area" if "area-masks" in options else "nearest"
+        opts = REFERENCE_PROFILES.resolve(spec.profile)
+        method = opts.mask_resampling
         base_mask = ctx.mask(spec.mask, "mask")
         ref_img = ctx.load_reference(spec.reference, "reference")
         ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask",
@@ -103,7 +101,7 @@ class AppearanceMode(EditMode):
             guided_steps=guided,
             kv=KVPlan(kv, 0, int(round(spec.kv_end * n))),
             references=[Reference(ref_img, spec.reference_prompt)],
-            **ctx.fidelity(spec.profile, options, image_prompt_source="reference"),  # type: ignore[arg-type]
+            **ctx.fidelity(REFERENCE_PROFILES, spec.profile, opts, image_prompt_source="reference"),  # type: ignore[arg-type]
             **ctx.diffeditor(spec.sampler, guided, base_l),  # type: ignore[arg-type]
         )
 

@@ -20,7 +20,7 @@ code clips x by the height, ``src/utils/utils.py:140,142``).
 Profile ``official`` (the default) reproduces the official code step by step (MC-E/DragonDiffusion @f9b5bdf,
 ``run_drag`` ``src/demo/model.py:265-333``): step-0 reference = the pasted ``z_T`` (``utils.py:149``),
 reference features ``F(z_{t_i}, t_i)``, points ``floor(x·s)`` per axis, masks sampled nearest, roll-back at
-``t_prev``. The improvements (``spec.DRAG_IMPROVEMENTS``) are listed in ``docs/modes/dragondiffusion.md``.
+``t_prev``. The options of its profiles (``spec.DRAG_PROFILES``) are listed in ``docs/modes/dragondiffusion.md``.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from dragsdk.errors import SpecError
 from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste
-from dragsdk.spec import DRAG_IMPROVEMENTS, DragSpec, profile_options
+from dragsdk.spec import DRAG_PROFILES, DragSpec
 
 
 class DragMode(EditMode):
     name = "drag"
     spec_model = DragSpec
+    profiles = DRAG_PROFILES
     description = "point drag: move handle points to target points (DragonDiffusion content dragging)"
 
     def plan(self, spec: DragSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
@@ -52,9 +53,8 @@ class DragMode(EditMode):
                                             f"{canvas.size[1]}; use patch_radius <= {(min(grid) - 1) // 2} or a "
                                             "larger resolution")
         notes: list[str] = []
-        options = profile_options(spec.profile, DRAG_IMPROVEMENTS)
-        method = "area" if "area-masks" in options else "nearest"
-        convention = "centre" if "pixel-centre" in options else "corner"
+        opts = DRAG_PROFILES.resolve(spec.profile)
+        method, convention = opts.mask_resampling, opts.point_convention
         if spec.mask is None and ctx.suggest_mask is not None:
             mask_px = np.zeros((canvas.image_size[1], canvas.image_size[0]), dtype=bool)
             for p in spec.points:
@@ -119,8 +119,7 @@ class DragMode(EditMode):
             init=init,
             kv=KVPlan(KVInjection("concat"), kv_start, n),
             notes=notes,
-            step0_reference="inversion" if "unpasted-step0" in options else "init",
-            **ctx.fidelity(spec.profile, options),  # type: ignore[arg-type]
+            **ctx.fidelity(DRAG_PROFILES, spec.profile, opts),  # type: ignore[arg-type]
             **ctx.diffeditor(spec.sampler, guided, edit_latent),  # type: ignore[arg-type]
         )
 

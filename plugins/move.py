@@ -28,6 +28,7 @@ original.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -35,13 +36,14 @@ from pydantic import Field, field_validator
 
 from dragsdk.attention import KVInjection
 from dragsdk.energy import correspondence_energy, local_similarity, pooled_similarity, region_similarity
+from dragsdk.fidelity import ProfileTable, option
 from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.objects import official_placement_map, placement_map
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste
 from dragsdk.spec import (
-    DIFFEDITOR_IMPROVEMENTS,
     Coordinate,
+    DiffEditorOptions,
     EditSpec,
     Point,
     SpecModel,
@@ -49,20 +51,25 @@ from dragsdk.spec import (
     displacement_field,
     energy_scale_field,
     guidance_step_field,
-    profile_field,
-    profile_options,
-    profile_type,
     weight_field,
 )
 
-MOVE_IMPROVEMENTS = {
-    **DIFFEDITOR_IMPROVEMENTS,
-    "bounded-similarity": "S = (cos+1)/2 in every term and every term averaged over layers (bounded energy, "
-    "about 3.7x weaker guidance at the official c and λ)",
-    "centroid-placement": "scale about the object's centroid, shift not multiplied by the scale, no wrap-around "
-    "(official: image centre, shift × scale, wraps)",
-}
-"""Improvements of move and resize over the official ``guidance_move`` (``docs/modes/dragondiffusion.md``)."""
+
+@dataclass(frozen=True)
+class MoveOptions(DiffEditorOptions):
+    """The fidelity options of move and resize (``docs/modes/dragondiffusion.md``; official ``guidance_move``)."""
+
+    similarity: Literal["cosine", "bounded"] = option(
+        "cosine", "bounded", "S = (cos+1)/2 in every term and every term averaged over layers (bounded energy, "
+        "about 3.7x weaker guidance at the official c and λ)", improvement="bounded-similarity")
+    placement: Literal["image-centre", "centroid"] = option(
+        "image-centre", "centroid", "scale about the object's centroid, shift not multiplied by the scale, no "
+        "wrap-around (official: image centre, shift × scale, wraps)", improvement="centroid-placement")
+
+
+MOVE_PROFILES = ProfileTable(MoveOptions)
+"""The profile table of move and resize."""
+MOVE_IMPROVEMENTS = MOVE_PROFILES.improvements
 
 
 class MoveWeights(SpecModel):
@@ -88,7 +95,7 @@ class MoveSpec(EditSpec):
     weights: MoveWeights = Field(default_factory=MoveWeights)
     energy_scale: float = energy_scale_field(0.5)
     guidance_step: float = guidance_step_field(0.08, "c (0.08 for move)")
-    profile: profile_type(MOVE_IMPROVEMENTS) = profile_field(MOVE_IMPROVEMENTS)  # type: ignore[valid-type]
+    profile: MOVE_PROFILES.spec_type() = MOVE_PROFILES.spec_field()  # type: ignore[valid-type]
 
     _mask_ref = field_validator("mask", "fill_region", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
@@ -101,11 +108,11 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
 
         raise SpecError("handle", f"{spec.handle} is outside the {canvas.image_size[0]}×{canvas.image_size[1]} image")
     obj = ctx.object_mask(spec.mask, spec.handle, "mask", notes)
-    options = profile_options(spec.profile, MOVE_IMPROVEMENTS)
-    method = "area" if "area-masks" in options else "nearest"
-    bounded = "bounded-similarity" in options
+    opts = MOVE_PROFILES.resolve(spec.profile)
+    method = opts.mask_resampling
+    bounded = opts.similarity == "bounded"
     shift = (spec.dx, spec.dy)
-    if "centroid-placement" in options:
+    if opts.placement == "centroid":
         fmap = placement_map(canvas, obj, spec.scale, shift, "feature")
         lmap = placement_map(canvas, obj, spec.scale, shift, "latent")
     else:
@@ -163,7 +170,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
         init=[LatentPaste(lmap.target_rows, lmap.target_cols, lmap.source_rows, lmap.source_cols)],
         kv=KVPlan(KVInjection("replace"), int(round(spec.sampler.kv_start * n)), n),
         notes=notes,
-        **ctx.fidelity(spec.profile, options),  # type: ignore[arg-type]
+        **ctx.fidelity(MOVE_PROFILES, spec.profile, opts),  # type: ignore[arg-type]
         **ctx.diffeditor(spec.sampler, guided, sde_mask),  # type: ignore[arg-type]
     )
 
@@ -171,6 +178,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
 class MoveMode(EditMode):
     name = "move"
     spec_model = MoveSpec
+    profiles = MOVE_PROFILES
     description = "move an object by (dx, dy) pixels, filling the place it leaves (DragonDiffusion object moving)"
 
     def plan(self, spec: MoveSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]

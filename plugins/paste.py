@@ -25,6 +25,7 @@ are composited per token (base outside ``P``, reference inside its reference-fra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -33,32 +34,38 @@ from pydantic import Field, field_validator
 
 from dragsdk.attention import KVInjection, token_mask
 from dragsdk.energy import correspondence_energy, local_similarity, region_similarity
+from dragsdk.fidelity import ProfileTable, option
 from dragsdk.geometry import Canvas, Grid
 from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.objects import official_scale_about_centre, place_image, shift_cells
 from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste, Reference
 from dragsdk.spec import (
-    REFERENCE_IMPROVEMENTS,
     Coordinate,
     EditSpec,
+    ReferenceOptions,
     SpecModel,
     _as_mask_ref,
     displacement_field,
     energy_scale_field,
     guidance_step_field,
-    profile_field,
-    profile_options,
-    profile_type,
     weight_field,
 )
 
-PASTE_IMPROVEMENTS = {
-    **REFERENCE_IMPROVEMENTS,
-    "centroid-placement": "the object placed in pixels about its own centroid (as the preview draws it) and the "
-    "placed reference inverted, instead of the official scaling about the image centre and shifted inverted latent",
-}
-"""Improvements of paste (``docs/modes/dragondiffusion.md``)."""
+
+@dataclass(frozen=True)
+class PasteOptions(ReferenceOptions):
+    """The fidelity options of paste (``docs/modes/dragondiffusion.md``)."""
+
+    placement: Literal["image-centre", "centroid"] = option(
+        "image-centre", "centroid", "the object placed in pixels about its own centroid (as the preview draws it) "
+        "and the placed reference inverted, instead of the official scaling about the image centre and shifted "
+        "inverted latent", improvement="centroid-placement")
+
+
+PASTE_PROFILES = ProfileTable(PasteOptions)
+"""The profile table of paste."""
+PASTE_IMPROVEMENTS = PASTE_PROFILES.improvements
 
 
 class PasteWeights(SpecModel):
@@ -81,7 +88,7 @@ class PasteSpec(EditSpec):
     energy_scale: float = energy_scale_field(1.5)
     guidance_step: float = guidance_step_field(0.04, "c")
     kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
-    profile: profile_type(PASTE_IMPROVEMENTS) = profile_field(PASTE_IMPROVEMENTS)  # type: ignore[valid-type]
+    profile: PASTE_PROFILES.spec_type() = PASTE_PROFILES.spec_field()  # type: ignore[valid-type]
 
     _mask_ref = field_validator("reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
@@ -89,17 +96,18 @@ class PasteSpec(EditSpec):
 class PasteMode(EditMode):
     name = "paste"
     spec_model = PasteSpec
+    profiles = PASTE_PROFILES
     description = "paste an object from a reference image onto the base image (DiffEditor object pasting)"
     unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
     def plan(self, spec: PasteSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         canvas = ctx.canvas
-        options = profile_options(spec.profile, PASTE_IMPROVEMENTS)
-        method = "area" if "area-masks" in options else "nearest"
+        opts = PASTE_PROFILES.resolve(spec.profile)
+        method = opts.mask_resampling
         ref_img = ctx.load_reference(spec.reference, "reference")
         ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask",
                                       ctx.reference_size(spec.reference, "reference"))
-        if "centroid-placement" in options:
+        if opts.placement == "centroid":
             ref_used, placed = place_image(ref_img, ref_mask, spec.scale, (spec.dx, spec.dy))
             p_g = canvas.mask_to_grid(placed, "feature", method=method)
             p_l = canvas.mask_to_grid(placed, "latent", method=method)
@@ -144,7 +152,7 @@ class PasteMode(EditMode):
             init=[init],
             kv=KVPlan(kv, 0, int(round(spec.kv_end * n))),
             references=[Reference(ref_used, spec.reference_prompt)],
-            **ctx.fidelity(spec.profile, options, image_prompt_source="reference"),  # type: ignore[arg-type]
+            **ctx.fidelity(PASTE_PROFILES, spec.profile, opts, image_prompt_source="reference"),  # type: ignore[arg-type]
             **ctx.diffeditor(spec.sampler, guided, p_l),  # type: ignore[arg-type]
         )
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +41,7 @@ from pydantic import Field, field_validator, model_validator
 from dragsdk.attention import KVInjection
 from dragsdk.cycle_sde import RegionDragGrid
 from dragsdk.errors import SpecError
+from dragsdk.fidelity import ProfileTable, option
 from dragsdk.hookspecs import hookimpl
 from dragsdk.image_prompt import ImagePromptPlan
 from dragsdk.io import mask_to_data_url, restricted_load
@@ -62,6 +64,8 @@ from dragsdk.spec import (
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
     "PROFILES",
+    "REGION_DRAG_PROFILES",
+    "RegionDragOptions",
     "PolygonPair",
     "RegionDragMode",
     "RegionDragSampler",
@@ -131,21 +135,38 @@ _KINDS = ("regions", "polygons", "region + points", "dense_points")
 
 Profile = Literal["official", "dragsdk"]
 
-PROFILES: dict[str, dict[str, str]] = {
-    "official": {
-        "time_grid": "official", "copy_window": "official", "mask_resampling": "nearest", "outside_reset": "before",
-        "composite_mask": "pixel", "default_mask": "whole", "map_rules": "official", "vae_latent": "sample",
-        "to_uint8": "truncate",
-    },
-    "dragsdk": {
-        "time_grid": "ddim", "copy_window": "timestep", "mask_resampling": "area", "outside_reset": "after",
-        "composite_mask": "latent", "default_mask": "regions", "map_rules": "dragsdk", "vae_latent": "mean",
-        "to_uint8": "round",
-    },
-}
-"""The option values of each ``profile``; a field given explicitly overrides its profile's value.
-``official`` reproduces the official RegionDrag code ("Encode then CP", Visual-AI/RegionDrag @5cf4922) step by
-step, with its bugs fixed (docs/modes/region-drag.md); ``dragsdk`` is dragsdk's earlier behaviour."""
+@dataclass(frozen=True)
+class RegionDragOptions:
+    """The fidelity options of region drag: ``official`` reproduces the official RegionDrag code ("Encode then CP",
+    Visual-AI/RegionDrag @5cf4922) step by step, with its bugs fixed (docs/modes/region-drag.md); ``dragsdk`` is
+    dragsdk's own choices. A spec field of the same name, when given, overrides its profile's value."""
+
+    time_grid: Literal["official", "recorded", "ddim"] = option(
+        "official", "ddim", "the model's DDIM grid (451 … 1) instead of DPMSolver's grid with the official "
+        "off-by-one denoising start")
+    copy_window: Literal["official", "timestep"] = option(
+        "official", "timestep", "latent copy while t ≥ end_t·1000 instead of a step count compared with timesteps")
+    mask_resampling: Literal["nearest", "area"] = option(
+        "nearest", "area", "mask → latent grid by ≥ 50 % coverage, extended by the handle and target cells")
+    outside_reset: Literal["before", "after"] = option(
+        "before", "after", "outside the mask the latent is reset after each step (the last time to z0)")
+    composite_mask: Literal["pixel", "latent"] = option(
+        "pixel", "latent", "the final composite uses the latent mask upsampled")
+    default_mask: Literal["whole", "regions"] = option(
+        "whole", "regions", "without `mask`, the regions grown by mask_margin are editable, not the whole image")
+    map_rules: Literal["official", "dragsdk"] = option(
+        "official", "dragsdk", "inputs → latent map by cell centres, rounding and 1/d² weights")
+    vae_latent: Literal["sample", "mean"] = option(
+        "sample", "mean", "z0 is the VAE posterior mean, not a seeded posterior sample")
+    to_uint8: Literal["truncate", "round"] = option(
+        "truncate", "round", "the decoded image is rounded to 8 bits, not truncated")
+
+
+REGION_DRAG_PROFILES = ProfileTable(RegionDragOptions)
+"""The profile table of region drag."""
+
+PROFILES: dict[str, dict[str, str]] = {p: REGION_DRAG_PROFILES.values(p) for p in ("official", "dragsdk")}
+"""The option values of each ``profile`` (derived from :class:`RegionDragOptions`)."""
 
 
 def _refuse_outside(canvas: Any, vertices: Sequence[Sequence[float]], field: str) -> None:
@@ -210,7 +231,7 @@ class RegionDragSpec(EditSpec):
         1.0, ge=0.0, le=1.0, description="α: handle cells become √(1−α²)·z + α·ε (1.0 evaluation, 0.6 interactive)"
     )
     composite: bool = Field(True, description="paste the original pixels back outside the mask after decoding")
-    profile: Profile = Field(
+    profile: Profile = Field(  # REGION_DRAG_PROFILES.spec_type(); the per-option fields below override it
         "official",
         description="official: reproduce the official RegionDrag code step by step (its bugs fixed); dragsdk: "
         "dragsdk's own choices. Each option below, when given, overrides the profile's value",
@@ -255,14 +276,9 @@ class RegionDragSpec(EditSpec):
     )
     sampler: RegionDragSampler = Field(default_factory=RegionDragSampler)
 
-    def options(self) -> dict[str, str]:
-        """The effective option values: the ``profile``'s (:data:`PROFILES`), overridden by the fields given."""
-        out = dict(PROFILES[self.profile])
-        for k in out:
-            v = getattr(self, k)
-            if v is not None:
-                out[k] = v
-        return out
+    def options(self) -> RegionDragOptions:
+        """The effective options: the ``profile``'s (:class:`RegionDragOptions`), overridden by the fields given."""
+        return REGION_DRAG_PROFILES.resolve(self.profile, {k: getattr(self, k) for k in REGION_DRAG_PROFILES.names})
 
     _mask_refs = field_validator("region", "mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
@@ -406,6 +422,7 @@ def _dilate(m: torch.Tensor, r: int) -> torch.Tensor:
 class RegionDragMode(EditMode):
     name = "region-drag"
     spec_model = RegionDragSpec
+    profiles = REGION_DRAG_PROFILES
     description = "region drag: move regions, polygons or dense point sets (RegionDrag, gradient-free)"
     unsupported_settings = frozenset({"schedule", "sde", "time_travel"})
 
@@ -418,7 +435,7 @@ class RegionDragMode(EditMode):
                 degenerate or self-intersecting polygon, a point off the image, a map with no target cell.
         """
         canvas = ctx.canvas
-        rules = rules or spec.options()["map_rules"]
+        rules = rules or spec.options().map_rules
         maps: list[SourceMap] = []
         if spec.regions is not None:
             kind = "regions"
@@ -470,9 +487,9 @@ class RegionDragMode(EditMode):
     def plan(self, spec: RegionDragSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         canvas = ctx.canvas
         opt = spec.options()
-        smap, kind = self.source_map(spec, ctx, opt["map_rules"])
+        smap, kind = self.source_map(spec, ctx, opt.map_rules)
         n = ctx.steps
-        grid = opt["time_grid"]
+        grid = opt.time_grid
         if grid != "ddim" and n < MIN_CYCLE_SDE_STEPS:
             raise SpecError("sampler.steps", f"RegionDrag's {grid} time grid needs at least {MIN_CYCLE_SDE_STEPS} "
                                              f"steps, got {n}: at 2 its one inversion step goes past the last "
@@ -482,7 +499,7 @@ class RegionDragMode(EditMode):
         else:  # official drag.py:126 int(start_t·steps); all n steps would run the UNet past t = 999
             n_inv = min(n - 1, max(1, int(spec.start_t * n)))
         start = n - n_inv
-        if opt["copy_window"] == "official":  # drag.py:137,144: a step count compared with raw timesteps
+        if opt.copy_window == "official":  # drag.py:137,144: a step count compared with raw timesteps
             min_t = int(spec.end_t * n)
             window = f"latent copy while t ≥ int(end_t·steps) = {min_t} (official: a step count against timesteps)"
         else:
@@ -490,14 +507,14 @@ class RegionDragMode(EditMode):
             window = f"latent copy while t ≥ end_t·1000 = {min_t}"
         moved = smap.target_mask() | smap.source_mask()
         notes = [
-            f"profile {spec.profile}: " + ", ".join(f"{k}={v}" for k, v in opt.items()),
+            f"profile {spec.profile}: " + ", ".join(f"{k}={v}" for k, v in asdict(opt).items()),
             f"region map from {kind}: {len(smap)} target latent cells from {int(smap.source_mask().sum())} source cells",
             f"Cycle-SDE over steps {start}..{n - 1} of {n} ({grid} time grid); {window}",
         ]
         composite_mask = None
         if spec.mask is not None:
             pixel = ctx.mask(spec.mask, "mask")
-            if opt["mask_resampling"] == "nearest":  # drag.py:217-218, F.interpolate's default mode
+            if opt.mask_resampling == "nearest":  # drag.py:217-218, F.interpolate's default mode
                 gw, gh = canvas.latent_size
                 m = torch.as_tensor(pixel, dtype=torch.float32)[None, None]
                 edit = F.interpolate(m, size=(gh, gw), mode="nearest")[0, 0] > 0.5
@@ -511,9 +528,9 @@ class RegionDragMode(EditMode):
                 if bool(outside.any()):
                     notes.append(f"{int(outside.sum())} handle/target latent cells outside the mask were made editable")
                 edit = user | moved
-            if opt["composite_mask"] == "pixel":
+            if opt.composite_mask == "pixel":
                 composite_mask = np.asarray(pixel, dtype=bool)
-        elif opt["default_mask"] == "whole":  # the official UI passes mask = ones (ui_utils.py:109)
+        elif opt.default_mask == "whole":  # the official UI passes mask = ones (ui_utils.py:109)
             edit = torch.ones(canvas.latent_size[1], canvas.latent_size[0], dtype=torch.bool)
             notes.append("no mask given: the whole image is editable (no outside reset, no composite)")
         else:
@@ -542,16 +559,12 @@ class RegionDragMode(EditMode):
             handle_noise=handle_noise,
             kv=kv,
             kv_layers="all",
-            outside_reset=opt["outside_reset"],  # type: ignore[arg-type]
             schedule=schedule,
             schedule_key=schedule_key,
             composite_mask=composite_mask,
-            vae_latent=opt["vae_latent"],  # type: ignore[arg-type]
-            to_uint8=opt["to_uint8"],  # type: ignore[arg-type]
+            fidelity=REGION_DRAG_PROFILES.fidelity(spec.profile, opt),
             image_prompt=ImagePromptPlan(scale=0.5, inversion=True),  # official IP-Adapter-Plus at every UNet call
         )
-        plan.profile = spec.profile
-        plan.profile_options = tuple(f"{k}={v}" for k, v in opt.items())
         return plan
 
     # -- CLI helpers ------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pydantic import Field
 from dragsdk.hookspecs import hookimpl
 from dragsdk.modes import EditMode, PlanContext
 from dragsdk.plan import EditPlan
-from dragsdk.plugins.move import MoveSpec, plan_move
+from dragsdk.plugins.move import MOVE_PROFILES, MoveSpec, plan_move
 
 
 class ResizeSpec(MoveSpec):
@@ -29,6 +29,7 @@ class ResizeSpec(MoveSpec):
 class ResizeMode(EditMode):
     name = "resize"
     spec_model = ResizeSpec
+    profiles = MOVE_PROFILES
     description = "resize an object, optionally moving it (DragonDiffusion object resizing)"
 
     def plan(self, spec: ResizeSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]

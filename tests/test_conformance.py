@@ -31,7 +31,8 @@ STEPS = {"region-drag": 4}
 def test_each_builtin_mode_passes_the_conformance_check(tiny_model, mode):
     steps = STEPS.get(mode, 2)
     out = check_mode(Editor(tiny_model), IMAGE, builtin_specs(TWO_STEPS)[mode], steps=steps)
-    assert out.checked == ["schema", "json round-trip", "plan shapes", "edit", "dry-run cost", "cancellation"]
+    assert out.checked == ["schema", "json round-trip", "plan shapes", "edit", "dry-run cost", "profiles",
+                           "cancellation"]
     assert out.result.report.mode == mode and out.result.report.steps == steps
 
 

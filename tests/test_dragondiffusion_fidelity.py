@@ -106,9 +106,15 @@ def test_drag_step0_reference_is_the_pasted_start_latent(tiny_model, car):
     first = official.report.energies[0]
     # content S = 1 exactly: w_content / (1 + 4) — the official estimator reads the pasted z_T as its reference
     assert first.step == 0 and first.terms["content"] == pytest.approx(6.0 / 5.0, abs=1e-5)
-    assert official.report.profile == "official" and official.report.profile_options == []
-    unpasted = editor.edit(image, _drag(spec, profile=["unpasted-step0"])).report.energies[0]
+    assert official.report.profile == "official"
+    assert "step0_reference=init" in official.report.profile_options
+    unpasted_run = editor.edit(image, _drag(spec, profile=["unpasted-step0"]))
+    unpasted = unpasted_run.report.energies[0]
     assert unpasted.terms["content"] > 6.0 / 5.0 + 1e-4
+    # one report format: the label and every option as name=value, only the listed improvement changed
+    assert unpasted_run.report.profile == "official+unpasted-step0"
+    changed = set(unpasted_run.report.profile_options) ^ set(official.report.profile_options)
+    assert changed == {"step0_reference=init", "step0_reference=inversion"}
     # step 0 needs no reference forward: one per other guided step
     n_guided = len(DragSpec.model_validate(_drag(spec)).sampler.schedule.steps(TINY["steps"]))
     assert official.report.unet_evaluations["reference"] == n_guided - 1

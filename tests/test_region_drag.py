@@ -296,8 +296,9 @@ def test_plan_defaults_and_mask():
     assert plan.sampling == "cycle-sde" and plan.start_step == 10 and plan.kv_layers == "all"
     assert plan.kv is not None and plan.kv.injection.mode == "replace" and plan.kv.steps() == list(range(10, 20))
     assert plan.follow_outside and plan.composite and not plan.needs_gradients
-    assert plan.outside_reset == "before" and plan.vae_latent == "sample" and plan.to_uint8 == "truncate"
-    assert plan.profile == "official" and any(n.startswith("profile official:") for n in plan.notes)
+    f = plan.fidelity
+    assert f.outside_reset == "before" and f.vae_latent == "sample" and f.to_uint8 == "truncate"
+    assert plan.fidelity.profile == "official" and any(n.startswith("profile official:") for n in plan.notes)
     # official, no mask: the whole image is editable (the official UI's mask = ones).
     assert bool(plan.edit_mask.all()) and plan.composite_mask is None
     # official, a given mask: nearest resampling (F.interpolate picks each cell's top-left pixel), not extended.
@@ -309,7 +310,8 @@ def test_plan_defaults_and_mask():
     assert any("undoes their copy" in n for n in plan.notes)
     # dragsdk: default mask = handle ∪ target grown by one latent cell (8 px) ...
     plan = _plan(spec.model_copy(update={"profile": "dragsdk"}))
-    assert plan.outside_reset == "after" and plan.vae_latent == "mean" and plan.to_uint8 == "round"
+    f = plan.fidelity
+    assert f.outside_reset == "after" and f.vae_latent == "mean" and f.to_uint8 == "round"
     assert int(plan.edit_mask.sum()) == 2 * 36 and bool(plan.edit_mask[1, 3]) and not bool(plan.edit_mask[0, 3])
     # ... and a given mask resampled by area (≥ 0.5) and extended by the handle and target cells.
     plan = _plan(spec.model_copy(update={"profile": "dragsdk", "mask": mask_to_data_url(small)}))
@@ -317,7 +319,8 @@ def test_plan_defaults_and_mask():
     assert any("made editable" in n for n in plan.notes) and plan.composite_mask is None
     # A single option overrides its profile's value.
     plan = _plan(spec.model_copy(update={"mask_resampling": "area", "mask": mask_to_data_url(small)}))
-    assert bool(plan.edit_mask[10, 30]) and "mask_resampling=area" in plan.profile_options and plan.to_uint8 == "truncate"
+    assert bool(plan.edit_mask[10, 30]) and "mask_resampling=area" in plan.fidelity.options
+    assert plan.fidelity.to_uint8 == "truncate"
 
 
 def test_from_points_and_sample_conversion(tmp_path):

@@ -370,10 +370,13 @@ def shift_to(click: Point, mask: np.ndarray, scale: float = 1.0, placement: str 
 
 
 def _placement(mode: str, profile: str | list[str] | None) -> str:
-    """The :func:`shift_to` rule of a mode's profile (``centroid-placement`` is in ``dragsdk`` and may be listed)."""
-    from dragsdk.spec import OFFICIAL, profile_options
+    """The :func:`shift_to` rule of a mode's profile: its resolved ``placement`` option (``centroid`` under the
+    ``centroid-placement`` improvement, in ``dragsdk`` and listable), else the official rule of the mode."""
+    from dragsdk.fidelity import OFFICIAL
+    from dragsdk.registry import get_registry
 
-    if "centroid-placement" in profile_options(profile or OFFICIAL, ("centroid-placement",)):
+    table = getattr(get_registry().modes.get(mode), "profiles", None)
+    if table is not None and getattr(table.resolve(profile or OFFICIAL), "placement", None) == "centroid":
         return "centroid"
     return "official-paste" if mode == "paste" else "official-move"
 
