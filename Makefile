@@ -73,6 +73,7 @@ docs: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) $(LATEST) $(OLDEST) .venv-lock out .pytest_cache site

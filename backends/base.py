@@ -54,11 +54,14 @@ def join_sources(
     v = torch.cat([s.v.expand(b, -1, -1, -1) for s in sources], dim=2)
     if all(s.key_mask is None for s in sources):
         return k, v, None
-    mask = torch.cat([
-        s.key_mask.to(q.device) if s.key_mask is not None
-        else torch.ones(s.k.shape[2], dtype=torch.bool, device=q.device)
-        for s in sources
-    ])
+    mask = torch.cat(
+        [
+            s.key_mask.to(q.device)
+            if s.key_mask is not None
+            else torch.ones(s.k.shape[2], dtype=torch.bool, device=q.device)
+            for s in sources
+        ]
+    )
     return k, v, mask[None, None, None, :]
 
 
@@ -97,10 +100,19 @@ class Capabilities:
             raise ValueError(f"Capabilities.precision must be one of {PRECISIONS}, got {self.precision!r}")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
-            raise ValueError(f"Capabilities.families must be a non-empty subset of {FAMILIES}, got {self.families!r}")
+            raise ValueError(
+                f"Capabilities.families must be a non-empty subset of {FAMILIES}, got {self.families!r}"
+            )
 
-    def covers(self, device: str, dtype: str, gradients: bool, kv_modes: Sequence[str],
-               family: str | None = None, image_prompt: bool = False) -> tuple[bool, str]:
+    def covers(
+        self,
+        device: str,
+        dtype: str,
+        gradients: bool,
+        kv_modes: Sequence[str],
+        family: str | None = None,
+        image_prompt: bool = False,
+    ) -> tuple[bool, str]:
         """Whether an edit's needs are covered (``family``: the model's, None: not checked; ``image_prompt``: the
         edit uses an IP-Adapter image prompt); when not, the first unmet need in words."""
         if family is not None and family not in self.families:
@@ -137,7 +149,9 @@ class Backend(ABC):
         return True, ""
 
     @abstractmethod
-    def attention(self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None) -> torch.Tensor:
+    def attention(
+        self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None
+    ) -> torch.Tensor:
         """Cross-branch attention.
 
         Args:

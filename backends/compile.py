@@ -33,9 +33,13 @@ class CompileBackend(Backend):
     name = "compile"
     description = "torch.compile of the UNet's transformer and ResNet blocks (regional), SDPA attention"
     priority = 10
-    capabilities = Capabilities(devices=("cpu", "cuda"), dtypes=("float32", "float16", "bfloat16"), gradients=True)
+    capabilities = Capabilities(
+        devices=("cpu", "cuda"), dtypes=("float32", "float16", "bfloat16"), gradients=True
+    )
 
-    def __init__(self, dynamo_backend: str = "inductor", mode: str | None = None, dynamic: bool | None = True) -> None:
+    def __init__(
+        self, dynamo_backend: str = "inductor", mode: str | None = None, dynamic: bool | None = True
+    ) -> None:
         self.dynamo_backend = dynamo_backend
         self.mode = mode
         self.dynamic = dynamic
@@ -44,13 +48,17 @@ class CompileBackend(Backend):
     def availability(self) -> tuple[bool, str]:
         if not hasattr(torch, "compile"):
             return False, "torch.compile is not available in this torch"
-        if self.dynamo_backend == "inductor" and not torch.cuda.is_available() and not (
-            shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        if (
+            self.dynamo_backend == "inductor"
+            and not torch.cuda.is_available()
+            and not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"))
         ):
             return False, "inductor on the CPU needs a C/C++ compiler (cc, gcc or clang) and none is on PATH"
         return True, ""
 
-    def attention(self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None) -> torch.Tensor:
+    def attention(
+        self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None
+    ) -> torch.Tensor:
         return sdpa_over_sources(q, sources, scale)
 
     def prepare_unet(self, unet: Any) -> Any:

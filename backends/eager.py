@@ -14,7 +14,9 @@ from dragsdk.kernels.reference import KVSource
 from .base import Backend, Capabilities, join_sources
 
 
-def sdpa_over_sources(q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None) -> torch.Tensor:
+def sdpa_over_sources(
+    q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None
+) -> torch.Tensor:
     """Attention over the union of ``sources`` with SDPA (materialises concatenations; masks hidden keys)."""
     k, v, mask = join_sources(q, sources)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -28,7 +30,9 @@ class EagerBackend(Backend):
         devices=("cpu", "cuda", "mps"), dtypes=("float32", "float16", "bfloat16"), gradients=True
     )
 
-    def attention(self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None) -> torch.Tensor:
+    def attention(
+        self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None
+    ) -> torch.Tensor:
         return sdpa_over_sources(q, sources, scale)
 
 

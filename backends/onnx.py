@@ -96,8 +96,6 @@ class _KVState:
         self.kv_out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-
-
 class _ExportProcessor(ProcessorBase):
     """A stateless twin of :class:`~dragsdk.attention.KVProcessor` for export: a bank layer returns its own K/V
     through the state and, where ``use_bank`` is true, attends to the K/V given as graph inputs (``replace``)."""
@@ -107,8 +105,16 @@ class _ExportProcessor(ProcessorBase):
         self.layer = layer
         self.bank = bank
 
-    def attend(self, attn: Any, k: torch.Tensor, v: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor,
-               vh: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(
+        self,
+        attn: Any,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        qh: torch.Tensor,
+        kh: torch.Tensor,
+        vh: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         st = self.state
         heads = attn.heads
         if self.bank:
@@ -166,7 +172,9 @@ class UNetKVGraph(torch.nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         st = self.state
         st.use_bank = use_bank
-        st.kv_in = {name: (kv_in[2 * i], kv_in[2 * i + 1]) for i, name in enumerate(self.layers)} if kv_in else {}
+        st.kv_in = (
+            {name: (kv_in[2 * i], kv_in[2 * i + 1]) for i, name in enumerate(self.layers)} if kv_in else {}
+        )
         st.kv_out = {}
         eps = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
         outs: list[torch.Tensor] = [eps]
@@ -274,8 +282,13 @@ def export_graph(
     try:
         with torch.no_grad(), _quiet_exporter():
             prog = torch.onnx.export(
-                module, args, dynamo=True, input_names=input_names, output_names=output_names,
-                optimize=False, verbose=False,
+                module,
+                args,
+                dynamo=True,
+                input_names=input_names,
+                output_names=output_names,
+                optimize=False,
+                verbose=False,
             )
             prog.save(str(path), external_data=True)
     except Exception as e:  # the dynamo exporter raises many error types (export, translation, onnxscript)
@@ -284,11 +297,20 @@ def export_graph(
             p.unlink()
         try:
             with torch.no_grad(), _quiet_exporter():
-                torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names,
-                                  output_names=output_names, opset_version=17)
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    input_names=input_names,
+                    output_names=output_names,
+                    opset_version=17,
+                )
         except Exception as e2:
-            raise RuntimeError(f"ONNX export failed: dynamo exporter: {reason}; TorchScript exporter: "
-                               f"{type(e2).__name__}: {e2}") from e2
+            raise RuntimeError(
+                f"ONNX export failed: dynamo exporter: {reason}; TorchScript exporter: "
+                f"{type(e2).__name__}: {e2}"
+            ) from e2
         info = {"exporter": "torchscript", "fallback_reason": reason}
     info["seconds"] = round(time.perf_counter() - t0, 3)
     return info
@@ -388,7 +410,9 @@ class OrtUNet:
         self.unet = model.unet
         self.controller = controller
         bank = set(controller.bank_layers) if controller is not None else set()
-        self.layers = [k[: -len(".processor")] for k in self.unet.attn_processors if k[: -len(".processor")] in bank]
+        self.layers = [
+            k[: -len(".processor")] for k in self.unet.attn_processors if k[: -len(".processor")] in bank
+        ]
         self._graphs: dict[tuple[int, int, int], tuple[Any, dict[str, Any], list[Any]]] = {}
 
     # diffusers-like attributes some callers read
@@ -410,7 +434,9 @@ class OrtUNet:
             import numpy as np
 
             if self.model.dtype not in _NP_DTYPES:
-                raise BackendUnavailableError(f"the onnx backend runs float32 / float16, not {self.model.dtype}")
+                raise BackendUnavailableError(
+                    f"the onnx backend runs float32 / float16, not {self.model.dtype}"
+                )
             path, meta = self.backend.unet_graph(self.model, self.layers, shape)
             zeros = [np.zeros(s, dtype=_NP_DTYPES[self.model.dtype]) for s in meta["kv_in_shapes"]]
             self._graphs[shape] = (self.backend.session(path, self.model.device), meta, zeros)
@@ -432,7 +458,9 @@ class OrtUNet:
         if extra:
             raise BackendUnavailableError(f"the onnx backend's UNet takes no {sorted(extra)}")
         if torch.is_grad_enabled() and (sample.requires_grad or encoder_hidden_states.requires_grad):
-            raise BackendUnavailableError("the onnx backend has no gradients (ONNX Runtime inference sessions)")
+            raise BackendUnavailableError(
+                "the onnx backend has no gradients (ONNX Runtime inference sessions)"
+            )
         ctl = self.controller
         b = sample.shape[0]
         session, meta, zeros = self._graph((int(b), int(sample.shape[-2]), int(sample.shape[-1])))
@@ -441,8 +469,11 @@ class OrtUNet:
         if cond.shape[0] == 1 and b > 1:
             cond = cond.expand(b, -1, -1)
         t = torch.as_tensor(timestep).reshape(-1)[:1].to("cpu", torch.int64).numpy()
-        feeds: dict[str, Any] = {"sample": _to_numpy(sample, dtype), "timestep": t,
-                                 "encoder_hidden_states": _to_numpy(cond, dtype)}
+        feeds: dict[str, Any] = {
+            "sample": _to_numpy(sample, dtype),
+            "timestep": t,
+            "encoder_hidden_states": _to_numpy(cond, dtype),
+        }
         mode = "plain"
         if ctl is not None and self.layers:
             if ctl.mode == "record" and (ctl.record_steps is None or ctl.step in ctl.record_steps):
@@ -537,11 +568,15 @@ class OnnxBackend(Backend):
             except Exception:
                 missing.append(mod)
         if missing:
-            return False, (f"{' and '.join(missing)} not installed (the torch ONNX exporter needs them; "
-                           "pip install 'dragsdk[onnx]')")
+            return False, (
+                f"{' and '.join(missing)} not installed (the torch ONNX exporter needs them; "
+                "pip install 'dragsdk[onnx]')"
+            )
         return True, ""
 
-    def attention(self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None) -> torch.Tensor:
+    def attention(
+        self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None
+    ) -> torch.Tensor:
         # Used only where the torch UNet still runs with the installed processors (e.g. mask suggestion).
         return sdpa_over_sources(q, sources, scale)
 
@@ -560,7 +595,10 @@ class OnnxBackend(Backend):
                 so.log_severity_level = 3
                 providers = ["CPUExecutionProvider"]
                 if device.type == "cuda" and "CUDAExecutionProvider" in self._providers():
-                    providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+                    providers = [
+                        ("CUDAExecutionProvider", {"device_id": device.index or 0}),
+                        "CPUExecutionProvider",
+                    ]
                 self._sessions[key] = ort.InferenceSession(str(path), so, providers=providers)
                 self.loads.append(str(path))
             return self._sessions[key]
@@ -583,8 +621,14 @@ class OnnxBackend(Backend):
         # stale one (dragsdk.cache.WeightsFingerprint reads each weight once, as its norm).
         weights = fingerprint({"module": module})
         return {
-            "graph": graph, "format": GRAPH_FORMAT, "model": model.name, **config, "weights": weights,
-            "dtype": str(model.dtype).removeprefix("torch."), **_versions(), **extra,
+            "graph": graph,
+            "format": GRAPH_FORMAT,
+            "model": model.name,
+            **config,
+            "weights": weights,
+            "dtype": str(model.dtype).removeprefix("torch."),
+            **_versions(),
+            **extra,
         }
 
     def _ensure_available(self) -> None:
@@ -594,11 +638,21 @@ class OnnxBackend(Backend):
 
     def _record(self, key: str, meta: dict[str, Any], exported: bool) -> None:
         if exported:
-            self.exports.append({"key": key, "graph": meta.get("graph"), "seconds": meta.get("seconds"),
-                                 "exporter": meta.get("exporter"), "fallback_reason": meta.get("fallback_reason")})
+            self.exports.append(
+                {
+                    "key": key,
+                    "graph": meta.get("graph"),
+                    "seconds": meta.get("seconds"),
+                    "exporter": meta.get("exporter"),
+                    "fallback_reason": meta.get("fallback_reason"),
+                }
+            )
             if meta.get("fallback_reason"):
-                warnings.warn(f"dragsdk onnx: the dynamo exporter failed for {key}, exported with the TorchScript "
-                              f"exporter instead: {meta['fallback_reason']}", stacklevel=3)
+                warnings.warn(
+                    f"dragsdk onnx: the dynamo exporter failed for {key}, exported with the TorchScript "
+                    f"exporter instead: {meta['fallback_reason']}",
+                    stacklevel=3,
+                )
 
     def unet_graph(
         self, model: Any, layers: Sequence[str], shape: tuple[int, int, int]
@@ -635,11 +689,21 @@ class OnnxBackend(Backend):
                 in_names = [f"{kind}_in_{i}" for i in range(len(layers)) for kind in ("k", "v")]
                 out_names = [f"{kind}_{i}" for i in range(len(layers)) for kind in ("k", "v")]
                 info = export_graph(
-                    wrapper, (z, t, c, use, kv_in), folder,
-                    ["sample", "timestep", "encoder_hidden_states", "use_bank", *in_names], ["eps", *out_names],
+                    wrapper,
+                    (z, t, c, use, kv_in),
+                    folder,
+                    ["sample", "timestep", "encoder_hidden_states", "use_bank", *in_names],
+                    ["eps", *out_names],
                 )
-            return {**parts, **info, "key": key, "layers": list(layers), "kv_in_names": in_names,
-                    "kv_out_names": out_names, "kv_in_shapes": [[1, *s] for s in kv_shapes]}
+            return {
+                **parts,
+                **info,
+                "key": key,
+                "layers": list(layers),
+                "kv_in_names": in_names,
+                "kv_out_names": out_names,
+                "kv_in_shapes": [[1, *s] for s in kv_shapes],
+            }
 
         path, meta, exported = self.cache.get_or_export(key, export)
         self._record(key, meta, exported)
@@ -688,8 +752,10 @@ class OnnxBackend(Backend):
         """
         self._ensure_available()
         if getattr(model, "family", "sd1") == "sdxl":
-            raise BackendUnavailableError("the onnx backend exports SD 1.x / 2.x UNets only; this model is SDXL "
-                                          "(text_time conditioning); use backend 'eager' or 'compile'")
+            raise BackendUnavailableError(
+                "the onnx backend exports SD 1.x / 2.x UNets only; this model is SDXL "
+                "(text_time conditioning); use backend 'eager' or 'compile'"
+            )
         return OrtUNet(self, model, controller)
 
     @torch.no_grad()
@@ -697,7 +763,9 @@ class OnnxBackend(Backend):
         """As :meth:`dragsdk.models.ModelBundle.encode_image`: ``(B, 3, H, W)`` in [-1, 1] → ``(B, 4, H/8, W/8)``
         in the model's dtype and device, through ONNX Runtime."""
         f = model.vae_scale_factor
-        path, _ = self.vae_graph(model, "vae_encode", (image.shape[0], image.shape[-2] // f, image.shape[-1] // f))
+        path, _ = self.vae_graph(
+            model, "vae_encode", (image.shape[0], image.shape[-2] // f, image.shape[-1] // f)
+        )
         sess = self.session(path, model.device)
         out = sess.run(["latent"], {"image": _to_numpy(image, model.vae.dtype)})[0]
         return torch.from_numpy(out).to(model.device, model.dtype)

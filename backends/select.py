@@ -115,8 +115,16 @@ def _order(backends: dict[str, Any]) -> list[str]:
     return sorted(backends, key=lambda n: (-int(getattr(backends[n], "priority", 0)), n))
 
 
-def _covering(backends: dict[str, Any], device: str, dtype: str, gradients: bool, kv_modes: Sequence[str],
-              allow_reduced: bool = False, family: str | None = None, image_prompt: bool = False):
+def _covering(
+    backends: dict[str, Any],
+    device: str,
+    dtype: str,
+    gradients: bool,
+    kv_modes: Sequence[str],
+    allow_reduced: bool = False,
+    family: str | None = None,
+    image_prompt: bool = False,
+):
     out, refusals = [], []
     for name in _order(backends):
         b = backends[name]
@@ -124,16 +132,27 @@ def _covering(backends: dict[str, Any], device: str, dtype: str, gradients: bool
         if ok:
             ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes, family, image_prompt)
         if ok and dtype == "float32" and b.capabilities.precision == "reduced" and not allow_reduced:
-            ok, why = False, "computes in reduced precision; a float32 edit uses it only when asked " \
-                             "(Editor(allow_reduced_precision=True) or the backend named)"
+            ok, why = (
+                False,
+                "computes in reduced precision; a float32 edit uses it only when asked "
+                "(Editor(allow_reduced_precision=True) or the backend named)",
+            )
         (out if ok else refusals).append(name if ok else f"{name} ({why})")
     return out, refusals
 
 
 def select_backend(
-    backends: dict[str, Any], request: str, device: str, dtype: str, gradients: bool, kv_modes: Sequence[str],
-    model: str = "", working_size: Sequence[int] | None = None, allow_reduced: bool = False,
-    family: str | None = None, image_prompt: bool = False,
+    backends: dict[str, Any],
+    request: str,
+    device: str,
+    dtype: str,
+    gradients: bool,
+    kv_modes: Sequence[str],
+    model: str = "",
+    working_size: Sequence[int] | None = None,
+    allow_reduced: bool = False,
+    family: str | None = None,
+    image_prompt: bool = False,
 ) -> tuple[Any, str]:
     """Return ``(backend, reason)``.
 
@@ -147,12 +166,16 @@ def select_backend(
         BackendUnavailableError: the requested backend is unknown, cannot run here or does not cover the edit;
             with ``auto``, when no backend does (each refusal is listed).
     """
-    needs = (f"family={family}, " if family is not None else "") + (
-        f"device={device}, dtype={dtype}, gradients={gradients}, kv_modes={list(kv_modes)}") + (
-        ", image_prompt=True" if image_prompt else "")
+    needs = (
+        (f"family={family}, " if family is not None else "")
+        + (f"device={device}, dtype={dtype}, gradients={gradients}, kv_modes={list(kv_modes)}")
+        + (", image_prompt=True" if image_prompt else "")
+    )
     if request != "auto":
         if request not in backends:
-            raise BackendUnavailableError(f"backend {request!r} is not registered; registered: {sorted(backends)}")
+            raise BackendUnavailableError(
+                f"backend {request!r} is not registered; registered: {sorted(backends)}"
+            )
         b = backends[request]
         ok, why = availability(b)
         if not ok:
@@ -161,8 +184,9 @@ def select_backend(
         if not ok:
             raise BackendUnavailableError(f"backend {request!r} does not cover this edit: {why}")
         return b, f"requested by name; covers {needs}"
-    candidates, refusals = _covering(backends, device, dtype, gradients, kv_modes, allow_reduced, family,
-                                     image_prompt)
+    candidates, refusals = _covering(
+        backends, device, dtype, gradients, kv_modes, allow_reduced, family, image_prompt
+    )
     if not candidates:
         raise BackendUnavailableError(f"no backend covers {needs}: " + "; ".join(refusals))
     skipped = f"; cannot: {'; '.join(refusals)}" if refusals else ""
@@ -171,11 +195,16 @@ def select_backend(
         entry = load_table().get(key)
         metric = "drag_step_s" if gradients else "region_step_s"
         if isinstance(entry, dict) and isinstance(entry.get("results"), dict):
-            timed = {n: r[metric] for n, r in entry["results"].items()
-                     if n in candidates and isinstance(r, dict) and isinstance(r.get(metric), (int, float))}
+            timed = {
+                n: r[metric]
+                for n, r in entry["results"].items()
+                if n in candidates and isinstance(r, dict) and isinstance(r.get(metric), (int, float))
+            }
             if timed:
                 best = min(timed, key=timed.__getitem__)
-                others = ", ".join(f"{n} {1000 * t:.1f} ms" for n, t in sorted(timed.items(), key=lambda x: x[1]))
+                others = ", ".join(
+                    f"{n} {1000 * t:.1f} ms" for n, t in sorted(timed.items(), key=lambda x: x[1])
+                )
                 return backends[best], (
                     f"auto: fastest measured (median {metric}: {others}) in the table entry {key!r} measured "
                     f"{entry.get('measured_at', '?')}; covers {needs}{skipped}"
@@ -187,8 +216,13 @@ def select_backend(
 
 
 def bench_backends(
-    model: Any, resolution: int = 512, steps: int = 4, names: Sequence[str] | None = None,
-    registry: Any = None, on_row: Callable[[dict[str, Any]], None] | None = None, store: bool = True,
+    model: Any,
+    resolution: int = 512,
+    steps: int = 4,
+    names: Sequence[str] | None = None,
+    registry: Any = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    store: bool = True,
     repeats: int = 3,
 ) -> dict[str, Any]:
     """Time every available backend (or only ``names``) at this model and resolution and store the table.
@@ -221,8 +255,11 @@ def bench_backends(
     from dragsdk.io import mask_to_data_url
 
     mask = mask_to_data_url(m)
-    region = {"mode": "region-drag", "regions": [{"handle": mask, "target": mask_to_data_url(np.roll(m, r // 8, 1))}],
-              "sampler": {"steps": max(steps, 4), "resolution": resolution}}
+    region = {
+        "mode": "region-drag",
+        "regions": [{"handle": mask, "target": mask_to_data_url(np.roll(m, r // 8, 1))}],
+        "sampler": {"steps": max(steps, 4), "resolution": resolution},
+    }
     dev, dtype = model.device.type, str(model.dtype).removeprefix("torch.")
     family = model_family(model)
     results: dict[str, Any] = {}
@@ -243,7 +280,9 @@ def bench_backends(
                     per_step = []
                     for _ in range(max(1, repeats)):
                         rep = editor.edit(image, spec).report
-                        n_steps = max(1, rep.unet_evaluations["forward"] - (0 if rep.inversion_reused else rep.steps))
+                        n_steps = max(
+                            1, rep.unet_evaluations["forward"] - (0 if rep.inversion_reused else rep.steps)
+                        )
                         per_step.append(rep.phase_seconds["sample"] / n_steps)
                     row[label] = statistics.median(per_step)
                     row[label.removesuffix("_s") + "_spread_s"] = [min(per_step), max(per_step)]
@@ -255,10 +294,15 @@ def bench_backends(
         if on_row:
             on_row(row)
     entry = {
-        "device": device_name(dev), "model": model_key(model), "model_name": model.name,
-        "family": family, "working_size": list(canvas.size), "dtype": dtype,
+        "device": device_name(dev),
+        "model": model_key(model),
+        "model_name": model.name,
+        "family": family,
+        "working_size": list(canvas.size),
+        "dtype": dtype,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "results": results,
     }
     if store:
         save_entry(table_key(dev, model_key(model), canvas.size, dtype), entry, merge=bool(names))

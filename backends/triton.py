@@ -43,10 +43,15 @@ class TritonBackend(Backend):
         if not torch.cuda.is_available():
             interp = os.environ.get("TRITON_INTERPRET") == "1"
             if not (self.allow_interpreter and interp):
-                return False, "no CUDA device (the CPU interpreter is for tests only: TritonBackend(allow_interpreter=True))"
+                return (
+                    False,
+                    "no CUDA device (the CPU interpreter is for tests only: TritonBackend(allow_interpreter=True))",
+                )
         return True, ""
 
-    def attention(self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None) -> torch.Tensor:
+    def attention(
+        self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None
+    ) -> torch.Tensor:
         from dragsdk.kernels.cross_attention import cross_branch_attention
 
         return cross_branch_attention(q, sources, scale)

@@ -26,12 +26,17 @@ class XformersBackend(Backend):
         try:
             import xformers.ops  # noqa: F401
         except Exception as e:
-            return False, f"xformers is not installed or does not import ({type(e).__name__}); pip install 'dragsdk[cuda]'"
+            return (
+                False,
+                f"xformers is not installed or does not import ({type(e).__name__}); pip install 'dragsdk[cuda]'",
+            )
         if not torch.cuda.is_available():
             return False, "no CUDA device (memory_efficient_attention is CUDA only)"
         return True, ""
 
-    def attention(self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None) -> torch.Tensor:
+    def attention(
+        self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None
+    ) -> torch.Tensor:
         import xformers.ops as xops
 
         b, h, n, _ = q.shape

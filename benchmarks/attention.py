@@ -44,17 +44,32 @@ import torch
 
 # (tokens, heads, head dim) of the decoder self-attention levels at each family's native resolution.
 FAMILY_SHAPES = {
-    "sd15": [(4096, 8, 40), (1024, 8, 80), (256, 8, 160)],                     # 512²
-    "sd2": [(9216, 5, 64), (2304, 10, 64), (576, 20, 64)],                      # 768²
-    "sdxl": [(4096, 10, 64), (1024, 20, 64)],                                  # 1024²
+    "sd15": [(4096, 8, 40), (1024, 8, 80), (256, 8, 160)],  # 512²
+    "sd2": [(9216, 5, 64), (2304, 10, 64), (576, 20, 64)],  # 768²
+    "sdxl": [(4096, 10, 64), (1024, 20, 64)],  # 1024²
 }
 SHAPES = FAMILY_SHAPES["sd15"]
 SMALL_DIVISOR = 64  # --small: tokens / 64 (at least 4)
 # Launch configurations tried by --tune: (BLOCK_M, BLOCK_N, num_warps, num_stages).
-TUNE_FWD = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 3),
-            (64, 32, 8, 2), (64, 64, 8, 2)]
-TUNE_BWD = [(64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2),
-            (128, 32, 8, 2)]
+TUNE_FWD = [
+    (128, 64, 4, 3),
+    (128, 64, 8, 3),
+    (128, 128, 8, 3),
+    (64, 64, 4, 3),
+    (128, 32, 4, 4),
+    (64, 128, 4, 3),
+    (64, 32, 8, 2),
+    (64, 64, 8, 2),
+]
+TUNE_BWD = [
+    (64, 64, 4, 2),
+    (128, 64, 8, 2),
+    (64, 128, 8, 2),
+    (32, 64, 4, 2),
+    (64, 32, 4, 2),
+    (32, 32, 4, 2),
+    (128, 32, 8, 2),
+]
 MODES = ["concat", "replace", "composite"]
 BATCH = 2
 CPU_NOTE = "CPU: kernel runs in Triton's interpreter; these numbers are not speed claims"
@@ -135,8 +150,11 @@ def _sdpa_variants(device: torch.device, mode: str) -> list[tuple[str, object, b
         return [("default", None, False)]
     from torch.nn.attention import SDPBackend
 
-    backs = [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
-             ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
+    backs = [
+        ("flash", SDPBackend.FLASH_ATTENTION),
+        ("cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ]
     out = [(n, b, False) for n, b in backs]
     if mode == "composite":
         out += [(n + "+gather", b, True) for n, b in backs]
@@ -195,20 +213,29 @@ def _tune(args, device, dtype, gen, timer) -> list[dict]:
                 with torch.enable_grad():
                     k32 = torch.cat([lv[0], sources[1].k.float().expand(BATCH, -1, -1, -1)], dim=2)
                     v32 = torch.cat([lv[1], sources[1].v.float().expand(BATCH, -1, -1, -1)], dim=2)
-                    want = torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(q64, k32, v32),
-                                               [q64, *lv], g.float())
+                    want = torch.autograd.grad(
+                        torch.nn.functional.scaled_dot_product_attention(q64, k32, v32), [q64, *lv], g.float()
+                    )
             key = (cc, bd, dtype, backward)
             best = None
             for cand in cands:
                 cfg = ca._LaunchConfig(*cand)
                 ca._TUNED[key] = cfg
-                row = {"tokens": n, "heads": h, "dim": d, "block_d": bd, "phase": "fwd+bwd" if backward else "fwd",
-                       "config": list(cand)}
+                row = {
+                    "tokens": n,
+                    "heads": h,
+                    "dim": d,
+                    "block_d": bd,
+                    "phase": "fwd+bwd" if backward else "fwd",
+                    "config": list(cand),
+                }
                 try:
                     if backward:
                         out = cross_branch_attention(q, sources)
                         got = torch.autograd.grad(out, leaves, g)
-                        err = max(((a.float() - b).norm() / b.norm()).item() for a, b in zip(got, want, strict=True))
+                        err = max(
+                            ((a.float() - b).norm() / b.norm()).item() for a, b in zip(got, want, strict=True)
+                        )
 
                         def fn(q=q, sources=sources, leaves=leaves, g=g):
                             return torch.autograd.grad(cross_branch_attention(q, sources), leaves, g)
@@ -220,6 +247,7 @@ def _tune(args, device, dtype, gen, timer) -> list[dict]:
                         def fn(q=q, sources=sources):
                             with torch.no_grad():
                                 return cross_branch_attention(q, sources)
+
                     row["rel_err"] = err
                     if not err < 5e-2:
                         row["error"] = f"wrong result (relative error {err:.2e})"
@@ -266,7 +294,9 @@ def _run(args) -> dict:
             for mode in args.modes:
                 for phase in ("fwd", "fwd+bwd"):
                     with_grad = phase == "fwd+bwd"
-                    q, sources, materialise, leaves, m_total = _case(mode, n, h, d, device, dtype, with_grad, gen)
+                    q, sources, materialise, leaves, m_total = _case(
+                        mode, n, h, d, device, dtype, with_grad, gen
+                    )
                     g = torch.randn(q.shape, generator=gen).to(device, dtype) if with_grad else None
 
                     def fused(q=q, sources=sources, leaves=leaves, g=g, with_grad=with_grad):
@@ -278,7 +308,9 @@ def _run(args) -> dict:
 
                     with torch.no_grad():
                         k, v, keep = materialise()
-                        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep).float()
+                        ref = torch.nn.functional.scaled_dot_product_attention(
+                            q, k, v, attn_mask=keep
+                        ).float()
                         max_err = (cross_branch_attention(q, sources).float() - ref).abs().max().item()
                     flops = 4.0 * BATCH * h * n * m_total * d * (3.5 if with_grad else 1.0)
                     ms_k = timer(fused)
@@ -292,13 +324,27 @@ def _run(args) -> dict:
                             continue
                     best = min(sdpa_ms, key=sdpa_ms.__getitem__)
                     ms_s = sdpa_ms[best]
-                    rows.append({
-                        "family": family, "tokens": n, "heads": h, "dim": d, "mode": mode, "phase": phase,
-                        "batch": BATCH, "keys_total": m_total, "flops": flops,
-                        "kernel_ms": ms_k, "sdpa_ms": ms_s, "sdpa_best": best, "sdpa_all_ms": sdpa_ms,
-                        "kernel_tflops": flops / (ms_k * 1e-3) / 1e12, "sdpa_tflops": flops / (ms_s * 1e-3) / 1e12,
-                        "speedup": ms_s / ms_k, "max_abs_diff_vs_sdpa": max_err,
-                    })
+                    rows.append(
+                        {
+                            "family": family,
+                            "tokens": n,
+                            "heads": h,
+                            "dim": d,
+                            "mode": mode,
+                            "phase": phase,
+                            "batch": BATCH,
+                            "keys_total": m_total,
+                            "flops": flops,
+                            "kernel_ms": ms_k,
+                            "sdpa_ms": ms_s,
+                            "sdpa_best": best,
+                            "sdpa_all_ms": sdpa_ms,
+                            "kernel_tflops": flops / (ms_k * 1e-3) / 1e12,
+                            "sdpa_tflops": flops / (ms_s * 1e-3) / 1e12,
+                            "speedup": ms_s / ms_k,
+                            "max_abs_diff_vs_sdpa": max_err,
+                        }
+                    )
                     if args.verbose:
                         print(_format_row(rows[-1]), flush=True)
 
@@ -311,33 +357,50 @@ def _run(args) -> dict:
         "device_type": device.type,
         "dtype": str(dtype).removeprefix("torch."),
         "small": small,
-        "note": CPU_NOTE if not cuda else (
+        "note": CPU_NOTE
+        if not cuda
+        else (
             "SDPA: the fastest of flash / cuDNN / memory-efficient that accepts the inputs (composite also with the "
-            "visible keys gathered instead of a mask), timings include materialising K/V (cat) and the mask"),
+            "visible keys gathered instead of a mask), timings include materialising K/V (cat) and the mask"
+        ),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
         "timer": "triton.testing.do_bench (median)" if cuda else f"median of {args.repeats} wall-clock runs",
-        "tuned": [{"cc": k[0], "block_d": k[1], "dtype": str(k[2]).removeprefix("torch."), "backward": k[3],
-                   "config": list(v)} for k, v in ca._TUNED.items()],
+        "tuned": [
+            {
+                "cc": k[0],
+                "block_d": k[1],
+                "dtype": str(k[2]).removeprefix("torch."),
+                "backward": k[3],
+                "config": list(v),
+            }
+            for k, v in ca._TUNED.items()
+        ],
         "tune_rows": tune_rows,
         "rows": rows,
     }
 
 
-_HEADER = (f"{'family':<6} {'tokens':>6} {'H':>2} {'d':>3} {'mode':<9} {'phase':<7} {'kernel ms':>10} {'sdpa ms':>10} "
-           f"{'kernel TF/s':>11} {'sdpa TF/s':>10} {'sdpa/kernel':>11} {'max|diff|':>9} {'best sdpa':<16}")
+_HEADER = (
+    f"{'family':<6} {'tokens':>6} {'H':>2} {'d':>3} {'mode':<9} {'phase':<7} {'kernel ms':>10} {'sdpa ms':>10} "
+    f"{'kernel TF/s':>11} {'sdpa TF/s':>10} {'sdpa/kernel':>11} {'max|diff|':>9} {'best sdpa':<16}"
+)
 
 
 def _format_row(r: dict) -> str:
-    return (f"{r['family']:<6} {r['tokens']:>6} {r['heads']:>2} {r['dim']:>3} {r['mode']:<9} {r['phase']:<7} "
-            f"{r['kernel_ms']:>10.3f} {r['sdpa_ms']:>10.3f} {r['kernel_tflops']:>11.3g} {r['sdpa_tflops']:>10.3g} "
-            f"{r['speedup']:>11.3f} {r['max_abs_diff_vs_sdpa']:>9.1e} {r['sdpa_best']:<16}")
+    return (
+        f"{r['family']:<6} {r['tokens']:>6} {r['heads']:>2} {r['dim']:>3} {r['mode']:<9} {r['phase']:<7} "
+        f"{r['kernel_ms']:>10.3f} {r['sdpa_ms']:>10.3f} {r['kernel_tflops']:>11.3g} {r['sdpa_tflops']:>10.3g} "
+        f"{r['speedup']:>11.3f} {r['max_abs_diff_vs_sdpa']:>9.1e} {r['sdpa_best']:<16}"
+    )
 
 
 def _print_table(result: dict) -> None:
-    print(f"device: {result['device']}  dtype: {result['dtype']}  batch: {BATCH} (bank batch 1)  "
-          f"timer: {result['timer']}")
+    print(
+        f"device: {result['device']}  dtype: {result['dtype']}  batch: {BATCH} (bank batch 1)  "
+        f"timer: {result['timer']}"
+    )
     print(f"note: {result['note']}")
     print(_HEADER)
     print("-" * len(_HEADER))
@@ -365,14 +428,28 @@ def _write_json_atomic(result: dict, out_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true", help="tokens / 64 (implied on CPU)")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU (Triton interpreter) even if CUDA is present")
+    p.add_argument(
+        "--cpu", action="store_true", help="run on the CPU (Triton interpreter) even if CUDA is present"
+    )
     p.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
-    p.add_argument("--families", nargs="+", choices=list(FAMILY_SHAPES), default=list(FAMILY_SHAPES),
-                   help="attention shapes of these model families at their native resolutions")
-    p.add_argument("--tune", action="store_true",
-                   help="CUDA: time every candidate tile configuration first and run the table with the fastest")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
-                   help="default float16 on CUDA, float32 on the CPU")
+    p.add_argument(
+        "--families",
+        nargs="+",
+        choices=list(FAMILY_SHAPES),
+        default=list(FAMILY_SHAPES),
+        help="attention shapes of these model families at their native resolutions",
+    )
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="CUDA: time every candidate tile configuration first and run the table with the fastest",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default=None,
+        help="default float16 on CUDA, float32 on the CPU",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed runs per case on the CPU (median reported)")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--no-json", action="store_true", help="print the table only")

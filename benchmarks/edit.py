@@ -43,7 +43,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "dragbench-car"
 FAMILY_MODELS = {  # family: (full random architecture, tiny model, native resolution)
-    "sd1": ("sd15-random", "tiny", 512), "sd2": ("sd21-random", "tiny-sd2", 768), "sdxl": ("sdxl-random", "tiny-sdxl", 1024),
+    "sd1": ("sd15-random", "tiny", 512),
+    "sd2": ("sd21-random", "tiny-sd2", 768),
+    "sdxl": ("sdxl-random", "tiny-sdxl", 1024),
 }
 
 
@@ -108,8 +110,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     res = editor.edit(image, spec, reuse_inversion=False)  # a cold edit: inversion included
                     if device == "cuda":
                         torch.cuda.synchronize()
-                    runs.append((time.perf_counter() - t0, res.report, bool(torch.isfinite(res.latent).all()),
-                                 time.process_time() - c0))
+                    runs.append(
+                        (
+                            time.perf_counter() - t0,
+                            res.report,
+                            bool(torch.isfinite(res.latent).all()),
+                            time.process_time() - c0,
+                        )
+                    )
                 # A second edit of the same image with other target points: the last timed run's inversion is
                 # reused (the report says whether it was).
                 reused = []
@@ -130,44 +138,72 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             wall = statistics.median(r[0] for r in runs)
             rep = runs[len(runs) // 2][1]
-            rows.append({**row, "wall_s": wall, "wall_all_s": [r[0] for r in runs], "phase_s": rep.phase_seconds,
-                         "cpu_s": statistics.median(r[3] for r in runs), "working_size": rep.working_size,
-                         "unet": rep.unet_evaluations, "finite_latent": all(r[2] for r in runs),
-                         "peak_memory_bytes": rep.peak_memory_bytes, "peak_memory_kind": rep.peak_memory_kind})
+            rows.append(
+                {
+                    **row,
+                    "wall_s": wall,
+                    "wall_all_s": [r[0] for r in runs],
+                    "phase_s": rep.phase_seconds,
+                    "cpu_s": statistics.median(r[3] for r in runs),
+                    "working_size": rep.working_size,
+                    "unet": rep.unet_evaluations,
+                    "finite_latent": all(r[2] for r in runs),
+                    "peak_memory_bytes": rep.peak_memory_bytes,
+                    "peak_memory_kind": rep.peak_memory_kind,
+                }
+            )
             if reused:
                 rows[-1]["second_edit_s"] = statistics.median(r[0] for r in reused)
                 rows[-1]["second_edit_reused_inversion"] = all(r[1] for r in reused)
     for edit in specs:
-        ref = next((r for r in rows if r["edit"] == edit and r["config"] == "reference" and "wall_s" in r), None)
+        ref = next(
+            (r for r in rows if r["edit"] == edit and r["config"] == "reference" and "wall_s" in r), None
+        )
         for r in rows:
             if r["edit"] == edit and "wall_s" in r and ref:
                 r["speedup_vs_reference"] = ref["wall_s"] / r["wall_s"]
     return {
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "model": args.model, "family": model.family, "prediction_type": model.adapter.prediction_type,
-        "resolution": args.resolution, "dtype": str(dtype).removeprefix("torch."),
-        "drag_steps": args.drag_steps, "region_steps": args.region_steps, "repeats": args.repeats,
+        "device": torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()})",
+        "model": args.model,
+        "family": model.family,
+        "prediction_type": model.adapter.prediction_type,
+        "resolution": args.resolution,
+        "dtype": str(dtype).removeprefix("torch."),
+        "drag_steps": args.drag_steps,
+        "region_steps": args.region_steps,
+        "repeats": args.repeats,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "rows": rows,
         "note": "" if device == "cuda" else "CPU: harness check only; GPU numbers are still open",
     }
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"device: {result['device']}  model: {result['model']} ({result['family']}, {result['prediction_type']})  "
-          f"{result['resolution']}px  {result['dtype']}")
-    print(f"{'edit':<12}{'config':<11}{'wall s':>9}{'cpu s':>9}{'encode':>8}{'invert':>8}{'sample':>8}{'decode':>8}"
-          f"{'fwd':>6}{'fwd+g':>6}{'bwd':>5}{'peak MiB':>10}{'×ref':>7}{'2nd s':>8}")
+    print(
+        f"device: {result['device']}  model: {result['model']} ({result['family']}, {result['prediction_type']})  "
+        f"{result['resolution']}px  {result['dtype']}"
+    )
+    print(
+        f"{'edit':<12}{'config':<11}{'wall s':>9}{'cpu s':>9}{'encode':>8}{'invert':>8}{'sample':>8}{'decode':>8}"
+        f"{'fwd':>6}{'fwd+g':>6}{'bwd':>5}{'peak MiB':>10}{'×ref':>7}{'2nd s':>8}"
+    )
     for r in result["rows"]:
         if "wall_s" not in r:
-            print(f"{r['edit']:<12}{r['config']:<11}  {'error' if 'error' in r else 'skipped'}: "
-                  f"{r.get('error', r.get('skipped', ''))[:70]}")
+            print(
+                f"{r['edit']:<12}{r['config']:<11}  {'error' if 'error' in r else 'skipped'}: "
+                f"{r.get('error', r.get('skipped', ''))[:70]}"
+            )
             continue
         p, u = r["phase_s"], r["unet"]
-        print(f"{r['edit']:<12}{r['config']:<11}{r['wall_s']:>9.3f}{r['cpu_s']:>9.2f}{p['encode']:>8.3f}{p['invert']:>8.3f}"
-              f"{p['sample']:>8.3f}{p['decode']:>8.3f}{u['forward']:>6}{u['forward_grad']:>6}{u['backward']:>5}"
-              f"{r['peak_memory_bytes'] / 2**20:>10.0f}{r.get('speedup_vs_reference', float('nan')):>7.2f}"
-              f"{r.get('second_edit_s', float('nan')):>8.3f}")
+        print(
+            f"{r['edit']:<12}{r['config']:<11}{r['wall_s']:>9.3f}{r['cpu_s']:>9.2f}{p['encode']:>8.3f}{p['invert']:>8.3f}"
+            f"{p['sample']:>8.3f}{p['decode']:>8.3f}{u['forward']:>6}{u['forward_grad']:>6}{u['backward']:>5}"
+            f"{r['peak_memory_bytes'] / 2**20:>10.0f}{r.get('speedup_vs_reference', float('nan')):>7.2f}"
+            f"{r.get('second_edit_s', float('nan')):>8.3f}"
+        )
     if result["note"]:
         print(f"!! {result['note']}")
 
@@ -175,16 +211,28 @@ def print_table(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--family", choices=sorted(FAMILY_MODELS), default="sd1",
-                    help="model family: sets the default --model and --resolution")
-    ap.add_argument("--model", default=None, help="default: the family's (full random on CUDA, tiny on a CPU)")
-    ap.add_argument("--resolution", type=int, default=None, help="default: the family's native size on CUDA, 128 on a CPU")
+    ap.add_argument(
+        "--family",
+        choices=sorted(FAMILY_MODELS),
+        default="sd1",
+        help="model family: sets the default --model and --resolution",
+    )
+    ap.add_argument(
+        "--model", default=None, help="default: the family's (full random on CUDA, tiny on a CPU)"
+    )
+    ap.add_argument(
+        "--resolution", type=int, default=None, help="default: the family's native size on CUDA, 128 on a CPU"
+    )
     ap.add_argument("--drag-steps", type=int, default=50 if cuda else 10)
     ap.add_argument("--region-steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3 if cuda else 1)
-    ap.add_argument("--configs", nargs="+", default=None,
-                    help="only these configurations (backend names and/or 'reference'); default: all")
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        help="only these configurations (backend names and/or 'reference'); default: all",
+    )
     ap.add_argument("--edits", nargs="+", choices=["drag", "region-drag"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -196,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     from dragsdk.io import write_text_atomic
 
     suffix = "" if args.family == "sd1" else f"-{args.family}"
-    out = args.out or ROOT / "benchmarks" / "results" / f"edit-{_device_slug('cuda' if cuda else 'cpu')}{suffix}.json"
+    out = (
+        args.out
+        or ROOT / "benchmarks" / "results" / f"edit-{_device_slug('cuda' if cuda else 'cpu')}{suffix}.json"
+    )
     write_text_atomic(json.dumps(result, indent=2, default=str), out)
     print(f"wrote {out}")
     return 0

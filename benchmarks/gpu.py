@@ -72,8 +72,10 @@ class Run:
         self.summary[name] = data
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(json.dumps({"slug": self.slug, **self.summary}, indent=1, default=str),
-                              self.out / f"gpu-{self.slug}.json")
+            write_text_atomic(
+                json.dumps({"slug": self.slug, **self.summary}, indent=1, default=str),
+                self.out / f"gpu-{self.slug}.json",
+            )
         print(f"[{time.monotonic() - self.t0:6.0f} s] wrote {path.relative_to(ROOT)}", flush=True)
         return path
 
@@ -81,8 +83,12 @@ class Run:
 def environment() -> dict[str, Any]:
     import torch
 
-    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                           "cuda_runtime": torch.version.cuda, "platform": platform.platform()}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "platform": platform.platform(),
+    }
     for mod in ("triton", "diffusers", "transformers", "pydantic", "onnxruntime", "xformers"):
         try:
             env[mod] = __import__(mod).__version__
@@ -90,12 +96,23 @@ def environment() -> dict[str, Any]:
             env[mod] = f"unavailable ({type(e).__name__})"
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        env.update(gpu=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
-                   memory_gib=round(p.total_memory / 2**30, 1))
+        env.update(
+            gpu=p.name,
+            capability=f"{p.major}.{p.minor}",
+            sms=p.multi_processor_count,
+            memory_gib=round(p.total_memory / 2**30, 1),
+        )
         try:
             env["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw",
-                 "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+                [
+                    "nvidia-smi",
+                    "--query-gpu=driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired) as e:
             env["driver"] = f"nvidia-smi failed: {e}"
     try:
@@ -110,17 +127,31 @@ def environment() -> dict[str, Any]:
 def cuda_tests(run: Run, rehearse: bool) -> dict[str, Any]:
     """``pytest -m cuda`` in a subprocess (its own CUDA context), with a JUnit report parsed for counts."""
     junit = RESULTS / f".junit-{run.slug}.xml"
-    cmd = [sys.executable, "-P", "-m", "pytest", "-v", "-m", "cuda", "tests/test_cuda.py", "-p", "no:cacheprovider",
-           f"--junitxml={junit}", "-rs"]
+    cmd = [
+        sys.executable,
+        "-P",
+        "-m",
+        "pytest",
+        "-v",
+        "-m",
+        "cuda",
+        "tests/test_cuda.py",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        "-rs",
+    ]
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                              timeout=max(30.0, min(180.0, run.left() - 240)))
+        proc = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(30.0, min(180.0, run.left() - 240))
+        )
         tail = (proc.stdout + proc.stderr)[-6000:]
         rc = proc.returncode
     except subprocess.TimeoutExpired as e:  # keep what it printed: the progress line says how far it got
-        partial = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
-                          for x in (e.stdout, e.stderr))
+        partial = "".join(
+            x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr)
+        )
         tail, rc = f"{partial[-5000:]}\ntimed out after {e.timeout:.0f} s", -1
     counts: dict[str, int] = {}
     if junit.exists():
@@ -129,8 +160,11 @@ def cuda_tests(run: Run, rehearse: bool) -> dict[str, Any]:
         suite = ET.parse(junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
         counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-        counts["failed_cases"] = [c.get("name") for c in suite.iter("testcase")
-                                  if c.find("failure") is not None or c.find("error") is not None]
+        counts["failed_cases"] = [
+            c.get("name")
+            for c in suite.iter("testcase")
+            if c.find("failure") is not None or c.find("error") is not None
+        ]
         junit.unlink()
     print(tail[-3000:], flush=True)
     return {"rc": rc, "seconds": time.monotonic() - t0, **counts, "output_tail": tail, "rehearsal": rehearse}
@@ -140,8 +174,16 @@ def attention(run: Run, rehearse: bool) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import attention as bench
 
-    args = argparse.Namespace(small=rehearse, cpu=False, modes=bench.MODES, families=list(bench.FAMILY_SHAPES),
-                              dtype=None, repeats=1, tune=not rehearse, verbose=False)
+    args = argparse.Namespace(
+        small=rehearse,
+        cpu=False,
+        modes=bench.MODES,
+        families=list(bench.FAMILY_SHAPES),
+        dtype=None,
+        repeats=1,
+        tune=not rehearse,
+        verbose=False,
+    )
     result = bench._run(args)
     bench._print_table(result)
     return result
@@ -149,8 +191,11 @@ def attention(run: Run, rehearse: bool) -> dict[str, Any]:
 
 _MODEL: dict[str, Any] = {}
 # family: (full random-weight model on the GPU, tiny model of the family in the rehearsal, native resolution)
-FAMILY_MODELS = {"sd1": ("sd15-random", "tiny", 512), "sd2": ("sd21-random", "tiny-sd2", 768),
-                 "sdxl": ("sdxl-random", "tiny-sdxl", 1024)}
+FAMILY_MODELS = {
+    "sd1": ("sd15-random", "tiny", 512),
+    "sd2": ("sd21-random", "tiny-sd2", 768),
+    "sdxl": ("sdxl-random", "tiny-sdxl", 1024),
+}
 
 
 def model(rehearse: bool, family: str = "sd1") -> Any:
@@ -172,17 +217,34 @@ def model(rehearse: bool, family: str = "sd1") -> Any:
     return _MODEL[name]
 
 
-def edits(run: Run, rehearse: bool, configs: list[str], resolution: int, drag_steps: int, repeats: int,
-          edit_kinds: list[str] | None = None, family: str = "sd1", fallback: str | None = None) -> dict[str, Any]:
+def edits(
+    run: Run,
+    rehearse: bool,
+    configs: list[str],
+    resolution: int,
+    drag_steps: int,
+    repeats: int,
+    edit_kinds: list[str] | None = None,
+    family: str = "sd1",
+    fallback: str | None = None,
+) -> dict[str, Any]:
     """``benchmarks/edit.py``'s run on the family's model; with ``fallback``, a configuration that fails or is
     skipped is run again on that backend (one measured row per edit kind is the point of the family sections)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import edit as bench
 
-    args = argparse.Namespace(model=FAMILY_MODELS[family][1 if rehearse else 0], model_obj=model(rehearse, family),
-                              resolution=resolution,
-                              drag_steps=drag_steps, region_steps=20 if not rehearse else 4, warmup=1,
-                              repeats=repeats, configs=configs, edits=edit_kinds, out=None)
+    args = argparse.Namespace(
+        model=FAMILY_MODELS[family][1 if rehearse else 0],
+        model_obj=model(rehearse, family),
+        resolution=resolution,
+        drag_steps=drag_steps,
+        region_steps=20 if not rehearse else 4,
+        warmup=1,
+        repeats=repeats,
+        configs=configs,
+        edits=edit_kinds,
+        out=None,
+    )
     result = bench.run(args)
     if fallback and not any("wall_s" in r for r in result["rows"]):
         args.configs = [fallback]
@@ -210,41 +272,68 @@ def backends_bench(rehearse: bool) -> dict[str, Any]:
     for kind, grads, kv in (("drag", True, ["concat"]), ("region-drag", False, ["replace"])):
         from dragsdk.backends.select import model_family, model_key, select_backend
 
-        b, why = select_backend(reg.backends, "auto", editor.model.device.type,
-                                str(editor.model.dtype).removeprefix("torch."), grads, kv,
-                                model=model_key(editor.model), working_size=entry["working_size"],
-                                family=model_family(editor.model))
+        b, why = select_backend(
+            reg.backends,
+            "auto",
+            editor.model.device.type,
+            str(editor.model.dtype).removeprefix("torch."),
+            grads,
+            kv,
+            model=model_key(editor.model),
+            working_size=entry["working_size"],
+            family=model_family(editor.model),
+        )
         picks[kind] = {"backend": b.name, "reason": why}
     return {"entry": entry, "auto": picks}
 
 
 def markdown(run: Run, env: dict[str, Any]) -> str:
     s = run.summary
-    lines = [f"# GPU run: {env.get('gpu', 'cpu')} ({time.strftime('%Y-%m-%d')})", "",
-             f"torch {env.get('torch')}, Triton {env.get('triton')}, diffusers {env.get('diffusers')}, "
-             f"CUDA {env.get('cuda_runtime')}, driver {env.get('driver', '?')}, Python {env.get('python')}", ""]
+    lines = [
+        f"# GPU run: {env.get('gpu', 'cpu')} ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"torch {env.get('torch')}, Triton {env.get('triton')}, diffusers {env.get('diffusers')}, "
+        f"CUDA {env.get('cuda_runtime')}, driver {env.get('driver', '?')}, Python {env.get('python')}",
+        "",
+    ]
     t = s.get("tests")
     if t:
-        lines += [f"CUDA tests: {t.get('tests', '?')} run, {t.get('failures', '?')} failed, "
-                  f"{t.get('errors', '?')} errors, {t.get('skipped', '?')} skipped ({t['seconds']:.0f} s)", ""]
+        lines += [
+            f"CUDA tests: {t.get('tests', '?')} run, {t.get('failures', '?')} failed, "
+            f"{t.get('errors', '?')} errors, {t.get('skipped', '?')} skipped ({t['seconds']:.0f} s)",
+            "",
+        ]
     a = s.get("attention")
     if a and a.get("rows"):
-        lines += ["## Cross-branch attention kernel vs the fastest SDPA backend", "",
-                  "| family | tokens | heads | d | mode | phase | kernel ms | best SDPA | SDPA ms | SDPA/kernel |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Cross-branch attention kernel vs the fastest SDPA backend",
+            "",
+            "| family | tokens | heads | d | mode | phase | kernel ms | best SDPA | SDPA ms | SDPA/kernel |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in a["rows"]:
-            lines.append(f"| {r['family']} | {r['tokens']} | {r['heads']} | {r['dim']} | {r['mode']} | {r['phase']} "
-                         f"| {r['kernel_ms']:.3f} | {r['sdpa_best']} | {r['sdpa_ms']:.3f} | {r['speedup']:.2f} |")
+            lines.append(
+                f"| {r['family']} | {r['tokens']} | {r['heads']} | {r['dim']} | {r['mode']} | {r['phase']} "
+                f"| {r['kernel_ms']:.3f} | {r['sdpa_best']} | {r['sdpa_ms']:.3f} | {r['speedup']:.2f} |"
+            )
         lines.append("")
-    for key, title in (("edit", "Edits"), ("edit_768", "Drag at 768²"), ("edit_compile", "compile backend"),
-                       ("edit_sd2", "SD 2.1 architecture"), ("edit_sdxl", "SDXL architecture")):
+    for key, title in (
+        ("edit", "Edits"),
+        ("edit_768", "Drag at 768²"),
+        ("edit_compile", "compile backend"),
+        ("edit_sd2", "SD 2.1 architecture"),
+        ("edit_sdxl", "SDXL architecture"),
+    ):
         e = s.get(key)
         if not e or not e.get("rows"):
             continue
-        lines += [f"## {title}: {e.get('model')} ({e.get('prediction_type')}), {e.get('dtype')}, {e['resolution']}², "
-                  f"drag {e['drag_steps']} steps, region drag {e['region_steps']}", "",
-                  "| edit | config | wall s | encode | invert | sample | decode | peak GiB | × reference | 2nd drag s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {title}: {e.get('model')} ({e.get('prediction_type')}), {e.get('dtype')}, {e['resolution']}², "
+            f"drag {e['drag_steps']} steps, region drag {e['region_steps']}",
+            "",
+            "| edit | config | wall s | encode | invert | sample | decode | peak GiB | × reference | 2nd drag s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in e["rows"]:
             if "wall_s" not in r:
                 lines.append(f"| {r['edit']} | {r['config']} | {r.get('error') or r.get('skipped')} ||||||||")
@@ -253,13 +342,16 @@ def markdown(run: Run, env: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['edit']} | {r['config']} | {r['wall_s']:.3f} | {p['encode']:.3f} | {p['invert']:.3f} | "
                 f"{p['sample']:.3f} | {p['decode']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} | "
-                f"{r.get('speedup_vs_reference', float('nan')):.2f} | {r.get('second_edit_s', float('nan')):.3f} |")
+                f"{r.get('speedup_vs_reference', float('nan')):.2f} | {r.get('second_edit_s', float('nan')):.3f} |"
+            )
         lines.append("")
     b = s.get("backends")
     if b:
         lines += ["## `dragsdk backends --bench` and `auto`", ""]
         for name, row in b["entry"]["results"].items():
-            cells = ", ".join(f"{k} {1000 * row[k]:.1f} ms" for k in ("drag_step_s", "region_step_s") if row.get(k))
+            cells = ", ".join(
+                f"{k} {1000 * row[k]:.1f} ms" for k in ("drag_step_s", "region_step_s") if row.get(k)
+            )
             lines.append(f"- {name}: {cells or row.get('reason') or row.get('notes')}")
         for kind, pick in b["auto"].items():
             lines.append(f"- auto for {kind}: **{pick['backend']}** ({pick['reason'][:200]})")
@@ -276,44 +368,69 @@ def _rows(section: dict[str, Any] | None, edit: str) -> list[dict[str, Any]]:
 
 def targets(s: dict[str, Any]) -> list[str]:
     """Issue 24's targets, each with the value this run measured (``—`` where its section did not run)."""
+
     def verdict(ok: bool | None) -> str:
         return "—" if ok is None else ("met" if ok else "**missed**")
 
     out = ["## Targets", "", "| measure | target | measured | |", "|---|---|---|---|"]
-    fast = [r for r in _rows(s.get("edit"), "drag") + _rows(s.get("edit_compile"), "drag") if r["config"] != "reference"]
+    fast = [
+        r
+        for r in _rows(s.get("edit"), "drag") + _rows(s.get("edit_compile"), "drag")
+        if r["config"] != "reference"
+    ]
     ref = next(iter(r for r in _rows(s.get("edit"), "drag") if r["config"] == "reference"), None)
     best = min(fast, key=lambda r: r["wall_s"]) if fast else None
-    out.append("| drag, 50 steps, best backend | ≤ 1.0 s | "
-               + (f"{best['wall_s']:.3f} s ({best['config']}) | {verdict(best['wall_s'] <= 1.0)} |" if best else "— | — |"))
+    out.append(
+        "| drag, 50 steps, best backend | ≤ 1.0 s | "
+        + (
+            f"{best['wall_s']:.3f} s ({best['config']}) | {verdict(best['wall_s'] <= 1.0)} |"
+            if best
+            else "— | — |"
+        )
+    )
     if best and ref:
         x = ref["wall_s"] / best["wall_s"]
-        out.append(f"| same edit vs the `reference` cost profile | ≥ 10× | {x:.2f}× ({ref['wall_s']:.3f} s / "
-                   f"{best['wall_s']:.3f} s) | {verdict(x >= 10)} |")
+        out.append(
+            f"| same edit vs the `reference` cost profile | ≥ 10× | {x:.2f}× ({ref['wall_s']:.3f} s / "
+            f"{best['wall_s']:.3f} s) | {verdict(x >= 10)} |"
+        )
     else:
         out.append("| same edit vs the `reference` cost profile | ≥ 10× | — | — |")
     region = _rows(s.get("edit"), "region-drag") + _rows(s.get("edit_compile"), "region-drag")
     rb = min(region, key=lambda r: r["wall_s"]) if region else None
-    out.append("| region drag, 20 steps | ≤ 0.15 s | "
-               + (f"{rb['wall_s']:.3f} s ({rb['config']}) | {verdict(rb['wall_s'] <= 0.15)} |" if rb else "— | — |"))
+    out.append(
+        "| region drag, 20 steps | ≤ 0.15 s | "
+        + (f"{rb['wall_s']:.3f} s ({rb['config']}) | {verdict(rb['wall_s'] <= 0.15)} |" if rb else "— | — |")
+    )
     second = [r for r in fast if r.get("second_edit_s") is not None]
     sb = min(second, key=lambda r: r["second_edit_s"]) if second else None
-    out.append("| second drag, inversion reused | ≤ 0.6 s | "
-               + (f"{sb['second_edit_s']:.3f} s ({sb['config']}, reused: {sb.get('second_edit_reused_inversion')}) | "
-                  f"{verdict(sb['second_edit_s'] <= 0.6)} |" if sb else "— | — |"))
+    out.append(
+        "| second drag, inversion reused | ≤ 0.6 s | "
+        + (
+            f"{sb['second_edit_s']:.3f} s ({sb['config']}, reused: {sb.get('second_edit_reused_inversion')}) | "
+            f"{verdict(sb['second_edit_s'] <= 0.6)} |"
+            if sb
+            else "— | — |"
+        )
+    )
     rows = (s.get("attention") or {}).get("rows") or []
     if rows:
         worst = min(rows, key=lambda r: r["speedup"])
         cc = [r for r in rows if r["mode"] in ("concat", "composite")]
         worst_cc = min(cc, key=lambda r: r["speedup"]) if cc else worst
         below = sum(r["speedup"] < 1.0 for r in rows)
-        out.append(f"| kernel vs best SDPA, every shape, mode, phase | ≥ 1.0× | min {worst['speedup']:.2f}× "
-                   f"({worst['family']} {worst['tokens']}×{worst['heads']}×{worst['dim']} {worst['mode']} "
-                   f"{worst['phase']}); {below} of {len(rows)} below 1.0× | {verdict(below == 0)} |")
+        out.append(
+            f"| kernel vs best SDPA, every shape, mode, phase | ≥ 1.0× | min {worst['speedup']:.2f}× "
+            f"({worst['family']} {worst['tokens']}×{worst['heads']}×{worst['dim']} {worst['mode']} "
+            f"{worst['phase']}); {below} of {len(rows)} below 1.0× | {verdict(below == 0)} |"
+        )
         below13 = sum(r["speedup"] < 1.3 for r in cc)
-        out.append(f"| kernel vs best SDPA, concat and composite | ≥ 1.3× | min {worst_cc['speedup']:.2f}× "
-                   f"({worst_cc['family']} {worst_cc['tokens']}×{worst_cc['heads']}×{worst_cc['dim']} "
-                   f"{worst_cc['mode']} {worst_cc['phase']}); {below13} of {len(cc)} below 1.3× | "
-                   f"{verdict(below13 == 0)} |")
+        out.append(
+            f"| kernel vs best SDPA, concat and composite | ≥ 1.3× | min {worst_cc['speedup']:.2f}× "
+            f"({worst_cc['family']} {worst_cc['tokens']}×{worst_cc['heads']}×{worst_cc['dim']} "
+            f"{worst_cc['mode']} {worst_cc['phase']}); {below13} of {len(cc)} below 1.3× | "
+            f"{verdict(below13 == 0)} |"
+        )
     else:
         out.append("| kernel vs best SDPA | ≥ 1.0× / ≥ 1.3× | — | — |")
     for edit in ("drag", "region-drag"):
@@ -321,20 +438,32 @@ def targets(s: dict[str, Any]) -> list[str]:
         comp = next(iter(_rows(s.get("edit_compile"), edit)), None)
         if eager and comp:
             x = eager["wall_s"] / comp["wall_s"]
-            out.append(f"| `compile` vs eager, {edit} | ≥ 1.3× | {x:.2f}× ({eager['wall_s']:.3f} s / "
-                       f"{comp['wall_s']:.3f} s) | {verdict(x >= 1.3)} |")
+            out.append(
+                f"| `compile` vs eager, {edit} | ≥ 1.3× | {x:.2f}× ({eager['wall_s']:.3f} s / "
+                f"{comp['wall_s']:.3f} s) | {verdict(x >= 1.3)} |"
+            )
         else:
             out.append(f"| `compile` vs eager, {edit} | ≥ 1.3× | — | — |")
     big = next(iter(_rows(s.get("edit_768"), "drag")), None)
-    out.append("| peak GPU memory, drag at 768² | ≤ 8 GB | "
-               + (f"{big['peak_memory_bytes'] / 1e9:.2f} GB ({big['peak_memory_bytes'] / 2**30:.2f} GiB, "
-                  f"{big['config']}, {big['peak_memory_kind']}) | {verdict(big['peak_memory_bytes'] <= 8e9)} |"
-                  if big else "— | — |"))
+    out.append(
+        "| peak GPU memory, drag at 768² | ≤ 8 GB | "
+        + (
+            f"{big['peak_memory_bytes'] / 1e9:.2f} GB ({big['peak_memory_bytes'] / 2**30:.2f} GiB, "
+            f"{big['config']}, {big['peak_memory_kind']}) | {verdict(big['peak_memory_bytes'] <= 8e9)} |"
+            if big
+            else "— | — |"
+        )
+    )
     for key, label in (("edit_sd2", "SD 2.1 drag, 768², v-prediction"), ("edit_sdxl", "SDXL drag, 1024²")):
         r = next(iter(_rows(s.get(key), "drag")), None)
-        out.append(f"| {label} | measured, with peak memory | "
-                   + (f"{r['wall_s']:.3f} s, peak {r['peak_memory_bytes'] / 1e9:.2f} GB ({r['config']}) | measured |"
-                      if r else "— | — |"))
+        out.append(
+            f"| {label} | measured, with peak memory | "
+            + (
+                f"{r['wall_s']:.3f} s, peak {r['peak_memory_bytes'] / 1e9:.2f} GB ({r['config']}) | measured |"
+                if r
+                else "— | — |"
+            )
+        )
     return out + [""]
 
 
@@ -342,11 +471,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rehearse", action="store_true", help="CPU dress rehearsal: tiny model, small sizes")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run")
-    ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["tests", "attention", "edit", "edit_768", "edit_compile", "backends", "edit_sd2",
-                             "edit_sdxl"])
-    ap.add_argument("--split", type=Path, default=None,
-                    help="write the per-benchmark files and the Markdown summary from a gpu-<device>.json")
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=[
+            "tests",
+            "attention",
+            "edit",
+            "edit_768",
+            "edit_compile",
+            "backends",
+            "edit_sd2",
+            "edit_sdxl",
+        ],
+    )
+    ap.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help="write the per-benchmark files and the Markdown summary from a gpu-<device>.json",
+    )
     args = ap.parse_args(argv)
     if args.split:
         data = json.loads(args.split.read_text())
@@ -381,15 +526,46 @@ def main(argv: list[str] | None = None) -> int:
         ("tests", 60, lambda: cuda_tests(run, args.rehearse)),
         ("edit", 90, lambda: edits(run, args.rehearse, fast, res, steps, reps)),
         ("attention", 60, lambda: attention(run, args.rehearse)),
-        ("edit_768", 30, lambda: edits(run, args.rehearse, ["triton" if cuda else "eager"], res * 3 // 2, steps, 1,
-                                       ["drag"])),
+        (
+            "edit_768",
+            30,
+            lambda: edits(
+                run, args.rehearse, ["triton" if cuda else "eager"], res * 3 // 2, steps, 1, ["drag"]
+            ),
+        ),
         ("edit_compile", 90, lambda: edits(run, args.rehearse, ["compile"], res, steps, reps)),
         ("backends", 30, lambda: backends_bench(args.rehearse)),
         # the other families' full random architectures at their native size: one drag, time and peak memory
-        ("edit_sd2", 60, lambda: edits(run, args.rehearse, ["triton" if cuda else "eager"],
-                                       FAMILY_MODELS["sd2"][2] if cuda else 128, steps, 1, ["drag"], "sd2", "eager")),
-        ("edit_sdxl", 90, lambda: edits(run, args.rehearse, ["triton" if cuda else "eager"],
-                                        FAMILY_MODELS["sdxl"][2] if cuda else 128, steps, 1, ["drag"], "sdxl", "eager")),
+        (
+            "edit_sd2",
+            60,
+            lambda: edits(
+                run,
+                args.rehearse,
+                ["triton" if cuda else "eager"],
+                FAMILY_MODELS["sd2"][2] if cuda else 128,
+                steps,
+                1,
+                ["drag"],
+                "sd2",
+                "eager",
+            ),
+        ),
+        (
+            "edit_sdxl",
+            90,
+            lambda: edits(
+                run,
+                args.rehearse,
+                ["triton" if cuda else "eager"],
+                FAMILY_MODELS["sdxl"][2] if cuda else 128,
+                steps,
+                1,
+                ["drag"],
+                "sdxl",
+                "eager",
+            ),
+        ),
     ]
     run.summary["errors"] = []
     for name, min_left, fn in sections:

@@ -63,8 +63,10 @@ def _spec(size: int, dx: float, seed: int, steps: int) -> Any:
     tri = [(330, 200), (390, 215), (365, 255)]
     return RegionDragSpec(
         prompt="black car on the road",
-        polygons=[{"handle": pts(quad), "target": pts(quad, (dx, 40))},
-                  {"handle": pts(tri), "target": pts(tri, (-dx / 2, -40))}],
+        polygons=[
+            {"handle": pts(quad), "target": pts(quad, (dx, 40))},
+            {"handle": pts(tri), "target": pts(tri, (-dx / 2, -40))},
+        ],
         sampler={"steps": steps, "resolution": size, "seed": seed},
     )
 
@@ -79,9 +81,16 @@ def _run(editor: Any, image: Image.Image, spec: Any, cold: bool) -> dict[str, An
     rep = result.report
     if rep.inversion_reused == cold:
         raise RuntimeError(f"expected inversion_reused={not cold}, got {rep.inversion_reused}")
-    return {"wall": wall, "phases": dict(rep.phase_seconds), "unet": dict(rep.unet_evaluations),
-            "peak_memory_bytes": rep.peak_memory_bytes, "peak_memory_kind": rep.peak_memory_kind,
-            "kv_bank_bytes": rep.kv_bank_bytes, "backend": rep.backend, "working_size": list(rep.working_size)}
+    return {
+        "wall": wall,
+        "phases": dict(rep.phase_seconds),
+        "unet": dict(rep.unet_evaluations),
+        "peak_memory_bytes": rep.peak_memory_bytes,
+        "peak_memory_kind": rep.peak_memory_kind,
+        "kv_bank_bytes": rep.kv_bank_bytes,
+        "backend": rep.backend,
+        "working_size": list(rep.working_size),
+    }
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -98,20 +107,37 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default=None, help="tiny | sd15-random | hub id / folder (default: device-dependent)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument(
+        "--model", default=None, help="tiny | sd15-random | hub id / folder (default: device-dependent)"
+    )
     ap.add_argument("--sd15", action="store_true", help="force the sd15-random architecture")
-    ap.add_argument("--resolution", type=int, default=None, help="square working size in pixels (512 GPU, 256 CPU)")
-    ap.add_argument("--steps", type=int, default=20, help="Cycle-SDE steps (20; start 0.5 → 10 + 10 UNet calls)")
+    ap.add_argument(
+        "--resolution", type=int, default=None, help="square working size in pixels (512 GPU, 256 CPU)"
+    )
+    ap.add_argument(
+        "--steps", type=int, default=20, help="Cycle-SDE steps (20; start 0.5 → 10 + 10 UNet calls)"
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default=None, help="cuda | cpu | mps (default: cuda when present)")
-    ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                    help="default float16 on CUDA, float32 elsewhere")
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="default float16 on CUDA, float32 elsewhere",
+    )
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/region-drag-<device>.json)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/region-drag-<device>.json)",
+    )
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -145,7 +171,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "region-drag",
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "model": model_name,
         "dtype": str(model.dtype).removeprefix("torch."),
@@ -162,8 +190,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_memory_kind": first["peak_memory_kind"],
         "cold": _summary(cold),
         "reused": _summary(reused),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "diffusers": __import__("diffusers").__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": __import__("diffusers").__version__,
+        },
     }
     c, r = result["cold"], result["reused"]
     n_unet = c["unet_evaluations"]["forward"]
@@ -174,9 +205,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_text_atomic(json.dumps(result, indent=2), out)
 
     w, h = result["working_size"]
-    print(f"region-drag: model {model_name}, {result['device_name']} ({device}), {result['dtype']}, backend "
-          f"{result['backend']}, {w}×{h}, {args.steps} steps, start_t {result['start_t']}, "
-          f"{args.repeats} runs after {args.warmup} warm-up")
+    print(
+        f"region-drag: model {model_name}, {result['device_name']} ({device}), {result['dtype']}, backend "
+        f"{result['backend']}, {w}×{h}, {args.steps} steps, start_t {result['start_t']}, "
+        f"{args.repeats} runs after {args.warmup} warm-up"
+    )
     print(f"| {'phase':<22} | {'cold edit (s)':>14} | {'reused inversion (s)':>21} |")
     print(f"|{'-' * 24}|{'-' * 16}|{'-' * 23}|")
     for p in PHASES:
@@ -186,8 +219,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for kind in ("forward", "forward_grad", "backward"):
         label = f"UNet {kind}"
         print(f"| {label:<22} | {c['unet_evaluations'][kind]:>14d} | {r['unet_evaluations'][kind]:>21d} |")
-    print(f"ms per UNet call (batch 1): {result['ms_per_unet_call']:.1f}; K/V bank {result['kv_bank_bytes'] / 2**20:.1f} MiB; "
-          f"peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB ({result['peak_memory_kind']})")
+    print(
+        f"ms per UNet call (batch 1): {result['ms_per_unet_call']:.1f}; K/V bank {result['kv_bank_bytes'] / 2**20:.1f} MiB; "
+        f"peak memory {result['peak_memory_bytes'] / 2**20:.0f} MiB ({result['peak_memory_kind']})"
+    )
     print(f"wrote {out}")
     return result
 

@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 
 
-def _median_seconds(fn: Callable[[], object], repeat: int, before: Callable[[], object] | None = None) -> float:
+def _median_seconds(
+    fn: Callable[[], object], repeat: int, before: Callable[[], object] | None = None
+) -> float:
     times = []
     for _ in range(repeat):
         if before is not None:
@@ -81,8 +83,15 @@ def main() -> None:
     print(f"{'call':18s} {'seconds':>8s}")
     for k, v in rows.items():
         print(f"{k:18s} {v:8.3f}")
-    out = {"model": args.model, "device": args.device, "parameters": n, "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "seconds": rows}
+    out = {
+        "model": args.model,
+        "device": args.device,
+        "parameters": n,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "seconds": rows,
+    }
     path = Path(__file__).parent / "results" / f"weights-key-{args.model}-{args.device}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:

@@ -28,7 +28,9 @@ else:  # Python 3.10: the backport (a dependency of pytest there)
 logger = griffe.get_logger("griffe_dragsdk")
 
 ROOT = Path(__file__).resolve().parent.parent
-ROLE = re.compile(r":(?:py:)?(?:class|func|data|mod|meth|attr|exc|obj|const):`(?P<tilde>~?)(?P<target>[\w.]+)(?:\(\))?`")
+ROLE = re.compile(
+    r":(?:py:)?(?:class|func|data|mod|meth|attr|exc|obj|const):`(?P<tilde>~?)(?P<target>[\w.]+)(?:\(\))?`"
+)
 
 
 def _lazy_names() -> dict[str, str]:
@@ -65,11 +67,17 @@ class DragsdkDocs(griffe.Extension):
 
     @staticmethod
     def _visit(name: str, path: Path, parent: griffe.Module, loader: griffe.GriffeLoader) -> griffe.Module:
-        module = griffe.visit(name, path, path.read_text(encoding="utf-8"), parent=parent,
-                              extensions=loader.extensions, docstring_parser=loader.docstring_parser,
-                              docstring_options=loader.docstring_options,
-                              lines_collection=loader.lines_collection,
-                              modules_collection=loader.modules_collection)
+        module = griffe.visit(
+            name,
+            path,
+            path.read_text(encoding="utf-8"),
+            parent=parent,
+            extensions=loader.extensions,
+            docstring_parser=loader.docstring_parser,
+            docstring_options=loader.docstring_options,
+            lines_collection=loader.lines_collection,
+            modules_collection=loader.modules_collection,
+        )
         parent.set_member(name, module)
         return module
 
@@ -92,7 +100,7 @@ class DragsdkDocs(griffe.Extension):
             full = target
         for name, where in LAZY.items():
             if full == name or full.startswith(f"{name}."):
-                full = where + full[len(name):]
+                full = where + full[len(name) :]
         if full.startswith("dragsdk"):
             try:
                 obj.modules_collection.get_member(full)

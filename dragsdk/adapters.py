@@ -26,8 +26,14 @@ class ImagePromptSlot:
         self.model = model
         self.adapter: Any = None
 
-    def load(self, folder_or_id: str | os.PathLike[str], weight_name: str, subfolder: str = "",
-             image_encoder: str | os.PathLike[str] | Any | None = None, scale: float | None = None) -> None:
+    def load(
+        self,
+        folder_or_id: str | os.PathLike[str],
+        weight_name: str,
+        subfolder: str = "",
+        image_encoder: str | os.PathLike[str] | Any | None = None,
+        scale: float | None = None,
+    ) -> None:
         """Read an IP-Adapter with diffusers' loader pieces (:func:`dragsdk.image_prompt.load_ip_adapter`); nothing
         is installed on the UNet.
 
@@ -38,8 +44,9 @@ class ImagePromptSlot:
         from .image_prompt import load_ip_adapter
 
         m = self.model
-        self.adapter = load_ip_adapter(m.unet, folder_or_id, weight_name, subfolder, image_encoder, scale, m.device,
-                                       m.dtype)
+        self.adapter = load_ip_adapter(
+            m.unet, folder_or_id, weight_name, subfolder, image_encoder, scale, m.device, m.dtype
+        )
 
     def adopt_host(self, image_encoder: Any) -> None:
         """Compose the IP-Adapter the host loaded into the UNet (:func:`dragsdk.image_prompt.host_ip_adapter`).
@@ -51,8 +58,10 @@ class ImagePromptSlot:
 
         adapter = host_ip_adapter(self.model.unet, image_encoder)
         if adapter is None:
-            raise ModelLoadError("the UNet carries no IP-Adapter processors (load one with the host pipeline's "
-                                 "load_ip_adapter, or use Editor.load_ip_adapter)")
+            raise ModelLoadError(
+                "the UNet carries no IP-Adapter processors (load one with the host pipeline's "
+                "load_ip_adapter, or use Editor.load_ip_adapter)"
+            )
         self.adapter = adapter
 
     def unload(self) -> None:
@@ -100,5 +109,6 @@ class WeightsIdentity:
     def key(self) -> str:
         """The current key; the caller holds the model's lock."""
         m = self.model
-        return self.fingerprint({"unet": m.unet, "vae": m.vae, "text_encoder": m.text_encoder,
-                                 "text_encoder_2": m.text_encoder_2})
+        return self.fingerprint(
+            {"unet": m.unet, "vae": m.vae, "text_encoder": m.text_encoder, "text_encoder_2": m.text_encoder_2}
+        )

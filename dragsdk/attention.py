@@ -136,8 +136,16 @@ class ProcessorBase:
     4-D inputs, the q/k/v projections split into heads (with ``norm_q`` / ``norm_k``), the output projection,
     residual and rescale. Subclasses implement :meth:`attend`."""
 
-    def attend(self, attn: Any, k: torch.Tensor, v: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor,
-               vh: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(
+        self,
+        attn: Any,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        qh: torch.Tensor,
+        kh: torch.Tensor,
+        vh: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         """``(B, H, N, d)`` attention output. ``k``/``v`` are the projections before the head split ``(B, M, C)``;
         ``qh``/``kh``/``vh`` after it; ``mask`` is diffusers' prepared attention mask or None."""
         raise NotImplementedError
@@ -202,24 +210,49 @@ class KVProcessor(ProcessorBase):
         self.layer = layer
         self.is_bank_layer = layer in controller.bank_layers
 
-    def attend(self, attn: Any, k: torch.Tensor, v: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor,
-               vh: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def attend(
+        self,
+        attn: Any,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        qh: torch.Tensor,
+        kh: torch.Tensor,
+        vh: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         if mask is not None:
             return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=attn.scale)
         return self._route(k, v, qh, kh, vh, attn.heads, attn.scale)
 
     @torch.compiler.disable
-    def _route(self, k: torch.Tensor, v: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor,
-               heads: int, scale: float) -> torch.Tensor:
+    def _route(
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        qh: torch.Tensor,
+        kh: torch.Tensor,
+        vh: torch.Tensor,
+        heads: int,
+        scale: float,
+    ) -> torch.Tensor:
         """Record and / or inject K/V as the controller says, then attend with the backend's op.
 
         Excluded from ``torch.compile`` (``torch.compiler.disable``): everything that reads per-step state (mode,
         step, bank) happens here, so a compiled UNet never guards on it and never recompiles between steps.
         """
         ctl = self.controller
-        if self.is_bank_layer and ctl.mode == "record" and (ctl.record_steps is None or ctl.step in ctl.record_steps):
+        if (
+            self.is_bank_layer
+            and ctl.mode == "record"
+            and (ctl.record_steps is None or ctl.step in ctl.record_steps)
+        ):
             ctl.bank.put(ctl.step, self.layer, k, v)
-        if self.is_bank_layer and ctl.mode == "inject" and ctl.injection is not None and ctl.bank.has(ctl.step):
+        if (
+            self.is_bank_layer
+            and ctl.mode == "inject"
+            and ctl.injection is not None
+            and ctl.bank.has(ctl.step)
+        ):
             return ctl.attend(qh, self._sources(kh, vh, heads, qh.device), scale)
         return ctl.attend(qh, [KVSource(kh, vh)], scale)
 
@@ -235,13 +268,17 @@ class KVProcessor(ProcessorBase):
         if ip is None or not ip.active or ip.scale == 0 or self.layer not in ip.processors:
             return out
         proc = ip.processors[self.layer]
-        tokens = ip.tokens if qh.shape[0] == ip.tokens.shape[0] else ip.tokens[-1:].expand(qh.shape[0], -1, -1)
+        tokens = (
+            ip.tokens if qh.shape[0] == ip.tokens.shape[0] else ip.tokens[-1:].expand(qh.shape[0], -1, -1)
+        )
         tokens = tokens.to(qh.dtype)
         kh = split_heads(proc.to_k_ip[0](tokens), attn.heads)
         vh = split_heads(proc.to_v_ip[0](tokens), attn.heads)
         return out + ip.scale * self.controller.attend(qh, [KVSource(kh, vh)], attn.scale)
 
-    def _sources(self, kh: torch.Tensor, vh: torch.Tensor, heads: int, device: torch.device) -> list[KVSource]:
+    def _sources(
+        self, kh: torch.Tensor, vh: torch.Tensor, heads: int, device: torch.device
+    ) -> list[KVSource]:
         ctl = self.controller
         inj = ctl.injection
         assert inj is not None
@@ -257,7 +294,9 @@ class KVProcessor(ProcessorBase):
         if inj.mode == "replace":
             return [KVSource(*entry(inj.banks[0]))]
         h, w = ctl.token_grid(bk.shape[1])
-        return [KVSource(*entry(b), m(h, w).to(device)) for b, m in zip(inj.banks, inj.token_masks, strict=True)]
+        return [
+            KVSource(*entry(b), m(h, w).to(device)) for b, m in zip(inj.banks, inj.token_masks, strict=True)
+        ]
 
 
 def install(unet: Any, controller: AttentionController) -> dict[str, Any]:
@@ -279,10 +318,17 @@ def token_mask(latent_mask: torch.Tensor, invert: bool = False) -> Callable[[int
     return fn
 
 
-PLAIN_PROCESSORS = frozenset({
-    "AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "SlicedAttnProcessor", "AttnProcessorNPU",
-    "FusedAttnProcessor2_0", "KVProcessor",
-})
+PLAIN_PROCESSORS = frozenset(
+    {
+        "AttnProcessor",
+        "AttnProcessor2_0",
+        "XFormersAttnProcessor",
+        "SlicedAttnProcessor",
+        "AttnProcessorNPU",
+        "FusedAttnProcessor2_0",
+        "KVProcessor",
+    }
+)
 """Processors computing plain attention (diffusers' defaults and their faster equivalents, and dragsdk's own): an
 edit may replace them for its duration without changing what the model computes."""
 

@@ -81,8 +81,9 @@ def mask_field(description: str, required: bool = False) -> Any:
     return Field(... if required else None, description=text)
 
 
-def load_mask(ref: MaskInput, field: str = "mask", size: tuple[int, int] | None = None,
-              allow_empty: bool = False) -> np.ndarray:
+def load_mask(
+    ref: MaskInput, field: str = "mask", size: tuple[int, int] | None = None, allow_empty: bool = False
+) -> np.ndarray:
     """Decode a mask given in any :data:`MaskInput` form.
 
     Args:
@@ -114,18 +115,57 @@ def latent_paste(smap: SourceMap, bank: int = 0) -> LatentPaste:
             not a non-negative int.
     """
     if not isinstance(smap, SourceMap):
-        raise TypeError(f"latent_paste: smap must be a SourceMap (from affine_map / placement_map), got "
-                        f"{type(smap).__name__}")
+        raise TypeError(
+            f"latent_paste: smap must be a SourceMap (from affine_map / placement_map), got "
+            f"{type(smap).__name__}"
+        )
     if isinstance(bank, bool) or not isinstance(bank, int) or bank < 0:
-        raise TypeError(f"latent_paste: bank must be a non-negative int (the reference latent's index), got {bank!r}")
+        raise TypeError(
+            f"latent_paste: bank must be a non-negative int (the reference latent's index), got {bank!r}"
+        )
     return LatentPaste(smap.target_rows, smap.target_cols, smap.source_rows, smap.source_cols, bank)
 
 
 __all__ = [
-    "ENERGY_UNIT", "Canvas", "Cells", "Coordinate", "EditMode", "EditPlan", "EditSpec", "EnergyTerm", "Features",
-    "Grid", "KVInjection", "KVPlan", "LatentPaste", "MaskInput", "MaskRef", "PlanContext", "Point", "PointPair",
-    "SourceMap", "SpecError", "SpecModel", "affine", "affine_map", "centroid", "correspondence_energy",
-    "displacement_field", "energy_scale_field", "gather_cells", "guidance_step_field", "hookimpl", "latent_paste",
-    "load_mask", "local_similarity", "mask_field", "mask_to_data_url", "place_image", "placement_map",
-    "pooled_similarity", "region_similarity", "similarity", "weight_field",
+    "ENERGY_UNIT",
+    "Canvas",
+    "Cells",
+    "Coordinate",
+    "EditMode",
+    "EditPlan",
+    "EditSpec",
+    "EnergyTerm",
+    "Features",
+    "Grid",
+    "KVInjection",
+    "KVPlan",
+    "LatentPaste",
+    "MaskInput",
+    "MaskRef",
+    "PlanContext",
+    "Point",
+    "PointPair",
+    "SourceMap",
+    "SpecError",
+    "SpecModel",
+    "affine",
+    "affine_map",
+    "centroid",
+    "correspondence_energy",
+    "displacement_field",
+    "energy_scale_field",
+    "gather_cells",
+    "guidance_step_field",
+    "hookimpl",
+    "latent_paste",
+    "load_mask",
+    "local_similarity",
+    "mask_field",
+    "mask_to_data_url",
+    "place_image",
+    "placement_map",
+    "pooled_similarity",
+    "region_similarity",
+    "similarity",
+    "weight_field",
 ]

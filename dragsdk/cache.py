@@ -29,9 +29,15 @@ def _adapter_state(module: Any) -> list[Any]:
     for name, sub in module.named_modules():
         scaling = getattr(sub, "scaling", None)
         if isinstance(scaling, dict) and hasattr(sub, "lora_A"):
-            out.append((name, sorted(scaling.items()), list(getattr(sub, "active_adapters", []) or []),
-                        bool(getattr(sub, "disable_adapters", False)),
-                        list(getattr(sub, "merged_adapters", []) or [])))
+            out.append(
+                (
+                    name,
+                    sorted(scaling.items()),
+                    list(getattr(sub, "active_adapters", []) or []),
+                    bool(getattr(sub, "disable_adapters", False)),
+                    list(getattr(sub, "merged_adapters", []) or []),
+                )
+            )
     return out
 
 
@@ -85,7 +91,15 @@ class WeightsFingerprint:
         sums: list[float | None] = []
         stale: dict[torch.device, list[int]] = {}
         for k, p in enumerate(params):
-            meta = (p.data_ptr(), p._version, tuple(p.stride()), p.storage_offset(), p.dtype, p.device, p.shape)
+            meta = (
+                p.data_ptr(),
+                p._version,
+                tuple(p.stride()),
+                p.storage_offset(),
+                p.dtype,
+                p.device,
+                p.shape,
+            )
             old = self._memo.get(id(p))
             if old is not None and old[0]() is p and old[1] == meta and old[2] == norms[k]:
                 sums.append(old[3])
@@ -94,8 +108,13 @@ class WeightsFingerprint:
                 stale.setdefault(p.device, []).append(k)
             memo[id(p)] = (weakref.ref(p), meta, norms[k], 0.0)
         for device_ks in stale.values():
-            values = torch.stack([params[k].sum(dtype=_accumulator(params[k])).to(torch.float64)
-                                  for k in device_ks]).cpu().tolist()
+            values = (
+                torch.stack(
+                    [params[k].sum(dtype=_accumulator(params[k])).to(torch.float64) for k in device_ks]
+                )
+                .cpu()
+                .tolist()
+            )
             for k, v in zip(device_ks, values, strict=True):
                 sums[k] = v
         for k, p in enumerate(params):

@@ -14,18 +14,30 @@ import typer
 
 from .defaults import DEFAULT_MODEL, MODEL_ENV, RANDOM_MODELS, default_model
 
-_MODEL_HELP = (f"hub id, diffusers folder (SD 1.x, 2.x, SDXL), .safetensors / .ckpt checkpoint, or a built-in random "
-               f"model for tests ({', '.join(RANDOM_MODELS)}) [default: ${MODEL_ENV}, else {DEFAULT_MODEL}]")
-ModelConfigOption = Annotated[Path | None, typer.Option(
-    help="for a .safetensors / .ckpt --model: a diffusers folder of the same architecture whose configs and "
-         "tokenizers describe it (offline; default: the hub repository diffusers infers)")]
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Drag-style editing of real images with diffusion models.")
+_MODEL_HELP = (
+    f"hub id, diffusers folder (SD 1.x, 2.x, SDXL), .safetensors / .ckpt checkpoint, or a built-in random "
+    f"model for tests ({', '.join(RANDOM_MODELS)}) [default: ${MODEL_ENV}, else {DEFAULT_MODEL}]"
+)
+ModelConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="for a .safetensors / .ckpt --model: a diffusers folder of the same architecture whose configs and "
+        "tokenizers describe it (offline; default: the hub repository diffusers infers)"
+    ),
+]
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Drag-style editing of real images with diffusion models.",
+)
 _state = {"debug": False}
 
 
 @app.callback()
 def _options(
-    debug: Annotated[bool, typer.Option("--debug", help="show the Python traceback of an error (or DRAGSDK_DEBUG=1)")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the Python traceback of an error (or DRAGSDK_DEBUG=1)")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
 
@@ -49,7 +61,9 @@ def _load_editor(model: str | None, **kw: Any) -> Any:
     from_env = os.environ.get(MODEL_ENV, "").strip() == name  # --model reads the variable when not given
     try:
         return Editor.from_pretrained(name, **kw)
-    except ModelNotFoundError as e:  # ModelLoadError too: say where the name came from when the user did not type it
+    except (
+        ModelNotFoundError
+    ) as e:  # ModelLoadError too: say where the name came from when the user did not type it
         if from_env:
             raise type(e)(f"model {name!r} from ${MODEL_ENV} (unset it or pass --model): {e}") from e
         raise
@@ -71,7 +85,11 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _one_line(e: BaseException) -> str:
     """An error as one line of at most 1000 characters; an OSError names its file."""
-    if isinstance(e, OSError) and not str(e).startswith(("out:", "report:", "trace:")) and e.filename is not None:
+    if (
+        isinstance(e, OSError)
+        and not str(e).startswith(("out:", "report:", "trace:"))
+        and e.filename is not None
+    ):
         text = f"{e.filename}: {e.strerror or e}"
     elif isinstance(e, RecursionError):
         text = "the input is nested too deeply"
@@ -99,7 +117,9 @@ def _user_errors() -> Iterator[None]:
             raise
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        where = f"spec field {loc}" if loc else f"spec ({e.title})"  # a model-level validator has no field path
+        where = (
+            f"spec field {loc}" if loc else f"spec ({e.title})"
+        )  # a model-level validator has no field path
         _fail(f"{where}: {first['msg']} ({e.error_count()} error(s))")
     except (DragSDKError, OSError, UnicodeError, RecursionError) as e:
         if debug:
@@ -134,34 +154,53 @@ def _plan_before_loading(spec_obj: dict[str, Any], image: Any, model_name: str) 
         raise _NeedsModel
 
     try:
-        build_plan(registry.modes[spec.mode], spec, PlanContext(Canvas.fit(image.size, resolution), image, s.steps,
-                                                               suggest_mask=needs_model))
+        build_plan(
+            registry.modes[spec.mode],
+            spec,
+            PlanContext(Canvas.fit(image.size, resolution), image, s.steps, suggest_mask=needs_model),
+        )
     except _NeedsModel:
         return
 
 
 @app.command()
 def edit(
-    input: Annotated[Path, typer.Argument(help="an image (with --spec), or a DragBench / Drag100 sample folder")],
+    input: Annotated[
+        Path, typer.Argument(help="an image (with --spec), or a DragBench / Drag100 sample folder")
+    ],
     spec: Annotated[Path | None, typer.Option(help="edit spec JSON (mode, geometry, settings)")] = None,
     model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
     model_config: ModelConfigOption = None,
-    lora: Annotated[list[str] | None, typer.Option(help="LoRA weights to fuse, PATH[:SCALE] (repeatable)")] = None,
+    lora: Annotated[
+        list[str] | None, typer.Option(help="LoRA weights to fuse, PATH[:SCALE] (repeatable)")
+    ] = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     steps: Annotated[int | None, typer.Option(help="override the spec's DDIM steps")] = None,
     seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
     resolution: Annotated[int | None, typer.Option(help="override the working resolution (pixels)")] = None,
-    mode: Annotated[str | None, typer.Option(help="run as this mode, converting the sample's or spec's own "
-                                                  "(e.g. a DragBench folder with --mode region-drag)")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="run as this mode, converting the sample's or spec's own "
+            "(e.g. a DragBench folder with --mode region-drag)"
+        ),
+    ] = None,
     reference: Annotated[Path | None, typer.Option(help="reference image (appearance, paste)")] = None,
     out: Annotated[Path, typer.Option(help="edited image path")] = Path("edited.png"),
     report: Annotated[Path | None, typer.Option(help="write the report JSON here")] = None,
-    trace: Annotated[Path | None, typer.Option(help="write the per-step trace (.npz: timestep, latent before / "
-                                                    "after, energies, guidance norm) here")] = None,
+    trace: Annotated[
+        Path | None,
+        typer.Option(
+            help="write the per-step trace (.npz: timestep, latent before / "
+            "after, energies, guidance norm) here"
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
-    frame: Annotated[int | None, typer.Option(help="the frame of an animated image or the page of a multi-page "
-                                                   "TIFF to edit, from 0")] = None,
+    frame: Annotated[
+        int | None,
+        typer.Option(help="the frame of an animated image or the page of a multi-page TIFF to edit, from 0"),
+    ] = None,
 ) -> None:
     """Edit an image with a spec, or a benchmark sample with its own points and mask."""
     from .io import check_outputs, load_image
@@ -205,7 +244,9 @@ def edit(
         from .models import SINGLE_FILE_SUFFIXES, parse_lora_arg
 
         if model_config is not None and not (model or default_model()).endswith(SINGLE_FILE_SUFFIXES):
-            _fail(f"--model-config applies to a .safetensors / .ckpt --model; {model or default_model()!r} is not one")
+            _fail(
+                f"--model-config applies to a .safetensors / .ckpt --model; {model or default_model()!r} is not one"
+            )
         image = load_image(image_path, frame=frame)  # decoded (and refused) before the model loads
         _plan_before_loading(spec_obj, image, model or default_model())
 
@@ -221,8 +262,10 @@ def edit(
         typer.echo(r.model_dump_json(indent=2))
     else:
         phases = ", ".join(f"{k} {v:.2f}s" for k, v in r.phase_seconds.items())
-        typer.echo(f"wrote {out} ({r.image_size[0]}×{r.image_size[1]}); {phases}; backend {r.backend}; UNet {r.unet_evaluations}"
-                   + (f"; image encoder {r.image_encoder_forwards}" if r.image_encoder_forwards else ""))
+        typer.echo(
+            f"wrote {out} ({r.image_size[0]}×{r.image_size[1]}); {phases}; backend {r.backend}; UNet {r.unet_evaluations}"
+            + (f"; image encoder {r.image_encoder_forwards}" if r.image_encoder_forwards else "")
+        )
 
 
 @app.command()
@@ -230,7 +273,9 @@ def mask(
     image: Annotated[Path, typer.Argument(help="the image")],
     x: Annotated[float, typer.Argument(help="click x, image pixels")],
     y: Annotated[float, typer.Argument(help="click y, image pixels")],
-    out: Annotated[Path, typer.Option(help="mask PNG to write (white = the proposed part)")] = Path("mask.png"),
+    out: Annotated[Path, typer.Option(help="mask PNG to write (white = the proposed part)")] = Path(
+        "mask.png"
+    ),
     model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
     model_config: ModelConfigOption = None,
     prompt: Annotated[str, typer.Option(help="prompt describing the image")] = "",
@@ -247,23 +292,41 @@ def mask(
         check_outputs({"out": out}, (image,))
         from .proposal import check_proposal_settings
 
-        check_proposal_settings(threshold, 261, 512, 8)  # before the model loads (the timestep range: the edit's)
+        check_proposal_settings(
+            threshold, 261, 512, 8
+        )  # before the model loads (the timestep range: the edit's)
         editor = _load_editor(model, single_file_config=model_config)
         m = editor.suggest_mask(image, (x, y), prompt=prompt, threshold=threshold)
         save_image_atomic(Image.fromarray((m * 255).astype(np.uint8), "L"), out, protect=(image,))
         _warn_random(editor)
     ys, xs = np.nonzero(m)
-    info = {"out": str(out), "area_px": int(m.sum()), "fraction": float(m.mean()),
-            "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None}
-    typer.echo(json.dumps(info) if json_out else f"wrote {out}: {info['area_px']} px ({100 * info['fraction']:.1f}%), bbox {info['bbox']}")
+    info = {
+        "out": str(out),
+        "area_px": int(m.sum()),
+        "fraction": float(m.mean()),
+        "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if len(xs) else None,
+    }
+    typer.echo(
+        json.dumps(info)
+        if json_out
+        else f"wrote {out}: {info['area_px']} px ({100 * info['fraction']:.1f}%), bbox {info['bbox']}"
+    )
 
 
 @app.command()
-def modes(json_out: Annotated[bool, typer.Option("--json", help="JSON with each mode's schema")] = False) -> None:
+def modes(
+    json_out: Annotated[bool, typer.Option("--json", help="JSON with each mode's schema")] = False,
+) -> None:
     """List the installed edit modes."""
     reg = _registry()
-    items, broken = [], [f"{f.name} ({f.stage}): {f.error.splitlines()[0]}" for f in reg.failures
-                         if f.stage == "dragsdk_register_modes"]
+    items, broken = (
+        [],
+        [
+            f"{f.name} ({f.stage}): {f.error.splitlines()[0]}"
+            for f in reg.failures
+            if f.stage == "dragsdk_register_modes"
+        ],
+    )
     for name, m in reg.modes.items():
         try:
             items.append(m.describe())
@@ -307,51 +370,77 @@ def plugins(json_out: Annotated[bool, typer.Option("--json", help="JSON output")
         what = ", ".join([f"mode {m}" for m in p["modes"]] + [f"backend {b}" for b in p["backends"]])
         typer.echo(f"{p['name']:<14} {p['module']:<28} {what}")
     for o in data["overrides"]:
-        typer.secho(f"OVERRIDE {o['kind']} {o['name']}: plugin {o['plugin']} replaces the built-in {o['replaces']} "
-                    "(DRAGSDK_OVERRIDE)", fg=typer.colors.YELLOW)
+        typer.secho(
+            f"OVERRIDE {o['kind']} {o['name']}: plugin {o['plugin']} replaces the built-in {o['replaces']} "
+            "(DRAGSDK_OVERRIDE)",
+            fg=typer.colors.YELLOW,
+        )
     for f in data["failures"]:
-        typer.secho(f"FAILED {f['name']} ({f['stage']}): {f['error'].splitlines()[0]}", fg=typer.colors.YELLOW)
+        typer.secho(
+            f"FAILED {f['name']} ({f['stage']}): {f['error'].splitlines()[0]}", fg=typer.colors.YELLOW
+        )
 
 
 @app.command()
 def backends(
     json_out: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
-    bench: Annotated[bool, typer.Option("--bench", help="time every available backend and store the table")] = False,
-    model: Annotated[str | None, typer.Option(
-        envvar=MODEL_ENV, show_default=False,
-        help=f"model to time with (--bench); weights do not change the cost: sd15-random times SD 1.5 without "
-             f"downloading [default: {DEFAULT_MODEL}]")] = None,
+    bench: Annotated[
+        bool, typer.Option("--bench", help="time every available backend and store the table")
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            envvar=MODEL_ENV,
+            show_default=False,
+            help=f"model to time with (--bench); weights do not change the cost: sd15-random times SD 1.5 without "
+            f"downloading [default: {DEFAULT_MODEL}]",
+        ),
+    ] = None,
     model_config: ModelConfigOption = None,
     resolution: Annotated[int, typer.Option(help="working resolution to time at (--bench)")] = 512,
     steps: Annotated[int, typer.Option(help="steps of each timed edit (--bench)")] = 4,
-    only: Annotated[list[str] | None, typer.Option(
-        "--only", help="time only this backend (repeatable); merged into the stored table (--bench)")] = None,
-    repeats: Annotated[int, typer.Option(min=1, max=50, help="timed runs per edit; the median is stored (--bench)")] = 3,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only", help="time only this backend (repeatable); merged into the stored table (--bench)"
+        ),
+    ] = None,
+    repeats: Annotated[
+        int, typer.Option(min=1, max=50, help="timed runs per edit; the median is stored (--bench)")
+    ] = 3,
 ) -> None:
     """List backends, whether each can run here and why not; with --bench, measure them for `auto`."""
     reg = _registry()
     if bench:
         from dragsdk.backends.select import bench_backends, table_path
 
-
         # timing only: no output is an edit, so no random-weights warning
         editor = _load_editor(model, registry=reg, single_file_config=model_config)
 
         def show(row: dict[str, Any]) -> None:
             if not json_out:
-                cells = [f"{k} {1000 * row[k]:.1f} ms/step" for k in ("drag_step_s", "region_step_s") if row.get(k)]
-                typer.echo(f"{row['backend']:<10} " + (", ".join(cells) if row["available"] else f"skipped: {row['reason']}"))
+                cells = [
+                    f"{k} {1000 * row[k]:.1f} ms/step" for k in ("drag_step_s", "region_step_s") if row.get(k)
+                ]
+                typer.echo(
+                    f"{row['backend']:<10} "
+                    + (", ".join(cells) if row["available"] else f"skipped: {row['reason']}")
+                )
 
         unknown = sorted(set(only or ()) - set(reg.backends))
         if unknown:
-            raise typer.BadParameter(f"unknown backend(s) {unknown}; registered: {sorted(reg.backends)}",
-                                     param_hint="--only")
-        entry = bench_backends(editor.model, resolution, steps, names=only or None, registry=reg, on_row=show,
-                               repeats=repeats)
+            raise typer.BadParameter(
+                f"unknown backend(s) {unknown}; registered: {sorted(reg.backends)}", param_hint="--only"
+            )
+        entry = bench_backends(
+            editor.model, resolution, steps, names=only or None, registry=reg, on_row=show, repeats=repeats
+        )
         if json_out:
             _print_json({**entry, "table": str(table_path())})
         else:
-            typer.echo(f"stored in {table_path()} ({entry['device']}, {entry['model']}, {entry['working_size']})")
+            typer.echo(
+                f"stored in {table_path()} ({entry['device']}, {entry['model']}, {entry['working_size']})"
+            )
         return
     items = [b.describe() for b in reg.backends.values()]
     if json_out:
@@ -364,27 +453,53 @@ def backends(
 
 @app.command()
 def bench(
-    dataset: Annotated[Path, typer.Argument(help="DragBench, DragBench-SR/DR, Drag100 or a folder of spec JSONs")],
-    out: Annotated[Path, typer.Option(help="output folder (results.jsonl, summary, plots, report.html); required")],
-    address: Annotated[str | None, typer.Argument(
-        help="after --ray: the Ray cluster (auto, ray://host:10001); omitted: a local Ray instance",
-        show_default=False)] = None,
-    mode: Annotated[str | None, typer.Option(help="edit mode; default: the dataset's own (drag, region-drag for SR/DR)")] = None,
+    dataset: Annotated[
+        Path, typer.Argument(help="DragBench, DragBench-SR/DR, Drag100 or a folder of spec JSONs")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="output folder (results.jsonl, summary, plots, report.html); required")
+    ],
+    address: Annotated[
+        str | None,
+        typer.Argument(
+            help="after --ray: the Ray cluster (auto, ray://host:10001); omitted: a local Ray instance",
+            show_default=False,
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="edit mode; default: the dataset's own (drag, region-drag for SR/DR)")
+    ] = None,
     model: Annotated[str | None, typer.Option(envvar=MODEL_ENV, show_default=False, help=_MODEL_HELP)] = None,
     model_config: ModelConfigOption = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     limit: Annotated[int | None, typer.Option(help="only the first N samples (in id order)")] = None,
-    dataset_format: Annotated[str, typer.Option("--format", help="auto, dragbench, dragbench-sr, dragbench-dr, drag100, folder")] = "auto",
+    dataset_format: Annotated[
+        str, typer.Option("--format", help="auto, dragbench, dragbench-sr, dragbench-dr, drag100, folder")
+    ] = "auto",
     steps: Annotated[int | None, typer.Option(help="override every spec's steps")] = None,
-    resolution: Annotated[int | None, typer.Option(help="override every spec's working resolution (pixels)")] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="override every spec's working resolution (pixels)")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="override every spec's seed")] = None,
-    metrics: Annotated[str, typer.Option(help="comma-separated subset of md,md_regiondrag,dai,psnr_ssim,if")] = "md,md_regiondrag,dai,psnr_ssim,if",
-    dift_model: Annotated[str, typer.Option(help="DIFT model of MD (protocol: SD 2.1); 'tiny' for plumbing")] = "stabilityai/stable-diffusion-2-1",
+    metrics: Annotated[
+        str, typer.Option(help="comma-separated subset of md,md_regiondrag,dai,psnr_ssim,if")
+    ] = "md,md_regiondrag,dai,psnr_ssim,if",
+    dift_model: Annotated[
+        str, typer.Option(help="DIFT model of MD (protocol: SD 2.1); 'tiny' for plumbing")
+    ] = "stabilityai/stable-diffusion-2-1",
     dift_ensemble: Annotated[int, typer.Option(help="DIFT noise draws averaged (protocol: 8)")] = 8,
-    ray: Annotated[bool, typer.Option("--ray", help="spread samples over Ray actors (optionally give ADDRESS after it)")] = False,
-    actors: Annotated[int | None, typer.Option(help="Ray actors (default one per GPU, else one per CPU)")] = None,
-    allow_outside_paths: Annotated[bool, typer.Option(
-        "--allow-outside-paths", help="let a folder dataset's specs name files outside the dataset folder")] = False,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="spread samples over Ray actors (optionally give ADDRESS after it)")
+    ] = False,
+    actors: Annotated[
+        int | None, typer.Option(help="Ray actors (default one per GPU, else one per CPU)")
+    ] = None,
+    allow_outside_paths: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside-paths", help="let a folder dataset's specs name files outside the dataset folder"
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Edit and score every sample of a benchmark; resumable (run the same command again to continue).
@@ -396,18 +511,32 @@ def bench(
         _fail(f"unexpected argument {address!r} (a Ray address goes after --ray)")
     with _user_errors():
         config = BenchConfig(
-            dataset=str(dataset), out=str(out), mode=mode, model=model or default_model(),
-            model_config=str(model_config) if model_config is not None else None, backend=backend,
-            format=dataset_format, limit=limit, steps=steps, resolution=resolution, seed=seed,
-            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), dift_model=dift_model,
-            dift_ensemble=dift_ensemble, allow_outside_paths=allow_outside_paths,
+            dataset=str(dataset),
+            out=str(out),
+            mode=mode,
+            model=model or default_model(),
+            model_config=str(model_config) if model_config is not None else None,
+            backend=backend,
+            format=dataset_format,
+            limit=limit,
+            steps=steps,
+            resolution=resolution,
+            seed=seed,
+            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+            dift_model=dift_model,
+            dift_ensemble=dift_ensemble,
+            allow_outside_paths=allow_outside_paths,
         )
         try:
-            result = run_bench(config, progress=not quiet, ray=ray, ray_address=address, actors=actors, echo=typer.echo)
+            result = run_bench(
+                config, progress=not quiet, ray=ray, ray_address=address, actors=actors, echo=typer.echo
+            )
         except ImportError as e:
             _fail(str(e))
-    typer.echo(f"{result.ran} sample(s) run, {result.skipped} already done; results {result.paths['results']}, "
-               f"report {result.paths['report']}")
+    typer.echo(
+        f"{result.ran} sample(s) run, {result.skipped} already done; results {result.paths['results']}, "
+        f"report {result.paths['report']}"
+    )
 
 
 @app.command()
@@ -416,17 +545,28 @@ def ui(
     model_config: ModelConfigOption = None,
     backend: Annotated[str, typer.Option(help="backend name or 'auto'")] = "auto",
     port: Annotated[int | None, typer.Option(help="port (default: 7860, or the next free one)")] = None,
-    host: Annotated[str, typer.Option(help="address to serve on; 0.0.0.0 exposes the page to the network")] = "127.0.0.1",
-    samples: Annotated[list[Path] | None, typer.Option(
-        help="folder searched for DragBench / Drag100 samples (repeatable; default ../shared/data and examples)")] = None,
-    steps: Annotated[int | None, typer.Option(help="steps the page starts with (default: the mode's)")] = None,
+    host: Annotated[
+        str, typer.Option(help="address to serve on; 0.0.0.0 exposes the page to the network")
+    ] = "127.0.0.1",
+    samples: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="folder searched for DragBench / Drag100 samples (repeatable; default ../shared/data and examples)"
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="steps the page starts with (default: the mode's)")
+    ] = None,
     resolution: Annotated[int | None, typer.Option(help="working resolution the page starts with")] = None,
     max_steps: Annotated[int, typer.Option(help="most sampling steps one edit may use")] = 100,
     max_resolution: Annotated[int, typer.Option(help="highest working resolution one edit may use")] = 1024,
     max_upload_mb: Annotated[float, typer.Option(help="largest upload, megabytes")] = 20.0,
-    max_megapixels: Annotated[float, typer.Option(help="largest uploaded or opened image, megapixels")] = 40.0,
-    max_run_seconds: Annotated[float, typer.Option(
-        help="an edit stops after the step that passes this many seconds")] = 120.0,
+    max_megapixels: Annotated[
+        float, typer.Option(help="largest uploaded or opened image, megapixels")
+    ] = 40.0,
+    max_run_seconds: Annotated[
+        float, typer.Option(help="an edit stops after the step that passes this many seconds")
+    ] = 120.0,
     queue_size: Annotated[int, typer.Option(help="runs that may wait for the run slot")] = 16,
 ) -> None:
     """Open the interactive editor in the browser: click points, brush masks, run, download (needs the ui extra).
@@ -440,19 +580,25 @@ def ui(
     except ImportError as e:
         _fail(f"the browser editor needs Gradio: pip install 'dragsdk[ui]' ({e})")
     try:
-        limits = UILimits(max_steps, max_resolution, max_upload_mb, max_megapixels, max_run_seconds, queue_size)
+        limits = UILimits(
+            max_steps, max_resolution, max_upload_mb, max_megapixels, max_run_seconds, queue_size
+        )
     except ValueError as e:
         _fail(str(e))
     roots = samples if samples else [p for p in (Path("../shared/data"), Path("examples")) if p.is_dir()]
     try:
-
         editor = _load_editor(model, backend=backend, single_file_config=model_config)
     except DragSDKError as e:
         _fail(str(e))
     _warn_random(editor)
-    typer.echo(f"dragsdk ui: model {editor.model.name}, backend {backend}; the page's address follows (Ctrl+C stops)")
-    launch(build_app(editor, sample_roots=roots, steps=steps, resolution=resolution, limits=limits), host=host,
-           port=port)
+    typer.echo(
+        f"dragsdk ui: model {editor.model.name}, backend {backend}; the page's address follows (Ctrl+C stops)"
+    )
+    launch(
+        build_app(editor, sample_roots=roots, steps=steps, resolution=resolution, limits=limits),
+        host=host,
+        port=port,
+    )
 
 
 def main() -> None:

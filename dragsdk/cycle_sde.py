@@ -93,8 +93,12 @@ class RegionDragGrid(DDIMSchedule):
         n = int(steps)
         if not 0 <= start < n:
             raise ValueError(f"start must be in [0, {n}), got {start}")
-        dpm = DPMSolverMultistepScheduler.from_config(scheduler.config)  # a new object: the host's is untouched
-        with warnings.catch_warnings():  # diffusers' sigma table passes a tensor through np.array (numpy 2 notice)
+        dpm = DPMSolverMultistepScheduler.from_config(
+            scheduler.config
+        )  # a new object: the host's is untouched
+        with (
+            warnings.catch_warnings()
+        ):  # diffusers' sigma table passes a tensor through np.array (numpy 2 notice)
             warnings.simplefilter("ignore", DeprecationWarning)
             dpm.set_timesteps(n)
         grid = [int(t) for t in dpm.timesteps]
@@ -114,9 +118,10 @@ class RegionDragGrid(DDIMSchedule):
         if inv[start] > top:
             from .errors import SpecError
 
-            raise SpecError("sampler.steps",
+            raise SpecError(
+                "sampler.steps",
                 f"start={start} of {n} steps inverts past the last training timestep ({inv[start]} > {top}); the "
-                f"official code fails there too (IndexError): invert at most {n - 1} steps"
+                f"official code fails there too (IndexError): invert at most {n - 1} steps",
             )
         self._levels_inv = [(self._a(min(g + self.delta, top)), self._a(g)) for g in grid]
         self._final = self._a(grid[-1])
@@ -188,7 +193,9 @@ def reverse_noise(
     return (z_prev.to(base) - base) / sigma
 
 
-def reverse_step(z: torch.Tensor, eps: torch.Tensor, a_t: float, a_prev: float, w: torch.Tensor) -> torch.Tensor:
+def reverse_step(
+    z: torch.Tensor, eps: torch.Tensor, a_t: float, a_prev: float, w: torch.Tensor
+) -> torch.Tensor:
     """One Cycle-SDE reverse step ``z_t → z_prev``: the DDIM step with η = 1 and the recorded noise ``w``.
 
     Args:

@@ -39,9 +39,15 @@ class Cost:
         return UNetCounter(self.forward, self.forward_grad, self.backward, self.reference).to_dict()
 
 
-def estimate_cost(plan: EditPlan, steps: int, invert: bool, probe_energy_after: bool = False,
-                  recompute_reference: bool = False, feature_steps: set[int] | None = None,
-                  image_prompt: bool = False) -> Cost:
+def estimate_cost(
+    plan: EditPlan,
+    steps: int,
+    invert: bool,
+    probe_energy_after: bool = False,
+    recompute_reference: bool = False,
+    feature_steps: set[int] | None = None,
+    image_prompt: bool = False,
+) -> Cost:
     """The UNet evaluations :meth:`Editor.edit` makes for ``plan`` with ``steps`` DDIM steps: the sampler's own pass
     sequence (:func:`dragsdk.passes.sampling_passes`, :meth:`~dragsdk.passes.Pass.unet_evaluations`) counted
     instead of run, plus the inversion (:func:`dragsdk.passes.inversion_steps`) when ``invert``.

@@ -77,8 +77,12 @@ class EditResult:
         if isinstance(self.images, list) and not self.images:
             self.images = [self.image]
 
-    def save(self, path: str | os.PathLike[str], report: str | os.PathLike[str] | None = None,
-             protect: tuple[Path, ...] = ()) -> None:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        report: str | os.PathLike[str] | None = None,
+        protect: tuple[Path, ...] = (),
+    ) -> None:
         """Write the image (and the report JSON) atomically, never over a protected input.
 
         Both destinations are checked before either is written (:func:`dragsdk.io.check_outputs`).
@@ -147,11 +151,16 @@ class Editor:
         if model is None:
             model = default_model()
         if not isinstance(model, ModelBundle | str | os.PathLike):
-            raise ArgumentTypeError("model", "a ModelBundle, a model name or a path (Editor.from_pipe for a pipeline)",
-                                    model)
+            raise ArgumentTypeError(
+                "model", "a ModelBundle, a model name or a path (Editor.from_pipe for a pipeline)", model
+            )
         if not isinstance(backend, str):
             raise ArgumentTypeError("backend", "a backend name such as 'auto' or 'torch'", backend)
-        if not isinstance(prompt_cache_size, int) or isinstance(prompt_cache_size, bool) or prompt_cache_size < 1:
+        if (
+            not isinstance(prompt_cache_size, int)
+            or isinstance(prompt_cache_size, bool)
+            or prompt_cache_size < 1
+        ):
             raise ArgumentTypeError("prompt_cache_size", "an int ≥ 1", prompt_cache_size)
         self.registry = registry or get_registry()
         self.allow_reduced_precision = allow_reduced_precision
@@ -199,8 +208,11 @@ class Editor:
             ModelLoadError: it exists but cannot be used (unsupported family, broken folder); the message says what
                 was found.
         """
-        return cls(load_model(name_or_path, device, torch_dtype, variant, single_file_config), backend=backend,
-                   **kwargs)
+        return cls(
+            load_model(name_or_path, device, torch_dtype, variant, single_file_config),
+            backend=backend,
+            **kwargs,
+        )
 
     @classmethod
     def from_pipe(cls, pipe: Any, backend: str = "auto", **kwargs: Any) -> Editor:
@@ -358,7 +370,9 @@ class Editor:
 
         backends = self.registry.backends
         if name not in backends:
-            raise BackendUnavailableError(f"backend {name!r} is not registered; registered: {sorted(backends)}")
+            raise BackendUnavailableError(
+                f"backend {name!r} is not registered; registered: {sorted(backends)}"
+            )
         ok, why = availability(backends[name])
         if not ok:
             raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
@@ -369,10 +383,17 @@ class Editor:
         from dragsdk.backends.select import model_family, model_key, select_backend
 
         return select_backend(
-            self.registry.backends, self.backend_request, self.model.device.type,
-            str(self.model.dtype).removeprefix("torch."), plan.needs_gradients, plan.kv_modes(),
-            model=model_key(self.model), working_size=working_size, allow_reduced=self.allow_reduced_precision,
-            family=model_family(self.model), image_prompt=plan.image_prompt is not None and self.ip_adapter is not None,
+            self.registry.backends,
+            self.backend_request,
+            self.model.device.type,
+            str(self.model.dtype).removeprefix("torch."),
+            plan.needs_gradients,
+            plan.kv_modes(),
+            model=model_key(self.model),
+            working_size=working_size,
+            allow_reduced=self.allow_reduced_precision,
+            family=model_family(self.model),
+            image_prompt=plan.image_prompt is not None and self.ip_adapter is not None,
         )
 
     # -- pieces --------------------------------------------------------------------------------------------
@@ -485,8 +506,18 @@ class Editor:
             EditCancelled: the hook or ``cancel`` stopped the edit; nothing is returned or cached.
             NonFiniteError: the latent went NaN or ±inf (the phase and step are named); nothing is returned.
         """
-        options = EditOptions(progress, callback, trace, num_inference_steps, guidance_scale, generator, output_type,
-                              callback_on_step_end, cancel, reuse_inversion)
+        options = EditOptions(
+            progress,
+            callback,
+            trace,
+            num_inference_steps,
+            guidance_scale,
+            generator,
+            output_type,
+            callback_on_step_end,
+            cancel,
+            reuse_inversion,
+        )
         return EditRun(self, image, spec, options).execute()
 
     @torch.no_grad()
@@ -522,8 +553,9 @@ class Editor:
         """
         from .proposal import check_proposal_settings, dilate, mask_from_features
 
-        check_proposal_settings(threshold, timestep, resolution, dilate_px,
-                                len(self.model.scheduler.alphas_cumprod))
+        check_proposal_settings(
+            threshold, timestep, resolution, dilate_px, len(self.model.scheduler.alphas_cumprod)
+        )
         img = load_image(image)
         canvas = Canvas.fit(img.size, resolution)
         if not canvas.contains(point):
@@ -535,13 +567,22 @@ class Editor:
             tap = FeatureTap(self.model.unet, self.model.adapter.feature_blocks)
             try:
                 with tap.capture(stop=True):
-                    self.model.unet_call()(a**0.5 * z0 + (1 - a) ** 0.5 * noise, timestep,
-                                           encoder_hidden_states=self._prompt(prompt), return_dict=False)
+                    self.model.unet_call()(
+                        a**0.5 * z0 + (1 - a) ** 0.5 * noise,
+                        timestep,
+                        encoder_hidden_states=self._prompt(prompt),
+                        return_dict=False,
+                    )
                 feats = tap.features()
             finally:
                 tap.remove()
         gw, gh = canvas.feature_size
-        f = torch.cat([F.normalize(F.interpolate(x.float(), size=(gh, gw), mode="nearest"), dim=1) for x in feats], 1)
+        f = torch.cat(
+            [F.normalize(F.interpolate(x.float(), size=(gh, gw), mode="nearest"), dim=1) for x in feats], 1
+        )
         region = mask_from_features(f[0], canvas.to_cell(point, "feature"), threshold)
-        up = F.interpolate(region.float()[None, None], size=(img.size[1], img.size[0]), mode="nearest")[0, 0] > 0.5
+        up = (
+            F.interpolate(region.float()[None, None], size=(img.size[1], img.size[0]), mode="nearest")[0, 0]
+            > 0.5
+        )
         return dilate(up, dilate_px).numpy()

@@ -31,7 +31,9 @@ def similarity(a: torch.Tensor, b: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return (F.cosine_similarity(a.float(), b.float(), dim=dim, eps=1e-6) + 1.0) / 2.0
 
 
-def gather_cells(feature: torch.Tensor, cells: Cells, grid_size: tuple[int, int], row: int = 0) -> torch.Tensor:
+def gather_cells(
+    feature: torch.Tensor, cells: Cells, grid_size: tuple[int, int], row: int = 0
+) -> torch.Tensor:
     """Features ``(C, K)`` of batch row ``row`` at feature-grid ``cells`` (nearest map cell); ``grid_size`` is
     ``(W_G, H_G)``."""
     wg, hg = grid_size
@@ -56,7 +58,10 @@ def local_similarity(
     """
     return torch.stack(
         [
-            similarity(gather_cells(c, current_cells, grid_size), gather_cells(r, reference_cells, grid_size, reference_row)).mean()
+            similarity(
+                gather_cells(c, current_cells, grid_size),
+                gather_cells(r, reference_cells, grid_size, reference_row),
+            ).mean()
             for c, r in zip(current, reference, strict=True)
         ]
     )

@@ -72,10 +72,17 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 _SD_PIPELINES = {
-    "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
-    "StableDiffusionPix2PixZeroPipeline", "StableDiffusionDiffEditPipeline",
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+    "StableDiffusionPix2PixZeroPipeline",
+    "StableDiffusionDiffEditPipeline",
 }
-_SDXL_PIPELINES = {"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"}
+_SDXL_PIPELINES = {
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionXLInpaintPipeline",
+}
 _TRANSFORMER_HINT = (
     "it is a transformer (DiT / MMDiT) model without a UNet decoder; dragsdk's features and K/V layers are UNet "
     "decoder blocks (supported: SD 1.x, SD 2.x, SDXL in diffusers layout)"
@@ -104,19 +111,25 @@ def family_from_configs(unet_config: dict[str, Any], pipeline_class: str | None 
         raise ModelLoadError(
             f"the UNet has {unet_config.get('in_channels')} input / {unet_config.get('out_channels')} output "
             "channels; dragsdk edits with text-to-image UNets of 4 latent channels (inpainting / depth UNets are "
-            "not supported)")
+            "not supported)"
+        )
     if add == "text_time":
         return "sdxl"
     if add is not None or unet_config.get("class_embed_type") is not None:
-        raise ModelLoadError(f"the UNet has addition_embed_type={add!r}, class_embed_type="
-                             f"{unet_config.get('class_embed_type')!r}; supported: SD 1.x, SD 2.x, SDXL")
+        raise ModelLoadError(
+            f"the UNet has addition_embed_type={add!r}, class_embed_type="
+            f"{unet_config.get('class_embed_type')!r}; supported: SD 1.x, SD 2.x, SDXL"
+        )
     if pipeline_class in _SDXL_PIPELINES:
-        raise ModelLoadError(f"model_index.json says {pipeline_class} but the UNet has no text_time conditioning")
+        raise ModelLoadError(
+            f"model_index.json says {pipeline_class} but the UNet has no text_time conditioning"
+        )
     return "sd2" if unet_config.get("use_linear_projection") else "sd1"
 
 
-def check_index(index: dict[str, Any], where: str, has_transformer: bool = False,
-                has_text_encoder: bool = True) -> None:
+def check_index(
+    index: dict[str, Any], where: str, has_transformer: bool = False, has_text_encoder: bool = True
+) -> None:
     """Refuse a ``model_index.json`` of an unsupported pipeline or of the SDXL refiner.
 
     Raises:
@@ -125,12 +138,19 @@ def check_index(index: dict[str, Any], where: str, has_transformer: bool = False
     """
     cls = index.get("_class_name")
     if cls is not None and cls not in _SD_PIPELINES | _SDXL_PIPELINES:
-        why = _TRANSFORMER_HINT if "transformer" in index or has_transformer else (
-            "supported pipelines are StableDiffusionPipeline (SD 1.x / 2.x) and StableDiffusionXLPipeline")
+        why = (
+            _TRANSFORMER_HINT
+            if "transformer" in index or has_transformer
+            else (
+                "supported pipelines are StableDiffusionPipeline (SD 1.x / 2.x) and StableDiffusionXLPipeline"
+            )
+        )
         raise ModelLoadError(f"{where} holds a {cls}: not supported: {why}")
     if cls in _SDXL_PIPELINES and (index.get("text_encoder") in (None, [None, None]) or not has_text_encoder):
-        raise ModelLoadError(f"{where} holds an SDXL {cls} without text_encoder (the SDXL refiner); dragsdk needs "
-                             "a base model with both text encoders (e.g. stable-diffusion-xl-base-1.0)")
+        raise ModelLoadError(
+            f"{where} holds an SDXL {cls} without text_encoder (the SDXL refiner); dragsdk needs "
+            "a base model with both text encoders (e.g. stable-diffusion-xl-base-1.0)"
+        )
 
 
 def detect_family(folder: str | Path) -> str:
@@ -143,15 +163,23 @@ def detect_family(folder: str | Path) -> str:
     folder = Path(folder)
     index_path = folder / "model_index.json"
     index = _read_json(index_path) if index_path.is_file() else {}
-    check_index(index, str(folder), has_transformer=(folder / "transformer").is_dir(),
-                has_text_encoder=(folder / "text_encoder").is_dir())
+    check_index(
+        index,
+        str(folder),
+        has_transformer=(folder / "transformer").is_dir(),
+        has_text_encoder=(folder / "text_encoder").is_dir(),
+    )
     cls = index.get("_class_name")
     unet_cfg = folder / "unet" / "config.json"
     if not unet_cfg.is_file():
         if (folder / "transformer").is_dir():
-            raise ModelLoadError(f"{folder} has transformer/ and no unet/: not supported: {_TRANSFORMER_HINT}")
-        raise ModelLoadError(f"{folder} exists but has no unet/config.json; expected a diffusers layout with unet/, "
-                             "vae/, text_encoder/, tokenizer/ and scheduler/ subfolders")
+            raise ModelLoadError(
+                f"{folder} has transformer/ and no unet/: not supported: {_TRANSFORMER_HINT}"
+            )
+        raise ModelLoadError(
+            f"{folder} exists but has no unet/config.json; expected a diffusers layout with unet/, "
+            "vae/, text_encoder/, tokenizer/ and scheduler/ subfolders"
+        )
     return family_from_configs(_read_json(unet_cfg), cls)
 
 
@@ -164,10 +192,14 @@ def check_prediction_type(scheduler_config: Any) -> str:
     """
     pred = dict(scheduler_config).get("prediction_type", "epsilon")
     if pred not in PREDICTION_TYPES:
-        raise ModelLoadError(f"the scheduler's prediction_type is {pred!r}; supported: {', '.join(PREDICTION_TYPES)}")
+        raise ModelLoadError(
+            f"the scheduler's prediction_type is {pred!r}; supported: {', '.join(PREDICTION_TYPES)}"
+        )
     if dict(scheduler_config).get("rescale_betas_zero_snr"):
-        raise ModelLoadError("the scheduler has rescale_betas_zero_snr=True (ᾱ_T = 0): DDIM inversion cannot reach "
-                             "its final timestep; use a schedule without zero terminal SNR")
+        raise ModelLoadError(
+            "the scheduler has rescale_betas_zero_snr=True (ᾱ_T = 0): DDIM inversion cannot reach "
+            "its final timestep; use a schedule without zero terminal SNR"
+        )
     return str(pred)
 
 
@@ -183,10 +215,14 @@ def ddim_from_config(scheduler_config: Any, name: str | None = None) -> Any:
     from diffusers import DDIMScheduler
 
     raw = dict(scheduler_config)
-    if "num_train_timesteps" not in raw or not ("beta_schedule" in raw or raw.get("trained_betas") is not None):
-        raise ModelLoadError(f"scheduler {name or raw.get('_class_name', '(unnamed)')} has no beta schedule "
-                             "(beta_schedule / trained_betas and num_train_timesteps in its config): a DDIM scheduler "
-                             "for inversion cannot be built from it")
+    if "num_train_timesteps" not in raw or not (
+        "beta_schedule" in raw or raw.get("trained_betas") is not None
+    ):
+        raise ModelLoadError(
+            f"scheduler {name or raw.get('_class_name', '(unnamed)')} has no beta schedule "
+            "(beta_schedule / trained_betas and num_train_timesteps in its config): a DDIM scheduler "
+            "for inversion cannot be built from it"
+        )
     cfg = {k: v for k, v in raw.items() if not k.startswith("_")}
     return DDIMScheduler.from_config({**cfg, "clip_sample": False, "set_alpha_to_one": False})
 
@@ -216,18 +252,26 @@ class ModelAdapter:
         if max(self.layout.feature_blocks + self.layout.kv_blocks) >= n_up:
             raise ModelLoadError(
                 f"the UNet's decoder has {n_up} up blocks {types}; the {family} layout takes features from up_blocks"
-                f"{list(self.layout.feature_blocks)} and K/V from up_blocks{list(self.layout.kv_blocks)}")
+                f"{list(self.layout.feature_blocks)} and K/V from up_blocks{list(self.layout.kv_blocks)}"
+            )
         if not self.bank_layers():
-            raise ModelLoadError(f"the UNet's up_blocks{list(self.layout.kv_blocks)} ({types}) have no self-attention "
-                                 f"layer to record / inject K/V ({family} layout)")
+            raise ModelLoadError(
+                f"the UNet's up_blocks{list(self.layout.kv_blocks)} ({types}) have no self-attention "
+                f"layer to record / inject K/V ({family} layout)"
+            )
         if family == "sdxl":
-            if getattr(bundle, "text_encoder_2", None) is None or getattr(bundle, "tokenizer_2", None) is None:
+            if (
+                getattr(bundle, "text_encoder_2", None) is None
+                or getattr(bundle, "tokenizer_2", None) is None
+            ):
                 raise ModelLoadError("an SDXL UNet needs text_encoder_2 and tokenizer_2 (found none)")
             self.pooled_dim = int(bundle.text_encoder_2.config.projection_dim)
             width = int(unet.config.cross_attention_dim)
             if self.pooled_dim > width:
-                raise ModelLoadError(f"the pooled embedding ({self.pooled_dim}) is wider than the text embedding "
-                                     f"({width}); cannot pack it as one conditioning row")
+                raise ModelLoadError(
+                    f"the pooled embedding ({self.pooled_dim}) is wider than the text embedding "
+                    f"({width}); cannot pack it as one conditioning row"
+                )
 
     # -- layers -----------------------------------------------------------------------------------------------
     @property
@@ -238,8 +282,11 @@ class ModelAdapter:
     def bank_layers(self) -> list[str]:
         """Names (without ``.processor``) of the self-attention layers that record / inject K/V (:data:`LAYOUTS`)."""
         prefixes = tuple(f"up_blocks.{i}." for i in self.layout.kv_blocks)
-        return [k[: -len(".processor")] for k in self.bundle.unet.attn_processors
-                if k.startswith(prefixes) and k.endswith(".attn1.processor")]
+        return [
+            k[: -len(".processor")]
+            for k in self.bundle.unet.attn_processors
+            if k.startswith(prefixes) and k.endswith(".attn1.processor")
+        ]
 
     @property
     def default_resolution(self) -> int:
@@ -252,8 +299,9 @@ class ModelAdapter:
     def _ids(self, tokenizer: Any, prompt: str) -> torch.Tensor:
         n = int(tokenizer.model_max_length)
         n = min(n, 77) if n < 10**6 else 77
-        return tokenizer(prompt, padding="max_length", max_length=n, truncation=True,
-                         return_tensors="pt").input_ids.to(self.bundle.device)
+        return tokenizer(
+            prompt, padding="max_length", max_length=n, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.bundle.device)
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str, negative: bool = False) -> torch.Tensor:
@@ -281,7 +329,9 @@ class ModelAdapter:
         row[0, 0, : pooled.shape[-1]] = pooled[0]
         return torch.cat([emb, row], dim=1).to(b.dtype)
 
-    def unpack(self, cond: torch.Tensor, sample: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    def unpack(
+        self, cond: torch.Tensor, sample: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """Split a conditioning tensor into ``encoder_hidden_states`` and SDXL's ``added_cond_kwargs`` for a
         ``(B, 4, h, w)`` sample (time ids of an ``8h × 8w`` pixel canvas)."""
         b = sample.shape[0]
@@ -319,8 +369,14 @@ class EpsilonUNet:
         self.unet = unet
         self.adapter = adapter
 
-    def __call__(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor,
-                 return_dict: bool = False, **kwargs: Any) -> tuple[torch.Tensor]:
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: Any,
+        encoder_hidden_states: torch.Tensor,
+        return_dict: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor]:
         cond, added = self.adapter.unpack(encoder_hidden_states, sample)
         if added is not None:
             kwargs["added_cond_kwargs"] = added

@@ -36,8 +36,9 @@ def option(official: Any, improved: Any, help: str, *, improvement: str | None =
         improvement: the name a spec may list in ``profile`` to turn this option to ``improved`` alone
             (e.g. ``area-masks``); None = only the whole ``dragsdk`` profile (or a per-option spec field) sets it.
     """
-    return dataclasses.field(default=official, metadata={"improved": improved, "help": help,
-                                                         "improvement": improvement})
+    return dataclasses.field(
+        default=official, metadata={"improved": improved, "help": help, "improvement": improvement}
+    )
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,9 @@ class ProfileTable(Generic[OptionsT]):
         self._by_improvement: dict[str, str] = {}
         for f in self._fields:
             if "improved" not in f.metadata:
-                raise TypeError(f"ProfileTable: field {f.name!r} of {options.__name__} is not made with option()")
+                raise TypeError(
+                    f"ProfileTable: field {f.name!r} of {options.__name__} is not made with option()"
+                )
             name = f.metadata["improvement"]
             if name is None:
                 continue
@@ -162,8 +165,9 @@ class ProfileTable(Generic[OptionsT]):
         option as ``name=value``."""
         given = {f.name: getattr(options, f.name) for f in self._fields}
         engine = {k: v for k, v in given.items() if k in _ENGINE_FIELDS}
-        return Fidelity(**engine, profile=self.label(profile),
-                        options=tuple(f"{k}={v}" for k, v in sorted(given.items())))
+        return Fidelity(
+            **engine, profile=self.label(profile), options=tuple(f"{k}={v}" for k, v in sorted(given.items()))
+        )
 
     def spec_type(self) -> Any:
         """The type of a spec's ``profile`` field: ``"official"``, ``"dragsdk"``, or (when the table names
@@ -179,13 +183,18 @@ class ProfileTable(Generic[OptionsT]):
             f"{f.metadata['improvement'] or f.name}: {f.metadata['help']}" for f in self._fields
         )
         lists = " or a list of improvements;" if self.improvements else ""
-        return Field(OFFICIAL, description=f"'{OFFICIAL}' reproduces the official code; '{ALL_IMPROVEMENTS}' "
-                                           f"enables every improvement;{lists} {extra}Options — {listed}")
+        return Field(
+            OFFICIAL,
+            description=f"'{OFFICIAL}' reproduces the official code; '{ALL_IMPROVEMENTS}' "
+            f"enables every improvement;{lists} {extra}Options — {listed}",
+        )
 
     def rows(self) -> list[tuple[str, str | None, Any, Any, str]]:
         """``(option, improvement, official value, dragsdk value, help)`` per option, for docs and ``--help``."""
-        return [(f.name, f.metadata["improvement"], f.default, f.metadata["improved"], f.metadata["help"])
-                for f in self._fields]
+        return [
+            (f.name, f.metadata["improvement"], f.default, f.metadata["improved"], f.metadata["help"])
+            for f in self._fields
+        ]
 
 
 __all__ = ["ALL_IMPROVEMENTS", "OFFICIAL", "Fidelity", "ProfileTable", "option"]

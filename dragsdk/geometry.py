@@ -86,7 +86,9 @@ class Canvas:
         sx, sy = self.scale(grid)
         return xy[0] * sx, xy[1] * sy
 
-    def to_cell(self, xy: tuple[float, float], grid: Grid, convention: PointConvention = "centre") -> tuple[int, int]:
+    def to_cell(
+        self, xy: tuple[float, float], grid: Grid, convention: PointConvention = "centre"
+    ) -> tuple[int, int]:
         """``(col, row)`` of the grid cell of image pixel ``xy``, clipped to the grid.
 
         ``centre``: the cell holding the pixel's centre, ``floor((x + 0.5)·s)``; ``corner``: ``floor(x·s)``, the
@@ -109,7 +111,11 @@ class Canvas:
         return 0 <= xy[0] < self.image_size[0] and 0 <= xy[1] < self.image_size[1]
 
     def mask_to_grid(
-        self, mask: np.ndarray | torch.Tensor, grid: Grid, threshold: float = 0.5, method: MaskResampling = "area"
+        self,
+        mask: np.ndarray | torch.Tensor,
+        grid: Grid,
+        threshold: float = 0.5,
+        method: MaskResampling = "area",
     ) -> torch.Tensor:
         """Resample an image-size mask onto a grid.
 
@@ -139,7 +145,9 @@ class Canvas:
         m = (m.float() > 0.5).float() if m.is_floating_point() else (m != 0).float()
         gw, gh = self.grid_size(grid)
         # Area resampling through the working size keeps thin structures proportionally.
-        up = F.interpolate(m[None, None], size=(self.size[1], self.size[0]), mode="bilinear", align_corners=False)
+        up = F.interpolate(
+            m[None, None], size=(self.size[1], self.size[0]), mode="bilinear", align_corners=False
+        )
         d = _GRID_DIVISOR[grid]
         if method == "nearest":
             return (up[0, 0, : gh * d : d, : gw * d : d] * 255 >= 0.5).cpu()

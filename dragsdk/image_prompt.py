@@ -88,8 +88,15 @@ class ImagePromptAdapter:
     its UNet, shared). ``name`` is what reports show.
     """
 
-    def __init__(self, name: str, image_encoder: Any, projection: Any, processors: dict[str, Any],
-                 scale: float | None = None, host: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        image_encoder: Any,
+        projection: Any,
+        processors: dict[str, Any],
+        scale: float | None = None,
+        host: bool = False,
+    ) -> None:
         from diffusers.models.embeddings import ImageProjection
 
         self.name = name
@@ -128,8 +135,9 @@ class ImagePromptAdapter:
             emb = torch.cat([torch.zeros_like(e), e])
         return self.projection(emb)
 
-    def state(self, image: Image.Image, scale: float, device: torch.device, dtype: torch.dtype,
-              counter: Any = None) -> ImagePromptState:
+    def state(
+        self, image: Image.Image, scale: float, device: torch.device, dtype: torch.dtype, counter: Any = None
+    ) -> ImagePromptState:
         """The tokens of ``image`` (:meth:`tokens`, counted in ``counter``) on ``device`` / ``dtype`` at ``scale``."""
         tokens = self.tokens(image, counter).to(device, dtype)
         return ImagePromptState(tokens, scale, self.processors)
@@ -155,7 +163,9 @@ def check_ip_adapter_scale(scale: object) -> float | None:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise SpecError("scale", f"the IP-Adapter scale must be a number or None, got {type(scale).__name__}")
     if not math.isfinite(scale) or not 0.0 <= scale <= MAX_IP_ADAPTER_SCALE:
-        raise SpecError("scale", f"the IP-Adapter scale must be in [0, {MAX_IP_ADAPTER_SCALE:g}], got {scale!r}")
+        raise SpecError(
+            "scale", f"the IP-Adapter scale must be in [0, {MAX_IP_ADAPTER_SCALE:g}], got {scale!r}"
+        )
     return float(scale)
 
 
@@ -194,13 +204,20 @@ def load_ip_adapter(
     from transformers import CLIPVisionModelWithProjection
 
     scale = check_ip_adapter_scale(scale)
-    if image_encoder is not None and not isinstance(image_encoder, (str, os.PathLike, CLIPVisionModelWithProjection)):
-        raise ArgumentTypeError("image_encoder", "None, a folder / hub id, or a transformers "
-                                "CLIPVisionModelWithProjection", image_encoder)
+    if image_encoder is not None and not isinstance(
+        image_encoder, (str, os.PathLike, CLIPVisionModelWithProjection)
+    ):
+        raise ArgumentTypeError(
+            "image_encoder",
+            "None, a folder / hub id, or a transformers CLIPVisionModelWithProjection",
+            image_encoder,
+        )
     try:
         model_file = _get_model_file(str(folder_or_id), weights_name=weight_name, subfolder=subfolder or None)
     except OSError as e:
-        raise ModelNotFoundError(f"IP-Adapter weights {weight_name!r} not found in {str(folder_or_id)!r}: {e}") from e
+        raise ModelNotFoundError(
+            f"IP-Adapter weights {weight_name!r} not found in {str(folder_or_id)!r}: {e}"
+        ) from e
     try:
         if weight_name.endswith(".safetensors"):
             sd: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
@@ -212,12 +229,16 @@ def load_ip_adapter(
         else:
             sd = load_state_dict(model_file)
     except Exception as e:  # safetensors' SafetensorError, a damaged pickle or zip: a corrupt file
-        raise ModelLoadError(f"IP-Adapter file {model_file} cannot be read (corrupt or not a weights file): "
-                             f"{' '.join(str(e).split())[:300] or type(e).__name__}") from e
+        raise ModelLoadError(
+            f"IP-Adapter file {model_file} cannot be read (corrupt or not a weights file): "
+            f"{' '.join(str(e).split())[:300] or type(e).__name__}"
+        ) from e
     if not sd.get("image_proj") or not sd.get("ip_adapter"):
         raise ModelLoadError(f"{model_file}: an IP-Adapter file needs 'image_proj' and 'ip_adapter' weights")
     try:
-        projection = unet._convert_ip_adapter_image_proj_to_diffusers(sd["image_proj"], low_cpu_mem_usage=False)
+        projection = unet._convert_ip_adapter_image_proj_to_diffusers(
+            sd["image_proj"], low_cpu_mem_usage=False
+        )
         procs = unet._convert_ip_adapter_attn_to_diffusers([sd], low_cpu_mem_usage=False)
     except (KeyError, RuntimeError) as e:
         raise ModelLoadError(f"{model_file}: IP-Adapter weights do not match the UNet: {e}") from e
@@ -229,7 +250,9 @@ def load_ip_adapter(
         try:
             image_encoder = CLIPVisionModelWithProjection.from_pretrained(where, subfolder=sub)
         except OSError as e:
-            raise ModelNotFoundError(f"IP-Adapter image encoder not found at {where!r} (subfolder {sub!r}): {e}") from e
+            raise ModelNotFoundError(
+                f"IP-Adapter image encoder not found at {where!r} (subfolder {sub!r}): {e}"
+            ) from e
     p = next(unet.parameters())
     device, dtype = device or p.device, dtype or p.dtype
     image_encoder = image_encoder.to(device, dtype).eval().requires_grad_(False)
@@ -268,15 +291,25 @@ def host_ip_adapter(unet: Any, image_encoder: Any, name: str | None = None) -> I
     loaded = max(len(p.to_k_ip) for p in procs.values())
     layers = getattr(getattr(unet, "encoder_hid_proj", None), "image_projection_layers", None)
     if loaded != 1 or layers is None or len(layers) != 1:
-        raise ModelLoadError(f"the host UNet carries {loaded} IP-Adapters; dragsdk composes exactly one "
-                             "(pipe.unload_ip_adapter() and load one)")
+        raise ModelLoadError(
+            f"the host UNet carries {loaded} IP-Adapters; dragsdk composes exactly one "
+            "(pipe.unload_ip_adapter() and load one)"
+        )
     if image_encoder is None:
-        raise ModelLoadError("the host UNet carries an IP-Adapter but no image encoder was given (pipe.image_encoder "
-                             "is None: loaded with image_encoder_folder=None?); dragsdk encodes the image itself")
-    if not isinstance(image_encoder, torch.nn.Module) or not callable(getattr(image_encoder, "forward", None)):
-        raise ArgumentTypeError("image_encoder", "the host's CLIPVisionModelWithProjection (pipe.image_encoder)",
-                                image_encoder)
-    label = name or f"host IP-Adapter ({getattr(image_encoder, 'name_or_path', '') or type(image_encoder).__name__})"
+        raise ModelLoadError(
+            "the host UNet carries an IP-Adapter but no image encoder was given (pipe.image_encoder "
+            "is None: loaded with image_encoder_folder=None?); dragsdk encodes the image itself"
+        )
+    if not isinstance(image_encoder, torch.nn.Module) or not callable(
+        getattr(image_encoder, "forward", None)
+    ):
+        raise ArgumentTypeError(
+            "image_encoder", "the host's CLIPVisionModelWithProjection (pipe.image_encoder)", image_encoder
+        )
+    label = (
+        name
+        or f"host IP-Adapter ({getattr(image_encoder, 'name_or_path', '') or type(image_encoder).__name__})"
+    )
     return ImagePromptAdapter(label, image_encoder, layers[0], procs, None, host=True)
 
 
@@ -285,8 +318,12 @@ def host_adapter_installed(unet: Any, adapter: ImagePromptAdapter) -> bool:
     replaced the IP-Adapter since it was adopted)."""
     current = unet.attn_processors
     layers = getattr(getattr(unet, "encoder_hid_proj", None), "image_projection_layers", None)
-    return (layers is not None and len(layers) == 1 and layers[0] is adapter.projection
-            and all(current.get(f"{k}.processor") is p for k, p in adapter.processors.items()))
+    return (
+        layers is not None
+        and len(layers) == 1
+        and layers[0] is adapter.projection
+        and all(current.get(f"{k}.processor") is p for k, p in adapter.processors.items())
+    )
 
 
 @contextmanager

@@ -80,8 +80,13 @@ class DDIMSchedule:
 
 
 def ddim_step(
-    z: torch.Tensor, eps: torch.Tensor, a_t: float, a_prev: float, guidance: torch.Tensor | None = None,
-    eta: torch.Tensor | float = 0.0, noise: torch.Tensor | None = None,
+    z: torch.Tensor,
+    eps: torch.Tensor,
+    a_t: float,
+    a_prev: float,
+    guidance: torch.Tensor | None = None,
+    eta: torch.Tensor | float = 0.0,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One DDIM sampling step ``z_t → z_{t_prev}`` with energy guidance in the x̂₀ term only.
 

@@ -38,9 +38,21 @@ from .errors import OutputError, SpecError
 from .safe_pickle import restricted_load
 
 __all__ = [
-    "MASK_THRESHOLD", "atomic_write", "check_outputs", "load_image", "load_mask", "mask_to_data_url",
-    "max_megapixels", "max_sample_bytes", "read_capped", "read_json", "restricted_load", "save_image_atomic",
-    "size_note", "to_uint8", "write_text_atomic",
+    "MASK_THRESHOLD",
+    "atomic_write",
+    "check_outputs",
+    "load_image",
+    "load_mask",
+    "mask_to_data_url",
+    "max_megapixels",
+    "max_sample_bytes",
+    "read_capped",
+    "read_json",
+    "restricted_load",
+    "save_image_atomic",
+    "size_note",
+    "to_uint8",
+    "write_text_atomic",
 ]
 
 _DATA_URL_PREFIX = "data:image/png;base64,"
@@ -90,15 +102,22 @@ def max_sample_bytes(override: int | None = None) -> int:
     Raises:
         SpecError: the environment variable is not a positive number.
     """
-    return int(override) if override is not None else int(_env_limit(MAX_SAMPLE_MB_ENV, DEFAULT_MAX_SAMPLE_MB) * 2**20)
+    return (
+        int(override)
+        if override is not None
+        else int(_env_limit(MAX_SAMPLE_MB_ENV, DEFAULT_MAX_SAMPLE_MB) * 2**20)
+    )
 
 
 def _check_pixels(size: tuple[int, int], field: str, what: str, cap_mp: float | None) -> None:
     cap = max_megapixels(cap_mp)
     mp = size[0] * size[1] / 1e6
     if mp > cap:
-        raise SpecError(field, f"{what} is {size[0]}×{size[1]} ({mp:.3g} megapixels), more than the {cap:g}-megapixel "
-                               f"limit (raise it with {MAX_MEGAPIXELS_ENV} or max_megapixels=)")
+        raise SpecError(
+            field,
+            f"{what} is {size[0]}×{size[1]} ({mp:.3g} megapixels), more than the {cap:g}-megapixel "
+            f"limit (raise it with {MAX_MEGAPIXELS_ENV} or max_megapixels=)",
+        )
 
 
 def size_note(image_size: tuple[int, int], working_size: tuple[int, int]) -> str | None:
@@ -106,9 +125,11 @@ def size_note(image_size: tuple[int, int], working_size: tuple[int, int]) -> str
     ratio = image_size[0] * image_size[1] / max(1, working_size[0] * working_size[1])
     if ratio < FAR_LARGER:
         return None
-    return (f"the input {image_size[0]}×{image_size[1]} has {ratio:.0f}× the pixels of the working size "
-            f"{working_size[0]}×{working_size[1]}: the edit runs at the working size and is resized back, so detail "
-            "finer than that is not edited (raise sampler.resolution to keep more)")
+    return (
+        f"the input {image_size[0]}×{image_size[1]} has {ratio:.0f}× the pixels of the working size "
+        f"{working_size[0]}×{working_size[1]}: the edit runs at the working size and is resized back, so detail "
+        "finer than that is not edited (raise sampler.resolution to keep more)"
+    )
 
 
 # -- files -----------------------------------------------------------------------------------------------------
@@ -129,14 +150,19 @@ def read_capped(path: str | os.PathLike[str], field: str, max_bytes: int | None 
     try:
         size = p.stat().st_size
         if size > cap:
-            raise SpecError(field, f"{p} is {size / 2**20:.1f} MiB, more than the {cap / 2**20:g} MiB limit "
-                                   f"(raise it with {MAX_SAMPLE_MB_ENV})")
+            raise SpecError(
+                field,
+                f"{p} is {size / 2**20:.1f} MiB, more than the {cap / 2**20:g} MiB limit "
+                f"(raise it with {MAX_SAMPLE_MB_ENV})",
+            )
         with open(p, "rb") as f:
             data = f.read(cap + 1)
     except OSError as e:
         raise SpecError(field, f"{p} cannot be read ({e.strerror or e})") from e
     if len(data) > cap:
-        raise SpecError(field, f"{p} is larger than the {cap / 2**20:g} MiB limit (raise it with {MAX_SAMPLE_MB_ENV})")
+        raise SpecError(
+            field, f"{p} is larger than the {cap / 2**20:g} MiB limit (raise it with {MAX_SAMPLE_MB_ENV})"
+        )
     return data
 
 
@@ -154,11 +180,15 @@ def parse_json(text: str | bytes, field: str, source: str = "", allow_nan: bool 
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as e:
-            raise SpecError(field, f"{where}is not UTF-8 text (byte {e.start} is 0x{text[e.start]:02x})") from None
+            raise SpecError(
+                field, f"{where}is not UTF-8 text (byte {e.start} is 0x{text[e.start]:02x})"
+            ) from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SpecError(field, f"{where}is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise SpecError(
+            field, f"{where}is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        ) from None
     except RecursionError:
         raise SpecError(field, f"{where}is nested more than {MAX_JSON_DEPTH} levels deep") from None
     _check_depth(value, field, where)
@@ -175,8 +205,10 @@ def _refuse_non_finite(value: Any, where: str) -> None:
         v, path = todo.pop()
         if isinstance(v, float) and not math.isfinite(v):
             literal = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
-            raise SpecError(path or "spec", f"{where}holds the JSON literal {literal}, which is not a finite "
-                                            "number; give a finite one")
+            raise SpecError(
+                path or "spec",
+                f"{where}holds the JSON literal {literal}, which is not a finite number; give a finite one",
+            )
         if isinstance(v, dict):
             todo.extend((x, f"{path}.{k}" if path else str(k)) for k, x in v.items())
         elif isinstance(v, list):
@@ -195,8 +227,12 @@ def _check_depth(value: Any, field: str, where: str) -> None:
             todo.extend((x, depth + 1) for x in v)
 
 
-def read_json(path: str | os.PathLike[str], field: str | None = None, max_bytes: int | None = None,
-              allow_nan: bool = True) -> Any:
+def read_json(
+    path: str | os.PathLike[str],
+    field: str | None = None,
+    max_bytes: int | None = None,
+    allow_nan: bool = True,
+) -> Any:
     """Read a JSON file (a spec, ``points.json``, ``run.json``) with :func:`read_capped` and :func:`parse_json`.
 
     Args:
@@ -235,7 +271,9 @@ def to_uint8(a: np.ndarray, field: str = "image", sixteen_bit: bool = False) -> 
     if a.dtype.kind in "ui":
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi > 65535:
-            raise SpecError(field, f"integer values must lie in [0, 255] or, 16-bit, [0, 65535]; got [{lo}, {hi}]")
+            raise SpecError(
+                field, f"integer values must lie in [0, 255] or, 16-bit, [0, 65535]; got [{lo}, {hi}]"
+            )
         if sixteen_bit or hi > 255:
             return np.round(a.astype(np.float32) * np.float32(255 / 65535)).astype(np.uint8)
         return a.astype(np.uint8)
@@ -263,7 +301,9 @@ def _high_depth(im: Image.Image) -> np.ndarray | None:
 def _image_to_rgb(im: Image.Image, field: str) -> Image.Image:
     values = _high_depth(im)
     if values is not None:
-        return Image.fromarray(to_uint8(values, field, sixteen_bit=im.mode.startswith("I;16")), "L").convert("RGB")
+        return Image.fromarray(to_uint8(values, field, sixteen_bit=im.mode.startswith("I;16")), "L").convert(
+            "RGB"
+        )
     return im.convert("RGB")
 
 
@@ -279,7 +319,9 @@ def _array_to_rgb(a: np.ndarray, field: str) -> Image.Image:
 
 
 @contextmanager
-def _open(source: Path | bytes, field: str, what: str, cap_mp: float | None, frame: int | None) -> Iterator[Image.Image]:
+def _open(
+    source: Path | bytes, field: str, what: str, cap_mp: float | None, frame: int | None
+) -> Iterator[Image.Image]:
     """Open an image file (or PNG bytes), check its size before decoding, choose the frame, apply EXIF."""
     if isinstance(source, Path):
         if source.is_dir():
@@ -291,10 +333,15 @@ def _open(source: Path | bytes, field: str, what: str, cap_mp: float | None, fra
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
     except Image.DecompressionBombError:
-        raise SpecError(field, f"{_name(source, what)} declares more pixels than Pillow decodes (a decompression "
-                               f"bomb?); the limit is {max_megapixels(cap_mp):g} megapixels") from None
+        raise SpecError(
+            field,
+            f"{_name(source, what)} declares more pixels than Pillow decodes (a decompression "
+            f"bomb?); the limit is {max_megapixels(cap_mp):g} megapixels",
+        ) from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise SpecError(field, f"{_name(source, what)} is not a readable image ({str(e).splitlines()[0][:120]})") from None
+        raise SpecError(
+            field, f"{_name(source, what)} is not a readable image ({str(e).splitlines()[0][:120]})"
+        ) from None
     with im:
         try:
             _check_pixels(im.size, field, _name(source, what), cap_mp)
@@ -302,7 +349,9 @@ def _open(source: Path | bytes, field: str, what: str, cap_mp: float | None, fra
         except (OSError, ValueError, SyntaxError, EOFError) as e:
             if isinstance(e, SpecError):
                 raise
-            raise SpecError(field, f"{_name(source, what)} cannot be decoded ({str(e).splitlines()[0][:120]})") from None
+            raise SpecError(
+                field, f"{_name(source, what)} cannot be decoded ({str(e).splitlines()[0][:120]})"
+            ) from None
 
 
 def _name(source: Path | bytes, what: str) -> str:
@@ -319,8 +368,11 @@ def _still(im: Image.Image, field: str, name: str, frame: int | None) -> Image.I
         im.seek(frame)
     elif getattr(im, "is_animated", False) and im.format != "MPO":
         what = f"a multi-page TIFF ({n} pages)" if im.format == "TIFF" else f"animated ({n} frames)"
-        raise SpecError(field, f"{name} is {what}; choose one (frame=k from 0, --frame K on the "
-                               "command line) or save it as a still image")
+        raise SpecError(
+            field,
+            f"{name} is {what}; choose one (frame=k from 0, --frame K on the "
+            "command line) or save it as a still image",
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         im.load()
@@ -375,7 +427,9 @@ def _mask_values(a: np.ndarray, field: str, sixteen_bit: bool = False) -> np.nda
     if a.dtype.kind in "ui":
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi > 65535:
-            raise SpecError(field, f"integer mask values must lie in [0, 255] or [0, 65535]; got [{lo}, {hi}]")
+            raise SpecError(
+                field, f"integer mask values must lie in [0, 255] or [0, 65535]; got [{lo}, {hi}]"
+            )
         if hi <= 1:
             return a > 0
         full = 65535 if sixteen_bit or hi > 255 else 255
@@ -385,7 +439,9 @@ def _mask_values(a: np.ndarray, field: str, sixteen_bit: bool = False) -> np.nda
             raise SpecError(field, "the mask has NaN or infinite values")
         lo, hi = float(a.min()), float(a.max())
         if lo < 0 or hi > 255:
-            raise SpecError(field, f"float mask values must lie in [0, 1] (or [0, 255]); got [{lo:g}, {hi:g}]")
+            raise SpecError(
+                field, f"float mask values must lie in [0, 1] (or [0, 255]); got [{lo:g}, {hi:g}]"
+            )
         return a > MASK_THRESHOLD * (1.0 if hi <= 1 else 255.0)
     raise SpecError(field, f"unsupported mask dtype {a.dtype} (expected bool, integers or floats)")
 
@@ -429,7 +485,9 @@ def _mask_from_array(a: np.ndarray, field: str) -> np.ndarray:
 
 
 def load_mask(
-    ref: str | os.PathLike[str] | np.ndarray | Image.Image, field: str = "mask", max_megapixels: float | None = None
+    ref: str | os.PathLike[str] | np.ndarray | Image.Image,
+    field: str = "mask",
+    max_megapixels: float | None = None,
 ) -> np.ndarray:
     """Decode a mask reference into an ``(H, W)`` bool array (True = inside).
 
@@ -461,14 +519,16 @@ def load_mask(
             _check_pixels((ref.shape[1], ref.shape[0]), field, "the mask array", max_megapixels)
         return _mask_from_array(ref, field)
     if not isinstance(ref, str | os.PathLike):
-        raise SpecError(field, f"expected a PNG path, a data URL, a PIL image or an array, got {type(ref).__name__}")
+        raise SpecError(
+            field, f"expected a PNG path, a data URL, a PIL image or an array, got {type(ref).__name__}"
+        )
     s = str(ref)
     source: Path | bytes
     if s.startswith("data:"):
         if not s.startswith(_DATA_URL_PREFIX):
             raise SpecError(field, "a mask data URL must start with 'data:image/png;base64,'")
         try:
-            source = base64.b64decode(s[len(_DATA_URL_PREFIX):], validate=True)
+            source = base64.b64decode(s[len(_DATA_URL_PREFIX) :], validate=True)
         except ValueError as e:
             raise SpecError(field, f"the mask data URL is not base64 ({e})") from None
     else:
@@ -508,13 +568,25 @@ def _refuse_special(dest: Path, field: str) -> None:
     except OSError as e:
         raise SpecError(field, f"cannot check {dest} ({e.strerror or e})") from e
     if not stat.S_ISREG(st.st_mode):
-        kind = ("a character device" if stat.S_ISCHR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
-                else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
-                else "not a regular file")
-        raise SpecError(field, f"{dest} exists and is {kind}; outputs replace a regular file only, give a file path")
+        kind = (
+            "a character device"
+            if stat.S_ISCHR(st.st_mode)
+            else "a block device"
+            if stat.S_ISBLK(st.st_mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "not a regular file"
+        )
+        raise SpecError(
+            field, f"{dest} exists and is {kind}; outputs replace a regular file only, give a file path"
+        )
 
 
-def check_outputs(outputs: Mapping[str, str | os.PathLike[str] | None], protect: tuple[Path, ...] = ()) -> None:
+def check_outputs(
+    outputs: Mapping[str, str | os.PathLike[str] | None], protect: tuple[Path, ...] = ()
+) -> None:
     """Check output paths before any work starts.
 
     Args:
@@ -582,8 +654,12 @@ def _removed_on_sigterm() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], protect: tuple[Path, ...] = (),
-                 field: str = "out") -> Path:
+def atomic_write(
+    path: str | os.PathLike[str],
+    write: Callable[[Path], None],
+    protect: tuple[Path, ...] = (),
+    field: str = "out",
+) -> Path:
     """Write a file atomically: ``write(tmp)`` fills a temporary file beside ``path``, then it replaces ``path``.
 
     The temporary file is removed when ``write`` fails, on KeyboardInterrupt, and (writes from the main thread) on
@@ -630,14 +706,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None], pr
     return dest
 
 
-def save_image_atomic(image: Image.Image, path: str | os.PathLike[str], protect: tuple[Path, ...] = (),
-                      field: str = "out") -> Path:
+def save_image_atomic(
+    image: Image.Image, path: str | os.PathLike[str], protect: tuple[Path, ...] = (), field: str = "out"
+) -> Path:
     """Save a PIL image atomically; the format follows the destination's suffix."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     return atomic_write(path, lambda tmp: image.save(tmp, format=fmt), protect, field)
 
 
-def write_text_atomic(text: str, path: str | os.PathLike[str], protect: tuple[Path, ...] = (),
-                      field: str = "out") -> Path:
+def write_text_atomic(
+    text: str, path: str | os.PathLike[str], protect: tuple[Path, ...] = (), field: str = "out"
+) -> Path:
     """Write UTF-8 text atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), protect, field)

@@ -45,8 +45,10 @@ def declarations(cls: type) -> dict[str, Inversion | None]:
     ``Annotated`` metadata) and its declaration, None where it has none."""
     if dataclasses.is_dataclass(cls):
         return {f.name: f.metadata.get("inversion") for f in dataclasses.fields(cls)}
-    return {name: next((m for m in info.metadata if isinstance(m, Inversion)), None)
-            for name, info in cls.model_fields.items()}  # type: ignore[attr-defined]
+    return {
+        name: next((m for m in info.metadata if isinstance(m, Inversion)), None)
+        for name, info in cls.model_fields.items()
+    }  # type: ignore[attr-defined]
 
 
 def plan_field(decl: Inversion, **kwargs: Any) -> Any:
@@ -109,13 +111,22 @@ def recorded_steps(plan: EditPlan) -> tuple[set[int], set[int]]:
 
     kv_steps = set(plan.kv.steps()) if plan.kv else set()
     feature_steps = guided_steps(plan)
-    if plan.fidelity.step0_reference == "init":  # the first step's reference is the pasted start latent itself
+    if (
+        plan.fidelity.step0_reference == "init"
+    ):  # the first step's reference is the pasted start latent itself
         feature_steps.discard(plan.start_step)
     return kv_steps, feature_steps
 
 
-def inversion_key(img: Image.Image, spec: EditSpec, plan: EditPlan, working_size: tuple[int, int], model: str,
-                  weights: str, adapter: Any = None) -> InversionKey:
+def inversion_key(
+    img: Image.Image,
+    spec: EditSpec,
+    plan: EditPlan,
+    working_size: tuple[int, int],
+    model: str,
+    weights: str,
+    adapter: Any = None,
+) -> InversionKey:
     """The key of the inversion an edit of ``img`` with ``spec`` / ``plan`` needs. ``adapter``: the loaded
     image-prompt adapter (its name and ``scale`` override), or None."""
     s = spec.sampler
@@ -125,12 +136,23 @@ def inversion_key(img: Image.Image, spec: EditSpec, plan: EditPlan, working_size
     if ip is not None and ip.inversion and adapter is not None:
         ip_key = (adapter.name, ip.scale if adapter.scale is None else adapter.scale)
     return InversionKey(
-        image=image_key(img), prompt=spec.prompt,
+        image=image_key(img),
+        prompt=spec.prompt,
         references=tuple((image_key(r.image), r.prompt) for r in plan.references),
-        steps=s.steps, working_size=tuple(working_size), kv_steps=tuple(sorted(kv_steps)),  # type: ignore[arg-type]
-        feature_steps=tuple(sorted(feature_steps)), model=model, weights=weights, sampling=plan.sampling,
-        kv_layers=plan.kv_layers, start_step=plan.start_step, reference_features=plan.fidelity.reference_features,
-        schedule=plan.schedule_key, vae_latent=plan.fidelity.vae_latent, reference_prompt=plan.fidelity.reference_prompt,
+        steps=s.steps,
+        working_size=tuple(working_size),
+        kv_steps=tuple(sorted(kv_steps)),  # type: ignore[arg-type]
+        feature_steps=tuple(sorted(feature_steps)),
+        model=model,
+        weights=weights,
+        sampling=plan.sampling,
+        kv_layers=plan.kv_layers,
+        start_step=plan.start_step,
+        reference_features=plan.fidelity.reference_features,
+        schedule=plan.schedule_key,
+        vae_latent=plan.fidelity.vae_latent,
+        reference_prompt=plan.fidelity.reference_prompt,
         cycle_seed=s.seed if plan.sampling == "cycle-sde" else None,
-        vae_seed=s.seed if plan.fidelity.vae_latent == "sample" else None, image_prompt=ip_key,
+        vae_seed=s.seed if plan.fidelity.vae_latent == "sample" else None,
+        image_prompt=ip_key,
     )

@@ -52,9 +52,17 @@ SD_SCHEDULER_CONFIG: dict[str, Any] = {
     "steps_offset": 1,
     "prediction_type": "epsilon",
 }
-SDXL_SCHEDULER_CONFIG: dict[str, Any] = {  # stable-diffusion-xl-base-1.0 ships an Euler scheduler with these betas
-    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
-    "steps_offset": 1, "timestep_spacing": "leading", "prediction_type": "epsilon", "interpolation_type": "linear",
+SDXL_SCHEDULER_CONFIG: dict[
+    str, Any
+] = {  # stable-diffusion-xl-base-1.0 ships an Euler scheduler with these betas
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+    "interpolation_type": "linear",
     "use_karras_sigmas": False,
 }
 
@@ -153,10 +161,13 @@ class ModelBundle:
         count = len(self.tokenizer(prompt, truncation=False).input_ids)
         if count <= limit:
             return None
-        kept = self.tokenizer.decode(self.tokenizer(prompt, truncation=True, max_length=limit).input_ids,
-                                     skip_special_tokens=True)
-        return (f"{field}: {count} tokens, but the text encoder reads {limit} (with the start and end tokens); "
-                f"the rest was cut: the edit used {kept!r}")
+        kept = self.tokenizer.decode(
+            self.tokenizer(prompt, truncation=True, max_length=limit).input_ids, skip_special_tokens=True
+        )
+        return (
+            f"{field}: {count} tokens, but the text encoder reads {limit} (with the start and end tokens); "
+            f"the rest was cut: the edit used {kept!r}"
+        )
 
     def run_vae(self) -> Any:
         """The VAE to run: a float32 copy of a float16 VAE whose config sets ``force_upcast`` (SDXL's VAE overflows
@@ -187,22 +198,30 @@ def _check_widths(b: ModelBundle) -> None:
     width = int(b.unet.config.cross_attention_dim)
     text = sum(int(m.config.hidden_size) for m in b.text_encoders())
     if width != text:
-        raise ModelLoadError(f"the UNet's cross_attention_dim is {width} but the {b.family} text encoder(s) give "
-                             f"{text} channels: the components come from different architectures")
+        raise ModelLoadError(
+            f"the UNet's cross_attention_dim is {width} but the {b.family} text encoder(s) give "
+            f"{text} channels: the components come from different architectures"
+        )
     if b.family == "sdxl":
         cfg = b.unet.config
         want = 6 * int(cfg.addition_time_embed_dim) + int(b.text_encoder_2.config.projection_dim)
         if int(cfg.projection_class_embeddings_input_dim) != want:
-            raise ModelLoadError(f"the UNet's projection_class_embeddings_input_dim is "
-                                 f"{cfg.projection_class_embeddings_input_dim}, the SDXL text_time conditioning gives "
-                                 f"{want}: the components come from different architectures")
+            raise ModelLoadError(
+                f"the UNet's projection_class_embeddings_input_dim is "
+                f"{cfg.projection_class_embeddings_input_dim}, the SDXL text_time conditioning gives "
+                f"{want}: the components come from different architectures"
+            )
 
 
 def _byte_level_clip_tokenizer() -> Any:
     """A CLIP tokenizer whose vocabulary is the 256 byte symbols (and their word-final forms), no merges."""
     from transformers import CLIPTokenizer
 
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     codes, extra = list(printable), 0
     for b in range(256):
         if b not in printable:
@@ -218,18 +237,32 @@ def _byte_level_clip_tokenizer() -> Any:
     return tok
 
 
-def _text_config(name: str, real: bool, width: int, layers: int, act: str, projection: int | None = None) -> Any:
+def _text_config(
+    name: str, real: bool, width: int, layers: int, act: str, projection: int | None = None
+) -> Any:
     from transformers import CLIPTextConfig
 
-    kw: dict[str, Any] = {"max_position_embeddings": 77, "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513,
-                          "hidden_act": act, "vocab_size": 49408 if real else 514}
+    kw: dict[str, Any] = {
+        "max_position_embeddings": 77,
+        "bos_token_id": 512,
+        "eos_token_id": 513,
+        "pad_token_id": 513,
+        "hidden_act": act,
+        "vocab_size": 49408 if real else 514,
+    }
     if projection is not None:
         kw["projection_dim"] = projection
     if real:
-        return CLIPTextConfig(hidden_size=width, intermediate_size=4 * width, num_attention_heads=width // 64,
-                              num_hidden_layers=layers, **kw)
-    return CLIPTextConfig(hidden_size=width, intermediate_size=2 * width, num_attention_heads=4, num_hidden_layers=2,
-                          **kw)
+        return CLIPTextConfig(
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_attention_heads=width // 64,
+            num_hidden_layers=layers,
+            **kw,
+        )
+    return CLIPTextConfig(
+        hidden_size=width, intermediate_size=2 * width, num_attention_heads=4, num_hidden_layers=2, **kw
+    )
 
 
 def _random_bundle(name: str, seed: int = 0) -> ModelBundle:
@@ -248,29 +281,42 @@ def _random_bundle(name: str, seed: int = 0) -> ModelBundle:
     if family == "sd1":  # SD 1.5: CLIP ViT-L/14, 8 heads per layer, conv projections in the transformers
         widths = (320, 640, 1280, 1280) if real else (32, 64, 64, 64)
         text_encoder = CLIPTextModel(_text_config(name, real, 768 if real else 32, 12, "quick_gelu"))
-        unet_kw: dict[str, Any] = {"attention_head_dim": 8, "cross_attention_dim": text_encoder.config.hidden_size,
-                                   "sample_size": 64}
+        unet_kw: dict[str, Any] = {
+            "attention_head_dim": 8,
+            "cross_attention_dim": text_encoder.config.hidden_size,
+            "sample_size": 64,
+        }
         sched = {**SD_SCHEDULER_CONFIG}
-    elif family == "sd2":  # SD 2.1-768: OpenCLIP ViT-H (23 of 24 layers), 64-channel heads, linear projections, v
+    elif (
+        family == "sd2"
+    ):  # SD 2.1-768: OpenCLIP ViT-H (23 of 24 layers), 64-channel heads, linear projections, v
         widths = (320, 640, 1280, 1280) if real else (32, 64, 64, 64)
         text_encoder = CLIPTextModel(_text_config(name, real, 1024 if real else 32, 23, "gelu"))
-        unet_kw = {"attention_head_dim": (5, 10, 20, 20) if real else (2, 4, 4, 4), "use_linear_projection": True,
-                   "upcast_attention": True, "cross_attention_dim": text_encoder.config.hidden_size, "sample_size": 96}
+        unet_kw = {
+            "attention_head_dim": (5, 10, 20, 20) if real else (2, 4, 4, 4),
+            "use_linear_projection": True,
+            "upcast_attention": True,
+            "cross_attention_dim": text_encoder.config.hidden_size,
+            "sample_size": 96,
+        }
         sched = {**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
     else:  # SDXL base: CLIP ViT-L + OpenCLIP bigG, 3 stages, 1/2/10 transformer layers, text_time conditioning
         widths = (320, 640, 1280) if real else (32, 64, 64)
         text_encoder = CLIPTextModel(_text_config(name, real, 768 if real else 32, 12, "quick_gelu"))
         text_encoder_2 = CLIPTextModelWithProjection(
-            _text_config(name, real, 1280 if real else 32, 32, "gelu", projection=1280 if real else 32))
+            _text_config(name, real, 1280 if real else 32, 32, "gelu", projection=1280 if real else 32)
+        )
         tokenizer_2 = _byte_level_clip_tokenizer()
         time_dim = 256 if real else 8
         unet_kw = {
             "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
             "transformer_layers_per_block": (1, 2, 10) if real else (1, 2, 3),
-            "attention_head_dim": (5, 10, 20) if real else (2, 4, 4), "use_linear_projection": True,
+            "attention_head_dim": (5, 10, 20) if real else (2, 4, 4),
+            "use_linear_projection": True,
             "cross_attention_dim": text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
-            "addition_embed_type": "text_time", "addition_time_embed_dim": time_dim,
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": time_dim,
             "projection_class_embeddings_input_dim": 6 * time_dim + text_encoder_2.config.projection_dim,
             "sample_size": 128,
         }
@@ -278,16 +324,39 @@ def _random_bundle(name: str, seed: int = 0) -> ModelBundle:
     if family != "sdxl":
         unet_kw["down_block_types"] = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
         unet_kw["up_block_types"] = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
-    unet = UNet2DConditionModel(in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=widths,
-                                norm_num_groups=groups, **unet_kw)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=vae_widths, layers_per_block=2 if real else 1,
-        latent_channels=4, norm_num_groups=min(groups, vae_widths[0]), sample_size=1024 if family == "sdxl" else 512,
-        scaling_factor=0.13025 if family == "sdxl" else 0.18215, force_upcast=family == "sdxl",
+    unet = UNet2DConditionModel(
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=widths,
+        norm_num_groups=groups,
+        **unet_kw,
     )
-    bundle = ModelBundle(unet, vae, text_encoder, _byte_level_clip_tokenizer(), ddim_from_config(sched), name,
-                         family, text_encoder_2, tokenizer_2, random_weights=True)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=vae_widths,
+        layers_per_block=2 if real else 1,
+        latent_channels=4,
+        norm_num_groups=min(groups, vae_widths[0]),
+        sample_size=1024 if family == "sdxl" else 512,
+        scaling_factor=0.13025 if family == "sdxl" else 0.18215,
+        force_upcast=family == "sdxl",
+    )
+    bundle = ModelBundle(
+        unet,
+        vae,
+        text_encoder,
+        _byte_level_clip_tokenizer(),
+        ddim_from_config(sched),
+        name,
+        family,
+        text_encoder_2,
+        tokenizer_2,
+        random_weights=True,
+    )
     for m in (unet, vae, *bundle.text_encoders()):
         m.eval().requires_grad_(False)
     return bundle
@@ -328,21 +397,30 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not isinstance(device, str | torch.device):
-        raise ArgumentTypeError("device", "a device name such as 'cpu' or 'cuda:0', or a torch.device", device)
+        raise ArgumentTypeError(
+            "device", "a device name such as 'cpu' or 'cuda:0', or a torch.device", device
+        )
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise DeviceUnavailableError(f"device {device!r} is not a torch device name (e.g. 'cpu', 'cuda', 'cuda:1')") from e
+        raise DeviceUnavailableError(
+            f"device {device!r} is not a torch device name (e.g. 'cpu', 'cuda', 'cuda:1')"
+        ) from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise DeviceUnavailableError(f"device {str(device)!r} requested but CUDA is not available ({why}); "
-                                         "use device='cpu'")
+            raise DeviceUnavailableError(
+                f"device {str(device)!r} requested but CUDA is not available ({why}); use device='cpu'"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceUnavailableError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} "
-                                         "CUDA device(s) are visible")
+            raise DeviceUnavailableError(
+                f"device {str(device)!r} requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) are visible"
+            )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceUnavailableError(f"device {str(device)!r} requested but MPS is not available; use device='cpu'")
+        raise DeviceUnavailableError(
+            f"device {str(device)!r} requested but MPS is not available; use device='cpu'"
+        )
     return dev
 
 
@@ -363,12 +441,17 @@ def random_weights_warning(bundle: ModelBundle) -> str | None:
     """The warning every output made with a random-weight model carries (None for real weights)."""
     if not bundle.random_weights:
         return None
-    return (f"model {bundle.name!r} has random weights (a built-in test model): the output is not a real edit; "
-            f"name a real model, e.g. --model {DEFAULT_MODEL}")
+    return (
+        f"model {bundle.name!r} has random weights (a built-in test model): the output is not a real edit; "
+        f"name a real model, e.g. --model {DEFAULT_MODEL}"
+    )
 
 
-def open_model(model: ModelBundle | str | os.PathLike[str], device: str | torch.device | None = None,
-               torch_dtype: torch.dtype | None = None) -> ModelBundle:
+def open_model(
+    model: ModelBundle | str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    torch_dtype: torch.dtype | None = None,
+) -> ModelBundle:
     """The model an :class:`~dragsdk.editor.Editor` wraps: a loaded bundle, moved / cast in place when ``device`` or
     ``torch_dtype`` is given, or a name or path loaded by :func:`load_model`.
 
@@ -397,8 +480,13 @@ def looks_like_local_path(name: str) -> bool:
     """Whether ``name`` can only be a local path, never a hub id (``owner/name``): it exists, starts with ``.``,
     ``/`` or ``~``, has a backslash or a drive, or has more than one ``/``. Such a name that is missing fails at
     once instead of waiting for hub retries."""
-    return (Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or "\\" in name
-            or (len(name) > 1 and name[1] == ":") or name.count("/") > 1)
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith((".", "/", "~"))
+        or "\\" in name
+        or (len(name) > 1 and name[1] == ":")
+        or name.count("/") > 1
+    )
 
 
 def load_model(
@@ -434,11 +522,15 @@ def load_model(
     if single_file_config is not None:
         single_file_config = local_path_of_url(str(single_file_config))
         if looks_like_local_path(single_file_config) and not Path(single_file_config).expanduser().is_dir():
-            raise ModelNotFoundError(f"single_file_config folder {single_file_config} does not exist (a local path, "
-                                     "so it is not looked up on the hub)")
+            raise ModelNotFoundError(
+                f"single_file_config folder {single_file_config} does not exist (a local path, "
+                "so it is not looked up on the hub)"
+            )
     if single_file_config is not None and not name.endswith(SINGLE_FILE_SUFFIXES):
-        raise ModelLoadError(f"single_file_config is for a .safetensors / .ckpt checkpoint; {name!r} is not one "
-                             "(a diffusers folder or hub id carries its own configs)")
+        raise ModelLoadError(
+            f"single_file_config is for a .safetensors / .ckpt checkpoint; {name!r} is not one "
+            "(a diffusers folder or hub id carries its own configs)"
+        )
     if name in BUILTIN_MODELS:
         return _random_bundle(name).to(device, dtype)
     path = Path(name).expanduser()
@@ -447,14 +539,22 @@ def load_model(
             raise ModelNotFoundError(f"checkpoint file {path} does not exist. {_HOW_TO_PROVIDE}")
         return _finish(_load_single_file(path, dtype, single_file_config), device, dtype)
     if path.is_file():
-        raise ModelLoadError(f"{path} is a file but not a single-file checkpoint (the name must end in "
-                             f"{' or '.join(SINGLE_FILE_SUFFIXES)}) nor a diffusers folder; rename it if it is one")
+        raise ModelLoadError(
+            f"{path} is a file but not a single-file checkpoint (the name must end in "
+            f"{' or '.join(SINGLE_FILE_SUFFIXES)}) nor a diffusers folder; rename it if it is one"
+        )
     if looks_like_local_path(name) and not path.is_dir():
-        raise ModelNotFoundError(f"model folder {path} does not exist (a local path, so it is not looked up on the "
-                                 f"hub). {_HOW_TO_PROVIDE}")
+        raise ModelNotFoundError(
+            f"model folder {path} does not exist (a local path, so it is not looked up on the "
+            f"hub). {_HOW_TO_PROVIDE}"
+        )
     if path.is_dir():
         family = detect_family(path)
-        index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").is_file() else {}
+        index = (
+            json.loads((path / "model_index.json").read_text())
+            if (path / "model_index.json").is_file()
+            else {}
+        )
         bundle = _load_components(str(path), family, dtype, variant, {}, f"model folder {path}", index)
         return _finish(bundle, device, dtype)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
@@ -465,7 +565,9 @@ def load_model(
         try:
             path = hf_hub_download(name, filename, subfolder=subfolder, local_files_only=offline)
         except Exception as e:  # hub errors: not cached offline, unknown id, no network, no such file
-            raise ModelNotFoundError(f"could not load the model from {where}: {_one_line(e)}. {_HOW_TO_PROVIDE}") from e
+            raise ModelNotFoundError(
+                f"could not load the model from {where}: {_one_line(e)}. {_HOW_TO_PROVIDE}"
+            ) from e
         return json.loads(Path(path).read_text())
 
     try:
@@ -474,12 +576,22 @@ def load_model(
         index = {}
     check_index(index, where)
     family = family_from_configs(config("config.json", "unet"), index.get("_class_name"))
-    return _finish(_load_components(name, family, dtype, variant, {"local_files_only": offline}, where, index),
-                   device, dtype)
+    return _finish(
+        _load_components(name, family, dtype, variant, {"local_files_only": offline}, where, index),
+        device,
+        dtype,
+    )
 
 
-def _load_components(source: str, family: str, dtype: torch.dtype, variant: str | None, kw: dict[str, Any],
-                     where: str, index: dict[str, Any]) -> ModelBundle:
+def _load_components(
+    source: str,
+    family: str,
+    dtype: torch.dtype,
+    variant: str | None,
+    kw: dict[str, Any],
+    where: str,
+    index: dict[str, Any],
+) -> ModelBundle:
     """Each component from its subfolder; a failure names the component (the folder exists: it is broken)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -487,21 +599,27 @@ def _load_components(source: str, family: str, dtype: torch.dtype, variant: str 
     def load(sub: str, fn: Any, **extra: Any) -> Any:
         try:
             return fn(source, subfolder=sub, **extra, **kw)
-        except Exception as e:  # diffusers / transformers raise OSError, ValueError, safetensors and hub errors
-            raise ModelLoadError(f"{where} has a {family} model_index but its {sub}/ cannot be loaded: "
-                                 f"{_one_line(e)}") from e
+        except (
+            Exception
+        ) as e:  # diffusers / transformers raise OSError, ValueError, safetensors and hub errors
+            raise ModelLoadError(
+                f"{where} has a {family} model_index but its {sub}/ cannot be loaded: {_one_line(e)}"
+            ) from e
 
     vae_dtype = torch.float32 if family == "sdxl" and dtype == torch.float16 else dtype
     parts: dict[str, Any] = {
         "unet": load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=dtype, variant=variant),
         "vae": load("vae", AutoencoderKL.from_pretrained, torch_dtype=vae_dtype, variant=variant),
-        "text_encoder": load("text_encoder", CLIPTextModel.from_pretrained, torch_dtype=dtype, variant=variant),
+        "text_encoder": load(
+            "text_encoder", CLIPTextModel.from_pretrained, torch_dtype=dtype, variant=variant
+        ),
         "tokenizer": load("tokenizer", CLIPTokenizer.from_pretrained),
         "scheduler": ddim_from_config(load("scheduler", DDIMScheduler.load_config)),
     }
     if family == "sdxl":
-        parts["text_encoder_2"] = load("text_encoder_2", CLIPTextModelWithProjection.from_pretrained,
-                                       torch_dtype=dtype, variant=variant)
+        parts["text_encoder_2"] = load(
+            "text_encoder_2", CLIPTextModelWithProjection.from_pretrained, torch_dtype=dtype, variant=variant
+        )
         parts["tokenizer_2"] = load("tokenizer_2", CLIPTokenizer.from_pretrained)
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         _own_storage(parts.get(part))
@@ -523,8 +641,9 @@ def _check_pipe_parts(pipe: Any) -> None:
     name = type(pipe).__name__
     for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
         if not isinstance(getattr(pipe, part), cls):
-            raise ModelLoadError(f"{name}.{part} is a {type(getattr(pipe, part)).__name__}, expected diffusers' "
-                                 f"{cls.__name__}")
+            raise ModelLoadError(
+                f"{name}.{part} is a {type(getattr(pipe, part)).__name__}, expected diffusers' {cls.__name__}"
+            )
     encoders = [getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)]
     widths = []
     for part, module in zip(("text_encoder", "text_encoder_2"), encoders, strict=True):
@@ -532,19 +651,25 @@ def _check_pipe_parts(pipe: Any) -> None:
             continue
         width = getattr(getattr(module, "config", None), "hidden_size", None)
         if not isinstance(module, torch.nn.Module) or not isinstance(width, int):
-            raise ModelLoadError(f"{name}.{part} is a {type(module).__name__}, expected a transformers text encoder "
-                                 "(a torch module whose config has hidden_size)")
+            raise ModelLoadError(
+                f"{name}.{part} is a {type(module).__name__}, expected a transformers text encoder "
+                "(a torch module whose config has hidden_size)"
+            )
         widths.append(width)
     config = getattr(pipe.scheduler, "config", None)
     if config is None or not hasattr(config, "get"):
-        raise ModelLoadError(f"{name}.scheduler ({type(pipe.scheduler).__name__}) has no diffusers config; the edit "
-                             "builds its own DDIM scheduler from it")
+        raise ModelLoadError(
+            f"{name}.scheduler ({type(pipe.scheduler).__name__}) has no diffusers config; the edit "
+            "builds its own DDIM scheduler from it"
+        )
     cross = pipe.unet.config.get("cross_attention_dim")
     cross = cross[0] if isinstance(cross, (list, tuple)) and cross else cross
     if isinstance(cross, int) and cross != sum(widths):
-        raise ModelLoadError(f"{name}: the UNet's cross_attention_dim is {cross} but its text encoder(s) give "
-                             f"{' + '.join(map(str, widths))} = {sum(widths)} features: a UNet and a text encoder "
-                             "of different families (SD 1.x 768, SD 2.x 1024, SDXL 768 + 1280)")
+        raise ModelLoadError(
+            f"{name}: the UNet's cross_attention_dim is {cross} but its text encoder(s) give "
+            f"{' + '.join(map(str, widths))} = {sum(widths)} features: a UNet and a text encoder "
+            "of different families (SD 1.x 768, SD 2.x 1024, SDXL 768 + 1280)"
+        )
 
 
 def bundle_from_pipe(pipe: Any, name: str | None = None) -> ModelBundle:
@@ -557,19 +682,29 @@ def bundle_from_pipe(pipe: Any, name: str | None = None) -> ModelBundle:
         ModelLoadError: a component is missing (named) or of the wrong kind, the UNet and text encoder are of
             different families, the scheduler has no config, or the family is unsupported.
     """
-    missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, c, None) is None]
+    missing = [
+        c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, c, None) is None
+    ]
     if missing:
-        raise ModelLoadError(f"{type(pipe).__name__} has no {', '.join(missing)}; an editing model needs unet, vae, "
-                             "text_encoder, tokenizer and scheduler (an SDXL refiner has no text_encoder)")
+        raise ModelLoadError(
+            f"{type(pipe).__name__} has no {', '.join(missing)}; an editing model needs unet, vae, "
+            "text_encoder, tokenizer and scheduler (an SDXL refiner has no text_encoder)"
+        )
     _check_pipe_parts(pipe)
     family = family_from_configs(dict(pipe.unet.config), type(pipe).__name__)
     config = getattr(pipe, "config", {}) or {}
     force_zeros = bool(config.get("force_zeros_for_empty_prompt", True)) if hasattr(config, "get") else True
     return ModelBundle(
-        pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
+        pipe.unet,
+        pipe.vae,
+        pipe.text_encoder,
+        pipe.tokenizer,
         ddim_from_config(pipe.scheduler.config, type(pipe.scheduler).__name__),
-        name or getattr(pipe, "name_or_path", None) or type(pipe).__name__, family,
-        getattr(pipe, "text_encoder_2", None), getattr(pipe, "tokenizer_2", None), force_zeros,
+        name or getattr(pipe, "name_or_path", None) or type(pipe).__name__,
+        family,
+        getattr(pipe, "text_encoder_2", None),
+        getattr(pipe, "tokenizer_2", None),
+        force_zeros,
     )
 
 
@@ -629,21 +764,26 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[
     is_xl = any(k.startswith("conditioner.embedders.1") for k in keys)
     is_sd = any(k.startswith("cond_stage_model.") for k in keys)
     if not (is_xl or is_sd) or not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise ModelLoadError(f"checkpoint {path} is not an SD 1.x / 2.x / SDXL checkpoint in the original (LDM) key "
-                             f"layout ({len(keys)} keys, e.g. {keys[:2]})")
+        raise ModelLoadError(
+            f"checkpoint {path} is not an SD 1.x / 2.x / SDXL checkpoint in the original (LDM) key "
+            f"layout ({len(keys)} keys, e.g. {keys[:2]})"
+        )
     if is_xl and _SDXL_CLIP_L in shapes and shapes[_SDXL_CLIP_L][-1:] == shapes.get(_SDXL_OPEN_CLIP, ())[-1:]:
         # diffusers (single_file_utils.create_diffusers_clip_model_from_ldm) gives text_encoder_2 the CLIP ViT-L
         # weights of embedders.0 whenever that encoder's width equals text_encoder_2's (768 vs 1280 in SDXL base).
         raise ModelLoadError(
             f"checkpoint {path} is an SDXL checkpoint whose two text encoders are both {shapes[_SDXL_CLIP_L][-1]} "
             "wide: diffusers' from_single_file picks text_encoder_2's weights by width and would load the first "
-            "encoder's into it. Convert it to a diffusers folder another way, or load that folder")
+            "encoder's into it. Convert it to a diffusers folder another way, or load that folder"
+        )
     kind = "SDXL" if is_xl else "SD 1.x / 2.x"
     if config is not None and Path(config).is_dir():
         folder_family = detect_family(config)
         if (folder_family == "sdxl") != is_xl:
-            raise ModelLoadError(f"single_file_config {config} holds an {folder_family} model but checkpoint {path} "
-                                 f"has {kind} keys; give a diffusers folder of the checkpoint's architecture")
+            raise ModelLoadError(
+                f"single_file_config {config} holds an {folder_family} model but checkpoint {path} "
+                f"has {kind} keys; give a diffusers folder of the checkpoint's architecture"
+            )
     cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     kw: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": offline}
@@ -651,31 +791,50 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | os.PathLike[
         kw.update(config=str(config), local_files_only=True)
     try:
         pipe = cls.from_single_file(str(path), **kw)
-    except Exception as e:  # diffusers raises ValueError / OSError / hub errors / KeyError on what it cannot map
+    except (
+        Exception
+    ) as e:  # diffusers raises ValueError / OSError / hub errors / KeyError on what it cannot map
         hint = ""
-        if "meta tensor" in str(e):  # diffusers builds on the meta device and casts before checking completeness
-            hint = (f" The file does not hold every weight of the configured {kind} architecture (diffusers left "
-                    "some unloaded).")
+        if "meta tensor" in str(
+            e
+        ):  # diffusers builds on the meta device and casts before checking completeness
+            hint = (
+                f" The file does not hold every weight of the configured {kind} architecture (diffusers left "
+                "some unloaded)."
+            )
         elif config is None:
             repo = _hub_configs_of(shapes)
-            hint = (f" It needs the configs of the hub repository {repo or 'it infers'}"
-                    + (" (HF_HUB_OFFLINE is set)" if offline else "")
-                    + ": pass single_file_config=FOLDER (CLI: --model-config FOLDER), a local diffusers folder of "
-                    "the same architecture (only its *.json and tokenizer files are read), or make that "
-                    "repository's configs reachable or cached.")
+            hint = (
+                f" It needs the configs of the hub repository {repo or 'it infers'}"
+                + (" (HF_HUB_OFFLINE is set)" if offline else "")
+                + ": pass single_file_config=FOLDER (CLI: --model-config FOLDER), a local diffusers folder of "
+                "the same architecture (only its *.json and tokenizer files are read), or make that "
+                "repository's configs reachable or cached."
+            )
         else:
-            hint = (f" Does single_file_config {config} describe this checkpoint's architecture? Its configs give the "
-                    "shapes diffusers expects.")
-        raise ModelLoadError(f"checkpoint {path} ({kind} keys) could not be converted by diffusers' "
-                             f"from_single_file: {_one_line(e)}.{hint}") from e
+            hint = (
+                f" Does single_file_config {config} describe this checkpoint's architecture? Its configs give the "
+                "shapes diffusers expects."
+            )
+        raise ModelLoadError(
+            f"checkpoint {path} ({kind} keys) could not be converted by diffusers' "
+            f"from_single_file: {_one_line(e)}.{hint}"
+        ) from e
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, part, None)
         empty = [n for n, t in (module.state_dict().items() if module is not None else ()) if t.is_meta]
         if empty:
-            raise ModelLoadError(f"checkpoint {path}: diffusers' from_single_file left {len(empty)} {part} "
-                                 f"weight(s) unloaded (e.g. {empty[:2]}); the file does not hold a complete {kind} "
-                                 f"{part} of the configured architecture")
-    for module in (pipe.unet, pipe.vae, getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)):
+            raise ModelLoadError(
+                f"checkpoint {path}: diffusers' from_single_file left {len(empty)} {part} "
+                f"weight(s) unloaded (e.g. {empty[:2]}); the file does not hold a complete {kind} "
+                f"{part} of the configured architecture"
+            )
+    for module in (
+        pipe.unet,
+        pipe.vae,
+        getattr(pipe, "text_encoder", None),
+        getattr(pipe, "text_encoder_2", None),
+    ):
         _own_storage(module)
     return bundle_from_pipe(pipe, str(path))
 
@@ -711,7 +870,9 @@ def parse_lora_arg(value: str) -> tuple[str, float]:
     try:
         scale = float(tail)
     except ValueError:
-        raise SpecError("lora", f"expected PATH[:SCALE] with a number after the colon, got {value!r}") from None
+        raise SpecError(
+            "lora", f"expected PATH[:SCALE] with a number after the colon, got {value!r}"
+        ) from None
     return path, check_lora_scale(scale, path)
 
 
@@ -734,13 +895,19 @@ def check_lora_scale(scale: object, name: str | os.PathLike[str] = "") -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise SpecError("lora", f"{label}the scale must be a number, got {type(scale).__name__}")
     if not math.isfinite(scale) or abs(scale) > MAX_LORA_SCALE:
-        raise SpecError("lora", f"{label}the scale must be a finite number with |scale| <= {MAX_LORA_SCALE:g}, "
-                                f"got {scale!r}; nothing was loaded")
+        raise SpecError(
+            "lora",
+            f"{label}the scale must be a finite number with |scale| <= {MAX_LORA_SCALE:g}, "
+            f"got {scale!r}; nothing was loaded",
+        )
     return float(scale)
 
 
-_LORA_PAIRS = ((".lora.down.weight", ".lora.up.weight"), (".lora_down.weight", ".lora_up.weight"),
-               (".lora_A.weight", ".lora_B.weight"))
+_LORA_PAIRS = (
+    (".lora.down.weight", ".lora.up.weight"),
+    (".lora_down.weight", ".lora_up.weight"),
+    (".lora_A.weight", ".lora_B.weight"),
+)
 
 
 def check_lora_file(path: Path) -> None:
@@ -763,8 +930,10 @@ def check_lora_file(path: Path) -> None:
             for key in keys:
                 tensor = f.get_tensor(key)
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    raise ModelLoadError(f"LoRA {path}: tensor {key} holds NaN or infinite values; nothing was "
-                                         "fused (the file is corrupt or was trained into divergence)")
+                    raise ModelLoadError(
+                        f"LoRA {path}: tensor {key} holds NaN or infinite values; nothing was "
+                        "fused (the file is corrupt or was trained into divergence)"
+                    )
                 shapes[key] = tuple(tensor.shape)
     except ModelLoadError:
         raise
@@ -774,11 +943,14 @@ def check_lora_file(path: Path) -> None:
         for down, up in _LORA_PAIRS:
             if key.endswith(down):
                 partner = key[: -len(down)] + up
-                if partner in shapes and (len(shape) < 2 or len(shapes[partner]) < 2
-                                          or shape[0] != shapes[partner][1]):
-                    raise ModelLoadError(f"LoRA {path}: {key} {list(shape)} and {partner} "
-                                         f"{list(shapes[partner])} disagree on the rank (A is (r, in), B is "
-                                         "(out, r)); nothing was fused")
+                if partner in shapes and (
+                    len(shape) < 2 or len(shapes[partner]) < 2 or shape[0] != shapes[partner][1]
+                ):
+                    raise ModelLoadError(
+                        f"LoRA {path}: {key} {list(shape)} and {partner} "
+                        f"{list(shapes[partner])} disagree on the rank (A is (r, in), B is "
+                        "(out, r)); nothing was fused"
+                    )
 
 
 def _check_loaded_adapter(modules: list[Any], name: str, path: Path) -> None:
@@ -789,10 +961,14 @@ def _check_loaded_adapter(modules: list[Any], name: str, path: Path) -> None:
                 continue
             a, b = sub.lora_A[name].weight, sub.lora_B[name].weight
             if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-                raise ModelLoadError(f"LoRA {path}: layer {sub_name} has NaN or infinite weights; nothing was fused")
+                raise ModelLoadError(
+                    f"LoRA {path}: layer {sub_name} has NaN or infinite weights; nothing was fused"
+                )
             if a.shape[0] != b.shape[1]:
-                raise ModelLoadError(f"LoRA {path}: layer {sub_name} has A rank {a.shape[0]} and B rank "
-                                     f"{b.shape[1]}; nothing was fused")
+                raise ModelLoadError(
+                    f"LoRA {path}: layer {sub_name} has A rank {a.shape[0]} and B rank "
+                    f"{b.shape[1]}; nothing was fused"
+                )
 
 
 def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 1.0) -> int:
@@ -824,27 +1000,42 @@ def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 
     try:
         import peft  # noqa: F401
     except ImportError as e:
-        raise ModelLoadError("LoRA loading needs the peft package (pip install peft), diffusers' LoRA backend") from e
-    parts = {"vae": bundle.vae, "text_encoder": bundle.text_encoder, "tokenizer": bundle.tokenizer,
-             "unet": bundle.unet, "scheduler": bundle.scheduler}
+        raise ModelLoadError(
+            "LoRA loading needs the peft package (pip install peft), diffusers' LoRA backend"
+        ) from e
+    parts = {
+        "vae": bundle.vae,
+        "text_encoder": bundle.text_encoder,
+        "tokenizer": bundle.tokenizer,
+        "unet": bundle.unet,
+        "scheduler": bundle.scheduler,
+    }
     if bundle.family == "sdxl":
-        pipe: Any = StableDiffusionXLPipeline(**parts, text_encoder_2=bundle.text_encoder_2,
-                                              tokenizer_2=bundle.tokenizer_2)
+        pipe: Any = StableDiffusionXLPipeline(
+            **parts, text_encoder_2=bundle.text_encoder_2, tokenizer_2=bundle.tokenizer_2
+        )
     else:
-        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     name = f"dragsdk_{len(getattr(bundle.unet, 'peft_config', {}) or {})}"
     kw = {"weight_name": p.name} if p.is_file() else {}
     source = str(p.parent if p.is_file() else p)
     try:
         pipe.load_lora_weights(source, adapter_name=name, **kw)
     except Exception as e:  # diffusers raises ValueError / KeyError / OSError on files it cannot map
-        raise ModelLoadError(f"LoRA {p} could not be loaded into the {bundle.family} model: {_one_line(e)}") from e
-    modules = [m for m in (bundle.unet, *bundle.text_encoders()) if name in (getattr(m, "peft_config", {}) or {})]
+        raise ModelLoadError(
+            f"LoRA {p} could not be loaded into the {bundle.family} model: {_one_line(e)}"
+        ) from e
+    modules = [
+        m for m in (bundle.unet, *bundle.text_encoders()) if name in (getattr(m, "peft_config", {}) or {})
+    ]
     adapted = sum(1 for m in modules for sub in m.modules() if name in getattr(sub, "lora_A", {}))
     if not adapted:
-        raise ModelLoadError(f"LoRA {p}: none of its keys matched a layer of the {bundle.family} model "
-                             f"(UNet {type(bundle.unet).__name__}); is it a LoRA for another architecture?")
+        raise ModelLoadError(
+            f"LoRA {p}: none of its keys matched a layer of the {bundle.family} model "
+            f"(UNet {type(bundle.unet).__name__}); is it a LoRA for another architecture?"
+        )
     try:
         _check_loaded_adapter(modules, name, p)
     except ModelLoadError:
@@ -855,8 +1046,14 @@ def load_lora(bundle: ModelBundle, path: str | os.PathLike[str], scale: float = 
     return adapted
 
 
-_BUILTIN_RESOLUTION = {"tiny": 768, "tiny-sd2": 768, "tiny-sdxl": 1024, "sd15-random": 768, "sd21-random": 768,
-                       "sdxl-random": 1024}
+_BUILTIN_RESOLUTION = {
+    "tiny": 768,
+    "tiny-sd2": 768,
+    "tiny-sdxl": 1024,
+    "sd15-random": 768,
+    "sd21-random": 768,
+    "sdxl-random": 1024,
+}
 
 
 def peek_default_resolution(name: str) -> int | None:
@@ -882,7 +1079,9 @@ def peek_default_resolution(name: str) -> int | None:
             cached = try_to_load_from_cache(name, "unet/config.json")
             if isinstance(cached, str):
                 config = json.loads(Path(cached).read_text(encoding="utf-8"))
-    except Exception:  # best effort: an unreadable config or an odd name only means the edit plans after loading
+    except (
+        Exception
+    ):  # best effort: an unreadable config or an odd name only means the edit plans after loading
         return None
     if not isinstance(config, dict):
         return None

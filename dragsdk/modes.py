@@ -69,16 +69,27 @@ class PlanContext:
         """A mask drawn on a reference image, checked against that image and resized to the base size."""
         m = load_mask(ref, field)  # type: ignore[arg-type]
         if m.shape != (reference_size[1], reference_size[0]):
-            raise SpecError(field, f"mask is {m.shape[1]}×{m.shape[0]} pixels, the reference image is "
-                                   f"{reference_size[0]}×{reference_size[1]}")
+            raise SpecError(
+                field,
+                f"mask is {m.shape[1]}×{m.shape[0]} pixels, the reference image is "
+                f"{reference_size[0]}×{reference_size[1]}",
+            )
         if not m.any():
             raise SpecError(field, "mask is empty: it must cover at least one pixel")
         if reference_size != self.image.size:
-            m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(self.image.size, Image.Resampling.NEAREST)) > 127
+            m = (
+                np.asarray(
+                    Image.fromarray(m.astype(np.uint8) * 255).resize(
+                        self.image.size, Image.Resampling.NEAREST
+                    )
+                )
+                > 127
+            )
         return m
 
-    def object_mask(self, ref: object | None, point: tuple[float, float] | None, field: str,
-                    notes: list[str]) -> np.ndarray:
+    def object_mask(
+        self, ref: object | None, point: tuple[float, float] | None, field: str, notes: list[str]
+    ) -> np.ndarray:
         """The given mask, or one proposed from a click on the object (``Editor.suggest_mask``)."""
         if ref is not None:
             return self.mask(ref, field)
@@ -89,7 +100,9 @@ class PlanContext:
         notes.append(f"mask proposed from the point {tuple(point)} (DIFT-style feature similarity)")
         return m
 
-    def diffeditor(self, settings: SamplerSettings, guided: list[int], sde_mask: torch.Tensor) -> dict[str, object]:
+    def diffeditor(
+        self, settings: SamplerSettings, guided: list[int], sde_mask: torch.Tensor
+    ) -> dict[str, object]:
         """The regional SDE and time-travel entries of a plan (DiffEditor defaults from the settings).
 
         A mode need not call this: :func:`apply_sampler_settings` fills the same entries when a plan leaves them
@@ -99,11 +112,18 @@ class PlanContext:
         if settings.sde.enabled:
             a, b = settings.sde.window(n)
             out["sde"] = SDEPlan(a, b, settings.sde.eta_inside, settings.sde.eta_outside, sde_mask)
-        out["time_travel"] = {i: settings.time_travel.repeats for i in settings.time_travel.steps(n) if i in guided}
+        out["time_travel"] = {
+            i: settings.time_travel.repeats for i in settings.time_travel.steps(n) if i in guided
+        }
         return out
 
-    def fidelity(self, table: ProfileTable[Any], profile: str | list[str], options: object,
-                 image_prompt_source: Literal["input", "reference"] = "input") -> dict[str, object]:
+    def fidelity(
+        self,
+        table: ProfileTable[Any],
+        profile: str | list[str],
+        options: object,
+        image_prompt_source: Literal["input", "reference"] = "input",
+    ) -> dict[str, object]:
         """The plan entries shared by the DragonDiffusion / DiffEditor modes: the plan's
         :class:`~dragsdk.fidelity.Fidelity` from the mode's resolved ``options`` (``table.resolve(profile)``) and
         the image prompt (DiffEditor's IP-Adapter at scale 0.1 on sampling steps 10–19, ``model.py:25``,
@@ -139,7 +159,8 @@ class PlanContext:
             for which, xy in (("handle", pair.handle), ("target", pair.target)):
                 if not self.canvas.contains(xy):
                     raise SpecError(
-                        f"{field}[{k}].{which}", f"({xy[0]}, {xy[1]}) is outside the {w}×{h} image (0 ≤ x < {w}, 0 ≤ y < {h})"
+                        f"{field}[{k}].{which}",
+                        f"({xy[0]}, {xy[1]}) is outside the {w}×{h} image (0 ≤ x < {w}, 0 ≤ y < {h})",
                     )
 
 
@@ -174,9 +195,16 @@ class EditMode(ABC):
         """The mode for ``dragsdk modes --json``: name, description, spec schema, unsupported settings and its fidelity
         profile table (each option's official and ``dragsdk`` value, improvement name and help; empty without one)."""
         rows = self.profiles.rows() if self.profiles is not None else []
-        profiles = [{"option": o, "improvement": i, "official": a, "dragsdk": b, "help": h} for o, i, a, b, h in rows]
-        return {"name": self.name, "description": self.description, "schema": self.spec_model.model_json_schema(),
-                "unsupported_settings": sorted(self.unsupported_settings), "profiles": profiles}
+        profiles = [
+            {"option": o, "improvement": i, "official": a, "dragsdk": b, "help": h} for o, i, a, b, h in rows
+        ]
+        return {
+            "name": self.name,
+            "description": self.description,
+            "schema": self.spec_model.model_json_schema(),
+            "unsupported_settings": sorted(self.unsupported_settings),
+            "profiles": profiles,
+        }
 
     def resolve_paths(self, spec: dict[str, object], base: Path) -> dict[str, object]:
         """Make file references of a spec read from a file in ``base`` absolute (the CLI calls this; the top-level
@@ -193,7 +221,9 @@ class EditMode(ABC):
         Raises:
             SpecError: (field ``mode``) this mode cannot convert it (the default).
         """
-        raise SpecError("mode", f"mode {self.name!r} cannot run a {spec.get('mode')!r} spec; give a {self.name!r} spec")
+        raise SpecError(
+            "mode", f"mode {self.name!r} cannot run a {spec.get('mode')!r} spec; give a {self.name!r} spec"
+        )
 
 
 APPLIED_SETTINGS = ("schedule", "kv_start", "sde", "time_travel")
@@ -216,11 +246,15 @@ def check_settings(mode: EditMode, spec: EditSpec) -> None:
     defaults = type(sampler)()
     for name in sorted(mode.unsupported_settings):
         if name not in fields:
-            raise ValueError(f"mode {mode.name!r} declares unsupported_settings {name!r}, which is not a sampler "
-                             f"field; expected one of {sorted(fields)}")
+            raise ValueError(
+                f"mode {mode.name!r} declares unsupported_settings {name!r}, which is not a sampler "
+                f"field; expected one of {sorted(fields)}"
+            )
         if name in sampler.model_fields_set and getattr(sampler, name) != getattr(defaults, name):
-            raise SpecError(f"sampler.{name}", f"mode {mode.name!r} cannot honour this setting; leave it out "
-                                               "(its default applies)")
+            raise SpecError(
+                f"sampler.{name}",
+                f"mode {mode.name!r} cannot honour this setting; leave it out (its default applies)",
+            )
 
 
 def apply_sampler_settings(plan: EditPlan, spec: EditSpec, mode: EditMode, steps: int) -> EditPlan:
@@ -256,8 +290,11 @@ def apply_sampler_settings(plan: EditPlan, spec: EditSpec, mode: EditMode, steps
         a, b = s.sde.window(n)
         updates["sde"] = SDEPlan(a, b, s.sde.eta_inside, s.sde.eta_outside, plan.sde_mask)
     if plan.time_travel is None:
-        updates["time_travel"] = ({} if "time_travel" in skip else
-                                  {i: s.time_travel.repeats for i in s.time_travel.steps(n) if i in guided})
+        updates["time_travel"] = (
+            {}
+            if "time_travel" in skip
+            else {i: s.time_travel.repeats for i in s.time_travel.steps(n) if i in guided}
+        )
     return replace(plan, **updates)  # type: ignore[arg-type]
 
 

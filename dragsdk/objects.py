@@ -29,8 +29,13 @@ def centroid(mask: np.ndarray) -> tuple[float, float]:
     return float(xs.mean() + 0.5), float(ys.mean() + 0.5)
 
 
-def affine(scale: float | tuple[float, float] = 1.0, rotation: float = 0.0, shear: float = 0.0,
-           flip_x: bool = False, flip_y: bool = False) -> np.ndarray:
+def affine(
+    scale: float | tuple[float, float] = 1.0,
+    rotation: float = 0.0,
+    shear: float = 0.0,
+    flip_x: bool = False,
+    flip_y: bool = False,
+) -> np.ndarray:
     """The ``2×2`` linear part ``A`` of a placement, in image pixels (``x`` right, ``y`` down).
 
     ``A = R(rotation) · H(shear) · F · diag(scale)``: the object is first scaled (``scale`` or ``(sx, sy)``),
@@ -39,14 +44,20 @@ def affine(scale: float | tuple[float, float] = 1.0, rotation: float = 0.0, shea
     """
     sx, sy = (scale, scale) if isinstance(scale, int | float) else scale
     th = np.deg2rad(rotation)
-    rot = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])  # y down: counter-clockwise on screen
+    rot = np.array(
+        [[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]]
+    )  # y down: counter-clockwise on screen
     sh = np.array([[1.0, shear], [0.0, 1.0]])
     flip = np.diag([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0])
     return rot @ sh @ flip @ np.diag([float(sx), float(sy)])
 
 
 def affine_map(
-    canvas: Canvas, mask: np.ndarray, matrix: np.ndarray, shift: tuple[float, float], grid: Grid,
+    canvas: Canvas,
+    mask: np.ndarray,
+    matrix: np.ndarray,
+    shift: tuple[float, float],
+    grid: Grid,
     field: str = "transform",
 ) -> SourceMap:
     """Target ← source cells of the object placed by ``x' = c + A·(x − c) + d`` (image pixels), ``c`` its centroid.
@@ -89,14 +100,23 @@ def affine_map(
     keep[inside] = obj[sr[inside], sc[inside]]
     if not keep.any():
         # Blame the shift when the transformed object alone would stay on the canvas, else the transform.
-        stays = tuple(shift) != (0, 0) and affine_map(canvas, mask, a, (0, 0), grid, field).target_rows.numel()
-        raise SpecError("dx, dy" if stays else field,
-                        f"the placed object (map {np.round(a, 4).tolist()}, shift {tuple(shift)} px) leaves the image entirely")
+        stays = (
+            tuple(shift) != (0, 0) and affine_map(canvas, mask, a, (0, 0), grid, field).target_rows.numel()
+        )
+        raise SpecError(
+            "dx, dy" if stays else field,
+            f"the placed object (map {np.round(a, 4).tolist()}, shift {tuple(shift)} px) leaves the image entirely",
+        )
     return SourceMap(rows[keep], cols[keep], sr[keep], sc[keep], (gw, gh))
 
 
 def placement_map(
-    canvas: Canvas, mask: np.ndarray, scale: float, shift: tuple[float, float], grid: Grid, field: str = "mask"
+    canvas: Canvas,
+    mask: np.ndarray,
+    scale: float,
+    shift: tuple[float, float],
+    grid: Grid,
+    field: str = "mask",
 ) -> SourceMap:
     """:func:`affine_map` with ``A = scale · I``: the object scaled about its centroid and shifted (image pixels).
 
@@ -109,8 +129,9 @@ def placement_map(
     return affine_map(canvas, mask, affine(scale), shift, grid, "scale")
 
 
-def place_image(image: Image.Image, mask: np.ndarray, scale: float | np.ndarray,
-                shift: tuple[float, float]) -> tuple[Image.Image, np.ndarray]:
+def place_image(
+    image: Image.Image, mask: np.ndarray, scale: float | np.ndarray, shift: tuple[float, float]
+) -> tuple[Image.Image, np.ndarray]:
     """The image and mask with the object placed (pixel grid of the same map), e.g. a paste reference in the base
     frame, or the preview of a placement.
 
@@ -133,8 +154,13 @@ def place_image(image: Image.Image, mask: np.ndarray, scale: float | np.ndarray,
     return Image.fromarray(out), placed
 
 
-def paste_preview(base: Image.Image, reference: Image.Image, reference_mask: np.ndarray, scale: float,
-                  shift: tuple[float, float]) -> tuple[Image.Image, np.ndarray]:
+def paste_preview(
+    base: Image.Image,
+    reference: Image.Image,
+    reference_mask: np.ndarray,
+    scale: float,
+    shift: tuple[float, float],
+) -> tuple[Image.Image, np.ndarray]:
     """What a paste will put where: the reference object placed on the base by the same map the edit uses.
 
     Returns:
@@ -183,9 +209,12 @@ def official_placement_map(
         cx, cy = int((dxw // d) * scale), int((dyw // d) * scale)
     out_w, out_h = int(gw * scale), int(gh * scale)
     if out_w < 1 or out_h < 1:
-        raise SpecError("scale", f"the object scaled by {scale:g} about the image centre is smaller than one cell of "
-                                 f"the {gw}×{gh} {grid} grid, so nothing of it is left; use scale >= "
-                                 f"{1 / min(gw, gh):.3g}")
+        raise SpecError(
+            "scale",
+            f"the object scaled by {scale:g} about the image centre is smaller than one cell of "
+            f"the {gw}×{gh} {grid} grid, so nothing of it is left; use scale >= "
+            f"{1 / min(gw, gh):.3g}",
+        )
     pad_x, pad_y = abs(out_w - gw) // 2, abs(out_h - gh) // 2
     sign = 1 if scale > 1 else -1
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
@@ -199,14 +228,21 @@ def official_placement_map(
     keep = valid & up[(jr * wh) // out_h, (jc * ww) // out_w]
     whole = up[(torch.arange(out_h) * wh // out_h)[:, None], (torch.arange(out_w) * ww // out_w)[None, :]]
     if scale > 1 and int(keep.sum()) != int(whole.sum()):
-        raise SpecError("scale", f"the object scaled by {scale} about the image centre leaves the image "
-                                 "(official profile; the centroid-placement improvement scales about the object)")
+        raise SpecError(
+            "scale",
+            f"the object scaled by {scale} about the image centre leaves the image "
+            "(official profile; the centroid-placement improvement scales about the object)",
+        )
     if not keep.any():
-        raise SpecError("dx, dy", f"the placed object (scale {scale}, shift {shift} px) leaves the image entirely")
+        raise SpecError(
+            "dx, dy", f"the placed object (scale {scale}, shift {shift} px) leaves the image entirely"
+        )
     return SourceMap(rows[keep], cols[keep], (jr[keep] * gh) // out_h, (jc[keep] * gw) // out_w, (gw, gh))
 
 
-def official_scale_about_centre(image: Image.Image, mask: np.ndarray, scale: float) -> tuple[Image.Image, np.ndarray]:
+def official_scale_about_centre(
+    image: Image.Image, mask: np.ndarray, scale: float
+) -> tuple[Image.Image, np.ndarray]:
     """Image and mask scaled about the **image centre** as the official paste does it (``model.py:362-372``,
     ``utils.py`` ``process_paste``): nearest resampling to ``(int(W·s), int(H·s))``, then centre-cropped (``s > 1``)
     or padded (``s < 1``) by ``|int(G·s) − G| // 2``. The padding is the zero of the VAE's ``[-1, 1]`` range, grey

@@ -44,8 +44,9 @@ class Pass:
         """The step's last pass: its result is the step's result; every other pass is rolled back."""
         return self.index + 1 == self.passes
 
-    def unet_evaluations(self, regions: int, probe_energy_after: bool, recompute_reference: bool
-                         ) -> tuple[int, int, int]:
+    def unet_evaluations(
+        self, regions: int, probe_energy_after: bool, recompute_reference: bool
+    ) -> tuple[int, int, int]:
         """``(forward, forward_grad, backward)`` this pass costs, as :class:`~dragsdk.sampler.GuidedSampler` runs it:
         one ε forward; guided, one graph forward, ``regions`` backwards, one forward per energy probe and per
         recomputed reference; one roll-back forward unless it is the last pass."""

@@ -41,7 +41,9 @@ class LatentPaste:
     def apply(self, z: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """Return ``z`` (``(1, C, h, w)``) with the target cells taken from ``source`` (``(B_bank, C, h, w)``)."""
         out = z.clone()
-        out[0, :, self.target_rows, self.target_cols] = source[self.bank, :, self.source_rows, self.source_cols].to(z)
+        out[0, :, self.target_rows, self.target_cols] = source[
+            self.bank, :, self.source_rows, self.source_cols
+        ].to(z)
         return out
 
 
@@ -79,7 +81,9 @@ class KVPlan:
 
     def steps(self) -> list[int]:
         if self.start is None or self.end is None:
-            raise ValueError("KVPlan window not resolved: the engine sets start / end from the sampler settings")
+            raise ValueError(
+                "KVPlan window not resolved: the engine sets start / end from the sampler settings"
+            )
         return list(range(self.start, self.end))
 
 
@@ -186,11 +190,14 @@ class EditPlan:
 
     edit_mask: torch.Tensor = plan_field(no_inversion())
     energies: list[EnergyTerm] = plan_field(
-        inverts("feature_steps: energies make the plan guided"), default_factory=list)
+        inverts("feature_steps: energies make the plan guided"), default_factory=list
+    )
     energy_scale: float | None = plan_field(
-        inverts("feature_steps: a zero scale leaves the plan unguided"), default=None)
+        inverts("feature_steps: a zero scale leaves the plan unguided"), default=None
+    )
     guidance_step: float | None = plan_field(
-        inverts("feature_steps: a zero step leaves the plan unguided"), default=None)
+        inverts("feature_steps: a zero step leaves the plan unguided"), default=None
+    )
     guided_steps: list[int] | None = plan_field(inverts("feature_steps"), default=None)
     init: list[LatentPaste] = plan_field(no_inversion(), default_factory=list)
     kv: KVPlan | None = plan_field(inverts("kv_steps: its window"), default=None)
@@ -207,20 +214,28 @@ class EditPlan:
     handle_noise: HandleNoise | None = plan_field(no_inversion(), default=None)
     kv_layers: Literal["decoder", "all"] = plan_field(inverts("kv_layers"), default="decoder")
     schedule: Callable[[Any, int], Any] | None = plan_field(
-        inverts("schedule: named by schedule_key"), default=None)
+        inverts("schedule: named by schedule_key"), default=None
+    )
     schedule_key: str = plan_field(inverts("schedule"), default="ddim")
     composite_mask: np.ndarray | None = plan_field(no_inversion(), default=None)
     fidelity: Fidelity = plan_field(
-        inverts("reference_features, feature_steps, reference_prompt, vae_latent, vae_seed: its reference_features, "
-                "step0_reference, reference_prompt and vae_latent"),
-        default_factory=Fidelity)
+        inverts(
+            "reference_features, feature_steps, reference_prompt, vae_latent, vae_seed: its reference_features, "
+            "step0_reference, reference_prompt and vae_latent"
+        ),
+        default_factory=Fidelity,
+    )
     image_prompt: ImagePromptPlan | None = plan_field(
-        inverts("image_prompt: when the inversion uses it"), default=None)
+        inverts("image_prompt: when the inversion uses it"), default=None
+    )
 
     @property
     def needs_gradients(self) -> bool:
-        return (bool(self.energies) and (self.energy_scale or 0.0) * (self.guidance_step or 0.0) > 0
-                and bool(self.guided_steps))
+        return (
+            bool(self.energies)
+            and (self.energy_scale or 0.0) * (self.guidance_step or 0.0) > 0
+            and bool(self.guided_steps)
+        )
 
     def kv_modes(self) -> list[str]:
         return [self.kv.injection.mode] if self.kv else []

@@ -96,8 +96,12 @@ def wants_cancel(value: object) -> bool:
         return bool(value.item())
     if isinstance(value, np.ndarray) and value.dtype == np.bool_ and value.size == 1:
         return bool(value.item())
-    raise ArgumentTypeError("callback_on_step_end", "a hook returning None or a bool (True cancels the edit), or "
-                            "diffusers' hook(pipe, step, timestep, callback_kwargs) -> dict", value)
+    raise ArgumentTypeError(
+        "callback_on_step_end",
+        "a hook returning None or a bool (True cancels the edit), or "
+        "diffusers' hook(pipe, step, timestep, callback_kwargs) -> dict",
+        value,
+    )
 
 
 class StepReporter:
@@ -110,14 +114,25 @@ class StepReporter:
         pipe: what a diffusers-style hook receives as ``pipe`` (the Editor).
     """
 
-    def __init__(self, hook: StepHook | None, cancel: threading.Event | None, totals: dict[str, int],
-                 pipe: object = None) -> None:
+    def __init__(
+        self,
+        hook: StepHook | None,
+        cancel: threading.Event | None,
+        totals: dict[str, int],
+        pipe: object = None,
+    ) -> None:
         self.hook, self.cancel, self.totals, self.pipe = hook, cancel, totals, pipe
         self.diffusers_style = hook is not None and is_diffusers_hook(hook)
         self.done = dict.fromkeys(totals, 0)
 
-    def __call__(self, phase: str, index: int | None = None, timestep: int | None = None,
-                 latent: torch.Tensor | None = None, steps: int = 1) -> None:
+    def __call__(
+        self,
+        phase: str,
+        index: int | None = None,
+        timestep: int | None = None,
+        latent: torch.Tensor | None = None,
+        steps: int = 1,
+    ) -> None:
         self.done[phase] += steps
         stop = False
         if self.hook is not None and self.diffusers_style:

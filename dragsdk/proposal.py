@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 
-def check_proposal_settings(threshold: object, timestep: object, resolution: object, dilate_px: object,
-                            train_timesteps: int = 1000) -> None:
+def check_proposal_settings(
+    threshold: object, timestep: object, resolution: object, dilate_px: object, train_timesteps: int = 1000
+) -> None:
     """Refuse mask-proposal settings that would give an empty or full mask silently, or fail deep in the model.
 
     Raises:
@@ -26,13 +27,21 @@ def check_proposal_settings(threshold: object, timestep: object, resolution: obj
     def is_int(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
-            or not 0.0 <= threshold <= 1.0:
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold)
+        or not 0.0 <= threshold <= 1.0
+    ):
         raise SpecError("threshold", f"expected a cosine-similarity threshold in [0, 1], got {threshold!r}")
     if not is_int(timestep) or not 0 <= timestep < train_timesteps:  # type: ignore[operator]
-        raise SpecError("timestep", f"expected an integer timestep in [0, {train_timesteps - 1}], got {timestep!r}")
+        raise SpecError(
+            "timestep", f"expected an integer timestep in [0, {train_timesteps - 1}], got {timestep!r}"
+        )
     if not is_int(resolution) or resolution < 64:  # type: ignore[operator]
-        raise SpecError("resolution", f"expected an integer working resolution >= 64 pixels, got {resolution!r}")
+        raise SpecError(
+            "resolution", f"expected an integer working resolution >= 64 pixels, got {resolution!r}"
+        )
     if not is_int(dilate_px) or dilate_px < 0:  # type: ignore[operator]
         raise SpecError("dilate_px", f"expected a non-negative integer (pixels), got {dilate_px!r}")
 

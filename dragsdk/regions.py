@@ -339,7 +339,9 @@ def region_pair_map(
     return _from_pairs(tr, tc, sr, sc, gs)
 
 
-def _official_grid_mask(canvas: Canvas, mask: np.ndarray | torch.Tensor, grid: Grid, name: str) -> torch.Tensor:
+def _official_grid_mask(
+    canvas: Canvas, mask: np.ndarray | torch.Tensor, grid: Grid, name: str
+) -> torch.Tensor:
     """``(h, w)`` bool: bilinear resampling of the image mask straight to the grid (no antialiasing, each cell
     samples the 2×2 pixels around its centre), then ``!= 0`` — the official ``cv2.resize(mask, 1/8) != 0``
     (``ui_utils.py:159-164``)."""
@@ -571,8 +573,13 @@ def fill_polygon_cells(vertices: np.ndarray, grid_size: tuple[int, int]) -> tupl
         ax, ay = (float(c) for c in v[i])
         bx, by = (float(c) for c in v[(i + 1) % n])
         cross = (bx - ax) * (py - ay) - (by - ay) * (px - ax)
-        on_edge |= (cross == 0) & (np.minimum(ax, bx) <= px) & (px <= np.maximum(ax, bx)) & (
-            np.minimum(ay, by) <= py) & (py <= np.maximum(ay, by))
+        on_edge |= (
+            (cross == 0)
+            & (np.minimum(ax, bx) <= px)
+            & (px <= np.maximum(ax, bx))
+            & (np.minimum(ay, by) <= py)
+            & (py <= np.maximum(ay, by))
+        )
         if by != ay:
             straddles = (ay > py) != (by > py)
             inside ^= straddles & (px < ax + (bx - ax) * (py - ay) / (by - ay))
@@ -602,8 +609,11 @@ def _polygon_official(canvas: Canvas, hv: np.ndarray, tv: np.ndarray, grid: Grid
     sx, sy = canvas.scale(grid)
     hs = torch.as_tensor(hv * [sx, sy], dtype=torch.float32).to(_F)
     ts = torch.as_tensor(tv * [sx, sy], dtype=torch.float32).to(_F)
-    m = _affine_3pts(ts, hs) if len(tv) == 3 else kornia.geometry.transform.get_perspective_transform(
-        ts[None], hs[None])[0].to(_F)
+    m = (
+        _affine_3pts(ts, hs)
+        if len(tv) == 3
+        else kornia.geometry.transform.get_perspective_transform(ts[None], hs[None])[0].to(_F)
+    )
     tr, tc = fill_polygon_cells(np.trunc(ts.numpy()).astype(np.int64), gs)
     pts = torch.stack([tc.to(_F), tr.to(_F), torch.ones(len(tc), dtype=_F)])
     q = m @ pts
@@ -623,7 +633,9 @@ def _polygon_official(canvas: Canvas, hv: np.ndarray, tv: np.ndarray, grid: Grid
 # region + points
 
 
-def _idw(query: torch.Tensor, anchors: torch.Tensor, values: torch.Tensor, k: int, power: int = 2) -> torch.Tensor:
+def _idw(
+    query: torch.Tensor, anchors: torch.Tensor, values: torch.Tensor, k: int, power: int = 2
+) -> torch.Tensor:
     """Inverse-distance weighting (Shepard 1968) over the ``k`` nearest anchors, weights ``1/distᵖ``
     (``power`` 2; 1 in the official RegionDrag ``interpolate_points``, ``ui_utils.py:420-525``).
 
@@ -794,8 +806,10 @@ def dense_points_map(
     sx, sy = canvas.scale(grid)
 
     def cells(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.as_tensor(np.clip(np.floor(y * sy), 0, h - 1), dtype=torch.long),
-                torch.as_tensor(np.clip(np.floor(x * sx), 0, w - 1), dtype=torch.long))
+        return (
+            torch.as_tensor(np.clip(np.floor(y * sy), 0, h - 1), dtype=torch.long),
+            torch.as_tensor(np.clip(np.floor(x * sx), 0, w - 1), dtype=torch.long),
+        )
 
     hp, tp = pts[0::2], pts[1::2]
     # 1. fill: every cell centre inside a target block (last pair of a block wins)
@@ -819,4 +833,6 @@ def dense_points_map(
     # 2. direct pairs, as Canvas.to_cell (pixel centres), written last so they win
     tr, tc = cells(tp[:, 0] + 0.5, tp[:, 1] + 0.5)
     sr, sc = cells(hp[:, 0] + 0.5, hp[:, 1] + 0.5)
-    return _from_pairs(torch.cat([fr, tr]), torch.cat([fc, tc]), torch.cat([fsr, sr]), torch.cat([fsc, sc]), gs)
+    return _from_pairs(
+        torch.cat([fr, tr]), torch.cat([fc, tc]), torch.cat([fsr, sr]), torch.cat([fsc, sc]), gs
+    )

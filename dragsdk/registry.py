@@ -43,10 +43,17 @@ BUILTIN_DISTRIBUTION = "dragsdk"
 """Entry points of this distribution whose module is inside ``dragsdk`` are the built-in plugins."""
 
 BUILTIN_PLUGINS = {
-    "drag": "dragsdk.plugins.drag", "region-drag": "dragsdk.plugins.region_drag", "move": "dragsdk.plugins.move",
-    "resize": "dragsdk.plugins.resize", "appearance": "dragsdk.plugins.appearance", "paste": "dragsdk.plugins.paste",
-    "eager": "dragsdk.backends.eager", "compile": "dragsdk.backends.compile", "triton": "dragsdk.backends.triton",
-    "xformers": "dragsdk.backends.xformers", "onnx": "dragsdk.backends.onnx",
+    "drag": "dragsdk.plugins.drag",
+    "region-drag": "dragsdk.plugins.region_drag",
+    "move": "dragsdk.plugins.move",
+    "resize": "dragsdk.plugins.resize",
+    "appearance": "dragsdk.plugins.appearance",
+    "paste": "dragsdk.plugins.paste",
+    "eager": "dragsdk.backends.eager",
+    "compile": "dragsdk.backends.compile",
+    "triton": "dragsdk.backends.triton",
+    "xformers": "dragsdk.backends.xformers",
+    "onnx": "dragsdk.backends.onnx",
 }
 """The built-in plugins: entry-point name → module (the same as pyproject.toml's ``[project.entry-points.dragsdk]``,
 which tests/test_registry.py keeps equal)."""
@@ -104,8 +111,11 @@ def _names(variable: str) -> set[str]:
 
 def _is_builtin(ep: md.EntryPoint) -> bool:
     dist = getattr(ep, "dist", None)
-    return (dist is not None and md.Prepared.normalize(dist.name) == BUILTIN_DISTRIBUTION
-            and ep.value.split(":")[0].startswith("dragsdk."))
+    return (
+        dist is not None
+        and md.Prepared.normalize(dist.name) == BUILTIN_DISTRIBUTION
+        and ep.value.split(":")[0].startswith("dragsdk.")
+    )
 
 
 def check_mode(mode: Any) -> None:
@@ -120,19 +130,24 @@ def check_mode(mode: Any) -> None:
     name = getattr(mode, "name", "?")
     model = getattr(mode, "spec_model", None)
     if not (isinstance(model, type) and issubclass(model, EditSpec)):
-        raise PluginError(f"mode {name!r}: spec_model must be a subclass of dragsdk.spec.EditSpec, got {model!r}")
+        raise PluginError(
+            f"mode {name!r}: spec_model must be a subclass of dragsdk.spec.EditSpec, got {model!r}"
+        )
     try:
         model.model_json_schema()
     except Exception as e:
-        raise PluginError(f"mode {name!r}: the JSON Schema of its spec_model cannot be generated "
-                          f"({type(e).__name__}: {e})") from e
+        raise PluginError(
+            f"mode {name!r}: the JSON Schema of its spec_model cannot be generated ({type(e).__name__}: {e})"
+        ) from e
     if not callable(getattr(mode, "plan", None)):
         raise PluginError(f"mode {name!r} has no callable plan(spec, ctx)")
     sampler_fields = model.model_fields["sampler"].annotation.model_fields  # type: ignore[union-attr]
     unknown = sorted(set(getattr(mode, "unsupported_settings", ())) - set(sampler_fields))
     if unknown:
-        raise PluginError(f"mode {name!r}: unsupported_settings {unknown} are not sampler settings; expected some "
-                          f"of {sorted(sampler_fields)}")
+        raise PluginError(
+            f"mode {name!r}: unsupported_settings {unknown} are not sampler settings; expected some "
+            f"of {sorted(sampler_fields)}"
+        )
 
 
 class Registry:
@@ -177,8 +192,11 @@ class Registry:
             try:
                 obj = import_module(module)
             except KeyboardInterrupt:
-                self._failures.append(PluginFailure(name, "import", "KeyboardInterrupt raised while importing",
-                                                    BUILTIN_DISTRIBUTION))
+                self._failures.append(
+                    PluginFailure(
+                        name, "import", "KeyboardInterrupt raised while importing", BUILTIN_DISTRIBUTION
+                    )
+                )
                 continue
             except BaseException as e:  # an optional dependency broken at import: reported like any plugin
                 self._failures.append(PluginFailure(name, "import", _error_text(e), BUILTIN_DISTRIBUTION))
@@ -201,7 +219,9 @@ class Registry:
         override = _names(OVERRIDE_ENV)
         self._load_builtins(blocked)
         self._report_second_dragsdk()
-        taken: dict[str, tuple[bool, str | None]] = {name: (True, BUILTIN_DISTRIBUTION) for name in BUILTIN_PLUGINS}
+        taken: dict[str, tuple[bool, str | None]] = {
+            name: (True, BUILTIN_DISTRIBUTION) for name in BUILTIN_PLUGINS
+        }
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
             if (allowed is not None and ep.name not in allowed) or ep.name in blocked:
                 continue
@@ -210,10 +230,16 @@ class Registry:
             if dist_name is not None and md.Prepared.normalize(dist_name) == BUILTIN_DISTRIBUTION:
                 if BUILTIN_PLUGINS.get(ep.name) != ep.value.split(":")[0]:
                     where = getattr(dist, "_path", None) or "?"
-                    self._failures.append(PluginFailure(
-                        ep.name, "impostor", f"entry point {ep.name!r} ({ep.value}) of a distribution called "
-                        f"dragsdk at {where} is not a dragsdk built-in: a second dragsdk distribution is on sys.path "
-                        "(a stale copy or an impostor); ignored", dist_name))
+                    self._failures.append(
+                        PluginFailure(
+                            ep.name,
+                            "impostor",
+                            f"entry point {ep.name!r} ({ep.value}) of a distribution called "
+                            f"dragsdk at {where} is not a dragsdk built-in: a second dragsdk distribution is on sys.path "
+                            "(a stale copy or an impostor); ignored",
+                            dist_name,
+                        )
+                    )
                 continue
             builtin = False
             key = ep.name
@@ -221,12 +247,19 @@ class Registry:
                 holder_builtin, holder_dist = taken[ep.name]
                 if not (holder_builtin and ep.name in override):
                     holder = "the built-in plugin" if holder_builtin else f"the plugin of {holder_dist}"
-                    why = (f"set {OVERRIDE_ENV}={ep.name} to load it" if holder_builtin
-                           else "rename one of the two entry points")
-                    self.failures.append(PluginFailure(
-                        ep.name, "duplicate",
-                        f"entry point {ep.name!r} ({ep.value}) of {dist_name} has the name of {holder}; ignored ({why})",
-                        dist_name))
+                    why = (
+                        f"set {OVERRIDE_ENV}={ep.name} to load it"
+                        if holder_builtin
+                        else "rename one of the two entry points"
+                    )
+                    self.failures.append(
+                        PluginFailure(
+                            ep.name,
+                            "duplicate",
+                            f"entry point {ep.name!r} ({ep.value}) of {dist_name} has the name of {holder}; ignored ({why})",
+                            dist_name,
+                        )
+                    )
                     continue
                 key = f"{dist_name}:{ep.name}"
             taken.setdefault(ep.name, (builtin, dist_name))
@@ -234,13 +267,22 @@ class Registry:
 
     def _report_second_dragsdk(self) -> None:
         """Report every distribution called dragsdk on ``sys.path`` beyond the first (whose metadata is used)."""
-        seen = [d for d in md.distributions() if md.Prepared.normalize(d.metadata["Name"] or "") == BUILTIN_DISTRIBUTION]
+        seen = [
+            d
+            for d in md.distributions()
+            if md.Prepared.normalize(d.metadata["Name"] or "") == BUILTIN_DISTRIBUTION
+        ]
         if len(seen) > 1:
             places = ", ".join(f"{d.version} at {getattr(d, '_path', '?')}" for d in seen)
-            self._failures.append(PluginFailure(
-                BUILTIN_DISTRIBUTION, "impostor", f"{len(seen)} distributions called dragsdk are on sys.path ({places}); "
-                "the built-ins come from the imported dragsdk package, the others' entry points are ignored",
-                BUILTIN_DISTRIBUTION))
+            self._failures.append(
+                PluginFailure(
+                    BUILTIN_DISTRIBUTION,
+                    "impostor",
+                    f"{len(seen)} distributions called dragsdk are on sys.path ({places}); "
+                    "the built-ins come from the imported dragsdk package, the others' entry points are ignored",
+                    BUILTIN_DISTRIBUTION,
+                )
+            )
 
     @property
     def third_party_pending(self) -> bool:
@@ -256,8 +298,11 @@ class Registry:
                 try:
                     obj = ep.load()
                 except KeyboardInterrupt:  # raised by the plugin's import itself: its failure, not the user's
-                    self._failures.append(PluginFailure(ep.name, "import", "KeyboardInterrupt raised while importing",
-                                                        dist_name))
+                    self._failures.append(
+                        PluginFailure(
+                            ep.name, "import", "KeyboardInterrupt raised while importing", dist_name
+                        )
+                    )
                     continue
                 except BaseException as e:  # a broken plugin is reported, never fatal (SystemExit included)
                     self._failures.append(PluginFailure(ep.name, "import", _error_text(e), dist_name))
@@ -279,8 +324,14 @@ class Registry:
         self.resolve()
         return self._plugins
 
-    def register_plugin(self, obj: Any, name: str, distribution: str | None = None, version: str | None = None,
-                        builtin: bool = False) -> None:
+    def register_plugin(
+        self,
+        obj: Any,
+        name: str,
+        distribution: str | None = None,
+        version: str | None = None,
+        builtin: bool = False,
+    ) -> None:
         """Register a plugin object (module or instance with ``@hookimpl`` methods) under ``name``.
 
         ``builtin`` marks one of dragsdk's own plugins (set by :meth:`load_entry_points`); what a plugin without it
@@ -345,7 +396,9 @@ class Registry:
                 except KeyboardInterrupt:
                     raise
                 except BaseException as e:  # SystemExit included: a plugin never ends the process
-                    self._fail(PluginFailure(plugin_name, hook, _error_text(e, with_trace=True), info.distribution))
+                    self._fail(
+                        PluginFailure(plugin_name, hook, _error_text(e, with_trace=True), info.distribution)
+                    )
         self._modes, self._backends = modes, backends
         self._resolved = True
 
@@ -353,8 +406,15 @@ class Registry:
         self._hook_failures.append(failure)
         self._failures.append(failure)
 
-    def _register_fn(self, plugin_name: str, info: PluginInfo, hook: str, table: dict[str, Any], kind: str,
-                     override: set[str]) -> Callable[[Any], None]:
+    def _register_fn(
+        self,
+        plugin_name: str,
+        info: PluginInfo,
+        hook: str,
+        table: dict[str, Any],
+        kind: str,
+        override: set[str],
+    ) -> Callable[[Any], None]:
         """The ``register`` callable handed to one plugin's hook: checks, then adds one mode or backend."""
 
         def register(obj: Any) -> None:
@@ -371,12 +431,20 @@ class Registry:
             if owner is not None:
                 owner_info = self._plugins[owner]
                 if not (owner_info.builtin and not info.builtin and name in override):
-                    how = (f"set {OVERRIDE_ENV}={name} to replace it" if owner_info.builtin and not info.builtin
-                           else "rename one of them")
-                    self._fail(PluginFailure(
-                        plugin_name, hook, f"{kind} {name!r} is registered twice: plugin {owner!r} "
-                        f"({'built-in' if owner_info.builtin else owner_info.distribution}) has it; ignored ({how})",
-                        info.distribution))
+                    how = (
+                        f"set {OVERRIDE_ENV}={name} to replace it"
+                        if owner_info.builtin and not info.builtin
+                        else "rename one of them"
+                    )
+                    self._fail(
+                        PluginFailure(
+                            plugin_name,
+                            hook,
+                            f"{kind} {name!r} is registered twice: plugin {owner!r} "
+                            f"({'built-in' if owner_info.builtin else owner_info.distribution}) has it; ignored ({how})",
+                            info.distribution,
+                        )
+                    )
                     return
                 getattr(owner_info, f"{kind}s").remove(name)
                 self.overrides.append(Override(kind, name, plugin_name, owner))

@@ -23,8 +23,11 @@ class EditReport(BaseModel):
 
     mode: str
     model: str
-    random_weights: bool = Field(False, description="the model has random weights (a built-in test model such as "
-                                 "'tiny'): the image is not a real edit")
+    random_weights: bool = Field(
+        False,
+        description="the model has random weights (a built-in test model such as "
+        "'tiny'): the image is not a real edit",
+    )
     backend: str
     backend_reason: str
     device: str
@@ -33,23 +36,35 @@ class EditReport(BaseModel):
     working_size: tuple[int, int] = Field(description="(W, H) the model ran at, pixels")
     steps: int
     seed: int
-    phase_seconds: dict[str, float] = Field(default_factory=dict, description="encode, invert, sample, decode")
-    unet_evaluations: dict[str, int] = Field(default_factory=dict, description="forward, forward_grad, backward")
-    image_encoder_forwards: int = Field(0, description="forwards of the image prompt's image encoder (the "
-                                        "IP-Adapter's CLIP vision model; not UNet evaluations): 1 per edit with an "
-                                        "image prompt, else 0")
+    phase_seconds: dict[str, float] = Field(
+        default_factory=dict, description="encode, invert, sample, decode"
+    )
+    unet_evaluations: dict[str, int] = Field(
+        default_factory=dict, description="forward, forward_grad, backward"
+    )
+    image_encoder_forwards: int = Field(
+        0,
+        description="forwards of the image prompt's image encoder (the "
+        "IP-Adapter's CLIP vision model; not UNet evaluations): 1 per edit with an "
+        "image prompt, else 0",
+    )
     inversion_reused: bool = False
     energies: list[EnergyRecord] = Field(default_factory=list)
     kv_bank_bytes: int = 0
     peak_memory_bytes: int = 0
     peak_memory_kind: str = Field("", description="cuda_max_allocated or process_max_rss")
     mask_proposed: bool = False
-    profile: str = Field("", description="the spec's fidelity profile: official, dragsdk or official+<improvements>")
-    profile_options: list[str] = Field(default_factory=list, description="every option of the mode's profile table as "
-                                       "name=value (dragsdk.fidelity)")
+    profile: str = Field(
+        "", description="the spec's fidelity profile: official, dragsdk or official+<improvements>"
+    )
+    profile_options: list[str] = Field(
+        default_factory=list,
+        description="every option of the mode's profile table as name=value (dragsdk.fidelity)",
+    )
     notes: list[str] = Field(default_factory=list)
     image_prompt: str | None = Field(
-        None, description="the IP-Adapter used as image prompt (None: the mode has none, or no adapter is loaded)"
+        None,
+        description="the IP-Adapter used as image prompt (None: the mode has none, or no adapter is loaded)",
     )
 
 

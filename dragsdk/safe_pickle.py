@@ -47,8 +47,19 @@ MAX_KEY_ELEMENTS = 1_000
 MAX_DEPTH = 32
 """Nesting depth of the unpickled value."""
 
-_REFUSED_OPCODES = {"INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID",
-                    "NEXT_BUFFER", "READONLY_BUFFER"}
+_REFUSED_OPCODES = {
+    "INST",
+    "OBJ",
+    "NEWOBJ",
+    "NEWOBJ_EX",
+    "EXT1",
+    "EXT2",
+    "EXT4",
+    "PERSID",
+    "BINPERSID",
+    "NEXT_BUFFER",
+    "READONLY_BUFFER",
+}
 _MEMO_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
 _MEMO_GET = {"GET", "BINGET", "LONG_BINGET"}
 _DTYPE_KINDS = "biufc"  # bool, signed, unsigned, float, complex: no objects, strings, voids or records
@@ -65,7 +76,11 @@ def _kind(value: Any) -> str:
     """What an argument is, never its content: ``a str of 5000 characters``, ``an int``."""
     t = type(value).__name__
     a = "an" if t[:1] in "aeiou" else "a"
-    return f"{a} {t} of length {len(value)}" if isinstance(value, str | bytes | bytearray | list | tuple | dict) else f"{a} {t}"
+    return (
+        f"{a} {t} of length {len(value)}"
+        if isinstance(value, str | bytes | bytearray | list | tuple | dict)
+        else f"{a} {t}"
+    )
 
 
 class _Refused(Exception):
@@ -87,8 +102,10 @@ def _scan(data: bytes) -> None:
         if n_ops > MAX_OPCODES:
             raise _Refused(f"holds more than {MAX_OPCODES} opcodes")
         if name in _REFUSED_OPCODES:
-            raise _Refused(f"opcode {name} at byte {pos} is not allowed (it builds arbitrary objects or reads "
-                           "outside the file)")
+            raise _Refused(
+                f"opcode {name} at byte {pos} is not allowed (it builds arbitrary objects or reads "
+                "outside the file)"
+            )
         if name == "GLOBAL" and len(str(arg)) > 200:
             raise _Refused(f"opcode GLOBAL at byte {pos} names a {len(str(arg))}-character global")
         if name in _MEMO_PUT or name == "MEMOIZE":
@@ -101,7 +118,9 @@ def _scan(data: bytes) -> None:
             continue
         if name in _MEMO_GET:
             if int(arg) not in memo:
-                raise _Refused(f"opcode {name} at byte {pos} reads memo index {int(arg)}, which was never set")
+                raise _Refused(
+                    f"opcode {name} at byte {pos} reads memo index {int(arg)}, which was never set"
+                )
             stack.append(memo[int(arg)])
             continue
         if name == "MARK":
@@ -116,7 +135,7 @@ def _scan(data: bytes) -> None:
             if not marks:
                 raise _Refused(f"opcode {name} at byte {pos} has no mark")
             m = marks.pop()
-            sliced = stack[m + 1:]
+            sliced = stack[m + 1 :]
             del stack[m:]
             k = before.index(pickletools.markobject)
             if name in ("SETITEMS", "DICT"):
@@ -128,15 +147,17 @@ def _scan(data: bytes) -> None:
             k = len(before)
             if name == "SETITEM" and len(stack) >= 2:
                 _check_keys([stack[-2]], name, pos)
-        if k > len(stack) or any(w < 0 for w in stack[len(stack) - k:]):
+        if k > len(stack) or any(w < 0 for w in stack[len(stack) - k :]):
             raise _Refused(f"opcode {name} at byte {pos} finds too few values on the stack")
         if k:
             consumed = stack[-k:] + consumed
             del stack[-k:]
         size = 1 + sum(consumed)
         if size > MAX_ELEMENTS:
-            raise _Refused(f"opcode {name} at byte {pos} builds a value of more than {MAX_ELEMENTS} elements "
-                           "(shared references counted each time)")
+            raise _Refused(
+                f"opcode {name} at byte {pos} builds a value of more than {MAX_ELEMENTS} elements "
+                "(shared references counted each time)"
+            )
         stack.extend([size] * len(op.stack_after))
 
 
@@ -156,8 +177,10 @@ def _plain_dtype(d: Any) -> np.dtype[Any]:
     except (TypeError, ValueError, UnicodeDecodeError):
         dt = None
     if dt is None or dt.kind not in _DTYPE_KINDS or dt.fields is not None or dt.subdtype is not None:
-        raise _Refused(f"a numpy dtype ({_kind(d) if not isinstance(d, np.dtype) else d.kind + ' kind'}) is not a "
-                       "plain numeric type")
+        raise _Refused(
+            f"a numpy dtype ({_kind(d) if not isinstance(d, np.dtype) else d.kind + ' kind'}) is not a "
+            "plain numeric type"
+        )
     return dt
 
 
@@ -215,7 +238,9 @@ def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarra
 
 def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
     if not isinstance(text, str) or str(encoding).lower() not in _LATIN1:
-        raise _Refused("_codecs.encode is called other than with a str and 'latin1' (how protocol 0–2 write bytes)")
+        raise _Refused(
+            "_codecs.encode is called other than with a str and 'latin1' (how protocol 0–2 write bytes)"
+        )
     return text.encode("latin1")
 
 
@@ -228,10 +253,17 @@ def _container(kind: type) -> Any:
             return kind()
         if len(args) == 1 and isinstance(args[0], _BUILT):
             return kind(args[0])
-        if kind in (bytes, bytearray) and len(args) == 2 and isinstance(args[0], str) and str(args[1]).lower() in _LATIN1:
+        if (
+            kind in (bytes, bytearray)
+            and len(args) == 2
+            and isinstance(args[0], str)
+            and str(args[1]).lower() in _LATIN1
+        ):
             return kind(args[0], "latin1")
-        raise _Refused(f"builtins.{kind.__name__} is called with {_kind(args[0])}; only an "
-                       "already-built container or string is allowed")
+        raise _Refused(
+            f"builtins.{kind.__name__} is called with {_kind(args[0])}; only an "
+            "already-built container or string is allowed"
+        )
 
     return build
 
@@ -241,10 +273,15 @@ def _scalar_type(kind: type) -> Any:
         if len(args) == 0:
             return kind()
         x = args[0]
-        if len(args) == 1 and isinstance(x, str | bytes | int | float | bool) and (not isinstance(x, str | bytes) or len(x) <= 400):
+        if (
+            len(args) == 1
+            and isinstance(x, str | bytes | int | float | bool)
+            and (not isinstance(x, str | bytes) or len(x) <= 400)
+        ):
             return kind(x)
-        raise _Refused(f"builtins.{kind.__name__} is called with {_kind(x)}; only a short string or a number is "
-                       "allowed")
+        raise _Refused(
+            f"builtins.{kind.__name__} is called with {_kind(x)}; only a short string or a number is allowed"
+        )
 
     return build
 
@@ -256,7 +293,9 @@ _CALLABLES: dict[tuple[str, str], Any] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): _dtype,
     ("_codecs", "encode"): _encode,
-    **{("builtins", k.__name__): _container(k) for k in (list, tuple, dict, set, frozenset, bytes, bytearray)},
+    **{
+        ("builtins", k.__name__): _container(k) for k in (list, tuple, dict, set, frozenset, bytes, bytearray)
+    },
     **{("builtins", k.__name__): _scalar_type(k) for k in (int, float, str, bool, complex)},
 }
 
@@ -331,7 +370,18 @@ def restricted_load(path: str | os.PathLike[str], max_bytes: int | None = None) 
         raise UnsafePickleError(f"{p.name}: {e}") from None
     except RecursionError:
         raise UnsafePickleError(f"{p.name}: the value is nested too deeply") from None
-    except (pickle.UnpicklingError, ValueError, TypeError, EOFError, KeyError, IndexError, AttributeError,
-            MemoryError, OverflowError) as e:
+    except (
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        EOFError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        MemoryError,
+        OverflowError,
+    ) as e:
         reason = str(e).splitlines()[0][:80] if str(e) else ""
-        raise SpecError(p.name, f"not a readable pickle ({type(e).__name__}{': ' + reason if reason else ''})") from None
+        raise SpecError(
+            p.name, f"not a readable pickle ({type(e).__name__}{': ' + reason if reason else ''})"
+        ) from None

@@ -97,11 +97,19 @@ class GuidedSampler:
             self.controller.mode = prev
         return self.tap.features()
 
-    def _energies(self, plan: EditPlan, cur: list[torch.Tensor], ref: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _energies(
+        self, plan: EditPlan, cur: list[torch.Tensor], ref: list[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         return {term.name: term.fn(cur, ref) for term in plan.energies}
 
     def _guidance(
-        self, plan: EditPlan, z: torch.Tensor, i: int, t: int, a_t: float, cond_text: torch.Tensor,
+        self,
+        plan: EditPlan,
+        z: torch.Tensor,
+        i: int,
+        t: int,
+        a_t: float,
+        cond_text: torch.Tensor,
         ref: list[torch.Tensor] | None,
     ) -> tuple[torch.Tensor, StepEnergy]:
         """Energy guidance ``g`` at ``z``; ``ref=None``: the reference is ``z``'s own features (detached), what the
@@ -115,7 +123,8 @@ class GuidedSampler:
             values = self._energies(plan, cur, ref)
             self.counter.forward_grad += 1
             regions = {
-                r: [values[term.name] for term in plan.energies if term.region == r] for r in ("edit", "content")
+                r: [values[term.name] for term in plan.energies if term.region == r]
+                for r in ("edit", "content")
             }
             sums = {r: torch.stack(v).sum() for r, v in regions.items() if v}
             grads: dict[str, torch.Tensor] = {}
@@ -143,8 +152,16 @@ class GuidedSampler:
         self.counter.forward += 1
         return feats
 
-    def _eps(self, plan: EditPlan, z: torch.Tensor, i: int, t: int, cond_cfg: torch.Tensor, cond_text: torch.Tensor,
-             guidance_scale: float) -> torch.Tensor:
+    def _eps(
+        self,
+        plan: EditPlan,
+        z: torch.Tensor,
+        i: int,
+        t: int,
+        cond_cfg: torch.Tensor,
+        cond_text: torch.Tensor,
+        guidance_scale: float,
+    ) -> torch.Tensor:
         """ε with classifier-free guidance and the plan's K/V injection at step ``i``."""
         ctl = self.controller
         if plan.kv is not None and plan.kv.active(i):
@@ -154,7 +171,9 @@ class GuidedSampler:
             if guidance_scale == 1.0:
                 eps = self.unet(z, t, encoder_hidden_states=cond_text, return_dict=False)[0]
             else:
-                e = self.unet(z.expand(2, -1, -1, -1), t, encoder_hidden_states=cond_cfg, return_dict=False)[0]
+                e = self.unet(z.expand(2, -1, -1, -1), t, encoder_hidden_states=cond_cfg, return_dict=False)[
+                    0
+                ]
                 eps = e[:1] + guidance_scale * (e[1:] - e[:1])
         finally:
             ctl.mode, ctl.injection = "plain", None
@@ -170,8 +189,16 @@ class GuidedSampler:
         if ip is not None:
             ip.active = plan is not None and plan.image_prompt is not None and plan.image_prompt.active(i)
 
-    def _roll_back(self, z_prev: torch.Tensor, t_unet: int, a_t: float, a_prev: float, cond_text: torch.Tensor,
-                   plan: EditPlan, i: int) -> torch.Tensor:
+    def _roll_back(
+        self,
+        z_prev: torch.Tensor,
+        t_unet: int,
+        a_t: float,
+        a_prev: float,
+        cond_text: torch.Tensor,
+        plan: EditPlan,
+        i: int,
+    ) -> torch.Tensor:
         """Time travel's deterministic roll-back ``z_{t_prev} → z_t``: one DDIM inversion step with the UNet at
         ``t_unet`` (official: ``t_prev``, ``Sampler.py:136-144``), batch 1, text conditioning (and the image prompt
         inside its window, as the official context), no K/V injection (DiffEditor arXiv 2402.02583 Alg. 1)."""
@@ -221,15 +248,35 @@ class GuidedSampler:
                 self.controller.step = i
                 noise = self._noise(plan, trajectory, i, z, eta_map, generator)
                 z = self._before_step(plan, trajectory, i, t, z, keep)
-            z_prev = self._pass(ps, plan, trajectory, z, t, cond_cfg, cond_text, guidance_scale,
-                                eta_map if noise is not None else 0.0, noise, out, trace)
+            z_prev = self._pass(
+                ps,
+                plan,
+                trajectory,
+                z,
+                t,
+                cond_cfg,
+                cond_text,
+                guidance_scale,
+                eta_map if noise is not None else 0.0,
+                noise,
+                out,
+                trace,
+            )
             if not ps.last:
-                t_unet = schedule.timesteps[i + 1] if plan.fidelity.rollback_at == "prev" and i + 1 < len(schedule) else t
-                z = self._roll_back(z_prev, t_unet, schedule.alpha(i), schedule.alpha_prev(i), cond_text, plan, i)
+                t_unet = (
+                    schedule.timesteps[i + 1]
+                    if plan.fidelity.rollback_at == "prev" and i + 1 < len(schedule)
+                    else t
+                )
+                z = self._roll_back(
+                    z_prev, t_unet, schedule.alpha(i), schedule.alpha_prev(i), cond_text, plan, i
+                )
                 out.rollback_timesteps.append(t_unet)
                 continue
             z = z_prev
-            if keep is not None and plan.fidelity.outside_reset == "after":  # outside the mask: the inversion trajectory
+            if (
+                keep is not None and plan.fidelity.outside_reset == "after"
+            ):  # outside the mask: the inversion trajectory
                 z = torch.where(keep, trajectory.latents[i + 1][:1].to(z), z)
                 if trace:
                     out.trace[-1].latent_after = z.detach().float().cpu()
@@ -239,7 +286,9 @@ class GuidedSampler:
         return out
 
     @staticmethod
-    def _start_latent(trajectory: Trajectory, plan: EditPlan, generator: torch.Generator | None) -> torch.Tensor:
+    def _start_latent(
+        trajectory: Trajectory, plan: EditPlan, generator: torch.Generator | None
+    ) -> torch.Tensor:
         """``z`` at the first sampling step: the inverted latent with the plan's ``init`` pastes and handle noise."""
         start = plan.start_step
         z = trajectory.latents[start][:1]
@@ -254,15 +303,23 @@ class GuidedSampler:
         """η per latent cell (regional SDE: inside / outside its mask; Cycle-SDE: 1), or None (deterministic)."""
         eta_map = None
         if plan.sde is not None:
-            m = (plan.sde.mask if plan.sde.mask is not None else plan.edit_mask).to(z.device, z.dtype)[None, None]
+            m = (plan.sde.mask if plan.sde.mask is not None else plan.edit_mask).to(z.device, z.dtype)[
+                None, None
+            ]
             eta_map = plan.sde.eta_inside * m + plan.sde.eta_outside * (1 - m)
         if plan.sampling == "cycle-sde":  # η = 1 with the noise recorded at inversion (dragsdk.cycle_sde)
             eta_map = torch.ones((), dtype=z.dtype, device=z.device)
         return eta_map
 
     @staticmethod
-    def _noise(plan: EditPlan, trajectory: Trajectory, i: int, z: torch.Tensor, eta_map: torch.Tensor | None,
-               generator: torch.Generator | None) -> torch.Tensor | None:
+    def _noise(
+        plan: EditPlan,
+        trajectory: Trajectory,
+        i: int,
+        z: torch.Tensor,
+        eta_map: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor | None:
         """Step ``i``'s noise: drawn inside the regional-SDE window, the recorded one for Cycle-SDE, else None."""
         noise = None
         if eta_map is not None and plan.sde is not None and plan.sde.start <= i < plan.sde.end:
@@ -273,8 +330,9 @@ class GuidedSampler:
         return noise
 
     @staticmethod
-    def _before_step(plan: EditPlan, trajectory: Trajectory, i: int, t: int, z: torch.Tensor,
-                     keep: torch.Tensor | None) -> torch.Tensor:
+    def _before_step(
+        plan: EditPlan, trajectory: Trajectory, i: int, t: int, z: torch.Tensor, keep: torch.Tensor | None
+    ) -> torch.Tensor:
         """Step ``i``'s latent copies from the inversion latent of this step, then (``outside_reset="before"``, the
         official RegionDrag order, ``drag.py:144-146``) the reset outside the mask."""
         for sp in plan.step_pastes:
@@ -284,9 +342,21 @@ class GuidedSampler:
             z = torch.where(keep, trajectory.latents[i][:1].to(z), z)
         return z
 
-    def _pass(self, ps: Pass, plan: EditPlan, trajectory: Trajectory, z: torch.Tensor, t: int,
-              cond_cfg: torch.Tensor, cond_text: torch.Tensor, guidance_scale: float, eta: torch.Tensor | float,
-              noise: torch.Tensor | None, out: SamplerOutput, trace: bool) -> torch.Tensor:
+    def _pass(
+        self,
+        ps: Pass,
+        plan: EditPlan,
+        trajectory: Trajectory,
+        z: torch.Tensor,
+        t: int,
+        cond_cfg: torch.Tensor,
+        cond_text: torch.Tensor,
+        guidance_scale: float,
+        eta: torch.Tensor | float,
+        noise: torch.Tensor | None,
+        out: SamplerOutput,
+        trace: bool,
+    ) -> torch.Tensor:
         """One pass: energy guidance (guided steps), ε with CFG and K/V injection, the DDIM update; returns
         ``z_{t_prev}`` and records the energies (and the trace) into ``out``."""
         schedule, i = trajectory.schedule, ps.step

@@ -32,7 +32,9 @@ def pairs_from_flat(points: Any, field: str = "points") -> list[list[list[float]
         raise SpecError(field, "points must be finite numbers")
     pts = [[float(x), float(y)] for x, y in arr]
     if len(pts) == 0 or len(pts) % 2:
-        raise SpecError(field, f"expected an even, nonzero number of [x, y] points (handle, target, ...), got {len(pts)}")
+        raise SpecError(
+            field, f"expected an even, nonzero number of [x, y] points (handle, target, ...), got {len(pts)}"
+        )
     return [[pts[i], pts[i + 1]] for i in range(0, len(pts), 2)]
 
 
@@ -63,8 +65,11 @@ def load_sample(folder: str | Path) -> tuple[Path, dict[str, Any]]:
         meta = restricted_load(f / "meta_data.pkl")
         if not isinstance(meta, dict) or "points" not in meta:
             raise SpecError("meta_data.pkl", "expected a dict with 'prompt', 'points' and 'mask'")
-        spec: dict[str, Any] = {"mode": "drag", "prompt": str(meta.get("prompt", "")).strip(),
-                                "points": pairs_from_flat(meta["points"], "meta_data.pkl:points")}
+        spec: dict[str, Any] = {
+            "mode": "drag",
+            "prompt": str(meta.get("prompt", "")).strip(),
+            "points": pairs_from_flat(meta["points"], "meta_data.pkl:points"),
+        }
         if meta.get("mask") is not None:
             try:
                 mask = np.asarray(meta["mask"])
@@ -81,5 +86,6 @@ def load_sample(folder: str | Path) -> tuple[Path, dict[str, Any]]:
             spec["mask"] = str(f / "mask.png")
         return f / "original.jpg", spec
     raise SpecError(
-        "input", f"{f} is not a DragBench (original_image.png + meta_data.pkl) or Drag100 (original.jpg + points.json) sample"
+        "input",
+        f"{f} is not a DragBench (original_image.png + meta_data.pkl) or Drag100 (original.jpg + points.json) sample",
     )

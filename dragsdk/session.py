@@ -100,10 +100,13 @@ class EditRun:
                 raise ArgumentTypeError(name, "a callable", fn)
         if o.cancel is not None and not isinstance(o.cancel, threading.Event):
             raise ArgumentTypeError("cancel", "a threading.Event", o.cancel)
-        if o.trace is not None:  # refused before any work: a folder, a device / FIFO / socket, an unwritable folder
+        if (
+            o.trace is not None
+        ):  # refused before any work: a folder, a device / FIFO / socket, an unwritable folder
             check_outputs({"trace": o.trace})
-        self.spec = _overrides(self.editor.resolve_spec(self.spec_in), o.num_inference_steps, o.guidance_scale,
-                               o.generator)
+        self.spec = _overrides(
+            self.editor.resolve_spec(self.spec_in), o.num_inference_steps, o.guidance_scale, o.generator
+        )
         modes = self.editor.registry.modes
         if self.spec.mode not in modes:
             raise SpecError("mode", f"unknown mode {self.spec.mode!r}; installed modes are {sorted(modes)}")
@@ -124,8 +127,11 @@ class EditRun:
         self.canvas = Canvas.fit(img.size, resolution)
 
         def no_proposal(xy: tuple[float, float]) -> np.ndarray:
-            raise SpecError("mask", f"a dry run does not run the model, so no mask is proposed from the point {xy}: "
-                                    "give a mask, or call plan(..., propose_mask=True)")
+            raise SpecError(
+                "mask",
+                f"a dry run does not run the model, so no mask is proposed from the point {xy}: "
+                "give a mask, or call plan(..., propose_mask=True)",
+            )
 
         suggest_mask = (lambda xy: editor.suggest_mask(img, xy, spec.prompt)) if suggest else no_proposal
         self.ctx = PlanContext(self.canvas, img, s.steps, suggest_mask=suggest_mask)
@@ -134,8 +140,9 @@ class EditRun:
 
     def inversion_key(self, weights: str) -> InversionKey:
         """The key of the inversion this edit needs, on weights ``weights`` with the run's image-prompt adapter."""
-        return inversion_key(self.img, self.spec, self.plan, self.canvas.size, self.model.name, weights,
-                             self.adapter)
+        return inversion_key(
+            self.img, self.spec, self.plan, self.canvas.size, self.model.name, weights, self.adapter
+        )
 
     # -- the model part -------------------------------------------------------------------------------------------
     def execute(self) -> EditResult:
@@ -155,9 +162,12 @@ class EditRun:
             self.cached = cached if cached is not None and cached.key == self.key else None
             n_run = self.spec.sampler.steps - self.plan.start_step
             n_inv = 1 if self.cached is not None else inversion_steps(self.plan, self.spec.sampler.steps)
-            self.report_step = StepReporter(o.callback_on_step_end, o.cancel,
-                                            {"encode": 1, "invert": n_inv, "sample": n_run, "decode": 1},
-                                            pipe=editor)
+            self.report_step = StepReporter(
+                o.callback_on_step_end,
+                o.cancel,
+                {"encode": 1, "invert": n_inv, "sample": n_run, "decode": 1},
+                pipe=editor,
+            )
             with host_adapter_detached(self.model.unet, self.adapter), self.attention():
                 self.encode()
                 self.invert()
@@ -169,8 +179,9 @@ class EditRun:
         self.write_trace()
         from .editor import EditResult
 
-        return EditResult(self.edited, self.out.latent, report, self.spec, self.plan,
-                          _as_output(self.edited, o.output_type))
+        return EditResult(
+            self.edited, self.out.latent, report, self.spec, self.plan, _as_output(self.edited, o.output_type)
+        )
 
     @contextmanager
     def attention(self) -> Iterator[None]:
@@ -180,21 +191,34 @@ class EditRun:
         editor, plan, s = self.editor, self.plan, self.spec.sampler
         device = self.model.device
         reset_peak_memory(device)
-        self.controller = AttentionController(attend=self.backend.attention, bank_layers=editor._bank_layers(plan),
-                                              latent_size=self.canvas.latent_size)
+        self.controller = AttentionController(
+            attend=self.backend.attention,
+            bank_layers=editor._bank_layers(plan),
+            latent_size=self.canvas.latent_size,
+        )
         self.ip_plan = plan.image_prompt if self.adapter is not None else None
         if self.ip_plan is not None:
             ad = self.adapter
             scale = self.ip_plan.scale if ad.scale is None else ad.scale
-            source = plan.references[0].image if self.ip_plan.source == "reference" and plan.references else self.img
+            source = (
+                plan.references[0].image
+                if self.ip_plan.source == "reference" and plan.references
+                else self.img
+            )
             self.controller.image_prompt = ad.state(source, scale, device, self.model.dtype, self.counter)
         unet = self.model.unet
         previous = install(unet, self.controller)
         self.tap = FeatureTap(unet, self.model.adapter.feature_blocks)
-        self.bar = tqdm(total=2 * (s.steps - plan.start_step), desc=f"dragsdk {self.spec.mode}",
-                        disable=not self.options.progress, leave=False)
+        self.bar = tqdm(
+            total=2 * (s.steps - plan.start_step),
+            desc=f"dragsdk {self.spec.mode}",
+            disable=not self.options.progress,
+            leave=False,
+        )
         try:
-            self.unet_call = self.model.unet_call(self.backend.prepare_unet_for_edit(self.model, self.controller))
+            self.unet_call = self.model.unet_call(
+                self.backend.prepare_unet_for_edit(self.model, self.controller)
+            )
             yield
         finally:
             self.bar.close()
@@ -215,9 +239,13 @@ class EditRun:
         refs = [r.image for r in self.plan.references]
         for k, r in enumerate(refs):
             if r.size != self.img.size:
-                raise SpecError(f"references[{k}]", f"is {r.size}, must be the base image's size {self.img.size}")
+                raise SpecError(
+                    f"references[{k}]", f"is {r.size}, must be the base image's size {self.img.size}"
+                )
         images = torch.cat([x, *(self.editor._preprocess(r, self.canvas) for r in refs)])
-        if self.plan.fidelity.vae_latent == "sample":  # one posterior sample (official RegionDrag, cycle_sde.py:63), seeded
+        if (
+            self.plan.fidelity.vae_latent == "sample"
+        ):  # one posterior sample (official RegionDrag, cycle_sde.py:63), seeded
             z0 = _sample_latent(self.model, images, self.spec.sampler.seed)
         else:
             z0 = self.backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
@@ -238,9 +266,12 @@ class EditRun:
         """
         editor, plan, s = self.editor, self.plan, self.spec.sampler
         self.cond_text = editor._prompt(self.spec.prompt, weights=self.weights)
-        cond_bank = torch.cat([self.cond_text, *(editor._prompt(r.prompt, weights=self.weights)
-                                                 for r in plan.references)])
-        feature_cond = cond_bank  # reference features: each image's own prompt, or the base prompt for all rows
+        cond_bank = torch.cat(
+            [self.cond_text, *(editor._prompt(r.prompt, weights=self.weights) for r in plan.references)]
+        )
+        feature_cond = (
+            cond_bank  # reference features: each image's own prompt, or the base prompt for all rows
+        )
         if plan.fidelity.reference_prompt == "base" and plan.references:
             feature_cond = self.cond_text.expand(cond_bank.shape[0], -1, -1)
         schedule = (plan.schedule or DDIMSchedule)(self.model.scheduler, s.steps)
@@ -249,8 +280,12 @@ class EditRun:
         if self.cached is not None:
             self.traj = self.cached
             self.bar.update(s.steps - plan.start_step)
-            self.report_step("invert", plan.start_step, schedule.timesteps[plan.start_step],
-                             self.cached.latents[plan.start_step])
+            self.report_step(
+                "invert",
+                plan.start_step,
+                schedule.timesteps[plan.start_step],
+                self.cached.latents[plan.start_step],
+            )
         else:
             self.controller.bank = KVBank(editor.bank_device)
             noises: dict[int, torch.Tensor] = {}
@@ -258,9 +293,19 @@ class EditRun:
                 latents, noises, feats = *self._invert_cycle_sde(schedule, cond_bank), {}
             else:
                 latents, feats = self._invert_ddim(schedule, cond_bank, feature_cond)
-            _check_finite(latents[plan.start_step], "inversion", plan.start_step, schedule.timesteps[plan.start_step])
-            self.traj = Trajectory(schedule, latents, self.controller.bank, feats, cond_bank, self.key, noises=noises,
-                                   feature_cond=None if feature_cond is cond_bank else feature_cond)
+            _check_finite(
+                latents[plan.start_step], "inversion", plan.start_step, schedule.timesteps[plan.start_step]
+            )
+            self.traj = Trajectory(
+                schedule,
+                latents,
+                self.controller.bank,
+                feats,
+                cond_bank,
+                self.key,
+                noises=noises,
+                feature_cond=None if feature_cond is cond_bank else feature_cond,
+            )
         self.controller.bank = self.traj.bank
         self.phases["invert"] = time.perf_counter() - t0
 
@@ -268,10 +313,12 @@ class EditRun:
         def on_step(i: int) -> None:
             self.bar.update(1)
             self.report_step("invert", i, schedule.timesteps[i])
+
         return on_step
 
-    def _invert_cycle_sde(self, schedule: Any, cond_bank: torch.Tensor
-                          ) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+    def _invert_cycle_sde(
+        self, schedule: Any, cond_bank: torch.Tensor
+    ) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
         """Stochastic inversion recording the reverse noise (no features; :mod:`dragsdk.cycle_sde`)."""
         from .cycle_sde import cycle_sde_invert, inversion_generator
 
@@ -281,24 +328,51 @@ class EditRun:
             assert ip is not None
             ip.active = True
         try:
-            return cycle_sde_invert(self.unet_call, self.z0, cond_bank, schedule, self.plan.start_step,
-                                    self.controller, kv_steps, self.counter,
-                                    inversion_generator(self.spec.sampler.seed), on_step=self._on_invert_step(schedule))
+            return cycle_sde_invert(
+                self.unet_call,
+                self.z0,
+                cond_bank,
+                schedule,
+                self.plan.start_step,
+                self.controller,
+                kv_steps,
+                self.counter,
+                inversion_generator(self.spec.sampler.seed),
+                on_step=self._on_invert_step(schedule),
+            )
         finally:
             if ip is not None:
                 ip.active = False
 
-    def _invert_ddim(self, schedule: Any, cond_bank: torch.Tensor, feature_cond: torch.Tensor
-                     ) -> tuple[list[torch.Tensor], dict[int, list[torch.Tensor]]]:
+    def _invert_ddim(
+        self, schedule: Any, cond_bank: torch.Tensor, feature_cond: torch.Tensor
+    ) -> tuple[list[torch.Tensor], dict[int, list[torch.Tensor]]]:
         """DDIM inversion; reference features recorded in its passes or computed by truncated forwards after it."""
         kv_steps, feature_steps = recorded_steps(self.plan)
         recorded = self.plan.fidelity.reference_features == "recorded"
-        latents, feats = invert(self.unet_call, self.z0, cond_bank, schedule, self.controller, self.tap, kv_steps,
-                                feature_steps if recorded else set(), self.counter,
-                                on_step=self._on_invert_step(schedule))
+        latents, feats = invert(
+            self.unet_call,
+            self.z0,
+            cond_bank,
+            schedule,
+            self.controller,
+            self.tap,
+            kv_steps,
+            feature_steps if recorded else set(),
+            self.counter,
+            on_step=self._on_invert_step(schedule),
+        )
         if not recorded and feature_steps:
-            feats = reference_features(self.unet_call, latents, feature_cond, schedule, self.controller, self.tap,
-                                       feature_steps, self.counter)
+            feats = reference_features(
+                self.unet_call,
+                latents,
+                feature_cond,
+                schedule,
+                self.controller,
+                self.tap,
+                feature_steps,
+                self.counter,
+            )
         return latents, feats
 
     # -- 5. sample ------------------------------------------------------------------------------------------------
@@ -311,8 +385,14 @@ class EditRun:
         editor, s, o = self.editor, self.spec.sampler, self.options
         t0 = time.perf_counter()
         uncond = editor._prompt(self.spec.negative_prompt, negative=True, weights=self.weights)
-        sampler = GuidedSampler(self.unet_call, self.controller, self.tap, self.counter, editor.probe_energy_after,
-                                editor.reference_profile)
+        sampler = GuidedSampler(
+            self.unet_call,
+            self.controller,
+            self.tap,
+            self.counter,
+            editor.probe_energy_after,
+            editor.reference_profile,
+        )
         generator = torch.Generator("cpu").manual_seed(s.seed)
 
         def on_step(i: int, t: int, z: torch.Tensor) -> None:
@@ -322,9 +402,16 @@ class EditRun:
                 o.callback(i, t, z)
             self.report_step("sample", i, t, z)
 
-        self.out: SamplerOutput = sampler.run(self.traj, self.plan, torch.cat([uncond, self.cond_text]),
-                                              self.cond_text, s.guidance_scale, generator, on_step,
-                                              trace=o.trace is not None)
+        self.out: SamplerOutput = sampler.run(
+            self.traj,
+            self.plan,
+            torch.cat([uncond, self.cond_text]),
+            self.cond_text,
+            s.guidance_scale,
+            generator,
+            on_step,
+            trace=o.trace is not None,
+        )
         self.phases["sample"] = time.perf_counter() - t0
 
     # -- 6. decode ------------------------------------------------------------------------------------------------
@@ -340,7 +427,9 @@ class EditRun:
         if decoded is None:
             decoded = self.model.decode_latent(latent)
         _check_finite(decoded, "decoding", None, None)
-        if self.plan.fidelity.to_uint8 == "truncate":  # official RegionDrag postprocess (drag.py:81-98): astype truncates
+        if (
+            self.plan.fidelity.to_uint8 == "truncate"
+        ):  # official RegionDrag postprocess (drag.py:81-98): astype truncates
             arr = ((decoded[0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255).numpy()
             edited = Image.fromarray(arr.astype(np.uint8))
         else:
@@ -357,19 +446,43 @@ class EditRun:
     def report(self) -> EditReport:
         """The edit's :class:`~dragsdk.report.EditReport`, built here and nowhere else."""
         spec, plan, model, adapter, s = self.spec, self.plan, self.model, self.adapter, self.spec.sampler
-        notes = [*plan.notes, *filter(None, [size_note(self.img.size, self.canvas.size),
-                                             _image_prompt_note(plan, adapter), model.prompt_note(spec.prompt),
-                                             random_weights_warning(model)])]
+        notes = [
+            *plan.notes,
+            *filter(
+                None,
+                [
+                    size_note(self.img.size, self.canvas.size),
+                    _image_prompt_note(plan, adapter),
+                    model.prompt_note(spec.prompt),
+                    random_weights_warning(model),
+                ],
+            ),
+        ]
         return EditReport(
-            mode=spec.mode, model=model.name, backend=self.backend.name, backend_reason=self.reason,
-            device=str(model.device), dtype=str(model.dtype).removeprefix("torch."), image_size=self.img.size,
-            working_size=self.canvas.size, steps=s.steps, seed=s.seed, phase_seconds=self.phases,
-            unet_evaluations=self.counter.to_dict(), image_encoder_forwards=self.counter.image_encoder,
-            inversion_reused=self.reused, energies=[EnergyRecord(**e.__dict__) for e in self.out.energies],
-            kv_bank_bytes=self.traj.bank.nbytes(), peak_memory_bytes=self.peak, peak_memory_kind=self.peak_kind,
-            mask_proposed=self.ctx.mask_proposed, notes=notes,
+            mode=spec.mode,
+            model=model.name,
+            backend=self.backend.name,
+            backend_reason=self.reason,
+            device=str(model.device),
+            dtype=str(model.dtype).removeprefix("torch."),
+            image_size=self.img.size,
+            working_size=self.canvas.size,
+            steps=s.steps,
+            seed=s.seed,
+            phase_seconds=self.phases,
+            unet_evaluations=self.counter.to_dict(),
+            image_encoder_forwards=self.counter.image_encoder,
+            inversion_reused=self.reused,
+            energies=[EnergyRecord(**e.__dict__) for e in self.out.energies],
+            kv_bank_bytes=self.traj.bank.nbytes(),
+            peak_memory_bytes=self.peak,
+            peak_memory_kind=self.peak_kind,
+            mask_proposed=self.ctx.mask_proposed,
+            notes=notes,
             image_prompt=adapter.name if adapter is not None and plan.image_prompt else None,
-            profile=plan.fidelity.profile, profile_options=list(plan.fidelity.options), random_weights=model.random_weights,
+            profile=plan.fidelity.profile,
+            profile_options=list(plan.fidelity.options),
+            random_weights=model.random_weights,
         )
 
     def write_trace(self) -> None:
@@ -379,9 +492,17 @@ class EditRun:
         from .trace import write_trace
 
         plan, s = self.plan, self.spec.sampler
-        meta = {"mode": self.spec.mode, "profile": plan.fidelity.profile, "profile_options": list(plan.fidelity.options),
-                "model": self.model.name, "backend": self.backend.name, "steps": s.steps, "seed": s.seed,
-                "working_size": list(self.canvas.size), "rollback_timesteps": self.out.rollback_timesteps}
+        meta = {
+            "mode": self.spec.mode,
+            "profile": plan.fidelity.profile,
+            "profile_options": list(plan.fidelity.options),
+            "model": self.model.name,
+            "backend": self.backend.name,
+            "steps": s.steps,
+            "seed": s.seed,
+            "working_size": list(self.canvas.size),
+            "rollback_timesteps": self.out.rollback_timesteps,
+        }
         write_trace(self.options.trace, self.out.trace, meta)
 
     # -- the dry run ----------------------------------------------------------------------------------------------
@@ -393,18 +514,33 @@ class EditRun:
         self.check_inputs()
         self.prepare(suggest=propose_mask)
         plan, steps = self.plan, self.spec.sampler.steps
-        self.adapter = adapter = editor._image_prompt.live()  # a host adapter the host unloaded: the edit drops it
+        self.adapter = adapter = (
+            editor._image_prompt.live()
+        )  # a host adapter the host unloaded: the edit drops it
         cached = editor._trajectory
         inversion_cached = cached is not None and cached.key == self.inversion_key(editor.weights_key())
-        cost = estimate_cost(plan, steps, not inversion_cached, editor.probe_energy_after, editor.reference_profile,
-                             recorded_steps(plan)[1], image_prompt=adapter is not None)
+        cost = estimate_cost(
+            plan,
+            steps,
+            not inversion_cached,
+            editor.probe_energy_after,
+            editor.reference_profile,
+            recorded_steps(plan)[1],
+            image_prompt=adapter is not None,
+        )
         guided = list(plan.guided_steps or ()) if plan.needs_gradients else []
         kv = (plan.kv.start, plan.kv.end) if plan.kv else None
-        return DryRun(plan, self.canvas, steps, guided, kv, inversion_cached, cost, self.backend.name, self.reason)
+        return DryRun(
+            plan, self.canvas, steps, guided, kv, inversion_cached, cost, self.backend.name, self.reason
+        )
 
 
-def _overrides(spec: EditSpec, num_inference_steps: int | None, guidance_scale: float | None,
-               generator: torch.Generator | None) -> EditSpec:
+def _overrides(
+    spec: EditSpec,
+    num_inference_steps: int | None,
+    guidance_scale: float | None,
+    generator: torch.Generator | None,
+) -> EditSpec:
     """``spec`` with diffusers-style keyword overrides written into its sampler settings (validated as spec fields:
     ``sampler.steps``, ``sampler.guidance_scale``, ``sampler.seed``)."""
     update: dict[str, Any] = {}
@@ -421,7 +557,9 @@ def _overrides(spec: EditSpec, num_inference_steps: int | None, guidance_scale: 
             raise ArgumentTypeError("generator", "a torch.Generator", generator)
         # One draw from the host's generator picks the edit's seed (the report records it, so the edit can be
         # repeated from the report alone); the generator advances, as a diffusers pipeline advances it.
-        update["seed"] = int(torch.randint(0, SEED_MAX >> 1, (1,), generator=generator, device=generator.device))
+        update["seed"] = int(
+            torch.randint(0, SEED_MAX >> 1, (1,), generator=generator, device=generator.device)
+        )
     if not update:
         return spec
     s = spec.sampler
@@ -464,7 +602,9 @@ def _sample_latent(model: ModelBundle, images: torch.Tensor, seed: int) -> torch
     return (z * model.vae.config.scaling_factor).to(model.dtype)
 
 
-def _composite_outside(original: Image.Image, edited: Image.Image, plan: EditPlan, canvas: Canvas) -> Image.Image:
+def _composite_outside(
+    original: Image.Image, edited: Image.Image, plan: EditPlan, canvas: Canvas
+) -> Image.Image:
     """Original pixels outside the edit mask, edited pixels inside: the plan's pixel ``composite_mask`` when it has
     one (official RegionDrag ``np.where(mask, out, ori)``, ``drag.py:81-98``), else the latent edit mask
     nearest-upsampled."""

@@ -101,8 +101,13 @@ def energy_scale_field(default: float, description: str = "scale of the energy g
     """The ``energy_scale`` field: finite, ``0 ≤ energy_scale ≤ ENERGY_SCALE_LIMIT``, in units of
     :data:`ENERGY_UNIT` (λ = 1000 · energy_scale). The unit is appended to the description and stated in the
     JSON Schema as ``"unit"``."""
-    return Field(default, ge=0.0, le=ENERGY_SCALE_LIMIT, description=f"{description}; {ENERGY_SCALE_UNIT_TEXT}",
-                 json_schema_extra={"unit": "1000·λ"})
+    return Field(
+        default,
+        ge=0.0,
+        le=ENERGY_SCALE_LIMIT,
+        description=f"{description}; {ENERGY_SCALE_UNIT_TEXT}",
+        json_schema_extra={"unit": "1000·λ"},
+    )
 
 
 def guidance_step_field(default: float, description: str = "c, multiplier of λ·∇E") -> Any:
@@ -209,18 +214,25 @@ class SamplerSettings(SpecModel):
     ``src/models/Sampler.py:21,74,98-101``, UI ``src/demo/demo.py:475-513``)."""
 
     steps: Annotated[int, inverts("steps")] = Field(
-        50, ge=2, le=1000, description="DDIM inversion and sampling steps")
+        50, ge=2, le=1000, description="DDIM inversion and sampling steps"
+    )
     guidance_scale: Annotated[float, no_inversion()] = Field(
-        4.0, ge=1.0, le=30.0, description="classifier-free guidance scale")
-    seed: Annotated[int, inverts("cycle_seed, vae_seed: a stochastic inversion or a sampled VAE latent")] = Field(
-        42, ge=0, le=SEED_MAX, description="seed of every random draw of the edit")
+        4.0, ge=1.0, le=30.0, description="classifier-free guidance scale"
+    )
+    seed: Annotated[int, inverts("cycle_seed, vae_seed: a stochastic inversion or a sampled VAE latent")] = (
+        Field(42, ge=0, le=SEED_MAX, description="seed of every random draw of the edit")
+    )
     resolution: Annotated[int, inverts("working_size")] = Field(
         768, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64"
     )
     schedule: Annotated[GuidanceSchedule, inverts("feature_steps: plan.guided_steps")] = Field(
-        default_factory=GuidanceSchedule)
+        default_factory=GuidanceSchedule
+    )
     kv_start: Annotated[float, inverts("kv_steps: plan.kv")] = Field(
-        0.1, ge=0.0, le=1.0, description="cross-branch K/V injection starts at this fraction of the steps (5/50)"
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="cross-branch K/V injection starts at this fraction of the steps (5/50)",
     )
     sde: Annotated[RegionalSDE, no_inversion()] = Field(default_factory=RegionalSDE)
     time_travel: Annotated[TimeTravel, no_inversion()] = Field(default_factory=TimeTravel)
@@ -231,11 +243,14 @@ class EditSpec(SpecModel):
 
     mode: Annotated[str, inverts("through the plan the mode builds")]
     prompt: Annotated[str, inverts("prompt")] = Field(
-        "", description="text describing the image (used for inversion and sampling)")
+        "", description="text describing the image (used for inversion and sampling)"
+    )
     negative_prompt: Annotated[str, no_inversion()] = Field(
-        "", description="the unconditional prompt of classifier-free guidance")
+        "", description="the unconditional prompt of classifier-free guidance"
+    )
     sampler: Annotated[SamplerSettings, inverts("through its own fields")] = Field(
-        default_factory=SamplerSettings)
+        default_factory=SamplerSettings
+    )
 
 
 def _as_mask_ref(value: Any) -> Any:
@@ -273,15 +288,24 @@ class DiffEditorOptions:
     field's default is the official code's behaviour (:mod:`dragsdk.fidelity`)."""
 
     reference_features: Literal["inverted", "recorded"] = option(
-        "inverted", "recorded", "reference features F(z_{t_{i+1}}, t_i) recorded during inversion instead of "
+        "inverted",
+        "recorded",
+        "reference features F(z_{t_{i+1}}, t_i) recorded during inversion instead of "
         "F(z_{t_i}, t_i) recomputed (saves one truncated no-grad forward per guided step; one DDIM step off)",
-        improvement="recorded-reference")
+        improvement="recorded-reference",
+    )
     mask_resampling: Literal["nearest", "area"] = option(
-        "nearest", "area", "masks rasterised by >= 50 % area coverage instead of nearest (top-left pixel) sampling",
-        improvement="area-masks")
+        "nearest",
+        "area",
+        "masks rasterised by >= 50 % area coverage instead of nearest (top-left pixel) sampling",
+        improvement="area-masks",
+    )
     rollback_at: Literal["prev", "t"] = option(
-        "prev", "t", "time-travel roll-back UNet evaluated at t (as in the inversion) instead of t_prev",
-        improvement="rollback-at-t")
+        "prev",
+        "t",
+        "time-travel roll-back UNet evaluated at t (as in the inversion) instead of t_prev",
+        improvement="rollback-at-t",
+    )
 
 
 @dataclass(frozen=True)
@@ -289,8 +313,12 @@ class ReferenceOptions(DiffEditorOptions):
     """The options of the modes with a reference image (appearance, paste)."""
 
     reference_prompt: Literal["base", "own"] = option(
-        "base", "own", "the reference image's features computed with its own prompt (the one it is inverted "
-        "with) instead of the base prompt the official code uses for both rows", improvement="own-reference-prompt")
+        "base",
+        "own",
+        "the reference image's features computed with its own prompt (the one it is inverted "
+        "with) instead of the base prompt the official code uses for both rows",
+        improvement="own-reference-prompt",
+    )
 
 
 @dataclass(frozen=True)
@@ -298,11 +326,17 @@ class DragOptions(DiffEditorOptions):
     """The options of point drag."""
 
     step0_reference: Literal["init", "inversion"] = option(
-        "init", "inversion", "step-0 reference features of the inverted z_T instead of the handle-pasted z_T",
-        improvement="unpasted-step0")
+        "init",
+        "inversion",
+        "step-0 reference features of the inverted z_T instead of the handle-pasted z_T",
+        improvement="unpasted-step0",
+    )
     point_convention: Literal["corner", "centre"] = option(
-        "corner", "centre", "a point falls in the cell holding its pixel's centre, floor((x+0.5)·s), instead of "
-        "floor(x·s)", improvement="pixel-centre")
+        "corner",
+        "centre",
+        "a point falls in the cell holding its pixel's centre, floor((x+0.5)·s), instead of floor(x·s)",
+        improvement="pixel-centre",
+    )
 
 
 DIFFEDITOR_PROFILES = ProfileTable(DiffEditorOptions)
@@ -328,8 +362,11 @@ class DragSpec(EditSpec):
 
     mode: str = Field("drag", pattern="^drag$")
     points: Annotated[list[PointPair], list_cap(MAX_POINT_PAIRS, "pairs")] = Field(
-        ..., min_length=1, max_length=MAX_POINT_PAIRS,
-        description=f"handle → target pairs, image pixels (1 to {MAX_POINT_PAIRS} pairs)")
+        ...,
+        min_length=1,
+        max_length=MAX_POINT_PAIRS,
+        description=f"handle → target pairs, image pixels (1 to {MAX_POINT_PAIRS} pairs)",
+    )
     mask: str | None = Field(
         None, description="editable region (PNG path or data URL, white = may change); absent = whole image"
     )
@@ -358,8 +395,11 @@ def loads_spec_json(text: str | bytes) -> Any:
     cap = max_sample_bytes()
     if len(text) > cap:
         unit = "bytes" if isinstance(text, bytes) else "characters"
-        raise SpecError("spec", f"the JSON text is {len(text)} {unit} long, more than the limit of {cap} "
-                                f"({cap / 2**20:g} MiB; raise it with {MAX_SAMPLE_MB_ENV})")
+        raise SpecError(
+            "spec",
+            f"the JSON text is {len(text)} {unit} long, more than the limit of {cap} "
+            f"({cap / 2**20:g} MiB; raise it with {MAX_SAMPLE_MB_ENV})",
+        )
     return parse_json(text, "spec", allow_nan=False)
 
 
@@ -390,7 +430,9 @@ def spec_from_json(
     elif isinstance(data, dict):
         obj = spec_object(dict(data))
     else:
-        raise SpecError("spec", f"expected an EditSpec, a dict, JSON text or a spec file path, got {type(data).__name__}")
+        raise SpecError(
+            "spec", f"expected an EditSpec, a dict, JSON text or a spec file path, got {type(data).__name__}"
+        )
     mode = obj.get("mode")
     if mode is None:
         raise SpecError("mode", f"missing; expected one of {sorted(models)}")

@@ -19,11 +19,19 @@ PATH_KEYS = ("mask", "reference", "reference_mask", "fill_region", "region")
 def spec_object(value: Any, field: str = "spec") -> dict[str, Any]:
     """``value`` if it is a JSON object (a dict), else a :class:`SpecError` saying what it is."""
     if not isinstance(value, dict):
-        what = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
-                type(None): "null"}.get(type(value), type(value).__name__)
-        raise SpecError(field, f"expected a JSON object with a 'mode' (e.g. {{\"mode\": \"drag\", ...}}), got {what}")
+        what = {
+            list: "an array",
+            str: "a string",
+            int: "a number",
+            float: "a number",
+            bool: "a boolean",
+            type(None): "null",
+        }.get(type(value), type(value).__name__)
+        raise SpecError(
+            field, f'expected a JSON object with a \'mode\' (e.g. {{"mode": "drag", ...}}), got {what}'
+        )
     if "sampler" in value and not isinstance(value["sampler"], dict):
-        raise SpecError("sampler", "expected an object of sampler settings (e.g. {\"steps\": 50})")
+        raise SpecError("sampler", 'expected an object of sampler settings (e.g. {"steps": 50})')
     return value
 
 

@@ -95,7 +95,9 @@ def latent_slice(latent: torch.Tensor, size: int = SLICE) -> list[float]:
     return [float(v) for v in latent[0, :, r : r + size, c : c + size].detach().float().cpu().flatten()]
 
 
-def assert_slice_close(actual: Sequence[float], expected: Sequence[float], atol: float, label: str = "") -> None:
+def assert_slice_close(
+    actual: Sequence[float], expected: Sequence[float], atol: float, label: str = ""
+) -> None:
     """Raise :class:`ConformanceError` when two slices differ in length or any value by more than ``atol``
     (absolute), naming the largest difference and where it is."""
     if len(actual) != len(expected):
@@ -103,8 +105,10 @@ def assert_slice_close(actual: Sequence[float], expected: Sequence[float], atol:
     diff = np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64))
     k = int(diff.argmax()) if diff.size else 0
     if diff.size and not diff[k] <= atol:
-        _fail(f"golden slice {label}", f"max |Δ| = {diff[k]:.3g} at index {k} ({actual[k]!r} vs {expected[k]!r}) "
-                                       f"> atol {atol:g}")
+        _fail(
+            f"golden slice {label}",
+            f"max |Δ| = {diff[k]:.3g} at index {k} ({actual[k]!r} vs {expected[k]!r}) > atol {atol:g}",
+        )
 
 
 # -- the properties --------------------------------------------------------------------------------------------------
@@ -152,23 +156,35 @@ def check_plan(dry: Any) -> None:
     rows = 1 + len(plan.references)
     pastes = [*plan.init, *(sp.paste for sp in plan.step_pastes)]
     for k, p in enumerate(pastes):
-        for axis, idx, bound in (("rows", p.target_rows, lh), ("cols", p.target_cols, lw),
-                                 ("rows", p.source_rows, lh), ("cols", p.source_cols, lw)):
+        for axis, idx, bound in (
+            ("rows", p.target_rows, lh),
+            ("cols", p.target_cols, lw),
+            ("rows", p.source_rows, lh),
+            ("cols", p.source_cols, lw),
+        ):
             if idx.numel() and not (int(idx.min()) >= 0 and int(idx.max()) < bound):
                 _fail("plan shapes", f"paste {k} {axis} outside 0 … {bound - 1}")
         if len(p.target_rows) != len(p.source_rows) or not 0 <= p.bank < rows:
-            _fail("plan shapes", f"paste {k}: {len(p.target_rows)} targets for {len(p.source_rows)} sources, "
-                                 f"bank {p.bank} of {rows}")
+            _fail(
+                "plan shapes",
+                f"paste {k}: {len(p.target_rows)} targets for {len(p.source_rows)} sources, "
+                f"bank {p.bank} of {rows}",
+            )
     if not 0 <= plan.start_step < n:
         _fail("plan shapes", f"start_step {plan.start_step} outside 0 … {n - 1}")
     if any(not plan.start_step <= i < n for i in dry.guided_steps):
         _fail("plan shapes", f"guided steps {dry.guided_steps} outside {plan.start_step} … {n - 1}")
     if dry.kv_window is not None and not 0 <= dry.kv_window[0] <= dry.kv_window[1] <= n:
         _fail("plan shapes", f"K/V window {dry.kv_window} outside 0 … {n}")
-    if plan.composite_mask is not None and np.asarray(plan.composite_mask).shape != (canvas.image_size[1],
-                                                                                     canvas.image_size[0]):
-        _fail("plan shapes", f"composite_mask is {np.asarray(plan.composite_mask).shape}, expected (H, W) of "
-                             f"the {canvas.image_size} image")
+    if plan.composite_mask is not None and np.asarray(plan.composite_mask).shape != (
+        canvas.image_size[1],
+        canvas.image_size[0],
+    ):
+        _fail(
+            "plan shapes",
+            f"composite_mask is {np.asarray(plan.composite_mask).shape}, expected (H, W) of "
+            f"the {canvas.image_size} image",
+        )
     for k, r in enumerate(plan.references):
         if r.image.size != canvas.image_size:
             _fail("plan shapes", f"references[{k}] is {r.image.size}, the image {canvas.image_size}")
@@ -185,8 +201,11 @@ def check_edit(result: Any, spec: EditSpec, dry: Any, image: Image.Image) -> Non
     if result.image.size != image.size:
         _fail("edit", f"image {result.image.size}, input {image.size}")
     if tuple(result.latent.shape) != (1, 4, lh, lw) or not bool(torch.isfinite(result.latent).all()):
-        _fail("edit", f"latent {tuple(result.latent.shape)} (finite: {bool(torch.isfinite(result.latent).all())}), "
-                      f"expected (1, 4, {lh}, {lw})")
+        _fail(
+            "edit",
+            f"latent {tuple(result.latent.shape)} (finite: {bool(torch.isfinite(result.latent).all())}), "
+            f"expected (1, 4, {lh}, {lw})",
+        )
     rep = result.report
     seen = (rep.mode, rep.steps, rep.seed, tuple(rep.working_size))
     want = (spec.mode, spec.sampler.steps, spec.sampler.seed, dry.canvas.size)
@@ -211,9 +230,12 @@ def check_profiles(mode: Any, spec: EditSpec, result: Any) -> None:
         _fail("profiles", f"report profile {rep.profile!r}, expected {label!r} (ProfileTable.fidelity)")
     names = [o.split("=", 1)[0] for o in rep.profile_options]
     if sorted(names) != sorted(table.names) or any("=" not in o for o in rep.profile_options):
-        _fail("profiles", f"report profile_options {rep.profile_options}: expected every option of the table "
-                          f"({', '.join(table.names)}) once as name=value; build plan.fidelity with "
-                          "ProfileTable.fidelity")
+        _fail(
+            "profiles",
+            f"report profile_options {rep.profile_options}: expected every option of the table "
+            f"({', '.join(table.names)}) once as name=value; build plan.fidelity with "
+            "ProfileTable.fidelity",
+        )
 
 
 def check_dry_run_cost(dry: Any, result: Any) -> None:
@@ -225,15 +247,22 @@ def check_dry_run_cost(dry: Any, result: Any) -> None:
     if dry.cost.to_dict() != result.report.unet_evaluations:
         _fail("dry-run cost", f"dry run {dry.cost.to_dict()}, edit {result.report.unet_evaluations}")
     if dry.cost.image_encoder != result.report.image_encoder_forwards:
-        _fail("dry-run cost", f"dry run {dry.cost.image_encoder} image-encoder forwards, edit "
-                              f"{result.report.image_encoder_forwards}")
+        _fail(
+            "dry-run cost",
+            f"dry run {dry.cost.image_encoder} image-encoder forwards, edit "
+            f"{result.report.image_encoder_forwards}",
+        )
     if dry.inversion_cached != result.report.inversion_reused:
-        _fail("dry-run cost", f"dry run inversion_cached={dry.inversion_cached}, edit "
-                              f"inversion_reused={result.report.inversion_reused}")
+        _fail(
+            "dry-run cost",
+            f"dry run inversion_cached={dry.inversion_cached}, edit "
+            f"inversion_reused={result.report.inversion_reused}",
+        )
 
 
-def check_cancellation(editor: Any, image: Image.Image, spec: EditSpec, expected: torch.Tensor | None = None,
-                       atol: float = 1e-5) -> None:
+def check_cancellation(
+    editor: Any, image: Image.Image, spec: EditSpec, expected: torch.Tensor | None = None, atol: float = 1e-5
+) -> None:
     """Cancel an edit at its first sampling step, then edit again: the cancel raises
     :class:`~dragsdk.errors.EditCancelled`, leaves the cached inversion and the UNet's attention processors as
     they were, and the next edit (reusing the inversion) gives ``expected`` within ``atol`` (when given).
@@ -258,11 +287,18 @@ def check_cancellation(editor: Any, image: Image.Image, spec: EditSpec, expected
     if expected is not None:
         d = float((again.latent - expected).abs().max())
         if not d <= atol:
-            _fail("cancellation", f"the edit after a cancel differs from the one before by {d:.3g} > {atol:g}")
+            _fail(
+                "cancellation", f"the edit after a cancel differs from the one before by {d:.3g} > {atol:g}"
+            )
 
 
-def check_mode(editor: Any, image: Image.Image | Any, spec: Mapping[str, Any] | EditSpec, steps: int = 2,
-               atol: float = 1e-5) -> ConformanceResult:
+def check_mode(
+    editor: Any,
+    image: Image.Image | Any,
+    spec: Mapping[str, Any] | EditSpec,
+    steps: int = 2,
+    atol: float = 1e-5,
+) -> ConformanceResult:
     """Run every conformance property for one mode, given one valid ``spec`` of it and an ``editor`` (normally on
     the ``tiny`` model, CPU): :func:`check_spec_round_trip`, :func:`check_plan` on the dry run, a ``steps``-step
     edit (:func:`check_edit`) whose report equals the dry run's cost (:func:`check_dry_run_cost`), its profile

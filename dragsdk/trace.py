@@ -66,7 +66,9 @@ def trace_arrays(passes: list[TracePass], meta: dict[str, Any]) -> dict[str, np.
         "pass": np.array([p.pass_index for p in passes], dtype=np.int64),
         "timestep": np.array([p.timestep for p in passes], dtype=np.int64),
         "latent_before": np.stack([p.latent_before.float().cpu().numpy()[0] for p in passes]),
-        "latent_after": np.stack([p.latent_after.float().cpu().numpy()[0] for p in passes if p.latent_after is not None]),
+        "latent_after": np.stack(
+            [p.latent_after.float().cpu().numpy()[0] for p in passes if p.latent_after is not None]
+        ),
         "guidance_norm": np.array([nan if p.guidance_norm is None else p.guidance_norm for p in passes]),
         "energy_total": np.array([sum(p.energies.values()) if p.energies else nan for p in passes]),
     }
@@ -76,8 +78,12 @@ def trace_arrays(passes: list[TracePass], meta: dict[str, Any]) -> dict[str, np.
     return out
 
 
-def write_trace(path: str | os.PathLike[str], passes: list[TracePass], meta: dict[str, Any],
-                protect: tuple[Path, ...] = ()) -> Path:
+def write_trace(
+    path: str | os.PathLike[str],
+    passes: list[TracePass],
+    meta: dict[str, Any],
+    protect: tuple[Path, ...] = (),
+) -> Path:
     """Write the trace archive atomically (never over a protected input).
 
     Raises:

@@ -8,7 +8,9 @@ Triton is optional: this package imports without it (the fused op then raises ``
 See ``docs/kernels.md``.
 """
 
-if __name__ != "dragsdk.kernels":  # imported as bare `kernels` from a checkout's root: yield to an installed one
+if (
+    __name__ != "dragsdk.kernels"
+):  # imported as bare `kernels` from a checkout's root: yield to an installed one
     from dragsdk._source_layout import yield_bare_name
 
     yield_bare_name(__name__)

@@ -91,7 +91,9 @@ class _LaunchConfig(NamedTuple):
 _TUNED: dict[tuple[int, int, torch.dtype, bool], _LaunchConfig] = {}
 
 
-def _launch_config(d_block: int, device: torch.device, dtype: torch.dtype, backward: bool = False) -> _LaunchConfig:
+def _launch_config(
+    d_block: int, device: torch.device, dtype: torch.dtype, backward: bool = False
+) -> _LaunchConfig:
     """Tile sizes: the measured table ``_TUNED`` on CUDA, else the static choice below.
 
     The static sizes were chosen without a GPU.
@@ -134,14 +136,28 @@ if triton is not None:
 
     @triton.jit
     def _fwd_block(
-        acc, m_i, l_i, q, K, V, offs_n, keep,
-        s_kn, s_kd, s_vn, s_vd,
-        qk_scale, offs_d, d_ok,
-        PREC: tl.constexpr, UPCAST: tl.constexpr,
+        acc,
+        m_i,
+        l_i,
+        q,
+        K,
+        V,
+        offs_n,
+        keep,
+        s_kn,
+        s_kd,
+        s_vn,
+        s_vd,
+        qk_scale,
+        offs_d,
+        d_ok,
+        PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
     ):
         """One key block of the online softmax (FA2 Alg. 1, lines 8-10), in log2 units."""
-        kt = tl.load(K + offs_n[None, :] * s_kn + offs_d[:, None] * s_kd,
-                     mask=keep[None, :] & d_ok[:, None], other=0.0)
+        kt = tl.load(
+            K + offs_n[None, :] * s_kn + offs_d[:, None] * s_kd, mask=keep[None, :] & d_ok[:, None], other=0.0
+        )
         s = _mm(q, kt, PREC, UPCAST).to(acc.dtype) * qk_scale
         s = tl.where(keep[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -150,18 +166,34 @@ if triton is not None:
         alpha = tl.exp2(m_i - m_ref)
         p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd,
-                    mask=keep[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(
+            V + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd, mask=keep[:, None] & d_ok[None, :], other=0.0
+        )
         acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, PREC, UPCAST).to(acc.dtype)
         return acc, m_new, l_i
 
     @triton.jit
     def _fwd_source(
-        acc, m_i, l_i, q,
-        K, V, MASK, M,
-        s_kn, s_kd, s_vn, s_vd, s_m,
-        qk_scale, offs_d, d_ok,
-        HAS_MASK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr,
+        acc,
+        m_i,
+        l_i,
+        q,
+        K,
+        V,
+        MASK,
+        M,
+        s_kn,
+        s_kd,
+        s_vn,
+        s_vd,
+        s_m,
+        qk_scale,
+        offs_d,
+        d_ok,
+        HAS_MASK: tl.constexpr,
+        PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
+        BLOCK_N: tl.constexpr,
     ):
         """Fold the ``M`` keys of one source into the running ``(acc, m_i, l_i)``."""
         for start in range(0, M, BLOCK_N):
@@ -171,30 +203,99 @@ if triton is not None:
                 keep = keep & (tl.load(MASK + offs_n * s_m, mask=keep, other=0) != 0)
                 # A key block with no visible key changes nothing: skip its loads and dots.
                 if tl.max(keep.to(tl.int32), axis=0) > 0:
-                    acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, K, V, offs_n, keep, s_kn, s_kd, s_vn, s_vd,
-                                               qk_scale, offs_d, d_ok, PREC, UPCAST)
+                    acc, m_i, l_i = _fwd_block(
+                        acc,
+                        m_i,
+                        l_i,
+                        q,
+                        K,
+                        V,
+                        offs_n,
+                        keep,
+                        s_kn,
+                        s_kd,
+                        s_vn,
+                        s_vd,
+                        qk_scale,
+                        offs_d,
+                        d_ok,
+                        PREC,
+                        UPCAST,
+                    )
             else:  # no data-dependent branch: keeps the loop simple for the software pipeliner
-                acc, m_i, l_i = _fwd_block(acc, m_i, l_i, q, K, V, offs_n, keep, s_kn, s_kd, s_vn, s_vd,
-                                           qk_scale, offs_d, d_ok, PREC, UPCAST)
+                acc, m_i, l_i = _fwd_block(
+                    acc,
+                    m_i,
+                    l_i,
+                    q,
+                    K,
+                    V,
+                    offs_n,
+                    keep,
+                    s_kn,
+                    s_kd,
+                    s_vn,
+                    s_vd,
+                    qk_scale,
+                    offs_d,
+                    d_ok,
+                    PREC,
+                    UPCAST,
+                )
         return acc, m_i, l_i
 
     @triton.jit
     def _xattn_fwd_kernel(
-        Q, Out, LSE,
-        K1, V1, MASK1, K2, V2, MASK2,
+        Q,
+        Out,
+        LSE,
+        K1,
+        V1,
+        MASK1,
+        K2,
+        V2,
+        MASK2,
         qk_scale,
-        H, N, M1, M2, D,
-        s_qb, s_qh, s_qn, s_qd,
-        s_ob, s_oh, s_on, s_od,
-        s_k1b, s_k1h, s_k1n, s_k1d,
-        s_v1b, s_v1h, s_v1n, s_v1d,
+        H,
+        N,
+        M1,
+        M2,
+        D,
+        s_qb,
+        s_qh,
+        s_qn,
+        s_qd,
+        s_ob,
+        s_oh,
+        s_on,
+        s_od,
+        s_k1b,
+        s_k1h,
+        s_k1n,
+        s_k1d,
+        s_v1b,
+        s_v1h,
+        s_v1n,
+        s_v1d,
         s_m1,
-        s_k2b, s_k2h, s_k2n, s_k2d,
-        s_v2b, s_v2h, s_v2n, s_v2d,
+        s_k2b,
+        s_k2h,
+        s_k2n,
+        s_k2d,
+        s_v2b,
+        s_v2h,
+        s_v2n,
+        s_v2d,
         s_m2,
-        NUM_SOURCES: tl.constexpr, HAS_MASK1: tl.constexpr, HAS_MASK2: tl.constexpr,
-        ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        NUM_SOURCES: tl.constexpr,
+        HAS_MASK1: tl.constexpr,
+        HAS_MASK2: tl.constexpr,
+        ACC: tl.constexpr,
+        PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -205,24 +306,59 @@ if triton is not None:
         m_ok = offs_m < N
         d_ok = offs_d < D
 
-        q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :] * s_qd,
-                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        q = tl.load(
+            Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :] * s_qd,
+            mask=m_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC)
         l_i = tl.zeros([BLOCK_M], dtype=ACC)
 
         acc, m_i, l_i = _fwd_source(
-            acc, m_i, l_i, q,
-            K1 + b * s_k1b + h * s_k1h, V1 + b * s_v1b + h * s_v1h, MASK1, M1,
-            s_k1n, s_k1d, s_v1n, s_v1d, s_m1, qk_scale, offs_d, d_ok,
-            HAS_MASK1, PREC, UPCAST, BLOCK_N,
+            acc,
+            m_i,
+            l_i,
+            q,
+            K1 + b * s_k1b + h * s_k1h,
+            V1 + b * s_v1b + h * s_v1h,
+            MASK1,
+            M1,
+            s_k1n,
+            s_k1d,
+            s_v1n,
+            s_v1d,
+            s_m1,
+            qk_scale,
+            offs_d,
+            d_ok,
+            HAS_MASK1,
+            PREC,
+            UPCAST,
+            BLOCK_N,
         )
         if NUM_SOURCES == 2:
             acc, m_i, l_i = _fwd_source(
-                acc, m_i, l_i, q,
-                K2 + b * s_k2b + h * s_k2h, V2 + b * s_v2b + h * s_v2h, MASK2, M2,
-                s_k2n, s_k2d, s_v2n, s_v2d, s_m2, qk_scale, offs_d, d_ok,
-                HAS_MASK2, PREC, UPCAST, BLOCK_N,
+                acc,
+                m_i,
+                l_i,
+                q,
+                K2 + b * s_k2b + h * s_k2h,
+                V2 + b * s_v2b + h * s_v2h,
+                MASK2,
+                M2,
+                s_k2n,
+                s_k2d,
+                s_v2n,
+                s_v2d,
+                s_m2,
+                qk_scale,
+                offs_d,
+                d_ok,
+                HAS_MASK2,
+                PREC,
+                UPCAST,
+                BLOCK_N,
             )
 
         # Rows without any visible key: output 0 and lse = -inf (documented difference to the oracle).
@@ -230,17 +366,32 @@ if triton is not None:
         l_safe = tl.where(empty, 1.0, l_i)
         out = acc / l_safe[:, None]
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)
-        tl.store(Out + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :] * s_od,
-                 out.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+        tl.store(
+            Out + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :] * s_od,
+            out.to(Out.dtype.element_ty),
+            mask=m_ok[:, None] & d_ok[None, :],
+        )
         tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse, mask=m_ok)
 
     @triton.jit
     def _xattn_bwd_delta_kernel(
-        Out, DO, DELTA,
-        H, N, D,
-        s_ob, s_oh, s_on, s_od,
-        s_dob, s_doh, s_don, s_dod,
-        ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+        Out,
+        DO,
+        DELTA,
+        H,
+        N,
+        D,
+        s_ob,
+        s_oh,
+        s_on,
+        s_od,
+        s_dob,
+        s_doh,
+        s_don,
+        s_dod,
+        ACC: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         """``delta[b, h, n] = Σ_d dO · O`` in the accumulator dtype (FA2 Alg. 2, line 4)."""
         pid_m = tl.program_id(0)
@@ -250,18 +401,35 @@ if triton is not None:
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
         ok = (offs_m < N)[:, None] & (offs_d < D)[None, :]
-        o = tl.load(Out + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :] * s_od, mask=ok, other=0.0)
-        do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_don + offs_d[None, :] * s_dod,
-                     mask=ok, other=0.0)
+        o = tl.load(
+            Out + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :] * s_od, mask=ok, other=0.0
+        )
+        do = tl.load(
+            DO + b * s_dob + h * s_doh + offs_m[:, None] * s_don + offs_d[None, :] * s_dod, mask=ok, other=0.0
+        )
         delta = tl.sum(o.to(ACC) * do.to(ACC), axis=1)
         tl.store(DELTA + pid_bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
 
     @triton.jit
     def _dq_block(
-        dq, q, do, lse2, delta, K, V, offs_n, keep,
-        s_kn, s_kd, s_vn, s_vd,
-        qk_scale, offs_d, d_ok,
-        PREC: tl.constexpr, UPCAST: tl.constexpr,
+        dq,
+        q,
+        do,
+        lse2,
+        delta,
+        K,
+        V,
+        offs_n,
+        keep,
+        s_kn,
+        s_kd,
+        s_vn,
+        s_vd,
+        qk_scale,
+        offs_d,
+        d_ok,
+        PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
     ):
         """``dq += dS·K`` for one key block, ``P`` recomputed from ``lse2`` (log2 units)."""
         kv_ok = keep[:, None] & d_ok[None, :]
@@ -276,11 +444,27 @@ if triton is not None:
 
     @triton.jit
     def _dq_source(
-        dq, q, do, lse2, delta,
-        K, V, MASK, M,
-        s_kn, s_kd, s_vn, s_vd, s_m,
-        qk_scale, offs_d, d_ok,
-        HAS_MASK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr,
+        dq,
+        q,
+        do,
+        lse2,
+        delta,
+        K,
+        V,
+        MASK,
+        M,
+        s_kn,
+        s_kd,
+        s_vn,
+        s_vd,
+        s_m,
+        qk_scale,
+        offs_d,
+        d_ok,
+        HAS_MASK: tl.constexpr,
+        PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
+        BLOCK_N: tl.constexpr,
     ):
         """Add one source's ``dS · K`` to ``dq`` (unscaled)."""
         for start in range(0, M, BLOCK_N):
@@ -289,31 +473,108 @@ if triton is not None:
             if HAS_MASK:
                 keep = keep & (tl.load(MASK + offs_n * s_m, mask=keep, other=0) != 0)
                 if tl.max(keep.to(tl.int32), axis=0) > 0:
-                    dq = _dq_block(dq, q, do, lse2, delta, K, V, offs_n, keep, s_kn, s_kd, s_vn, s_vd,
-                                   qk_scale, offs_d, d_ok, PREC, UPCAST)
+                    dq = _dq_block(
+                        dq,
+                        q,
+                        do,
+                        lse2,
+                        delta,
+                        K,
+                        V,
+                        offs_n,
+                        keep,
+                        s_kn,
+                        s_kd,
+                        s_vn,
+                        s_vd,
+                        qk_scale,
+                        offs_d,
+                        d_ok,
+                        PREC,
+                        UPCAST,
+                    )
             else:
-                dq = _dq_block(dq, q, do, lse2, delta, K, V, offs_n, keep, s_kn, s_kd, s_vn, s_vd,
-                               qk_scale, offs_d, d_ok, PREC, UPCAST)
+                dq = _dq_block(
+                    dq,
+                    q,
+                    do,
+                    lse2,
+                    delta,
+                    K,
+                    V,
+                    offs_n,
+                    keep,
+                    s_kn,
+                    s_kd,
+                    s_vn,
+                    s_vd,
+                    qk_scale,
+                    offs_d,
+                    d_ok,
+                    PREC,
+                    UPCAST,
+                )
         return dq
 
     @triton.jit
     def _xattn_bwd_dq_kernel(
-        Q, DO, DQ, LSE, DELTA,
-        K1, V1, MASK1, K2, V2, MASK2,
-        scale, qk_scale,
-        H, N, M1, M2, D,
-        s_qb, s_qh, s_qn, s_qd,
-        s_dob, s_doh, s_don, s_dod,
-        s_dqb, s_dqh, s_dqn, s_dqd,
-        s_k1b, s_k1h, s_k1n, s_k1d,
-        s_v1b, s_v1h, s_v1n, s_v1d,
+        Q,
+        DO,
+        DQ,
+        LSE,
+        DELTA,
+        K1,
+        V1,
+        MASK1,
+        K2,
+        V2,
+        MASK2,
+        scale,
+        qk_scale,
+        H,
+        N,
+        M1,
+        M2,
+        D,
+        s_qb,
+        s_qh,
+        s_qn,
+        s_qd,
+        s_dob,
+        s_doh,
+        s_don,
+        s_dod,
+        s_dqb,
+        s_dqh,
+        s_dqn,
+        s_dqd,
+        s_k1b,
+        s_k1h,
+        s_k1n,
+        s_k1d,
+        s_v1b,
+        s_v1h,
+        s_v1n,
+        s_v1d,
         s_m1,
-        s_k2b, s_k2h, s_k2n, s_k2d,
-        s_v2b, s_v2h, s_v2n, s_v2d,
+        s_k2b,
+        s_k2h,
+        s_k2n,
+        s_k2d,
+        s_v2b,
+        s_v2h,
+        s_v2n,
+        s_v2d,
         s_m2,
-        NUM_SOURCES: tl.constexpr, HAS_MASK1: tl.constexpr, HAS_MASK2: tl.constexpr,
-        ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        NUM_SOURCES: tl.constexpr,
+        HAS_MASK1: tl.constexpr,
+        HAS_MASK2: tl.constexpr,
+        ACC: tl.constexpr,
+        PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         """``dQ = scale · Σ_sources dS · K`` with ``dS = P ∘ (dO·Vᵀ − delta)`` (FA2 Alg. 2, dQ part)."""
         pid_m = tl.program_id(0)
@@ -326,9 +587,12 @@ if triton is not None:
         d_ok = offs_d < D
         ok = m_ok[:, None] & d_ok[None, :]
 
-        q = tl.load(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :] * s_qd, mask=ok, other=0.0)
-        do = tl.load(DO + b * s_dob + h * s_doh + offs_m[:, None] * s_don + offs_d[None, :] * s_dod,
-                     mask=ok, other=0.0).to(q.dtype)
+        q = tl.load(
+            Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :] * s_qd, mask=ok, other=0.0
+        )
+        do = tl.load(
+            DO + b * s_dob + h * s_doh + offs_m[:, None] * s_don + offs_d[None, :] * s_dod, mask=ok, other=0.0
+        ).to(q.dtype)
         row = pid_bh.to(tl.int64) * N + offs_m
         lse = tl.load(LSE + row, mask=m_ok, other=float("inf"))
         # lse = -inf marks a row with no visible key: +inf makes P = 0 there.
@@ -337,38 +601,110 @@ if triton is not None:
 
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC)
         dq = _dq_source(
-            dq, q, do, lse2, delta,
-            K1 + b * s_k1b + h * s_k1h, V1 + b * s_v1b + h * s_v1h, MASK1, M1,
-            s_k1n, s_k1d, s_v1n, s_v1d, s_m1, qk_scale, offs_d, d_ok,
-            HAS_MASK1, PREC, UPCAST, BLOCK_N,
+            dq,
+            q,
+            do,
+            lse2,
+            delta,
+            K1 + b * s_k1b + h * s_k1h,
+            V1 + b * s_v1b + h * s_v1h,
+            MASK1,
+            M1,
+            s_k1n,
+            s_k1d,
+            s_v1n,
+            s_v1d,
+            s_m1,
+            qk_scale,
+            offs_d,
+            d_ok,
+            HAS_MASK1,
+            PREC,
+            UPCAST,
+            BLOCK_N,
         )
         if NUM_SOURCES == 2:
             dq = _dq_source(
-                dq, q, do, lse2, delta,
-                K2 + b * s_k2b + h * s_k2h, V2 + b * s_v2b + h * s_v2h, MASK2, M2,
-                s_k2n, s_k2d, s_v2n, s_v2d, s_m2, qk_scale, offs_d, d_ok,
-                HAS_MASK2, PREC, UPCAST, BLOCK_N,
+                dq,
+                q,
+                do,
+                lse2,
+                delta,
+                K2 + b * s_k2b + h * s_k2h,
+                V2 + b * s_v2b + h * s_v2h,
+                MASK2,
+                M2,
+                s_k2n,
+                s_k2d,
+                s_v2n,
+                s_v2d,
+                s_m2,
+                qk_scale,
+                offs_d,
+                d_ok,
+                HAS_MASK2,
+                PREC,
+                UPCAST,
+                BLOCK_N,
             )
         dq = dq * scale
-        tl.store(DQ + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn + offs_d[None, :] * s_dqd,
-                 dq.to(DQ.dtype.element_ty), mask=ok)
+        tl.store(
+            DQ + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn + offs_d[None, :] * s_dqd,
+            dq.to(DQ.dtype.element_ty),
+            mask=ok,
+        )
 
     @triton.jit
     def _xattn_bwd_dkdv_kernel(
-        Q, DO, LSE, DELTA,
-        K, V, MASK, DK, DV,
-        scale, qk_scale,
-        B, H, N, M, D,
-        s_qb, s_qh, s_qn, s_qd,
-        s_dob, s_doh, s_don, s_dod,
-        s_kb, s_kh, s_kn, s_kd,
-        s_vb, s_vh, s_vn, s_vd,
+        Q,
+        DO,
+        LSE,
+        DELTA,
+        K,
+        V,
+        MASK,
+        DK,
+        DV,
+        scale,
+        qk_scale,
+        B,
+        H,
+        N,
+        M,
+        D,
+        s_qb,
+        s_qh,
+        s_qn,
+        s_qd,
+        s_dob,
+        s_doh,
+        s_don,
+        s_dod,
+        s_kb,
+        s_kh,
+        s_kn,
+        s_kd,
+        s_vb,
+        s_vh,
+        s_vn,
+        s_vd,
         s_m,
-        s_dkb, s_dkh, s_dkn, s_dkd,
-        s_dvb, s_dvh, s_dvn, s_dvd,
-        SHARED: tl.constexpr, HAS_MASK: tl.constexpr,
-        ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        s_dkb,
+        s_dkh,
+        s_dkn,
+        s_dkd,
+        s_dvb,
+        s_dvh,
+        s_dvn,
+        s_dvd,
+        SHARED: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        ACC: tl.constexpr,
+        PREC: tl.constexpr,
+        UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
         """``dV = Pᵀ·dO`` and ``dK = scale · dSᵀ·Q`` for one key block of one source (FA2 Alg. 2).
 
@@ -386,10 +722,12 @@ if triton is not None:
         if HAS_MASK:
             keep = keep & (tl.load(MASK + offs_n * s_m, mask=keep, other=0) != 0)
         kv_ok = keep[:, None] & d_ok[None, :]
-        k = tl.load(K + bk * s_kb + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd,
-                    mask=kv_ok, other=0.0)
-        v = tl.load(V + bk * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd,
-                    mask=kv_ok, other=0.0)
+        k = tl.load(
+            K + bk * s_kb + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_ok, other=0.0
+        )
+        v = tl.load(
+            V + bk * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok, other=0.0
+        )
         dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
         dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC)
 
@@ -406,8 +744,9 @@ if triton is not None:
                     m_ok = offs_m < N
                     ok = m_ok[:, None] & d_ok[None, :]
                     q = tl.load(q_base + offs_m[:, None] * s_qn + offs_d[None, :] * s_qd, mask=ok, other=0.0)
-                    do = tl.load(do_base + offs_m[:, None] * s_don + offs_d[None, :] * s_dod,
-                                 mask=ok, other=0.0).to(q.dtype)
+                    do = tl.load(
+                        do_base + offs_m[:, None] * s_don + offs_d[None, :] * s_dod, mask=ok, other=0.0
+                    ).to(q.dtype)
                     lse = tl.load(LSE + row_base + offs_m, mask=m_ok, other=float("inf"))
                     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
                     delta = tl.load(DELTA + row_base + offs_m, mask=m_ok, other=0.0)
@@ -420,10 +759,16 @@ if triton is not None:
                     dk += _mm(dst.to(q.dtype), q, PREC, UPCAST).to(ACC)
         dk = dk * scale
         out_ok = n_ok[:, None] & d_ok[None, :]
-        tl.store(DK + bk * s_dkb + h * s_dkh + offs_n[:, None] * s_dkn + offs_d[None, :] * s_dkd,
-                 dk.to(DK.dtype.element_ty), mask=out_ok)
-        tl.store(DV + bk * s_dvb + h * s_dvh + offs_n[:, None] * s_dvn + offs_d[None, :] * s_dvd,
-                 dv.to(DV.dtype.element_ty), mask=out_ok)
+        tl.store(
+            DK + bk * s_dkb + h * s_dkh + offs_n[:, None] * s_dkn + offs_d[None, :] * s_dkd,
+            dk.to(DK.dtype.element_ty),
+            mask=out_ok,
+        )
+        tl.store(
+            DV + bk * s_dvb + h * s_dvh + offs_n[:, None] * s_dvn + offs_d[None, :] * s_dvd,
+            dv.to(DV.dtype.element_ty),
+            mask=out_ok,
+        )
 
 
 # --------------------------------------------------------------------------------------------- host side
@@ -483,23 +828,53 @@ def _forward(q, packed: _Packed, scale: float, cfg: _LaunchConfig | None):
     cfg = cfg or _launch_config(bd, q.device, q.dtype)
     grid = (triton.cdiv(n, cfg.block_m), b * h)
     _xattn_fwd_kernel[grid](
-        q, out, lse,
-        s1[0], s1[1], s1[2], s2[0], s2[1], s2[2],
+        q,
+        out,
+        lse,
+        s1[0],
+        s1[1],
+        s1[2],
+        s2[0],
+        s2[1],
+        s2[2],
         scale * _LOG2E,
-        h, n, s1[3], s2[3] if packed.count == 2 else 0, d,
-        *q.stride(), *out.stride(),
-        *s1[4], *s1[5], s1[6],
-        *s2[4], *s2[5], s2[6],
-        NUM_SOURCES=packed.count, HAS_MASK1=s1[7], HAS_MASK2=s2[7] and packed.count == 2,
+        h,
+        n,
+        s1[3],
+        s2[3] if packed.count == 2 else 0,
+        d,
+        *q.stride(),
+        *out.stride(),
+        *s1[4],
+        *s1[5],
+        s1[6],
+        *s2[4],
+        *s2[5],
+        s2[6],
+        NUM_SOURCES=packed.count,
+        HAS_MASK1=s1[7],
+        HAS_MASK2=s2[7] and packed.count == 2,
         **_kernel_flags(q.dtype, q.device),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=bd,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_D=bd,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out, lse
 
 
-def _backward(q, packed: _Packed, out, lse, dout, scale: float, cfg: _LaunchConfig | None,
-              need_dq: bool, need_kv: tuple[bool, bool]):
+def _backward(
+    q,
+    packed: _Packed,
+    out,
+    lse,
+    dout,
+    scale: float,
+    cfg: _LaunchConfig | None,
+    need_dq: bool,
+    need_kv: tuple[bool, bool],
+):
     b, h, n, d = q.shape
     bd = _block_d(d)
     cfg = cfg or _launch_config(bd, q.device, q.dtype, backward=True)
@@ -517,25 +892,59 @@ def _backward(q, packed: _Packed, out, lse, dout, scale: float, cfg: _LaunchConf
 
     grid_q = (triton.cdiv(n, cfg.block_m), b * h)
     _xattn_bwd_delta_kernel[grid_q](
-        out, dout, delta, h, n, d, *out.stride(), *dout.stride(),
-        ACC=flags["ACC"], BLOCK_M=cfg.block_m, BLOCK_D=bd,
+        out,
+        dout,
+        delta,
+        h,
+        n,
+        d,
+        *out.stride(),
+        *dout.stride(),
+        ACC=flags["ACC"],
+        BLOCK_M=cfg.block_m,
+        BLOCK_D=bd,
         num_warps=cfg.num_warps,
     )
     s1 = _source_args(q, packed.k[0], packed.v[0], packed.masks[0])
     s2 = _source_args(q, packed.k[1], packed.v[1], packed.masks[1])
     if need_dq:
         _xattn_bwd_dq_kernel[grid_q](
-            q, dout, dq, lse, delta,
-            s1[0], s1[1], s1[2], s2[0], s2[1], s2[2],
-            scale, scale * _LOG2E,
-            h, n, s1[3], s2[3] if packed.count == 2 else 0, d,
-            *q.stride(), *dout.stride(), *dq.stride(),
-            *s1[4], *s1[5], s1[6],
-            *s2[4], *s2[5], s2[6],
-            NUM_SOURCES=packed.count, HAS_MASK1=s1[7], HAS_MASK2=s2[7] and packed.count == 2,
+            q,
+            dout,
+            dq,
+            lse,
+            delta,
+            s1[0],
+            s1[1],
+            s1[2],
+            s2[0],
+            s2[1],
+            s2[2],
+            scale,
+            scale * _LOG2E,
+            h,
+            n,
+            s1[3],
+            s2[3] if packed.count == 2 else 0,
+            d,
+            *q.stride(),
+            *dout.stride(),
+            *dq.stride(),
+            *s1[4],
+            *s1[5],
+            s1[6],
+            *s2[4],
+            *s2[5],
+            s2[6],
+            NUM_SOURCES=packed.count,
+            HAS_MASK1=s1[7],
+            HAS_MASK2=s2[7] and packed.count == 2,
             **flags,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=bd,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_D=bd,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
     for i, src in enumerate((s1, s2)[: packed.count]):
         if not need_kv[i]:
@@ -550,17 +959,37 @@ def _backward(q, packed: _Packed, out, lse, dout, scale: float, cfg: _LaunchConf
         shared = bs == 1 and b > 1
         # The source's own strides: batch index ``bk`` ranges over its ``Bs`` rows (0 when shared).
         _xattn_bwd_dkdv_kernel[(triton.cdiv(m, cfg.block_n), bs * h)](
-            q, dout, lse, delta,
-            k, v, mask_t, dk, dv,
-            scale, scale * _LOG2E,
-            b, h, n, m, d,
-            *q.stride(), *dout.stride(),
-            *k.stride(), *v.stride(), mask_stride,
-            *dk.stride(), *dv.stride(),
-            SHARED=shared, HAS_MASK=has_mask,
+            q,
+            dout,
+            lse,
+            delta,
+            k,
+            v,
+            mask_t,
+            dk,
+            dv,
+            scale,
+            scale * _LOG2E,
+            b,
+            h,
+            n,
+            m,
+            d,
+            *q.stride(),
+            *dout.stride(),
+            *k.stride(),
+            *v.stride(),
+            mask_stride,
+            *dk.stride(),
+            *dv.stride(),
+            SHARED=shared,
+            HAS_MASK=has_mask,
             **flags,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=bd,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_D=bd,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
     return dq, grads
 
@@ -576,8 +1005,9 @@ class _CrossBranchAttentionFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, scale, cfg, k1, v1, mask1, k2, v2, mask2):
         count = 1 if k2 is None else 2
-        packed = _Packed((k1, k1 if k2 is None else k2), (v1, v1 if v2 is None else v2),
-                         (mask1, mask2), count)
+        packed = _Packed(
+            (k1, k1 if k2 is None else k2), (v1, v1 if v2 is None else v2), (mask1, mask2), count
+        )
         with _device_guard(q):
             out, lse = _forward(q, packed, scale, cfg)
         ctx.save_for_backward(q, k1, v1, mask1, k2, v2, mask2, out, lse)
@@ -591,17 +1021,24 @@ class _CrossBranchAttentionFn(torch.autograd.Function):
     def backward(ctx, dout):
         q, k1, v1, mask1, k2, v2, mask2, out, lse = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        packed = _Packed((k1, k1 if k2 is None else k2), (v1, v1 if v2 is None else v2),
-                         (mask1, mask2), ctx.count)
+        packed = _Packed(
+            (k1, k1 if k2 is None else k2), (v1, v1 if v2 is None else v2), (mask1, mask2), ctx.count
+        )
         need_kv = (needs[3] or needs[4], ctx.count == 2 and (needs[6] or needs[7]))
         with _device_guard(q):
             dq, grads = _backward(q, packed, out, lse, dout, ctx.scale, ctx.cfg, needs[0], need_kv)
         g1 = grads[0] or (None, None)
         g2 = grads[1] or (None, None)
         return (
-            dq, None, None,
-            g1[0] if needs[3] else None, g1[1] if needs[4] else None, None,
-            g2[0] if needs[6] else None, g2[1] if needs[7] else None, None,
+            dq,
+            None,
+            None,
+            g1[0] if needs[3] else None,
+            g1[1] if needs[4] else None,
+            None,
+            g2[0] if needs[6] else None,
+            g2[1] if needs[7] else None,
+            None,
         )
 
 
@@ -624,7 +1061,9 @@ def _check_inputs(q: torch.Tensor, sources: Sequence[KVSource]) -> None:
             if t is not None and t.device != q.device:
                 raise ValueError(f"sources[{i}].{name} is on {t.device}, q is on {q.device}: use one device")
         if s.k.dtype != q.dtype or s.v.dtype != q.dtype:
-            raise ValueError(f"sources[{i}]: k/v dtype {s.k.dtype}/{s.v.dtype} differs from q dtype {q.dtype}")
+            raise ValueError(
+                f"sources[{i}]: k/v dtype {s.k.dtype}/{s.v.dtype} differs from q dtype {q.dtype}"
+            )
 
 
 def cross_branch_attention(
@@ -680,7 +1119,9 @@ def _cross_branch_attention(
             "TRITON_INTERPRET=1 is set before dragsdk.kernels is imported"
         )
     if q.device.type not in ("cpu", "cuda"):
-        raise RuntimeError(f"cross_branch_attention runs on CUDA (or the CPU interpreter), not {q.device.type}")
+        raise RuntimeError(
+            f"cross_branch_attention runs on CUDA (or the CPU interpreter), not {q.device.type}"
+        )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     cfg = None
     if block_m is not None or block_n is not None:
@@ -689,7 +1130,13 @@ def _cross_branch_attention(
     s1 = sources[0]
     s2 = sources[1] if len(sources) == 2 else None
     return _CrossBranchAttentionFn.apply(
-        q, scale, cfg,
-        s1.k, s1.v, s1.key_mask,
-        None if s2 is None else s2.k, None if s2 is None else s2.v, None if s2 is None else s2.key_mask,
+        q,
+        scale,
+        cfg,
+        s1.k,
+        s1.v,
+        s1.key_mask,
+        None if s2 is None else s2.k,
+        None if s2 is None else s2.v,
+        None if s2 is None else s2.key_mask,
     )

@@ -45,7 +45,9 @@ def validate_sources(q: torch.Tensor, sources: Sequence[KVSource]) -> None:
     b, h, _, d = q.shape
     for i, s in enumerate(sources):
         if s.k.shape != s.v.shape or s.k.ndim != 4:
-            raise ValueError(f"sources[{i}]: k and v must both be (Bs, H, M, d), got {tuple(s.k.shape)}, {tuple(s.v.shape)}")
+            raise ValueError(
+                f"sources[{i}]: k and v must both be (Bs, H, M, d), got {tuple(s.k.shape)}, {tuple(s.v.shape)}"
+            )
         bs, hs, m, ds = s.k.shape
         if bs not in (1, b) or hs != h or ds != d:
             raise ValueError(f"sources[{i}]: k is {tuple(s.k.shape)}, expected (1 or {b}, {h}, M, {d})")
@@ -77,7 +79,11 @@ def cross_branch_attention_reference(
         ks.append(s.k.expand(b, -1, -1, -1))
         vs.append(s.v.expand(b, -1, -1, -1))
         m = s.k.shape[2]
-        keep = torch.ones(m, dtype=torch.bool, device=q.device) if s.key_mask is None else s.key_mask.to(q.device)
+        keep = (
+            torch.ones(m, dtype=torch.bool, device=q.device)
+            if s.key_mask is None
+            else s.key_mask.to(q.device)
+        )
         bias.append(torch.where(keep, 0.0, float("-inf")).to(q.dtype))
     k = torch.cat(ks, dim=2)
     v = torch.cat(vs, dim=2)

@@ -52,11 +52,15 @@ class AppearanceSpec(EditSpec):
     weights: AppearanceWeights = Field(default_factory=AppearanceWeights)
     energy_scale: float = energy_scale_field(2.0)
     guidance_step: float = guidance_step_field(0.04, "c")
-    kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
+    kv_end: float = Field(
+        0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)"
+    )
     profile: REFERENCE_PROFILES.spec_type() = REFERENCE_PROFILES.spec_field()  # type: ignore[valid-type]
     sampler: SamplerSettings = Field(default_factory=lambda: SamplerSettings(guidance_scale=5.0))
 
-    _mask_ref = field_validator("mask", "reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
+    _mask_ref = field_validator("mask", "reference_mask", mode="before")(
+        classmethod(lambda cls, v: _as_mask_ref(v))
+    )
 
 
 class AppearanceMode(EditMode):
@@ -72,15 +76,18 @@ class AppearanceMode(EditMode):
         method = opts.mask_resampling
         base_mask = ctx.mask(spec.mask, "mask")
         ref_img = ctx.load_reference(spec.reference, "reference")
-        ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask",
-                                      ctx.reference_size(spec.reference, "reference"))
+        ref_mask = ctx.reference_mask(
+            spec.reference_mask, "reference_mask", ctx.reference_size(spec.reference, "reference")
+        )
         base_g = canvas.mask_to_grid(base_mask, "feature", method=method)
         ref_g = canvas.mask_to_grid(ref_mask, "feature", method=method)
         outside = ~base_g
         w = spec.weights
 
         def edit(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
-            return correspondence_energy(w.edit, pooled_similarity(c, r, base_g, ref_g, reference_row=1)).sum()
+            return correspondence_energy(
+                w.edit, pooled_similarity(c, r, base_g, ref_g, reference_row=1)
+            ).sum()
 
         def content(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
             return correspondence_energy(w.content, region_similarity(c, r, outside)).sum()
@@ -92,7 +99,9 @@ class AppearanceMode(EditMode):
         ref_l = canvas.mask_to_grid(ref_mask, "latent", method=method)
         n = ctx.steps
         guided = spec.sampler.schedule.steps(n)
-        kv = KVInjection("composite", banks=(0, 1), token_masks=(token_mask(base_l, invert=True), token_mask(ref_l)))
+        kv = KVInjection(
+            "composite", banks=(0, 1), token_masks=(token_mask(base_l, invert=True), token_mask(ref_l))
+        )
         return EditPlan(
             edit_mask=base_l,
             energies=energies,

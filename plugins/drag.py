@@ -48,10 +48,13 @@ class DragMode(EditMode):
         ctx.check_points(spec.points)
         grid, r = canvas.feature_size, spec.patch_radius
         if 2 * r + 1 > min(grid):  # before any mask proposal: refused without running the model
-            raise SpecError("patch_radius", f"a {2 * r + 1}×{2 * r + 1} patch (radius {r}) does not fit the "
-                                            f"{grid[0]}×{grid[1]} feature grid at working size {canvas.size[0]}×"
-                                            f"{canvas.size[1]}; use patch_radius <= {(min(grid) - 1) // 2} or a "
-                                            "larger resolution")
+            raise SpecError(
+                "patch_radius",
+                f"a {2 * r + 1}×{2 * r + 1} patch (radius {r}) does not fit the "
+                f"{grid[0]}×{grid[1]} feature grid at working size {canvas.size[0]}×"
+                f"{canvas.size[1]}; use patch_radius <= {(min(grid) - 1) // 2} or a "
+                "larger resolution",
+            )
         notes: list[str] = []
         opts = DRAG_PROFILES.resolve(spec.profile)
         method, convention = opts.mask_resampling, opts.point_convention
@@ -60,7 +63,9 @@ class DragMode(EditMode):
             for p in spec.points:
                 mask_px |= ctx.object_mask(None, p.handle, "mask", notes)
                 x, y = int(p.target[0]), int(p.target[1])
-                r = max(4, int(round(8 / canvas.scale("latent")[0])))  # about one latent cell around the target
+                r = max(
+                    4, int(round(8 / canvas.scale("latent")[0]))
+                )  # about one latent cell around the target
                 mask_px[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = True
         elif spec.mask is None:
             w, h = canvas.image_size

@@ -60,11 +60,19 @@ class MoveOptions(DiffEditorOptions):
     """The fidelity options of move and resize (``docs/modes/dragondiffusion.md``; official ``guidance_move``)."""
 
     similarity: Literal["cosine", "bounded"] = option(
-        "cosine", "bounded", "S = (cos+1)/2 in every term and every term averaged over layers (bounded energy, "
-        "about 3.7x weaker guidance at the official c and λ)", improvement="bounded-similarity")
+        "cosine",
+        "bounded",
+        "S = (cos+1)/2 in every term and every term averaged over layers (bounded energy, "
+        "about 3.7x weaker guidance at the official c and λ)",
+        improvement="bounded-similarity",
+    )
     placement: Literal["image-centre", "centroid"] = option(
-        "image-centre", "centroid", "scale about the object's centroid, shift not multiplied by the scale, no "
-        "wrap-around (official: image centre, shift × scale, wraps)", improvement="centroid-placement")
+        "image-centre",
+        "centroid",
+        "scale about the object's centroid, shift not multiplied by the scale, no "
+        "wrap-around (official: image centre, shift × scale, wraps)",
+        improvement="centroid-placement",
+    )
 
 
 MOVE_PROFILES = ProfileTable(MoveOptions)
@@ -85,19 +93,32 @@ class MoveSpec(EditSpec):
     """Move an object by ``(dx, dy)`` pixels (optionally scaling it about its own centre)."""
 
     mode: Literal["move"] = "move"
-    mask: str | None = Field(None, description="object mask (PNG path or data URL); absent = proposed from `handle`")
-    handle: Point | None = Field(None, description="a click on the object, image pixels (used to propose a mask)")
+    mask: str | None = Field(
+        None, description="object mask (PNG path or data URL); absent = proposed from `handle`"
+    )
+    handle: Point | None = Field(
+        None, description="a click on the object, image pixels (used to propose a mask)"
+    )
     dx: Coordinate = displacement_field("horizontal displacement, image pixels")
     dy: Coordinate = displacement_field("vertical displacement, image pixels")
-    scale: float = Field(1.0, gt=0.0, le=10.0, description="scale about the image centre (profile official) or the "
-                         "object's centroid (centroid-placement)")
-    fill_region: str | None = Field(None, description="region whose look fills the vacated area (mask); default: background")
+    scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description="scale about the image centre (profile official) or the "
+        "object's centroid (centroid-placement)",
+    )
+    fill_region: str | None = Field(
+        None, description="region whose look fills the vacated area (mask); default: background"
+    )
     weights: MoveWeights = Field(default_factory=MoveWeights)
     energy_scale: float = energy_scale_field(0.5)
     guidance_step: float = guidance_step_field(0.08, "c (0.08 for move)")
     profile: MOVE_PROFILES.spec_type() = MOVE_PROFILES.spec_field()  # type: ignore[valid-type]
 
-    _mask_ref = field_validator("mask", "fill_region", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
+    _mask_ref = field_validator("mask", "fill_region", mode="before")(
+        classmethod(lambda cls, v: _as_mask_ref(v))
+    )
 
 
 def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
@@ -106,7 +127,9 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
     if spec.handle is not None and not canvas.contains(spec.handle):
         from dragsdk.errors import SpecError
 
-        raise SpecError("handle", f"{spec.handle} is outside the {canvas.image_size[0]}×{canvas.image_size[1]} image")
+        raise SpecError(
+            "handle", f"{spec.handle} is outside the {canvas.image_size[0]}×{canvas.image_size[1]} image"
+        )
     obj = ctx.object_mask(spec.mask, spec.handle, "mask", notes)
     opts = MOVE_PROFILES.resolve(spec.profile)
     method = opts.mask_resampling
@@ -179,7 +202,9 @@ class MoveMode(EditMode):
     name = "move"
     spec_model = MoveSpec
     profiles = MOVE_PROFILES
-    description = "move an object by (dx, dy) pixels, filling the place it leaves (DragonDiffusion object moving)"
+    description = (
+        "move an object by (dx, dy) pixels, filling the place it leaves (DragonDiffusion object moving)"
+    )
 
     def plan(self, spec: MoveSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
         return plan_move(spec, ctx)

@@ -58,9 +58,13 @@ class PasteOptions(ReferenceOptions):
     """The fidelity options of paste (``docs/modes/dragondiffusion.md``)."""
 
     placement: Literal["image-centre", "centroid"] = option(
-        "image-centre", "centroid", "the object placed in pixels about its own centroid (as the preview draws it) "
+        "image-centre",
+        "centroid",
+        "the object placed in pixels about its own centroid (as the preview draws it) "
         "and the placed reference inverted, instead of the official scaling about the image centre and shifted "
-        "inverted latent", improvement="centroid-placement")
+        "inverted latent",
+        improvement="centroid-placement",
+    )
 
 
 PASTE_PROFILES = ProfileTable(PasteOptions)
@@ -81,13 +85,20 @@ class PasteSpec(EditSpec):
     reference_mask: str = Field(..., description="object mask in the reference image's pixels")
     dx: Coordinate = displacement_field("shift of the object, base-image pixels")
     dy: Coordinate = displacement_field("shift of the object, base-image pixels")
-    scale: float = Field(1.0, gt=0.0, le=1.5, description="scale about the image centre (profile official) or the "
-                         "object's centroid (centroid-placement); official slider 0–1.5")
+    scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.5,
+        description="scale about the image centre (profile official) or the "
+        "object's centroid (centroid-placement); official slider 0–1.5",
+    )
     reference_prompt: str = Field("", description="prompt describing the reference image")
     weights: PasteWeights = Field(default_factory=PasteWeights)
     energy_scale: float = energy_scale_field(1.5)
     guidance_step: float = guidance_step_field(0.04, "c")
-    kv_end: float = Field(0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)")
+    kv_end: float = Field(
+        0.72, ge=0.0, le=1.0, description="composite K/V until this fraction of the steps (36/50)"
+    )
     profile: PASTE_PROFILES.spec_type() = PASTE_PROFILES.spec_field()  # type: ignore[valid-type]
 
     _mask_ref = field_validator("reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
@@ -105,8 +116,9 @@ class PasteMode(EditMode):
         opts = PASTE_PROFILES.resolve(spec.profile)
         method = opts.mask_resampling
         ref_img = ctx.load_reference(spec.reference, "reference")
-        ref_mask = ctx.reference_mask(spec.reference_mask, "reference_mask",
-                                      ctx.reference_size(spec.reference, "reference"))
+        ref_mask = ctx.reference_mask(
+            spec.reference_mask, "reference_mask", ctx.reference_size(spec.reference, "reference")
+        )
         if opts.placement == "centroid":
             ref_used, placed = place_image(ref_img, ref_mask, spec.scale, (spec.dx, spec.dy))
             p_g = canvas.mask_to_grid(placed, "feature", method=method)
@@ -121,7 +133,10 @@ class PasteMode(EditMode):
         else:
             ref_used, scaled = official_scale_about_centre(ref_img, ref_mask, spec.scale)
             fmap, lmap = (
-                shift_cells(_grid(canvas, scaled, g, method), *(int(v) for v in canvas.vector_to_grid((spec.dx, spec.dy), g)))
+                shift_cells(
+                    _grid(canvas, scaled, g, method),
+                    *(int(v) for v in canvas.vector_to_grid((spec.dx, spec.dy), g)),
+                )
                 for g in ("feature", "latent")
             )
             p_g, p_l, ref_l = fmap.target_mask(), lmap.target_mask(), lmap.source_mask()
@@ -142,7 +157,9 @@ class PasteMode(EditMode):
             energies.append(EnergyTerm("content", "content", content))
         n = ctx.steps
         guided = spec.sampler.schedule.steps(n)
-        kv = KVInjection("composite", banks=(0, 1), token_masks=(token_mask(p_l, invert=True), token_mask(ref_l)))
+        kv = KVInjection(
+            "composite", banks=(0, 1), token_masks=(token_mask(p_l, invert=True), token_mask(ref_l))
+        )
         return EditPlan(
             edit_mask=p_l,
             energies=energies,

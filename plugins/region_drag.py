@@ -91,8 +91,12 @@ class RegionPair(SpecModel):
     """A handle (source) region and the target region it is moved to; masks of the image's size. Also accepted as
     ``[handle, target]``."""
 
-    handle: str = Field(..., description="handle region: PNG path or data URL, white = inside, the image's size")
-    target: str = Field(..., description="target region: PNG path or data URL, white = inside, the image's size")
+    handle: str = Field(
+        ..., description="handle region: PNG path or data URL, white = inside, the image's size"
+    )
+    target: str = Field(
+        ..., description="target region: PNG path or data URL, white = inside, the image's size"
+    )
 
     _refs = field_validator("handle", "target", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
     _seq = model_validator(mode="before")(classmethod(lambda cls, v: _pair_from_sequence(v)))
@@ -104,7 +108,9 @@ class PolygonPair(SpecModel):
     ``[handle, target]``."""
 
     handle: list[Point] = Field(..., min_length=3, max_length=4, description="3 or 4 [x, y] vertices, pixels")
-    target: list[Point] = Field(..., min_length=3, max_length=4, description="as many [x, y] vertices as the handle (3 or 4), pixels")
+    target: list[Point] = Field(
+        ..., min_length=3, max_length=4, description="as many [x, y] vertices as the handle (3 or 4), pixels"
+    )
 
     _seq = model_validator(mode="before")(classmethod(lambda cls, v: _pair_from_sequence(v)))
 
@@ -123,17 +129,26 @@ class RegionDragSampler(SamplerSettings):
 
     steps: int = Field(20, ge=2, le=1000, description="Cycle-SDE steps over the full schedule (20)")
     guidance_scale: float = Field(
-        1.0, ge=1.0, le=1.0, description="fixed at 1: no classifier-free guidance (the recorded noise assumes it)"
+        1.0,
+        ge=1.0,
+        le=1.0,
+        description="fixed at 1: no classifier-free guidance (the recorded noise assumes it)",
     )
-    resolution: int = Field(512, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64")
+    resolution: int = Field(
+        512, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64"
+    )
     kv_start: float = Field(
-        0.0, ge=0.0, le=1.0, description="K/V replaced from this fraction of the steps (0: every sampled step)"
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="K/V replaced from this fraction of the steps (0: every sampled step)",
     )
 
 
 _KINDS = ("regions", "polygons", "region + points", "dense_points")
 
 Profile = Literal["official", "dragsdk"]
+
 
 @dataclass(frozen=True)
 class RegionDragOptions:
@@ -142,24 +157,39 @@ class RegionDragOptions:
     dragsdk's own choices. A spec field of the same name, when given, overrides its profile's value."""
 
     time_grid: Literal["official", "recorded", "ddim"] = option(
-        "official", "ddim", "the model's DDIM grid (451 … 1) instead of DPMSolver's grid with the official "
-        "off-by-one denoising start")
+        "official",
+        "ddim",
+        "the model's DDIM grid (451 … 1) instead of DPMSolver's grid with the official "
+        "off-by-one denoising start",
+    )
     copy_window: Literal["official", "timestep"] = option(
-        "official", "timestep", "latent copy while t ≥ end_t·1000 instead of a step count compared with timesteps")
+        "official",
+        "timestep",
+        "latent copy while t ≥ end_t·1000 instead of a step count compared with timesteps",
+    )
     mask_resampling: Literal["nearest", "area"] = option(
-        "nearest", "area", "mask → latent grid by ≥ 50 % coverage, extended by the handle and target cells")
+        "nearest", "area", "mask → latent grid by ≥ 50 % coverage, extended by the handle and target cells"
+    )
     outside_reset: Literal["before", "after"] = option(
-        "before", "after", "outside the mask the latent is reset after each step (the last time to z0)")
+        "before", "after", "outside the mask the latent is reset after each step (the last time to z0)"
+    )
     composite_mask: Literal["pixel", "latent"] = option(
-        "pixel", "latent", "the final composite uses the latent mask upsampled")
+        "pixel", "latent", "the final composite uses the latent mask upsampled"
+    )
     default_mask: Literal["whole", "regions"] = option(
-        "whole", "regions", "without `mask`, the regions grown by mask_margin are editable, not the whole image")
+        "whole",
+        "regions",
+        "without `mask`, the regions grown by mask_margin are editable, not the whole image",
+    )
     map_rules: Literal["official", "dragsdk"] = option(
-        "official", "dragsdk", "inputs → latent map by cell centres, rounding and 1/d² weights")
+        "official", "dragsdk", "inputs → latent map by cell centres, rounding and 1/d² weights"
+    )
     vae_latent: Literal["sample", "mean"] = option(
-        "sample", "mean", "z0 is the VAE posterior mean, not a seeded posterior sample")
+        "sample", "mean", "z0 is the VAE posterior mean, not a seeded posterior sample"
+    )
     to_uint8: Literal["truncate", "round"] = option(
-        "truncate", "round", "the decoded image is rounded to 8 bits, not truncated")
+        "truncate", "round", "the decoded image is rounded to 8 bits, not truncated"
+    )
 
 
 REGION_DRAG_PROFILES = ProfileTable(RegionDragOptions)
@@ -176,8 +206,11 @@ def _refuse_outside(canvas: Any, vertices: Sequence[Sequence[float]], field: str
     xs = [float(v[0]) for v in vertices]
     ys = [float(v[1]) for v in vertices]
     if max(xs) < 0 or min(xs) >= w or max(ys) < 0 or min(ys) >= h:
-        raise SpecError(field, f"the polygon lies entirely outside the {w}×{h} image (x {min(xs):g}…{max(xs):g}, "
-                               f"y {min(ys):g}…{max(ys):g} pixels)")
+        raise SpecError(
+            field,
+            f"the polygon lies entirely outside the {w}×{h} image (x {min(xs):g}…{max(xs):g}, "
+            f"y {min(ys):g}…{max(ys):g} pixels)",
+        )
 
 
 MIN_CYCLE_SDE_STEPS = 3
@@ -199,38 +232,62 @@ class RegionDragSpec(EditSpec):
 
     mode: Literal["region-drag"] = "region-drag"
     regions: Annotated[list[RegionPair] | None, list_cap(MAX_REGION_PAIRS, "region pairs")] = Field(
-        None, min_length=1, max_length=MAX_REGION_PAIRS,
-        description=f"handle / target region pairs (1 to {MAX_REGION_PAIRS})")
+        None,
+        min_length=1,
+        max_length=MAX_REGION_PAIRS,
+        description=f"handle / target region pairs (1 to {MAX_REGION_PAIRS})",
+    )
     polygons: Annotated[list[PolygonPair] | None, list_cap(MAX_POINT_PAIRS, "polygon pairs")] = Field(
-        None, min_length=1, max_length=MAX_POINT_PAIRS,
-        description=f"triangle or quad pairs (1 to {MAX_POINT_PAIRS})")
+        None,
+        min_length=1,
+        max_length=MAX_POINT_PAIRS,
+        description=f"triangle or quad pairs (1 to {MAX_POINT_PAIRS})",
+    )
     region: str | None = Field(None, description="region moved by `points` (PNG path or data URL)")
     points: Annotated[list[PointPair] | None, list_cap(MAX_POINT_PAIRS, "pairs")] = Field(
-        None, min_length=1, max_length=MAX_POINT_PAIRS,
+        None,
+        min_length=1,
+        max_length=MAX_POINT_PAIRS,
         description=f"handle → target points warping `region` (inverse-distance weighting; 1 to {MAX_POINT_PAIRS} "
-        "pairs)")
-    dense_points: Annotated[list[Point] | None, list_cap(MAX_DENSE_POINTS, "points")] = Field(
-        None, min_length=2, max_length=MAX_DENSE_POINTS,
-        description="[h0, t0, h1, t1, ...] [x, y] pixels (DragBench-SR/DR meta_data_region.pkl; 2 to "
-        f"{MAX_DENSE_POINTS} points: one pair per latent cell of the largest canvas)")
-    mask: str | None = Field(
-        None, description="editable region (PNG path or data URL); absent = handle ∪ target grown by mask_margin"
+        "pairs)",
     )
-    mask_margin: float = Field(8.0, ge=0.0, le=512.0, description="pixels the default mask grows around the regions")
+    dense_points: Annotated[list[Point] | None, list_cap(MAX_DENSE_POINTS, "points")] = Field(
+        None,
+        min_length=2,
+        max_length=MAX_DENSE_POINTS,
+        description="[h0, t0, h1, t1, ...] [x, y] pixels (DragBench-SR/DR meta_data_region.pkl; 2 to "
+        f"{MAX_DENSE_POINTS} points: one pair per latent cell of the largest canvas)",
+    )
+    mask: str | None = Field(
+        None,
+        description="editable region (PNG path or data URL); absent = handle ∪ target grown by mask_margin",
+    )
+    mask_margin: float = Field(
+        8.0, ge=0.0, le=512.0, description="pixels the default mask grows around the regions"
+    )
     start_t: float = Field(
-        0.5, gt=0.0, le=1.0,
+        0.5,
+        gt=0.0,
+        le=1.0,
         description="inversion depth: int(start_t·steps) inverted steps (20 · 0.5 → 10: the UNet at t = 550 … 100 "
         "on the official grid, 451 … 1 on the ddim grid)",
     )
     end_t: float = Field(
-        0.2, ge=0.0, le=1.0,
+        0.2,
+        ge=0.0,
+        le=1.0,
         description="latent copy window: copy while t ≥ int(end_t·steps) (copy_window official: every step) or "
         "while t ≥ end_t·1000 (copy_window timestep: t″ = 200)",
     )
     handle_noise: float = Field(
-        1.0, ge=0.0, le=1.0, description="α: handle cells become √(1−α²)·z + α·ε (1.0 evaluation, 0.6 interactive)"
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="α: handle cells become √(1−α²)·z + α·ε (1.0 evaluation, 0.6 interactive)",
     )
-    composite: bool = Field(True, description="paste the original pixels back outside the mask after decoding")
+    composite: bool = Field(
+        True, description="paste the original pixels back outside the mask after decoding"
+    )
     profile: Profile = Field(  # REGION_DRAG_PROFILES.spec_type(); the per-option fields below override it
         "official",
         description="official: reproduce the official RegionDrag code step by step (its bugs fixed); dragsdk: "
@@ -243,7 +300,8 @@ class RegionDragSpec(EditSpec):
         "(451 … 1, z0 at ᾱ=0.99915). dragsdk: ddim",
     )
     copy_window: Literal["official", "timestep"] | None = Field(
-        None, description="official: t ≥ int(end_t·steps) (copies at every step); timestep: t ≥ end_t·1000. dragsdk: timestep"
+        None,
+        description="official: t ≥ int(end_t·steps) (copies at every step); timestep: t ≥ end_t·1000. dragsdk: timestep",
     )
     mask_resampling: Literal["nearest", "area"] | None = Field(
         None,
@@ -256,7 +314,8 @@ class RegionDragSpec(EditSpec):
         "or after each step (the last time to z0). dragsdk: after",
     )
     composite_mask: Literal["pixel", "latent"] | None = Field(
-        None, description="mask of the final composite: the pixel mask, or the latent mask upsampled. dragsdk: latent"
+        None,
+        description="mask of the final composite: the pixel mask, or the latent mask upsampled. dragsdk: latent",
     )
     default_mask: Literal["whole", "regions"] | None = Field(
         None,
@@ -269,7 +328,8 @@ class RegionDragSpec(EditSpec):
         "fixed) or dragsdk (cell centres, rounding, 1/d² weights). dragsdk: dragsdk",
     )
     vae_latent: Literal["sample", "mean"] | None = Field(
-        None, description="z0: a posterior sample seeded by sampler.seed, or the posterior mean. dragsdk: mean"
+        None,
+        description="z0: a posterior sample seeded by sampler.seed, or the posterior mean. dragsdk: mean",
     )
     to_uint8: Literal["truncate", "round"] | None = Field(
         None, description="decoded image to 8 bits: truncate (astype) or round. dragsdk: round"
@@ -278,7 +338,9 @@ class RegionDragSpec(EditSpec):
 
     def options(self) -> RegionDragOptions:
         """The effective options: the ``profile``'s (:class:`RegionDragOptions`), overridden by the fields given."""
-        return REGION_DRAG_PROFILES.resolve(self.profile, {k: getattr(self, k) for k in REGION_DRAG_PROFILES.names})
+        return REGION_DRAG_PROFILES.resolve(
+            self.profile, {k: getattr(self, k) for k in REGION_DRAG_PROFILES.names}
+        )
 
     _mask_refs = field_validator("region", "mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
@@ -287,7 +349,10 @@ class RegionDragSpec(EditSpec):
         if (self.region is None) != (self.points is None):
             raise ValueError("`region` and `points` go together: a region warped by handle → target points")
         given = [
-            k for k, v in zip(_KINDS, (self.regions, self.polygons, self.region, self.dense_points), strict=True)
+            k
+            for k, v in zip(
+                _KINDS, (self.regions, self.polygons, self.region, self.dense_points), strict=True
+            )
             if v is not None
         ]
         if len(given) != 1:
@@ -295,7 +360,9 @@ class RegionDragSpec(EditSpec):
                 f"give exactly one input kind of {', '.join(_KINDS)}; got {', '.join(given) if given else 'none'}"
             )
         if self.dense_points is not None and len(self.dense_points) % 2:
-            raise ValueError(f"dense_points alternates handle and target: an even count, got {len(self.dense_points)}")
+            raise ValueError(
+                f"dense_points alternates handle and target: an even count, got {len(self.dense_points)}"
+            )
         return self
 
     @classmethod
@@ -356,7 +423,9 @@ def spec_from_sample(
         try:
             pts = np.asarray(meta["points"], dtype=np.float64).reshape(-1, 2)
         except (TypeError, ValueError):
-            raise SpecError("meta_data_region.pkl:points", "expected a flat list of [x, y] pixel points") from None
+            raise SpecError(
+                "meta_data_region.pkl:points", "expected a flat list of [x, y] pixel points"
+            ) from None
         out: dict[str, Any] = {
             "mode": "region-drag",
             "prompt": str(meta.get("prompt", "")).strip(),
@@ -366,7 +435,9 @@ def spec_from_sample(
             try:
                 mask = np.asarray(meta["mask"])
             except (TypeError, ValueError):
-                raise SpecError("meta_data_region.pkl:mask", "expected an (H, W) array, 1 = editable") from None
+                raise SpecError(
+                    "meta_data_region.pkl:mask", "expected an (H, W) array, 1 = editable"
+                ) from None
             out["mask"] = mask_to_data_url(mask, "meta_data_region.pkl:mask")
         return out
     if drag_spec is None:
@@ -380,7 +451,9 @@ def _from_drag_dict(spec: dict[str, Any], radius_px: float = DEFAULT_RADIUS_PX) 
     if not spec.get("points"):
         raise SpecError("points", "a point-drag spec needs points to be converted to regions")
     fields: dict[str, Any] = {"prompt": spec.get("prompt", "")}
-    sampler = {k: v for k, v in dict(spec.get("sampler") or {}).items() if k in ("steps", "seed", "resolution")}
+    sampler = {
+        k: v for k, v in dict(spec.get("sampler") or {}).items() if k in ("steps", "seed", "resolution")
+    }
     if sampler:
         fields["sampler"] = sampler
     converted = RegionDragSpec.from_points(spec["points"], spec.get("mask"), radius_px, **fields)
@@ -427,7 +500,9 @@ class RegionDragMode(EditMode):
     unsupported_settings = frozenset({"schedule", "sde", "time_travel"})
 
     # -- inputs → one map -------------------------------------------------------------------------------------
-    def source_map(self, spec: RegionDragSpec, ctx: PlanContext, rules: str | None = None) -> tuple[SourceMap, str]:
+    def source_map(
+        self, spec: RegionDragSpec, ctx: PlanContext, rules: str | None = None
+    ) -> tuple[SourceMap, str]:
         """The merged target → source map on the latent grid and the input kind.
 
         Raises:
@@ -491,9 +566,12 @@ class RegionDragMode(EditMode):
         n = ctx.steps
         grid = opt.time_grid
         if grid != "ddim" and n < MIN_CYCLE_SDE_STEPS:
-            raise SpecError("sampler.steps", f"RegionDrag's {grid} time grid needs at least {MIN_CYCLE_SDE_STEPS} "
-                                             f"steps, got {n}: at 2 its one inversion step goes past the last "
-                                             "training timestep 999 (the official code fails with an IndexError)")
+            raise SpecError(
+                "sampler.steps",
+                f"RegionDrag's {grid} time grid needs at least {MIN_CYCLE_SDE_STEPS} "
+                f"steps, got {n}: at 2 its one inversion step goes past the last "
+                "training timestep 999 (the official code fails with an IndexError)",
+            )
         if grid == "ddim":
             n_inv = min(n, max(1, round(spec.start_t * n)))
         else:  # official drag.py:126 int(start_t·steps); all n steps would run the UNet past t = 999
@@ -501,7 +579,9 @@ class RegionDragMode(EditMode):
         start = n - n_inv
         if opt.copy_window == "official":  # drag.py:137,144: a step count compared with raw timesteps
             min_t = int(spec.end_t * n)
-            window = f"latent copy while t ≥ int(end_t·steps) = {min_t} (official: a step count against timesteps)"
+            window = (
+                f"latent copy while t ≥ int(end_t·steps) = {min_t} (official: a step count against timesteps)"
+            )
         else:
             min_t = int(round(spec.end_t * NUM_TRAIN_TIMESTEPS))
             window = f"latent copy while t ≥ end_t·1000 = {min_t}"
@@ -520,13 +600,17 @@ class RegionDragMode(EditMode):
                 edit = F.interpolate(m, size=(gh, gw), mode="nearest")[0, 0] > 0.5
                 outside = moved & ~edit
                 if bool(outside.any()):
-                    notes.append(f"{int(outside.sum())} handle/target latent cells lie outside the mask: the outside "
-                                 "reset undoes their copy or noise (official behaviour)")
+                    notes.append(
+                        f"{int(outside.sum())} handle/target latent cells lie outside the mask: the outside "
+                        "reset undoes their copy or noise (official behaviour)"
+                    )
             else:
                 user = canvas.mask_to_grid(pixel, "latent")
                 outside = moved & ~user
                 if bool(outside.any()):
-                    notes.append(f"{int(outside.sum())} handle/target latent cells outside the mask were made editable")
+                    notes.append(
+                        f"{int(outside.sum())} handle/target latent cells outside the mask were made editable"
+                    )
                 edit = user | moved
             if opt.composite_mask == "pixel":
                 composite_mask = np.asarray(pixel, dtype=bool)
@@ -537,7 +621,9 @@ class RegionDragMode(EditMode):
             sx, sy = canvas.scale("latent")
             r = max(1, round(spec.mask_margin * max(sx, sy))) if spec.mask_margin > 0 else 0
             edit = _dilate(moved, r)
-            notes.append(f"no mask given: editable = handle ∪ target regions grown by {spec.mask_margin:g} px ({r} cells)")
+            notes.append(
+                f"no mask given: editable = handle ∪ target regions grown by {spec.mask_margin:g} px ({r} cells)"
+            )
         src_rows, src_cols = torch.nonzero(smap.source_mask(), as_tuple=True)
         handle_noise = HandleNoise(src_rows, src_cols, spec.handle_noise) if spec.handle_noise > 0 else None
         paste = LatentPaste(smap.target_rows, smap.target_cols, smap.source_rows, smap.source_cols)
@@ -563,7 +649,9 @@ class RegionDragMode(EditMode):
             schedule_key=schedule_key,
             composite_mask=composite_mask,
             fidelity=REGION_DRAG_PROFILES.fidelity(spec.profile, opt),
-            image_prompt=ImagePromptPlan(scale=0.5, inversion=True),  # official IP-Adapter-Plus at every UNet call
+            image_prompt=ImagePromptPlan(
+                scale=0.5, inversion=True
+            ),  # official IP-Adapter-Plus at every UNet call
         )
         return plan
 

@@ -22,8 +22,13 @@ class ResizeSpec(MoveSpec):
     """Resize an object by ``scale`` (optionally also moving it); the profile says about which centre."""
 
     mode: Literal["resize"] = "resize"  # type: ignore[assignment]
-    scale: float = Field(..., gt=0.0, le=10.0, description="scale about the image centre (profile official) or the "
-                         "object's centroid (centroid-placement)")
+    scale: float = Field(
+        ...,
+        gt=0.0,
+        le=10.0,
+        description="scale about the image centre (profile official) or the "
+        "object's centroid (centroid-placement)",
+    )
 
 
 class ResizeMode(EditMode):

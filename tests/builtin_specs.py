@@ -21,13 +21,30 @@ def builtin_specs(sampler: dict[str, Any]) -> dict[str, dict[str, Any]]:
     square = [[100, 100], [160, 100], [160, 160], [100, 160]]
     return {
         "drag": {**sample, "sampler": sampler},
-        "region-drag": {"mode": "region-drag", "prompt": prompt, "sampler": sampler,
-                        "polygons": [{"handle": square, "target": [[x + 40, y + 20] for x, y in square]}]},
+        "region-drag": {
+            "mode": "region-drag",
+            "prompt": prompt,
+            "sampler": sampler,
+            "polygons": [{"handle": square, "target": [[x + 40, y + 20] for x, y in square]}],
+        },
         "move": {"mode": "move", "prompt": prompt, "mask": mask, "dx": 40, "dy": 10, "sampler": sampler},
         "resize": {"mode": "resize", "prompt": prompt, "mask": mask, "scale": 0.7, "sampler": sampler},
-        "appearance": {"mode": "appearance", "prompt": prompt, "mask": mask, "reference": str(REF / "cat.jpg"),
-                       "reference_mask": str(REF / "cat_mask.png"), "sampler": sampler},
-        "paste": {"mode": "paste", "prompt": prompt, "reference": str(REF / "cat.jpg"),
-                  "reference_mask": str(REF / "cat_mask.png"), "dx": -40, "dy": 20, "scale": 0.6,
-                  "sampler": sampler},
+        "appearance": {
+            "mode": "appearance",
+            "prompt": prompt,
+            "mask": mask,
+            "reference": str(REF / "cat.jpg"),
+            "reference_mask": str(REF / "cat_mask.png"),
+            "sampler": sampler,
+        },
+        "paste": {
+            "mode": "paste",
+            "prompt": prompt,
+            "reference": str(REF / "cat.jpg"),
+            "reference_mask": str(REF / "cat_mask.png"),
+            "dx": -40,
+            "dy": 20,
+            "scale": 0.6,
+            "sampler": sampler,
+        },
     }

@@ -30,22 +30,29 @@ from typing import Any
 
 import torch
 
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
-           "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
-def _rename(sd: dict[str, torch.Tensor], prefixes: dict[str, str], inner: dict[str, str] | None = None
-            ) -> dict[str, torch.Tensor]:
+def _rename(
+    sd: dict[str, torch.Tensor], prefixes: dict[str, str], inner: dict[str, str] | None = None
+) -> dict[str, torch.Tensor]:
     """Move every key under a diffusers prefix to its LDM prefix, renaming the first inner component by ``inner``."""
     out = {}
     for key, value in sd.items():
         for old, new in prefixes.items():
             if key.startswith(old):
-                rest = key[len(old):]
+                rest = key[len(old) :]
                 for a, b in (inner or {}).items():
                     if rest.startswith(a + "."):
-                        rest = b + rest[len(a):]
+                        rest = b + rest[len(a) :]
                 out[new + rest] = value
     return out
 
@@ -53,10 +60,16 @@ def _rename(sd: dict[str, torch.Tensor], prefixes: dict[str, str], inner: dict[s
 def unet_to_ldm(unet: Any) -> dict[str, torch.Tensor]:
     """The UNet's state dict in the LDM layout (keys without ``model.diffusion_model.``)."""
     sd, lpb = unet.state_dict(), int(unet.config.layers_per_block)
-    plain = {"conv_in.": "input_blocks.0.0.", "time_embedding.linear_1.": "time_embed.0.",
-             "time_embedding.linear_2.": "time_embed.2.", "add_embedding.linear_1.": "label_emb.0.0.",
-             "add_embedding.linear_2.": "label_emb.0.2.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
-             "mid_block.attentions.0.": "middle_block.1."}
+    plain = {
+        "conv_in.": "input_blocks.0.0.",
+        "time_embedding.linear_1.": "time_embed.0.",
+        "time_embedding.linear_2.": "time_embed.2.",
+        "add_embedding.linear_1.": "label_emb.0.0.",
+        "add_embedding.linear_2.": "label_emb.0.2.",
+        "conv_norm_out.": "out.0.",
+        "conv_out.": "out.2.",
+        "mid_block.attentions.0.": "middle_block.1.",
+    }
     resnets = {"mid_block.resnets.0.": "middle_block.0.", "mid_block.resnets.1.": "middle_block.2."}
     n = 1
     for b, block in enumerate(unet.down_blocks):
@@ -92,8 +105,13 @@ def vae_to_ldm(vae: Any) -> dict[str, torch.Tensor]:
     attn: dict[str, str] = {}
     n = len(vae.decoder.up_blocks)
     for part in ("encoder", "decoder"):
-        plain.update({f"{part}.conv_in.": f"{part}.conv_in.", f"{part}.conv_out.": f"{part}.conv_out.",
-                      f"{part}.conv_norm_out.": f"{part}.norm_out."})
+        plain.update(
+            {
+                f"{part}.conv_in.": f"{part}.conv_in.",
+                f"{part}.conv_out.": f"{part}.conv_out.",
+                f"{part}.conv_norm_out.": f"{part}.norm_out.",
+            }
+        )
         resnets.update({f"{part}.mid_block.resnets.{k}.": f"{part}.mid.block_{k + 1}." for k in (0, 1)})
         attn[f"{part}.mid_block.attentions.0."] = f"{part}.mid.attn_1."
     for i, block in enumerate(vae.encoder.down_blocks):
@@ -116,8 +134,10 @@ def vae_to_ldm(vae: Any) -> dict[str, torch.Tensor]:
 def _text_keys(encoder: Any) -> dict[str, torch.Tensor]:
     """The encoder's state dict with every transformer-model key under ``text_model.`` (transformers ≥ 5.6 drops
     that level in ``CLIPTextModel``; ``CLIPTextModelWithProjection`` keeps it)."""
-    return {k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k: v
-            for k, v in encoder.state_dict().items()}
+    return {
+        k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k: v
+        for k, v in encoder.state_dict().items()
+    }
 
 
 def clip_to_ldm(encoder: Any) -> dict[str, torch.Tensor]:
@@ -129,23 +149,31 @@ def open_clip_to_ldm(encoder: Any, projection: torch.Tensor | None = None) -> di
     """A text encoder as OpenCLIP's ``TextTransformer`` holds it (keys under ``model.``). ``projection``: the
     ``(width, P)`` ``text_projection`` to store when the encoder has none (SD 2.x files carry one, unused)."""
     sd = _text_keys(encoder)
-    out = {"model.token_embedding.weight": sd.pop("text_model.embeddings.token_embedding.weight"),
-           "model.positional_embedding": sd.pop("text_model.embeddings.position_embedding.weight"),
-           "model.ln_final.weight": sd.pop("text_model.final_layer_norm.weight"),
-           "model.ln_final.bias": sd.pop("text_model.final_layer_norm.bias")}
+    out = {
+        "model.token_embedding.weight": sd.pop("text_model.embeddings.token_embedding.weight"),
+        "model.positional_embedding": sd.pop("text_model.embeddings.position_embedding.weight"),
+        "model.ln_final.weight": sd.pop("text_model.final_layer_norm.weight"),
+        "model.ln_final.bias": sd.pop("text_model.final_layer_norm.bias"),
+    }
     proj = sd.pop("text_projection.weight", None)
     if proj is not None or projection is not None:
         out["model.text_projection"] = proj.T.contiguous() if proj is not None else projection
     sd.pop("text_model.embeddings.position_ids", None)
-    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-             "self_attn.out_proj": "attn.out_proj"}
+    names = {
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+        "self_attn.out_proj": "attn.out_proj",
+    }
     for i in range(encoder.config.num_hidden_layers):
         pre, new = f"text_model.encoder.layers.{i}.", f"model.transformer.resblocks.{i}."
         for kind in ("weight", "bias"):
-            out[new + f"attn.in_proj_{kind}"] = torch.cat([sd.pop(pre + f"self_attn.{p}_proj.{kind}")
-                                                           for p in "qkv"])
+            out[new + f"attn.in_proj_{kind}"] = torch.cat(
+                [sd.pop(pre + f"self_attn.{p}_proj.{kind}") for p in "qkv"]
+            )
         for key in [k for k in sd if k.startswith(pre)]:
-            rest = key[len(pre):]
+            rest = key[len(pre) :]
             for a, b in names.items():
                 rest = rest.replace(a + ".", b + ".", 1) if rest.startswith(a + ".") else rest
             out[new + rest] = sd.pop(key)
@@ -161,7 +189,9 @@ def ldm_state_dict(bundle: Any) -> dict[str, torch.Tensor]:
     out.update({"first_stage_model." + k: v for k, v in vae_to_ldm(bundle.vae).items()})
     if bundle.family == "sdxl":
         text = {"conditioner.embedders.0." + k: v for k, v in clip_to_ldm(bundle.text_encoder).items()}
-        text.update({"conditioner.embedders.1." + k: v for k, v in open_clip_to_ldm(bundle.text_encoder_2).items()})
+        text.update(
+            {"conditioner.embedders.1." + k: v for k, v in open_clip_to_ldm(bundle.text_encoder_2).items()}
+        )
     elif bundle.family == "sd2":
         width = bundle.text_encoder.config.hidden_size
         proj = torch.randn(width, width, generator=torch.Generator().manual_seed(0))

@@ -11,8 +11,15 @@ import pytest
 
 from .conftest import ROOT
 
-EDIT_PATH = ("dragsdk/editor.py", "dragsdk/session.py", "dragsdk/sampler.py", "dragsdk/inversion.py",
-             "dragsdk/cycle_sde.py", "dragsdk/passes.py", "dragsdk/keys.py")
+EDIT_PATH = (
+    "dragsdk/editor.py",
+    "dragsdk/session.py",
+    "dragsdk/sampler.py",
+    "dragsdk/inversion.py",
+    "dragsdk/cycle_sde.py",
+    "dragsdk/passes.py",
+    "dragsdk/keys.py",
+)
 MAX_LINES = 80
 MAX_EDIT_LINES = 30
 
@@ -22,12 +29,22 @@ def _code_lines(source: str, node: ast.FunctionDef | ast.AsyncFunctionDef) -> in
     lines = source.splitlines()[node.lineno - 1 : node.end_lineno]
     doc = set()
     body0 = node.body[0]
-    if isinstance(body0, ast.Expr) and isinstance(body0.value, ast.Constant) and isinstance(body0.value.value, str):
+    if (
+        isinstance(body0, ast.Expr)
+        and isinstance(body0.value, ast.Constant)
+        and isinstance(body0.value.value, str)
+    ):
         doc = set(range(body0.lineno, body0.end_lineno + 1))
     seen = set()
     for tok in tokenize.generate_tokens(io.StringIO("\n".join(lines) + "\n").readline):
-        if tok.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-                        tokenize.ENDMARKER):
+        if tok.type in (
+            tokenize.COMMENT,
+            tokenize.NL,
+            tokenize.NEWLINE,
+            tokenize.INDENT,
+            tokenize.DEDENT,
+            tokenize.ENDMARKER,
+        ):
             continue
         for row in range(tok.start[0], tok.end[0] + 1):
             seen.add(row + node.lineno - 1)
@@ -72,8 +89,11 @@ def test_an_edit_runs_the_named_stages_in_order(tiny_model, monkeypatch):
     order = []
     for stage in ("check_inputs", "prepare", "encode", "invert", "sample", "decode", "report"):
         original = getattr(EditRun, stage)
-        monkeypatch.setattr(EditRun, stage, lambda self, *a, _f=original, _n=stage, **k: (order.append(_n),
-                                                                                          _f(self, *a, **k))[1])
+        monkeypatch.setattr(
+            EditRun,
+            stage,
+            lambda self, *a, _f=original, _n=stage, **k: (order.append(_n), _f(self, *a, **k))[1],
+        )
     Editor(tiny_model).edit(IMAGE, builtin_specs({"steps": 2, "resolution": 64})["move"])
     assert order == ["check_inputs", "prepare", "encode", "invert", "sample", "decode", "report"]
 
@@ -93,3 +113,19 @@ def test_the_architecture_module_table_matches_the_files_on_disk():
     on_disk |= {p.parent.relative_to(ROOT).as_posix() + "/" for p in (ROOT / "dragsdk").glob("*/__init__.py")}
     on_disk |= {"plugins/", "backends/", "kernels/"}
     assert set(rows) == on_disk, (sorted(on_disk - set(rows)), sorted(set(rows) - on_disk))
+
+
+def test_the_sources_are_ruff_formatted():
+    """``ruff format`` is the project's formatter (pyproject ``[tool.ruff.format]``; ``make lint``): a change that
+    is not formatted fails here, with the files named."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -23,8 +23,10 @@ from .conftest import ROOT
 EXAMPLES = ROOT / "examples"
 BASE = EXAMPLES / "dragbench-car" / "original_image.png"
 MASK = EXAMPLES / "dragbench-car" / "mask.png"
-PACKAGES = {"copy-rect": ("dragsdk-example-plugin", "dragsdk_example_plugin"),
-            "rotate": ("dragsdk-rotate-plugin", "dragsdk_rotate_plugin")}
+PACKAGES = {
+    "copy-rect": ("dragsdk-example-plugin", "dragsdk_example_plugin"),
+    "rotate": ("dragsdk-rotate-plugin", "dragsdk_rotate_plugin"),
+}
 
 
 def _example_module(mode: str, monkeypatch):
@@ -50,7 +52,12 @@ def registry(monkeypatch):
 
 def _spec_dict(mode: str) -> dict:
     if mode == "rotate":
-        return {"mode": "rotate", "mask": str(MASK), "angle": 30.0, "sampler": {"steps": 20, "resolution": 256}}
+        return {
+            "mode": "rotate",
+            "mask": str(MASK),
+            "angle": 30.0,
+            "sampler": {"steps": 20, "resolution": 256},
+        }
     data = json.loads((EXAMPLES / f"{mode}.json").read_text())
     for key in ("mask", "reference", "reference_mask"):
         if isinstance(data.get(key), str):
@@ -111,7 +118,9 @@ def test_a_mode_that_leaves_the_sampler_entries_unset_gets_the_settings_the_buil
     assert _sampling(rotate) == _sampling(move)
     assert rotate.time_travel == {22: 3, 24: 3, 26: 3, 28: 3} and rotate.kv.start == 5
     assert (rotate.sde.start, rotate.sde.end) == (11, 20) and rotate.sde.mask is rotate.sde_mask
-    assert (rotate.energy_scale, rotate.guidance_step) == (spec.energy_scale, spec.guidance_step) == (0.5, 0.08)
+    assert (
+        (rotate.energy_scale, rotate.guidance_step) == (spec.energy_scale, spec.guidance_step) == (0.5, 0.08)
+    )
 
 
 def test_a_declared_setting_that_is_not_a_sampler_field_is_an_authoring_error(registry):
@@ -165,16 +174,19 @@ def _crop(m: np.ndarray) -> np.ndarray:
     return m[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
 
 
-@pytest.mark.parametrize(("kwargs", "expected"), [
-    ({"rotation": 90.0}, lambda m: np.rot90(m, 1)),       # counter-clockwise on screen
-    ({"rotation": -90.0}, lambda m: np.rot90(m, -1)),
-    ({"flip_x": True}, np.fliplr),
-    ({"flip_y": True}, np.flipud),
-    ({"scale": (2.0, 1.0)}, lambda m: np.repeat(m, 2, axis=1)),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"rotation": 90.0}, lambda m: np.rot90(m, 1)),  # counter-clockwise on screen
+        ({"rotation": -90.0}, lambda m: np.rot90(m, -1)),
+        ({"flip_x": True}, np.fliplr),
+        ({"flip_y": True}, np.flipud),
+        ({"scale": (2.0, 1.0)}, lambda m: np.repeat(m, 2, axis=1)),
+    ],
+)
 def test_affine_placement_of_an_asymmetric_object_matches_the_array_transform(kwargs, expected):
     obj = np.zeros((64, 96), dtype=bool)
-    obj[20:40, 30:36] = True   # an L: a vertical bar and a foot to the right
+    obj[20:40, 30:36] = True  # an L: a vertical bar and a foot to the right
     obj[34:40, 36:50] = True
     image = Image.fromarray((obj * 255).astype(np.uint8)).convert("RGB")
     preview, placed = authoring.place_image(image, obj, authoring.affine(**kwargs), (3.0, -2.0))
@@ -230,7 +242,9 @@ def test_example_packages_are_found_through_their_entry_points(tmp_path, monkeyp
     from .test_registry import _fake_distribution
 
     folder, module = PACKAGES[mode]
-    eps = tomllib.loads((EXAMPLES / folder / "pyproject.toml").read_text())["project"]["entry-points"]["dragsdk"]
+    eps = tomllib.loads((EXAMPLES / folder / "pyproject.toml").read_text())["project"]["entry-points"][
+        "dragsdk"
+    ]
     _fake_distribution(tmp_path, folder, eps)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(EXAMPLES / folder))
@@ -240,7 +254,11 @@ def test_example_packages_are_found_through_their_entry_points(tmp_path, monkeyp
         assert mode in reg.modes, reg.failures
         assert reg.plugins[mode].distribution == folder
         source = (EXAMPLES / folder / f"{module}.py").read_text()
-        imports = {line.split()[1] for line in source.splitlines() if line.startswith(("from dragsdk", "import dragsdk"))}
+        imports = {
+            line.split()[1]
+            for line in source.splitlines()
+            if line.startswith(("from dragsdk", "import dragsdk"))
+        }
         assert imports == {"dragsdk.authoring"}, imports
         if mode == "rotate":
             assert len(source.splitlines()) < 100
@@ -255,8 +273,12 @@ def test_rotate_plugin_edits_with_energy_guidance_on_the_tiny_model(tiny_model, 
     image = Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
     obj = np.zeros((64, 96), dtype=bool)
     obj[16:48, 30:50] = True
-    spec = {"mode": "rotate", "mask": obj, "angle": 90.0,
-            "sampler": {"steps": 4, "resolution": 64, "time_travel": {"enabled": False}}}
+    spec = {
+        "mode": "rotate",
+        "mask": obj,
+        "angle": 90.0,
+        "sampler": {"steps": 4, "resolution": 64, "time_travel": {"enabled": False}},
+    }
     editor = Editor(tiny_model, registry=registry)
     result = editor.edit(image, spec)
     assert result.image.size == image.size

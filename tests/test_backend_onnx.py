@@ -53,7 +53,9 @@ def region_spec(car_sample):
     spec = RegionDragSpec.model_validate(spec_from_sample(image.parent, drag))
     # vae_latent "mean": the exported encoder graph returns the posterior mean; the official profile's posterior
     # sample is drawn by the torch VAE on every backend.
-    return image, spec.model_copy(update={"sampler": spec.sampler.model_copy(update=SAMPLER), "vae_latent": "mean"})
+    return image, spec.model_copy(
+        update={"sampler": spec.sampler.model_copy(update=SAMPLER), "vae_latent": "mean"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +79,11 @@ def _torch_calls(model) -> Iterator[dict[str, int]]:
 
         return hook
 
-    hooks = [model.unet.register_forward_pre_hook(count("unet")),
-             model.vae.encoder.register_forward_pre_hook(count("vae")),
-             model.vae.decoder.register_forward_pre_hook(count("vae"))]
+    hooks = [
+        model.unet.register_forward_pre_hook(count("unet")),
+        model.vae.encoder.register_forward_pre_hook(count("vae")),
+        model.vae.decoder.register_forward_pre_hook(count("vae")),
+    ]
     try:
         yield calls
     finally:
@@ -97,8 +101,11 @@ def test_region_drag_edit_equals_eager_within_float32_tolerance(edits, region_sp
     assert onnx.report.backend == "onnx" and eager.report.backend == "eager"
     assert sorted(e["graph"] for e in exports) == ["unet_kv", "vae_decode", "vae_encode"]
     assert all(e["exporter"] == "dynamo" and e["fallback_reason"] is None for e in exports)
-    assert onnx.report.unet_evaluations == eager.report.unet_evaluations == {"forward": 8, "forward_grad": 0,
-                                                                             "backward": 0}
+    assert (
+        onnx.report.unet_evaluations
+        == eager.report.unet_evaluations
+        == {"forward": 8, "forward_grad": 0, "backward": 0}
+    )
     scale = float(eager.latent.abs().max())
     assert float((onnx.latent - eager.latent).abs().max()) <= 1e-4 * scale
     a, b = np.asarray(onnx.image, np.int16), np.asarray(eager.image, np.int16)
@@ -127,8 +134,11 @@ def test_recorded_kv_of_the_graph_equal_the_torch_processors(tiny_model, backend
         torch.testing.assert_close(eps_ort, eps_torch, rtol=0, atol=1e-5)
         assert ort_bank.steps == ctl.bank.steps == [5]
         for layer in layers:
-            for a, b in zip(ort_bank.get(5, layer, torch.device("cpu")), ctl.bank.get(5, layer, torch.device("cpu")),
-                            strict=True):
+            for a, b in zip(
+                ort_bank.get(5, layer, torch.device("cpu")),
+                ctl.bank.get(5, layer, torch.device("cpu")),
+                strict=True,
+            ):
                 assert a.shape == b.shape and a.shape[0] == 1 and a.dtype == b.dtype
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
         # Replace: the bank's K/V fed into the graph give the torch processors' injected ε.
@@ -141,7 +151,9 @@ def test_recorded_kv_of_the_graph_equal_the_torch_processors(tiny_model, backend
             eps_plain = tiny_model.unet(z2, 451, encoder_hidden_states=cond, return_dict=False)[0]
         torch.testing.assert_close(eps_ort, eps_torch, rtol=0, atol=1e-5)
         assert float((eps_torch - eps_plain).abs().max()) > 1e-3  # the swap changes ε
-        torch.testing.assert_close(ort_unet(z2, 451, encoder_hidden_states=cond)[0], eps_plain, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            ort_unet(z2, 451, encoder_hidden_states=cond)[0], eps_plain, rtol=0, atol=1e-5
+        )
         # Concat / composite injections are refused at the call, never silently run as something else.
         ctl.mode, ctl.injection = "inject", KVInjection("concat")
         with pytest.raises(BackendUnavailableError, match="'replace' only"):
@@ -235,10 +247,14 @@ def test_a_failing_dynamo_export_falls_back_to_torchscript_and_says_why(tiny_mod
     backend = OnnxBackend(GraphCache(tmp_path))
     with pytest.warns(UserWarning, match="TorchScript exporter instead: RuntimeError: simulated dynamo"):
         _, meta = backend.vae_graph(tiny_model, "vae_decode", (1, 4, 4))
-    assert meta["exporter"] == "torchscript" and "simulated dynamo exporter failure" in meta["fallback_reason"]
+    assert (
+        meta["exporter"] == "torchscript" and "simulated dynamo exporter failure" in meta["fallback_reason"]
+    )
     assert backend.exports[0]["fallback_reason"] == meta["fallback_reason"]
     z = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(backend.vae_decode(tiny_model, z), tiny_model.decode_latent(z), rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        backend.vae_decode(tiny_model, z), tiny_model.decode_latent(z), rtol=0, atol=1e-4
+    )
 
 
 def test_availability_names_the_missing_package(monkeypatch):
@@ -251,7 +267,9 @@ def test_availability_names_the_missing_package(monkeypatch):
     assert not ok and "onnxscript not installed" in why
 
 
-def test_a_weight_written_in_place_gives_a_new_unet_graph_not_the_stale_one(tiny_model, backend, region_spec, edits):
+def test_a_weight_written_in_place_gives_a_new_unet_graph_not_the_stale_one(
+    tiny_model, backend, region_spec, edits
+):
     """diffusers' fuse_lora writes ``W.data += scale·B·A`` in place (no new tensor, no version bump): the next onnx
     edit must run the new weights, so the UNet graph is exported again (the VAE's, unchanged, are reused)."""
     import copy

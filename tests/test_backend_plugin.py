@@ -46,10 +46,16 @@ def test_the_example_backend_is_found_through_its_entry_point_and_uses_only_the_
     assert "sdpa-bf16" in registry.backends, registry.failures
     assert registry.plugins["sdpa-bf16"].distribution == "dragsdk-bf16-backend"
     source = (FOLDER / f"{MODULE}.py").read_text()
-    imports = {line.split()[1] for line in source.splitlines() if line.startswith(("from dragsdk", "import dragsdk"))}
+    imports = {
+        line.split()[1] for line in source.splitlines() if line.startswith(("from dragsdk", "import dragsdk"))
+    }
     assert imports == {"dragsdk.backends.base"}, imports
     desc = registry.backends["sdpa-bf16"].describe()
-    assert desc["available"] and desc["capabilities"]["precision"] == "reduced" and desc["capabilities"]["gradients"]
+    assert (
+        desc["available"]
+        and desc["capabilities"]["precision"] == "reduced"
+        and desc["capabilities"]["gradients"]
+    )
 
 
 def _sources(mode: str, g: torch.Generator, b=2, h=2, n=64, d=16):
@@ -71,8 +77,9 @@ def test_bf16_attention_is_the_oracle_within_bfloat16_rounding(registry, mode):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 2, 64, 16, generator=g)
     sources = _sources(mode, g)
-    want = cross_branch_attention_reference(q.double(), [KVSource(s.k.double(), s.v.double(), s.key_mask)
-                                                         for s in sources])
+    want = cross_branch_attention_reference(
+        q.double(), [KVSource(s.k.double(), s.v.double(), s.key_mask) for s in sources]
+    )
     got = registry.backends["sdpa-bf16"].attention(q, sources)
     eager = registry.backends["eager"].attention(q, sources)
     rel = lambda x: float((x.double() - want).norm() / want.norm())  # noqa: E731
@@ -88,17 +95,26 @@ def _drag():
     image = Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
     mask = np.zeros((64, 96), dtype=bool)
     mask[16:48, 30:50] = True
-    return image, {"mode": "drag", "prompt": "x", "points": [[[40, 30], [52, 34]]], "mask": mask,
-                   "sampler": {"steps": 4, "resolution": 64}}
+    return image, {
+        "mode": "drag",
+        "prompt": "x",
+        "points": [[[40, 30], [52, 34]]],
+        "mask": mask,
+        "sampler": {"steps": 4, "resolution": 64},
+    }
 
 
-def test_auto_gives_a_float32_edit_to_the_bf16_backend_only_when_allowed(registry, tiny_model, tmp_path, monkeypatch):
+def test_auto_gives_a_float32_edit_to_the_bf16_backend_only_when_allowed(
+    registry, tiny_model, tmp_path, monkeypatch
+):
     monkeypatch.setenv("DRAGSDK_CACHE_DIR", str(tmp_path / "cache"))  # this test's own measured table
     image, spec = _drag()
     strict = Editor(tiny_model, registry=registry)
     size = strict.plan(image, spec).canvas.size
-    save_entry(table_key("cpu", model_key(tiny_model), size, "float32"),
-               {"results": {"sdpa-bf16": {"drag_step_s": 0.001}, "eager": {"drag_step_s": 1.0}}})  # bf16 "fastest"
+    save_entry(
+        table_key("cpu", model_key(tiny_model), size, "float32"),
+        {"results": {"sdpa-bf16": {"drag_step_s": 0.001}, "eager": {"drag_step_s": 1.0}}},
+    )  # bf16 "fastest"
     lenient = Editor(tiny_model, registry=registry, allow_reduced_precision=True)
     chosen = {name: e.plan(image, spec) for name, e in (("strict", strict), ("lenient", lenient))}
     assert chosen["strict"].backend != "sdpa-bf16" and "reduced precision" in chosen["strict"].backend_reason
@@ -112,5 +128,5 @@ def test_a_drag_edit_runs_through_the_named_bf16_backend(registry, tiny_model):
     assert bf16.report.backend == "sdpa-bf16" and bf16.report.energies
     assert all(e.grad_norm > 0 for e in bf16.report.energies)  # gradients flow through the bf16 attention
     a, b = (np.asarray(r.image, dtype=np.float64) for r in (bf16, eager))
-    psnr = 10 * np.log10(255.0 ** 2 / max(np.mean((a - b) ** 2), 1e-12))
+    psnr = 10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12))
     assert psnr > 25, psnr  # the same edit up to bf16 rounding, not another edit

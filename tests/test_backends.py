@@ -98,18 +98,29 @@ def test_triton_backend_attention_matches_eager_under_the_interpreter(mode):
         "replace": [bank],
         "composite": [bank._replace(key_mask=mask), KVSource(own.k[:1], own.v[:1], ~mask)],
     }[mode]
-    torch.testing.assert_close(backend.attention(q, sources), EagerBackend().attention(q, sources), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        backend.attention(q, sources), EagerBackend().attention(q, sources), rtol=1e-4, atol=1e-5
+    )
 
 
 # -- selection -------------------------------------------------------------------------------------------------------
 class _Fake(EagerBackend):
-    def __init__(self, name, available=True, gradients=True, kv=("plain", "concat", "replace", "composite"),
-                 families=("sd1", "sd2", "sdxl")):
+    def __init__(
+        self,
+        name,
+        available=True,
+        gradients=True,
+        kv=("plain", "concat", "replace", "composite"),
+        families=("sd1", "sd2", "sdxl"),
+    ):
         self.name = name
-        self.priority = {"triton": 40, "xformers": 30, "eager": 20, "compile": 10}.get(name, 0)  # the built-ins'
+        self.priority = {"triton": 40, "xformers": 30, "eager": 20, "compile": 10}.get(
+            name, 0
+        )  # the built-ins'
         self._available = available
-        self.capabilities = Capabilities(devices=("cpu",), dtypes=("float32",), gradients=gradients, kv_modes=kv,
-                                         families=families)
+        self.capabilities = Capabilities(
+            devices=("cpu",), dtypes=("float32",), gradients=gradients, kv_modes=kv, families=families
+        )
 
     def availability(self):
         return (True, "") if self._available else (False, "no CUDA device")
@@ -132,12 +143,18 @@ def test_auto_without_measurements_takes_the_fallback_order():
 
 def test_auto_takes_the_fastest_measured_backend_that_covers_the_edit():
     key = table_key("cpu", "tiny", (128, 128), "float32")
-    save_entry(key, {"device": "cpu", "results": {
-        "triton": {"drag_step_s": 0.001, "region_step_s": 0.001},  # fastest, but cannot run here
-        "compile": {"drag_step_s": 0.010, "region_step_s": 0.020},
-        "eager": {"drag_step_s": 0.030, "region_step_s": 0.030},
-        "onnx": {"drag_step_s": None, "region_step_s": 0.005},
-    }})
+    save_entry(
+        key,
+        {
+            "device": "cpu",
+            "results": {
+                "triton": {"drag_step_s": 0.001, "region_step_s": 0.001},  # fastest, but cannot run here
+                "compile": {"drag_step_s": 0.010, "region_step_s": 0.020},
+                "eager": {"drag_step_s": 0.030, "region_step_s": 0.030},
+                "onnx": {"drag_step_s": None, "region_step_s": 0.005},
+            },
+        },
+    )
     b, why = select_backend(_fakes(), "auto", "cpu", "float32", True, ["concat"], "tiny", (128, 128))
     assert b.name == "compile" and "fastest measured" in why
     b, _ = select_backend(_fakes(), "auto", "cpu", "float32", False, ["replace"], "tiny", (128, 128))
@@ -157,19 +174,37 @@ def test_a_named_backend_that_cannot_run_or_cover_is_refused_with_the_reason():
 
 def test_auto_skips_a_backend_that_does_not_run_the_models_family_and_says_so():
     key = table_key("cpu", "xl", (64, 64), "float32")
-    save_entry(key, {"results": {"onnx": {"region_step_s": 0.001}, "compile": {"region_step_s": 0.01},
-                                 "eager": {"region_step_s": 0.02}}})
-    b, why = select_backend(_fakes(), "auto", "cpu", "float32", False, ["replace"], "xl", (64, 64), family="sd1")
+    save_entry(
+        key,
+        {
+            "results": {
+                "onnx": {"region_step_s": 0.001},
+                "compile": {"region_step_s": 0.01},
+                "eager": {"region_step_s": 0.02},
+            }
+        },
+    )
+    b, why = select_backend(
+        _fakes(), "auto", "cpu", "float32", False, ["replace"], "xl", (64, 64), family="sd1"
+    )
     assert b.name == "onnx"  # fastest and covers an SD 1.x region drag
-    b, why = select_backend(_fakes(), "auto", "cpu", "float32", False, ["replace"], "xl", (64, 64), family="sdxl")
+    b, why = select_backend(
+        _fakes(), "auto", "cpu", "float32", False, ["replace"], "xl", (64, 64), family="sdxl"
+    )
     assert b.name == "compile" and "fastest measured" in why and "family=sdxl" in why
     assert "onnx (model family 'sdxl' not in ('sd1', 'sd2'))" in why and "onnx 1.0 ms" not in why
     only_onnx = {"eager": _Fake("eager", available=False), "onnx": _fakes()["onnx"]}
-    b, why = select_backend(only_onnx, "auto", "cpu", "float32", False, ["replace"], "xl", (32, 32), family="sd2")
+    b, why = select_backend(
+        only_onnx, "auto", "cpu", "float32", False, ["replace"], "xl", (32, 32), family="sd2"
+    )
     assert b.name == "onnx" and "nothing measured" in why
-    with pytest.raises(BackendUnavailableError, match="no backend covers family=sdxl.*onnx \\(model family 'sdxl'"):
+    with pytest.raises(
+        BackendUnavailableError, match="no backend covers family=sdxl.*onnx \\(model family 'sdxl'"
+    ):
         select_backend(only_onnx, "auto", "cpu", "float32", False, ["replace"], "xl", (32, 32), family="sdxl")
-    with pytest.raises(BackendUnavailableError, match="'onnx' does not cover this edit: model family 'sdxl' not in"):
+    with pytest.raises(
+        BackendUnavailableError, match="'onnx' does not cover this edit: model family 'sdxl' not in"
+    ):
         select_backend(_fakes(), "onnx", "cpu", "float32", False, ["replace"], family="sdxl")
     with pytest.raises(ValueError, match="families must be a non-empty subset"):
         Capabilities(devices=("cpu",), dtypes=("float32",), gradients=True, families=("sd3",))
@@ -192,17 +227,25 @@ def test_an_sdxl_edit_with_auto_falls_back_from_onnx_measured_fastest(car_sample
     from PIL import Image
 
     size = Canvas.fit(Image.open(image).size, 64).size
-    save_entry(table_key("cpu", model_key(xl), size, "float32"), {"results": {
-        "onnx": {"region_step_s": 0.0001}, "eager": {"region_step_s": 0.5}}})
+    save_entry(
+        table_key("cpu", model_key(xl), size, "float32"),
+        {"results": {"onnx": {"region_step_s": 0.0001}, "eager": {"region_step_s": 0.5}}},
+    )
     same = [[100, 100], [160, 100], [160, 160], [100, 160]]
-    region = {"mode": "region-drag", "prompt": spec["prompt"], "sampler": {"steps": 3, "resolution": 64},
-              "polygons": [{"handle": same, "target": [[x + 40, y + 20] for x, y in same]}]}
+    region = {
+        "mode": "region-drag",
+        "prompt": spec["prompt"],
+        "sampler": {"steps": 3, "resolution": 64},
+        "polygons": [{"handle": same, "target": [[x + 40, y + 20] for x, y in same]}],
+    }
     r = Editor(xl, registry=reg).edit(image, region)
     assert r.report.backend == "eager" and "fastest measured" in r.report.backend_reason
     assert "onnx (model family 'sdxl' not in ('sd1', 'sd2'))" in r.report.backend_reason
     from dragsdk.backends.select import bench_backends
 
-    row = bench_backends(xl, resolution=64, steps=2, names=["onnx"], registry=reg, store=False)["results"]["onnx"]
+    row = bench_backends(xl, resolution=64, steps=2, names=["onnx"], registry=reg, store=False)["results"][
+        "onnx"
+    ]
     assert not row["available"] and "model family 'sdxl'" in row["reason"] and "drag_step_s" not in row
 
 
@@ -231,8 +274,11 @@ def test_table_key_names_the_exact_device_and_the_architecture(tiny_model):
 
     assert device_name("cpu").startswith("cpu:") and device_name("cpu") != "cpu:x86_64"
     assert model_family(tiny_model) == "sd1"
-    other = type("M", (), {"unet": type("U", (), {"config": {**dict(tiny_model.unet.config),
-                                                              "cross_attention_dim": 1024}})()})()
+    other = type(
+        "M",
+        (),
+        {"unet": type("U", (), {"config": {**dict(tiny_model.unet.config), "cross_attention_dim": 1024}})()},
+    )()
     assert model_family(other) == "sd2" and model_key(other) != model_key(tiny_model)
     same = type("M", (), {"unet": tiny_model.unet, "name": "another/folder"})()
     assert model_key(same) == model_key(tiny_model)  # the cost depends on the architecture, not the name
@@ -250,13 +296,18 @@ def test_plugin_backends_take_their_place_by_priority():
 
 def test_auto_never_takes_a_reduced_precision_backend_for_float32_unless_asked():
     backends = {**_fakes(), "bf16": _Fake("bf16")}
-    backends["bf16"].capabilities = Capabilities(devices=("cpu",), dtypes=("float32",), gradients=True,
-                                                 precision="reduced")
-    save_entry(table_key("cpu", "tiny", (32, 32), "float32"), {"results": {
-        "bf16": {"drag_step_s": 0.001}, "eager": {"drag_step_s": 0.1}}})
+    backends["bf16"].capabilities = Capabilities(
+        devices=("cpu",), dtypes=("float32",), gradients=True, precision="reduced"
+    )
+    save_entry(
+        table_key("cpu", "tiny", (32, 32), "float32"),
+        {"results": {"bf16": {"drag_step_s": 0.001}, "eager": {"drag_step_s": 0.1}}},
+    )
     b, why = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32))
     assert b.name == "eager" and "reduced precision" in why
-    b, _ = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32), allow_reduced=True)
+    b, _ = select_backend(
+        backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32), allow_reduced=True
+    )
     assert b.name == "bf16"
     b, _ = select_backend(backends, "bf16", "cpu", "float32", True, ["concat"])  # named: that is asking
     assert b.name == "bf16"
@@ -289,7 +340,9 @@ def test_traces_of_one_edit_agree_between_backends(tiny_model, car_sample, tmp_p
     traces = {}
     for backend in (EagerBackend(), TritonBackend(allow_interpreter=True)):
         path = tmp_path / f"{backend.name}.npz"
-        Editor(tiny_model, backend=backend.name, registry=_registry_with(backend)).edit(image, spec, trace=path)
+        Editor(tiny_model, backend=backend.name, registry=_registry_with(backend)).edit(
+            image, spec, trace=path
+        )
         traces[backend.name] = read_trace(path)
     (a, meta_a), (b, meta_b) = traces["eager"], traces["triton"]
     assert meta_a["backend"] == "eager" and meta_b["backend"] == "triton"

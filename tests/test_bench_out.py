@@ -33,7 +33,12 @@ def _dataset(tmp_path, n=2):
     mask[10:40, 15:50] = 1
     for k in range(n):
         Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(root / f"im{k}.png")
-        spec = {"mode": "drag", "prompt": "noise", "points": [[[20, 20], [30, 22]]], "mask": mask_to_data_url(mask)}
+        spec = {
+            "mode": "drag",
+            "prompt": "noise",
+            "points": [[[20, 20], [30, 22]]],
+            "mask": mask_to_data_url(mask),
+        }
         (root / f"im{k}.json").write_text(json.dumps(spec))
     return root
 
@@ -41,26 +46,58 @@ def _dataset(tmp_path, n=2):
 def test_a_second_bench_on_the_same_out_stops_while_the_first_runs(tmp_path):
     root, out = _dataset(tmp_path), tmp_path / "out"
     first = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys\nfrom dragsdk.eval import BenchConfig, run_bench\n"
-         "def hold(rec):\n    print('running', flush=True)\n    sys.stdin.readline()\n"
-         f"run_bench(BenchConfig({str(root)!r}, {str(out)!r}, limit=1, model='tiny', backend='eager', steps=2, "
-         "resolution=64, metrics=('dai',)), progress=False, echo=None, on_record=hold)\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom dragsdk.eval import BenchConfig, run_bench\n"
+            "def hold(rec):\n    print('running', flush=True)\n    sys.stdin.readline()\n"
+            f"run_bench(BenchConfig({str(root)!r}, {str(out)!r}, limit=1, model='tiny', backend='eager', steps=2, "
+            "resolution=64, metrics=('dai',)), progress=False, echo=None, on_record=hold)\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert first.stdout.readline().strip() == "running", first.stderr.read()
         with pytest.raises(SpecError, match="in use by another dragsdk bench run"):
-            run_bench(BenchConfig(root, out, limit=1, **{**FAST, "metrics": ("dai",)}), progress=False, echo=None)
-        res = CliRunner().invoke(app, ["bench", str(root), "--out", str(out), "--limit", "1", "--steps", "2",
-                                       "--resolution", "64", "--metrics", "dai", "--backend", "eager", "--quiet"])
+            run_bench(
+                BenchConfig(root, out, limit=1, **{**FAST, "metrics": ("dai",)}), progress=False, echo=None
+            )
+        res = CliRunner().invoke(
+            app,
+            [
+                "bench",
+                str(root),
+                "--out",
+                str(out),
+                "--limit",
+                "1",
+                "--steps",
+                "2",
+                "--resolution",
+                "64",
+                "--metrics",
+                "dai",
+                "--backend",
+                "eager",
+                "--quiet",
+            ],
+        )
         assert res.exit_code == 2 and "in use by another dragsdk bench run" in res.output
         assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
-        assert len((out / "results.jsonl").read_text().splitlines()) == 1  # nothing written by the refused runs
+        assert (
+            len((out / "results.jsonl").read_text().splitlines()) == 1
+        )  # nothing written by the refused runs
     finally:
         first.communicate("\n", timeout=120)
     assert first.returncode == 0
-    again = run_bench(BenchConfig(root, out, limit=1, **{**FAST, "metrics": ("dai",)}), progress=False, echo=None)
+    again = run_bench(
+        BenchConfig(root, out, limit=1, **{**FAST, "metrics": ("dai",)}), progress=False, echo=None
+    )
     assert again.skipped == 1 and again.ran == 0  # the lock went with the first process
 
 
@@ -68,19 +105,22 @@ def test_incomplete_or_mistyped_lines_run_again_and_each_id_counts_once(tmp_path
     root, out = _dataset(tmp_path, 1), tmp_path / "out"
     base = json.loads((root / "im0.json").read_text())
     for name in ("bad1", "bad2"):  # samples that fail when read: error records, no edit
-        (root / f"{name}.json").write_text(json.dumps({**base, "image": "im0.png", "points": [[[1, 1], [999, 1]]]}))
+        (root / f"{name}.json").write_text(
+            json.dumps({**base, "image": "im0.png", "points": [[[1, 1], [999, 1]]]})
+        )
     cfg = BenchConfig(root, out, **FAST)
     full = run_bench(cfg, progress=False, echo=None)
     good = {r["id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     assert [record_problem(r) for r in good.values()] == [None, None, None]
     assert good["im0"]["status"] == "ok" and good["bad1"]["status"] == "error"
     lines = [
-        {**good["bad1"], "metrics": "oops"},                                 # valid JSON, wrong type
-        {k: v for k, v in good["bad2"].items() if k != "seconds"},           # incomplete
-        {**good["bad2"], "image_size": [True, 48]},                          # a boolean as a size
-        {"id": ["im0"]},                                                     # an id that is not a string
-        good["im0"], good["im0"],                                            # the same complete record twice
-        {**good["im0"], "files": {"edited": "../../etc/passwd"}},            # a file outside the output folder
+        {**good["bad1"], "metrics": "oops"},  # valid JSON, wrong type
+        {k: v for k, v in good["bad2"].items() if k != "seconds"},  # incomplete
+        {**good["bad2"], "image_size": [True, 48]},  # a boolean as a size
+        {"id": ["im0"]},  # an id that is not a string
+        good["im0"],
+        good["im0"],  # the same complete record twice
+        {**good["im0"], "files": {"edited": "../../etc/passwd"}},  # a file outside the output folder
     ]
     (out / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     messages: list[str] = []
@@ -107,11 +147,15 @@ def test_a_folder_dataset_cannot_name_files_outside_its_root(tmp_path):
     Image.new("L", (64, 48), 255).save(tmp_path / "secret_mask.png")
     base = json.loads((root / "im0.json").read_text())
     (root / "up.json").write_text(json.dumps({**base, "image": "../secret.png"}))
-    (root / "abs.json").write_text(json.dumps({**base, "image": "im0.png", "mask": str(tmp_path / "secret_mask.png")}))
+    (root / "abs.json").write_text(
+        json.dumps({**base, "image": "im0.png", "mask": str(tmp_path / "secret_mask.png")})
+    )
     (root / "link.png").symlink_to(secret)
     (root / "link.json").write_text(json.dumps(base))
     (root / "sub").mkdir()
-    (root / "sub" / "ok.json").write_text(json.dumps({**base, "image": "../im0.png"}))  # inside the root: fine
+    (root / "sub" / "ok.json").write_text(
+        json.dumps({**base, "image": "../im0.png"})
+    )  # inside the root: fine
     refs = {r.id: r for r in discover(root)}
     for sid, field in (("up", "image"), ("abs", "mask"), ("link", "image")):
         with pytest.raises(SpecError, match="outside the dataset root") as e:
@@ -125,8 +169,26 @@ def test_a_folder_dataset_cannot_name_files_outside_its_root(tmp_path):
     r = run_bench(BenchConfig(root, tmp_path / "out", **FAST), progress=False, echo=None)
     assert {x["id"]: x["status"] for x in r.records} == {"abs": "error", "link": "error", "up": "error"}
     assert all("outside the dataset root" in x["error"] for x in r.records)
-    res = CliRunner().invoke(app, ["bench", str(root), "--out", str(tmp_path / "out2"), "--steps", "2",
-                                   "--resolution", "64", "--metrics", "dai", "--backend", "eager", "--limit", "1",
-                                   "--allow-outside-paths", "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(root),
+            "--out",
+            str(tmp_path / "out2"),
+            "--steps",
+            "2",
+            "--resolution",
+            "64",
+            "--metrics",
+            "dai",
+            "--backend",
+            "eager",
+            "--limit",
+            "1",
+            "--allow-outside-paths",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "1 sample(s) run" in res.output and "skipped" not in res.output

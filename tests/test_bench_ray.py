@@ -49,10 +49,15 @@ def test_ray_run_with_two_actors_resumes_and_equals_the_single_process_run(tmp_p
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the actors run (Ray sets OMP_NUM_THREADS=1): the same reductions, the same numbers
+    torch.set_num_threads(
+        1
+    )  # as the actors run (Ray sets OMP_NUM_THREADS=1): the same reductions, the same numbers
     try:
-        single = run_bench(BenchConfig(_bench_root(), tmp_path / "single", limit=3, **BENCH_SETTINGS),
-                           progress=False, echo=None)
+        single = run_bench(
+            BenchConfig(_bench_root(), tmp_path / "single", limit=3, **BENCH_SETTINGS),
+            progress=False,
+            echo=None,
+        )
     finally:
         torch.set_num_threads(threads)
     # the state a run killed after its first sample leaves: run.json and one line
@@ -62,9 +67,17 @@ def test_ray_run_with_two_actors_resumes_and_equals_the_single_process_run(tmp_p
     first = (tmp_path / "single/results.jsonl").read_text().splitlines()[0]
     (out / "results.jsonl").write_text(first + "\n")
     seen = []
-    resumed = run_bench(BenchConfig(_bench_root(), out, limit=3, **BENCH_SETTINGS), progress=False, echo=None,
-                        ray=True, actors=2, on_record=lambda r: seen.append(r["id"]))
-    assert resumed.skipped == 1 and resumed.ran == 2 and json.loads(first)["id"] not in seen  # nothing run twice
+    resumed = run_bench(
+        BenchConfig(_bench_root(), out, limit=3, **BENCH_SETTINGS),
+        progress=False,
+        echo=None,
+        ray=True,
+        actors=2,
+        on_record=lambda r: seen.append(r["id"]),
+    )
+    assert (
+        resumed.skipped == 1 and resumed.ran == 2 and json.loads(first)["id"] not in seen
+    )  # nothing run twice
     # one model load per actor, both actors used, every remaining sample run once
     assert len(resumed.workers) == 2 and all(w["model_loads"] == 1 for w in resumed.workers)
     assert sorted(w["samples"] for w in resumed.workers) == [1, 1]

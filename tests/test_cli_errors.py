@@ -24,7 +24,9 @@ SPEC = {"mode": "drag", "points": [[[10, 10], [20, 12]]], "sampler": {"steps": 2
 
 
 def _image(path, size=(64, 64)):
-    Image.fromarray((np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(path)
+    Image.fromarray((np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(
+        path
+    )
     return path
 
 
@@ -55,8 +57,13 @@ def _sample(tmp, meta: bytes | None = None, points: bytes | None = None):
 def _png_header_only(w, h):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _bytes_bomb():
@@ -95,53 +102,106 @@ CASES = {
     "spec is a JSON string": (lambda t: _edit(t, _spec_text(t, '"drag"')), "got a string"),
     "spec is a number": (lambda t: _edit(t, _spec_text(t, "42")), "got a number"),
     "spec is null": (lambda t: _edit(t, _spec_text(t, "null")), "got null"),
-    "spec is not UTF-8": (lambda t: _edit(t, _spec_text(t, b'{"mode": "drag", "prompt": "caf\xe9"}')), "not UTF-8"),
+    "spec is not UTF-8": (
+        lambda t: _edit(t, _spec_text(t, b'{"mode": "drag", "prompt": "caf\xe9"}')),
+        "not UTF-8",
+    ),
     "spec is not JSON": (lambda t: _edit(t, _spec_text(t, "{mode: drag}")), "not valid JSON (Expecting"),
-    "spec nested 100000 deep": (lambda t: _edit(t, _spec_text(t, "[" * 100_000)), "nested more than 64 levels"),
-    "spec nested 200 deep": (lambda t: _edit(t, _spec_text(t, '{"mode": "drag", "prompt": ' + "[" * 200 + "]" * 200
-                                                         + "}")), "nested more than 64 levels"),
-    "sampler is a string": (lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "sampler": "fast"}))),
-                            "sampler: expected an object"),
-    "sampler is a list": (lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "sampler": [1]}))),
-                          "sampler: expected an object"),
-    "mode is a list": (lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "mode": ["drag"]}))),
-                       "mode: unknown mode a list"),
-    "mode missing": (lambda t: _edit(t, _spec_text(t, json.dumps({"points": SPEC["points"]}))), "mode: missing"),
-    "points not a list": (lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "points": "left"}))),
-                          "spec field points"),
+    "spec nested 100000 deep": (
+        lambda t: _edit(t, _spec_text(t, "[" * 100_000)),
+        "nested more than 64 levels",
+    ),
+    "spec nested 200 deep": (
+        lambda t: _edit(t, _spec_text(t, '{"mode": "drag", "prompt": ' + "[" * 200 + "]" * 200 + "}")),
+        "nested more than 64 levels",
+    ),
+    "sampler is a string": (
+        lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "sampler": "fast"}))),
+        "sampler: expected an object",
+    ),
+    "sampler is a list": (
+        lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "sampler": [1]}))),
+        "sampler: expected an object",
+    ),
+    "mode is a list": (
+        lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "mode": ["drag"]}))),
+        "mode: unknown mode a list",
+    ),
+    "mode missing": (
+        lambda t: _edit(t, _spec_text(t, json.dumps({"points": SPEC["points"]}))),
+        "mode: missing",
+    ),
+    "points not a list": (
+        lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "points": "left"}))),
+        "spec field points",
+    ),
     # the image
     "image missing": (lambda t: _edit(t, None, t / "nope.png"), "no such image or sample folder"),
-    "image not an image": (lambda t: _edit(t, None, _spec_text(t, "hello", "notes.png")), "is not a readable image"),
-    "image bomb over Pillow's limit": (lambda t: _edit(t, None, _spec_text(t, _png_header_only(40_000, 40_000),
-                                                                           "bomb.png")), "megapixels"),
-    "image over the megapixel cap": (lambda t: _edit(t, None, _spec_text(t, _png_header_only(10_000, 9_000),
-                                                                         "big.png")), "90 megapixels"),
+    "image not an image": (
+        lambda t: _edit(t, None, _spec_text(t, "hello", "notes.png")),
+        "is not a readable image",
+    ),
+    "image bomb over Pillow's limit": (
+        lambda t: _edit(t, None, _spec_text(t, _png_header_only(40_000, 40_000), "bomb.png")),
+        "megapixels",
+    ),
+    "image over the megapixel cap": (
+        lambda t: _edit(t, None, _spec_text(t, _png_header_only(10_000, 9_000), "big.png")),
+        "90 megapixels",
+    ),
     "image animated": (lambda t: _edit(t, None, _animated(t)), "animated (2 frames)"),
     # files the spec names
-    "mask missing": (lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "mask": "nope.png"}))), "mask: no mask file"),
-    "mask not an image": (lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "mask": "spec.json"}))),
-                          "mask: "),
+    "mask missing": (
+        lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "mask": "nope.png"}))),
+        "mask: no mask file",
+    ),
+    "mask not an image": (
+        lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "mask": "spec.json"}))),
+        "mask: ",
+    ),
     # sample folders
-    "sample pickle truncated": (lambda t: _sample(t, pickle.dumps({"points": [[1, 2]] * 50})[:40]),
-                                "meta_data.pkl: not a readable pickle"),
+    "sample pickle truncated": (
+        lambda t: _sample(t, pickle.dumps({"points": [[1, 2]] * 50})[:40]),
+        "meta_data.pkl: not a readable pickle",
+    ),
     "sample pickle a list": (lambda t: _sample(t, pickle.dumps([1, 2])), "meta_data.pkl: expected a dict"),
-    "sample pickle bytes bomb": (lambda t: _sample(t, _bytes_bomb()), "meta_data.pkl: builtins.bytes is called"),
-    "sample pickle bad points": (lambda t: _sample(t, pickle.dumps({"points": "abc"})), "meta_data.pkl:points"),
+    "sample pickle bytes bomb": (
+        lambda t: _sample(t, _bytes_bomb()),
+        "meta_data.pkl: builtins.bytes is called",
+    ),
+    "sample pickle bad points": (
+        lambda t: _sample(t, pickle.dumps({"points": "abc"})),
+        "meta_data.pkl:points",
+    ),
     "sample points.json not JSON": (lambda t: _sample(t, points=b"{points"), "points.json"),
     "sample points.json not UTF-8": (lambda t: _sample(t, points=b'{"points": "\xff"}'), "not UTF-8"),
-    "sample points.json an array": (lambda t: _sample(t, points=b"[[1, 2], [3, 4]]"), "points.json: expected an object"),
+    "sample points.json an array": (
+        lambda t: _sample(t, points=b"[[1, 2], [3, 4]]"),
+        "points.json: expected an object",
+    ),
     # outputs
     "out is a folder": (lambda t: _edit(t) + ["--out", str(t)], "out: "),
-    "out under a file": (lambda t: _edit(t) + ["--out", str(_image(t / "x.png")) + "/o.png"], "is not a folder"),
+    "out under a file": (
+        lambda t: _edit(t) + ["--out", str(_image(t / "x.png")) + "/o.png"],
+        "is not a folder",
+    ),
     "report is a folder": (lambda t: _edit(t) + ["--report", str(t)], "report: "),
     "report is the out": (lambda t: _edit(t) + ["--report", str(t / "o.png")], "the two outputs must differ"),
     "bench out is a file": (_bench_out_file, "bench --out is a folder"),
     "bench run.json corrupt": (_corrupt_run, "run.json"),
     "bench dataset missing": (lambda t: ["bench", str(t / "nope"), "--out", str(t / "o")], "dataset: "),
     # limits set wrong
-    "megapixel limit not a number": (lambda t: ["edit", str(_image(t / "in.png")), "--spec",
-                                                str(_spec_text(t, json.dumps(SPEC))), "--out", str(t / "o.png")],
-                                     "DRAGSDK_MAX_MEGAPIXELS: expected a positive number"),
+    "megapixel limit not a number": (
+        lambda t: [
+            "edit",
+            str(_image(t / "in.png")),
+            "--spec",
+            str(_spec_text(t, json.dumps(SPEC))),
+            "--out",
+            str(t / "o.png"),
+        ],
+        "DRAGSDK_MAX_MEGAPIXELS: expected a positive number",
+    ),
 }
 
 
@@ -174,7 +234,9 @@ def test_an_unwritable_out_folder_is_one_line(tmp_path, cached_editor):
         res = runner.invoke(app, _edit(tmp_path) + ["--out", str(ro / "o.png")])
     finally:
         ro.chmod(0o700)
-    assert res.exit_code == 2 and "out: cannot write" in res.output and len(res.output.strip().splitlines()) == 1
+    assert (
+        res.exit_code == 2 and "out: cannot write" in res.output and len(res.output.strip().splitlines()) == 1
+    )
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, cached_editor):
@@ -195,15 +257,18 @@ def test_debug_shows_the_traceback(tmp_path):
     assert isinstance(res.exception, SpecError) and res.exception.field == "spec"
 
 
-@pytest.mark.parametrize("spec,match", [
-    ([1, 2], "spec: expected an EditSpec, a dict"),
-    (42, "spec: expected an EditSpec"),
-    ("[1, 2]", "spec: expected a JSON object"),
-    ('"drag"', "spec: expected a JSON object"),
-    ({"mode": "drag", "points": [[[1, 1], [2, 2]]], "sampler": "fast"}, "sampler: expected an object"),
-    ({"mode": ["drag"]}, "mode: unknown mode a list"),
-    ("missing-spec.json", "spec: no file at missing-spec.json"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ([1, 2], "spec: expected an EditSpec, a dict"),
+        (42, "spec: expected an EditSpec"),
+        ("[1, 2]", "spec: expected a JSON object"),
+        ('"drag"', "spec: expected a JSON object"),
+        ({"mode": "drag", "points": [[[1, 1], [2, 2]]], "sampler": "fast"}, "sampler: expected an object"),
+        ({"mode": ["drag"]}, "mode: unknown mode a list"),
+        ("missing-spec.json", "spec: no file at missing-spec.json"),
+    ],
+)
 def test_the_python_api_raises_spec_errors_for_bad_specs(editor, spec, match):
     with pytest.raises(SpecError, match=match):
         editor.resolve_spec(spec)

@@ -14,7 +14,12 @@ from dragsdk import Editor
 from dragsdk.spec import DragSpec
 
 # Small and cheap: 3 steps at 64², one guided step (the feature tap and the K/V bank still run), no time travel.
-FAST = {"steps": 3, "resolution": 64, "schedule": {"end": 0.34, "dense_end": 0.34}, "time_travel": {"enabled": False}}
+FAST = {
+    "steps": 3,
+    "resolution": 64,
+    "schedule": {"end": 0.34, "dense_end": 0.34},
+    "time_travel": {"enabled": False},
+}
 CLICKS = ((131, 264), (359, 180))
 
 
@@ -36,9 +41,16 @@ def _jobs(car_sample):
     image = Image.open(path).convert("RGB")
     flipped = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     jobs = []
-    for img, prompt, dx in ((image, "a car", 0), (image, "a car", 12), (flipped, "a car", 0), (flipped, "a street", 12)):
+    for img, prompt, dx in (
+        (image, "a car", 0),
+        (image, "a car", 12),
+        (flipped, "a car", 0),
+        (flipped, "a street", 12),
+    ):
         points = [[p[0], [p[1][0] + dx, p[1][1]]] for p in spec["points"]]
-        jobs.append((img, DragSpec.model_validate({**spec, "prompt": prompt, "points": points, "sampler": FAST})))
+        jobs.append(
+            (img, DragSpec.model_validate({**spec, "prompt": prompt, "points": points, "sampler": FAST}))
+        )
     return jobs
 
 

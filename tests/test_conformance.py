@@ -31,15 +31,24 @@ STEPS = {"region-drag": 4}
 def test_each_builtin_mode_passes_the_conformance_check(tiny_model, mode):
     steps = STEPS.get(mode, 2)
     out = check_mode(Editor(tiny_model), IMAGE, builtin_specs(TWO_STEPS)[mode], steps=steps)
-    assert out.checked == ["schema", "json round-trip", "plan shapes", "edit", "dry-run cost", "profiles",
-                           "cancellation"]
+    assert out.checked == [
+        "schema",
+        "json round-trip",
+        "plan shapes",
+        "edit",
+        "dry-run cost",
+        "profiles",
+        "cancellation",
+    ]
     assert out.result.report.mode == mode and out.result.report.steps == steps
 
 
 def test_the_plan_check_refuses_a_mask_off_the_latent_grid(tiny_model):
     dry = Editor(tiny_model).plan(IMAGE, builtin_specs(TWO_STEPS)["move"])
     h, w = dry.plan.edit_mask.shape
-    bad = dataclasses.replace(dry, plan=dataclasses.replace(dry.plan, edit_mask=torch.zeros(h + 1, w, dtype=torch.bool)))
+    bad = dataclasses.replace(
+        dry, plan=dataclasses.replace(dry.plan, edit_mask=torch.zeros(h + 1, w, dtype=torch.bool))
+    )
     with pytest.raises(ConformanceError, match="plan shapes: edit_mask"):
         check_plan(bad)
 

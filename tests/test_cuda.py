@@ -22,9 +22,16 @@ pytestmark = [
 
 # (family, tokens, heads, head dim) of every decoder self-attention level at the family's native resolution.
 SD_SHAPES = [
-    ("sd15", 4096, 8, 40), ("sd15", 1024, 8, 80), ("sd15", 256, 8, 160), ("sd15", 64, 8, 160),
-    ("sd2", 9216, 5, 64), ("sd2", 2304, 10, 64), ("sd2", 576, 20, 64), ("sd2", 144, 20, 64),
-    ("sdxl", 4096, 10, 64), ("sdxl", 1024, 20, 64),
+    ("sd15", 4096, 8, 40),
+    ("sd15", 1024, 8, 80),
+    ("sd15", 256, 8, 160),
+    ("sd15", 64, 8, 160),
+    ("sd2", 9216, 5, 64),
+    ("sd2", 2304, 10, 64),
+    ("sd2", 576, 20, 64),
+    ("sd2", 144, 20, 64),
+    ("sdxl", 4096, 10, 64),
+    ("sdxl", 1024, 20, 64),
 ]
 TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
 BATCH = 2  # the classifier-free-guidance batch; banks have batch 1
@@ -53,7 +60,9 @@ def _sources(mode: str, n: int, h: int, d: int, dtype, gen, grad: bool):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("mode", ["concat", "replace", "composite"])
-@pytest.mark.parametrize(("family", "n", "h", "d"), SD_SHAPES, ids=[f"{f}-{n}x{h}x{d}" for f, n, h, d in SD_SHAPES])
+@pytest.mark.parametrize(
+    ("family", "n", "h", "d"), SD_SHAPES, ids=[f"{f}-{n}x{h}x{d}" for f, n, h, d in SD_SHAPES]
+)
 def test_kernel_matches_fp64_oracle_at_sd_shapes(family, n, h, d, mode, dtype):
     from dragsdk.kernels import KVSource, cross_branch_attention, cross_branch_attention_reference
 

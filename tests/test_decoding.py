@@ -16,14 +16,16 @@ from dragsdk.io import MASK_THRESHOLD, load_image, load_mask, mask_to_data_url, 
 def _quadrants(w: int = 40, h: int = 20) -> Image.Image:
     a = np.zeros((h, w, 3), np.uint8)
     a[: h // 2, : w // 2] = (255, 0, 0)
-    a[: h // 2, w // 2:] = (0, 255, 0)
-    a[h // 2:, : w // 2] = (0, 0, 255)
-    a[h // 2:, w // 2:] = (255, 255, 255)
+    a[: h // 2, w // 2 :] = (0, 255, 0)
+    a[h // 2 :, : w // 2] = (0, 0, 255)
+    a[h // 2 :, w // 2 :] = (255, 255, 255)
     return Image.fromarray(a)
 
 
-@pytest.mark.parametrize("orientation,transpose", [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_270),
-                                                   (8, Image.Transpose.ROTATE_90)])
+@pytest.mark.parametrize(
+    "orientation,transpose",
+    [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_270), (8, Image.Transpose.ROTATE_90)],
+)
 def test_exif_orientation_is_applied_to_images_and_masks(tmp_path, orientation, transpose):
     img = _quadrants()
     exif = Image.Exif()
@@ -34,7 +36,9 @@ def test_exif_orientation_is_applied_to_images_and_masks(tmp_path, orientation, 
     m = np.zeros((20, 40), np.uint8)
     m[:, :5] = 255
     Image.fromarray(m).save(tmp_path / "mask.png", exif=exif)
-    assert (load_mask(tmp_path / "mask.png") == (np.asarray(Image.fromarray(m).transpose(transpose)) > 127)).all()
+    assert (
+        load_mask(tmp_path / "mask.png") == (np.asarray(Image.fromarray(m).transpose(transpose)) > 127)
+    ).all()
 
 
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
@@ -45,35 +49,44 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     assert got[0, 128] not in (0, 255)  # mid-grey stays mid-grey
 
 
-@pytest.mark.parametrize("image,expected", [
-    (Image.fromarray(np.full((4, 4), 0.5, np.float32), "F"), 128),                         # F in [0, 1]
-    (Image.fromarray(np.full((4, 4), 32896, np.int32), "I"), 128),                          # I, 16-bit range
-    (Image.fromarray(np.full((4, 4), 32896, np.uint16)), 128),                              # I;16
-])
+@pytest.mark.parametrize(
+    "image,expected",
+    [
+        (Image.fromarray(np.full((4, 4), 0.5, np.float32), "F"), 128),  # F in [0, 1]
+        (Image.fromarray(np.full((4, 4), 32896, np.int32), "I"), 128),  # I, 16-bit range
+        (Image.fromarray(np.full((4, 4), 32896, np.uint16)), 128),  # I;16
+    ],
+)
 def test_high_depth_pil_images_are_scaled(image, expected):
     assert np.abs(np.asarray(load_image(image)).astype(int) - expected).max() <= 1
 
 
-@pytest.mark.parametrize("array,expected", [
-    (np.full((4, 4, 3), 0.5, np.float32), 128),      # float in [0, 1]
-    (np.full((4, 4, 3), 0.5, np.float64), 128),
-    (np.full((4, 4, 3), 200.0, np.float32), 200),    # float already in [0, 255]
-    (np.full((4, 4, 3), 65535, np.uint16), 255),     # integers over 255: 16-bit
-    (np.full((4, 4, 3), 257 * 100, np.int32), 100),
-    (np.full((4, 4), 100, np.uint8), 100),           # greyscale
-    (np.full((4, 4, 4), 100, np.uint8), 100),        # RGBA: alpha dropped
-])
+@pytest.mark.parametrize(
+    "array,expected",
+    [
+        (np.full((4, 4, 3), 0.5, np.float32), 128),  # float in [0, 1]
+        (np.full((4, 4, 3), 0.5, np.float64), 128),
+        (np.full((4, 4, 3), 200.0, np.float32), 200),  # float already in [0, 255]
+        (np.full((4, 4, 3), 65535, np.uint16), 255),  # integers over 255: 16-bit
+        (np.full((4, 4, 3), 257 * 100, np.int32), 100),
+        (np.full((4, 4), 100, np.uint8), 100),  # greyscale
+        (np.full((4, 4, 4), 100, np.uint8), 100),  # RGBA: alpha dropped
+    ],
+)
 def test_arrays_are_scaled_not_wrapped(array, expected):
     got = np.asarray(load_image(array))
     assert got.shape == (4, 4, 3) and np.abs(got.astype(int) - expected).max() <= 1
 
 
-@pytest.mark.parametrize("array,match", [
-    (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
-    (np.full((4, 4, 3), -0.5, np.float32), r"\[0, 1\]"),
-    (np.full((4, 4, 3), 70000, np.int32), "65535"),
-    (np.zeros((4, 4, 5), np.uint8), r"\(H, W, 3\)"),
-])
+@pytest.mark.parametrize(
+    "array,match",
+    [
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+        (np.full((4, 4, 3), -0.5, np.float32), r"\[0, 1\]"),
+        (np.full((4, 4, 3), 70000, np.int32), "65535"),
+        (np.zeros((4, 4, 5), np.uint8), r"\(H, W, 3\)"),
+    ],
+)
 def test_arrays_that_cannot_be_scaled_are_refused(array, match):
     with pytest.raises(SpecError, match=match):
         load_image(array)
@@ -148,13 +161,22 @@ def test_mask_data_urls_are_written_by_the_same_rule(tmp_path):
 
 def _png_header_only(w: int, h: int) -> bytes:
     """A tiny PNG that declares ``w``×``h`` pixels (a decompression bomb as far as its header goes)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("w,h", [(10_000, 10_000), (40_000, 40_000)])  # over our cap; over Pillow's bomb limit too
+@pytest.mark.parametrize(
+    "w,h", [(10_000, 10_000), (40_000, 40_000)]
+)  # over our cap; over Pillow's bomb limit too
 @pytest.mark.parametrize("loader", [load_image, load_mask])
 def test_oversized_images_and_masks_are_refused_from_the_header(tmp_path, w, h, loader):
     (tmp_path / "bomb.png").write_bytes(_png_header_only(w, h))

@@ -32,8 +32,13 @@ def _image_and_spec(tmp_path):
     Image.fromarray((rng.random((96, 128, 3)) * 255).astype("uint8")).save(tmp_path / "in.png")
     mask = np.zeros((96, 128), np.uint8)
     mask[30:60, 40:80] = 1
-    spec = {"mode": "drag", "prompt": "noise", "points": [[[50, 40], [70, 45]]], "mask": mask_to_data_url(mask),
-            "sampler": {"steps": 2, "resolution": 64}}
+    spec = {
+        "mode": "drag",
+        "prompt": "noise",
+        "points": [[[50, 40], [70, 45]]],
+        "mask": mask_to_data_url(mask),
+        "sampler": {"steps": 2, "resolution": 64},
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     return tmp_path / "in.png", tmp_path / "spec.json"
 
@@ -51,7 +56,9 @@ def test_editor_without_a_model_loads_sd15_or_says_how_to_provide_one(no_model_n
     with pytest.raises(ModelNotFoundError) as err:
         Editor()
     text = str(err.value)
-    assert DEFAULT_MODEL in text and "HF_HUB_OFFLINE" in text and "tiny" in text  # how to provide one, and the test models
+    assert (
+        DEFAULT_MODEL in text and "HF_HUB_OFFLINE" in text and "tiny" in text
+    )  # how to provide one, and the test models
 
 
 def test_cli_without_a_model_fails_clearly_and_writes_nothing(no_model_named, tmp_path):
@@ -68,7 +75,18 @@ def test_cli_without_a_model_fails_clearly_and_writes_nothing(no_model_named, tm
 def test_a_random_model_is_used_only_by_name_and_every_output_says_so(how, monkeypatch, tmp_path):
     image, spec = _image_and_spec(tmp_path)
     out, report = tmp_path / "out.png", tmp_path / "report.json"
-    args = ["edit", str(image), "--spec", str(spec), "--out", str(out), "--report", str(report), "--quiet", "--json"]
+    args = [
+        "edit",
+        str(image),
+        "--spec",
+        str(spec),
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+        "--quiet",
+        "--json",
+    ]
     if how == "flag":
         monkeypatch.delenv(MODEL_ENV, raising=False)
         args += ["--model", "tiny-sd2"]
@@ -86,24 +104,39 @@ def test_a_random_model_is_used_only_by_name_and_every_output_says_so(how, monke
 def test_reports_of_real_weights_carry_no_random_flag(tiny_model):
     from dataclasses import replace
 
-    real = replace(tiny_model, name="/models/some-sd15", random_weights=False)  # same modules, as a loaded folder
+    real = replace(
+        tiny_model, name="/models/some-sd15", random_weights=False
+    )  # same modules, as a loaded folder
     image = Image.open(EXAMPLE_SAMPLE / "original_image.png").convert("RGB").resize((128, 96))
     mask = np.zeros((96, 128), np.uint8)
     mask[30:60, 40:80] = 1
-    spec = {"mode": "drag", "prompt": "x", "points": [[[50, 40], [70, 45]]], "mask": mask_to_data_url(mask),
-            "sampler": {"steps": 2, "resolution": 64}}
+    spec = {
+        "mode": "drag",
+        "prompt": "x",
+        "points": [[[50, 40], [70, 45]]],
+        "mask": mask_to_data_url(mask),
+        "sampler": {"steps": 2, "resolution": 64},
+    }
     r_real = Editor(real).edit(image, spec).report
     r_tiny = Editor(tiny_model).edit(image, spec).report
     assert tiny_model.random_weights and (r_real.random_weights, r_tiny.random_weights) == (False, True)
-    assert not any("random weights" in n for n in r_real.notes) and any("random weights" in n for n in r_tiny.notes)
+    assert not any("random weights" in n for n in r_real.notes) and any(
+        "random weights" in n for n in r_tiny.notes
+    )
 
 
 def test_a_benchmark_run_with_a_random_model_warns_and_records_it(tmp_path):
     from dragsdk.eval.bench import BenchConfig, run_bench
 
     said: list[str] = []
-    config = BenchConfig(dataset=str(EXAMPLE_SAMPLE.parent), out=str(tmp_path / "run"), limit=1, steps=2,
-                         resolution=64, metrics=("psnr_ssim",))
+    config = BenchConfig(
+        dataset=str(EXAMPLE_SAMPLE.parent),
+        out=str(tmp_path / "run"),
+        limit=1,
+        steps=2,
+        resolution=64,
+        metrics=("psnr_ssim",),
+    )
     assert config.model == "tiny"  # from DRAGSDK_MODEL, as the test suite names it
     result = run_bench(config, progress=False, echo=said.append)
     assert result.summary["random_weights"] is True

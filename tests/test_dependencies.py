@@ -53,8 +53,13 @@ def inside_optional(text: str, number: int) -> bool:
 def uncommented_upper_bounds(text: str) -> list[str]:
     bad = []
     for number, req, comment in _spec_lines(text):
-        if any(s.operator in ("<", "<=", "==", "~=", "!=", "===") for s in Requirement(req).specifier) and not comment:
-            bad.append(f"pyproject.toml:{number}: {req!r} has an upper bound or pin without a comment saying why")
+        if (
+            any(s.operator in ("<", "<=", "==", "~=", "!=", "===") for s in Requirement(req).specifier)
+            and not comment
+        ):
+            bad.append(
+                f"pyproject.toml:{number}: {req!r} has an upper bound or pin without a comment saying why"
+            )
     return bad
 
 
@@ -103,7 +108,9 @@ def test_the_lock_pins_every_requirement_at_a_version_pyproject_allows():
     for req in _requirements():
         name = re.sub(r"[-_.]+", "-", req.name).lower()
         assert name in pins, f"{req.name} is missing from requirements/lock.txt"
-        assert req.specifier.contains(pins[name], prereleases=True), f"lock {name}=={pins[name]} outside {req}"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"lock {name}=={pins[name]} outside {req}"
+        )
     assert pins.get("torch") == "2.13.0"  # the CPU wheel on this machine's disk
 
 
@@ -149,8 +156,11 @@ def test_test_oldest_pins_every_runtime_dependency_at_its_lower_bound(tmp_path):
             assert req.specifier.contains(pins[req.name]), f"{req.name}=={pins[req.name]} outside {req}"
     assert pins["torch"] == "2.13.0"  # the CPU wheel on this machine's disk, whatever the bound says
     toml = tmp_path / "pyproject.toml"
-    toml.write_text('[project]\ndependencies = ["numpy>=1.24,<3", "kornia >= 0.7 ; python_version>=\'3.10\'", '
-                    '"torch>=2.4"]\n', encoding="utf-8")
+    toml.write_text(
+        '[project]\ndependencies = ["numpy>=1.24,<3", "kornia >= 0.7 ; python_version>=\'3.10\'", '
+        '"torch>=2.4"]\n',
+        encoding="utf-8",
+    )
     assert oldest.lower_bounds(toml) == {"numpy": "1.24", "kornia": "0.7", "torch": "2.13.0"}
     toml.write_text('[project]\ndependencies = ["numpy<3"]\n', encoding="utf-8")
     with pytest.raises(SystemExit, match="no >= lower bound"):

@@ -31,7 +31,10 @@ SOURCE_FOLDERS = ("dragsdk", "plugins", "backends", "kernels")
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings_handlers") is None:
+    if (
+        importlib.util.find_spec("mkdocs") is None
+        or importlib.util.find_spec("mkdocstrings_handlers") is None
+    ):
         pytest.skip("mkdocs / mkdocstrings[python] not installed (the dev extra installs them)")
     out = tmp_path_factory.mktemp("site")
     run = _build(ROOT / "mkdocs.yml", out)
@@ -40,8 +43,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _build(config: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "--site-dir",
-                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _anchors(site: Path, page: str) -> set[str]:
@@ -64,8 +72,13 @@ def test_the_embedder_reference_documents_every_top_level_name(site):
     anchors = _anchors(site, "embedding") | _anchors(site, "specs")
     missing = sorted(n for n in dragsdk.__all__ if _top_level_anchor(n) not in anchors)
     assert not missing, f"dragsdk names without a heading in reference/embedding or /specs: {missing}"
-    assert {"dragsdk.models.load_model", "dragsdk.editor.Editor.edit", "dragsdk.dryrun.DryRun",
-            "dragsdk.cache.LRUCache", "dragsdk.report.EditReport"} <= anchors
+    assert {
+        "dragsdk.models.load_model",
+        "dragsdk.editor.Editor.edit",
+        "dragsdk.dryrun.DryRun",
+        "dragsdk.cache.LRUCache",
+        "dragsdk.report.EditReport",
+    } <= anchors
 
 
 def test_the_author_reference_documents_every_name_of_dragsdk_authoring(site):
@@ -79,25 +92,34 @@ def test_the_backend_reference_documents_the_backend_interface_and_the_hooks(sit
     anchors = _anchors(site, "backends")
     base = dragsdk.backends.base
     methods = [n for n, v in vars(base.Backend).items() if not n.startswith("_") and callable(v)]
-    assert {"Backend", "Capabilities", "KVSource", "join_sources", "hookimpl"} <= set(base.__all__) and methods
-    expected = {f"dragsdk.backends.base.{n}" for n in base.__all__} | {f"dragsdk.backends.base.Backend.{m}"
-                                                                       for m in methods}
+    assert {"Backend", "Capabilities", "KVSource", "join_sources", "hookimpl"} <= set(
+        base.__all__
+    ) and methods
+    expected = {f"dragsdk.backends.base.{n}" for n in base.__all__} | {
+        f"dragsdk.backends.base.Backend.{m}" for m in methods
+    }
     assert not expected - anchors, sorted(expected - anchors)
     assert "dragsdk.kernels.reference.cross_branch_attention_reference" in anchors
     hooks = _anchors(site, "plugins")
-    assert {"dragsdk.hookspecs.dragsdk_register_modes", "dragsdk.hookspecs.dragsdk_register_backends",
-            "dragsdk.registry.Registry"} <= hooks
+    assert {
+        "dragsdk.hookspecs.dragsdk_register_modes",
+        "dragsdk.hookspecs.dragsdk_register_backends",
+        "dragsdk.registry.Registry",
+    } <= hooks
 
 
 def test_sphinx_roles_become_links_and_no_raw_role_reaches_the_page(site):
-    pages = {p: (site / "reference" / p / "index.html").read_text(encoding="utf-8")
-             for p in ("embedding", "specs", "authoring", "plugins", "backends")}
+    pages = {
+        p: (site / "reference" / p / "index.html").read_text(encoding="utf-8")
+        for p in ("embedding", "specs", "authoring", "plugins", "backends")
+    }
     for page, html in pages.items():
         assert not re.search(r":(class|func|meth|mod|data|attr):`", html), page
-        assert "<autoref" not in html, page      # every cross-reference was resolved or dropped to code text
+        assert "<autoref" not in html, page  # every cross-reference was resolved or dropped to code text
     # ":class:`EditPlan`" in the authoring module docstring is a link to where EditPlan is documented.
-    assert re.search(r'<a class="autorefs autorefs-internal"[^>]*href="#dragsdk\.authoring\.EditPlan"',
-                     pages["authoring"])
+    assert re.search(
+        r'<a class="autorefs autorefs-internal"[^>]*href="#dragsdk\.authoring\.EditPlan"', pages["authoring"]
+    )
 
 
 def test_a_broken_link_fails_the_strict_build(site, tmp_path):
@@ -114,28 +136,34 @@ def test_a_broken_link_fails_the_strict_build(site, tmp_path):
     (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
     (docs / "index.md").write_text("# Page\n\n::: dragsdk.errors\n", encoding="utf-8")
-    assert _build(tmp_path / "mkdocs.yml", tmp_path / "ok").returncode == 0       # the set-up itself builds
+    assert _build(tmp_path / "mkdocs.yml", tmp_path / "ok").returncode == 0  # the set-up itself builds
     (docs / "index.md").write_text("# Page\n\nSee [specs](specs.md).\n", encoding="utf-8")
     run = _build(tmp_path / "mkdocs.yml", tmp_path / "broken")
     assert run.returncode != 0 and "specs.md" in run.stderr
 
 
-def test_a_sphinx_role_naming_a_missing_dragsdk_object_is_a_warning_and_a_real_one_a_cross_reference(site, caplog):
+def test_a_sphinx_role_naming_a_missing_dragsdk_object_is_a_warning_and_a_real_one_a_cross_reference(
+    site, caplog
+):
     import griffe
 
     spec = importlib.util.spec_from_file_location("griffe_dragsdk", ROOT / "docs" / "griffe_dragsdk.py")
     ext = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ext)
     package = griffe.load("dragsdk", search_paths=[ROOT], extensions=griffe.load_extensions(ext.DragsdkDocs))
-    assert "base" in package["backends"].members          # the package-dir sub-packages are loaded
+    assert "base" in package["backends"].members  # the package-dir sub-packages are loaded
     modes = package["modes"]
     with caplog.at_level("WARNING"):
-        text = ext.ROLE.sub(lambda m: ext.DragsdkDocs._ref(modes, m),
-                            ":class:`~dragsdk.modes.EditMod`, :class:`EditMode`, :meth:`dragsdk.Editor.edit`")
+        text = ext.ROLE.sub(
+            lambda m: ext.DragsdkDocs._ref(modes, m),
+            ":class:`~dragsdk.modes.EditMod`, :class:`EditMode`, :meth:`dragsdk.Editor.edit`",
+        )
     assert "EditMod'" in caplog.text and "EditMode'" not in caplog.text and "Editor" not in caplog.text
     assert '<autoref identifier="dragsdk.modes.EditMode" optional><code>EditMode</code></autoref>' in text
     # a lazy top-level name (dragsdk/__init__.py _LAZY) points where the reference documents it
-    assert '<autoref identifier="dragsdk.editor.Editor.edit" optional><code>dragsdk.Editor.edit</code>' in text
+    assert (
+        '<autoref identifier="dragsdk.editor.Editor.edit" optional><code>dragsdk.Editor.edit</code>' in text
+    )
 
 
 def test_the_generated_reference_has_no_internal_vocabulary(site):
@@ -148,7 +176,11 @@ def _docstrings(path: Path) -> Iterator[tuple[int, str]]:
     """Every docstring of a source file: module, class, function and attribute (a string statement)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+        if (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
             yield node.lineno, node.value.value
 
 
@@ -159,12 +191,16 @@ def _source_files() -> list[Path]:
 def test_the_docstring_walk_sees_the_public_docstrings():
     texts = [text for path in _source_files() for _, text in _docstrings(path)]
     assert len(_source_files()) > 40 and len(texts) > 500
-    assert any("Decode a mask given in any" in t for t in texts)          # dragsdk.authoring.load_mask
+    assert any("Decode a mask given in any" in t for t in texts)  # dragsdk.authoring.load_mask
 
 
 def test_no_docstring_carries_internal_vocabulary():
-    hits = [f"{path.relative_to(ROOT)}:{line}: {DENY.search(text)[0]!r}"
-            for path in _source_files() for line, text in _docstrings(path) if DENY.search(text)]
+    hits = [
+        f"{path.relative_to(ROOT)}:{line}: {DENY.search(text)[0]!r}"
+        for path in _source_files()
+        for line, text in _docstrings(path)
+        if DENY.search(text)
+    ]
     assert not hits, "\n".join(hits)
 
 
@@ -182,8 +218,11 @@ def _schema_strings(node: Any, where: str) -> Iterator[tuple[str, str]]:
 def test_no_spec_schema_of_a_registered_mode_carries_internal_vocabulary():
     models = get_registry().spec_models()
     assert {"drag", "move", "resize", "appearance", "paste", "region-drag"} <= set(models)
-    strings = [(f"{mode}{where}", text) for mode, model in models.items()
-               for where, text in _schema_strings(model.model_json_schema(), "")]
+    strings = [
+        (f"{mode}{where}", text)
+        for mode, model in models.items()
+        for where, text in _schema_strings(model.model_json_schema(), "")
+    ]
     assert any(where.endswith(".description") for where, _ in strings)
     hits = [f"{where}: {text[:80]!r}" for where, text in strings if DENY.search(text)]
     assert not hits, "\n".join(hits)
@@ -191,12 +230,18 @@ def test_no_spec_schema_of_a_registered_mode_carries_internal_vocabulary():
 
 def test_no_docs_page_carries_internal_vocabulary():
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-    hits = [f"{p.relative_to(ROOT)}:{i}" for p in pages
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if DENY.search(line)]
+    hits = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in pages
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if DENY.search(line)
+    ]
     assert not hits, "\n".join(hits)
 
 
 def test_the_deny_list_catches_the_vocabulary_it_is_for():
     schema = {"properties": {"x": {"description": "defaults (Dossier §5)"}}}
     assert [w for w, t in _schema_strings(schema, "") if DENY.search(t)] == [".properties.x.description"]
-    assert DENY.search("see ../shared/research/parity/regiondrag.md") and not DENY.search("arXiv 2307.02421 §3.4")
+    assert DENY.search("see ../shared/research/parity/regiondrag.md") and not DENY.search(
+        "arXiv 2307.02421 §3.4"
+    )

@@ -43,7 +43,9 @@ def test_every_dragondiffusion_mode_has_an_official_default_profile_in_its_schem
     model = get_registry().modes[mode].spec_model
     prop = model.model_json_schema()["properties"]["profile"]
     assert prop["default"] == "official"
-    enums = [e for branch in prop["anyOf"] for e in (branch.get("enum") or branch.get("items", {}).get("enum", []))]
+    enums = [
+        e for branch in prop["anyOf"] for e in (branch.get("enum") or branch.get("items", {}).get("enum", []))
+    ]
     assert {"official", "dragsdk", "recorded-reference", "area-masks", "rollback-at-t"} <= set(enums)
 
 
@@ -73,7 +75,12 @@ def test_move_energies_follow_the_official_formulas_on_features_of_known_cosine(
     values = {t.name: float(t.fn(cur, ref)) for t in plan.energies}
     if profile == "official":
         # Σ_l 0.5·w/(1+4·cos) for edit and content; Σ_l 0.5·w·S contrast; Σ_l w/(1+4·S) fill (Sampler.py:196-223)
-        expected = {"edit": 2 * 0.5 * 4 / 3, "content": 2 * 0.5 * 6 / 3, "contrast": 0.2 * 0.75, "fill": 2 * 0.8 / 4}
+        expected = {
+            "edit": 2 * 0.5 * 4 / 3,
+            "content": 2 * 0.5 * 6 / 3,
+            "contrast": 0.2 * 0.75,
+            "fill": 2 * 0.8 / 4,
+        }
     else:
         expected = {"edit": 4 / 4, "content": 6 / 4, "contrast": 0.2 * 0.75, "fill": 0.8 / 4}
     assert values == pytest.approx(expected, rel=1e-5)
@@ -88,8 +95,10 @@ def test_official_move_guidance_is_stronger_than_the_bounded_one_on_the_same_fea
     norms = {}
     for name, profile in (("official", "official"), ("bounded", ["bounded-similarity"])):
         plan = plan_move(MoveSpec(mask=mask, dx=16, profile=profile), ctx)
-        cur = [(r + 1.5 * torch.randn(r.shape, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
-               for r in ref]
+        cur = [
+            (r + 1.5 * torch.randn(r.shape, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+            for r in ref
+        ]
         edit = next(t for t in plan.energies if t.name == "edit").fn(cur, ref)
         norms[name] = float(torch.cat([g.flatten() for g in torch.autograd.grad(edit, cur)]).norm())
     # ∂/∂cos of w/(1+4cos) vs w/(3+2cos): several times larger at the cosines of a moved object
@@ -186,7 +195,12 @@ def test_nearest_masks_sample_the_top_left_working_pixel_of_each_cell():
     canvas = Canvas((64, 64), (64, 64))
     for grid, d in (("feature", 4), ("latent", 8)):
         near = canvas.mask_to_grid(mask, grid, method="nearest")
-        want = F.interpolate(torch.from_numpy(mask).float()[None, None], scale_factor=1 / d, mode="nearest")[0, 0] > 0.5
+        want = (
+            F.interpolate(torch.from_numpy(mask).float()[None, None], scale_factor=1 / d, mode="nearest")[
+                0, 0
+            ]
+            > 0.5
+        )
         assert torch.equal(near, want)
         assert not torch.equal(near, canvas.mask_to_grid(mask, grid, method="area"))
 
@@ -200,7 +214,9 @@ def test_time_travel_rolls_back_at_t_prev_between_passes(tiny_model, car, tmp_pa
     tt = {"start": 0.4, "end": 0.6, "repeats": 3}  # at 10 steps: step 4 (guided), three passes
     out = {}
     for name, profile in (("official", "official"), ("at_t", ["rollback-at-t"])):
-        editor.edit(image, _drag(spec, profile=profile, sampler={"time_travel": tt}), trace=tmp_path / f"{name}.npz")
+        editor.edit(
+            image, _drag(spec, profile=profile, sampler={"time_travel": tt}), trace=tmp_path / f"{name}.npz"
+        )
         out[name] = read_trace(tmp_path / f"{name}.npz")
     ts = out["official"][0]["timestep"]
     arrays, meta = out["official"]
@@ -243,8 +259,20 @@ def test_trace_of_the_cli_and_of_two_profiles_differ_only_where_the_profiles_do(
         spec_path = tmp_path / f"{name}.json"
         spec_path.write_text(json.dumps(_drag(spec, profile=profile)))
         paths[name] = tmp_path / f"{name}.npz"
-        res = CliRunner().invoke(app, ["edit", str(image), "--spec", str(spec_path), "--quiet", "--out",
-                                       str(tmp_path / f"{name}.png"), "--trace", str(paths[name])])
+        res = CliRunner().invoke(
+            app,
+            [
+                "edit",
+                str(image),
+                "--spec",
+                str(spec_path),
+                "--quiet",
+                "--out",
+                str(tmp_path / f"{name}.png"),
+                "--trace",
+                str(paths[name]),
+            ],
+        )
         assert res.exit_code == 0, res.output
     a, meta_a = read_trace(paths["official"])
     b, meta_b = read_trace(paths["dragsdk"])
@@ -263,7 +291,9 @@ def test_official_placement_scales_about_the_image_centre_and_clips_instead_of_w
     assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (4, 11, 4, 11)
     edge = np.zeros((64, 64), bool)
     edge[0:8, 56:64] = True  # feature cells rows 0..1, cols 14..15
-    moved = official_placement_map(canvas, edge, 1.0, (4, 0), "feature")  # 1 cell right: col 15 stays, 16 is off
+    moved = official_placement_map(
+        canvas, edge, 1.0, (4, 0), "feature"
+    )  # 1 cell right: col 15 stays, 16 is off
     assert sorted(set(moved.target_cols.tolist())) == [15]  # the official roll would also write col 0 (wrap)
     assert sorted(set(moved.source_cols.tolist())) == [14]
     with pytest.raises(SpecError, match="dx, dy"):  # 3 cells right: nothing left (the official roll wraps it)
@@ -279,9 +309,15 @@ def test_reference_features_use_the_base_prompt_in_the_official_profile(tiny_mod
 
     ref = Path(__file__).parents[1] / "examples" / "reference-cat"
     image = str(ref / "cat.jpg")
-    spec = {"mode": "appearance", "prompt": "a photo of a cat", "mask": str(ref / "cat_mask.png"),
-            "reference": image, "reference_mask": str(ref / "cat_mask.png"), "reference_prompt": "a painting",
-            "sampler": {"steps": 6, "resolution": 64}}
+    spec = {
+        "mode": "appearance",
+        "prompt": "a photo of a cat",
+        "mask": str(ref / "cat_mask.png"),
+        "reference": image,
+        "reference_mask": str(ref / "cat_mask.png"),
+        "reference_prompt": "a painting",
+        "sampler": {"steps": 6, "resolution": 64},
+    }
     editor = Editor(tiny_model)
     official = editor.edit(image, spec)
     traj, base = editor._trajectory, editor._prompt(spec["prompt"])[0]
@@ -311,8 +347,15 @@ def test_official_paste_scales_about_the_image_centre_and_shifts_the_inverted_re
     ref = Path(__file__).parents[1] / "examples" / "reference-cat"
     base = Image.open(ref / "cat.jpg").convert("RGB")
     mask = np.asarray(Image.open(ref / "cat_mask.png")) > 127
-    spec = PasteSpec(prompt="a cat", reference=str(ref / "cat.jpg"), reference_mask=str(ref / "cat_mask.png"),
-                     dx=-40, dy=24, scale=0.6, sampler={"steps": 4, "resolution": 256})
+    spec = PasteSpec(
+        prompt="a cat",
+        reference=str(ref / "cat.jpg"),
+        reference_mask=str(ref / "cat_mask.png"),
+        dx=-40,
+        dy=24,
+        scale=0.6,
+        sampler={"steps": 4, "resolution": 256},
+    )
     canvas = Canvas.fit(base.size, 256)
     plan = get_registry().modes["paste"].plan(spec, PlanContext(canvas, base, 4))
     scaled_img, scaled = official_scale_about_centre(base, mask, 0.6)
@@ -327,6 +370,9 @@ def test_official_paste_scales_about_the_image_centre_and_shifts_the_inverted_re
     assert torch.equal(p.target_cols - p.source_cols, torch.full_like(p.target_cols, sdx))
     assert ref_l[p.source_rows, p.source_cols].all() and plan.edit_mask[p.target_rows, p.target_cols].all()
     assert int(plan.edit_mask.sum()) == len(p.target_rows)
-    centroid = get_registry().modes["paste"].plan(
-        spec.model_copy(update={"profile": ["centroid-placement"]}), PlanContext(canvas, base, 4))
+    centroid = (
+        get_registry()
+        .modes["paste"]
+        .plan(spec.model_copy(update={"profile": ["centroid-placement"]}), PlanContext(canvas, base, 4))
+    )
     assert not torch.equal(centroid.edit_mask, plan.edit_mask)

@@ -25,7 +25,12 @@ from dragsdk.models import load_model
 from dragsdk.spec import DragSpec
 
 # 3 steps at 64², one guided step (the feature tap and the K/V bank still run), no time travel.
-FAST = {"steps": 3, "resolution": 64, "schedule": {"end": 0.34, "dense_end": 0.34}, "time_travel": {"enabled": False}}
+FAST = {
+    "steps": 3,
+    "resolution": 64,
+    "schedule": {"end": 0.34, "dense_end": 0.34},
+    "time_travel": {"enabled": False},
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,7 +45,9 @@ def one_intra_op_thread():
 @pytest.fixture()
 def job(car_sample):
     path, spec = car_sample
-    return Image.open(path).convert("RGB"), DragSpec.model_validate({**spec, "prompt": "a car", "sampler": FAST})
+    return Image.open(path).convert("RGB"), DragSpec.model_validate(
+        {**spec, "prompt": "a car", "sampler": FAST}
+    )
 
 
 @pytest.fixture()
@@ -56,12 +63,13 @@ def _same(a, b) -> bool:
 # -- item 7: one step hook, cancellation --------------------------------------------------------------------------
 def test_step_hook_sees_every_phase_with_step_total_and_timestep(model, job):
     events = []
-    Editor(model).edit(*job, callback_on_step_end=lambda e: events.append((e.phase, e.step, e.total, e.index,
-                                                                                 e.timestep)))
+    Editor(model).edit(
+        *job, callback_on_step_end=lambda e: events.append((e.phase, e.step, e.total, e.index, e.timestep))
+    )
     n = job[1].sampler.steps
     assert [e[0] for e in events] == ["encode"] + ["invert"] * n + ["sample"] * n + ["decode"]
     assert events[0][1:3] == (1, 1) and events[-1][1:3] == (1, 1)
-    inv, smp = events[1:1 + n], events[1 + n:1 + 2 * n]
+    inv, smp = events[1 : 1 + n], events[1 + n : 1 + 2 * n]
     assert [e[1] for e in inv] == list(range(1, n + 1)) and {e[2] for e in inv} == {n}
     assert [e[3] for e in inv] == list(reversed(range(n))) and [e[3] for e in smp] == list(range(n))
     timesteps = [e[4] for e in smp]
@@ -84,7 +92,9 @@ def test_cancel_from_the_hook_leaves_the_editor_reusable_and_its_cache_clean(mod
     assert editor._trajectory is None  # nothing cached
     assert model.unet.attn_processors == processors  # the processors before the edit are back
     after = editor.edit(*job)
-    assert not after.report.inversion_reused and _same(after, Editor(load_model("tiny", device="cpu")).edit(*job))
+    assert not after.report.inversion_reused and _same(
+        after, Editor(load_model("tiny", device="cpu")).edit(*job)
+    )
 
 
 def test_cancel_event_set_from_another_thread_stops_the_edit_and_keeps_the_earlier_cache(model, job):
@@ -115,7 +125,9 @@ def test_diffusers_keyword_overrides_equal_the_spec_fields(model, job):
     editor = Editor(model)
     over = editor.edit(image, spec, num_inference_steps=4, guidance_scale=2.5)
     sampler = spec.sampler.model_copy(update={"steps": 4, "guidance_scale": 2.5})
-    direct = Editor(load_model("tiny", device="cpu")).edit(image, spec.model_copy(update={"sampler": sampler}))
+    direct = Editor(load_model("tiny", device="cpu")).edit(
+        image, spec.model_copy(update={"sampler": sampler})
+    )
     assert over.report.steps == 4 and over.spec.sampler.guidance_scale == 2.5 and _same(over, direct)
     assert spec.sampler.steps == 3  # the caller's spec is not modified
     with pytest.raises(ValidationError, match="guidance_scale"):
@@ -131,8 +143,9 @@ def test_generator_sets_the_seed_reproducibly_and_output_types_hold_the_same_pix
     b = editor.edit(image, spec, generator=torch.Generator().manual_seed(7), output_type="pt")
     c = editor.edit(image, spec, generator=torch.Generator().manual_seed(8))
     assert a.report.seed == b.report.seed != c.report.seed
-    again = editor.edit(image, spec.model_copy(update={"sampler": spec.sampler.model_copy(
-        update={"seed": a.report.seed})}))
+    again = editor.edit(
+        image, spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"seed": a.report.seed})})
+    )
     assert _same(a, again)  # the report's seed alone repeats the edit
     w, h = image.size
     assert a.images.shape == (1, h, w, 3) and a.images.dtype == np.float32
@@ -160,9 +173,12 @@ def test_host_attention_processors_are_refused_by_name_and_left_in_place(model, 
 
     name = next(k for k in model.unet.attn_processors if "attn2" in k)
     attn = model.unet.get_submodule(name[: -len(".processor")])
-    ip = IPAdapterAttnProcessor2_0(hidden_size=attn.to_q.out_features, cross_attention_dim=attn.to_k.in_features,
-                                   num_tokens=(4,))
-    model.unet.set_attn_processor({k: (ip if k == name else AttnProcessor()) for k in model.unet.attn_processors})
+    ip = IPAdapterAttnProcessor2_0(
+        hidden_size=attn.to_q.out_features, cross_attention_dim=attn.to_k.in_features, num_tokens=(4,)
+    )
+    model.unet.set_attn_processor(
+        {k: (ip if k == name else AttnProcessor()) for k in model.unet.attn_processors}
+    )
     before = dict(model.unet.attn_processors)
     editor = Editor(model)
     with pytest.raises(HostAttentionError, match="IPAdapterAttnProcessor2_0 on 1 layers"):
@@ -211,7 +227,9 @@ def test_weights_key_is_memoised_and_still_sees_every_kind_of_weight_write(model
     key = editor.weights_key()
     n = editor._weights.fingerprint.recomputed
     assert n == sum(1 for m in mods.values() if m is not None for _ in m.parameters())
-    assert editor.weights_key() == key and editor._weights.fingerprint.recomputed == 0  # nothing changed: memo only
+    assert (
+        editor.weights_key() == key and editor._weights.fingerprint.recomputed == 0
+    )  # nothing changed: memo only
     w = model.unet.get_submodule("up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q").weight
     version, ptr = w._version, w.data_ptr()
     w.data[0, 0] += 0.25  # as peft's merge writes: W.data += delta
@@ -240,7 +258,9 @@ def test_weights_key_sees_peft_adapters_loaded_and_toggled(model):
     peft = pytest.importorskip("peft")
     editor = Editor(model)
     keys = [editor.weights_key()]
-    model.unet.add_adapter(peft.LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"], init_lora_weights=False))
+    model.unet.add_adapter(
+        peft.LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"], init_lora_weights=False)
+    )
     keys.append(editor.weights_key())
     model.unet.disable_adapters()
     keys.append(editor.weights_key())
@@ -269,8 +289,16 @@ def test_reuse_inversion_switch_clear_cache_and_a_bounded_prompt_cache(model, jo
 def test_plan_runs_no_model_and_predicts_the_unet_evaluations(model, job, time_travel):
     image, spec = job
     if time_travel:
-        spec = DragSpec.model_validate({**spec.model_dump(), "sampler": {
-            "steps": 6, "resolution": 64, "time_travel": {"enabled": True, "start": 0.0, "end": 1.0}}})
+        spec = DragSpec.model_validate(
+            {
+                **spec.model_dump(),
+                "sampler": {
+                    "steps": 6,
+                    "resolution": 64,
+                    "time_travel": {"enabled": True, "start": 0.0, "end": 1.0},
+                },
+            }
+        )
     editor = Editor(model, probe_energy_after=True)
     calls = []
     hook = model.unet.register_forward_pre_hook(lambda *a: calls.append(1))
@@ -299,8 +327,11 @@ def test_plan_cost_matches_region_drag_and_the_reference_profile(model, job, ref
     """Cycle-SDE inversion (region-drag), recomputed reference features and the step-0 own reference counted."""
     image, spec = job
     square = [[100, 100], [160, 100], [160, 160], [100, 160]]
-    region = {"mode": "region-drag", "polygons": [{"handle": square, "target": [[x + 20, y] for x, y in square]}],
-              "sampler": {"steps": 6, "resolution": 64}}
+    region = {
+        "mode": "region-drag",
+        "polygons": [{"handle": square, "target": [[x + 20, y] for x, y in square]}],
+        "sampler": {"steps": 6, "resolution": 64},
+    }
     editor = Editor(model, reference_profile=reference_profile)
     for s in (region, spec):
         dry = editor.plan(image, s)
@@ -320,8 +351,11 @@ def test_plan_does_not_propose_masks_unless_asked(model, car_sample):
 # -- item 12: one-line errors -------------------------------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_one_clear_line(model):
-    for make in (lambda: Editor("tiny", device="cuda"), lambda: Editor(model).to("cuda"),
-                 lambda: Editor(model, device="cuda:0")):
+    for make in (
+        lambda: Editor("tiny", device="cuda"),
+        lambda: Editor(model).to("cuda"),
+        lambda: Editor(model, device="cuda:0"),
+    ):
         with pytest.raises(DeviceUnavailableError, match="CUDA is not available") as info:
             make()
         assert "\n" not in str(info.value)
@@ -333,7 +367,8 @@ def test_cuda_without_cuda_is_one_clear_line(model):
 def test_wrong_argument_types_are_named(model, job):
     image, spec = job
     cases = [
-        (lambda: Editor(123), "model"), (lambda: Editor(model, backend=None), "backend"),
+        (lambda: Editor(123), "model"),
+        (lambda: Editor(model, backend=None), "backend"),
         (lambda: Editor("tiny", torch_dtype="float16"), "torch_dtype"),
         (lambda: Editor(model).edit(image, spec, generator=0), "generator"),
         (lambda: Editor(model).edit(image, spec, callback_on_step_end="print"), "callback_on_step_end"),
@@ -343,8 +378,13 @@ def test_wrong_argument_types_are_named(model, job):
             make()
         assert info.value.field == field and str(info.value).startswith(f"{field}: expected")
         assert isinstance(info.value, TypeError) and "\n" not in str(info.value)
-    for make, field in ((lambda: Editor(model).edit(42, spec), "image"), (lambda: Editor(model).edit(image, 5), "spec")):
-        with pytest.raises(SpecError, match=f"^{field}: expected") as info:  # the readers' own one-line refusals
+    for make, field in (
+        (lambda: Editor(model).edit(42, spec), "image"),
+        (lambda: Editor(model).edit(image, 5), "spec"),
+    ):
+        with pytest.raises(
+            SpecError, match=f"^{field}: expected"
+        ) as info:  # the readers' own one-line refusals
             make()
         assert info.value.field == field and "\n" not in str(info.value)
 
@@ -360,13 +400,24 @@ def test_a_host_euler_scheduler_is_converted_on_a_copy_and_flow_matching_is_refu
     sched = EulerDiscreteScheduler.from_config(model.scheduler.config)
     sched.set_timesteps(7)
     state = (sched.timesteps.clone(), sched.sigmas.clone(), dict(sched.config), sched.num_inference_steps)
-    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-                                   unet=model.unet, scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     editor = Editor.from_pipe(pipe)
     assert isinstance(editor.model.scheduler, DDIMScheduler) and pipe.scheduler is sched
     editor.edit(*job)
-    assert pipe.scheduler is sched and torch.equal(sched.timesteps, state[0]) and torch.equal(sched.sigmas, state[1])
+    assert (
+        pipe.scheduler is sched
+        and torch.equal(sched.timesteps, state[0])
+        and torch.equal(sched.sigmas, state[1])
+    )
     assert dict(sched.config) == state[2] and sched.num_inference_steps == state[3]
     pipe.scheduler = FlowMatchEulerDiscreteScheduler()
     with pytest.raises(ModelLoadError, match="FlowMatchEulerDiscreteScheduler has no beta schedule") as info:
@@ -384,16 +435,32 @@ def test_a_host_pipeline_toggling_a_real_lora_matches_a_fresh_editor_each_time(m
     from peft.utils import get_peft_model_state_dict
 
     donor = load_model("tiny", device="cpu").unet
-    donor.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                 init_lora_weights=False))
+    donor.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+        )
+    )
     StableDiffusionPipeline.save_lora_weights(
-        tmp_path, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(donor)))
-    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-                                   unet=model.unet, scheduler=model.scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+        tmp_path, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(donor))
+    )
+    pipe = StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=model.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     editor = Editor.from_pipe(pipe)
     results = [editor.edit(*job)]
-    for toggle in (lambda: pipe.load_lora_weights(tmp_path), pipe.fuse_lora, pipe.unfuse_lora, pipe.disable_lora):
+    for toggle in (
+        lambda: pipe.load_lora_weights(tmp_path),
+        pipe.fuse_lora,
+        pipe.unfuse_lora,
+        pipe.disable_lora,
+    ):
         toggle()
         r = editor.edit(*job)
         assert not r.report.inversion_reused and _same(r, Editor.from_pipe(pipe).edit(*job))

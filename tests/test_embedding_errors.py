@@ -31,8 +31,13 @@ def test_from_pipe_refuses_a_unet_that_is_not_a_unet(pipe):
 def test_from_pipe_refuses_a_scheduler_without_config(pipe):
     from types import SimpleNamespace
 
-    pipe = SimpleNamespace(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                           scheduler=object())  # an object with the components, as from_pipe allows
+    pipe = SimpleNamespace(
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler=object(),
+    )  # an object with the components, as from_pipe allows
     with pytest.raises(ModelLoadError, match="scheduler .object. has no diffusers config"):
         Editor.from_pipe(pipe)
 
@@ -73,7 +78,9 @@ def test_a_host_image_encoder_of_the_wrong_type_is_named(tiny_model, ip_folder):
     bundle = load_model("tiny", device="cpu")
     host = _pipe(bundle)
     assert isinstance(host, StableDiffusionPipeline)
-    host.load_ip_adapter(str(ip_folder), subfolder="", weight_name="ip.safetensors", image_encoder_folder=None)
+    host.load_ip_adapter(
+        str(ip_folder), subfolder="", weight_name="ip.safetensors", image_encoder_folder=None
+    )
     with pytest.raises(ArgumentTypeError) as err:
         host_ip_adapter(host.unet, "not an encoder")
     assert err.value.field == "image_encoder"

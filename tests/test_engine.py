@@ -64,7 +64,13 @@ def _target_vs_handle_similarity(editor, spec, latents, step):
     finally:
         tap.remove()
     sims = [
-        local_similarity(feats[0], feats[1], canvas.patch(p.target, "feature", 1), canvas.patch(p.handle, "feature", 1), canvas.feature_size).mean()
+        local_similarity(
+            feats[0],
+            feats[1],
+            canvas.patch(p.target, "feature", 1),
+            canvas.patch(p.handle, "feature", 1),
+            canvas.feature_size,
+        ).mean()
         for p in spec.points
     ]
     return float(torch.stack(sims).mean())
@@ -105,7 +111,9 @@ def test_null_edit_equals_plain_ddim_reconstruction_computed_by_diffusers(editor
 
     image, spec_data = car_sample
     null = {**spec_data, "points": [[p[0], p[0]] for p in spec_data["points"]]}
-    spec = _spec(null, energy_scale=0.0, sampler={"guidance_scale": 1.0, "kv_start": 1.0, "sde": {"enabled": False}})
+    spec = _spec(
+        null, energy_scale=0.0, sampler={"guidance_scale": 1.0, "kv_start": 1.0, "sde": {"enabled": False}}
+    )
     r = editor.edit(image, spec)
     unet, cond = editor.model.unet, editor.model.encode_prompt(spec.prompt)
     z = z0 = editor._trajectory.latents[-1]

@@ -74,7 +74,14 @@ def _region_dataset(tmp_path, name="DragBench-SR"):
         w, h = Image.open(dst / "original_image.png").size
         mask = np.zeros((h, w), np.uint8)
         mask[100:200, 100:300] = 1
-        dense = [[120.0 + k, 120.0], [160.0, 130.0], [128.0, 120.0], [168.0, 130.0], [136.0, 124.0], [176.0, 134.0]]
+        dense = [
+            [120.0 + k, 120.0],
+            [160.0, 130.0],
+            [128.0, 120.0],
+            [168.0, 130.0],
+            [136.0, 124.0],
+            [176.0, 134.0],
+        ]
         with open(dst / "meta_data_region.pkl", "wb") as f:
             pickle.dump({"prompt": "a car", "points": dense, "mask": mask}, f)
     return root
@@ -82,7 +89,10 @@ def _region_dataset(tmp_path, name="DragBench-SR"):
 
 def test_region_datasets_drive_with_dense_points_and_score_with_sparse_ones(tmp_path):
     root = _region_dataset(tmp_path)
-    assert detect_format(root) == "dragbench-sr" and detect_format(_region_dataset(tmp_path, "DR")) == "dragbench-dr"
+    assert (
+        detect_format(root) == "dragbench-sr"
+        and detect_format(_region_dataset(tmp_path, "DR")) == "dragbench-dr"
+    )
     samples = list(iter_samples(root))
     assert [s.id for s in samples] == ["cat/s0", "cat/s1"]
     s = samples[0]
@@ -99,14 +109,25 @@ def test_plain_folder_of_specs_and_images(tmp_path):
     mask = np.zeros((96, 128), np.uint8)
     mask[20:60, 20:80] = 255
     Image.fromarray(mask).save(tmp_path / "a_mask.png")
-    (tmp_path / "a.json").write_text(json.dumps(
-        {"mode": "drag", "points": [[[30, 30], [50, 40]]], "mask": "a_mask.png", "category": "toys"}))
+    (tmp_path / "a.json").write_text(
+        json.dumps(
+            {"mode": "drag", "points": [[[30, 30], [50, 40]]], "mask": "a_mask.png", "category": "toys"}
+        )
+    )
     sub = tmp_path / "more"
     sub.mkdir()
-    (sub / "b.json").write_text(json.dumps({
-        "mode": "region-drag", "image": "../pic.jpg",
-        "polygons": [[[[10, 10], [30, 10], [30, 30], [10, 30]], [[20, 10], [40, 10], [40, 30], [20, 30]]]],
-        "eval_points": [[[20, 20], [30, 20]]]}))
+    (sub / "b.json").write_text(
+        json.dumps(
+            {
+                "mode": "region-drag",
+                "image": "../pic.jpg",
+                "polygons": [
+                    [[[10, 10], [30, 10], [30, 30], [10, 30]], [[20, 10], [40, 10], [40, 30], [20, 30]]]
+                ],
+                "eval_points": [[[20, 20], [30, 20]]],
+            }
+        )
+    )
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "noimage.json").write_text(json.dumps({"mode": "drag", "points": [[[1, 1], [2, 2]]]}))
     errors = []
@@ -114,8 +135,14 @@ def test_plain_folder_of_specs_and_images(tmp_path):
     assert detect_format(tmp_path) == "folder" and sorted(errors) == ["broken", "noimage"]
     a, b = samples["a"], samples["more/b"]
     assert a.meta["category"] == "toys" and a.image.size == (128, 96) and a.meta["mask"][30, 30]
-    assert a.spec["mask"] == str(tmp_path / "a_mask.png") and a.meta["points"] == [[[30.0, 30.0], [50.0, 40.0]]]
-    assert b.image.size == (80, 80) and b.spec["mode"] == "region-drag" and b.meta["points"] == [[[20, 20], [30, 20]]]
+    assert a.spec["mask"] == str(tmp_path / "a_mask.png") and a.meta["points"] == [
+        [[30.0, 30.0], [50.0, 40.0]]
+    ]
+    assert (
+        b.image.size == (80, 80)
+        and b.spec["mode"] == "region-drag"
+        and b.meta["points"] == [[[20, 20], [30, 20]]]
+    )
     assert b.meta["category"] == "more" and "image" not in b.spec and "eval_points" not in b.spec
 
 
@@ -128,7 +155,9 @@ def test_broken_samples_are_reported_and_skipped(tmp_path):
     (root / "cat/noimage/original_image.png").unlink()
     (root / "cat/noimage/user_drag.png").rename(root / "cat/noimage/other.png")
     with open(root / "cat/offimage/meta_data.pkl", "wb") as f:
-        pickle.dump({"prompt": "p", "points": [[10, 10], [900, 10]], "mask": np.ones((384, 512), np.uint8)}, f)
+        pickle.dump(
+            {"prompt": "p", "points": [[10, 10], [900, 10]], "mask": np.ones((384, 512), np.uint8)}, f
+        )
     errors = {}
     found = [s.id for s in iter_samples(root, on_error=lambda r, why: errors.__setitem__(r.id, why))]
     assert found == ["cat/good"] and len(discover(root)) == 4  # noimage is still discovered (meta_data.pkl)
@@ -210,7 +239,9 @@ def test_md_resizes_an_edited_image_of_another_size():
     img = _unique_colour_image()
     big = np.asarray(Image.fromarray(img).resize((192, 128), Image.Resampling.NEAREST))
     r = mean_distance_dragdiffusion(img, big, [[(40, 30), (40, 30)]], exact_features)
-    back = np.asarray(Image.fromarray(big).resize((96, 64), Image.Resampling.BILINEAR))  # what the protocol does
+    back = np.asarray(
+        Image.fromarray(big).resize((96, 64), Image.Resampling.BILINEAR)
+    )  # what the protocol does
     assert r == mean_distance_dragdiffusion(img, back, [[(40, 30), (40, 30)]], exact_features)
 
 
@@ -227,8 +258,15 @@ def test_md_refuses_points_off_the_image():
 
 def test_dift_protocol_defaults_and_settings(tiny_model):
     d = DIFT(tiny_model)
-    assert d.settings() == {"model": "tiny", "timestep": 261, "up_block": 1, "ensemble": 8, "prompt": None,
-                            "seed": 42, "latent": "sample"}
+    assert d.settings() == {
+        "model": "tiny",
+        "timestep": 261,
+        "up_block": 1,
+        "ensemble": 8,
+        "prompt": None,
+        "seed": 42,
+        "latent": "sample",
+    }
     assert DIFT().model_name == "stabilityai/stable-diffusion-2-1"
     img = Image.fromarray(_unique_colour_image(128, 96))
     f = DIFT(tiny_model, ensemble=2)(img, "a prompt")
@@ -249,7 +287,9 @@ def test_dift_protocol_defaults_and_settings(tiny_model):
 def test_md_with_tiny_dift_finds_the_handle_in_the_unedited_image(tiny_model):
     img = np.asarray(Image.open(EXAMPLE_SAMPLE / "original_image.png").convert("RGB"))
     d = DIFT(tiny_model, ensemble=1)
-    r = mean_distance_dragdiffusion(img, img.copy(), [[(200, 150), (200, 150)], [(300, 100), (300, 100)]], d, "a car")
+    r = mean_distance_dragdiffusion(
+        img, img.copy(), [[(200, 150), (200, 150)], [(300, 100), (300, 100)]], d, "a car"
+    )
     assert r.value <= 1.0 and len(r.distances) == 2  # identical features: the match is the handle
 
 
@@ -287,8 +327,8 @@ def test_dai_matches_a_hand_computation_without_the_double_division():
     def hand(radius):
         total = 0.0
         for (hx, hy), (tx, ty) in pairs:
-            pa = a[hy - radius:hy + radius + 1, hx - radius:hx + radius + 1] / 255.0
-            pb = b[ty - radius:ty + radius + 1, tx - radius:tx + radius + 1] / 255.0
+            pa = a[hy - radius : hy + radius + 1, hx - radius : hx + radius + 1] / 255.0
+            pb = b[ty - radius : ty + radius + 1, tx - radius : tx + radius + 1] / 255.0
             total += np.sum((pa - pb) ** 2) / (2 * radius + 1) ** 2
         return total / len(pairs)  # GoodDrag divides by len(pairs) a second time
 
@@ -326,8 +366,14 @@ def test_image_fidelity_says_why_it_cannot_run():
 
 # -- bench ----------------------------------------------------------------------------------------------------
 
-BENCH_SETTINGS = dict(model="tiny", steps=4, resolution=128, dift_model="tiny", dift_ensemble=1,
-                      metrics=("md", "dai", "psnr_ssim", "if"))
+BENCH_SETTINGS = dict(
+    model="tiny",
+    steps=4,
+    resolution=128,
+    dift_model="tiny",
+    dift_ensemble=1,
+    metrics=("md", "dai", "psnr_ssim", "if"),
+)
 
 
 def _bench_root():
@@ -412,8 +458,11 @@ def test_bench_drops_a_line_cut_short_by_a_kill(uninterrupted, tmp_path):
 
 def test_bench_refuses_to_resume_with_other_settings(uninterrupted):
     with pytest.raises(SpecError, match="steps: 4 → 5"):
-        run_bench(BenchConfig(_bench_root(), uninterrupted.out, limit=3, **{**BENCH_SETTINGS, "steps": 5}),
-                  progress=False, echo=None)
+        run_bench(
+            BenchConfig(_bench_root(), uninterrupted.out, limit=3, **{**BENCH_SETTINGS, "steps": 5}),
+            progress=False,
+            echo=None,
+        )
 
 
 def test_results_log_appends_whole_lines(tmp_path):
@@ -432,17 +481,30 @@ def _tiny_folder_dataset(tmp_path):
         Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(root / f"im{k}.png")
         mask = np.zeros((96, 128), np.uint8)
         mask[20:70, 30:100] = 1
-        spec = {"mode": "drag", "prompt": "noise", "points": [[[50, 40], [70, 45]]], "mask": mask_to_data_url(mask)}
+        spec = {
+            "mode": "drag",
+            "prompt": "noise",
+            "points": [[[50, 40], [70, 45]]],
+            "mask": mask_to_data_url(mask),
+        }
         (root / f"im{k}.json").write_text(json.dumps(spec))
-    (root / "bad.json").write_text(json.dumps({"mode": "drag", "image": "im0.png", "points": [[[1, 1], [999, 1]]]}))
+    (root / "bad.json").write_text(
+        json.dumps({"mode": "drag", "image": "im0.png", "points": [[[1, 1], [999, 1]]]})
+    )
     return root
 
 
 def test_bench_reports_absent_weights_and_broken_samples_and_goes_on(tmp_path):
     root = _tiny_folder_dataset(tmp_path)
     messages = []
-    cfg = BenchConfig(root, tmp_path / "out", model="tiny", steps=4, resolution=128,
-                      dift_model=str(tmp_path / "no-such-model"))
+    cfg = BenchConfig(
+        root,
+        tmp_path / "out",
+        model="tiny",
+        steps=4,
+        resolution=128,
+        dift_model=str(tmp_path / "no-such-model"),
+    )
     r = run_bench(cfg, progress=False, echo=messages.append)
     by_id = {x["id"]: x for x in r.records}
     assert by_id["bad"]["status"] == "error" and "points[0].target" in by_id["bad"]["error"]
@@ -458,17 +520,31 @@ def test_bench_reports_absent_weights_and_broken_samples_and_goes_on(tmp_path):
 
 def test_bench_with_an_injected_feature_function_and_region_drag_mode(tmp_path):
     root = _region_dataset(tmp_path)
-    r = run_bench(BenchConfig(root, tmp_path / "out", steps=4, resolution=128, limit=1, metrics=("md", "md_regiondrag")),
-                  progress=False, echo=None, features=exact_features)
+    r = run_bench(
+        BenchConfig(
+            root, tmp_path / "out", steps=4, resolution=128, limit=1, metrics=("md", "md_regiondrag")
+        ),
+        progress=False,
+        echo=None,
+        features=exact_features,
+    )
     (rec,) = r.records
     assert rec["status"] == "ok" and rec["mode"] == "region-drag" and len(rec["spec"]["dense_points"]) == 6
     assert rec["metrics"]["md"] >= 0 and rec["metrics"]["md_regiondrag"] >= 0
-    r2 = run_bench(BenchConfig(root, tmp_path / "out2", mode="drag", steps=4, resolution=128, limit=1, metrics=("dai",)),
-                   progress=False, echo=None)
+    r2 = run_bench(
+        BenchConfig(root, tmp_path / "out2", mode="drag", steps=4, resolution=128, limit=1, metrics=("dai",)),
+        progress=False,
+        echo=None,
+    )
     assert r2.records[0]["mode"] == "drag" and len(r2.records[0]["spec"]["points"]) == 2
     # a point-drag sample run as region drag: its pairs become polygon pairs
-    r3 = run_bench(BenchConfig(EXAMPLE_SAMPLE, tmp_path / "out3", mode="region-drag", steps=4, resolution=128,
-                               metrics=("dai",)), progress=False, echo=None)
+    r3 = run_bench(
+        BenchConfig(
+            EXAMPLE_SAMPLE, tmp_path / "out3", mode="region-drag", steps=4, resolution=128, metrics=("dai",)
+        ),
+        progress=False,
+        echo=None,
+    )
     assert r3.records[0]["mode"] == "region-drag" and len(r3.records[0]["spec"]["polygons"]) == 2
     assert r3.records[0]["unet_evaluations"]["backward"] == 0
 
@@ -476,8 +552,21 @@ def test_bench_with_an_injected_feature_function_and_region_drag_mode(tmp_path):
 def test_cli_bench(tmp_path):
     root = _tiny_folder_dataset(tmp_path)
     out = tmp_path / "out"
-    args = ["bench", str(root), "--out", str(out), "--limit", "2", "--steps", "4", "--resolution", "128",
-            "--metrics", "dai,psnr_ssim", "--quiet"]
+    args = [
+        "bench",
+        str(root),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+        "--steps",
+        "4",
+        "--resolution",
+        "128",
+        "--metrics",
+        "dai,psnr_ssim",
+        "--quiet",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "category" in res.output and "2 sample(s) run, 0 already done" in res.output

@@ -38,14 +38,21 @@ def _pipe(bundle: ModelBundle, scheduler=None):
         StableDiffusionXLPipeline,
     )
 
-    parts = {"vae": bundle.vae, "text_encoder": bundle.text_encoder, "tokenizer": bundle.tokenizer, "unet": bundle.unet}
+    parts = {
+        "vae": bundle.vae,
+        "text_encoder": bundle.text_encoder,
+        "tokenizer": bundle.tokenizer,
+        "unet": bundle.unet,
+    }
     if bundle.family == "sdxl":
         sched = scheduler or EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG)
-        return StableDiffusionXLPipeline(**parts, scheduler=sched, text_encoder_2=bundle.text_encoder_2,
-                                         tokenizer_2=bundle.tokenizer_2)
+        return StableDiffusionXLPipeline(
+            **parts, scheduler=sched, text_encoder_2=bundle.text_encoder_2, tokenizer_2=bundle.tokenizer_2
+        )
     sched = scheduler or DDIMScheduler.from_config(bundle.scheduler.config)
-    return StableDiffusionPipeline(**parts, scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return StableDiffusionPipeline(
+        **parts, scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
 
 
 def _diffusers_unet_kwargs(pipe, prompt: str, z: torch.Tensor) -> dict:
@@ -53,11 +60,17 @@ def _diffusers_unet_kwargs(pipe, prompt: str, z: torch.Tensor) -> dict:
     if not hasattr(pipe, "text_encoder_2"):
         emb, _ = pipe.encode_prompt(prompt, "cpu", 1, False)
         return {"encoder_hidden_states": emb}
-    emb, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
-                                           do_classifier_free_guidance=False)
+    emb, _, pooled, _ = pipe.encode_prompt(
+        prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
     h, w = z.shape[-2] * 8, z.shape[-1] * 8
-    ids = pipe._get_add_time_ids((h, w), (0, 0), (h, w), emb.dtype,
-                                 text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    ids = pipe._get_add_time_ids(
+        (h, w),
+        (0, 0),
+        (h, w),
+        emb.dtype,
+        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+    )
     return {"encoder_hidden_states": emb, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
 
 
@@ -99,14 +112,20 @@ def test_prompt_conditioning_is_what_diffusers_pipelines_pass_to_the_unet(family
     hook = bundle.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
     try:
         with torch.no_grad():
-            EpsilonUNet(bundle.unet, bundle.adapter)(z, 500, encoder_hidden_states=bundle.encode_prompt("a red car"))
+            EpsilonUNet(bundle.unet, bundle.adapter)(
+                z, 500, encoder_hidden_states=bundle.encode_prompt("a red car")
+            )
     finally:
         hook.remove()
     want = _diffusers_unet_kwargs(pipe, "a red car", z)
-    torch.testing.assert_close(seen[0]["encoder_hidden_states"], want["encoder_hidden_states"].expand(2, -1, -1))
+    torch.testing.assert_close(
+        seen[0]["encoder_hidden_states"], want["encoder_hidden_states"].expand(2, -1, -1)
+    )
     if family == "sdxl":  # pooled embedding of the second encoder and the canvas size (64×96 px) as time ids
         for key in ("text_embeds", "time_ids"):
-            torch.testing.assert_close(seen[0]["added_cond_kwargs"][key], want["added_cond_kwargs"][key].expand(2, -1))
+            torch.testing.assert_close(
+                seen[0]["added_cond_kwargs"][key], want["added_cond_kwargs"][key].expand(2, -1)
+            )
         assert seen[0]["added_cond_kwargs"]["time_ids"][0].tolist() == [64, 96, 0, 0, 64, 96]
         assert not bundle.encode_prompt("", negative=True).any()  # force_zeros_for_empty_prompt
         assert bundle.encode_prompt("", negative=False).any()
@@ -120,12 +139,16 @@ def test_tiny_models_have_the_structure_of_the_real_families():
     assert sd2.adapter.prediction_type == "v_prediction" and sd2.text_encoder.config.hidden_act == "gelu"
     assert [type(b).__name__ for b in xl.unet.down_blocks] == ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 2
     assert [type(b).__name__ for b in xl.unet.up_blocks] == ["CrossAttnUpBlock2D"] * 2 + ["UpBlock2D"]
-    assert [len(a.transformer_blocks) for a in (xl.unet.down_blocks[1].attentions[0],
-                                                xl.unet.down_blocks[2].attentions[0])] == [2, 3]
+    assert [
+        len(a.transformer_blocks)
+        for a in (xl.unet.down_blocks[1].attentions[0], xl.unet.down_blocks[2].attentions[0])
+    ] == [2, 3]
     assert xl.unet.config.addition_embed_type == "text_time" and xl.unet.config.use_linear_projection
     assert type(xl.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
     assert xl.vae.config.scaling_factor == 0.13025 and xl.vae.config.force_upcast
-    assert type(xl.scheduler).__name__ == "DDIMScheduler" and xl.scheduler.config.timestep_spacing == "leading"
+    assert (
+        type(xl.scheduler).__name__ == "DDIMScheduler" and xl.scheduler.config.timestep_spacing == "leading"
+    )
 
 
 def test_sdxl_features_and_kv_layers_sit_at_the_resolutions_of_the_sd15_choice():
@@ -147,7 +170,10 @@ def test_sdxl_features_and_kv_layers_sit_at_the_resolutions_of_the_sd15_choice()
     assert {n.split(".")[1] for n in layers} == {"0", "1"}
     assert len(sd1.adapter.bank_layers()) == 9
     assert {FAMILIES[f]: _model(FAMILIES[f]).default_resolution for f in FAMILIES} == {
-        "tiny": 768, "tiny-sd2": 768, "tiny-sdxl": 1024}
+        "tiny": 768,
+        "tiny-sd2": 768,
+        "tiny-sdxl": 1024,
+    }
 
 
 # -- every mode on every family ------------------------------------------------------------------------------------
@@ -158,8 +184,12 @@ def _mode_specs(image_spec):
     return {
         "drag": {**spec, "sampler": FAST},
         **_object_specs(mask, prompt, FAST),
-        "region-drag": {"mode": "region-drag", "prompt": prompt, "sampler": FAST,
-                        "polygons": [{"handle": same, "target": [[x + 40, y + 20] for x, y in same]}]},
+        "region-drag": {
+            "mode": "region-drag",
+            "prompt": prompt,
+            "sampler": FAST,
+            "polygons": [{"handle": same, "target": [[x + 40, y + 20] for x, y in same]}],
+        },
     }
 
 
@@ -182,7 +212,8 @@ def test_every_mode_edits_on_every_family_with_the_same_unet_evaluations(car_sam
 def test_guidance_lowers_the_energy_at_every_guided_step_on_each_family(car_sample, family):
     image, spec = car_sample
     r = Editor(_model(FAMILIES[family]), probe_energy_after=True).edit(
-        image, {**spec, "energy_scale": 0.5, "sampler": {"steps": 6, "resolution": 128}})
+        image, {**spec, "energy_scale": 0.5, "sampler": {"steps": 6, "resolution": 128}}
+    )
     assert r.report.energies
     for e in r.report.energies:
         assert e.after < e.total, (e.step, e.total, e.after)
@@ -198,8 +229,12 @@ def test_null_edit_equals_ddim_inversion_and_sampling_computed_by_diffusers(car_
 
     bundle = _model(FAMILIES[family])
     image, spec = car_sample
-    null = {**spec, "points": [[p[0], p[0]] for p in spec["points"]], "energy_scale": 0.0,
-            "sampler": {**FAST, "guidance_scale": 1.0, "kv_start": 1.0, "sde": {"enabled": False}}}
+    null = {
+        **spec,
+        "points": [[p[0], p[0]] for p in spec["points"]],
+        "energy_scale": 0.0,
+        "sampler": {**FAST, "guidance_scale": 1.0, "kv_start": 1.0, "sde": {"enabled": False}},
+    }
     editor = Editor(bundle)
     r = editor.edit(image, null)
     z = z0 = editor._trajectory.latents[-1]
@@ -248,9 +283,24 @@ def test_a_folder_saved_by_diffusers_edits_from_the_cli(saved_folders, tmp_path,
     loaded = load_model(folder, device="cpu")
     assert loaded.adapter.prediction_type == ("v_prediction" if family == "sd2" else "epsilon")
     assert torch.equal(loaded.unet.conv_in.weight, source.unet.conv_in.weight)
-    res = CliRunner().invoke(app, ["edit", str(EXAMPLE_SAMPLE), "--model", str(folder), "--steps", "4",
-                                   "--resolution", "64", "--out", str(tmp_path / "e.png"), "--report",
-                                   str(tmp_path / "r.json"), "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "edit",
+            str(EXAMPLE_SAMPLE),
+            "--model",
+            str(folder),
+            "--steps",
+            "4",
+            "--resolution",
+            "64",
+            "--out",
+            str(tmp_path / "e.png"),
+            "--report",
+            str(tmp_path / "r.json"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["model"] == str(folder) and rep["unet_evaluations"]["backward"] > 0
@@ -263,21 +313,36 @@ def _write(folder, name, data):
     (folder / name).write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("cls, match", [
-    ("StableDiffusion3Pipeline", "StableDiffusion3Pipeline: not supported: it is a transformer"),
-    ("FluxPipeline", "FluxPipeline: not supported: it is a transformer"),
-    ("KandinskyPipeline", "KandinskyPipeline: not supported: supported pipelines are"),
-])
+@pytest.mark.parametrize(
+    "cls, match",
+    [
+        ("StableDiffusion3Pipeline", "StableDiffusion3Pipeline: not supported: it is a transformer"),
+        ("FluxPipeline", "FluxPipeline: not supported: it is a transformer"),
+        ("KandinskyPipeline", "KandinskyPipeline: not supported: supported pipelines are"),
+    ],
+)
 def test_unsupported_pipelines_are_named(tmp_path, cls, match):
-    _write(tmp_path, "model_index.json", {"_class_name": cls, "transformer": ["diffusers", "X"]} if "Kand" not in cls
-           else {"_class_name": cls})
+    _write(
+        tmp_path,
+        "model_index.json",
+        {"_class_name": cls, "transformer": ["diffusers", "X"]}
+        if "Kand" not in cls
+        else {"_class_name": cls},
+    )
     with pytest.raises(ModelLoadError, match=match):
         load_model(tmp_path, device="cpu")
 
 
 def test_an_sdxl_refiner_is_refused_naming_the_missing_text_encoder(tmp_path):
-    _write(tmp_path, "model_index.json", {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None],
-                                          "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]})
+    _write(
+        tmp_path,
+        "model_index.json",
+        {
+            "_class_name": "StableDiffusionXLImg2ImgPipeline",
+            "text_encoder": [None, None],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        },
+    )
     with pytest.raises(ModelLoadError, match="without text_encoder \\(the SDXL refiner\\)"):
         load_model(tmp_path, device="cpu")
 
@@ -303,9 +368,13 @@ def test_a_unet_of_another_architecture_is_refused(saved_folders, tmp_path):
     with pytest.raises(ModelLoadError, match="says StableDiffusionXLPipeline but the UNet has no text_time"):
         load_model(folder, device="cpu")
     sd2 = _model("tiny-sd2")
-    with pytest.raises(ModelLoadError, match="cross_attention_dim is 32 but the sd1 text encoder\\(s\\) give 64"):
+    with pytest.raises(
+        ModelLoadError, match="cross_attention_dim is 32 but the sd1 text encoder\\(s\\) give 64"
+    ):
         xl = _model("tiny-sdxl")
-        ModelBundle(sd2.unet, xl.vae, xl.text_encoder, xl.tokenizer, xl.scheduler, "x", "sd1", xl.text_encoder_2)
+        ModelBundle(
+            sd2.unet, xl.vae, xl.text_encoder, xl.tokenizer, xl.scheduler, "x", "sd1", xl.text_encoder_2
+        )
 
 
 def test_a_unet_without_decoder_attention_or_with_an_unknown_prediction_type_is_refused():
@@ -314,9 +383,14 @@ def test_a_unet_without_decoder_attention_or_with_an_unknown_prediction_type_is_
     from dragsdk.families import ddim_from_config
 
     tiny = _model("tiny")
-    plain = UNet2DConditionModel(block_out_channels=(32, 64, 64, 64), down_block_types=("DownBlock2D",) * 4,
-                                 up_block_types=("UpBlock2D",) * 4, cross_attention_dim=32, norm_num_groups=8,
-                                 layers_per_block=1)
+    plain = UNet2DConditionModel(
+        block_out_channels=(32, 64, 64, 64),
+        down_block_types=("DownBlock2D",) * 4,
+        up_block_types=("UpBlock2D",) * 4,
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
     with pytest.raises(ModelLoadError, match="have no self-attention layer to record / inject K/V"):
         ModelBundle(plain, tiny.vae, tiny.text_encoder, tiny.tokenizer, tiny.scheduler, "plain")
     flow = ddim_from_config({**tiny.scheduler.config, "prediction_type": "flow_prediction"})
@@ -330,13 +404,20 @@ def test_single_file_checkpoints_of_another_layout_or_without_configs_are_refuse
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_model(tmp_path / "none.safetensors", device="cpu")
     save_file({"conv_in.weight": torch.zeros(1)}, tmp_path / "diffusers_keys.safetensors")
-    with pytest.raises(ModelLoadError, match="not an SD 1.x / 2.x / SDXL checkpoint in the original \\(LDM\\) key"):
+    with pytest.raises(
+        ModelLoadError, match="not an SD 1.x / 2.x / SDXL checkpoint in the original \\(LDM\\) key"
+    ):
         load_model(tmp_path / "diffusers_keys.safetensors", device="cpu")
     # An LDM-layout file whose configs diffusers would fetch from the hub: offline, one clear line.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
-               "cond_stage_model.transformer.x": torch.zeros(1)}, tmp_path / "ldm.safetensors")
+    save_file(
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+            "cond_stage_model.transformer.x": torch.zeros(1),
+        },
+        tmp_path / "ldm.safetensors",
+    )
     with pytest.raises(ModelLoadError, match="could not be converted by diffusers' from_single_file"):
         load_model(tmp_path / "ldm.safetensors", device="cpu")
 
@@ -348,8 +429,15 @@ def test_from_pipe_shares_modules_and_leaves_the_host_pipeline_working(car_sampl
     pipe = _pipe(bundle)
 
     def host_run():
-        return pipe("a car", num_inference_steps=2, height=64, width=64, output_type="latent", guidance_scale=3.0,
-                    generator=torch.Generator().manual_seed(0)).images
+        return pipe(
+            "a car",
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            output_type="latent",
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(0),
+        ).images
 
     before = host_run()
     processors, scheduler = dict(pipe.unet.attn_processors), pipe.scheduler
@@ -381,11 +469,15 @@ def lora_file(tmp_path_factory):
     from peft.utils import get_peft_model_state_dict
 
     unet = load_model("tiny", device="cpu").unet
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                                init_lora_weights=False))
+    unet.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+        )
+    )
     folder = tmp_path_factory.mktemp("lora")
     StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)))
+        folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    )
     return folder / "pytorch_lora_weights.safetensors"
 
 
@@ -404,15 +496,31 @@ def test_lora_fuses_scale_times_alpha_over_rank_b_a_and_the_edit_runs(lora_file,
         editor.load_lora(lora_file, scale)
         w = editor.model.unet.get_submodule(name).weight
         deltas[scale] = w - w0
-        assert type(editor.model.unet.get_submodule(name)).__name__ == "Linear"  # fused, no adapter layers left
+        assert (
+            type(editor.model.unet.get_submodule(name)).__name__ == "Linear"
+        )  # fused, no adapter layers left
     assert not any("alpha" in k for k in sd)  # the file stores no α: diffusers takes α = r
     torch.testing.assert_close(deltas[1.0], b @ a, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(deltas[0.5], 0.5 * deltas[1.0], rtol=1e-4, atol=1e-6)
     assert parse_lora_arg(f"{lora_file}:0.5") == (str(lora_file), 0.5)
     assert parse_lora_arg(str(lora_file)) == (str(lora_file), 1.0)
     image, _ = car_sample
-    res = CliRunner().invoke(app, ["edit", str(ROOT / "examples" / "dragbench-car"), "--lora", f"{lora_file}:0.5",
-                                   "--steps", "4", "--resolution", "64", "--out", str(tmp_path / "e.png"), "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "edit",
+            str(ROOT / "examples" / "dragbench-car"),
+            "--lora",
+            f"{lora_file}:0.5",
+            "--steps",
+            "4",
+            "--resolution",
+            "64",
+            "--out",
+            str(tmp_path / "e.png"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -422,11 +530,18 @@ def test_lora_errors_name_the_file(lora_file, tmp_path):
         editor.load_lora(tmp_path / "none.safetensors")
     from safetensors.torch import save_file
 
-    save_file({"unet.nothing.here.lora_A.weight": torch.zeros(4, 8), "unet.nothing.here.lora_B.weight": torch.zeros(8, 4)},
-              tmp_path / "nothing.safetensors")
+    save_file(
+        {
+            "unet.nothing.here.lora_A.weight": torch.zeros(4, 8),
+            "unet.nothing.here.lora_B.weight": torch.zeros(8, 4),
+        },
+        tmp_path / "nothing.safetensors",
+    )
     with pytest.raises(ModelLoadError, match="nothing.safetensors"):
         editor.load_lora(tmp_path / "nothing.safetensors")
-    res = CliRunner().invoke(app, ["edit", str(ROOT / "examples" / "dragbench-car"), "--lora", "x.safetensors:abc"])
+    res = CliRunner().invoke(
+        app, ["edit", str(ROOT / "examples" / "dragbench-car"), "--lora", "x.safetensors:abc"]
+    )
     assert res.exit_code != 0 and "lora: expected PATH[:SCALE]" in res.output
 
 
@@ -434,7 +549,9 @@ def test_a_float16_sdxl_vae_runs_in_float32_as_force_upcast_says():
     bundle = load_model("tiny-sdxl", device="cpu", torch_dtype=torch.float16)
     assert bundle.dtype == torch.float16 and bundle.vae.dtype == torch.float32  # loaded: kept in float32
     assert bundle.run_vae() is bundle.vae
-    bundle.vae.to(torch.float16)  # a host pipeline's float16 VAE (from_pipe): one float32 copy, the original untouched
+    bundle.vae.to(
+        torch.float16
+    )  # a host pipeline's float16 VAE (from_pipe): one float32 copy, the original untouched
     vae = bundle.run_vae()
     assert vae is not bundle.vae and vae.dtype == torch.float32 and bundle.vae.dtype == torch.float16
     assert bundle.run_vae() is vae

@@ -20,7 +20,9 @@ from .conftest import ROOT
 
 @dataclasses.dataclass(frozen=True)
 class _Options:
-    mask_resampling: Literal["nearest", "area"] = option("nearest", "area", "area masks", improvement="area-masks")
+    mask_resampling: Literal["nearest", "area"] = option(
+        "nearest", "area", "area masks", improvement="area-masks"
+    )
     to_uint8: Literal["truncate", "round"] = option("truncate", "round", "round to 8 bits")
 
 
@@ -33,7 +35,9 @@ def test_a_table_resolves_each_profile_into_its_typed_frozen_options():
     assert TABLE.resolve(["area-masks"]) == _Options("area", "truncate")  # only the listed improvement
     assert TABLE.resolve([]) == TABLE.resolve("official")
     # a spec's per-option field overrides its profile's value; None leaves it
-    assert TABLE.resolve("official", {"to_uint8": "round", "mask_resampling": None}) == _Options("nearest", "round")
+    assert TABLE.resolve("official", {"to_uint8": "round", "mask_resampling": None}) == _Options(
+        "nearest", "round"
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         TABLE.resolve("official").to_uint8 = "round"  # type: ignore[misc]
     with pytest.raises(ValueError, match="unknown improvement 'nope'"):
@@ -115,8 +119,8 @@ def test_no_mode_or_engine_module_tests_an_improvement_name_by_hand():
                 if not text[max(0, m.start() - 12) : m.start()].endswith("improvement="):
                     line = text.count("\n", 0, m.start()) + 1
                     offenders.append(f"{path.relative_to(ROOT)}:{line}: {name}")
-    assert not offenders, "improvement names tested by hand (resolve the table and read its typed options): " + str(
-        offenders
+    assert not offenders, (
+        "improvement names tested by hand (resolve the table and read its typed options): " + str(offenders)
     )
 
 
@@ -147,13 +151,18 @@ def test_the_conformance_check_refuses_a_mode_whose_report_bypasses_its_table():
 
     mode = SimpleNamespace(profiles=TABLE)
     spec = SimpleNamespace(profile="official")
-    good = SimpleNamespace(report=SimpleNamespace(profile="official",
-                                                  profile_options=["mask_resampling=nearest", "to_uint8=truncate"]))
+    good = SimpleNamespace(
+        report=SimpleNamespace(
+            profile="official", profile_options=["mask_resampling=nearest", "to_uint8=truncate"]
+        )
+    )
     check_profiles(mode, spec, good)  # type: ignore[arg-type]
     # a plan left with the default Fidelity: no options reported
     bare = SimpleNamespace(report=SimpleNamespace(profile="", profile_options=[]))
     with pytest.raises(ConformanceError, match="profiles: report profile ''"):
         check_profiles(mode, spec, bare)  # type: ignore[arg-type]
-    partial = SimpleNamespace(report=SimpleNamespace(profile="official", profile_options=["to_uint8=truncate"]))
+    partial = SimpleNamespace(
+        report=SimpleNamespace(profile="official", profile_options=["to_uint8=truncate"])
+    )
     with pytest.raises(ConformanceError, match="every option of the table"):
         check_profiles(mode, spec, partial)  # type: ignore[arg-type]

@@ -54,7 +54,9 @@ def test_the_golden_file_covers_every_builtin_mode_at_these_settings(golden):
 
 
 @pytest.mark.parametrize("mode", BUILTIN_MODES)
-def test_the_final_latent_of_each_official_mode_matches_its_golden_slice(tiny_model, one_thread, golden, mode):
+def test_the_final_latent_of_each_official_mode_matches_its_golden_slice(
+    tiny_model, one_thread, golden, mode
+):
     result = Editor(tiny_model).edit(IMAGE, builtin_specs(SAMPLER)[mode])
     assert result.report.profile == "official"
     got = latent_slice(result.latent)

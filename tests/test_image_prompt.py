@@ -29,14 +29,24 @@ def ip_folder(tmp_path_factory, tiny_model):
 
     folder = tmp_path_factory.mktemp("ip")
     torch.manual_seed(0)
-    cfg = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8, projection_dim=12)
+    cfg = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=12,
+    )
     CLIPVisionModelWithProjection(cfg).save_pretrained(folder / "image_encoder")
     unet = tiny_model.unet
     cross = int(unet.config.cross_attention_dim)
-    sd = {"image_proj.proj.weight": torch.randn(TOKENS * cross, 12) * 0.3,
-          "image_proj.proj.bias": torch.randn(TOKENS * cross) * 0.1,
-          "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    sd = {
+        "image_proj.proj.weight": torch.randn(TOKENS * cross, 12) * 0.3,
+        "image_proj.proj.bias": torch.randn(TOKENS * cross) * 0.1,
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
     key = 1
     for name in unet.attn_processors:
         if name.endswith("attn2.processor"):
@@ -56,8 +66,12 @@ def image():
 
 
 def _spec(**sampler):
-    return {"mode": "drag", "prompt": "a photo", "points": [{"handle": [20, 20], "target": [28, 24]}],
-            "sampler": {"steps": STEPS, "resolution": 64, **sampler}}
+    return {
+        "mode": "drag",
+        "prompt": "a photo",
+        "points": [{"handle": [20, 20], "target": [28, 24]}],
+        "sampler": {"steps": STEPS, "resolution": 64, **sampler},
+    }
 
 
 def test_image_prompt_matches_diffusers_ip_adapter_processor(tiny_model, ip_folder, image):
@@ -78,10 +92,16 @@ def test_image_prompt_matches_diffusers_ip_adapter_processor(tiny_model, ip_fold
         if hasattr(p, "scale"):
             p.scale = [0.7]
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    text = torch.randn(2, 77, int(unet.config.cross_attention_dim), generator=torch.Generator().manual_seed(2))
+    text = torch.randn(
+        2, 77, int(unet.config.cross_attention_dim), generator=torch.Generator().manual_seed(2)
+    )
     with torch.no_grad():
-        expected = ref(z, 500, encoder_hidden_states=text,
-                       added_cond_kwargs={"image_embeds": [torch.cat([torch.zeros_like(emb), emb])[:, None]]}).sample
+        expected = ref(
+            z,
+            500,
+            encoder_hidden_states=text,
+            added_cond_kwargs={"image_embeds": [torch.cat([torch.zeros_like(emb), emb])[:, None]]},
+        ).sample
 
         def attend(q, sources, scale):
             return F.scaled_dot_product_attention(q, sources[0].k, sources[0].v, scale=scale)
@@ -104,8 +124,10 @@ def _state_dict(folder):
     from safetensors.torch import load_file
 
     flat = load_file(str(folder / "ip.safetensors"))
-    return {h: {k.partition(".")[2]: v for k, v in flat.items() if k.startswith(h + ".")}
-            for h in ("image_proj", "ip_adapter")}
+    return {
+        h: {k.partition(".")[2]: v for k, v in flat.items() if k.startswith(h + ".")}
+        for h in ("image_proj", "ip_adapter")
+    }
 
 
 def test_without_adapter_the_report_says_the_image_prompt_was_not_used(tiny_model, image):
@@ -114,8 +136,9 @@ def test_without_adapter_the_report_says_the_image_prompt_was_not_used(tiny_mode
     assert any("image prompt" in n and "no adapter loaded" in n and "0.1" in n for n in r.report.notes)
 
 
-def test_image_prompt_changes_the_edit_only_inside_its_step_window(tiny_model, ip_folder, image, tmp_path,
-                                                                   monkeypatch, one_thread):
+def test_image_prompt_changes_the_edit_only_inside_its_step_window(
+    tiny_model, ip_folder, image, tmp_path, monkeypatch, one_thread
+):
     """DiffEditor window: steps 10–19 only. Per-step latents before step 10 equal the text-only run's; the image
     term is applied at exactly the steps 10..19 (the sampling ε calls, both CFG rows)."""
     plain = Editor(tiny_model)
@@ -153,11 +176,20 @@ def test_image_prompt_at_scale_zero_equals_no_adapter(tiny_model, ip_folder, ima
     assert torch.equal(r0.latent, r1.latent)
 
 
-def test_region_drag_uses_the_image_prompt_at_scale_half_in_inversion_and_sampling(tiny_model, ip_folder, image):
-    spec = {"mode": "region-drag", "prompt": "a photo",
-            "polygons": [{"handle": [[10, 10], [30, 10], [30, 30], [10, 30]],
-                         "target": [[20, 14], [40, 14], [40, 34], [20, 34]]}],
-            "sampler": {"steps": 10, "resolution": 64}}
+def test_region_drag_uses_the_image_prompt_at_scale_half_in_inversion_and_sampling(
+    tiny_model, ip_folder, image
+):
+    spec = {
+        "mode": "region-drag",
+        "prompt": "a photo",
+        "polygons": [
+            {
+                "handle": [[10, 10], [30, 10], [30, 30], [10, 30]],
+                "target": [[20, 14], [40, 14], [40, 34], [20, 34]],
+            }
+        ],
+        "sampler": {"steps": 10, "resolution": 64},
+    }
     r0 = Editor(tiny_model).edit(image, spec)
     assert r0.plan.image_prompt == ImagePromptPlan(scale=0.5, inversion=True)
     editor = Editor(tiny_model)
@@ -187,9 +219,14 @@ def test_appearance_image_prompt_encodes_the_reference_image(tiny_model, ip_fold
     rng = np.random.default_rng(1)
     reference = Image.fromarray(rng.integers(0, 255, (base.size[1], base.size[0], 3), dtype=np.uint8))
     reference.save(tmp_path / "ref.png")
-    spec = {"mode": "appearance", "prompt": "a cat", "mask": str(ref_dir / "cat_mask.png"),
-            "reference": str(tmp_path / "ref.png"), "reference_mask": str(ref_dir / "cat_mask.png"),
-            "sampler": {"steps": 4, "resolution": 64}}
+    spec = {
+        "mode": "appearance",
+        "prompt": "a cat",
+        "mask": str(ref_dir / "cat_mask.png"),
+        "reference": str(tmp_path / "ref.png"),
+        "reference_mask": str(ref_dir / "cat_mask.png"),
+        "sampler": {"steps": 4, "resolution": 64},
+    }
     encoded: list[Image.Image] = []
     original = ImagePromptAdapter.state
 
@@ -206,17 +243,30 @@ def test_appearance_image_prompt_encodes_the_reference_image(tiny_model, ip_fold
 
 
 @pytest.mark.parametrize("mode, host", [("drag", False), ("region-drag", False), ("drag", True)])
-def test_plan_counts_the_image_encoder_forward_exactly_as_the_edit_reports_it(tiny_model, ip_folder, image, mode,
-                                                                              host):
+def test_plan_counts_the_image_encoder_forward_exactly_as_the_edit_reports_it(
+    tiny_model, ip_folder, image, mode, host
+):
     """One image-encoder forward per edit with an image prompt (inversion reused or not), counted on its own line,
     not as a UNet evaluation; the dry run predicts it and the UNet evaluations exactly."""
     from dragsdk.io import mask_to_data_url
 
     box = np.zeros((64, 64), bool)
     box[8:40, 8:40] = True
-    spec = {**_spec(steps=6), "mask": mask_to_data_url(box)} if mode == "drag" else {
-        "mode": "region-drag", "prompt": "a photo", "sampler": {"steps": 6, "resolution": 64},
-        "polygons": [{"handle": [[10, 10], [30, 10], [30, 30], [10, 30]], "target": [[20, 14], [40, 14], [40, 34], [20, 34]]}]}
+    spec = (
+        {**_spec(steps=6), "mask": mask_to_data_url(box)}
+        if mode == "drag"
+        else {
+            "mode": "region-drag",
+            "prompt": "a photo",
+            "sampler": {"steps": 6, "resolution": 64},
+            "polygons": [
+                {
+                    "handle": [[10, 10], [30, 10], [30, 30], [10, 30]],
+                    "target": [[20, 14], [40, 14], [40, 34], [20, 34]],
+                }
+            ],
+        }
+    )
     plain = Editor(tiny_model)
     dry0, r0 = plain.plan(image, spec), plain.edit(image, spec)
     assert dry0.cost.image_encoder == r0.report.image_encoder_forwards == 0
@@ -236,12 +286,18 @@ def test_plan_counts_the_image_encoder_forward_exactly_as_the_edit_reports_it(ti
             r = editor.edit(image, spec)
             assert r.report.inversion_reused is cached
             assert len(calls) == r.report.image_encoder_forwards == dry.cost.image_encoder == 1
-            assert r.report.unet_evaluations == dry.cost.to_dict() and "image_encoder" not in dry.cost.to_dict()
+            assert (
+                r.report.unet_evaluations == dry.cost.to_dict() and "image_encoder" not in dry.cost.to_dict()
+            )
     finally:
         hook.remove()
     if pipe is not None:  # the host unloads its adapter: the plan, like the edit, runs text-only
         pipe.unload_ip_adapter()
-        assert editor.plan(image, spec).cost.image_encoder == editor.edit(image, spec).report.image_encoder_forwards == 0
+        assert (
+            editor.plan(image, spec).cost.image_encoder
+            == editor.edit(image, spec).report.image_encoder_forwards
+            == 0
+        )
 
 
 # -- a host's IP-Adapter (diffusers' load_ip_adapter on the host pipeline) is composed, not bypassed ---------------
@@ -250,14 +306,24 @@ def _host_pipe(tiny_model, ip_folder):
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        vae=tiny_model.vae, text_encoder=tiny_model.text_encoder, tokenizer=tiny_model.tokenizer,
-        unet=copy.deepcopy(tiny_model.unet), scheduler=copy.deepcopy(tiny_model.scheduler), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    pipe.load_ip_adapter(str(ip_folder), subfolder="", weight_name="ip.safetensors", image_encoder_folder="image_encoder")
+        vae=tiny_model.vae,
+        text_encoder=tiny_model.text_encoder,
+        tokenizer=tiny_model.tokenizer,
+        unet=copy.deepcopy(tiny_model.unet),
+        scheduler=copy.deepcopy(tiny_model.scheduler),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.load_ip_adapter(
+        str(ip_folder), subfolder="", weight_name="ip.safetensors", image_encoder_folder="image_encoder"
+    )
     return pipe
 
 
-def test_a_host_ip_adapter_is_composed_as_the_image_prompt_and_left_in_place(tiny_model, ip_folder, image, one_thread):
+def test_a_host_ip_adapter_is_composed_as_the_image_prompt_and_left_in_place(
+    tiny_model, ip_folder, image, one_thread
+):
     """Editor.from_pipe on a pipeline holding an IP-Adapter edits exactly as dragsdk's own copy of the same adapter
     (bit for bit), and the host's processors, image projection and pipeline work unchanged afterwards."""
     pipe = _host_pipe(tiny_model, ip_folder)
@@ -270,11 +336,15 @@ def test_a_host_ip_adapter_is_composed_as_the_image_prompt_and_left_in_place(tin
     assert torch.equal(host.latent, mine.latent) and not torch.equal(host.latent, plain.latent)
     assert host.report.image_prompt.startswith("host IP-Adapter")
     assert pipe.unet.attn_processors == before and pipe.unet.encoder_hid_proj is projection
-    out = pipe("a photo", ip_adapter_image=image, num_inference_steps=2, height=64, width=64, output_type="latent")
+    out = pipe(
+        "a photo", ip_adapter_image=image, num_inference_steps=2, height=64, width=64, output_type="latent"
+    )
     assert torch.isfinite(out.images).all()  # the host pipeline still runs with its adapter
 
 
-def test_an_unloaded_host_adapter_is_dropped_and_an_unusable_one_refused(tiny_model, ip_folder, image, one_thread):
+def test_an_unloaded_host_adapter_is_dropped_and_an_unusable_one_refused(
+    tiny_model, ip_folder, image, one_thread
+):
     from dragsdk.errors import HostAttentionError
 
     pipe = _host_pipe(tiny_model, ip_folder)
@@ -288,7 +358,9 @@ def test_an_unloaded_host_adapter_is_dropped_and_an_unusable_one_refused(tiny_mo
     pipe = _host_pipe(tiny_model, ip_folder)
     pipe.register_modules(image_encoder=None)  # loaded with image_encoder_folder=None: nothing to encode with
     editor = Editor.from_pipe(pipe)
-    with pytest.raises(HostAttentionError, match="IPAdapterAttnProcessor2_0 on .* layers.*use_host_ip_adapter"):
+    with pytest.raises(
+        HostAttentionError, match="IPAdapterAttnProcessor2_0 on .* layers.*use_host_ip_adapter"
+    ):
         editor.edit(image, _spec(steps=12))
     with pytest.raises(ModelLoadError, match="no image encoder"):
         editor.use_host_ip_adapter(None)
@@ -296,8 +368,9 @@ def test_an_unloaded_host_adapter_is_dropped_and_an_unusable_one_refused(tiny_mo
         Editor(tiny_model).use_host_ip_adapter(object())
 
 
-def test_a_backend_that_cannot_compute_the_image_prompt_is_skipped_or_refused(tiny_model, ip_folder, image, tmp_path,
-                                                                              monkeypatch):
+def test_a_backend_that_cannot_compute_the_image_prompt_is_skipped_or_refused(
+    tiny_model, ip_folder, image, tmp_path, monkeypatch
+):
     """onnx's exported graphs have no IP-Adapter inputs: with an adapter loaded, a region drag (which the onnx
     backend otherwise runs) never goes to it, even when the table measures it fastest; named, it is refused."""
     pytest.importorskip("onnxruntime")
@@ -305,14 +378,23 @@ def test_a_backend_that_cannot_compute_the_image_prompt_is_skipped_or_refused(ti
     from dragsdk.errors import BackendUnavailableError
 
     monkeypatch.setenv("DRAGSDK_CACHE_DIR", str(tmp_path / "cache"))
-    spec = {"mode": "region-drag", "prompt": "a photo",
-            "polygons": [{"handle": [[10, 10], [30, 10], [30, 30], [10, 30]],
-                          "target": [[20, 14], [40, 14], [40, 34], [20, 34]]}],
-            "sampler": {"steps": 10, "resolution": 64}}
+    spec = {
+        "mode": "region-drag",
+        "prompt": "a photo",
+        "polygons": [
+            {
+                "handle": [[10, 10], [30, 10], [30, 30], [10, 30]],
+                "target": [[20, 14], [40, 14], [40, 34], [20, 34]],
+            }
+        ],
+        "sampler": {"steps": 10, "resolution": 64},
+    }
     text_only = Editor(tiny_model)
     size = text_only.plan(image, spec).canvas.size
-    save_entry(table_key("cpu", model_key(tiny_model), size, "float32"),
-               {"results": {"onnx": {"region_step_s": 0.001}, "eager": {"region_step_s": 1.0}}})
+    save_entry(
+        table_key("cpu", model_key(tiny_model), size, "float32"),
+        {"results": {"onnx": {"region_step_s": 0.001}, "eager": {"region_step_s": 1.0}}},
+    )
     assert text_only.plan(image, spec).backend == "onnx"  # what the table says without an image prompt
     editor = Editor(tiny_model)
     editor.load_ip_adapter(ip_folder, "ip.safetensors")
@@ -320,5 +402,7 @@ def test_a_backend_that_cannot_compute_the_image_prompt_is_skipped_or_refused(ti
     assert dry.backend != "onnx" and "onnx (the edit uses an image prompt" in dry.backend_reason
     named = Editor(tiny_model, backend="onnx")
     named.load_ip_adapter(ip_folder, "ip.safetensors")
-    with pytest.raises(BackendUnavailableError, match="does not cover this edit: the edit uses an image prompt"):
+    with pytest.raises(
+        BackendUnavailableError, match="does not cover this edit: the edit uses an image prompt"
+    ):
         named.plan(image, spec)

@@ -57,15 +57,21 @@ def _sources(mode: str, n_own: int, m_bank: int, d: int, gen: torch.Generator, m
     """The three K/V modes as source lists. Own K/V require grad; banks (Bs=1, shared by B rows) do not."""
     if mode == "concat":
         own = KVSource(_rand(B, H, n_own, d, grad=True, gen=gen), _rand(B, H, n_own, d, grad=True, gen=gen))
-        bank = KVSource(_rand(1, H, m_bank, d, gen=gen), _rand(1, H, m_bank, d, gen=gen),
-                        _mask(m_bank, gen, hide_block=True) if mask_bank else None)
+        bank = KVSource(
+            _rand(1, H, m_bank, d, gen=gen),
+            _rand(1, H, m_bank, d, gen=gen),
+            _mask(m_bank, gen, hide_block=True) if mask_bank else None,
+        )
         return [own, bank]
     if mode == "replace":
         return [KVSource(_rand(1, H, m_bank, d, gen=gen), _rand(1, H, m_bank, d, gen=gen))]
     if mode == "composite":
         return [
-            KVSource(_rand(1, H, m_bank, d, gen=gen), _rand(1, H, m_bank, d, gen=gen),
-                     _mask(m_bank, gen, hide_block=True)),
+            KVSource(
+                _rand(1, H, m_bank, d, gen=gen),
+                _rand(1, H, m_bank, d, gen=gen),
+                _mask(m_bank, gen, hide_block=True),
+            ),
             KVSource(_rand(1, H, n_own, d, gen=gen), _rand(1, H, n_own, d, gen=gen), _mask(n_own, gen)),
         ]
     raise AssertionError(mode)
@@ -104,7 +110,9 @@ def test_modes_and_head_dims_match_oracle(mode, d):
     _check_against_oracle(q, sources)
 
 
-@pytest.mark.parametrize(("n", "m_own", "m_bank"), [(1, 1, 1), (7, 1, 33), (65, 7, 1), (33, 65, 7), (1, 65, 65)])
+@pytest.mark.parametrize(
+    ("n", "m_own", "m_bank"), [(1, 1, 1), (7, 1, 33), (65, 7, 1), (33, 65, 7), (1, 65, 65)]
+)
 def test_odd_lengths_concat_with_masked_bank(n, m_own, m_bank):
     gen = torch.Generator().manual_seed(n * 100 + m_own + m_bank)
     d = 40
@@ -131,8 +139,11 @@ def test_shared_source_with_grad_sums_over_batch():
     gen = torch.Generator().manual_seed(5)
     d = 80
     q = _rand(3, H, 20, d, grad=True, gen=gen)
-    shared = KVSource(_rand(1, H, 35, d, grad=True, gen=gen), _rand(1, H, 35, d, grad=True, gen=gen),
-                      _mask(35, gen, hide_block=True))
+    shared = KVSource(
+        _rand(1, H, 35, d, grad=True, gen=gen),
+        _rand(1, H, 35, d, grad=True, gen=gen),
+        _mask(35, gen, hide_block=True),
+    )
     per_row = KVSource(_rand(3, H, 9, d, gen=gen), _rand(3, H, 9, d, grad=True, gen=gen))
     _check_against_oracle(q, [per_row, shared])
     assert per_row.k.grad is None and per_row.v.grad is not None
@@ -167,8 +178,9 @@ def test_non_contiguous_inputs_and_output_layout():
     # Non-unit stride on the head dim as well.
     wide = _rand(B, H, n, 2 * d, gen=gen)
     qs = wide[..., ::2]
-    torch.testing.assert_close(_attn(qs, [KVSource(qs, qs)]),
-                               cross_branch_attention_reference(qs, [KVSource(qs, qs)]), **TOL)
+    torch.testing.assert_close(
+        _attn(qs, [KVSource(qs, qs)]), cross_branch_attention_reference(qs, [KVSource(qs, qs)]), **TOL
+    )
 
 
 def test_expanded_bank_and_bank_passed_without_copy(monkeypatch):
@@ -207,7 +219,9 @@ def test_concat_with_all_hidden_bank_equals_plain_attention():
     d = 40
     q = _rand(B, H, 21, d, grad=True, gen=gen)
     own = KVSource(_rand(B, H, 21, d, grad=True, gen=gen), _rand(B, H, 21, d, grad=True, gen=gen))
-    bank = KVSource(_rand(1, H, 40, d, gen=gen), _rand(1, H, 40, d, gen=gen), torch.zeros(40, dtype=torch.bool))
+    bank = KVSource(
+        _rand(1, H, 40, d, gen=gen), _rand(1, H, 40, d, gen=gen), torch.zeros(40, dtype=torch.bool)
+    )
     out = _attn(q, [own, bank])
     plain = _attn(q, [own])
     torch.testing.assert_close(out, plain, **TOL)
@@ -257,20 +271,28 @@ def test_empty_query_length():
     assert torch.equal(k.grad, torch.zeros_like(k))
 
 
-@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 2e-6), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize(
+    ("dtype", "atol"), [(torch.float32, 2e-6), (torch.float16, 4e-3), (torch.bfloat16, 3e-2)]
+)
 def test_low_precision_forward_vs_fp64_oracle(dtype, atol):
     """fp32 accumulation: the error is the input/output rounding (fp16 ulp 1e-3, bf16 8e-3 at |x|~1), not
     the softmax. Outputs are convex combinations of V rows (|out| <= 4), so absolute tolerances are apt."""
     gen = torch.Generator().manual_seed(11)
     d = 80
     q = _rand(B, H, 33, d, dtype=dtype, gen=gen)
-    sources = [KVSource(_rand(B, H, 17, d, dtype=dtype, gen=gen), _rand(B, H, 17, d, dtype=dtype, gen=gen)),
-               KVSource(_rand(1, H, 40, d, dtype=dtype, gen=gen), _rand(1, H, 40, d, dtype=dtype, gen=gen),
-                        _mask(40, gen, hide_block=True))]
+    sources = [
+        KVSource(_rand(B, H, 17, d, dtype=dtype, gen=gen), _rand(B, H, 17, d, dtype=dtype, gen=gen)),
+        KVSource(
+            _rand(1, H, 40, d, dtype=dtype, gen=gen),
+            _rand(1, H, 40, d, dtype=dtype, gen=gen),
+            _mask(40, gen, hide_block=True),
+        ),
+    ]
     out = _attn(q, sources)
     assert out.dtype == dtype
-    ref = cross_branch_attention_reference(q.double(), [KVSource(s.k.double(), s.v.double(), s.key_mask)
-                                                        for s in sources])
+    ref = cross_branch_attention_reference(
+        q.double(), [KVSource(s.k.double(), s.v.double(), s.key_mask) for s in sources]
+    )
     torch.testing.assert_close(out.double(), ref, atol=atol, rtol=0)
 
 
@@ -280,12 +302,16 @@ def test_fp32_gradients_vs_fp64_oracle():
     q = _rand(B, H, 20, d, dtype=torch.float32, grad=True, gen=gen)
     k = _rand(B, H, 20, d, dtype=torch.float32, grad=True, gen=gen)
     v = _rand(B, H, 20, d, dtype=torch.float32, grad=True, gen=gen)
-    bank = KVSource(_rand(1, H, 33, d, dtype=torch.float32, gen=gen), _rand(1, H, 33, d, dtype=torch.float32, gen=gen))
+    bank = KVSource(
+        _rand(1, H, 33, d, dtype=torch.float32, gen=gen), _rand(1, H, 33, d, dtype=torch.float32, gen=gen)
+    )
     out = _attn(q, [KVSource(k, v), bank])
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, [q, k, v], g)
     q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
-    ref = cross_branch_attention_reference(q64, [KVSource(k64, v64), KVSource(bank.k.double(), bank.v.double())])
+    ref = cross_branch_attention_reference(
+        q64, [KVSource(k64, v64), KVSource(bank.k.double(), bank.v.double())]
+    )
     want = torch.autograd.grad(ref, [q64, k64, v64], g.double())
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
@@ -303,11 +329,21 @@ def test_fp32_gradients_vs_fp64_oracle():
 def test_property_matches_oracle(n, m1, m2, d, bank_batch, seed):
     gen = torch.Generator().manual_seed(seed)
     q = _rand(B, H, n, d, grad=True, gen=gen)
-    sources = [KVSource(_rand(B, H, m1, d, grad=True, gen=gen), _rand(B, H, m1, d, grad=True, gen=gen),
-                        _mask(m1, gen) if seed % 2 else None)]
+    sources = [
+        KVSource(
+            _rand(B, H, m1, d, grad=True, gen=gen),
+            _rand(B, H, m1, d, grad=True, gen=gen),
+            _mask(m1, gen) if seed % 2 else None,
+        )
+    ]
     if m2:
-        sources.append(KVSource(_rand(bank_batch, H, m2, d, gen=gen), _rand(bank_batch, H, m2, d, gen=gen),
-                                torch.rand(m2, generator=gen) < 0.5))
+        sources.append(
+            KVSource(
+                _rand(bank_batch, H, m2, d, gen=gen),
+                _rand(bank_batch, H, m2, d, gen=gen),
+                torch.rand(m2, generator=gen) < 0.5,
+            )
+        )
     _check_against_oracle(q, sources)
 
 
@@ -358,11 +394,15 @@ def test_is_available_reasons(monkeypatch):
     ok, reason = ca.is_available()
     assert not ok and reason == "no CUDA device (set TRITON_INTERPRET=1 to run on the CPU interpreter)"
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        cross_branch_attention(torch.randn(1, 1, 2, 8), [KVSource(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 2, 8))])
+        cross_branch_attention(
+            torch.randn(1, 1, 2, 8), [KVSource(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 2, 8))]
+        )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert ca.is_available() == (True, "")
     with pytest.raises(RuntimeError, match="CPU tensors"):
-        cross_branch_attention(torch.randn(1, 1, 2, 8), [KVSource(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 2, 8))])
+        cross_branch_attention(
+            torch.randn(1, 1, 2, 8), [KVSource(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 2, 8))]
+        )
     monkeypatch.setattr(ca, "triton", None)
     assert ca.is_available() == (False, "triton is not installed")
 
@@ -440,8 +480,9 @@ def test_kernels_compile_for_sm90(dt, d):
         pytest.skip("no ptxas")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    res = subprocess.run([sys.executable, "-c", _AOT, dt, str(d)], capture_output=True, text=True, timeout=300,
-                         env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", _AOT, dt, str(d)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().endswith("ok")
 

@@ -80,8 +80,15 @@ FLOAT_FIELDS = list(_float_fields())
 
 def test_the_walk_finds_the_fields_of_the_issue():
     ids = {p.id for p in FLOAT_FIELDS}
-    assert {"DragSpec.energy_scale", "DragSpec.guidance_step", "DragWeights.edit", "PointPair.handle",
-            "MoveSpec.dx", "RegionDragSpec.dense_points", "SamplerSettings.guidance_scale"} <= ids
+    assert {
+        "DragSpec.energy_scale",
+        "DragSpec.guidance_step",
+        "DragWeights.edit",
+        "PointPair.handle",
+        "MoveSpec.dx",
+        "RegionDragSpec.dense_points",
+        "SamplerSettings.guidance_scale",
+    } <= ids
     assert len(ids) > 40
 
 
@@ -91,14 +98,19 @@ def test_every_float_field_refuses_nan_and_infinities_and_has_a_documented_upper
         with pytest.raises(ValidationError) as e:
             cls.model_validate({field: _with_number(prop, bad)})
         assert any(err["loc"][0] == field and err["type"] == "finite_number" for err in e.value.errors()), (
-            field, bad, e.value.errors())
+            field,
+            bad,
+            e.value.errors(),
+        )
     text = json.dumps(prop)
     assert '"maximum"' in text or '"exclusiveMaximum"' in text, f"{cls.__name__}.{field} has no upper bound"
     assert prop.get("description", "").endswith("]"), "the range is stated in the description"
 
 
-@pytest.mark.parametrize("field, value", [
-    ("energy_scale", 1e308), ("guidance_step", 1e308), ("energy_scale", 101.0), ("guidance_step", 1.5)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("energy_scale", 1e308), ("guidance_step", 1e308), ("energy_scale", 101.0), ("guidance_step", 1.5)],
+)
 def test_huge_finite_values_of_the_issue_are_refused_naming_the_field(field, value):
     with pytest.raises(ValidationError, match=field):
         DragSpec.model_validate({**DRAG, field: value})
@@ -121,13 +133,25 @@ def test_json_infinity_in_a_spec_file_is_refused_by_the_cli_and_nothing_is_writt
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({**DRAG, "mask": None})[:-1] + ', "energy_scale": Infinity}')
     out = tmp_path / "out.png"
-    res = CliRunner().invoke(app, ["edit", str(EXAMPLE_SAMPLE / "original_image.png"), "--spec", str(spec),
-                                   "--out", str(out), "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "edit",
+            str(EXAMPLE_SAMPLE / "original_image.png"),
+            "--spec",
+            str(spec),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert res.exit_code != 0 and "energy_scale" in res.output and not out.exists()
 
 
-@pytest.mark.parametrize("points", [
-    [[[True, 264], [200, 313]]], [[[131, 264], [200, False]]], [{"handle": [131, True], "target": [1, 2]}]])
+@pytest.mark.parametrize(
+    "points",
+    [[[[True, 264], [200, 313]]], [[[131, 264], [200, False]]], [{"handle": [131, True], "target": [1, 2]}]],
+)
 def test_booleans_are_not_coordinates(points):
     with pytest.raises(ValidationError, match="not a boolean"):
         DragSpec.model_validate({**DRAG, "points": points})
@@ -167,7 +191,9 @@ def nan_at_step_2(monkeypatch):
 
 def test_a_latent_going_non_finite_stops_the_edit_naming_the_step(tiny_model, nan_at_step_2):
     editor = Editor(tiny_model)
-    spec = DragSpec.model_validate({**DRAG, "sampler": {"steps": 4, "resolution": 128, "time_travel": {"enabled": False}}})
+    spec = DragSpec.model_validate(
+        {**DRAG, "sampler": {"steps": 4, "resolution": 128, "time_travel": {"enabled": False}}}
+    )
     with pytest.raises(NonFiniteError, match=r"sampling step 2 \(timestep \d+\)") as e:
         editor.edit(EXAMPLE_SAMPLE / "original_image.png", spec)
     assert e.value.phase == "sampling" and e.value.step == 2 and isinstance(e.value, ArithmeticError)
@@ -176,10 +202,24 @@ def test_a_latent_going_non_finite_stops_the_edit_naming_the_step(tiny_model, na
 
 def test_the_cli_writes_no_black_image_when_the_latent_goes_non_finite(tmp_path, nan_at_step_2):
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({**DRAG, "sampler": {"steps": 4, "resolution": 128, "time_travel": {"enabled": False}}}))
+    spec.write_text(
+        json.dumps({**DRAG, "sampler": {"steps": 4, "resolution": 128, "time_travel": {"enabled": False}}})
+    )
     out, report = tmp_path / "out.png", tmp_path / "report.json"
-    res = CliRunner().invoke(app, ["edit", str(EXAMPLE_SAMPLE / "original_image.png"), "--spec", str(spec),
-                                   "--out", str(out), "--report", str(report), "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "edit",
+            str(EXAMPLE_SAMPLE / "original_image.png"),
+            "--spec",
+            str(spec),
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+    )
     assert res.exit_code != 0 and "sampling step 2" in res.output
     assert not out.exists() and not report.exists() and list(tmp_path.iterdir()) == [spec]
 
@@ -187,13 +227,17 @@ def test_the_cli_writes_no_black_image_when_the_latent_goes_non_finite(tmp_path,
 def test_bench_records_a_non_finite_edit_as_an_error(tmp_path, nan_at_step_2):
     from dragsdk.eval.bench import BenchConfig, run_bench
 
-    r = run_bench(BenchConfig(EXAMPLE_SAMPLE, tmp_path / "out", model="tiny", steps=4, resolution=128,
-                              metrics=("dai",)), progress=False, echo=None)
+    r = run_bench(
+        BenchConfig(
+            EXAMPLE_SAMPLE, tmp_path / "out", model="tiny", steps=4, resolution=128, metrics=("dai",)
+        ),
+        progress=False,
+        echo=None,
+    )
     (rec,) = r.records
     assert rec["status"] == "error" and "NonFiniteError" in rec["error"] and "sampling step" in rec["error"]
     assert not rec["metrics"] and rec["id"] in r.summary["errors"]
     assert not [p for p in (tmp_path / "out").rglob("*") if p.suffix in (".png", ".jpg")]
-
 
 
 # -- list lengths ---------------------------------------------------------------------------------------------------
@@ -219,8 +263,15 @@ POINT_LISTS = list(_point_lists())
 
 def test_every_list_of_points_or_pairs_has_a_documented_length_cap():
     ids = {p.id for p in POINT_LISTS}
-    assert {"DragSpec.points", "RegionDragSpec.points", "RegionDragSpec.polygons", "RegionDragSpec.dense_points",
-            "RegionDragSpec.regions", "PolygonPair.handle", "PolygonPair.target"} <= ids
+    assert {
+        "DragSpec.points",
+        "RegionDragSpec.points",
+        "RegionDragSpec.polygons",
+        "RegionDragSpec.dense_points",
+        "RegionDragSpec.regions",
+        "PolygonPair.handle",
+        "PolygonPair.target",
+    } <= ids
     for p in POINT_LISTS:
         _, _, prop, arr = p.values
         assert "maxItems" in arr, f"{p.id} has no length cap"
@@ -228,13 +279,16 @@ def test_every_list_of_points_or_pairs_has_a_documented_length_cap():
         assert str(cap) in prop["description"] or (cap == 4 and "3 or 4" in prop["description"]), p.id
 
 
-@pytest.mark.parametrize("mode, field, limit, unit", [
-    ("drag", "points", MAX_POINT_PAIRS, "pairs"),
-    ("region-drag", "points", MAX_POINT_PAIRS, "pairs"),
-    ("region-drag", "polygons", MAX_POINT_PAIRS, "polygon pairs"),
-    ("region-drag", "dense_points", MAX_DENSE_POINTS, "points"),
-    ("region-drag", "regions", MAX_REGION_PAIRS, "region pairs"),
-])
+@pytest.mark.parametrize(
+    "mode, field, limit, unit",
+    [
+        ("drag", "points", MAX_POINT_PAIRS, "pairs"),
+        ("region-drag", "points", MAX_POINT_PAIRS, "pairs"),
+        ("region-drag", "polygons", MAX_POINT_PAIRS, "polygon pairs"),
+        ("region-drag", "dense_points", MAX_DENSE_POINTS, "points"),
+        ("region-drag", "regions", MAX_REGION_PAIRS, "region pairs"),
+    ],
+)
 def test_an_over_long_list_is_refused_before_its_items_naming_field_count_and_limit(mode, field, limit, unit):
     model = get_registry().spec_models()[mode]
     with pytest.raises(ValidationError) as e:
@@ -252,8 +306,9 @@ def test_the_dense_cap_holds_one_pair_per_latent_cell_of_the_largest_canvas():
     w, h = Canvas.fit((largest, largest), largest).latent_size
     assert 2 * w * h == MAX_DENSE_POINTS
     model = get_registry().spec_models()["region-drag"]
-    spec = model.model_validate({"mode": "region-drag", "dense_points": [[x % 2048, x // 2048] for x in
-                                                                         range(MAX_DENSE_POINTS)]})
+    spec = model.model_validate(
+        {"mode": "region-drag", "dense_points": [[x % 2048, x // 2048] for x in range(MAX_DENSE_POINTS)]}
+    )
     assert len(spec.dense_points) == MAX_DENSE_POINTS
 
 

@@ -39,8 +39,13 @@ def test_a_non_finite_or_huge_scale_is_refused_when_parsed(text):
 
 
 def test_the_cli_refuses_a_nan_scale_before_the_model_loads(no_work):  # noqa: F811
-    res = CliRunner().invoke(app, ["edit", "examples/dragbench-car", "--lora", "x.safetensors:nan", "--quiet"])
-    assert res.exit_code == 2 and "error: lora: LoRA x.safetensors: the scale must be a finite number" in res.output
+    res = CliRunner().invoke(
+        app, ["edit", "examples/dragbench-car", "--lora", "x.safetensors:nan", "--quiet"]
+    )
+    assert (
+        res.exit_code == 2
+        and "error: lora: LoRA x.safetensors: the scale must be a finite number" in res.output
+    )
 
 
 @pytest.mark.parametrize("scale", [float("nan"), float("inf"), 1e30, True, "1"])
@@ -68,10 +73,16 @@ def _poisoned(lora_file, tmp_path, how):  # noqa: F811
     return path, key
 
 
-@pytest.mark.parametrize("how,message", [("nan", "NaN or infinite"), ("inf", "NaN or infinite"),
-                                         ("rank", "disagree on the rank")])
-def test_a_poisoned_file_is_refused_by_name_and_the_model_is_unchanged(tiny_editor, lora_file, tmp_path, how,  # noqa: F811
-                                                                       message):
+@pytest.mark.parametrize(
+    "how,message", [("nan", "NaN or infinite"), ("inf", "NaN or infinite"), ("rank", "disagree on the rank")]
+)
+def test_a_poisoned_file_is_refused_by_name_and_the_model_is_unchanged(
+    tiny_editor,
+    lora_file,  # noqa: F811
+    tmp_path,
+    how,
+    message,
+):
     path, key = _poisoned(lora_file, tmp_path, how)
     before = _weights(tiny_editor)
     with pytest.raises(ModelLoadError) as err:

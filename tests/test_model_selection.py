@@ -20,8 +20,18 @@ def test_a_missing_model_named_by_the_variable_says_so_in_the_cli(tmp_path, monk
     monkeypatch.setenv("DRAGSDK_MODEL", str(tmp_path / "nowhere"))
     res = CliRunner().invoke(app, ["edit", str(EXAMPLE_SAMPLE), "--out", str(tmp_path / "o.png"), "--quiet"])
     assert res.exit_code == 2 and "from $DRAGSDK_MODEL" in res.output, res.output
-    typed = CliRunner().invoke(app, ["edit", str(EXAMPLE_SAMPLE), "--out", str(tmp_path / "o.png"), "--quiet",
-                                     "--model", str(tmp_path / "other")])
+    typed = CliRunner().invoke(
+        app,
+        [
+            "edit",
+            str(EXAMPLE_SAMPLE),
+            "--out",
+            str(tmp_path / "o.png"),
+            "--quiet",
+            "--model",
+            str(tmp_path / "other"),
+        ],
+    )
     assert typed.exit_code == 2 and "DRAGSDK_MODEL" not in typed.output and "does not exist" in typed.output
 
 
@@ -39,7 +49,9 @@ def test_an_existing_file_without_a_checkpoint_suffix_is_not_called_missing(tmp_
     weights.write_bytes(b"x")
     with pytest.raises(ModelLoadError) as err:
         load_model(weights, device="cpu")
-    assert "is a file but not a single-file checkpoint" in str(err.value) and "does not exist" not in str(err.value)
+    assert "is a file but not a single-file checkpoint" in str(err.value) and "does not exist" not in str(
+        err.value
+    )
 
 
 def test_a_file_url_is_the_path_it_names(tmp_path):
@@ -59,8 +71,18 @@ def test_a_missing_model_config_folder_is_not_a_hub_id(tmp_path):
     assert time.monotonic() - start < 10  # no hub round trips
 
 
-@pytest.mark.parametrize("name,local", [("./sd", True), ("/models/sd", True), ("~/sd", True), ("a/b/c", True),
-                                        ("C:\\\\models", True), ("owner/name", False), ("tiny", False)])
+@pytest.mark.parametrize(
+    "name,local",
+    [
+        ("./sd", True),
+        ("/models/sd", True),
+        ("~/sd", True),
+        ("a/b/c", True),
+        ("C:\\\\models", True),
+        ("owner/name", False),
+        ("tiny", False),
+    ],
+)
 def test_local_paths_are_told_from_hub_ids(name, local):
     assert looks_like_local_path(name) is local
 

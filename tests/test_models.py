@@ -23,12 +23,17 @@ def test_absent_local_folder_gives_the_clear_error(tmp_path):
 
 def test_incomplete_folder_gives_the_clear_error(tmp_path):
     (tmp_path / "unet").mkdir()
-    with pytest.raises(ModelLoadError, match="exists but has no unet/config.json; expected a diffusers layout"):
+    with pytest.raises(
+        ModelLoadError, match="exists but has no unet/config.json; expected a diffusers layout"
+    ):
         load_model(str(tmp_path))
 
 
 def test_uncached_hub_id_offline_gives_the_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE is set.*Provide a Stable Diffusion model in diffusers layout"):
+    with pytest.raises(
+        ModelNotFoundError,
+        match="HF_HUB_OFFLINE is set.*Provide a Stable Diffusion model in diffusers layout",
+    ):
         load_model("stable-diffusion-v1-5/stable-diffusion-v1-5")

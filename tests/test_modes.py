@@ -35,7 +35,9 @@ def _features(editor, z, step, prompt):
     tap = FeatureTap(editor.model.unet)
     try:
         with torch.no_grad(), tap.capture(stop=True):
-            editor.model.unet(z, t, encoder_hidden_states=editor.model.encode_prompt(prompt).expand(z.shape[0], -1, -1))
+            editor.model.unet(
+                z, t, encoder_hidden_states=editor.model.encode_prompt(prompt).expand(z.shape[0], -1, -1)
+            )
         return tap.features()
     finally:
         tap.remove()
@@ -57,10 +59,24 @@ def _mode_specs(mask, prompt, sampler=FAST):
     return {
         "move": {"mode": "move", "prompt": prompt, "mask": mask, "dx": 40, "dy": 10, "sampler": sampler},
         "resize": {"mode": "resize", "prompt": prompt, "mask": mask, "scale": 0.7, "sampler": sampler},
-        "appearance": {"mode": "appearance", "prompt": prompt, "mask": mask, "reference": str(REF / "cat.jpg"),
-                       "reference_mask": str(REF / "cat_mask.png"), "sampler": sampler},
-        "paste": {"mode": "paste", "prompt": prompt, "reference": str(REF / "cat.jpg"),
-                  "reference_mask": str(REF / "cat_mask.png"), "dx": -40, "dy": 20, "scale": 0.6, "sampler": sampler},
+        "appearance": {
+            "mode": "appearance",
+            "prompt": prompt,
+            "mask": mask,
+            "reference": str(REF / "cat.jpg"),
+            "reference_mask": str(REF / "cat_mask.png"),
+            "sampler": sampler,
+        },
+        "paste": {
+            "mode": "paste",
+            "prompt": prompt,
+            "reference": str(REF / "cat.jpg"),
+            "reference_mask": str(REF / "cat_mask.png"),
+            "dx": -40,
+            "dy": 20,
+            "scale": 0.6,
+            "sampler": sampler,
+        },
     }
 
 
@@ -80,8 +96,17 @@ def test_each_mode_edits_a_real_photograph_through_the_cli(tmp_path, car, mode):
     spec = _mode_specs(mask, prompt)[mode]
     reference = spec.pop("reference", None)
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    args = ["edit", str(image), "--spec", str(tmp_path / "spec.json"), "--out", str(tmp_path / "o.png"), "--quiet",
-            "--report", str(tmp_path / "r.json")]
+    args = [
+        "edit",
+        str(image),
+        "--spec",
+        str(tmp_path / "spec.json"),
+        "--out",
+        str(tmp_path / "o.png"),
+        "--quiet",
+        "--report",
+        str(tmp_path / "r.json"),
+    ]
     if reference:
         args += ["--reference", reference]
     res = CliRunner().invoke(app, args)
@@ -111,7 +136,9 @@ def test_move_pulls_the_object_to_its_target_and_away_from_its_old_place(editor,
     probe = _probe_step(MoveSpec, data)
     canvas = Canvas.fit(Image.open(image).size, FAST["resolution"])
     obj = load_mask(mask)
-    fmap = official_placement_map(canvas, obj, 1.0, (48, 0), "feature")  # the default (official) profile's geometry
+    fmap = official_placement_map(
+        canvas, obj, 1.0, (48, 0), "feature"
+    )  # the default (official) profile's geometry
     vacated = canvas.mask_to_grid(obj, "feature", method="nearest") & ~fmap.target_mask()
     pairs = ((fmap.target_rows, fmap.target_cols), (fmap.source_rows, fmap.source_cols))
 
@@ -119,7 +146,9 @@ def test_move_pulls_the_object_to_its_target_and_away_from_its_old_place(editor,
         _, z = _run_and_probe(editor, image, {**data, **extra}, probe)
         cur = _features(editor, z, probe, prompt)
         ref = _features(editor, editor._trajectory.latents[probe][:1], probe, prompt)
-        return float(local_similarity(cur, ref, *pairs, canvas.feature_size).mean()), float(region_similarity(cur, ref, vacated).mean())
+        return float(local_similarity(cur, ref, *pairs, canvas.feature_size).mean()), float(
+            region_similarity(cur, ref, vacated).mean()
+        )
 
     unguided, guided = measure({"energy_scale": 0.0}), measure({})
     assert guided[0] > unguided[0], (unguided, guided)
@@ -138,7 +167,10 @@ def test_appearance_moves_the_pooled_object_feature_toward_the_reference(editor,
     probe = next(i for i in range(FAST["steps"]) if i not in guided)
     canvas = Canvas.fit(Image.open(image).size, FAST["resolution"])
     base_g = canvas.mask_to_grid(load_mask(mask), "feature")
-    ref_mask = np.asarray(Image.open(REF / "cat_mask.png").resize(Image.open(image).size, Image.Resampling.NEAREST)) > 127
+    ref_mask = (
+        np.asarray(Image.open(REF / "cat_mask.png").resize(Image.open(image).size, Image.Resampling.NEAREST))
+        > 127
+    )
     ref_g = canvas.mask_to_grid(ref_mask, "feature")
     sims = {}
     for scale in (0.0, 0.5):
@@ -239,7 +271,9 @@ def test_suggest_mask_api_and_cli_return_a_mask_containing_the_click(editor, tmp
     image = car[0]
     m = editor.suggest_mask(image, (131, 264), resolution=128)
     assert m.shape == (384, 512) and m.dtype == bool and m[264, 131]
-    res = CliRunner().invoke(app, ["mask", str(image), "131", "264", "--out", str(tmp_path / "m.png"), "--json"])
+    res = CliRunner().invoke(
+        app, ["mask", str(image), "131", "264", "--out", str(tmp_path / "m.png"), "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert np.asarray(Image.open(tmp_path / "m.png"))[264, 131] == 255
     assert json.loads(res.stdout)["area_px"] > 0
@@ -247,7 +281,9 @@ def test_suggest_mask_api_and_cli_return_a_mask_containing_the_click(editor, tmp
 
 def test_drag_without_a_mask_proposes_one_and_says_so(editor, car):
     image, _, prompt = car
-    r = editor.edit(image, {"mode": "drag", "prompt": prompt, "points": [[[131, 264], [200, 313]]], "sampler": FAST})
+    r = editor.edit(
+        image, {"mode": "drag", "prompt": prompt, "points": [[[131, 264], [200, 313]]], "sampler": FAST}
+    )
     assert r.report.mask_proposed and any("proposed" in n for n in r.report.notes)
     assert r.plan.edit_mask.any() and not r.plan.edit_mask.all()
 

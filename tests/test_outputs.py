@@ -25,6 +25,7 @@ runner = CliRunner()
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if the command gets as far as loading a model."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded: the outputs were not checked before the work")
 
@@ -40,26 +41,41 @@ def _inputs(tmp_path):
     m[16:48, 16:48] = 255
     for name in ("mask.png", "ref_mask.png"):
         Image.fromarray(m).save(tmp_path / name)
-    spec = {"mode": "appearance", "mask": "mask.png", "reference": "ref.png", "reference_mask": "ref_mask.png",
-            "sampler": {"steps": 2, "resolution": 64}}
+    spec = {
+        "mode": "appearance",
+        "mask": "mask.png",
+        "reference": "ref.png",
+        "reference_mask": "ref_mask.png",
+        "sampler": {"steps": 2, "resolution": 64},
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     return {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
 
-@pytest.mark.parametrize("out,report,field", [
-    ("mask.png", None, "out"),
-    ("ref.png", None, "out"),
-    ("ref_mask.png", None, "out"),
-    ("spec.json", None, "out"),
-    ("in.png", None, "out"),
-    ("o.png", "mask.png", "report"),
-    ("o.png", "in.png", "report"),
-    ("o.png", "spec.json", "report"),
-])
+@pytest.mark.parametrize(
+    "out,report,field",
+    [
+        ("mask.png", None, "out"),
+        ("ref.png", None, "out"),
+        ("ref_mask.png", None, "out"),
+        ("spec.json", None, "out"),
+        ("in.png", None, "out"),
+        ("o.png", "mask.png", "report"),
+        ("o.png", "in.png", "report"),
+        ("o.png", "spec.json", "report"),
+    ],
+)
 def test_no_input_of_an_edit_can_be_an_output_and_nothing_runs(tmp_path, no_work, out, report, field):
     before = _inputs(tmp_path)
-    args = ["edit", str(tmp_path / "in.png"), "--spec", str(tmp_path / "spec.json"), "--out", str(tmp_path / out),
-            "--quiet"] + (["--report", str(tmp_path / report)] if report else [])
+    args = [
+        "edit",
+        str(tmp_path / "in.png"),
+        "--spec",
+        str(tmp_path / "spec.json"),
+        "--out",
+        str(tmp_path / out),
+        "--quiet",
+    ] + (["--report", str(tmp_path / report)] if report else [])
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and f"error: {field}: refusing to overwrite the input" in res.output, res.output
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -68,16 +84,38 @@ def test_no_input_of_an_edit_can_be_an_output_and_nothing_runs(tmp_path, no_work
 def test_a_hard_link_to_an_input_is_the_input(tmp_path, no_work):
     before = _inputs(tmp_path)
     os.link(tmp_path / "mask.png", tmp_path / "alias.png")
-    res = runner.invoke(app, ["edit", str(tmp_path / "in.png"), "--spec", str(tmp_path / "spec.json"),
-                              "--out", str(tmp_path / "alias.png"), "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "edit",
+            str(tmp_path / "in.png"),
+            "--spec",
+            str(tmp_path / "spec.json"),
+            "--out",
+            str(tmp_path / "alias.png"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 2 and "refusing to overwrite the input" in res.output
     assert (tmp_path / "mask.png").read_bytes() == before["mask.png"]
 
 
 def test_the_report_and_the_image_must_be_different_files(tmp_path, no_work):
     _inputs(tmp_path)
-    res = runner.invoke(app, ["edit", str(tmp_path / "in.png"), "--spec", str(tmp_path / "spec.json"),
-                              "--out", str(tmp_path / "o.png"), "--report", str(tmp_path / "." / "o.png"), "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "edit",
+            str(tmp_path / "in.png"),
+            "--spec",
+            str(tmp_path / "spec.json"),
+            "--out",
+            str(tmp_path / "o.png"),
+            "--report",
+            str(tmp_path / "." / "o.png"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 2 and "report:" in res.output and "the two outputs must differ" in res.output
     assert not (tmp_path / "o.png").exists()
 
@@ -92,8 +130,18 @@ def test_sample_folder_files_are_protected_before_any_work(tmp_path, no_work):
 
 
 def _result():
-    report = EditReport(mode="drag", model="m", backend="eager", backend_reason="", device="cpu", dtype="float32",
-                        image_size=(8, 8), working_size=(64, 64), steps=2, seed=0)
+    report = EditReport(
+        mode="drag",
+        model="m",
+        backend="eager",
+        backend_reason="",
+        device="cpu",
+        dtype="float32",
+        image_size=(8, 8),
+        working_size=(64, 64),
+        steps=2,
+        seed=0,
+    )
     return EditResult(Image.new("RGB", (8, 8)), None, report, None, None)  # type: ignore[arg-type]
 
 
@@ -147,7 +195,9 @@ _WRITER = textwrap.dedent("""
 def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path, previous, expected_rc):
     out = tmp_path / "outdir"
     out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out), previous], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(out), previous], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "writing"
         assert len(list(out.iterdir())) == 1  # the hidden temporary file exists while writing

@@ -19,12 +19,26 @@ IMAGE = EXAMPLE_SAMPLE / "original_image.png"
 MASK = str(EXAMPLE_SAMPLE / "mask.png")
 SQUARE = [[100, 100], [160, 100], [160, 160], [100, 160]]
 CASES = {
-    "scale": {"mode": "resize", "prompt": "a car", "mask": MASK, "scale": 1e-6,
-              "sampler": {"steps": 4, "resolution": 64}},
-    "patch_radius": {"mode": "drag", "prompt": "a car", "points": [[[100, 100], [140, 100]]], "patch_radius": 8,
-                     "sampler": {"steps": 4, "resolution": 64}},
-    "sampler.steps": {"mode": "region-drag", "prompt": "a car", "sampler": {"steps": 2, "resolution": 64},
-                      "polygons": [{"handle": SQUARE, "target": [[x + 40, y + 20] for x, y in SQUARE]}]},
+    "scale": {
+        "mode": "resize",
+        "prompt": "a car",
+        "mask": MASK,
+        "scale": 1e-6,
+        "sampler": {"steps": 4, "resolution": 64},
+    },
+    "patch_radius": {
+        "mode": "drag",
+        "prompt": "a car",
+        "points": [[[100, 100], [140, 100]]],
+        "patch_radius": 8,
+        "sampler": {"steps": 4, "resolution": 64},
+    },
+    "sampler.steps": {
+        "mode": "region-drag",
+        "prompt": "a car",
+        "sampler": {"steps": 2, "resolution": 64},
+        "polygons": [{"handle": SQUARE, "target": [[x + 40, y + 20] for x, y in SQUARE]}],
+    },
 }
 
 
@@ -33,8 +47,20 @@ CASES = {
 def test_the_cli_refuses_before_the_model_loads(tmp_path, no_work, field, model):  # noqa: F811
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(CASES[field]))
-    res = CliRunner().invoke(app, ["edit", str(IMAGE), "--spec", str(spec), "--out", str(tmp_path / "o.png"),
-                                   "--model", model, "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "edit",
+            str(IMAGE),
+            "--spec",
+            str(spec),
+            "--out",
+            str(tmp_path / "o.png"),
+            "--model",
+            model,
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 2 and f"error: {field}: " in res.output, res.output
     assert "Traceback" not in res.output and not (tmp_path / "o.png").exists()
 
@@ -62,8 +88,9 @@ def test_the_default_resolution_is_read_without_loading(tmp_path):
     assert peek_default_resolution("tiny") == 768 and peek_default_resolution("tiny-sdxl") == 1024
     folder = tmp_path / "sd21"
     (folder / "unet").mkdir(parents=True)
-    (folder / "unet" / "config.json").write_text(json.dumps({"sample_size": 96, "use_linear_projection": True,
-                                                             "cross_attention_dim": 1024}))
+    (folder / "unet" / "config.json").write_text(
+        json.dumps({"sample_size": 96, "use_linear_projection": True, "cross_attention_dim": 1024})
+    )
     assert peek_default_resolution(str(folder)) == 768
     (folder / "unet" / "config.json").write_text(json.dumps({"sample_size": 64, "cross_attention_dim": 768}))
     assert peek_default_resolution(str(folder)) == 768  # SD 1.x: the fixed default of its layout

@@ -46,11 +46,15 @@ def test_cycle_sde_inversion_then_reverse_steps_return_every_latent(tiny_model):
     """Inverting then sampling with no edit returns the starting latent within 1e-4 (float32), step by step."""
     unet = tiny_model.unet
     schedule = DDIMSchedule(tiny_model.scheduler, 20)
-    ctl = AttentionController(attend=lambda q, s, scale: q, bank_layers=frozenset())  # no processors installed
+    ctl = AttentionController(
+        attend=lambda q, s, scale: q, bank_layers=frozenset()
+    )  # no processors installed
     z0 = torch.randn(1, 4, 16, 24, generator=torch.Generator().manual_seed(0))
     cond = tiny_model.encode_prompt("a car")
     counter = UNetCounter()
-    latents, noises = cycle_sde_invert(unet, z0, cond, schedule, 10, ctl, set(), counter, inversion_generator(42))
+    latents, noises = cycle_sde_invert(
+        unet, z0, cond, schedule, 10, ctl, set(), counter, inversion_generator(42)
+    )
     assert counter.forward == 10 and sorted(noises) == list(range(10, 20))
     assert all(latents[i].numel() == 0 for i in range(10))
     assert schedule.timesteps[10] == 451
@@ -62,7 +66,9 @@ def test_cycle_sde_inversion_then_reverse_steps_return_every_latent(tiny_model):
             torch.testing.assert_close(z, latents[i + 1], rtol=0, atol=1e-5)
     assert (z - z0).abs().max() < 1e-4
     # The forward steps are stochastic (not DDIM): another seed gives another trajectory.
-    other, _ = cycle_sde_invert(unet, z0, cond, schedule, 10, ctl, set(), UNetCounter(), inversion_generator(7))
+    other, _ = cycle_sde_invert(
+        unet, z0, cond, schedule, 10, ctl, set(), UNetCounter(), inversion_generator(7)
+    )
     assert (other[10] - latents[10]).abs().max() > 0.1
 
 
@@ -82,11 +88,16 @@ def test_official_time_grid_lists(tiny_model):
     # 50 steps, start_t 0.5: Δ = 20; linspace grid round(k·19.98): G[24:] = 519, 500, 480, …, 20
     g50 = RegionDragGrid(sched, 50, 25)
     assert g50.inversion_timesteps[25:] == [520, *range(500, 20, -20)]
-    assert g50.timesteps[25:] == [519, *range(500, 20, -20)] and g50.clean_alpha == pytest.approx(float(ac[20]))
+    assert g50.timesteps[25:] == [519, *range(500, 20, -20)] and g50.clean_alpha == pytest.approx(
+        float(ac[20])
+    )
     with pytest.raises(ValueError, match="past the last training timestep"):
         RegionDragGrid(sched, 20, 0)
-    assert DDIMSchedule(sched, 20).inversion_step(10) == (451, DDIMSchedule(sched, 20).alpha(10),
-                                                          DDIMSchedule(sched, 20).alpha_prev(10))
+    assert DDIMSchedule(sched, 20).inversion_step(10) == (
+        451,
+        DDIMSchedule(sched, 20).alpha(10),
+        DDIMSchedule(sched, 20).alpha_prev(10),
+    )
     # The plan: int(start_t·steps) inverted steps, the official copy threshold int(end_t·steps) = 4 (every step),
     # the timestep window 200 (8 of the 10 official steps, 6 of the 10 ddim ones).
     corners = [[32, 16], [63, 16], [63, 47], [32, 47]]
@@ -101,15 +112,19 @@ def test_official_time_grid_lists(tiny_model):
     plan = _plan(spec.model_copy(update={"start_t": 0.99}))
     assert plan.start_step == 1  # int(0.99·20) = 19 steps: 550 … 999 − never past 999
     plan = _plan(spec.model_copy(update={"profile": "dragsdk"}))
-    assert plan.schedule is None and sum(plan.step_pastes[0].active(t) for t in DDIMSchedule(sched, 20).timesteps[10:]) == 6
+    assert (
+        plan.schedule is None
+        and sum(plan.step_pastes[0].active(t) for t in DDIMSchedule(sched, 20).timesteps[10:]) == 6
+    )
 
 
 def test_null_region_edit_reconstructs_the_encoded_latent_at_twenty_unet_evaluations(editor):
     """On the recorded levels an unedited latent cycles back to z0; the official first step (549 with the noise of
     550) does not, by a small documented amount."""
     same = [[100, 100], [160, 100], [160, 160], [100, 160]]
-    spec = RegionDragSpec(polygons=[{"handle": same, "target": same}], handle_noise=0.0, sampler=FAST,
-                          time_grid="recorded")
+    spec = RegionDragSpec(
+        polygons=[{"handle": same, "target": same}], handle_noise=0.0, sampler=FAST, time_grid="recorded"
+    )
     editor._trajectory = None  # count the inversion too
     r = editor.edit(_car(), spec)
     traj = editor._trajectory
@@ -138,18 +153,30 @@ OFFICIAL_DENOISE_T = [549, 500, 450, 400, 350, 300, 250, 200, 150, 100]
         # official: DPMSolver grid; inversion 50 → 550, denoising 549 → 50; int(0.2·20) = 4 ≤ every t: copies at all.
         ("official", OFFICIAL_INVERSION_T, OFFICIAL_DENOISE_T, OFFICIAL_DENOISE_T),
         # dragsdk: the model's DDIM grid 451 … 1, copy while t ≥ 200.
-        ("dragsdk", [1, 51, 101, 151, 201, 251, 301, 351, 401, 451], [451, 401, 351, 301, 251, 201, 151, 101, 51, 1],
-         [451, 401, 351, 301, 251, 201]),
+        (
+            "dragsdk",
+            [1, 51, 101, 151, 201, 251, 301, 351, 401, 451],
+            [451, 401, 351, 301, 251, 201, 151, 101, 51, 1],
+            [451, 401, 351, 301, 251, 201],
+        ),
     ],
 )
-def test_timesteps_copy_steps_and_reset_order_of_each_profile(editor, profile, inversion_t, denoise_t, copied):
+def test_timesteps_copy_steps_and_reset_order_of_each_profile(
+    editor, profile, inversion_t, denoise_t, copied
+):
     w, h = Image.open(_car()).size
     mask = np.zeros((h, w), np.uint8)
     mask[80:272, 48:400] = 1  # covers the handle and target squares, not the image
     spec = RegionDragSpec(
-        polygons=[{"handle": [[64, 96], [192, 96], [192, 224], [64, 224]],
-                   "target": [[256, 128], [384, 128], [384, 256], [256, 256]]}],
-        mask=mask_to_data_url(mask), profile=profile, sampler=FAST,
+        polygons=[
+            {
+                "handle": [[64, 96], [192, 96], [192, 224], [64, 224]],
+                "target": [[256, 128], [384, 128], [384, 256], [256, 256]],
+            }
+        ],
+        mask=mask_to_data_url(mask),
+        profile=profile,
+        sampler=FAST,
     )
     seen: list[tuple[int, torch.Tensor]] = []
     attention: list[tuple[str, str | None, int]] = []
@@ -200,8 +227,11 @@ def test_timesteps_copy_steps_and_reset_order_of_each_profile(editor, profile, i
     hn = plan.handle_noise
     assert hn is not None and hn.alpha == 1.0
     tset = set(zip(p.target_rows.tolist(), p.target_cols.tolist(), strict=True))
-    only = [(a, b) for a, b in zip(hn.rows.tolist(), hn.cols.tolist(), strict=True)
-            if (a, b) not in tset and bool(plan.edit_mask[a, b])]
+    only = [
+        (a, b)
+        for a, b in zip(hn.rows.tolist(), hn.cols.tolist(), strict=True)
+        if (a, b) not in tset and bool(plan.edit_mask[a, b])
+    ]
     rows, cols = torch.tensor(only).T
     assert (sampling[0][1][0][:, rows, cols] - traj.latents[10][0][:, rows, cols]).abs().min() > 0
     # K/V of all 16 self-attention layers recorded at every sampled step (and replaced there: round trip test).
@@ -225,7 +255,9 @@ def test_pixels_outside_the_mask_are_the_original_when_compositing(editor):
     assert not np.array_equal(np.asarray(r.image)[~outside], orig[~outside])
     # dragsdk: the latent edit mask, nearest-upsampled (blocky)
     r = editor.edit(_car(), spec.model_copy(update={"profile": "dragsdk"}))
-    m = torch.nn.functional.interpolate(r.plan.edit_mask.float()[None, None], size=orig.shape[:2], mode="nearest")
+    m = torch.nn.functional.interpolate(
+        r.plan.edit_mask.float()[None, None], size=orig.shape[:2], mode="nearest"
+    )
     outside = ~m[0, 0].bool().numpy()
     assert outside.mean() > 0.5 and (outside != (mask == 0)).any()
     assert np.array_equal(np.asarray(r.image)[outside], orig[outside])
@@ -235,7 +267,9 @@ def test_pixels_outside_the_mask_are_the_original_when_compositing(editor):
 def test_vae_posterior_sample_and_uint8_truncation(editor):
     """official: z0 is a seeded posterior sample (not the mean) and the image is truncated to uint8 (never above
     the rounded one, at most one grey level below it)."""
-    img = Image.open(_car()).convert("RGB").crop((150, 120, 278, 248))  # 128×128: edited at its own size, no resize
+    img = (
+        Image.open(_car()).convert("RGB").crop((150, 120, 278, 248))
+    )  # 128×128: edited at its own size, no resize
     spec = RegionDragSpec.from_points([[[50, 60], [80, 50]]], sampler=FAST)
     editor._trajectory = None
     a = editor.edit(img, spec)
@@ -273,7 +307,9 @@ def test_every_input_kind_moves_a_square_by_a_pure_shift(kind):
     if kind == "regions":
         spec = RegionDragSpec(regions=[{"handle": handle, "target": target}])
     elif kind == "polygons":
-        spec = RegionDragSpec(polygons=[{"handle": corners, "target": [[x + 80, y + 48] for x, y in corners]}])
+        spec = RegionDragSpec(
+            polygons=[{"handle": corners, "target": [[x + 80, y + 48] for x, y in corners]}]
+        )
     elif kind == "region+points":
         spec = RegionDragSpec(region=handle, points=[[[40, 30], [120, 78]]])
     else:
@@ -294,7 +330,9 @@ def test_plan_defaults_and_mask():
     spec = RegionDragSpec(polygons=[[corners, [[x + 80, y + 48] for x, y in corners]]])
     plan = _plan(spec)
     assert plan.sampling == "cycle-sde" and plan.start_step == 10 and plan.kv_layers == "all"
-    assert plan.kv is not None and plan.kv.injection.mode == "replace" and plan.kv.steps() == list(range(10, 20))
+    assert (
+        plan.kv is not None and plan.kv.injection.mode == "replace" and plan.kv.steps() == list(range(10, 20))
+    )
     assert plan.follow_outside and plan.composite and not plan.needs_gradients
     f = plan.fidelity
     assert f.outside_reset == "before" and f.vae_latent == "sample" and f.to_uint8 == "truncate"
@@ -303,7 +341,9 @@ def test_plan_defaults_and_mask():
     assert bool(plan.edit_mask.all()) and plan.composite_mask is None
     # official, a given mask: nearest resampling (F.interpolate picks each cell's top-left pixel), not extended.
     small = _square_mask(IMG, 0, 0, 16)
-    small[84:88, 240:248] = 1  # the bottom half of cell (row 10, col 30): area 0.5, its top-left pixel is outside
+    small[84:88, 240:248] = (
+        1  # the bottom half of cell (row 10, col 30): area 0.5, its top-left pixel is outside
+    )
     plan = _plan(spec.model_copy(update={"mask": mask_to_data_url(small)}))
     assert int(plan.edit_mask.sum()) == 4 and not bool(plan.edit_mask[10, 30])
     assert plan.composite_mask is not None and np.array_equal(plan.composite_mask, small.astype(bool))
@@ -312,7 +352,9 @@ def test_plan_defaults_and_mask():
     plan = _plan(spec.model_copy(update={"profile": "dragsdk"}))
     f = plan.fidelity
     assert f.outside_reset == "after" and f.vae_latent == "mean" and f.to_uint8 == "round"
-    assert int(plan.edit_mask.sum()) == 2 * 36 and bool(plan.edit_mask[1, 3]) and not bool(plan.edit_mask[0, 3])
+    assert (
+        int(plan.edit_mask.sum()) == 2 * 36 and bool(plan.edit_mask[1, 3]) and not bool(plan.edit_mask[0, 3])
+    )
     # ... and a given mask resampled by area (≥ 0.5) and extended by the handle and target cells.
     plan = _plan(spec.model_copy(update={"profile": "dragsdk", "mask": mask_to_data_url(small)}))
     assert int(plan.edit_mask.sum()) == 4 + 1 + 32 and bool(plan.edit_mask[10, 30])
@@ -339,7 +381,9 @@ def test_from_points_and_sample_conversion(tmp_path):
     assert converted.dense_points == [tuple(p) for p in pts] and converted.prompt == "a car"
     (folder / "meta_data_region.pkl").unlink()
     converted = RegionDragSpec.model_validate(spec_from_sample(folder))
-    assert converted.polygons is not None and len(converted.polygons) == 2 and converted.mask.startswith("data:")
+    assert (
+        converted.polygons is not None and len(converted.polygons) == 2 and converted.mask.startswith("data:")
+    )
 
 
 # -- refusals ---------------------------------------------------------------------------------------------------
@@ -348,22 +392,33 @@ def test_from_points_and_sample_conversion(tmp_path):
 @pytest.mark.parametrize(
     "fields, match",
     [
-        ({"polygons": [[[[10, 10], [60, 60], [60, 10], [10, 60]], [[0, 0], [50, 0], [50, 50], [0, 50]]]]},
-         r"polygons\[0\]\.handle: .*self-intersect"),
-        ({"polygons": [[[[10, 10], [60, 10], [60, 60]], [[10, 10], [20, 20], [30, 30]]]]},
-         r"polygons\[0\]\.target: .*degenerate"),
+        (
+            {"polygons": [[[[10, 10], [60, 60], [60, 10], [10, 60]], [[0, 0], [50, 0], [50, 50], [0, 50]]]]},
+            r"polygons\[0\]\.handle: .*self-intersect",
+        ),
+        (
+            {"polygons": [[[[10, 10], [60, 10], [60, 60]], [[10, 10], [20, 20], [30, 30]]]]},
+            r"polygons\[0\]\.target: .*degenerate",
+        ),
         ({"regions": [{"handle": "SQUARE", "target": "EMPTY"}]}, r"regions\[0\]\.target: mask is empty"),
-        ({"regions": [{"handle": "SMALL", "target": "SQUARE"}]},
-         r"regions\[0\]\.handle: mask is 64×64 pixels, the image is 512×384"),
+        (
+            {"regions": [{"handle": "SMALL", "target": "SQUARE"}]},
+            r"regions\[0\]\.handle: mask is 64×64 pixels, the image is 512×384",
+        ),
         ({"region": "SQUARE", "points": [[[10, 10], [600, 10]]]}, r"points\[0\]\.target"),
         ({"dense_points": [[10, 10], [10, 400]]}, r"dense_points\[1\]"),
-        ({"polygons": [[[[10, 10], [60, 10], [60, 60]], [[10, 10], [60, 10], [60, 60]]]], "mask": "SMALL"},
-         r"mask: mask is 64×64"),
+        (
+            {"polygons": [[[[10, 10], [60, 10], [60, 60]], [[10, 10], [60, 10], [60, 60]]]], "mask": "SMALL"},
+            r"mask: mask is 64×64",
+        ),
     ],
 )
 def test_invalid_geometry_is_refused_naming_the_field(editor, fields, match):
-    masks = {"SQUARE": _square_mask((512, 384), 100, 100, 50), "EMPTY": np.zeros((384, 512), np.uint8),
-             "SMALL": np.ones((64, 64), np.uint8)}
+    masks = {
+        "SQUARE": _square_mask((512, 384), 100, 100, 50),
+        "EMPTY": np.zeros((384, 512), np.uint8),
+        "SMALL": np.ones((64, 64), np.uint8),
+    }
 
     def sub(v):
         if isinstance(v, str):
@@ -382,11 +437,19 @@ def test_invalid_geometry_is_refused_naming_the_field(editor, fields, match):
     "fields, match",
     [
         ({}, "exactly one input kind"),
-        ({"polygons": [[[[0, 0], [9, 0], [9, 9]], [[0, 0], [9, 0], [9, 9]]]], "dense_points": [[1, 1], [2, 2]]},
-         "exactly one input kind"),
+        (
+            {
+                "polygons": [[[[0, 0], [9, 0], [9, 9]], [[0, 0], [9, 0], [9, 9]]]],
+                "dense_points": [[1, 1], [2, 2]],
+            },
+            "exactly one input kind",
+        ),
         ({"region": "x.png"}, "`region` and `points` go together"),
         ({"dense_points": [[1, 1], [2, 2], [3, 3]]}, "even count"),
-        ({"polygons": [[[[0, 0], [9, 0], [9, 9]], [[0, 0], [9, 0], [9, 9], [0, 9]]]]}, "3 vertices but target has 4"),
+        (
+            {"polygons": [[[[0, 0], [9, 0], [9, 9]], [[0, 0], [9, 0], [9, 9], [0, 9]]]]},
+            "3 vertices but target has 4",
+        ),
         ({"polygons": [[[[0, 0], [9, 0]], [[0, 0], [9, 0]]]]}, "at least 3"),
         ({"handle_noise": 1.5, "dense_points": [[1, 1], [2, 2]]}, "handle_noise"),
         ({"sampler": {"guidance_scale": 4.0}, "dense_points": [[1, 1], [2, 2]]}, "guidance_scale"),
@@ -420,16 +483,38 @@ def test_cli_edits_a_real_sample_with_a_region_spec_and_relative_mask_paths(tmp_
         m = np.zeros((size[1], size[0]), np.uint8)
         m[max(int(y) - r, 0) : int(y) + r, max(int(x) - r, 0) : int(x) + r] = 255
         Image.fromarray(m).save(tmp_path / name)
-    spec = {"mode": "region-drag", "prompt": drag["prompt"], "regions": [["handle.png", "target.png"]],
-            "sampler": {"steps": 8}}
+    spec = {
+        "mode": "region-drag",
+        "prompt": drag["prompt"],
+        "regions": [["handle.png", "target.png"]],
+        "sampler": {"steps": 8},
+    }
     (tmp_path / "region.json").write_text(json.dumps(spec))
     out, report = tmp_path / "out.png", tmp_path / "report.json"
-    res = runner.invoke(app, ["edit", str(image), "--spec", str(tmp_path / "region.json"), "--resolution", "128",
-                              "--out", str(out), "--report", str(report), "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "edit",
+            str(image),
+            "--spec",
+            str(tmp_path / "region.json"),
+            "--resolution",
+            "128",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert Image.open(out).size == size
     rep = json.loads(report.read_text())
-    assert rep["mode"] == "region-drag" and rep["unet_evaluations"] == {"forward": 8, "forward_grad": 0, "backward": 0}
+    assert rep["mode"] == "region-drag" and rep["unet_evaluations"] == {
+        "forward": 8,
+        "forward_grad": 0,
+        "backward": 0,
+    }
 
 
 def test_cli_runs_a_points_only_sample_as_region_drag(tmp_path):
@@ -438,8 +523,24 @@ def test_cli_runs_a_points_only_sample_as_region_drag(tmp_path):
     folder = _real_sample()
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     out, report = tmp_path / "out.png", tmp_path / "report.json"
-    res = runner.invoke(app, ["edit", str(folder), "--mode", "region-drag", "--steps", "6", "--resolution", "128",
-                              "--out", str(out), "--report", str(report), "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "edit",
+            str(folder),
+            "--mode",
+            "region-drag",
+            "--steps",
+            "6",
+            "--resolution",
+            "128",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert Image.open(out).size == Image.open(folder / "original_image.png").size
     rep = json.loads(report.read_text())
@@ -460,8 +561,24 @@ def test_cli_reads_dense_points_of_a_region_sample_and_refuses_unknown_modes(tmp
     with open(folder / "meta_data_region.pkl", "wb") as f:
         pickle.dump({"prompt": "black car", "points": np.array(dense), "mask": mask}, f)
     out, report = tmp_path / "out.png", tmp_path / "report.json"
-    res = runner.invoke(app, ["edit", str(folder), "--mode", "region-drag", "--steps", "6", "--resolution", "128",
-                              "--out", str(out), "--report", str(report), "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "edit",
+            str(folder),
+            "--mode",
+            "region-drag",
+            "--steps",
+            "6",
+            "--resolution",
+            "128",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert Image.open(out).size == (512, 384)
     assert any("from dense_points" in n for n in json.loads(report.read_text())["notes"])

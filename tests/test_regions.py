@@ -492,8 +492,11 @@ def test_official_polygon_drops_sources_off_the_image() -> None:
     assert set(d) == {(r, c) for r in range(2, 7) for c in range(3, 6)}
     assert all(s == (r, c - 3) for (r, c), s in d.items())
     # target cells 31..35, sources 6 cells right: 37..41, of which 40 and 41 are past the right edge
-    right = _as_dict(polygon_map(NATIVE, [[x + 288, y] for x, y in target], [[x + 240, y] for x, y in target],
-                                 rules="official"))
+    right = _as_dict(
+        polygon_map(
+            NATIVE, [[x + 288, y] for x, y in target], [[x + 240, y] for x, y in target], rules="official"
+        )
+    )
     assert {c for _, c in right} == {31, 32, 33} and max(s[1] for s in right.values()) == 39
 
 
@@ -513,11 +516,19 @@ def test_official_region_points_weights_by_inverse_distance() -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    w=st.integers(64, 960), h=st.integers(64, 960), res=st.integers(64, 768),
-    fx=st.floats(0, 1), fy=st.floats(0, 1), fw=st.floats(0, 1), fh=st.floats(0, 1),
-    fdx=st.floats(0, 1), fdy=st.floats(0, 1),
+    w=st.integers(64, 960),
+    h=st.integers(64, 960),
+    res=st.integers(64, 768),
+    fx=st.floats(0, 1),
+    fy=st.floats(0, 1),
+    fw=st.floats(0, 1),
+    fh=st.floats(0, 1),
+    fdx=st.floats(0, 1),
+    fdy=st.floats(0, 1),
 )
-def test_dense_points_write_every_target_cell_at_any_working_size(w, h, res, fx, fy, fw, fh, fdx, fdy) -> None:
+def test_dense_points_write_every_target_cell_at_any_working_size(
+    w, h, res, fx, fy, fw, fh, fdx, fdy
+) -> None:
     """DragBench-SR/DR dense points (one pair per 8-px block) leave no target cell unwritten at any size."""
     nbx, nby = w // 8, h // 8  # whole blocks on the image
     if nbx < 1 or nby < 1:

@@ -106,7 +106,9 @@ def test_misspelt_hook_is_refused_at_registration():
 
 
 @pytest.mark.parametrize("value", ["drag,eager", "eager", ""])
-def test_load_plugins_env_var_selects_third_party_plugins_and_the_builtins_always_load(monkeypatch, tmp_path, value):
+def test_load_plugins_env_var_selects_third_party_plugins_and_the_builtins_always_load(
+    monkeypatch, tmp_path, value
+):
     (tmp_path / "tp_plugin.py").write_text("")
     _fake_distribution(tmp_path, "tp-plugin", {"tp": "tp_plugin"})
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -144,9 +146,13 @@ class _Boom(BaseException):
     """Not an Exception: what a careless plugin may raise."""
 
 
-@pytest.mark.parametrize("raise_line", ["raise SystemExit(3)", "import sys; sys.exit('bye')",
-                                        "raise tests.test_registry._Boom('x')"])
-def test_a_plugin_raising_any_base_exception_at_import_is_reported_not_fatal(tmp_path, monkeypatch, raise_line):
+@pytest.mark.parametrize(
+    "raise_line",
+    ["raise SystemExit(3)", "import sys; sys.exit('bye')", "raise tests.test_registry._Boom('x')"],
+)
+def test_a_plugin_raising_any_base_exception_at_import_is_reported_not_fatal(
+    tmp_path, monkeypatch, raise_line
+):
     (tmp_path / "exiting_plugin.py").write_text(f"import tests.test_registry\n{raise_line}\n")
     _fake_distribution(tmp_path, "exiting-plugin", {"exiting": "exiting_plugin"})
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -164,7 +170,9 @@ def test_keyboard_interrupt_raised_by_a_plugins_import_is_that_plugins_failure(t
     monkeypatch.syspath_prepend(str(tmp_path))
     reg = Registry()
     reg.load_entry_points()
-    assert any(f.name == "ctrl-c" and f.stage == "import" and "KeyboardInterrupt" in f.error for f in reg.failures)
+    assert any(
+        f.name == "ctrl-c" and f.stage == "import" and "KeyboardInterrupt" in f.error for f in reg.failures
+    )
     assert "drag" in reg.modes
 
 
@@ -254,7 +262,9 @@ def test_a_third_party_plugin_cannot_replace_a_builtin_mode_or_backend(monkeypat
     assert reg.backends["eager"].description != "not the real eager"
     assert reg.plugins["drag"].modes == ["drag"] and reg.plugins["hijack"].modes == []
     dups = [f for f in reg.failures if f.name == "hijack"]
-    assert len(dups) == 2 and all("registered twice" in f.error and "DRAGSDK_OVERRIDE=" in f.error for f in dups)
+    assert len(dups) == 2 and all(
+        "registered twice" in f.error and "DRAGSDK_OVERRIDE=" in f.error for f in dups
+    )
     assert reg.overrides == []
 
 
@@ -270,7 +280,9 @@ def test_dragsdk_override_replaces_a_builtin_on_purpose_and_is_reported(monkeypa
     reg.register_plugin(_Hijack(), "hijack")
     assert reg.modes["drag"].description == "not the real drag"
     assert reg.backends["eager"].description != "not the real eager"  # only the names listed are replaceable
-    assert [(o.kind, o.name, o.plugin, o.replaces) for o in reg.overrides] == [("mode", "drag", "hijack", "drag")]
+    assert [(o.kind, o.name, o.plugin, o.replaces) for o in reg.overrides] == [
+        ("mode", "drag", "hijack", "drag")
+    ]
     monkeypatch.setattr(registry, "_default", reg)
     res = CliRunner().invoke(cli_app, ["plugins"])
     assert res.exit_code == 0, res.output
@@ -288,15 +300,21 @@ def test_an_entry_point_named_like_a_builtin_does_not_hide_it(tmp_path, monkeypa
     reg.load_entry_points()
     assert "drag" in reg.modes and reg.plugins["drag"].distribution == "dragsdk"
     failure = next(f for f in reg.failures if f.distribution == "shadow-plugin")
-    assert failure.stage == "duplicate" and "built-in" in failure.error and "DRAGSDK_OVERRIDE=drag" in failure.error
+    assert (
+        failure.stage == "duplicate"
+        and "built-in" in failure.error
+        and "DRAGSDK_OVERRIDE=drag" in failure.error
+    )
     assert "shadow_plugin" not in sys.modules
 
     monkeypatch.setenv("DRAGSDK_OVERRIDE", "drag")  # on purpose: it loads, under its distribution's name
     reg = Registry()
     reg.load_entry_points()
     assert "drag" in reg.modes and reg.plugins["drag"].builtin
-    assert any(f.name == "drag" and f.stage == "import" and "must not even be imported" in f.error
-               for f in reg.failures)
+    assert any(
+        f.name == "drag" and f.stage == "import" and "must not even be imported" in f.error
+        for f in reg.failures
+    )
     sys.modules.pop("shadow_plugin", None)
 
 
@@ -336,7 +354,9 @@ def test_a_mode_with_a_broken_spec_model_is_reported_and_every_other_mode_is_lis
     reg.register_plugin(Mixed(), "mixed")
     assert "fine-mode" in reg.modes and "not-a-spec" not in reg.modes and "no-schema" not in reg.modes
     errors = " ".join(f.error for f in reg.failures if f.name == "mixed")
-    assert "'not-a-spec': spec_model must be a subclass" in errors and "'no-schema': the JSON Schema" in errors
+    assert (
+        "'not-a-spec': spec_model must be a subclass" in errors and "'no-schema': the JSON Schema" in errors
+    )
     monkeypatch.setattr(registry, "_default", reg)
     res = CliRunner().invoke(cli_app, ["modes"])
     assert res.exit_code == 0, res.output

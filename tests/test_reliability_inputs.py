@@ -39,18 +39,23 @@ def test_suggest_mask_refuses_a_timestep_off_the_schedule(editor, timestep):
 
 
 def test_the_mask_command_refuses_a_bad_threshold_before_the_model_loads(tmp_path, no_work):  # noqa: F811
-    res = CliRunner().invoke(app, ["mask", str(IMAGE), "200", "200", "--threshold", "5", "--out",
-                                   str(tmp_path / "m.png")])
+    res = CliRunner().invoke(
+        app, ["mask", str(IMAGE), "200", "200", "--threshold", "5", "--out", str(tmp_path / "m.png")]
+    )
     assert res.exit_code == 2 and "error: threshold:" in res.output, res.output
 
 
 def test_a_prompt_longer_than_the_text_encoder_reads_gets_a_note(editor, car_sample):
     image, spec = car_sample
     long = " ".join(["a red sports car parked on a wet cobbled street at dusk"] * 12)
-    notes = editor.edit(image, {**spec, "prompt": long, "sampler": {"steps": 2, "resolution": 64}}).report.notes
+    notes = editor.edit(
+        image, {**spec, "prompt": long, "sampler": {"steps": 2, "resolution": 64}}
+    ).report.notes
     cut = [n for n in notes if n.startswith("prompt:")]
     assert len(cut) == 1 and "the text encoder reads 77" in cut[0] and "the rest was cut" in cut[0]
-    short = editor.edit(image, {**spec, "prompt": "a car", "sampler": {"steps": 2, "resolution": 64}}).report.notes
+    short = editor.edit(
+        image, {**spec, "prompt": "a car", "sampler": {"steps": 2, "resolution": 64}}
+    ).report.notes
     assert not [n for n in short if n.startswith("prompt:")]
 
 
@@ -62,8 +67,12 @@ def test_latent_paste_names_what_it_expected(value):
 
 def test_a_polygon_entirely_outside_the_image_is_named_as_outside(editor):
     far = [[x + 5000, y] for x, y in SQUARE]
-    spec = {"mode": "region-drag", "prompt": "a car", "sampler": {"steps": 4, "resolution": 64},
-            "polygons": [{"handle": far, "target": [[x + 40, y] for x, y in far]}]}
+    spec = {
+        "mode": "region-drag",
+        "prompt": "a car",
+        "sampler": {"steps": 4, "resolution": 64},
+        "polygons": [{"handle": far, "target": [[x + 40, y] for x, y in far]}],
+    }
     with pytest.raises(SpecError) as err:
         editor.plan(str(IMAGE), spec)
     assert err.value.field == "polygons[0].handle" and "entirely outside the 512×384 image" in str(err.value)
@@ -72,7 +81,9 @@ def test_a_polygon_entirely_outside_the_image_is_named_as_outside(editor):
 
 def test_a_model_level_validator_error_names_the_spec_not_an_empty_field(tmp_path):
     spec = tmp_path / "s.json"
-    spec.write_text(json.dumps({"mode": "region-drag", "prompt": "x", "sampler": {"steps": 4, "resolution": 64}}))
+    spec.write_text(
+        json.dumps({"mode": "region-drag", "prompt": "x", "sampler": {"steps": 4, "resolution": 64}})
+    )
     res = CliRunner().invoke(app, ["edit", str(IMAGE), "--spec", str(spec), "--out", str(tmp_path / "o.png")])
     assert res.exit_code == 2 and "give exactly one input kind" in res.output
     assert "spec field :" not in res.output and "error: spec (RegionDragSpec):" in res.output, res.output
@@ -95,13 +106,23 @@ def test_a_multi_page_tiff_is_called_one_and_a_page_can_be_chosen(tiff):
 
 def test_the_cli_takes_frame(tmp_path, tiff, no_work):  # noqa: F811
     spec = tmp_path / "s.json"
-    spec.write_text(json.dumps({"mode": "drag", "prompt": "x", "points": [[[10, 10], [20, 12]]],
-                                "sampler": {"steps": 2, "resolution": 64}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "mode": "drag",
+                "prompt": "x",
+                "points": [[[10, 10], [20, 12]]],
+                "sampler": {"steps": 2, "resolution": 64},
+            }
+        )
+    )
     args = ["edit", str(tiff), "--spec", str(spec), "--out", str(tmp_path / "o.png"), "--quiet"]
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 2 and "--frame K" in refused.output
     chosen = CliRunner().invoke(app, [*args, "--frame", "1"])
-    assert isinstance(chosen.exception, AssertionError) and "model was loaded" in str(chosen.exception)  # decoded
+    assert isinstance(chosen.exception, AssertionError) and "model was loaded" in str(
+        chosen.exception
+    )  # decoded
 
 
 def test_region_drag_spec_paths_relative_to_a_relative_spec_folder_resolve_once(tmp_path, monkeypatch):
@@ -111,9 +132,16 @@ def test_region_drag_spec_paths_relative_to_a_relative_spec_folder_resolve_once(
     mask[100:200, 100:200] = 255
     for name in ("m.png", "h.png", "t.png"):
         Image.fromarray(mask).save(folder / name)
-    (folder / "s.json").write_text(json.dumps({
-        "mode": "region-drag", "prompt": "x", "mask": "m.png",
-        "regions": [{"handle": "h.png", "target": "t.png"}]}))
+    (folder / "s.json").write_text(
+        json.dumps(
+            {
+                "mode": "region-drag",
+                "prompt": "x",
+                "mask": "m.png",
+                "regions": [{"handle": "h.png", "target": "t.png"}],
+            }
+        )
+    )
     monkeypatch.chdir(tmp_path)
     spec = read_spec_file("specs/s.json")
     for path in (spec["mask"], spec["regions"][0]["handle"], spec["regions"][0]["target"]):

@@ -30,16 +30,28 @@ def _sdxl_with_real_width_order() -> ModelBundle:
 
     xl = load_model("tiny-sdxl", device="cpu")
     torch.manual_seed(1)
-    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**{**xl.text_encoder_2.config.to_dict(), "hidden_size": 48,
-                                                        "intermediate_size": 96}))
+    te2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(**{**xl.text_encoder_2.config.to_dict(), "hidden_size": 48, "intermediate_size": 96})
+    )
     cfg = dict(xl.unet.config)
-    cfg.update(cross_attention_dim=32 + 48,
-               projection_class_embeddings_input_dim=6 * cfg["addition_time_embed_dim"] + te2.config.projection_dim)
+    cfg.update(
+        cross_attention_dim=32 + 48,
+        projection_class_embeddings_input_dim=6 * cfg["addition_time_embed_dim"] + te2.config.projection_dim,
+    )
     unet = UNet2DConditionModel.from_config(cfg)
     for m in (unet, te2):
         m.eval().requires_grad_(False)
-    return ModelBundle(unet, xl.vae, xl.text_encoder, xl.tokenizer, xl.scheduler, "tiny-sdxl-wide", "sdxl", te2,
-                       xl.tokenizer_2)
+    return ModelBundle(
+        unet,
+        xl.vae,
+        xl.text_encoder,
+        xl.tokenizer,
+        xl.scheduler,
+        "tiny-sdxl-wide",
+        "sdxl",
+        te2,
+        xl.tokenizer_2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +59,11 @@ def checkpoints(tmp_path_factory):
     """Per family: (the source bundle, its diffusers folder written by save_pretrained, a .safetensors file)."""
     root = tmp_path_factory.mktemp("single_file")
     out = {}
-    for family, bundle in (("sd1", load_model("tiny", device="cpu")), ("sd2", load_model("tiny-sd2", device="cpu")),
-                           ("sdxl", _sdxl_with_real_width_order())):
+    for family, bundle in (
+        ("sd1", load_model("tiny", device="cpu")),
+        ("sd2", load_model("tiny-sd2", device="cpu")),
+        ("sdxl", _sdxl_with_real_width_order()),
+    ):
         _pipe(bundle).save_pretrained(root / family)
         out[family] = (bundle, root / family, save_single_file(bundle, root / f"{family}.safetensors"))
     return out
@@ -67,7 +82,9 @@ def _assert_same_weights(a: ModelBundle, b: ModelBundle) -> None:
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
-def test_a_single_file_checkpoint_loads_offline_with_every_weight_of_its_folder(checkpoints, family, monkeypatch):
+def test_a_single_file_checkpoint_loads_offline_with_every_weight_of_its_folder(
+    checkpoints, family, monkeypatch
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source, folder, file = checkpoints[family]
     loaded = load_model(file, device="cpu", single_file_config=folder)
@@ -85,13 +102,16 @@ def test_a_ckpt_file_with_a_state_dict_loads_like_the_safetensors_file(checkpoin
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
-def test_an_edit_with_the_single_file_model_equals_the_folder_models_bit_for_bit(checkpoints, car_sample, family,
-                                                                                 one_thread):
+def test_an_edit_with_the_single_file_model_equals_the_folder_models_bit_for_bit(
+    checkpoints, car_sample, family, one_thread
+):
     _, folder, file = checkpoints[family]
     image, spec = car_sample
     spec = {**spec, "sampler": FAST}
-    results = [Editor(load_model(m, device="cpu", single_file_config=c), backend="eager").edit(image, spec)
-               for m, c in ((file, folder), (folder, None))]
+    results = [
+        Editor(load_model(m, device="cpu", single_file_config=c), backend="eager").edit(image, spec)
+        for m, c in ((file, folder), (folder, None))
+    ]
     assert torch.equal(results[0].latent, results[1].latent)
     assert np.array_equal(np.asarray(results[0].image), np.asarray(results[1].image))
     assert results[0].report.model == str(file)
@@ -103,15 +123,25 @@ def test_an_sdxl_file_whose_text_encoders_have_one_width_is_refused_before_diffu
     xl = load_model("tiny-sdxl", device="cpu")
     _pipe(xl).save_pretrained(tmp_path / "folder")
     file = save_single_file(xl, tmp_path / "xl.safetensors")
-    with pytest.raises(ModelLoadError, match="two text encoders are both 32 wide: diffusers' from_single_file picks"):
+    with pytest.raises(
+        ModelLoadError, match="two text encoders are both 32 wide: diffusers' from_single_file picks"
+    ):
         load_model(file, device="cpu", single_file_config=tmp_path / "folder")
 
 
-@pytest.mark.parametrize("key, match", [
-    ("cond_stage_model.transformer.text_model.final_layer_norm.weight",
-     "left 1 text_encoder weight\\(s\\) unloaded \\(e.g. \\['final_layer_norm.weight'\\]\\)"),
-    ("first_stage_model.decoder.conv_out.weight", "does not hold every weight of the configured SD 1.x / 2.x arch"),
-])
+@pytest.mark.parametrize(
+    "key, match",
+    [
+        (
+            "cond_stage_model.transformer.text_model.final_layer_norm.weight",
+            "left 1 text_encoder weight\\(s\\) unloaded \\(e.g. \\['final_layer_norm.weight'\\]\\)",
+        ),
+        (
+            "first_stage_model.decoder.conv_out.weight",
+            "does not hold every weight of the configured SD 1.x / 2.x arch",
+        ),
+    ],
+)
 def test_a_checkpoint_missing_a_weight_is_refused(checkpoints, tmp_path, key, match):
     from safetensors.torch import save_file
 
@@ -123,41 +153,80 @@ def test_a_checkpoint_missing_a_weight_is_refused(checkpoints, tmp_path, key, ma
         load_model(tmp_path / "partial.safetensors", device="cpu", single_file_config=folder)
 
 
-def test_offline_without_a_config_folder_the_error_names_the_repository_and_the_option(checkpoints, monkeypatch,
-                                                                                       tmp_path):
+def test_offline_without_a_config_folder_the_error_names_the_repository_and_the_option(
+    checkpoints, monkeypatch, tmp_path
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(ModelLoadError, match="configs of the hub repository stable-diffusion-v1-5/stable-diffusion-v1-5"
-                                             " \\(HF_HUB_OFFLINE is set\\): pass single_file_config=FOLDER \\(CLI: "
-                                             "--model-config FOLDER\\)"):
+    with pytest.raises(
+        ModelLoadError,
+        match="configs of the hub repository stable-diffusion-v1-5/stable-diffusion-v1-5"
+        " \\(HF_HUB_OFFLINE is set\\): pass single_file_config=FOLDER \\(CLI: "
+        "--model-config FOLDER\\)",
+    ):
         load_model(checkpoints["sd1"][2], device="cpu")
 
 
 def test_a_config_folder_of_another_architecture_is_refused(checkpoints):
-    with pytest.raises(ModelLoadError, match="single_file_config .*sdxl holds an sdxl model but checkpoint .*sd1"
-                                             ".safetensors has SD 1.x / 2.x keys"):
+    with pytest.raises(
+        ModelLoadError,
+        match="single_file_config .*sdxl holds an sdxl model but checkpoint .*sd1"
+        ".safetensors has SD 1.x / 2.x keys",
+    ):
         load_model(checkpoints["sd1"][2], device="cpu", single_file_config=checkpoints["sdxl"][1])
     # SD 2.x configs (linear projections) for an SD 1.x file (conv projections): diffusers' shape error, with a hint
-    with pytest.raises(ModelLoadError, match="expected shape .*Does single_file_config .*sd2 describe this checkpoint"):
+    with pytest.raises(
+        ModelLoadError, match="expected shape .*Does single_file_config .*sd2 describe this checkpoint"
+    ):
         load_model(checkpoints["sd1"][2], device="cpu", single_file_config=checkpoints["sd2"][1])
 
 
 def test_a_config_folder_is_refused_for_a_model_that_is_not_a_single_file(checkpoints):
-    with pytest.raises(ModelLoadError, match="single_file_config is for a .safetensors / .ckpt checkpoint; 'tiny'"):
+    with pytest.raises(
+        ModelLoadError, match="single_file_config is for a .safetensors / .ckpt checkpoint; 'tiny'"
+    ):
         load_model("tiny", device="cpu", single_file_config=checkpoints["sd1"][1])
 
 
 def test_the_cli_edits_with_a_single_file_model_and_a_config_folder(checkpoints, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _, folder, file = checkpoints["sd2"]
-    res = CliRunner().invoke(app, ["edit", str(EXAMPLE_SAMPLE), "--model", str(file), "--model-config", str(folder),
-                                   "--steps", "3", "--resolution", "64", "--out", str(tmp_path / "e.png"),
-                                   "--report", str(tmp_path / "r.json"), "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "edit",
+            str(EXAMPLE_SAMPLE),
+            "--model",
+            str(file),
+            "--model-config",
+            str(folder),
+            "--steps",
+            "3",
+            "--resolution",
+            "64",
+            "--out",
+            str(tmp_path / "e.png"),
+            "--report",
+            str(tmp_path / "r.json"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["model"] == str(file) and rep["unet_evaluations"]["backward"] > 0
-    res = CliRunner().invoke(app, ["edit", str(EXAMPLE_SAMPLE), "--model", "tiny", "--model-config", str(folder),
-                                   "--out", str(tmp_path / "x.png")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "edit",
+            str(EXAMPLE_SAMPLE),
+            "--model",
+            "tiny",
+            "--model-config",
+            str(folder),
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+    )
     assert res.exit_code != 0 and "--model-config" in res.output and "tiny" in res.output
 
 
@@ -168,17 +237,64 @@ def test_every_command_that_loads_a_model_takes_the_config_folder(checkpoints, t
     _, folder, file = checkpoints["sd1"]
     image = EXAMPLE_SAMPLE / "original_image.png"
     model = ["--model", str(file), "--model-config", str(folder)]
-    res = CliRunner().invoke(app, ["mask", str(image), "131", "264", "--out", str(tmp_path / "m.png"), "--json", *model])
+    res = CliRunner().invoke(
+        app, ["mask", str(image), "131", "264", "--out", str(tmp_path / "m.png"), "--json", *model]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["area_px"] > 0
-    res = CliRunner().invoke(app, ["bench", str(EXAMPLE_SAMPLE.parent), "--out", str(tmp_path / "run"), "--limit", "1",
-                                   "--steps", "2", "--resolution", "64", "--metrics", "psnr_ssim", "--quiet", *model])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(EXAMPLE_SAMPLE.parent),
+            "--out",
+            str(tmp_path / "run"),
+            "--limit",
+            "1",
+            "--steps",
+            "2",
+            "--resolution",
+            "64",
+            "--metrics",
+            "psnr_ssim",
+            "--quiet",
+            *model,
+        ],
+    )
     assert res.exit_code == 0, res.output
     settings = json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]
     assert settings["model"] == str(file) and settings["model_config"] == str(folder)
-    res = CliRunner().invoke(app, ["backends", "--bench", "--only", "eager", "--resolution", "64", "--steps", "2",
-                                   "--repeats", "1", "--json", *model])
+    res = CliRunner().invoke(
+        app,
+        [
+            "backends",
+            "--bench",
+            "--only",
+            "eager",
+            "--resolution",
+            "64",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--json",
+            *model,
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(app, ["mask", str(image), "131", "264", "--out", str(tmp_path / "n.png"),
-                                   "--model", "tiny", "--model-config", str(folder)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "mask",
+            str(image),
+            "131",
+            "264",
+            "--out",
+            str(tmp_path / "n.png"),
+            "--model",
+            "tiny",
+            "--model-config",
+            str(folder),
+        ],
+    )
     assert res.exit_code == 2 and "single_file_config" in res.output and not (tmp_path / "n.png").exists()

@@ -33,7 +33,9 @@ MAPPED = ("dragsdk.plugins", "dragsdk.backends", "dragsdk.kernels")
 
 def _public_modules() -> list[str]:
     names = {"dragsdk", *MAPPED}
-    roots = [(dragsdk.__path__, "dragsdk.")] + [(importlib.import_module(m).__path__, m + ".") for m in MAPPED]
+    roots = [(dragsdk.__path__, "dragsdk.")] + [
+        (importlib.import_module(m).__path__, m + ".") for m in MAPPED
+    ]
     for path, prefix in roots:
         for info in pkgutil.walk_packages(path, prefix):
             if not any(part.startswith("_") for part in info.name.split(".")):
@@ -43,8 +45,14 @@ def _public_modules() -> list[str]:
 
 def test_the_module_walk_sees_every_installed_subpackage():
     names = set(_public_modules())
-    for expected in ("dragsdk.editor", "dragsdk.plugins.drag", "dragsdk.backends.eager", "dragsdk.kernels.reference",
-                     "dragsdk.eval.bench", "dragsdk.ui"):
+    for expected in (
+        "dragsdk.editor",
+        "dragsdk.plugins.drag",
+        "dragsdk.backends.eager",
+        "dragsdk.kernels.reference",
+        "dragsdk.eval.bench",
+        "dragsdk.ui",
+    ):
         assert expected in names
 
 

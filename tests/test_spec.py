@@ -8,8 +8,12 @@ from dragsdk.spec import DragSpec, GuidanceSchedule, spec_from_json
 
 
 def test_drag_spec_json_round_trip_preserves_everything():
-    spec = DragSpec(points=[((10, 20), (30, 40)), ((1.5, 2), (3, 4))], prompt="a cat",
-                    sampler={"steps": 20, "seed": 7}, weights={"edit": 3})
+    spec = DragSpec(
+        points=[((10, 20), (30, 40)), ((1.5, 2), (3, 4))],
+        prompt="a cat",
+        sampler={"steps": 20, "seed": 7},
+        weights={"edit": 3},
+    )
     again = spec_from_json(spec.model_dump_json(), {"drag": DragSpec})
     assert again == spec
     assert again.points[1].handle == (1.5, 2.0)

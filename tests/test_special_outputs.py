@@ -48,7 +48,8 @@ def _special(kind: str, tmp_path: Path) -> tuple[Path, object]:
 def _is_still(kind: str, path: Path) -> bool:
     mode = os.lstat(path).st_mode
     return {"fifo": stat.S_ISFIFO, "socket": stat.S_ISSOCK, "device": stat.S_ISLNK}[kind](mode) and (
-        kind != "device" or stat.S_ISCHR(os.stat(path).st_mode))
+        kind != "device" or stat.S_ISCHR(os.stat(path).st_mode)
+    )
 
 
 @pytest.mark.parametrize("option", ["--out", "--report", "--trace"])
@@ -56,8 +57,15 @@ def _is_still(kind: str, path: Path) -> bool:
 def test_an_existing_non_regular_output_is_refused_before_the_model_loads(tmp_path, no_work, option, kind):  # noqa: F811
     _inputs(tmp_path)
     target, keep = _special(kind, tmp_path)
-    args = ["edit", str(tmp_path / "in.png"), "--spec", str(tmp_path / "spec.json"), "--quiet",
-            "--out", str(tmp_path / "o.png")]
+    args = [
+        "edit",
+        str(tmp_path / "in.png"),
+        "--spec",
+        str(tmp_path / "spec.json"),
+        "--quiet",
+        "--out",
+        str(tmp_path / "o.png"),
+    ]
     args += [option, str(target)]
     res = runner.invoke(app, args)
     field = option.removeprefix("--")
@@ -71,16 +79,40 @@ def test_an_existing_non_regular_output_is_refused_before_the_model_loads(tmp_pa
 
 def test_the_trace_cannot_be_the_out_path(tmp_path, no_work):  # noqa: F811
     _inputs(tmp_path)
-    res = runner.invoke(app, ["edit", str(tmp_path / "in.png"), "--spec", str(tmp_path / "spec.json"), "--quiet",
-                              "--out", str(tmp_path / "o.png"), "--trace", str(tmp_path / "o.png")])
+    res = runner.invoke(
+        app,
+        [
+            "edit",
+            str(tmp_path / "in.png"),
+            "--spec",
+            str(tmp_path / "spec.json"),
+            "--quiet",
+            "--out",
+            str(tmp_path / "o.png"),
+            "--trace",
+            str(tmp_path / "o.png"),
+        ],
+    )
     assert res.exit_code == 2 and "error: trace:" in res.output and "must differ" in res.output, res.output
 
 
 def test_an_unwritable_trace_path_is_refused_up_front_as_trace(tmp_path, no_work):  # noqa: F811
     _inputs(tmp_path)
     (tmp_path / "afile").write_text("x")
-    res = runner.invoke(app, ["edit", str(tmp_path / "in.png"), "--spec", str(tmp_path / "spec.json"), "--quiet",
-                              "--out", str(tmp_path / "o.png"), "--trace", str(tmp_path / "afile" / "t.npz")])
+    res = runner.invoke(
+        app,
+        [
+            "edit",
+            str(tmp_path / "in.png"),
+            "--spec",
+            str(tmp_path / "spec.json"),
+            "--quiet",
+            "--out",
+            str(tmp_path / "o.png"),
+            "--trace",
+            str(tmp_path / "afile" / "t.npz"),
+        ],
+    )
     assert res.exit_code == 2 and "error: trace: cannot create" in res.output, res.output
 
 
@@ -89,8 +121,12 @@ def test_editor_edit_refuses_a_fifo_trace_before_any_work(editor, car_sample, tm
     fifo = _fifo(tmp_path / "t.npz")
     steps = []
     with pytest.raises(SpecError) as err:
-        editor.edit(image, {**spec, "sampler": {"steps": 2, "resolution": 64}}, trace=fifo,
-                    callback_on_step_end=lambda e: steps.append(e.phase))
+        editor.edit(
+            image,
+            {**spec, "sampler": {"steps": 2, "resolution": 64}},
+            trace=fifo,
+            callback_on_step_end=lambda e: steps.append(e.phase),
+        )
     assert err.value.field == "trace" and "FIFO" in str(err.value)
     assert steps == [] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
@@ -101,7 +137,9 @@ def test_atomic_writes_never_replace_a_non_regular_file(tmp_path, kind):
     with pytest.raises(SpecError) as err:
         atomic_write(target, lambda tmp: tmp.write_bytes(b"x"), field="report")
     assert err.value.field == "report"
-    assert _is_still(kind, target) and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file
+    assert _is_still(kind, target) and not [
+        p for p in tmp_path.iterdir() if p.name.startswith(".")
+    ]  # no temp file
     with pytest.raises(SpecError):
         check_outputs({"out": target})
     if keep is not None:

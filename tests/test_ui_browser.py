@@ -27,8 +27,15 @@ from .conftest import EXAMPLE_SAMPLE, SHARED_DATA
 
 CHROMIUM = os.environ.get("DRAGSDK_CHROMIUM", "/usr/bin/chromium")
 # The flags the machine's probe used: no sandbox as root, no GPU, no network chatter from the browser itself.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 RUN_TIMEOUT_MS = 240_000
 
 try:
@@ -43,11 +50,15 @@ except ImportError as e:
     _playwright = f"playwright is not installed (pip install playwright): {e}"
 else:
     _playwright = ""
-_chromium = "" if (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)) else (
-    f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)")
+_chromium = (
+    ""
+    if (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK))
+    else (f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)")
+)
 
-pytestmark = pytest.mark.skipif(bool(_gradio or _playwright or _chromium),
-                                reason=_gradio or _playwright or _chromium or "ready")
+pytestmark = pytest.mark.skipif(
+    bool(_gradio or _playwright or _chromium), reason=_gradio or _playwright or _chromium or "ready"
+)
 
 
 def _sample() -> Path:
@@ -65,8 +76,13 @@ def _free_port() -> int:
 def server(editor, tmp_path_factory):
     from dragsdk.ui.app import build_app, launch
 
-    page = build_app(editor, sample_roots=[EXAMPLE_SAMPLE.parent], steps=4, resolution=128,
-                     workdir=tmp_path_factory.mktemp("ui-runs"))
+    page = build_app(
+        editor,
+        sample_roots=[EXAMPLE_SAMPLE.parent],
+        steps=4,
+        resolution=128,
+        workdir=tmp_path_factory.mktemp("ui-runs"),
+    )
     port = _free_port()
     launch(page, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -79,8 +95,12 @@ def server(editor, tmp_path_factory):
 def browser_page(tmp_path):
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1400, "height": 1000}, accept_downloads=True,
+            str(tmp_path / "profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1400, "height": 1000},
+            accept_downloads=True,
         )
         try:
             yield ctx.new_page()
@@ -94,8 +114,10 @@ def _image_geometry(page, selector: str) -> tuple[float, float, float, tuple[int
     img = page.locator(selector)
     img.scroll_into_view_if_needed()
     box = img.bounding_box()
-    nat = page.evaluate(f"() => {{ const i = document.querySelector('{selector}'); "
-                        "return [i.naturalWidth, i.naturalHeight]; }")
+    nat = page.evaluate(
+        f"() => {{ const i = document.querySelector('{selector}'); "
+        "return [i.naturalWidth, i.naturalHeight]; }"
+    )
     fit = page.evaluate(f"() => getComputedStyle(document.querySelector('{selector}')).objectFit")
     r = min(box["width"] / nat[0], box["height"] / nat[1])
     if fit == "scale-down":
@@ -115,15 +137,20 @@ def _download_json(page, selector: str, tmp_path: Path) -> dict:
 
 def _slots(page) -> dict[str, str]:
     """Every message slot's text (what a failing wait shows)."""
-    return {s: page.inner_text(s) for s in ("#image-msg", "#points-msg", "#mask-msg", "#reference-msg",
-                                            "#settings-msg", "#run-msg")}
+    return {
+        s: page.inner_text(s)
+        for s in ("#image-msg", "#points-msg", "#mask-msg", "#reference-msg", "#settings-msg", "#run-msg")
+    }
 
 
 def _wait_text(page, selector: str, text: str, timeout: float = 60_000) -> None:
     """Wait until ``selector``'s text contains ``text``; on timeout, fail showing every message slot."""
     try:
-        page.wait_for_function(f"() => (document.querySelector({json.dumps(selector)}) || {{innerText: ''}})"
-                               f".innerText.includes({json.dumps(text)})", timeout=timeout)
+        page.wait_for_function(
+            f"() => (document.querySelector({json.dumps(selector)}) || {{innerText: ''}})"
+            f".innerText.includes({json.dumps(text)})",
+            timeout=timeout,
+        )
     except Exception as e:  # playwright's TimeoutError
         raise AssertionError(f"{selector} never showed {text!r}: {_slots(page)}") from e
 
@@ -132,8 +159,11 @@ def _wait_result(page) -> None:
     """Wait for the result image; on timeout, fail showing every message slot (an error beside a control, not a
     slow run, is what usually keeps the result away)."""
     try:
-        page.wait_for_function("() => { const i = document.querySelector('#result img'); "
-                               "return i && i.complete && i.naturalWidth > 0; }", timeout=RUN_TIMEOUT_MS)
+        page.wait_for_function(
+            "() => { const i = document.querySelector('#result img'); "
+            "return i && i.complete && i.naturalWidth > 0; }",
+            timeout=RUN_TIMEOUT_MS,
+        )
     except Exception as e:  # playwright's TimeoutError
         raise AssertionError(f"no result image after {RUN_TIMEOUT_MS / 1000:.0f} s: {_slots(page)}") from e
 
@@ -143,8 +173,10 @@ def _click(page, x: float, y: float, expect: str) -> None:
     is still loading has no pixel position, so Gradio sends none)."""
     page.mouse.click(x, y)
     _wait_text(page, "#points-msg", expect)
-    page.wait_for_function("() => { const i = document.querySelector('#canvas img'); "
-                           "return i && i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#canvas img'); "
+        "return i && i.complete && i.naturalWidth > 0; }"
+    )
 
 
 def _mask(data_url: str) -> np.ndarray:
@@ -165,8 +197,10 @@ def test_edit_in_the_browser_end_to_end(server, browser_page, tmp_path):
 
     # upload the photograph
     page.set_input_files("#image-input input[type=file]", str(sample / "original_image.png"))
-    page.wait_for_function("() => { const i = document.querySelector('#canvas img'); "
-                           "return i && i.complete && i.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#canvas img'); "
+        "return i && i.complete && i.naturalWidth > 0; }"
+    )
     assert f"{photo.size[0]}×{photo.size[1]}" in page.inner_text("#image-msg")
     page.locator("#prompt textarea").fill("a black car on a cobbled street")
 
@@ -176,7 +210,9 @@ def test_edit_in_the_browser_end_to_end(server, browser_page, tmp_path):
     assert r < 0.95, f"the click view is not scaled down (scale {r:.2f}): the test would not cover it"
     clicks = [(131, 264), (200, 313)]
     for k, (x, y) in enumerate(clicks):
-        _click(page, left + (x + 0.5) * r, top + (y + 0.5) * r, "now click its target" if k == 0 else "1 pair")
+        _click(
+            page, left + (x + 0.5) * r, top + (y + 0.5) * r, "now click its target" if k == 0 else "1 pair"
+        )
     tol = 1.0 / r + 1.0  # one screen pixel is 1/r image pixels
 
     # brush the editable mask: the brush tool, then a stroke across the middle of the editor's canvas
@@ -196,8 +232,9 @@ def test_edit_in_the_browser_end_to_end(server, browser_page, tmp_path):
     page.click("#run")
     _wait_result(page)
     _wait_text(page, "#run-msg", "done in", RUN_TIMEOUT_MS)
-    size = page.evaluate("() => { const i = document.querySelector('#result img'); "
-                         "return [i.naturalWidth, i.naturalHeight]; }")
+    size = page.evaluate(
+        "() => { const i = document.querySelector('#result img'); return [i.naturalWidth, i.naturalHeight]; }"
+    )
     assert tuple(size) == photo.size
     report = page.inner_text("#report")
     assert "Backend eager" in report and "invert" in report and "sample" in report
@@ -210,7 +247,11 @@ def test_edit_in_the_browser_end_to_end(server, browser_page, tmp_path):
 
     # the downloaded spec: the clicked points in image pixels, the brushed mask where it was brushed
     spec = _download_json(page, "#download-spec", tmp_path)
-    assert spec["mode"] == "drag" and len(spec["points"]) == 1 and spec["prompt"] == "a black car on a cobbled street"
+    assert (
+        spec["mode"] == "drag"
+        and len(spec["points"]) == 1
+        and spec["prompt"] == "a black car on a cobbled street"
+    )
     got = [spec["points"][0]["handle"], spec["points"][0]["target"]]
     for (x, y), (gx, gy) in zip(clicks, got, strict=True):
         assert abs(gx - x) <= tol and abs(gy - y) <= tol, (clicks, got, r)
@@ -232,8 +273,18 @@ def test_edit_in_the_browser_end_to_end(server, browser_page, tmp_path):
     from dragsdk.cli import app as cli_app
 
     (tmp_path / "spec.json").write_text(json.dumps(spec))  # the spec as downloaded
-    res = CliRunner().invoke(cli_app, ["edit", str(sample / "original_image.png"), "--spec", str(tmp_path / "spec.json"),
-                                       "--out", str(tmp_path / "cli.png"), "--quiet"])
+    res = CliRunner().invoke(
+        cli_app,
+        [
+            "edit",
+            str(sample / "original_image.png"),
+            "--spec",
+            str(tmp_path / "spec.json"),
+            "--out",
+            str(tmp_path / "cli.png"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     a = np.asarray(Image.open(tmp_path / "cli.png").convert("RGB")).astype(int)
     b = np.asarray(Image.open(tmp_path / "result.png").convert("RGB")).astype(int)

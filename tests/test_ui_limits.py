@@ -75,7 +75,9 @@ def test_the_page_open_button_refuses_a_folder_outside_the_roots(editor, roots, 
     on_open = next(f.fn for f in page.fns.values() if getattr(f.fn, "__name__", "") == "on_open")
     shown = {getattr(k, "elem_id", None): v for k, v in on_open(str(outside / "car"), Session()).items()}
     assert "no sample folder" in shown["image-msg"] and "canvas" not in shown
-    shown = {getattr(k, "elem_id", None): v for k, v in on_open(str(root / "cars" / "car"), Session()).items()}
+    shown = {
+        getattr(k, "elem_id", None): v for k, v in on_open(str(root / "cars" / "car"), Session()).items()
+    }
     assert "2 point pair(s)" in shown["image-msg"]
 
 
@@ -87,7 +89,9 @@ def test_a_non_image_or_oversized_upload_gets_a_message_beside_the_image_control
     assert e.value.control == "image"
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 800, 3), np.uint8)).save(big)
-    with pytest.raises(UIError, match=r"big.png is 800×600 pixels \(0.5 MP\), over this server's limit of 0.1 MP"):
+    with pytest.raises(
+        UIError, match=r"big.png is 800×600 pixels \(0.5 MP\), over this server's limit of 0.1 MP"
+    ):
         load_upload(big, "big.png", UILimits(max_megapixels=0.1))
     with pytest.raises(UIError, match="MB, over this server's limit of 0.01 MB"):
         load_upload(big, "big.png", UILimits(max_upload_mb=0.01))
@@ -101,11 +105,17 @@ def test_a_non_image_or_oversized_upload_gets_a_message_beside_the_image_control
     assert len(fns) == 2 and all(f.preprocess is False for f in fns)  # upload and clear
     fn = fns[0]
     # (Gradio's own decoding would end a non-image in a bare "Error": the handler decodes it)
-    shown = {getattr(k, "elem_id", None): v for k, v in
-             fn.fn({"path": str(text), "orig_name": "notes.txt"}, Session(), "drag").items()}
-    assert "notes.txt is not an image this page can read" in shown["image-msg"] and shown["image-input"] is None
-    shown = {getattr(k, "elem_id", None): v for k, v in
-             fn.fn({"path": str(big), "orig_name": "big.png"}, Session(), "drag").items()}
+    shown = {
+        getattr(k, "elem_id", None): v
+        for k, v in fn.fn({"path": str(text), "orig_name": "notes.txt"}, Session(), "drag").items()
+    }
+    assert (
+        "notes.txt is not an image this page can read" in shown["image-msg"] and shown["image-input"] is None
+    )
+    shown = {
+        getattr(k, "elem_id", None): v
+        for k, v in fn.fn({"path": str(big), "orig_name": "big.png"}, Session(), "drag").items()
+    }
     assert shown["image-msg"].startswith("big.png: 800×600 pixels")
 
 
@@ -121,9 +131,11 @@ def _spec(img, steps=None, resolution=64):
 
 def test_steps_and_resolution_are_capped_on_the_server_before_anything_runs(editor, tmp_path):
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 64, 3), np.uint8))
-    for spec, limits, field in ((_spec(img, steps=500), UILimits(), "steps 500 is over this server's limit of 100"),
-                                (_spec(img, resolution=1536), UILimits(), "resolution 1536 is over"),
-                                (_spec(img), UILimits(max_steps=10), "steps 50 is over")):  # the mode's default
+    for spec, limits, field in (
+        (_spec(img, steps=500), UILimits(), "steps 500 is over this server's limit of 100"),
+        (_spec(img, resolution=1536), UILimits(), "resolution 1536 is over"),
+        (_spec(img), UILimits(max_steps=10), "steps 50 is over"),
+    ):  # the mode's default
         with pytest.raises(UIError, match=field) as e:
             run_edit(editor, img, spec, tmp_path / "run", limits=limits)
         assert e.value.control == "settings" and "--max-" in e.value.message
@@ -145,7 +157,9 @@ def test_a_run_can_be_cancelled_or_stopped_at_the_time_limit_and_frees_the_slot(
     with pytest.raises(RunStopped, match="cancelled after sampling step 1/3"):
         run_edit(editor, img, spec, tmp_path / "a", on_step=press_cancel, cancel=cancel)
     assert seen == [0] and not (tmp_path / "a" / "result.png").exists()
-    with pytest.raises(RunStopped, match="stopped after sampling step 1/3: this server allows 1e-06 s per edit"):
+    with pytest.raises(
+        RunStopped, match="stopped after sampling step 1/3: this server allows 1e-06 s per edit"
+    ):
         run_edit(editor, img, spec, tmp_path / "b", limits=UILimits(max_run_seconds=1e-6))
     assert not ui_run._LOCK.locked()  # the slot is free again
 
@@ -168,8 +182,14 @@ def test_a_run_can_be_cancelled_or_stopped_at_the_time_limit_and_frees_the_slot(
 def test_the_ui_command_offers_the_limit_flags():
     res = CliRunner().invoke(cli_app, ["ui", "--help"], terminal_width=200)
     assert res.exit_code == 0, res.output
-    for opt in ("--max-steps", "--max-resolution", "--max-upload-mb", "--max-megapixels", "--max-run-seconds",
-                "--queue-size"):
+    for opt in (
+        "--max-steps",
+        "--max-resolution",
+        "--max-upload-mb",
+        "--max-megapixels",
+        "--max-run-seconds",
+        "--queue-size",
+    ):
         assert opt in res.output, opt
 
 

@@ -44,16 +44,30 @@ def test_the_downloaded_spec_gives_the_same_result_from_the_cli_and_the_api(edit
     # the same image again with other points: the inversion is reused
     add_click(s, "drag", (359, 180))
     add_click(s, "drag", (323, 140))
-    second = run_edit(editor, img, build_spec("drag", s, Inputs(prompt="a car", mask=mask, steps="4",
-                                                                 resolution="128")), tmp_path / "run2")
+    second = run_edit(
+        editor,
+        img,
+        build_spec("drag", s, Inputs(prompt="a car", mask=mask, steps="4", resolution="128")),
+        tmp_path / "run2",
+    )
     assert second.report.inversion_reused and not first.report.inversion_reused
     assert second.report.phase_seconds["invert"] < first.report.phase_seconds["invert"]
 
     # the API with a fresh editor, and the CLI, on the downloaded spec
     img.save(tmp_path / "input.png")
     api = Editor("tiny").edit(tmp_path / "input.png", downloaded)
-    res = CliRunner().invoke(cli_app, ["edit", str(tmp_path / "input.png"), "--spec", str(first.files["spec.json"]),
-                                       "--out", str(tmp_path / "cli.png"), "--quiet"])
+    res = CliRunner().invoke(
+        cli_app,
+        [
+            "edit",
+            str(tmp_path / "input.png"),
+            "--spec",
+            str(first.files["spec.json"]),
+            "--out",
+            str(tmp_path / "cli.png"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     ui_px = np.asarray(Image.open(first.files["result.png"]).convert("RGB")).astype(int)
     assert np.abs(np.asarray(api.image).astype(int) - ui_px).max() == 0
@@ -65,19 +79,41 @@ def test_a_paste_run_writes_the_reference_beside_the_spec(editor, tmp_path):
     s = Session()
     s.set_image(img)
     ref = Image.open(EXAMPLE_SAMPLE.parent / "reference-cat" / "cat.jpg").convert("RGB")
-    ref_mask = np.asarray(Image.open(EXAMPLE_SAMPLE.parent / "reference-cat" / "cat_mask.png").convert("L")) > 127
+    ref_mask = (
+        np.asarray(Image.open(EXAMPLE_SAMPLE.parent / "reference-cat" / "cat_mask.png").convert("L")) > 127
+    )
     folder = tmp_path / "run"
     folder.mkdir()
     ref.save(folder / "reference.png")
     add_click(s, "paste", (350, 260))
-    spec = build_spec("paste", s, Inputs(reference=ref, reference_mask=ref_mask, scale=0.5,
-                                         reference_path=str(folder / "reference.png"), steps=4, resolution=128))
+    spec = build_spec(
+        "paste",
+        s,
+        Inputs(
+            reference=ref,
+            reference_mask=ref_mask,
+            scale=0.5,
+            reference_path=str(folder / "reference.png"),
+            steps=4,
+            resolution=128,
+        ),
+    )
     out = run_edit(editor, img, spec, folder)
     assert out.result.size == img.size and out.files["reference.png"] == folder / "reference.png"
     assert json.loads(out.files["spec.json"].read_text())["reference"] == "reference.png"
     img.save(tmp_path / "input.png")
-    res = CliRunner().invoke(cli_app, ["edit", str(tmp_path / "input.png"), "--spec", str(out.files["spec.json"]),
-                                       "--out", str(tmp_path / "cli.png"), "--quiet"])
+    res = CliRunner().invoke(
+        cli_app,
+        [
+            "edit",
+            str(tmp_path / "input.png"),
+            "--spec",
+            str(out.files["spec.json"]),
+            "--out",
+            str(tmp_path / "cli.png"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert Image.open(tmp_path / "cli.png").size == img.size
 
@@ -97,10 +133,36 @@ def test_the_page_builds_with_every_control(editor, tmp_path):
     page = build_app(editor, sample_roots=[EXAMPLE_SAMPLE.parent], steps=4, resolution=128, workdir=tmp_path)
     assert isinstance(page, gr.Blocks)
     ids = {getattr(b, "elem_id", None) for b in page.blocks.values()}
-    for elem in ("image-input", "sample", "prompt", "mode", "canvas", "undo", "clear", "mask-editor", "handle-editor",
-                 "target-editor", "reference-editor", "scale", "steps", "run", "original", "result", "report",
-                 "download-result", "download-spec", "points-msg", "mask-msg", "reference-msg", "run-msg"):
+    for elem in (
+        "image-input",
+        "sample",
+        "prompt",
+        "mode",
+        "canvas",
+        "undo",
+        "clear",
+        "mask-editor",
+        "handle-editor",
+        "target-editor",
+        "reference-editor",
+        "scale",
+        "steps",
+        "run",
+        "original",
+        "result",
+        "report",
+        "download-result",
+        "download-spec",
+        "points-msg",
+        "mask-msg",
+        "reference-msg",
+        "run-msg",
+    ):
         assert elem in ids, elem
     # the settings start with the values given (`dragsdk ui --steps 4 --resolution 128`), not the model's default
-    start = {b.elem_id: b.value for b in page.blocks.values() if getattr(b, "elem_id", None) in ("steps", "resolution")}
+    start = {
+        b.elem_id: b.value
+        for b in page.blocks.values()
+        if getattr(b, "elem_id", None) in ("steps", "resolution")
+    }
     assert str(start["resolution"]) == "128" and str(start["steps"]) == "4", start

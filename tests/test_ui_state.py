@@ -138,7 +138,17 @@ def test_clicks_need_an_image_and_a_mode_that_takes_them():
 
 def test_polygon_clicks_group_into_handle_then_target_polygons():
     s = _session()
-    pts = [(100, 240), (160, 240), (160, 290), (100, 290), (170, 280), (230, 280), (230, 330), (170, 330), (5, 5)]
+    pts = [
+        (100, 240),
+        (160, 240),
+        (160, 290),
+        (100, 290),
+        (170, 280),
+        (230, 280),
+        (230, 330),
+        (170, 330),
+        (5, 5),
+    ]
     for p in pts:
         add_click(s, "region-drag", p, vertices=4, region_input=REGION_INPUTS[1])
     full, cur = polygon_pairs(s.points("region-drag"), 4)
@@ -201,7 +211,9 @@ def test_region_drag_specs_from_brushed_regions_and_from_polygons():
     for p in poly:
         add_click(s, "region-drag", p, vertices=3, region_input=REGION_INPUTS[1])
     spec = build_spec("region-drag", s, Inputs(region_input=REGION_INPUTS[1], vertices=3))
-    assert spec["polygons"] == [{"handle": [list(p) for p in poly[:3]], "target": [list(p) for p in poly[3:]]}]
+    assert spec["polygons"] == [
+        {"handle": [list(p) for p in poly[:3]], "target": [list(p) for p in poly[3:]]}
+    ]
     _validate(spec)
     add_click(s, "region-drag", (1, 1), vertices=3, region_input=REGION_INPUTS[1])
     with pytest.raises(UIError, match="1 of 6 vertices"):
@@ -227,8 +239,13 @@ def test_paste_and_appearance_name_the_reference_and_its_mask(tmp_path):
     ref.save(ref_path)
     ref_mask = _box((256, 256), 64, 64, 128, 128)  # → base box (128..256, 96..192), centroid (192, 144)
     add_click(s, "paste", (299, 199))
-    inputs = Inputs(reference=ref, reference_mask=ref_mask, reference_path=str(ref_path), scale=0.8,
-                    reference_prompt="a cat")
+    inputs = Inputs(
+        reference=ref,
+        reference_mask=ref_mask,
+        reference_path=str(ref_path),
+        scale=0.8,
+        reference_prompt="a cat",
+    )
     spec = build_spec("paste", s, inputs)
     # The official paste scales about the image centre C = (256, 192), then shifts: the click's centre p lands at
     # C + 0.8·(c − C) + d, so d = p − C − 0.8·(c − C) = (299.5 − 256 + 51.2, 199.5 − 192 + 38.4).
@@ -291,7 +308,11 @@ def test_pending_handles_points_off_the_image_and_bad_settings_are_refused():
 
 def test_settings_parse_empty_as_the_mode_default():
     assert parse_setting("", "steps") is None and parse_setting(None, "steps") is None
-    assert parse_setting(" 20 ", "steps") == 20 and parse_setting(7.0, "seed") == 7 and parse_setting("1e2", "x") == 100
+    assert (
+        parse_setting(" 20 ", "steps") == 20
+        and parse_setting(7.0, "seed") == 7
+        and parse_setting("1e2", "x") == 100
+    )
     for bad in ("abc", "2.5", 2.5, "inf"):
         with pytest.raises(UIError):
             parse_setting(bad, "steps")
@@ -304,7 +325,9 @@ def test_spec_errors_map_to_the_control_beside_the_field():
     assert control_for_field("polygons[0].handle") == "points"
     assert control_for_field("dx, dy") == "points" and control_for_field("scale") == "points"
     assert control_for_field("mask") == "mask" and control_for_field("regions[0].handle") == "mask"
-    assert control_for_field("reference_mask") == "reference" and control_for_field("reference") == "reference"
+    assert (
+        control_for_field("reference_mask") == "reference" and control_for_field("reference") == "reference"
+    )
     assert control_for_field("sampler.steps") == "settings"
     assert control_for_field("image") == "image" and control_for_field("prompt") == "prompt"
     assert control_for_field("backend") == "run"
@@ -336,9 +359,15 @@ def test_overlay_draws_the_clicks_on_the_displayed_copy():
         assert np.abs(a[y, x] - base).sum() > 60  # a dot is drawn there
     assert np.abs(a[700, 100] - base).sum() < 5  # and nothing far away
     for mode in MODES:
-        assert render_overlay(s, mode, Inputs(mask=_box((2048, 1536), 100, 100, 400, 400),
-                                                  reference=Image.new("RGB", (64, 64)),
-                                                  reference_mask=_box((64, 64), 8, 8, 24, 24))).size == (1024, 768)
+        assert render_overlay(
+            s,
+            mode,
+            Inputs(
+                mask=_box((2048, 1536), 100, 100, 400, 400),
+                reference=Image.new("RGB", (64, 64)),
+                reference_mask=_box((64, 64), 8, 8, 24, 24),
+            ),
+        ).size == (1024, 768)
 
 
 def test_move_preview_shows_the_object_at_its_new_place():
@@ -383,8 +412,12 @@ def test_placement_preview_draws_the_plans_placed_mask(editor, tmp_path, mode, p
     np.testing.assert_array_equal(place.region, _cells_on_pixels(dry.plan.edit_mask, size))
     other = "official" if profile != "official" else ["centroid-placement"]
     elsewhere = editor.plan(s.image, {**spec, "profile": other}).plan.edit_mask
-    assert (place.region != _cells_on_pixels(elsewhere, size)).mean() > 0.01  # the profiles place it differently
-    drawn = np.asarray(render_overlay(s, mode, inputs, editor.registry, editor.model.default_resolution)).astype(int)
+    assert (
+        place.region != _cells_on_pixels(elsewhere, size)
+    ).mean() > 0.01  # the profiles place it differently
+    drawn = np.asarray(
+        render_overlay(s, mode, inputs, editor.registry, editor.model.default_resolution)
+    ).astype(int)
     base = np.asarray(s.image).astype(int)
     ys, xs = np.nonzero(place.region & ~_box(size, 200, 100, 260, 140))  # away from the click's dot and arrow
     assert (np.abs(drawn[ys, xs] - base[ys, xs]).sum(-1) > 10).all()  # the placed region is tinted
@@ -393,12 +426,27 @@ def test_placement_preview_draws_the_plans_placed_mask(editor, tmp_path, mode, p
 def test_report_says_whether_the_inversion_was_reused():
     from dragsdk.report import EditReport
 
-    r = EditReport(mode="drag", model="tiny", backend="eager", backend_reason="auto: first; cannot: x", device="cpu",
-                   dtype="float32", image_size=(512, 384), working_size=(128, 128), steps=4, seed=42,
-                   phase_seconds={"encode": 0.1, "invert": 0.5, "sample": 1.0, "decode": 0.1},
-                   unet_evaluations={"forward": 12}, notes=["a note"])
+    r = EditReport(
+        mode="drag",
+        model="tiny",
+        backend="eager",
+        backend_reason="auto: first; cannot: x",
+        device="cpu",
+        dtype="float32",
+        image_size=(512, 384),
+        working_size=(128, 128),
+        steps=4,
+        seed=42,
+        phase_seconds={"encode": 0.1, "invert": 0.5, "sample": 1.0, "decode": 0.1},
+        unet_evaluations={"forward": 12},
+        notes=["a note"],
+    )
     text = format_report(r, 2.0)
-    assert "Image inverted in 0.50 s" in text and "eager" in text and "| encode | invert | sample | decode | total |" in text
+    assert (
+        "Image inverted in 0.50 s" in text
+        and "eager" in text
+        and "| encode | invert | sample | decode | total |" in text
+    )
     assert "1.70 s" in text and "a note" in text and "cannot" not in text
     r.inversion_reused = True
     assert "Inversion reused" in format_report(r)
@@ -416,10 +464,13 @@ def test_sample_folders_are_found_under_the_roots(tmp_path):
 
 
 @pytest.mark.parametrize("profile", ["official", ["centroid-placement"]])
-@pytest.mark.parametrize(("mode", "scale"), [("move", 1.0), ("move", 0.6), ("resize", 0.5), ("resize", 1.4),
-                                             ("paste", 0.5), ("paste", 1.2)])
-def test_the_clicked_point_becomes_the_placed_objects_centre_under_every_profile(editor, tmp_path, mode, scale,
-                                                                                  profile):
+@pytest.mark.parametrize(
+    ("mode", "scale"),
+    [("move", 1.0), ("move", 0.6), ("resize", 0.5), ("resize", 1.4), ("paste", 0.5), ("paste", 1.2)],
+)
+def test_the_clicked_point_becomes_the_placed_objects_centre_under_every_profile(
+    editor, tmp_path, mode, scale, profile
+):
     """The shift the page writes puts the object's centroid under the click whether the profile scales about the
     image centre (official) or about the object (centroid-placement): read back from the plan's latent paste."""
     size = (320, 192)

@@ -23,8 +23,12 @@ HEADER = """\
 
 def frozen(venv: Path) -> list[str]:
     python = venv / "bin" / "python"
-    out = subprocess.run([str(python), "-m", "pip", "freeze", "--all", "--exclude-editable"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(python), "-m", "pip", "freeze", "--all", "--exclude-editable"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     pins = []
     for line in out.splitlines():
         line = line.strip()
@@ -43,7 +47,11 @@ def main(argv: list[str]) -> int:
         return 2
     venv, lock = Path(argv[0]), Path(argv[1])
     pins = frozen(venv)
-    text = HEADER.format(python=".".join(platform.python_version_tuple()[:2]), date=datetime.date.today()) + "\n".join(pins) + "\n"
+    text = (
+        HEADER.format(python=".".join(platform.python_version_tuple()[:2]), date=datetime.date.today())
+        + "\n".join(pins)
+        + "\n"
+    )
     tmp = lock.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(lock)

@@ -73,7 +73,9 @@ def _failures(junit: Path) -> tuple[int, str]:
     if not junit.exists():
         return 0, ""
     root = ET.parse(junit).getroot()
-    texts = [(el.text or "") + (el.get("message") or "") for el in root.iter() if el.tag in ("failure", "error")]
+    texts = [
+        (el.text or "") + (el.get("message") or "") for el in root.iter() if el.tag in ("failure", "error")
+    ]
     return len(texts), "\n".join(texts)
 
 
@@ -88,13 +90,29 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--label", default="test-latest", help="the make target named in the output lines")
     args, pytest_args = parser.parse_known_args(argv)
     changed = moved(read_lock(args.lock))
-    print(f"{args.label}: {len(changed)} distributions differ from {args.lock.name}: "
-          + ", ".join(_describe(n, changed) for n in sorted(changed)), flush=True)
+    print(
+        f"{args.label}: {len(changed)} distributions differ from {args.lock.name}: "
+        + ", ".join(_describe(n, changed) for n in sorted(changed)),
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         start = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "pytest", "-m", "smoke", "-q", "-p", "no:cacheprovider",
-                               f"--junitxml={junit}", *pytest_args], cwd=ROOT)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-m",
+                "smoke",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={junit}",
+                *pytest_args,
+            ],
+            cwd=ROOT,
+        )
         took = time.monotonic() - start
         count, report = _failures(junit)
     if done.returncode == 0:
@@ -102,11 +120,19 @@ def main(argv: list[str]) -> int:
         return 0
     names = culprits(report, changed)
     if names:
-        print(f"{args.label}: FAILED ({count} failing tests) with {_describe(names[0], changed)}"
-              + (f"; also in the tracebacks: {', '.join(_describe(n, changed) for n in names[1:])}" if names[1:] else ""))
+        print(
+            f"{args.label}: FAILED ({count} failing tests) with {_describe(names[0], changed)}"
+            + (
+                f"; also in the tracebacks: {', '.join(_describe(n, changed) for n in names[1:])}"
+                if names[1:]
+                else ""
+            )
+        )
     else:
-        print(f"{args.label}: FAILED ({count} failing tests, exit {done.returncode}); no moved distribution in the "
-              f"tracebacks; moved: {', '.join(_describe(n, changed) for n in sorted(changed)) or 'none'}")
+        print(
+            f"{args.label}: FAILED ({count} failing tests, exit {done.returncode}); no moved distribution in the "
+            f"tracebacks; moved: {', '.join(_describe(n, changed) for n in sorted(changed)) or 'none'}"
+        )
     return done.returncode or 1
 
 

@@ -65,9 +65,30 @@ VOLATILE_KEYS = ("phase_seconds", "metric_seconds", "seconds", "peak_memory_byte
 """Record keys that are measurements of this run (times, memory, the worker), not results."""
 
 RECORD_KEYS = (
-    "id", "dataset", "category", "status", "error", "mode", "prompt", "points", "spec", "image_size",
-    "working_size", "backend", "metrics", "metric_notes", "matches", "unet_evaluations", "phase_seconds",
-    "metric_seconds", "seconds", "peak_memory_bytes", "peak_memory_kind", "notes", "files", "worker",
+    "id",
+    "dataset",
+    "category",
+    "status",
+    "error",
+    "mode",
+    "prompt",
+    "points",
+    "spec",
+    "image_size",
+    "working_size",
+    "backend",
+    "metrics",
+    "metric_notes",
+    "matches",
+    "unet_evaluations",
+    "phase_seconds",
+    "metric_seconds",
+    "seconds",
+    "peak_memory_bytes",
+    "peak_memory_kind",
+    "notes",
+    "files",
+    "worker",
 )
 RESULTS = "results.jsonl"
 RUN_FILE = "run.json"
@@ -191,7 +212,7 @@ class ResultsLog:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -224,13 +245,18 @@ def _dict_of(check: Any) -> Any:
 
 
 def _size(v: Any) -> bool:
-    return isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    return (
+        isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    )
 
 
 def _point_pairs(v: Any) -> bool:
     return isinstance(v, list) and all(
-        isinstance(pair, list) and len(pair) == 2
-        and all(isinstance(p, list) and len(p) == 2 and all(_num(c) for c in p) for p in pair) for pair in v)
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(p, list) and len(p) == 2 and all(_num(c) for c in p) for p in pair)
+        for pair in v
+    )
 
 
 def _metric_value(v: Any) -> bool:
@@ -238,8 +264,13 @@ def _metric_value(v: Any) -> bool:
 
 
 def _relative_file(v: Any) -> bool:
-    return (isinstance(v, str) and bool(v) and not v.startswith(("/", "\\")) and ":" not in v
-            and ".." not in v.replace("\\", "/").split("/"))
+    return (
+        isinstance(v, str)
+        and bool(v)
+        and not v.startswith(("/", "\\"))
+        and ":" not in v
+        and ".." not in v.replace("\\", "/").split("/")
+    )
 
 
 _str = lambda v: isinstance(v, str)  # noqa: E731
@@ -259,8 +290,10 @@ _RECORD_TYPES: dict[str, tuple[Any, str]] = {
     "metrics": (_dict_of(_metric_value), "an object of numbers"),
     "metric_notes": (_dict_of(_str), "an object of strings"),
     "matches": (lambda v: isinstance(v, dict), "an object"),
-    "unet_evaluations": (_opt(_dict_of(lambda x: isinstance(x, int) and not isinstance(x, bool))),
-                         "an object of counts"),
+    "unet_evaluations": (
+        _opt(_dict_of(lambda x: isinstance(x, int) and not isinstance(x, bool))),
+        "an object of counts",
+    ),
     "phase_seconds": (_opt(_dict_of(_num)), "an object of seconds"),
     "metric_seconds": (_opt(_num), "seconds"),
     "seconds": (_opt(_num), "seconds"),
@@ -268,7 +301,10 @@ _RECORD_TYPES: dict[str, tuple[Any, str]] = {
     "peak_memory_kind": (_opt(_str), "a string"),
     "notes": (lambda v: isinstance(v, list) and all(_str(x) for x in v), "a list of strings"),
     "files": (_dict_of(_relative_file), "an object of paths inside the output folder"),
-    "worker": (lambda v: v is None or _str(v) or (isinstance(v, int) and not isinstance(v, bool)), "a pid or name"),
+    "worker": (
+        lambda v: v is None or _str(v) or (isinstance(v, int) and not isinstance(v, bool)),
+        "a pid or name",
+    ),
 }
 _OK_REQUIRED = ("points", "image_size", "phase_seconds", "seconds", "unet_evaluations")
 
@@ -319,9 +355,14 @@ def completed_records(lines: list[Any]) -> tuple[list[dict[str, Any]], list[str]
             seen[key] = seen.get(key, 0) + 1
         else:
             bad.setdefault(key, f"line {n}: {why}")
-    problems = [f"{RESULTS}: {key} is incomplete ({why}); it runs again" for key, why in bad.items()
-                if key not in kept]
-    problems += [f"{RESULTS}: {key} has {k} complete records; the last one counts" for key, k in seen.items() if k > 1]
+    problems = [
+        f"{RESULTS}: {key} is incomplete ({why}); it runs again"
+        for key, why in bad.items()
+        if key not in kept
+    ]
+    problems += [
+        f"{RESULTS}: {key} has {k} complete records; the last one counts" for key, k in seen.items() if k > 1
+    ]
     return list(kept.values()), problems
 
 
@@ -365,11 +406,24 @@ def prepare_job(sample: Sample, config: BenchConfig) -> dict[str, Any]:
 
 
 def _error_record(ref: SampleRef | dict[str, Any], error: str, stage: str) -> dict[str, Any]:
-    sid, category, dataset = (ref.id, ref.category, ref.format) if isinstance(ref, SampleRef) else (
-        ref["id"], ref["meta"]["category"], ref["meta"]["dataset"])
+    sid, category, dataset = (
+        (ref.id, ref.category, ref.format)
+        if isinstance(ref, SampleRef)
+        else (ref["id"], ref["meta"]["category"], ref["meta"]["dataset"])
+    )
     rec: dict[str, Any] = {k: None for k in RECORD_KEYS}
-    rec.update(id=sid, dataset=dataset, category=category, status="error", error=f"{stage}: {error}",
-               metrics={}, metric_notes={}, matches={}, notes=[], files={})
+    rec.update(
+        id=sid,
+        dataset=dataset,
+        category=category,
+        status="error",
+        error=f"{stage}: {error}",
+        metrics={},
+        metric_notes={},
+        matches={},
+        notes=[],
+        files={},
+    )
     return rec
 
 
@@ -412,7 +466,9 @@ class BenchWorker:
                 try:
                     bundle = sample.bundle
                 except ModelNotFoundError as e:
-                    raise MetricUnavailable(f"MD not computed: the DIFT model's weights are absent ({e})") from e
+                    raise MetricUnavailable(
+                        f"MD not computed: the DIFT model's weights are absent ({e})"
+                    ) from e
                 mode = DIFT(bundle, ensemble=self.config.dift_ensemble, latent="mode")
                 self._dift = (sample, mode)
         return self._dift
@@ -431,8 +487,14 @@ class BenchWorker:
             notes[name] = f"failed: {type(e).__name__}: {e}"
         return {}
 
-    def score(self, original: Image.Image, edited: Image.Image, points: list[Any], mask: np.ndarray | None,
-              prompt: str) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    def score(
+        self,
+        original: Image.Image,
+        edited: Image.Image,
+        points: list[Any],
+        mask: np.ndarray | None,
+        prompt: str,
+    ) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
         """``(metrics, notes, matches)`` of one edit for the configured metric groups."""
         want = self.config.metrics
         metrics: dict[str, Any] = {}
@@ -458,7 +520,9 @@ class BenchWorker:
             if mask is None or mask.all() or not mask.any():
                 notes["psnr_ssim"] = "skipped: the sample's mask is missing, full or empty"
             else:
-                metrics.update(self._metric("psnr_ssim", notes, lambda: fidelity_in_out(original, edited, mask)))
+                metrics.update(
+                    self._metric("psnr_ssim", notes, lambda: fidelity_in_out(original, edited, mask))
+                )
         if "if" in want:
             metrics.update(self._metric("if", notes, lambda: {"if": self._fidelity(original, edited)}))
         return metrics, notes, matches
@@ -484,7 +548,12 @@ class BenchWorker:
         plan_mask = False
         if mask is None:
             m = result.plan.edit_mask.float().numpy()
-            mask = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize(image.size, Image.Resampling.NEAREST)) > 127
+            mask = (
+                np.asarray(
+                    Image.fromarray((m * 255).astype(np.uint8)).resize(image.size, Image.Resampling.NEAREST)
+                )
+                > 127
+            )
             plan_mask = True
         t0 = time.perf_counter()
         metrics, notes, matches = self.score(image, result.image, meta["points"], mask, meta["prompt"])
@@ -493,14 +562,29 @@ class BenchWorker:
             notes["mask"] = "the sample has no mask: inside/outside use the edit's own mask"
         files, paths = _sample_files(job["id"], image, result.image, meta["points"], matches)
         rec: dict[str, Any] = {
-            "id": job["id"], "dataset": meta["dataset"], "category": meta["category"], "status": "ok", "error": None,
-            "mode": result.spec.mode, "prompt": result.spec.prompt, "points": meta["points"],
-            "spec": result.spec.model_dump(mode="json"), "image_size": list(rep.image_size),
-            "working_size": list(rep.working_size), "backend": rep.backend, "metrics": metrics,
-            "metric_notes": notes, "matches": matches, "unet_evaluations": rep.unet_evaluations,
-            "phase_seconds": rep.phase_seconds, "metric_seconds": metric_seconds,
-            "seconds": time.perf_counter() - t_start, "peak_memory_bytes": rep.peak_memory_bytes,
-            "peak_memory_kind": rep.peak_memory_kind, "notes": list(rep.notes), "files": paths,
+            "id": job["id"],
+            "dataset": meta["dataset"],
+            "category": meta["category"],
+            "status": "ok",
+            "error": None,
+            "mode": result.spec.mode,
+            "prompt": result.spec.prompt,
+            "points": meta["points"],
+            "spec": result.spec.model_dump(mode="json"),
+            "image_size": list(rep.image_size),
+            "working_size": list(rep.working_size),
+            "backend": rep.backend,
+            "metrics": metrics,
+            "metric_notes": notes,
+            "matches": matches,
+            "unet_evaluations": rep.unet_evaluations,
+            "phase_seconds": rep.phase_seconds,
+            "metric_seconds": metric_seconds,
+            "seconds": time.perf_counter() - t_start,
+            "peak_memory_bytes": rep.peak_memory_bytes,
+            "peak_memory_kind": rep.peak_memory_kind,
+            "notes": list(rep.notes),
+            "files": paths,
             "worker": self.stats["pid"],
         }
         return rec, files
@@ -510,20 +594,28 @@ def _safe_id(sid: str) -> str:
     return "/".join(part.replace("..", "_") or "_" for part in sid.split("/"))
 
 
-def _sample_files(sid: str, original: Image.Image, edited: Image.Image, points: list[Any],
-                  matches: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, str]]:
+def _sample_files(
+    sid: str, original: Image.Image, edited: Image.Image, points: list[Any], matches: dict[str, Any]
+) -> tuple[dict[str, bytes], dict[str, str]]:
     from .report import draw_arrows, thumbnail
 
     base = _safe_id(sid)
-    paths = {"edited": f"edited/{base}.png", "original": f"report/{base}.original.jpg",
-             "arrows": f"report/{base}.arrows.jpg"}
+    paths = {
+        "edited": f"edited/{base}.png",
+        "original": f"report/{base}.original.jpg",
+        "arrows": f"report/{base}.arrows.jpg",
+    }
     files: dict[str, bytes] = {}
     buf = io.BytesIO()
     edited.save(buf, format="PNG")
     files[paths["edited"]] = buf.getvalue()
-    for key, img in (("original", thumbnail(original, THUMB_WIDTH)),
-                     ("arrows", draw_arrows(edited, points, matches.get("md") or matches.get("md_regiondrag"),
-                                            THUMB_WIDTH))):
+    for key, img in (
+        ("original", thumbnail(original, THUMB_WIDTH)),
+        (
+            "arrows",
+            draw_arrows(edited, points, matches.get("md") or matches.get("md_regiondrag"), THUMB_WIDTH),
+        ),
+    ):
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=90)
         files[paths[key]] = buf.getvalue()
@@ -549,8 +641,11 @@ def lock_out(out: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         lock.acquire()
     except Timeout:
-        raise SpecError("out", f"{out} is in use by another dragsdk bench run (it holds {path}); wait for it to "
-                               "finish or choose another --out") from None
+        raise SpecError(
+            "out",
+            f"{out} is in use by another dragsdk bench run (it holds {path}); wait for it to "
+            "finish or choose another --out",
+        ) from None
     try:
         yield path
     finally:
@@ -564,17 +659,26 @@ def _check_run_file(out: Path, config: BenchConfig) -> None:
         try:
             old = read_json(path, RUN_FILE)
         except SpecError as e:
-            raise SpecError("out", f"{path} is not a readable bench run file ({e}); delete it or choose another --out") from None
+            raise SpecError(
+                "out", f"{path} is not a readable bench run file ({e}); delete it or choose another --out"
+            ) from None
         if not isinstance(old, dict):
-            raise SpecError("out", f"{path} is not a bench run file (a JSON object); delete it or choose another --out")
+            raise SpecError(
+                "out", f"{path} is not a bench run file (a JSON object); delete it or choose another --out"
+            )
         diff = [f"{k}: {old.get(k)!r} → {v!r}" for k, v in fp.items() if old.get(k) != v]
         if diff and (out / RESULTS).is_file():
-            raise SpecError("out", f"{out} holds a run with other settings ({'; '.join(diff)}); resume it with the "
-                                   "same settings or choose another --out")
+            raise SpecError(
+                "out",
+                f"{out} holds a run with other settings ({'; '.join(diff)}); resume it with the "
+                "same settings or choose another --out",
+            )
     write_text_atomic(json.dumps(fp, indent=2), path)
 
 
-def _jobs(refs: Iterable[SampleRef], config: BenchConfig) -> Iterator[tuple[SampleRef, dict[str, Any] | None, str]]:
+def _jobs(
+    refs: Iterable[SampleRef], config: BenchConfig
+) -> Iterator[tuple[SampleRef, dict[str, Any] | None, str]]:
     """``(ref, job, error)`` per sample: a job, or None and why the sample cannot run."""
     for ref in refs:
         try:
@@ -615,19 +719,32 @@ def run_bench(
     out = Path(config.out)
     refs = discover(config.dataset, config.format)
     if config.limit is not None:
-        refs = refs[:config.limit]
+        refs = refs[: config.limit]
     if out.exists() and not out.is_dir():
-        raise SpecError("out", f"{out} is a file; bench --out is a folder (it holds results.jsonl, run.json, the report)")
+        raise SpecError(
+            "out", f"{out} is a file; bench --out is a folder (it holds results.jsonl, run.json, the report)"
+        )
     for name in (RESULTS, RUN_FILE, LOCK_FILE, "summary.json", "summary.txt", "report.html"):
-        check_outputs({"out": out / name})  # an existing device, FIFO or socket there is refused before any work
+        check_outputs(
+            {"out": out / name}
+        )  # an existing device, FIFO or socket there is refused before any work
     out.mkdir(parents=True, exist_ok=True)
     with lock_out(out):
         return _run_locked(config, out, refs, progress, ray, ray_address, actors, on_record, features, echo)
 
 
-def _run_locked(config: BenchConfig, out: Path, refs: list[SampleRef], progress: bool, ray: bool,
-                ray_address: str | None, actors: int | None, on_record: Callable[[dict[str, Any]], None] | None,
-                features: Callable[..., Any] | None, echo: Callable[[str], None] | None) -> BenchResult:
+def _run_locked(
+    config: BenchConfig,
+    out: Path,
+    refs: list[SampleRef],
+    progress: bool,
+    ray: bool,
+    ray_address: str | None,
+    actors: int | None,
+    on_record: Callable[[dict[str, Any]], None] | None,
+    features: Callable[..., Any] | None,
+    echo: Callable[[str], None] | None,
+) -> BenchResult:
     """:func:`run_bench` once the output folder is locked."""
     from tqdm.auto import tqdm
 
@@ -636,8 +753,10 @@ def _run_locked(config: BenchConfig, out: Path, refs: list[SampleRef], progress:
     previous, problems = completed_records(log.read(repair=True))
     random = config.model in RANDOM_MODELS
     if echo and random:
-        echo(f"warning: model {config.model!r} has random weights (a built-in test model): the edits and their "
-             "scores say nothing about editing quality")
+        echo(
+            f"warning: model {config.model!r} has random weights (a built-in test model): the edits and their "
+            "scores say nothing about editing quality"
+        )
     if echo:
         for line in problems:
             echo(f"warning: {line}")
@@ -679,7 +798,9 @@ def _run_locked(config: BenchConfig, out: Path, refs: list[SampleRef], progress:
     finally:
         bar.close()
     order = {r.id: i for i, r in enumerate(refs)}
-    records = sorted((r for r in completed_records(log.read())[0] if r["id"] in order), key=lambda r: order[r["id"]])
+    records = sorted(
+        (r for r in completed_records(log.read())[0] if r["id"] in order), key=lambda r: order[r["id"]]
+    )
     summary = summarize(records)
     summary["settings"] = config.fingerprint()
     summary["random_weights"] = random
@@ -689,8 +810,19 @@ def _run_locked(config: BenchConfig, out: Path, refs: list[SampleRef], progress:
 
 # -- summary --------------------------------------------------------------------------------------------------
 
-SUMMARY_METRICS = ("md", "md_regiondrag", "dai_1", "dai_5", "dai_10", "dai_20", "psnr_inside", "psnr_outside",
-                   "ssim_inside", "ssim_outside", "if")
+SUMMARY_METRICS = (
+    "md",
+    "md_regiondrag",
+    "dai_1",
+    "dai_5",
+    "dai_10",
+    "dai_20",
+    "psnr_inside",
+    "psnr_outside",
+    "ssim_inside",
+    "ssim_outside",
+    "if",
+)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -699,8 +831,12 @@ def _mean(values: list[float]) -> float | None:
 
 def _group(records: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in records if r["status"] == "ok"]
-    out: dict[str, Any] = {"samples": len(records), "ok": len(ok), "errors": len(records) - len(ok),
-                           "pairs": sum(len(r.get("points") or []) for r in ok)}
+    out: dict[str, Any] = {
+        "samples": len(records),
+        "ok": len(ok),
+        "errors": len(records) - len(ok),
+        "pairs": sum(len(r.get("points") or []) for r in ok),
+    }
     for name in SUMMARY_METRICS:
         if name == "md":  # DragDiffusion averages over all pairs of the benchmark
             vals = [d for r in ok for d in r["metrics"].get("md_pairs", [])]
@@ -714,7 +850,9 @@ def _group(records: list[dict[str, Any]]) -> dict[str, Any]:
         for k, v in (r.get("phase_seconds") or {}).items():
             phases.setdefault(k, []).append(v)
     out["phase_seconds_mean"] = {k: _mean(v) for k, v in phases.items()}
-    out["metric_seconds_mean"] = _mean([r["metric_seconds"] for r in ok if r.get("metric_seconds") is not None])
+    out["metric_seconds_mean"] = _mean(
+        [r["metric_seconds"] for r in ok if r.get("metric_seconds") is not None]
+    )
     unet = [sum((r.get("unet_evaluations") or {}).values()) for r in ok]
     out["unet_evaluations_mean"] = _mean([float(u) for u in unet])
     peaks = [r["peak_memory_bytes"] for r in ok if r.get("peak_memory_bytes")]
@@ -748,12 +886,23 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-_COLUMNS = (("n", "samples", "{:d}"), ("err", "errors", "{:d}"), ("pairs", "pairs", "{:d}"),
-            ("MD px", "md", "{:.2f}"), ("MD-RD×100", "md_regiondrag", "{:.2f}"), ("DAI1", "dai_1", "{:.4f}"),
-            ("DAI5", "dai_5", "{:.4f}"), ("DAI10", "dai_10", "{:.4f}"), ("DAI20", "dai_20", "{:.4f}"),
-            ("PSNRin", "psnr_inside", "{:.2f}"), ("PSNRout", "psnr_outside", "{:.2f}"),
-            ("SSIMin", "ssim_inside", "{:.3f}"), ("SSIMout", "ssim_outside", "{:.3f}"), ("IF", "if", "{:.3f}"),
-            ("s/img", "seconds_mean", "{:.2f}"))
+_COLUMNS = (
+    ("n", "samples", "{:d}"),
+    ("err", "errors", "{:d}"),
+    ("pairs", "pairs", "{:d}"),
+    ("MD px", "md", "{:.2f}"),
+    ("MD-RD×100", "md_regiondrag", "{:.2f}"),
+    ("DAI1", "dai_1", "{:.4f}"),
+    ("DAI5", "dai_5", "{:.4f}"),
+    ("DAI10", "dai_10", "{:.4f}"),
+    ("DAI20", "dai_20", "{:.4f}"),
+    ("PSNRin", "psnr_inside", "{:.2f}"),
+    ("PSNRout", "psnr_outside", "{:.2f}"),
+    ("SSIMin", "ssim_inside", "{:.3f}"),
+    ("SSIMout", "ssim_outside", "{:.3f}"),
+    ("IF", "if", "{:.3f}"),
+    ("s/img", "seconds_mean", "{:.2f}"),
+)
 
 
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -776,7 +925,12 @@ def format_table(summary: dict[str, Any]) -> str:
     """The summary as a fixed-width text table, with the unavailable metrics and errors below it."""
     header, rows = table_rows(summary)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))  # noqa: E731
+
+    def line(r: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+
     text = [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows[:-1])]
     text += ["  ".join("-" * w for w in widths), line(rows[-1])]
     for reason, names in _by_reason(summary.get("unavailable", {})).items():
@@ -793,13 +947,19 @@ def _by_reason(unavailable: dict[str, str]) -> dict[str, list[str]]:
     return out
 
 
-def write_outputs(out: Path, records: list[dict[str, Any]], summary: dict[str, Any],
-                  echo: Callable[[str], None] | None = print) -> dict[str, Any]:
+def write_outputs(
+    out: Path,
+    records: list[dict[str, Any]],
+    summary: dict[str, Any],
+    echo: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
     """Write ``summary.json``, ``summary.txt``, the plots and ``report.html``; print the table with ``echo``."""
     from .report import write_plots, write_report
 
     paths: dict[str, Any] = {"results": out / RESULTS}
-    paths["summary"] = write_text_atomic(json.dumps(_jsonable(summary), indent=2, allow_nan=False), out / "summary.json")
+    paths["summary"] = write_text_atomic(
+        json.dumps(_jsonable(summary), indent=2, allow_nan=False), out / "summary.json"
+    )
     table = format_table(summary)
     paths["table"] = write_text_atomic(table + "\n", out / "summary.txt")
     plots, why = write_plots(out, records)

@@ -91,7 +91,11 @@ def detect_format(root: str | Path) -> str:
     if not r.is_dir():
         raise SpecError("dataset", f"{r} is not a folder")
     if _first(r, "meta_data_region.pkl"):
-        return "dragbench-sr" if "sr" in r.name.lower().replace("-", " ").replace("_", " ").split() else "dragbench-dr"
+        return (
+            "dragbench-sr"
+            if "sr" in r.name.lower().replace("-", " ").replace("_", " ").split()
+            else "dragbench-dr"
+        )
     if _first(r, "meta_data.pkl"):
         return "dragbench"
     if _first(r, "points.json"):
@@ -99,8 +103,9 @@ def detect_format(root: str | Path) -> str:
     if _first(r, "*.json"):
         return "folder"
     raise SpecError(
-        "dataset", f"{r} holds no DragBench (meta_data.pkl), DragBench-SR/DR (meta_data_region.pkl), Drag100 "
-                   "(points.json) samples or edit-spec JSON files"
+        "dataset",
+        f"{r} holds no DragBench (meta_data.pkl), DragBench-SR/DR (meta_data_region.pkl), Drag100 "
+        "(points.json) samples or edit-spec JSON files",
     )
 
 
@@ -128,8 +133,12 @@ def discover(root: str | Path, format: str = "auto") -> list[SampleRef]:
         raise SpecError("dataset", f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
     if not r.is_dir():
         raise SpecError("dataset", f"{r} is not a folder")
-    marker = {"dragbench": "meta_data.pkl", "dragbench-sr": "meta_data_region.pkl",
-              "dragbench-dr": "meta_data_region.pkl", "drag100": "points.json"}.get(fmt)
+    marker = {
+        "dragbench": "meta_data.pkl",
+        "dragbench-sr": "meta_data_region.pkl",
+        "dragbench-dr": "meta_data_region.pkl",
+        "drag100": "points.json",
+    }.get(fmt)
     refs: list[SampleRef] = []
     if marker is not None:
         for f in r.rglob(marker):
@@ -166,8 +175,12 @@ def load(ref: SampleRef, allow_outside: bool = False) -> Sample:
     if ref.format == "folder":
         sample = _load_folder(ref, allow_outside)
     else:
-        loader = {"dragbench": _load_dragbench, "dragbench-sr": _load_region, "dragbench-dr": _load_region,
-                  "drag100": _load_drag100}[ref.format]
+        loader = {
+            "dragbench": _load_dragbench,
+            "dragbench-sr": _load_region,
+            "dragbench-dr": _load_region,
+            "drag100": _load_drag100,
+        }[ref.format]
         sample = loader(ref)
     _check(sample)
     return sample
@@ -225,14 +238,23 @@ def _load_dragbench(ref: SampleRef) -> Sample:
     from ..samples import load_sample
 
     if not (ref.path / "meta_data.pkl").is_file():
-        raise SpecError("meta_data.pkl", f"missing in {ref.path} (it holds the sparse points that score the edit)")
+        raise SpecError(
+            "meta_data.pkl", f"missing in {ref.path} (it holds the sparse points that score the edit)"
+        )
     if not (ref.path / "original_image.png").is_file():
         raise SpecError("original_image.png", f"missing in {ref.path}")
     image_path, spec = load_sample(ref.path)
     image = load_image(image_path)
     mask = load_mask(spec["mask"], "meta_data.pkl:mask") if spec.get("mask") else None
-    meta = {"dataset": ref.format, "category": ref.category, "source": str(ref.path), "prompt": spec["prompt"],
-            "points": spec["points"], "mask": mask, "drag_spec": spec}
+    meta = {
+        "dataset": ref.format,
+        "category": ref.category,
+        "source": str(ref.path),
+        "prompt": spec["prompt"],
+        "points": spec["points"],
+        "mask": mask,
+        "drag_spec": spec,
+    }
     return Sample(ref.id, image, spec, meta)
 
 
@@ -254,8 +276,15 @@ def _load_drag100(ref: SampleRef) -> Sample:
     image_path, spec = load_sample(ref.path)
     image = load_image(image_path)
     mask = load_mask(spec["mask"], "mask.png") if spec.get("mask") else None
-    meta = {"dataset": ref.format, "category": ref.category, "source": str(ref.path), "prompt": "",
-            "points": spec["points"], "mask": mask, "drag_spec": spec}
+    meta = {
+        "dataset": ref.format,
+        "category": ref.category,
+        "source": str(ref.path),
+        "prompt": "",
+        "points": spec["points"],
+        "mask": mask,
+        "drag_spec": spec,
+    }
     return Sample(ref.id, image, spec, meta)
 
 
@@ -276,15 +305,24 @@ def _check_inside(spec: Any, root: Path, where: str) -> None:
     elif isinstance(spec, list):
         for k, v in enumerate(spec):
             _check_inside(v, root, f"{where}[{k}]")
-    elif isinstance(spec, str) and not spec.startswith("data:") and Path(spec).is_absolute() and not _inside(spec, root):
-        raise SpecError(where, f"{spec} is outside the dataset root {root}; allow it with --allow-outside-paths")
+    elif (
+        isinstance(spec, str)
+        and not spec.startswith("data:")
+        and Path(spec).is_absolute()
+        and not _inside(spec, root)
+    ):
+        raise SpecError(
+            where, f"{spec} is outside the dataset root {root}; allow it with --allow-outside-paths"
+        )
 
 
 def _load_folder(ref: SampleRef, allow_outside: bool = False) -> Sample:
     root = None if allow_outside or ref.root is None else Path(ref.root).resolve()
     if root is not None and not _inside(ref.path, root):
-        raise SpecError(ref.path.name, f"is outside the dataset root {root} (a symbolic link?); allow it with "
-                                       "--allow-outside-paths")
+        raise SpecError(
+            ref.path.name,
+            f"is outside the dataset root {root} (a symbolic link?); allow it with --allow-outside-paths",
+        )
     obj = read_json(ref.path)
     if not isinstance(obj, dict) or "mode" not in obj:
         raise SpecError(ref.path.name, "not an edit spec (a JSON object with a 'mode')")
@@ -297,13 +335,17 @@ def _load_folder(ref: SampleRef, allow_outside: bool = False) -> Sample:
     else:
         found = [base / (ref.path.stem + s) for s in IMAGE_SUFFIXES if (base / (ref.path.stem + s)).is_file()]
         if not found:
-            raise SpecError("image", f"{ref.path.name} has no 'image' key and no image {ref.path.stem}.png/.jpg beside it")
+            raise SpecError(
+                "image", f"{ref.path.name} has no 'image' key and no image {ref.path.stem}.png/.jpg beside it"
+            )
         image_path = found[0]
     spec = _resolve_paths(obj, base)
     if root is not None:
         if not _inside(image_path, root):
-            raise SpecError("image", f"{image_path} is outside the dataset root {root}; allow it with "
-                                     "--allow-outside-paths")
+            raise SpecError(
+                "image",
+                f"{image_path} is outside the dataset root {root}; allow it with --allow-outside-paths",
+            )
         _check_inside(spec, root, "")
     image = load_image(image_path)
     if eval_points is not None:
@@ -315,8 +357,14 @@ def _load_folder(ref: SampleRef, allow_outside: bool = False) -> Sample:
     else:
         points = []
     mask = load_mask(spec["mask"], "mask") if isinstance(spec.get("mask"), str) else None
-    meta = {"dataset": ref.format, "category": category, "source": str(ref.path), "prompt": spec.get("prompt", ""),
-            "points": points, "mask": mask}
+    meta = {
+        "dataset": ref.format,
+        "category": category,
+        "source": str(ref.path),
+        "prompt": spec.get("prompt", ""),
+        "points": points,
+        "mask": mask,
+    }
     if spec.get("mode") == "drag":
         meta["drag_spec"] = spec
     return Sample(ref.id, image, spec, meta)

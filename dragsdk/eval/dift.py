@@ -128,7 +128,9 @@ class DIFT:
         if self._up_block is None:
             self._up_block = self._model.adapter.feature_blocks[0]
         if not 0 <= self.up_block < len(self._model.unet.up_blocks):
-            raise ValueError(f"up_block must be in 0..{len(self._model.unet.up_blocks) - 1}, got {self.up_block}")
+            raise ValueError(
+                f"up_block must be in 0..{len(self._model.unet.up_blocks) - 1}, got {self.up_block}"
+            )
         return self._model
 
     @property
@@ -141,8 +143,15 @@ class DIFT:
     def settings(self) -> dict[str, Any]:
         """The protocol settings, for reports."""
         up = self.up_block if self._up_block is not None or isinstance(self._model, ModelBundle) else None
-        return {"model": self.model_name, "timestep": self.timestep, "up_block": up,
-                "ensemble": self.ensemble, "prompt": self.prompt, "seed": self.seed, "latent": self.latent}
+        return {
+            "model": self.model_name,
+            "timestep": self.timestep,
+            "up_block": up,
+            "ensemble": self.ensemble,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "latent": self.latent,
+        }
 
     def _embed(self, prompt: str) -> torch.Tensor:
         if prompt not in self._prompts:
@@ -182,7 +191,7 @@ class DIFT:
         total: torch.Tensor | None = None
         try:
             for i in range(0, n, self.batch_size):
-                chunk = noisy[i:i + self.batch_size]
+                chunk = noisy[i : i + self.batch_size]
                 with tap.capture(stop=True):
                     unet(chunk, t, encoder_hidden_states=cond.expand(len(chunk), -1, -1), return_dict=False)
                 f = tap.features()[0].float().sum(0, keepdim=True)

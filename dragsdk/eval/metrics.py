@@ -82,8 +82,10 @@ def _unit(image: Image.Image | np.ndarray) -> torch.Tensor:
 
 def _same_size(original: np.ndarray, edited: np.ndarray) -> None:
     if original.shape != edited.shape:
-        raise ValueError(f"the edited image is {edited.shape[1]}×{edited.shape[0]}, the original "
-                         f"{original.shape[1]}×{original.shape[0]}: resize it first")
+        raise ValueError(
+            f"the edited image is {edited.shape[1]}×{edited.shape[0]}, the original "
+            f"{original.shape[1]}×{original.shape[0]}: resize it first"
+        )
 
 
 def _region(mask: np.ndarray | None, region: Region, shape: tuple[int, int]) -> np.ndarray:
@@ -238,14 +240,16 @@ def drag_accuracy_index(
         hi_x = min(radius, w - 1 - hx, w - 1 - tx)
         lo_y = max(-radius, -hy, -ty)
         hi_y = min(radius, h - 1 - hy, h - 1 - ty)
-        pa = fa[hy + lo_y:hy + hi_y + 1, hx + lo_x:hx + hi_x + 1]
-        pb = fb[ty + lo_y:ty + hi_y + 1, tx + lo_x:tx + hi_x + 1]
+        pa = fa[hy + lo_y : hy + hi_y + 1, hx + lo_x : hx + hi_x + 1]
+        pb = fb[ty + lo_y : ty + hi_y + 1, tx + lo_x : tx + hi_x + 1]
         total += float(np.sum((pa - pb) ** 2)) / ((hi_x - lo_x + 1) * (hi_y - lo_y + 1))
     return total / len(handles)
 
 
 def dai_all(
-    original: Image.Image | np.ndarray, edited: Image.Image | np.ndarray, pairs: Pairs,
+    original: Image.Image | np.ndarray,
+    edited: Image.Image | np.ndarray,
+    pairs: Pairs,
     radii: Sequence[int] = DAI_RADII,
 ) -> dict[str, float]:
     """``{"dai_1": ..., "dai_5": ..., "dai_10": ..., "dai_20": ...}`` (:func:`drag_accuracy_index` per γ)."""
@@ -276,11 +280,18 @@ class MeanDistance:
 def _resize_like(edited: np.ndarray, original: np.ndarray) -> np.ndarray:
     if edited.shape == original.shape:
         return edited
-    return np.asarray(Image.fromarray(edited).resize((original.shape[1], original.shape[0]), Image.Resampling.BILINEAR))
+    return np.asarray(
+        Image.fromarray(edited).resize((original.shape[1], original.shape[0]), Image.Resampling.BILINEAR)
+    )
 
 
 def _cosine_maps(
-    src: torch.Tensor, dst: torch.Tensor, rows: np.ndarray, cols: np.ndarray, size: tuple[int, int], mode: str,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    size: tuple[int, int],
+    mode: str,
     chunk: int = 64,
 ) -> torch.Tensor:
     """Cosine similarity ``(P, H, W)`` between the source features at ``(rows, cols)`` and every pixel of the
@@ -295,13 +306,13 @@ def _cosine_maps(
     q = torch.as_tensor(cols, dtype=torch.long)
     vecs = torch.empty(len(r), c)
     for c0 in range(0, c, chunk):
-        up = F.interpolate(src[:, c0:c0 + chunk].float(), size=size, **kw)[0]
-        vecs[:, c0:c0 + chunk] = up[:, r, q].T
+        up = F.interpolate(src[:, c0 : c0 + chunk].float(), size=size, **kw)[0]
+        vecs[:, c0 : c0 + chunk] = up[:, r, q].T
     dot = torch.zeros(len(r), *size)
     sq = torch.zeros(size)
     for c0 in range(0, c, chunk):
-        up = F.interpolate(dst[:, c0:c0 + chunk].float(), size=size, **kw)[0]
-        dot += torch.einsum("pc,chw->phw", vecs[:, c0:c0 + chunk], up)
+        up = F.interpolate(dst[:, c0 : c0 + chunk].float(), size=size, **kw)[0]
+        dot += torch.einsum("pc,chw->phw", vecs[:, c0 : c0 + chunk], up)
         sq += (up * up).sum(0)
     norm = vecs.norm(dim=1)[:, None, None] * sq.sqrt()[None]
     return dot / norm.clamp_min(1e-8)
@@ -343,8 +354,12 @@ def mean_distance_dragdiffusion(
     return MeanDistance(float(np.mean(dist)), dist, matches, "dragdiffusion")
 
 
-def _md_inputs(original: Image.Image | np.ndarray, edited: Image.Image | np.ndarray, pairs: Pairs,
-               check_targets: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _md_inputs(
+    original: Image.Image | np.ndarray,
+    edited: Image.Image | np.ndarray,
+    pairs: Pairs,
+    check_targets: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What both MD protocols start from: the original, the edited image resized to it, and the checked points."""
     a = _array(original)
     b = _resize_like(_array(edited), a)
@@ -405,7 +420,10 @@ def mean_distance_regiondrag(
     cos = torch.where(allowed, cos, torch.full_like(cos, -math.inf))
     best = cos.flatten(1).argmax(1).numpy()
     matches = [(int(i % w), int(i // w)) for i in best]
-    dist = [float(math.hypot((tx - mx) / w, (ty - my) / h)) for (tx, ty), (mx, my) in zip(ti, matches, strict=True)]
+    dist = [
+        float(math.hypot((tx - mx) / w, (ty - my) / h))
+        for (tx, ty), (mx, my) in zip(ti, matches, strict=True)
+    ]
     return MeanDistance(float(np.mean(dist)), dist, matches, "regiondrag")
 
 
@@ -441,8 +459,10 @@ def lpips_status() -> tuple[bool, str]:
     try:
         import lpips  # noqa: F401
     except Exception as e:  # ImportError, or torchvision's operator registration failing at import
-        return False, (f"the lpips package cannot be imported here ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                       "it needs a torchvision build matching torch: pip install 'dragsdk[eval]'")
+        return False, (
+            f"the lpips package cannot be imported here ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "it needs a torchvision build matching torch: pip install 'dragsdk[eval]'"
+        )
     return True, ""
 
 

@@ -58,7 +58,9 @@ def draw_arrows(
         d.line([(hx, hy), (tx, ty)], fill=(255, 255, 255), width=lw + 2)
         d.line([(hx, hy), (tx, ty)], fill=(230, 40, 40), width=lw)
         ang = math.atan2(ty - hy, tx - hx)
-        head = [(tx, ty)] + [(tx - 3 * r * math.cos(ang + a), ty - 3 * r * math.sin(ang + a)) for a in (0.45, -0.45)]
+        head = [(tx, ty)] + [
+            (tx - 3 * r * math.cos(ang + a), ty - 3 * r * math.sin(ang + a)) for a in (0.45, -0.45)
+        ]
         d.polygon(head, fill=(40, 90, 240))
         d.ellipse([hx - r, hy - r, hx + r, hy + r], fill=(230, 40, 40), outline=(255, 255, 255))
     for m in matches or []:
@@ -70,10 +72,19 @@ def draw_arrows(
 
 # -- plots ----------------------------------------------------------------------------------------------------
 
-_PLOT_METRICS = (("md", "MD per sample (px, DragDiffusion)"), ("md_regiondrag", "MD ×100 (RegionDrag)"),
-                 ("dai_1", "DAI γ=1"), ("dai_5", "DAI γ=5"), ("dai_10", "DAI γ=10"), ("dai_20", "DAI γ=20"),
-                 ("psnr_inside", "PSNR inside (dB)"), ("psnr_outside", "PSNR outside (dB)"),
-                 ("ssim_inside", "SSIM inside"), ("ssim_outside", "SSIM outside"), ("if", "IF (1 − LPIPS)"))
+_PLOT_METRICS = (
+    ("md", "MD per sample (px, DragDiffusion)"),
+    ("md_regiondrag", "MD ×100 (RegionDrag)"),
+    ("dai_1", "DAI γ=1"),
+    ("dai_5", "DAI γ=5"),
+    ("dai_10", "DAI γ=10"),
+    ("dai_20", "DAI γ=20"),
+    ("psnr_inside", "PSNR inside (dB)"),
+    ("psnr_outside", "PSNR outside (dB)"),
+    ("ssim_inside", "SSIM inside"),
+    ("ssim_outside", "SSIM outside"),
+    ("if", "IF (1 − LPIPS)"),
+)
 
 
 def write_plots(out: Path, records: list[dict[str, Any]]) -> tuple[list[str], str]:
@@ -108,7 +119,7 @@ def write_plots(out: Path, records: list[dict[str, Any]]) -> tuple[list[str], st
             ax.axvline(float(np.mean(vals)), color="#c00000", lw=1.5, label=f"mean {np.mean(vals):.3g}")
             ax.set_title(title, fontsize=10)
             ax.legend(fontsize=8)
-        for ax in list(axes.flat)[len(series):]:
+        for ax in list(axes.flat)[len(series) :]:
             ax.axis("off")
         fig.suptitle(f"metric distributions over {len(ok)} samples", fontsize=11)
         fig.tight_layout()
@@ -120,8 +131,14 @@ def write_plots(out: Path, records: list[dict[str, Any]]) -> tuple[list[str], st
     left = np.zeros(len(ok))
     colours = ("#4472c4", "#ed7d31", "#a5a5a5", "#ffc000", "#70ad47")
     for i, p in enumerate([*phases, "metrics"]):
-        vals = np.asarray([(r.get("metric_seconds") or 0.0) if p == "metrics" else (r.get("phase_seconds") or {}).get(p, 0.0)
-                           for r in ok])
+        vals = np.asarray(
+            [
+                (r.get("metric_seconds") or 0.0)
+                if p == "metrics"
+                else (r.get("phase_seconds") or {}).get(p, 0.0)
+                for r in ok
+            ]
+        )
         ax.barh(range(len(ok)), vals, left=left, label=p, color=colours[i % len(colours)])
         left += vals
     ax.set_yticks(range(len(ok)), [n if len(n) < 40 else "…" + n[-38:] for n in names], fontsize=7)
@@ -159,53 +176,71 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def write_report(out: Path, records: list[dict[str, Any]], summary: dict[str, Any], plots: list[str],
-                 table: str) -> Path:
+def write_report(
+    out: Path, records: list[dict[str, Any]], summary: dict[str, Any], plots: list[str], table: str
+) -> Path:
     """Write ``report.html`` (see the module docstring) and return its path."""
     from .bench import _by_reason, table_rows
 
     e = html.escape
     header, rows = table_rows(summary)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dragsdk bench</title><style>{_CSS}</style>"
-             "</head><body><h1>dragsdk bench</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>dragsdk bench</title><style>{_CSS}</style>"
+        "</head><body><h1>dragsdk bench</h1>"
+    ]
     settings = summary.get("settings", {})
     parts.append("<p class='note'>" + e(", ".join(f"{k}={v}" for k, v in settings.items())) + "</p>")
     parts.append("<h2>Summary</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
     for row in rows:
         parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
-    parts.append("</table><p class='note'>MD px: DragDiffusion protocol, mean over pairs. MD-RD×100: RegionDrag "
-                 "protocol (normalised by image size) ×100. DAI: GoodDrag, lower is better. PSNR/SSIM inside and "
-                 f"outside the edit mask (PSNR capped at {summary.get('psnr_cap_db')} dB). IF = 1 − LPIPS.</p>")
+    parts.append(
+        "</table><p class='note'>MD px: DragDiffusion protocol, mean over pairs. MD-RD×100: RegionDrag "
+        "protocol (normalised by image size) ×100. DAI: GoodDrag, lower is better. PSNR/SSIM inside and "
+        f"outside the edit mask (PSNR capped at {summary.get('psnr_cap_db')} dB). IF = 1 − LPIPS.</p>"
+    )
     unavailable = summary.get("unavailable", {})
     for reason, names in _by_reason(unavailable).items():
         parts.append(f"<p class='err'>{e(', '.join(names))}: {e(reason)}</p>")
     for k, v in summary.get("errors", {}).items():
         parts.append(f"<p class='err'>error {e(k)}: {e(str(v))}</p>")
     if plots:
-        parts.append("<h2>Plots</h2><div class='imgs'>" + "".join(
-            f"<figure><img src='{e(p)}' style='max-width:900px'></figure>" for p in plots) + "</div>")
+        parts.append(
+            "<h2>Plots</h2><div class='imgs'>"
+            + "".join(f"<figure><img src='{e(p)}' style='max-width:900px'></figure>" for p in plots)
+            + "</div>"
+        )
     parts.append("<h2>Samples</h2>")
     for r in records:
-        parts.append(f"<div class='sample'><b>{e(r['id'])}</b> <span class='note'>{e(str(r.get('category')))}"
-                     f" · {e(str(r.get('mode') or ''))}</span>")
+        parts.append(
+            f"<div class='sample'><b>{e(r['id'])}</b> <span class='note'>{e(str(r.get('category')))}"
+            f" · {e(str(r.get('mode') or ''))}</span>"
+        )
         if r["status"] != "ok":
             parts.append(f"<p class='err'>{e(str(r.get('error')))}</p></div>")
             continue
         if r.get("prompt"):
             parts.append(f"<div class='note'>prompt: {e(r['prompt'])}</div>")
         m = {k: v for k, v in r["metrics"].items() if not k.endswith("_pairs")}
-        parts.append("<div class='note'>" + " · ".join(f"{e(k)} {_fmt(v)}" for k, v in m.items()) +
-                     f" · {_fmt(r.get('seconds'))} s</div>")
+        parts.append(
+            "<div class='note'>"
+            + " · ".join(f"{e(k)} {_fmt(v)}" for k, v in m.items())
+            + f" · {_fmt(r.get('seconds'))} s</div>"
+        )
         for k, v in (r.get("metric_notes") or {}).items():
             if v not in unavailable.values():  # said once above
                 parts.append(f"<div class='note'>{e(k)}: {e(v)}</div>")
         files = r.get("files") or {}
         parts.append("<div class='imgs'>")
-        for key, caption in (("original", "original"), ("edited", "edited"),
-                             ("arrows", "arrows: handle (red) → target (blue), DIFT match (green)")):
+        for key, caption in (
+            ("original", "original"),
+            ("edited", "edited"),
+            ("arrows", "arrows: handle (red) → target (blue), DIFT match (green)"),
+        ):
             if files.get(key):
-                parts.append(f"<figure><img src='{e(files[key])}' loading='lazy'><figcaption>{e(caption)}"
-                             "</figcaption></figure>")
+                parts.append(
+                    f"<figure><img src='{e(files[key])}' loading='lazy'><figcaption>{e(caption)}"
+                    "</figcaption></figure>"
+                )
         parts.append("</div></div>")
     parts.append(f"<h2>Summary (text)</h2><pre>{e(table)}</pre></body></html>")
     return write_text_atomic("\n".join(parts), out / "report.html")

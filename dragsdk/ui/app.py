@@ -81,8 +81,11 @@ def _escape(text: str) -> str:
 
 
 def _short_data_urls(text: str) -> str:
-    return re.sub(r'"data:image/png;base64,([A-Za-z0-9+/=]{24})[A-Za-z0-9+/=]*"',
-                  lambda m: f'"data:image/png;base64,{m.group(1)}…"', text)
+    return re.sub(
+        r'"data:image/png;base64,([A-Za-z0-9+/=]{24})[A-Za-z0-9+/=]*"',
+        lambda m: f'"data:image/png;base64,{m.group(1)}…"',
+        text,
+    )
 
 
 def _editor_value(image: Image.Image | None, mask: np.ndarray | None = None) -> dict[str, Any] | None:
@@ -135,69 +138,151 @@ def build_app(
     with gr.Blocks(title="dragsdk editor", analytics_enabled=False) as app:
         session = gr.State(Session())
         random = getattr(getattr(editor, "model", None), "random_weights", False)
-        gr.Markdown(f"## dragsdk — drag editing in the browser\nModel **{model_name}**, backend "
-                    f"**{editor.backend_request}**. Upload an image, pick a mode, click and brush, then run."
-                    + ("\n\n**Random weights**: this model is a built-in test model; its edits are not real edits."
-                       if random else ""), elem_id="page-head")
+        gr.Markdown(
+            f"## dragsdk — drag editing in the browser\nModel **{model_name}**, backend "
+            f"**{editor.backend_request}**. Upload an image, pick a mode, click and brush, then run."
+            + (
+                "\n\n**Random weights**: this model is a built-in test model; its edits are not real edits."
+                if random
+                else ""
+            ),
+            elem_id="page-head",
+        )
         defaults = sampler_defaults("drag", editor.registry)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=280):
-                image_in = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"], format="png",
-                                    elem_id="image-input", height=220)
+                image_in = gr.Image(
+                    label="Image",
+                    type="pil",
+                    sources=["upload", "clipboard"],
+                    format="png",
+                    elem_id="image-input",
+                    height=220,
+                )
                 with gr.Row():
-                    sample = gr.Dropdown(choices=list(samples), value=None, label="Sample folder",
-                                         allow_custom_value=True, elem_id="sample", scale=3,
-                                         info="a listed DragBench / Drag100 sample, or a folder path")
+                    sample = gr.Dropdown(
+                        choices=list(samples),
+                        value=None,
+                        label="Sample folder",
+                        allow_custom_value=True,
+                        elem_id="sample",
+                        scale=3,
+                        info="a listed DragBench / Drag100 sample, or a folder path",
+                    )
                     open_btn = gr.Button("Open", elem_id="open-sample", scale=1, min_width=60)
                 image_msg = gr.Markdown(elem_id="image-msg", elem_classes="dragsdk-msg")
                 prompt = gr.Textbox(label="Prompt", placeholder="a photo of …", elem_id="prompt", lines=1)
                 prompt_msg = gr.Markdown(elem_id="prompt-msg", elem_classes="dragsdk-msg")
                 with gr.Accordion("Settings (empty = the mode's default)", open=True):
-                    steps_in = gr.Textbox("" if steps is None else str(steps), label="Steps", elem_id="steps",
-                                          placeholder=f"default {defaults.get('steps')}")
-                    res_in = gr.Textbox("" if resolution is None else str(resolution),
-                                        label="Resolution (working area ≈ px²)", elem_id="resolution",
-                                        placeholder=f"default {defaults.get('resolution')}")
-                    seed_in = gr.Textbox("" if seed is None else str(seed), label="Seed", elem_id="seed",
-                                         placeholder=f"default {defaults.get('seed')}")
+                    steps_in = gr.Textbox(
+                        "" if steps is None else str(steps),
+                        label="Steps",
+                        elem_id="steps",
+                        placeholder=f"default {defaults.get('steps')}",
+                    )
+                    res_in = gr.Textbox(
+                        "" if resolution is None else str(resolution),
+                        label="Resolution (working area ≈ px²)",
+                        elem_id="resolution",
+                        placeholder=f"default {defaults.get('resolution')}",
+                    )
+                    seed_in = gr.Textbox(
+                        "" if seed is None else str(seed),
+                        label="Seed",
+                        elem_id="seed",
+                        placeholder=f"default {defaults.get('seed')}",
+                    )
                 settings_msg = gr.Markdown(elem_id="settings-msg", elem_classes="dragsdk-msg")
             with gr.Column(scale=2, min_width=360):
                 mode = gr.Radio(list(MODES), value="drag", label="Mode", elem_id="mode")
                 help_md = gr.Markdown(MODE_HELP["drag"], elem_id="mode-help")
                 with gr.Row():
-                    region_input = gr.Radio(list(REGION_INPUTS), value=REGION_INPUTS[0], label="Region-drag input",
-                                            visible=False, elem_id="region-input")
-                    vertices = gr.Radio([3, 4], value=4, label="Vertices per polygon", visible=False,
-                                        elem_id="vertices")
-                scale = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Scale of the object", visible=False,
-                                  elem_id="scale")
-                canvas = gr.Image(label="Click on the image (handles, targets, vertices, new position)",
-                                  interactive=False, type="pil", format="png", elem_id="canvas",
-                                  buttons=[], height=430)
+                    region_input = gr.Radio(
+                        list(REGION_INPUTS),
+                        value=REGION_INPUTS[0],
+                        label="Region-drag input",
+                        visible=False,
+                        elem_id="region-input",
+                    )
+                    vertices = gr.Radio(
+                        [3, 4], value=4, label="Vertices per polygon", visible=False, elem_id="vertices"
+                    )
+                scale = gr.Slider(
+                    0.1,
+                    2.0,
+                    value=1.0,
+                    step=0.05,
+                    label="Scale of the object",
+                    visible=False,
+                    elem_id="scale",
+                )
+                canvas = gr.Image(
+                    label="Click on the image (handles, targets, vertices, new position)",
+                    interactive=False,
+                    type="pil",
+                    format="png",
+                    elem_id="canvas",
+                    buttons=[],
+                    height=430,
+                )
                 with gr.Row():
                     undo_btn = gr.Button("Undo last point", elem_id="undo", size="sm")
                     clear_btn = gr.Button("Clear all", elem_id="clear", size="sm")
-                points_msg = gr.Markdown("Upload an image or open a sample folder.", elem_id="points-msg",
-                                         elem_classes="dragsdk-msg")
+                points_msg = gr.Markdown(
+                    "Upload an image or open a sample folder.",
+                    elem_id="points-msg",
+                    elem_classes="dragsdk-msg",
+                )
             with gr.Column(scale=2, min_width=360):
                 brush = gr.Brush(colors=["rgb(230, 40, 40)"], color_mode="fixed")
-                mask_ed = gr.ImageEditor(label=_MASK_LABELS["drag"], type="numpy", sources=(), transforms=(),
-                                         layers=False, brush=brush, elem_id="mask-editor", height=430,
-                                         buttons=[], format="png")
+                mask_ed = gr.ImageEditor(
+                    label=_MASK_LABELS["drag"],
+                    type="numpy",
+                    sources=(),
+                    transforms=(),
+                    layers=False,
+                    brush=brush,
+                    elem_id="mask-editor",
+                    height=430,
+                    buttons=[],
+                    format="png",
+                )
                 with gr.Row(visible=False) as regions_row:
-                    handle_ed = gr.ImageEditor(label="Handle region", type="numpy", sources=(), transforms=(),
-                                               layers=False, brush=brush, elem_id="handle-editor", buttons=[],
-                                               format="png")
-                    target_ed = gr.ImageEditor(label="Target region", type="numpy", sources=(), transforms=(),
-                                               layers=False, brush=gr.Brush(colors=["rgb(40, 110, 240)"],
-                                                                            color_mode="fixed"),
-                                               elem_id="target-editor", buttons=[], format="png")
+                    handle_ed = gr.ImageEditor(
+                        label="Handle region",
+                        type="numpy",
+                        sources=(),
+                        transforms=(),
+                        layers=False,
+                        brush=brush,
+                        elem_id="handle-editor",
+                        buttons=[],
+                        format="png",
+                    )
+                    target_ed = gr.ImageEditor(
+                        label="Target region",
+                        type="numpy",
+                        sources=(),
+                        transforms=(),
+                        layers=False,
+                        brush=gr.Brush(colors=["rgb(40, 110, 240)"], color_mode="fixed"),
+                        elem_id="target-editor",
+                        buttons=[],
+                        format="png",
+                    )
                 mask_msg = gr.Markdown(elem_id="mask-msg", elem_classes="dragsdk-msg")
                 with gr.Group(visible=False) as ref_group:
-                    ref_ed = gr.ImageEditor(label="Reference image: upload it, brush the object", type="numpy",
-                                            sources=("upload", "clipboard"), transforms=(), layers=False,
-                                            brush=gr.Brush(colors=["rgb(40, 200, 90)"], color_mode="fixed"),
-                                            elem_id="reference-editor", buttons=[], format="png")
+                    ref_ed = gr.ImageEditor(
+                        label="Reference image: upload it, brush the object",
+                        type="numpy",
+                        sources=("upload", "clipboard"),
+                        transforms=(),
+                        layers=False,
+                        brush=gr.Brush(colors=["rgb(40, 200, 90)"], color_mode="fixed"),
+                        elem_id="reference-editor",
+                        buttons=[],
+                        format="png",
+                    )
                     ref_prompt = gr.Textbox(label="Reference prompt", elem_id="reference-prompt")
                 reference_msg = gr.Markdown(elem_id="reference-msg", elem_classes="dragsdk-msg")
         with gr.Row():
@@ -205,42 +290,86 @@ def build_app(
             cancel_btn = gr.Button("Cancel", elem_id="cancel", scale=0, min_width=90)
             run_msg = gr.Markdown(elem_id="run-msg", elem_classes="dragsdk-msg")
         with gr.Row(equal_height=True):
-            original = gr.Image(label="Original", interactive=False, type="pil", format="png", elem_id="original")
+            original = gr.Image(
+                label="Original", interactive=False, type="pil", format="png", elem_id="original"
+            )
             result = gr.Image(label="Result", interactive=False, type="pil", format="png", elem_id="result")
         report_md = gr.Markdown(elem_id="report")
         with gr.Row():
-            dl_result = gr.DownloadButton("Download result", value=None, interactive=False,
-                                          elem_id="download-result")
-            dl_spec = gr.DownloadButton("Download spec JSON", value=None, interactive=False,
-                                        elem_id="download-spec")
-        files = gr.File(label="All files of the last run (keep reference.png beside spec.json)",
-                        file_count="multiple", interactive=False, elem_id="files")
+            dl_result = gr.DownloadButton(
+                "Download result", value=None, interactive=False, elem_id="download-result"
+            )
+            dl_spec = gr.DownloadButton(
+                "Download spec JSON", value=None, interactive=False, elem_id="download-spec"
+            )
+        files = gr.File(
+            label="All files of the last run (keep reference.png beside spec.json)",
+            file_count="multiple",
+            interactive=False,
+            elem_id="files",
+        )
         with gr.Accordion("Spec and report JSON", open=False):
             spec_code = gr.Code(language="json", label="spec.json", elem_id="spec-json", interactive=False)
             report_json = gr.JSON(label="report.json", elem_id="report-json")
 
-        slots = {"image": image_msg, "prompt": prompt_msg, "points": points_msg, "mask": mask_msg,
-                 "reference": reference_msg, "settings": settings_msg, "run": run_msg}
+        slots = {
+            "image": image_msg,
+            "prompt": prompt_msg,
+            "points": points_msg,
+            "mask": mask_msg,
+            "reference": reference_msg,
+            "settings": settings_msg,
+            "run": run_msg,
+        }
 
         def slot_updates(msgs: dict[str, str]) -> dict[Any, Any]:
             return {slots[c]: msgs[c] for c in CONTROLS}
 
         def points_line(sess: Session, mode_v: str, vertices_v: Any, region_v: str) -> str:
-            return describe_clicks(sess, mode_v, int(vertices_v or 4), region_v) if sess.image is not None else ""
+            return (
+                describe_clicks(sess, mode_v, int(vertices_v or 4), region_v)
+                if sess.image is not None
+                else ""
+            )
 
         # -- image in ---------------------------------------------------------------------------------------
-        image_outputs = [session, canvas, mask_ed, handle_ed, target_ed, original, result, report_md, *slots.values()]
+        image_outputs = [
+            session,
+            canvas,
+            mask_ed,
+            handle_ed,
+            target_ed,
+            original,
+            result,
+            report_md,
+            *slots.values(),
+        ]
 
-        def new_image(sess: Session, img: Image.Image, name: str, mode_v: str, mask: np.ndarray | None = None,
-                      note: str = "") -> dict[Any, Any]:
+        def new_image(
+            sess: Session,
+            img: Image.Image,
+            name: str,
+            mode_v: str,
+            mask: np.ndarray | None = None,
+            note: str = "",
+        ) -> dict[Any, Any]:
             sess.set_image(img, name, mask)
             w, h = sess.image.size  # type: ignore[union-attr]
-            msgs = messages(image=f"{name or 'image'}: {w}×{h} pixels" + (f"; {note}" if note else ""),
-                            points=describe_clicks(sess, mode_v))
-            return {session: sess, canvas: overlay(sess, mode_v, sess.inputs()),
-                    mask_ed: _editor_value(sess.image, mask), handle_ed: _editor_value(sess.image),
-                    target_ed: _editor_value(sess.image), original: sess.image, result: None, report_md: "",
-                    **slot_updates(msgs)}
+            msgs = messages(
+                image=f"{name or 'image'}: {w}×{h} pixels" + (f"; {note}" if note else ""),
+                points=describe_clicks(sess, mode_v),
+            )
+            return {
+                session: sess,
+                canvas: overlay(sess, mode_v, sess.inputs()),
+                mask_ed: _editor_value(sess.image, mask),
+                handle_ed: _editor_value(sess.image),
+                target_ed: _editor_value(sess.image),
+                original: sess.image,
+                result: None,
+                report_md: "",
+                **slot_updates(msgs),
+            }
 
         def on_upload(payload: Any, sess: Session, mode_v: str) -> dict[Any, Any]:
             # taken without Gradio's preprocessing (which would end a non-image in a generic "Error"): decoded
@@ -248,16 +377,33 @@ def build_app(
             upload = upload_path(payload)
             if upload is None:
                 sess.image = None
-                return {session: sess, canvas: None, mask_ed: None, handle_ed: None, target_ed: None,
-                        original: None, result: None, report_md: "",
-                        **slot_updates(messages(image="no image: upload one or open a sample folder"))}
+                return {
+                    session: sess,
+                    canvas: None,
+                    mask_ed: None,
+                    handle_ed: None,
+                    target_ed: None,
+                    original: None,
+                    result: None,
+                    report_md: "",
+                    **slot_updates(messages(image="no image: upload one or open a sample folder")),
+                }
             try:
                 img = load_upload(upload[0], upload[1], limits)
             except UIError as e:
                 sess.image = None
-                return {session: sess, canvas: None, mask_ed: None, handle_ed: None, target_ed: None,
-                        original: None, result: None, report_md: "", image_in: None,
-                        **slot_updates(messages(image=_error(e.message)))}
+                return {
+                    session: sess,
+                    canvas: None,
+                    mask_ed: None,
+                    handle_ed: None,
+                    target_ed: None,
+                    original: None,
+                    result: None,
+                    report_md: "",
+                    image_in: None,
+                    **slot_updates(messages(image=_error(e.message))),
+                }
             return new_image(sess, img, upload[1] or "uploaded image", mode_v)
 
         image_in.upload(on_upload, [image_in, session, mode], [*image_outputs, image_in], preprocess=False)
@@ -277,7 +423,9 @@ def build_app(
                 return slot_updates(messages(image=_error(str(e))))
             loaded = f"{len(spec['points'])} point pair(s)" + (" and its mask" if mask is not None else "")
             out = new_image(sess, img, folder.name, "drag", mask, note=f"{loaded} loaded")
-            sess.clicks["drag"] = [(int(round(p[0])), int(round(p[1]))) for pair in spec["points"] for p in pair]
+            sess.clicks["drag"] = [
+                (int(round(p[0])), int(round(p[1]))) for pair in spec["points"] for p in pair
+            ]
             out[canvas] = overlay(sess, "drag", sess.inputs())
             out[points_msg] = describe_clicks(sess, "drag")
             out[image_in] = img
@@ -299,14 +447,20 @@ def build_app(
             if sess.image is not None:
                 sess.mask = editor_mask(mask_v, sess.image.size)
             sess.reference = editor_background(ref_v)
-            sess.reference_mask = editor_mask(ref_v, sess.reference.size) if sess.reference is not None else None
+            sess.reference_mask = (
+                editor_mask(ref_v, sess.reference.size) if sess.reference is not None else None
+            )
 
         def on_preview(sess: Session, mode_v: str, mask_v: Any, ref_v: Any, scale_v: float) -> dict[Any, Any]:
             read_editors(sess, mask_v, ref_v)
             if mode_v == "paste":
                 ref = sess.reference
-                msg = ("no reference image yet: upload one in the reference editor" if ref is None else
-                       f"reference {ref.size[0]}×{ref.size[1]}; " + describe_mask(sess.reference_mask, "its object"))
+                msg = (
+                    "no reference image yet: upload one in the reference editor"
+                    if ref is None
+                    else f"reference {ref.size[0]}×{ref.size[1]}; "
+                    + describe_mask(sess.reference_mask, "its object")
+                )
                 msgs = {reference_msg: msg, mask_msg: gr.skip()}
             else:
                 msgs = {mask_msg: describe_mask(sess.mask, "object mask"), reference_msg: gr.skip()}
@@ -321,11 +475,14 @@ def build_app(
                 raise gr.Error("no preview in this mode", visible=False, print_exception=False)
 
         def then_preview(event: Any) -> None:
-            event.then(only_when_placing, [mode], None, **quiet).success(on_preview, preview_inputs, preview_outputs,
-                                                                          **quiet)
+            event.then(only_when_placing, [mode], None, **quiet).success(
+                on_preview, preview_inputs, preview_outputs, **quiet
+            )
 
         # -- mode ---------------------------------------------------------------------------------------------
-        def on_mode(mode_v: str, region_v: str, vertices_v: Any, sess: Session, scale_v: float) -> dict[Any, Any]:
+        def on_mode(
+            mode_v: str, region_v: str, vertices_v: Any, sess: Session, scale_v: float
+        ) -> dict[Any, Any]:
             polygons = mode_v == "region-drag" and region_v == REGION_INPUTS[1]
             d = sampler_defaults(mode_v, editor.registry)
             return {
@@ -335,8 +492,11 @@ def build_app(
                 help_md: MODE_HELP[mode_v],
                 region_input: gr.update(visible=mode_v == "region-drag"),
                 vertices: gr.update(visible=polygons),
-                scale: gr.update(visible=mode_v in placing, maximum=1.5 if mode_v == "paste" else 2.0,
-                                 value=min(float(scale_v or 1.0), 1.5) if mode_v == "paste" else scale_v),
+                scale: gr.update(
+                    visible=mode_v in placing,
+                    maximum=1.5 if mode_v == "paste" else 2.0,
+                    value=min(float(scale_v or 1.0), 1.5) if mode_v == "paste" else scale_v,
+                ),
                 regions_row: gr.update(visible=mode_v == "region-drag" and not polygons),
                 ref_group: gr.update(visible=mode_v in ("paste", "appearance")),
                 mask_ed: gr.update(label=_MASK_LABELS[mode_v], visible=mode_v != "paste"),
@@ -344,8 +504,20 @@ def build_app(
                 **slot_updates(messages(points=points_line(sess, mode_v, vertices_v, region_v))),
             }
 
-        mode_outputs = [help_md, region_input, vertices, scale, regions_row, ref_group, mask_ed, canvas,
-                        steps_in, res_in, seed_in, *slots.values()]
+        mode_outputs = [
+            help_md,
+            region_input,
+            vertices,
+            scale,
+            regions_row,
+            ref_group,
+            mask_ed,
+            canvas,
+            steps_in,
+            res_in,
+            seed_in,
+            *slots.values(),
+        ]
         mode_inputs = [mode, region_input, vertices, session, scale]
         then_preview(mode.change(on_mode, mode_inputs, mode_outputs, **quiet))
         for widget in (region_input, vertices):  # not `control`: that name is the run slot (RunControl) above
@@ -358,48 +530,99 @@ def build_app(
         click_inputs = [session, mode, region_input, vertices, scale]
         click_outputs = [session, canvas, points_msg, image_msg]
 
-        def redraw(sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float,
-                   msg: str) -> dict[Any, Any]:
-            return {session: sess, canvas: overlay(sess, mode_v, sess.inputs(scale_v, vertices_v, region_v)),
-                    points_msg: msg, image_msg: gr.skip()}
+        def redraw(
+            sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float, msg: str
+        ) -> dict[Any, Any]:
+            return {
+                session: sess,
+                canvas: overlay(sess, mode_v, sess.inputs(scale_v, vertices_v, region_v)),
+                points_msg: msg,
+                image_msg: gr.skip(),
+            }
 
-        def on_click(sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float,
-                     evt: gr.SelectData) -> dict[Any, Any]:
+        def on_click(
+            sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float, evt: gr.SelectData
+        ) -> dict[Any, Any]:
             try:
                 msg = add_click(sess, mode_v, evt.index, int(vertices_v or 4), region_v)
             except UIError as e:
-                return {session: sess, canvas: gr.skip(), points_msg: gr.skip(), image_msg: gr.skip(),
-                        slots[e.control if e.control == "image" else "points"]: _error(e.message)}
+                return {
+                    session: sess,
+                    canvas: gr.skip(),
+                    points_msg: gr.skip(),
+                    image_msg: gr.skip(),
+                    slots[e.control if e.control == "image" else "points"]: _error(e.message),
+                }
             return redraw(sess, mode_v, region_v, vertices_v, scale_v, msg)
 
         then_preview(canvas.select(on_click, click_inputs, click_outputs, trigger_mode="multiple", **quiet))
 
-        def on_undo(sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float) -> dict[Any, Any]:
+        def on_undo(
+            sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float
+        ) -> dict[Any, Any]:
             removed = undo(sess, mode_v)
-            msg = points_line(sess, mode_v, vertices_v, region_v) if removed is not None else "nothing to undo"
+            msg = (
+                points_line(sess, mode_v, vertices_v, region_v) if removed is not None else "nothing to undo"
+            )
             return redraw(sess, mode_v, region_v, vertices_v, scale_v, msg)
 
         undo_btn.click(on_undo, click_inputs, click_outputs, trigger_mode="multiple", **quiet)
 
-        def on_clear(sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float) -> dict[Any, Any]:
+        def on_clear(
+            sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float
+        ) -> dict[Any, Any]:
             clear(sess)
             sess.mask = sess.handle_region = sess.target_region = None
-            out = redraw(sess, mode_v, region_v, vertices_v, scale_v,
-                         "cleared: every point and brushed mask" if sess.image is not None else "")
-            return {**out, mask_ed: _editor_value(sess.image), handle_ed: _editor_value(sess.image),
-                    target_ed: _editor_value(sess.image)}
+            out = redraw(
+                sess,
+                mode_v,
+                region_v,
+                vertices_v,
+                scale_v,
+                "cleared: every point and brushed mask" if sess.image is not None else "",
+            )
+            return {
+                **out,
+                mask_ed: _editor_value(sess.image),
+                handle_ed: _editor_value(sess.image),
+                target_ed: _editor_value(sess.image),
+            }
 
         clear_btn.click(on_clear, click_inputs, [*click_outputs, mask_ed, handle_ed, target_ed], **quiet)
         scale.release(on_preview, preview_inputs, preview_outputs, **quiet)
 
         # -- run ----------------------------------------------------------------------------------------------
-        run_outputs = [session, result, original, report_md, dl_result, dl_spec, files, spec_code, report_json,
-                       *slots.values()]
+        run_outputs = [
+            session,
+            result,
+            original,
+            report_md,
+            dl_result,
+            dl_spec,
+            files,
+            spec_code,
+            report_json,
+            *slots.values(),
+        ]
 
-        def on_run(sess: Session, mode_v: str, prompt_v: str, mask_v: Any, handle_v: Any, target_v: Any,
-                   region_v: str, vertices_v: Any, ref_v: Any, ref_prompt_v: str, scale_v: float, steps_v: Any,
-                   res_v: Any, seed_v: Any, request: gr.Request,
-                   progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:  # noqa: B008
+        def on_run(
+            sess: Session,
+            mode_v: str,
+            prompt_v: str,
+            mask_v: Any,
+            handle_v: Any,
+            target_v: Any,
+            region_v: str,
+            vertices_v: Any,
+            ref_v: Any,
+            ref_prompt_v: str,
+            scale_v: float,
+            steps_v: Any,
+            res_v: Any,
+            seed_v: Any,
+            request: gr.Request,
+            progress: gr.Progress = gr.Progress(),
+        ) -> dict[Any, Any]:  # noqa: B008
             import json
 
             from pydantic import ValidationError
@@ -426,8 +649,15 @@ def build_app(
                 key = _client(request)
                 cancel = control.start(key)
                 try:
-                    out = run_edit(editor, sess.image, spec, folder, limits=limits, cancel=cancel,
-                                   on_step=lambda i, n: progress((i + 1) / n, desc=f"sampling step {i + 1}/{n}"))
+                    out = run_edit(
+                        editor,
+                        sess.image,
+                        spec,
+                        folder,
+                        limits=limits,
+                        cancel=cancel,
+                        on_step=lambda i, n: progress((i + 1) / n, desc=f"sampling step {i + 1}/{n}"),
+                    )
                 finally:
                     control.finish(key, cancel)
             except RunStopped as e:
@@ -444,7 +674,9 @@ def build_app(
                 log.exception("edit failed")
                 return fail("run", f"the edit failed: {type(e).__name__}: {e}")
             reused = out.report.inversion_reused
-            done = f"done in {out.seconds:.2f} s" + (" — inversion reused from the previous edit" if reused else "")
+            done = f"done in {out.seconds:.2f} s" + (
+                " — inversion reused from the previous edit" if reused else ""
+            )
             return {
                 session: sess,
                 result: out.result,
@@ -458,11 +690,26 @@ def build_app(
                 **slot_updates(messages(run=done, points=points_line(sess, mode_v, vertices_v, region_v))),
             }
 
-        run_event = run_btn.click(lambda: slot_updates(messages(run="running…")), None, list(slots.values()),
-                                  queue=False).then(
+        run_event = run_btn.click(
+            lambda: slot_updates(messages(run="running…")), None, list(slots.values()), queue=False
+        ).then(
             on_run,
-            [session, mode, prompt, mask_ed, handle_ed, target_ed, region_input, vertices, ref_ed, ref_prompt,
-             scale, steps_in, res_in, seed_in],
+            [
+                session,
+                mode,
+                prompt,
+                mask_ed,
+                handle_ed,
+                target_ed,
+                region_input,
+                vertices,
+                ref_ed,
+                ref_prompt,
+                scale,
+                steps_in,
+                res_in,
+                seed_in,
+            ],
             run_outputs,
             concurrency_limit=1,
             concurrency_id="run",
@@ -471,7 +718,11 @@ def build_app(
 
         def on_cancel(request: gr.Request) -> dict[Any, Any]:
             stopping = control.cancel(_client(request))
-            return {run_msg: "cancelled: the edit stops after its current step" if stopping else "no edit is running"}
+            return {
+                run_msg: "cancelled: the edit stops after its current step"
+                if stopping
+                else "no edit is running"
+            }
 
         # not queued behind the run it cancels; also drops a run of this tab still waiting in the queue
         cancel_btn.click(on_cancel, None, [run_msg], queue=False, cancels=[run_event])
@@ -492,5 +743,12 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **k
     kwargs.setdefault("quiet", False)
     limits = getattr(app, "dragsdk_limits", None) or UILimits()
     kwargs.setdefault("max_file_size", int(limits.max_upload_mb * 1e6))
-    return app.launch(server_name=host, server_port=port, share=False, css=getattr(app, "dragsdk_css", CSS),
-                      ssr_mode=False, footer_links=[], **kwargs)
+    return app.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        css=getattr(app, "dragsdk_css", CSS),
+        ssr_mode=False,
+        footer_links=[],
+        **kwargs,
+    )

@@ -75,9 +75,16 @@ class RunOutput:
     seconds: float
 
 
-def run_edit(editor: Any, image: Image.Image, spec: dict[str, Any], folder: str | Path,
-             on_step: Callable[[int, int], None] | None = None, progress: bool = False,
-             limits: UILimits | None = None, cancel: threading.Event | None = None) -> RunOutput:
+def run_edit(
+    editor: Any,
+    image: Image.Image,
+    spec: dict[str, Any],
+    folder: str | Path,
+    on_step: Callable[[int, int], None] | None = None,
+    progress: bool = False,
+    limits: UILimits | None = None,
+    cancel: threading.Event | None = None,
+) -> RunOutput:
     """Validate and run ``spec`` on ``image``, writing the result, the spec and the report into ``folder``.
 
     The spec written is the validated one with every default filled in, so it gives the same result from the CLI
@@ -114,9 +121,11 @@ def run_edit(editor: Any, image: Image.Image, spec: dict[str, Any], folder: str 
         if cancel is not None and cancel.is_set():
             raise RunStopped(f"cancelled after sampling step {i + 1}/{n}")
         if limits is not None and time.perf_counter() - t0 > limits.max_run_seconds:
-            raise RunStopped(f"stopped after sampling step {i + 1}/{n}: this server allows "
-                             f"{limits.max_run_seconds:g} s per edit (dragsdk ui --max-run-seconds); use fewer "
-                             "steps or a lower resolution")
+            raise RunStopped(
+                f"stopped after sampling step {i + 1}/{n}: this server allows "
+                f"{limits.max_run_seconds:g} s per edit (dragsdk ui --max-run-seconds); use fewer "
+                "steps or a lower resolution"
+            )
 
     if not _LOCK.acquire(timeout=-1 if limits is None else limits.max_run_seconds):
         raise UIError("run", "another edit is still running; try again in a moment")

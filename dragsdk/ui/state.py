@@ -42,15 +42,15 @@ OBJECT_RGB = (40, 200, 90)
 
 MODE_HELP = {
     "drag": "Click a **handle**, then its **target**; repeat for more pairs. Brush the editable region in the mask "
-            "(optional: without one a mask is proposed around each handle).",
+    "(optional: without one a mask is proposed around each handle).",
     "region-drag": "Brush a **handle region** and a **target region**, or pick *polygon vertices* and click the "
-                   "handle polygon's corners, then the target polygon's (3 or 4 each). The mask is optional.",
+    "handle polygon's corners, then the target polygon's (3 or 4 each). The mask is optional.",
     "move": "Brush the **object** in the mask, then click where its centre should go. The scale slider also resizes it.",
     "resize": "Brush the **object** in the mask and set the scale; a click moves its centre too (optional).",
     "paste": "Upload a **reference image** and brush the object on it, then click where its centre goes on this "
-             "image; set the scale.",
+    "image; set the scale.",
     "appearance": "Brush the **object** in the mask, upload a **reference image** and brush the object whose look "
-                  "it should take.",
+    "it should take.",
 }
 
 
@@ -130,10 +130,16 @@ class Session:
 
     def inputs(self, scale: float | None = 1.0, vertices: Any = 4, region_input: str | None = None) -> Inputs:
         """The inputs of a preview or a run: what the editors last reported (masks, reference) and the controls."""
-        return Inputs(mask=self.mask, handle_region=self.handle_region, target_region=self.target_region,
-                      reference=self.reference, reference_mask=self.reference_mask,
-                      scale=float(scale if scale is not None else 1.0), vertices=int(vertices or 4),
-                      region_input=region_input or REGION_INPUTS[0])
+        return Inputs(
+            mask=self.mask,
+            handle_region=self.handle_region,
+            target_region=self.target_region,
+            reference=self.reference,
+            reference_mask=self.reference_mask,
+            scale=float(scale if scale is not None else 1.0),
+            vertices=int(vertices or 4),
+            region_input=region_input or REGION_INPUTS[0],
+        )
 
 
 # -- coordinates ------------------------------------------------------------------------------------------------
@@ -168,7 +174,9 @@ def display_to_image(xy: Sequence[float] | None, display: tuple[int, int], image
     return min(int(math.floor(x * w / dw)), w - 1), min(int(math.floor(y * h / dh)), h - 1)
 
 
-def image_to_display(xy: Sequence[float], display: tuple[int, int], image: tuple[int, int]) -> tuple[float, float]:
+def image_to_display(
+    xy: Sequence[float], display: tuple[int, int], image: tuple[int, int]
+) -> tuple[float, float]:
     """The centre of image pixel ``xy`` in displayed-copy coordinates (for drawing)."""
     return (xy[0] + 0.5) * display[0] / image[0], (xy[1] + 0.5) * display[1] / image[1]
 
@@ -177,8 +185,11 @@ def check_point(xy: Sequence[float], image: tuple[int, int], what: str = "point"
     """Raise :class:`UIError` (points) for a point off the image (``0 ≤ x < W``, ``0 ≤ y < H``)."""
     w, h = image
     if not (0 <= xy[0] < w and 0 <= xy[1] < h):
-        raise UIError("points", f"the {what} ({xy[0]:g}, {xy[1]:g}) is outside the {w}×{h} image "
-                                f"(0 ≤ x < {w}, 0 ≤ y < {h}): undo it or clear the points")
+        raise UIError(
+            "points",
+            f"the {what} ({xy[0]:g}, {xy[1]:g}) is outside the {w}×{h} image "
+            f"(0 ≤ x < {w}, 0 ≤ y < {h}): undo it or clear the points",
+        )
 
 
 # -- clicks -----------------------------------------------------------------------------------------------------
@@ -188,7 +199,9 @@ def pairs(clicks: Sequence[Point]) -> tuple[list[tuple[Point, Point]], Point | N
     return full, (clicks[-1] if len(clicks) % 2 else None)
 
 
-def polygon_pairs(clicks: Sequence[Point], vertices: int) -> tuple[list[tuple[list[Point], list[Point]]], list[Point]]:
+def polygon_pairs(
+    clicks: Sequence[Point], vertices: int
+) -> tuple[list[tuple[list[Point], list[Point]]], list[Point]]:
     """Polygon clicks (``vertices`` handle corners, then as many target corners, repeated) → complete pairs and the
     clicks of the pair being drawn."""
     if vertices not in (3, 4):
@@ -199,8 +212,13 @@ def polygon_pairs(clicks: Sequence[Point], vertices: int) -> tuple[list[tuple[li
     return full, list(clicks[done:])
 
 
-def add_click(session: Session, mode: str, xy: Sequence[float] | None, vertices: int = 4,
-              region_input: str = REGION_INPUTS[0]) -> str:
+def add_click(
+    session: Session,
+    mode: str,
+    xy: Sequence[float] | None,
+    vertices: int = 4,
+    region_input: str = REGION_INPUTS[0],
+) -> str:
     """Record a click of the click view (``xy`` in displayed pixels) for ``mode``; returns what to do next.
 
     Raises:
@@ -214,13 +232,18 @@ def add_click(session: Session, mode: str, xy: Sequence[float] | None, vertices:
     p = display_to_image(xy, display_size(size), size)
     pts = session.points(mode)
     if mode == "appearance":
-        raise UIError("points", "appearance takes no points: brush the object in the mask and on the reference")
+        raise UIError(
+            "points", "appearance takes no points: brush the object in the mask and on the reference"
+        )
     if mode in ("move", "resize", "paste"):
         pts[:] = [p]
         return f"the object's centre goes to ({p[0]}, {p[1]})"
     if mode == "region-drag" and region_input == REGION_INPUTS[0]:
-        raise UIError("points", "region drag with brushed regions takes no clicks: brush the handle and target "
-                                "regions, or choose 'polygon vertices'")
+        raise UIError(
+            "points",
+            "region drag with brushed regions takes no clicks: brush the handle and target "
+            "regions, or choose 'polygon vertices'",
+        )
     pts.append(p)
     return describe_clicks(session, mode, vertices, region_input)
 
@@ -239,7 +262,9 @@ def clear(session: Session, mode: str | None = None) -> None:
         session.clicks[mode] = []
 
 
-def describe_clicks(session: Session, mode: str, vertices: int = 4, region_input: str = REGION_INPUTS[0]) -> str:
+def describe_clicks(
+    session: Session, mode: str, vertices: int = 4, region_input: str = REGION_INPUTS[0]
+) -> str:
     """One line saying what has been clicked and what the next click does."""
     pts = session.points(mode)
     if mode == "drag":
@@ -289,9 +314,14 @@ def mask_from_layers(layers: Iterable[Any] | None, size: tuple[int, int]) -> np.
     for layer in layers or []:
         if layer is None:
             continue
-        m = load_mask(layer if isinstance(layer, Image.Image | str | Path) else np.asarray(layer), field="mask")
+        m = load_mask(
+            layer if isinstance(layer, Image.Image | str | Path) else np.asarray(layer), field="mask"
+        )
         if m.shape != (h, w):
-            m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 127
+            m = (
+                np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST))
+                > 127
+            )
         out |= m
     return out if out.any() else None
 
@@ -345,7 +375,9 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img) > 127
 
 
-def shift_to(click: Point, mask: np.ndarray, scale: float = 1.0, placement: str = "centroid") -> tuple[float, float]:
+def shift_to(
+    click: Point, mask: np.ndarray, scale: float = 1.0, placement: str = "centroid"
+) -> tuple[float, float]:
     """``(dx, dy)`` that brings the placed object's centroid onto the pixel ``click`` (its centre), for the way the
     mode's profile places it (``c``: the object's centroid, ``C``: the image centre, ``s``: ``scale``, ``p``: the
     click, all in image pixels):
@@ -420,7 +452,9 @@ def _need_mask(m: np.ndarray | None, what: str, control: str = "mask") -> np.nda
 
 def _check_mask_size(m: np.ndarray, size: tuple[int, int], what: str, control: str = "mask") -> None:
     if m.shape != (size[1], size[0]):
-        raise UIError(control, f"the {what} is {m.shape[1]}×{m.shape[0]} pixels, the image is {size[0]}×{size[1]}")
+        raise UIError(
+            control, f"the {what} is {m.shape[1]}×{m.shape[0]} pixels, the image is {size[0]}×{size[1]}"
+        )
 
 
 def sampler_defaults(mode: str, registry: Any = None) -> dict[str, Any]:
@@ -491,8 +525,10 @@ def build_spec(mode: str, session: Session, inputs: Inputs) -> dict[str, Any]:
     if mode == "drag":
         full, pending = pairs(clicks)
         if pending is not None:
-            raise UIError("points", f"the handle ({pending[0]}, {pending[1]}) has no target: click its target or "
-                                    "undo it")
+            raise UIError(
+                "points",
+                f"the handle ({pending[0]}, {pending[1]}) has no target: click its target or undo it",
+            )
         if not full:
             raise UIError("points", "no points: click a handle on the image, then its target")
         for k, (h, t) in enumerate(full):
@@ -505,15 +541,23 @@ def build_spec(mode: str, session: Session, inputs: Inputs) -> dict[str, Any]:
         if inputs.region_input == REGION_INPUTS[1]:
             full_p, cur = polygon_pairs(clicks, inputs.vertices)
             if cur:
-                raise UIError("points", f"the last polygon pair has {len(cur)} of {2 * inputs.vertices} vertices: "
-                                        "finish it or undo its clicks")
+                raise UIError(
+                    "points",
+                    f"the last polygon pair has {len(cur)} of {2 * inputs.vertices} vertices: "
+                    "finish it or undo its clicks",
+                )
             if not full_p:
-                raise UIError("points", f"no polygons: click the {inputs.vertices} corners of the handle polygon, "
-                                        f"then the {inputs.vertices} of the target polygon")
+                raise UIError(
+                    "points",
+                    f"no polygons: click the {inputs.vertices} corners of the handle polygon, "
+                    f"then the {inputs.vertices} of the target polygon",
+                )
             for k, (hp, tp) in enumerate(full_p):
                 for p in [*hp, *tp]:
                     check_point(p, size, f"vertex of polygon pair {k + 1}")
-            spec["polygons"] = [{"handle": [list(p) for p in hp], "target": [list(p) for p in tp]} for hp, tp in full_p]
+            spec["polygons"] = [
+                {"handle": [list(p) for p in hp], "target": [list(p) for p in tp]} for hp, tp in full_p
+            ]
         else:
             h = _need_mask(inputs.handle_region, "handle region")
             t = _need_mask(inputs.target_region, "target region")
@@ -527,7 +571,9 @@ def build_spec(mode: str, session: Session, inputs: Inputs) -> dict[str, Any]:
         spec["mask"] = mask_to_data_url(obj)
         if clicks:
             check_point(clicks[-1], size, "new position")
-            spec["dx"], spec["dy"] = shift_to(clicks[-1], obj, float(inputs.scale), _placement(mode, inputs.profile))
+            spec["dx"], spec["dy"] = shift_to(
+                clicks[-1], obj, float(inputs.scale), _placement(mode, inputs.profile)
+            )
         elif mode == "move":
             raise UIError("points", "click where the object's centre should go")
         spec["scale"] = float(inputs.scale)
@@ -544,8 +590,12 @@ def build_spec(mode: str, session: Session, inputs: Inputs) -> dict[str, Any]:
         if mode == "paste":
             if clicks:
                 check_point(clicks[-1], size, "new position")
-                spec["dx"], spec["dy"] = shift_to(clicks[-1], resize_mask(ref_mask, size), float(inputs.scale),
-                                                  _placement(mode, inputs.profile))
+                spec["dx"], spec["dy"] = shift_to(
+                    clicks[-1],
+                    resize_mask(ref_mask, size),
+                    float(inputs.scale),
+                    _placement(mode, inputs.profile),
+                )
             spec["scale"] = float(inputs.scale)
         else:
             spec["mask"] = mask_to_data_url(_need_mask(mask, "object mask"))
@@ -575,8 +625,13 @@ def pydantic_message(error: Any) -> tuple[str, str]:
 
 
 # -- drawing ----------------------------------------------------------------------------------------------------
-def _arrow(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, float], rgb: tuple[int, int, int],
-           width: int) -> None:
+def _arrow(
+    draw: ImageDraw.ImageDraw,
+    a: tuple[float, float],
+    b: tuple[float, float],
+    rgb: tuple[int, int, int],
+    width: int,
+) -> None:
     draw.line([a, b], fill=rgb, width=width)
     dx, dy = b[0] - a[0], b[1] - a[1]
     n = math.hypot(dx, dy)
@@ -590,7 +645,9 @@ def _arrow(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, fl
 
 
 def _dot(draw: ImageDraw.ImageDraw, c: tuple[float, float], r: float, rgb: tuple[int, int, int]) -> None:
-    draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=rgb, outline=(255, 255, 255), width=max(1, int(r / 3)))
+    draw.ellipse(
+        [c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=rgb, outline=(255, 255, 255), width=max(1, int(r / 3))
+    )
 
 
 def _tint(img: Image.Image, mask: np.ndarray, rgb: tuple[int, int, int], alpha: float = 0.35) -> Image.Image:
@@ -600,8 +657,13 @@ def _tint(img: Image.Image, mask: np.ndarray, rgb: tuple[int, int, int], alpha: 
     return Image.fromarray(a.astype(np.uint8))
 
 
-def render_overlay(session: Session, mode: str, inputs: Inputs | None = None, registry: Any = None,
-                   default_resolution: int | None = None) -> Image.Image | None:
+def render_overlay(
+    session: Session,
+    mode: str,
+    inputs: Inputs | None = None,
+    registry: Any = None,
+    default_resolution: int | None = None,
+) -> Image.Image | None:
     """The click view: the displayed copy with the mode's clicks drawn (arrows from handles to targets, polygons,
     the object at its new place for move / resize / paste, as :func:`placement_preview` plans it with
     ``registry`` and ``default_resolution``)."""
@@ -615,9 +677,17 @@ def render_overlay(session: Session, mode: str, inputs: Inputs | None = None, re
     place = None
     if mode in ("move", "resize", "paste"):
         place = placement_preview(mode, session, inputs, registry, default_resolution)
-        obj = inputs.mask if mode != "paste" and inputs.mask is not None and np.asarray(inputs.mask).any() else None
+        obj = (
+            inputs.mask
+            if mode != "paste" and inputs.mask is not None and np.asarray(inputs.mask).any()
+            else None
+        )
         base = _preview_placement(base, mode, obj, place)
-    img = base.convert("RGB").resize(disp, Image.Resampling.LANCZOS) if base.size != disp else base.convert("RGB")
+    img = (
+        base.convert("RGB").resize(disp, Image.Resampling.LANCZOS)
+        if base.size != disp
+        else base.convert("RGB")
+    )
     draw = ImageDraw.Draw(img)
     r = max(5.0, min(disp) / 55)
     width = max(2, int(round(r / 2)))
@@ -689,8 +759,9 @@ def _cell_index(n_pixels: int, n_cells: int) -> np.ndarray:
     return np.minimum(((np.arange(n_pixels) + 0.5) * n_cells / n_pixels).astype(np.int64), n_cells - 1)
 
 
-def placement_preview(mode: str, session: Session, inputs: Inputs, registry: Any = None,
-                      default_resolution: int | None = None) -> Placement | None:
+def placement_preview(
+    mode: str, session: Session, inputs: Inputs, registry: Any = None, default_resolution: int | None = None
+) -> Placement | None:
     """The placement of a move / resize / paste as the edit will make it, from the mode's own planner.
 
     The page's input becomes a spec (:func:`build_spec`), validated by the mode's spec model and planned by
@@ -723,17 +794,24 @@ def placement_preview(mode: str, session: Session, inputs: Inputs, registry: Any
     try:
         spec = registry.spec_models()[mode].model_validate(build_spec(mode, session, inputs))
         s = spec.sampler
-        resolution = s.resolution if "resolution" in s.model_fields_set or default_resolution is None \
+        resolution = (
+            s.resolution
+            if "resolution" in s.model_fields_set or default_resolution is None
             else default_resolution
+        )
         canvas = Canvas.fit(session.image.size, resolution)
-        plan = build_plan(registry.modes[mode], spec, PlanContext(canvas, session.image, s.steps, images=held))
+        plan = build_plan(
+            registry.modes[mode], spec, PlanContext(canvas, session.image, s.steps, images=held)
+        )
     except (UIError, SpecError, ValidationError):
         return None
     w, h = session.image.size
     lw, lh = canvas.latent_size
     rows, cols = _cell_index(h, lh)[:, None], _cell_index(w, lw)[None, :]
     region = plan.edit_mask.numpy()[rows, cols]
-    banks = [np.asarray(session.image.convert("RGB"))] + [np.asarray(r.image.convert("RGB")) for r in plan.references]
+    banks = [np.asarray(session.image.convert("RGB"))] + [
+        np.asarray(r.image.convert("RGB")) for r in plan.references
+    ]
     out = banks[0].copy()
     for paste in plan.init:
         # Each target cell shows its source cell's pixels: a per-cell shift by (source − target) cells.
@@ -749,7 +827,9 @@ def placement_preview(mode: str, session: Session, inputs: Inputs, registry: Any
     return Placement(Image.fromarray(out), region, plan)
 
 
-def _preview_placement(image: Image.Image, mode: str, obj: np.ndarray | None, place: Placement | None) -> Image.Image:
+def _preview_placement(
+    image: Image.Image, mode: str, obj: np.ndarray | None, place: Placement | None
+) -> Image.Image:
     """The base image with the placed object tinted green (move / resize: its old place greyed)."""
     shown = _tint(image, obj, (120, 120, 120), 0.45) if mode != "paste" and obj is not None else image
     if place is None:
@@ -766,11 +846,15 @@ def format_report(report: Any, seconds: float | None = None) -> str:
     phases = r.phase_seconds
     total = sum(phases.values())
     if r.inversion_reused:
-        head = ("**Inversion reused** from the previous edit of this image (same prompt and settings): "
-                f"inversion took {phases.get('invert', 0.0):.2f} s.")
+        head = (
+            "**Inversion reused** from the previous edit of this image (same prompt and settings): "
+            f"inversion took {phases.get('invert', 0.0):.2f} s."
+        )
     else:
-        head = ("Image inverted in {:.2f} s; the next edit of this image with the same prompt and settings "
-                "reuses it.").format(phases.get("invert", 0.0))
+        head = (
+            "Image inverted in {:.2f} s; the next edit of this image with the same prompt and settings "
+            "reuses it."
+        ).format(phases.get("invert", 0.0))
     names = " | ".join(phases)
     times = " | ".join(f"{v:.2f} s" for v in phases.values())
     unet = ", ".join(f"{k} {v}" for k, v in r.unet_evaluations.items()) or "none"
@@ -841,11 +925,21 @@ class UILimits:
     queue_size: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "max_resolution", "max_upload_mb", "max_megapixels", "max_run_seconds",
-                     "queue_size"):
+        for name in (
+            "max_steps",
+            "max_resolution",
+            "max_upload_mb",
+            "max_megapixels",
+            "max_run_seconds",
+            "queue_size",
+        ):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-                    and value > 0):
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value > 0
+            ):
                 raise ValueError(f"UILimits.{name} must be a positive number, got {value!r}")
 
 
@@ -856,18 +950,26 @@ def check_sampler_limits(steps: int, resolution: int, limits: UILimits) -> None:
         UIError: (settings) steps or resolution over :class:`UILimits`, naming the flag that raises it.
     """
     if steps > limits.max_steps:
-        raise UIError("settings", f"steps {steps} is over this server's limit of {limits.max_steps} "
-                                  "(dragsdk ui --max-steps)")
+        raise UIError(
+            "settings",
+            f"steps {steps} is over this server's limit of {limits.max_steps} (dragsdk ui --max-steps)",
+        )
     if resolution > limits.max_resolution:
-        raise UIError("settings", f"resolution {resolution} is over this server's limit of {limits.max_resolution} "
-                                  "(dragsdk ui --max-resolution)")
+        raise UIError(
+            "settings",
+            f"resolution {resolution} is over this server's limit of {limits.max_resolution} "
+            "(dragsdk ui --max-resolution)",
+        )
 
 
 def _check_pixels(size: tuple[int, int], name: str, limits: UILimits) -> None:
     mp = size[0] * size[1] / 1e6
     if mp > limits.max_megapixels:
-        raise UIError("image", f"{name} is {size[0]}×{size[1]} pixels ({mp:.1f} MP), over this server's limit of "
-                               f"{limits.max_megapixels:g} MP (dragsdk ui --max-megapixels)")
+        raise UIError(
+            "image",
+            f"{name} is {size[0]}×{size[1]} pixels ({mp:.1f} MP), over this server's limit of "
+            f"{limits.max_megapixels:g} MP (dragsdk ui --max-megapixels)",
+        )
 
 
 def upload_path(payload: Any) -> tuple[Path, str] | None:
@@ -895,8 +997,11 @@ def load_upload(path: str | Path, name: str, limits: UILimits) -> Image.Image:
     except OSError:
         raise UIError("image", f"{name}: the upload is gone; upload it again") from None
     if size > limits.max_upload_mb * 1e6:
-        raise UIError("image", f"{name} is {size / 1e6:.1f} MB, over this server's limit of {limits.max_upload_mb:g} MB "
-                               "(dragsdk ui --max-upload-mb)")
+        raise UIError(
+            "image",
+            f"{name} is {size / 1e6:.1f} MB, over this server's limit of {limits.max_upload_mb:g} MB "
+            "(dragsdk ui --max-upload-mb)",
+        )
     try:
         with Image.open(p) as im:
             _check_pixels(im.size, name, limits)
@@ -906,16 +1011,21 @@ def load_upload(path: str | Path, name: str, limits: UILimits) -> Image.Image:
     except UIError:
         raise
     except Image.DecompressionBombError:
-        raise UIError("image", f"{name} has more pixels than this server decodes (limit "
-                               f"{limits.max_megapixels:g} MP, dragsdk ui --max-megapixels)") from None
+        raise UIError(
+            "image",
+            f"{name} has more pixels than this server decodes (limit "
+            f"{limits.max_megapixels:g} MP, dragsdk ui --max-megapixels)",
+        ) from None
     except (OSError, ValueError, SyntaxError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise UIError("image", f"{name} is not an image this page can read (PNG, JPEG, WebP, BMP, TIFF): "
-                               f"{reason}") from None
+        raise UIError(
+            "image", f"{name} is not an image this page can read (PNG, JPEG, WebP, BMP, TIFF): {reason}"
+        ) from None
 
 
-def open_sample(name: str | None, roots: Iterable[str | Path], listed: dict[str, Path],
-                limits: UILimits | None = None) -> tuple[Path, Image.Image, dict[str, Any]]:
+def open_sample(
+    name: str | None, roots: Iterable[str | Path], listed: dict[str, Path], limits: UILimits | None = None
+) -> tuple[Path, Image.Image, dict[str, Any]]:
     """Open a sample folder typed or picked on the page: only DragBench / Drag100 samples under ``roots``.
 
     ``name`` is a listed name (:func:`find_samples`) or a folder path. Anything else (a folder outside every root,
@@ -947,8 +1057,11 @@ def open_sample(name: str | None, roots: Iterable[str | Path], listed: dict[str,
         raise refused
     try:
         image_path, spec = load_sample(folder)
-        files = [image_path] + ([Path(spec["mask"])] if isinstance(spec.get("mask"), str)
-                                and not spec["mask"].startswith("data:") else [])
+        files = [image_path] + (
+            [Path(spec["mask"])]
+            if isinstance(spec.get("mask"), str) and not spec["mask"].startswith("data:")
+            else []
+        )
         if not all(allowed(f.resolve()) for f in files):  # a file linked to outside the roots
             raise refused
         with Image.open(image_path) as im:

@@ -24,20 +24,28 @@ class Bf16SdpaBackend(Backend):
     name = "sdpa-bf16"
     description = "PyTorch SDPA in bfloat16 (reduced precision for float32 edits; example plugin)"
     priority = 5  # below the built-in eager (20): with nothing measured, auto prefers full precision
-    capabilities = Capabilities(devices=("cpu", "cuda"), dtypes=("float32", "float16", "bfloat16"), gradients=True,
-                                precision="reduced")
+    capabilities = Capabilities(
+        devices=("cpu", "cuda"),
+        dtypes=("float32", "float16", "bfloat16"),
+        gradients=True,
+        precision="reduced",
+    )
 
     def availability(self) -> tuple[bool, str]:
         if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
             return False, f"{torch.cuda.get_device_name()} has no bfloat16 support"
         return True, ""
 
-    def attention(self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None) -> torch.Tensor:
+    def attention(
+        self, q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None
+    ) -> torch.Tensor:
         """Joint softmax over every source's keys (:func:`~dragsdk.backends.base.join_sources`), in bfloat16.
 
         ``q`` ``(B, H, N, d)``; returns ``(B, H, N, d)`` in ``q``'s dtype."""
         k, v, mask = join_sources(q, sources)
-        out = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=mask, scale=scale)
+        out = F.scaled_dot_product_attention(
+            q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=mask, scale=scale
+        )
         return out.to(q.dtype)
 
 

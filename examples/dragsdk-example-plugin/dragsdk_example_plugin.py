@@ -34,7 +34,9 @@ class CopyRectSpec(EditSpec):
     """Copy the rectangle ``box`` (x0, y0, x1, y1 in image pixels) by ``offset`` (dx, dy pixels)."""
 
     mode: Literal["copy-rect"] = "copy-rect"
-    box: tuple[int, int, int, int] = Field(..., description="x0, y0, x1, y1 in image pixels, x1 > x0, y1 > y0")
+    box: tuple[int, int, int, int] = Field(
+        ..., description="x0, y0, x1, y1 in image pixels, x1 > x0, y1 > y0"
+    )
     offset: tuple[int, int] = Field(..., description="dx, dy in image pixels")
 
 
@@ -53,7 +55,9 @@ class CopyRectMode(EditMode):
         rect[y0:y1, x0:x1] = True
         cells = affine_map(ctx.canvas, rect, affine(), spec.offset, "latent", field="offset")
         # No energies: the engine fills the K/V window (sampler.kv_start) and the regional SDE (sampler.sde).
-        return EditPlan(edit_mask=cells.target_mask(), init=[latent_paste(cells)], kv=KVPlan(KVInjection("concat")))
+        return EditPlan(
+            edit_mask=cells.target_mask(), init=[latent_paste(cells)], kv=KVPlan(KVInjection("concat"))
+        )
 
 
 @hookimpl

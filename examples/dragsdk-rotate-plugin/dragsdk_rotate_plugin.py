@@ -88,8 +88,13 @@ class RotateMode(EditMode):
         if keep.any() and w.content > 0:
             energies.append(EnergyTerm("content", "content", content))
         moved = lmap.target_mask() | canvas.mask_to_grid(obj, "latent")
-        return EditPlan(edit_mask=lmap.target_mask(), energies=energies, init=[latent_paste(lmap)],
-                        kv=KVPlan(KVInjection("replace")), sde_mask=moved)
+        return EditPlan(
+            edit_mask=lmap.target_mask(),
+            energies=energies,
+            init=[latent_paste(lmap)],
+            kv=KVPlan(KVInjection("replace")),
+            sde_mask=moved,
+        )
 
 
 @hookimpl
