@@ -19,7 +19,7 @@ import torch
 
 from dragsdk.families import FAMILIES
 from dragsdk.hookspecs import hookimpl
-from dragsdk.kernels.reference import KVSource
+from dragsdk.kernels.oracle import KVSource
 
 __all__ = ["KV_MODES", "PRECISIONS", "Backend", "Capabilities", "KVSource", "hookimpl", "join_sources"]
 
@@ -156,7 +156,7 @@ class Backend(ABC):
 
         Args:
             q: ``(B, H, N, d)`` queries.
-            sources: one or more :class:`~dragsdk.kernels.reference.KVSource`; softmax is joint over all of them.
+            sources: one or more :class:`~dragsdk.kernels.oracle.KVSource`; softmax is joint over all of them.
             scale: logit scale, default ``1/sqrt(d)``.
 
         Returns:

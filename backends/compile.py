@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from dragsdk.hookspecs import hookimpl
-from dragsdk.kernels.reference import KVSource
+from dragsdk.kernels.oracle import KVSource
 
 from .base import Backend, Capabilities
 from .eager import sdpa_over_sources

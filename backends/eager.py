@@ -1,4 +1,4 @@
-"""The ``eager`` backend: the reference. K/V sources are materialised and handed to
+"""The ``eager`` backend: the baseline every other backend is checked against. K/V sources are materialised and handed to
 ``torch.nn.functional.scaled_dot_product_attention`` with a boolean key mask where a source hides keys."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dragsdk.hookspecs import hookimpl
-from dragsdk.kernels.reference import KVSource
+from dragsdk.kernels.oracle import KVSource
 
 from .base import Backend, Capabilities, join_sources
 
@@ -24,7 +24,7 @@ def sdpa_over_sources(
 
 class EagerBackend(Backend):
     name = "eager"
-    description = "PyTorch scaled_dot_product_attention on materialised K/V (the reference)"
+    description = "PyTorch scaled_dot_product_attention on materialised K/V (the baseline)"
     priority = 20
     capabilities = Capabilities(
         devices=("cpu", "cuda", "mps"), dtypes=("float32", "float16", "bfloat16"), gradients=True

@@ -59,7 +59,7 @@ from dragsdk.attention import ProcessorBase, split_heads
 from dragsdk.cache import WeightsFingerprint
 from dragsdk.errors import BackendUnavailableError
 from dragsdk.hookspecs import hookimpl
-from dragsdk.kernels.reference import KVSource
+from dragsdk.kernels.oracle import KVSource
 
 from .base import Backend, Capabilities
 from .eager import sdpa_over_sources

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from dragsdk.hookspecs import hookimpl
-from dragsdk.kernels.reference import KVSource
+from dragsdk.kernels.oracle import KVSource
 
 from .base import Backend, Capabilities
 

@@ -5,8 +5,8 @@ Two edits of a real DragBench photograph (``examples/dragbench-car``):
 - ``drag``: point drag (DragonDiffusion / DiffEditor defaults: 50 steps, 20 guided steps, regional SDE, time travel);
 - ``region-drag``: RegionDrag (20 Cycle-SDE steps from t = 0.5: 10 inversion + 10 sampling UNet evaluations).
 
-Each runs on every backend that can run here and covers it, and once more as ``reference``: eager attention with the
-official code's cost profile (reference features recomputed at every guided step, the K/V bank kept on the CPU), so
+Each runs on every backend that can run here and covers it, and once more as ``official-cost``: eager attention with the
+official code's cost profile (guidance features recomputed at every guided step, the K/V bank kept on the CPU), so
 the speed-up is a ratio measured in one run on one machine. Defaults: ``sd15-random`` (full SD 1.5, random weights;
 the cost is the real one) at 512×512 in fp16 on CUDA; ``tiny`` at 128×128 with 10 drag steps on a CPU, where the
 numbers only show the harness works. Each configuration runs ``--warmup`` times untimed (compilation, caches), then
@@ -83,23 +83,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reg = get_registry()
     image = SAMPLE / "original_image.png"
     specs = _specs(args.resolution, args.drag_steps, args.region_steps)
-    configs = [(n, n, False) for n in reg.backends] + [("reference", "eager", True)]
+    configs = [(n, n, False) for n in reg.backends] + [("official-cost", "eager", True)]
     if args.configs:
         configs = [c for c in configs if c[0] in args.configs]
     rows = []
     for edit, spec in specs.items():
         if args.edits and edit not in args.edits:
             continue
-        for label, backend, reference in configs:
-            if reference and edit == "region-drag":
-                continue  # the reference profile is about energy guidance; region-drag has none
+        for label, backend, official_cost in configs:
+            if official_cost and edit == "region-drag":
+                continue  # the official cost profile is about energy guidance; region-drag has none
             row: dict[str, Any] = {"edit": edit, "config": label, "backend": backend}
             ok, why = reg.backends[backend].availability()
             if not ok:
                 rows.append({**row, "skipped": why})
                 continue
             try:
-                editor = Editor(model, backend=backend, registry=reg, reference_profile=reference)
+                editor = Editor(model, backend=backend, registry=reg, official_cost=official_cost)
                 for _ in range(args.warmup):
                     editor.edit(image, spec, reuse_inversion=False)
                 runs = []
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # A second edit of the same image with other target points: the last timed run's inversion is
                 # reused (the report says whether it was).
                 reused = []
-                for _ in range(args.repeats if edit == "drag" and not reference else 0):
+                for _ in range(args.repeats if edit == "drag" and not official_cost else 0):
                     second = _moved(spec)
                     if device == "cuda":
                         torch.cuda.synchronize()
@@ -157,11 +157,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows[-1]["second_edit_reused_inversion"] = all(r[1] for r in reused)
     for edit in specs:
         ref = next(
-            (r for r in rows if r["edit"] == edit and r["config"] == "reference" and "wall_s" in r), None
+            (r for r in rows if r["edit"] == edit and r["config"] == "official-cost" and "wall_s" in r), None
         )
         for r in rows:
             if r["edit"] == edit and "wall_s" in r and ref:
-                r["speedup_vs_reference"] = ref["wall_s"] / r["wall_s"]
+                r["speedup_vs_official_cost"] = ref["wall_s"] / r["wall_s"]
     return {
         "device": torch.cuda.get_device_name()
         if device == "cuda"
@@ -201,7 +201,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(
             f"{r['edit']:<12}{r['config']:<11}{r['wall_s']:>9.3f}{r['cpu_s']:>9.2f}{p['encode']:>8.3f}{p['invert']:>8.3f}"
             f"{p['sample']:>8.3f}{p['decode']:>8.3f}{u['forward']:>6}{u['forward_grad']:>6}{u['backward']:>5}"
-            f"{r['peak_memory_bytes'] / 2**20:>10.0f}{r.get('speedup_vs_reference', float('nan')):>7.2f}"
+            f"{r['peak_memory_bytes'] / 2**20:>10.0f}{r.get('speedup_vs_official_cost', float('nan')):>7.2f}"
             f"{r.get('second_edit_s', float('nan')):>8.3f}"
         )
     if result["note"]:
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "--configs",
         nargs="+",
         default=None,
-        help="only these configurations (backend names and/or 'reference'); default: all",
+        help="only these configurations (backend names and/or 'official-cost'); default: all",
     )
     ap.add_argument("--edits", nargs="+", choices=["drag", "region-drag"], default=None)
     ap.add_argument("--out", type=Path, default=None)

@@ -16,13 +16,13 @@ class Cost:
     guidance batch of two is one evaluation).
 
     Attributes:
-        forward: evaluations without a graph (inversion, sampling, reference features, probes, time-travel
+        forward: evaluations without a graph (inversion, sampling, guidance features, probes, time-travel
             roll-backs).
         forward_grad: feature forwards with an autograd graph (one per guided pass).
         backward: autograd passes (one per region, edit / content, that has an energy term, per guided pass).
         inversion_forward: the part of ``forward`` spent inverting (0 when the cached inversion would be reused).
-        reference: batch rows of truncated reference-feature forwards made after inversion
-            (:func:`~dragsdk.inversion.reference_features`; 0 when the features are recorded during inversion).
+        guidance: batch rows of truncated guidance-feature forwards made after inversion
+            (:func:`~dragsdk.inversion.guidance_features`; 0 when the features are recorded during inversion).
         image_encoder: forwards of the image prompt's image encoder (the IP-Adapter's CLIP vision model), not UNet
             evaluations (``EditReport.image_encoder_forwards``; not in :meth:`to_dict`).
     """
@@ -31,12 +31,12 @@ class Cost:
     forward_grad: int
     backward: int
     inversion_forward: int
-    reference: int = 0
+    guidance: int = 0
     image_encoder: int = 0
 
     def to_dict(self) -> dict[str, int]:
-        """As ``EditReport.unet_evaluations`` (``reference`` only when nonzero): the report's own counter's form."""
-        return UNetCounter(self.forward, self.forward_grad, self.backward, self.reference).to_dict()
+        """As ``EditReport.unet_evaluations`` (``guidance`` only when nonzero): the report's own counter's form."""
+        return UNetCounter(self.forward, self.forward_grad, self.backward, self.guidance).to_dict()
 
 
 def estimate_cost(
@@ -44,7 +44,7 @@ def estimate_cost(
     steps: int,
     invert: bool,
     probe_energy_after: bool = False,
-    recompute_reference: bool = False,
+    recompute_guidance: bool = False,
     feature_steps: set[int] | None = None,
     image_prompt: bool = False,
 ) -> Cost:
@@ -52,7 +52,7 @@ def estimate_cost(
     sequence (:func:`dragsdk.passes.sampling_passes`, :meth:`~dragsdk.passes.Pass.unet_evaluations`) counted
     instead of run, plus the inversion (:func:`dragsdk.passes.inversion_steps`) when ``invert``.
 
-    ``feature_steps``: the steps whose reference features the inversion provides (``reference`` rows = their count ×
+    ``feature_steps``: the steps whose guidance features the inversion provides (``guidance`` rows = their count ×
     bank rows when they are not recorded). ``image_prompt``: an image-prompt adapter is loaded; a plan with an image
     prompt then encodes its image once per edit (one image-encoder forward, inversion reused or not: the tokens are
     not cached).
@@ -60,12 +60,12 @@ def estimate_cost(
     inv = ref_rows = 0
     if invert:
         inv = inversion_steps(plan, steps)
-        if plan.sampling == "ddim" and plan.fidelity.reference_features != "recorded" and feature_steps:
+        if plan.sampling == "ddim" and plan.fidelity.guidance_features != "recorded" and feature_steps:
             ref_rows = len(feature_steps) * (1 + len(plan.references))
     regions = len({term.region for term in plan.energies})
     fwd, fwd_grad, bwd = inv, 0, 0
     for p in sampling_passes(plan, steps):
-        f, g, b = p.unet_evaluations(regions, probe_energy_after, recompute_reference)
+        f, g, b = p.unet_evaluations(regions, probe_energy_after, recompute_guidance)
         fwd, fwd_grad, bwd = fwd + f, fwd_grad + g, bwd + b
     return Cost(fwd, fwd_grad, bwd, inv, ref_rows, int(image_prompt and plan.image_prompt is not None))
 

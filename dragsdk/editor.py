@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,11 +111,12 @@ class Editor:
         registry: the plugin registry (default: the process-wide one).
         bank_device: where the K/V bank is kept (default: the model's device).
         probe_energy_after: also measure each guided step's energy after its update (report ``after``).
-        reference_profile: run with the official DragonDiffusion/DiffEditor cost profile (reference features
+        official_cost: run with the official DragonDiffusion/DiffEditor cost profile (guidance features
             recomputed at every guided step, the K/V bank on the CPU); for benchmarks, so a speed-up is a ratio from
             one run. It is not RegionDrag's profile: the official RegionDrag keeps its K/V bank on the device
             (``region_utils/drag.py:159-162``, hooks appending the ``to_k``/``to_v`` outputs) and recomputes nothing,
             which is what dragsdk's region-drag does by default.
+        reference_profile: deprecated name of ``official_cost`` (a ``DeprecationWarning``).
         allow_reduced_precision: let ``auto`` pick a backend that computes a float32 edit partly in lower
             precision (``Capabilities.precision == "reduced"``); off by default.
         device: where the model runs; with a loaded ``model`` (a bundle) the modules are moved there (as
@@ -141,12 +143,18 @@ class Editor:
         registry: Registry | None = None,
         bank_device: str | torch.device | None = None,
         probe_energy_after: bool = False,
-        reference_profile: bool = False,
+        official_cost: bool = False,
         device: str | torch.device | None = None,
         torch_dtype: torch.dtype | None = None,
         allow_reduced_precision: bool = False,
         prompt_cache_size: int = 64,
+        reference_profile: bool | None = None,
     ) -> None:
+        if reference_profile is not None:  # the old name of official_cost
+            warnings.warn(
+                "Editor(reference_profile=) is deprecated: use official_cost=", DeprecationWarning, 2
+            )
+            official_cost = bool(reference_profile)
         model_from_env = model is None and bool(os.environ.get(MODEL_ENV, "").strip())
         if model is None:
             model = default_model()
@@ -171,8 +179,8 @@ class Editor:
                 raise type(e)(f"model {model!r} from ${MODEL_ENV} (unset it or pass model=): {e}") from e
             raise
         self.backend_request = backend
-        self.reference_profile = reference_profile
-        self.bank_device = "cpu" if reference_profile else bank_device
+        self.official_cost = official_cost
+        self.bank_device = "cpu" if official_cost else bank_device
         self.probe_energy_after = probe_energy_after
         self.processor = VaeImageProcessor(vae_scale_factor=self.model.vae_scale_factor, resample="lanczos")
         self._trajectory: Trajectory | None = None

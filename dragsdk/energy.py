@@ -15,6 +15,9 @@ Conventions:
   which diverges at cos = −1/4; since every function here averages linearly, the mean cosine is ``2·S − 1``
   (:mod:`dragsdk.plugins.move` does that in its official profile).
 - Each function returns one similarity per layer, shape ``(L,)``; modes combine layers.
+- ``current`` are the features of the latent being sampled (batch 1); ``guidance`` the guidance features
+  (DragonDiffusion's guidance branch: features of the inverted latents), one batch row per bank row (0: the base
+  image, k ≥ 1: the plan's k-th reference image), selected by ``bank_row``.
 """
 
 from __future__ import annotations
@@ -45,13 +48,13 @@ def gather_cells(
 
 def local_similarity(
     current: list[torch.Tensor],
-    reference: list[torch.Tensor],
+    guidance: list[torch.Tensor],
     current_cells: Cells,
-    reference_cells: Cells,
+    guidance_cells: Cells,
     grid_size: tuple[int, int],
-    reference_row: int = 0,
+    bank_row: int = 0,
 ) -> torch.Tensor:
-    """Mean over paired cells of ``S(F_cur[current_cells[k]], F_ref[reference_cells[k]])``, per layer ``(L,)``.
+    """Mean over paired cells of ``S(F_cur[current_cells[k]], F_gd[guidance_cells[k]])``, per layer ``(L,)``.
 
     The local correspondence of DragonDiffusion Eq. 4 (pixels of two equal-size regions paired in order).
     ``grid_size`` is the feature grid's ``(W_G, H_G)`` (``canvas.feature_size``).
@@ -60,17 +63,17 @@ def local_similarity(
         [
             similarity(
                 gather_cells(c, current_cells, grid_size),
-                gather_cells(r, reference_cells, grid_size, reference_row),
+                gather_cells(r, guidance_cells, grid_size, bank_row),
             ).mean()
-            for c, r in zip(current, reference, strict=True)
+            for c, r in zip(current, guidance, strict=True)
         ]
     )
 
 
 def region_similarity(
-    current: list[torch.Tensor], reference: list[torch.Tensor], mask: torch.Tensor, reference_row: int = 0
+    current: list[torch.Tensor], guidance: list[torch.Tensor], mask: torch.Tensor, bank_row: int = 0
 ) -> torch.Tensor:
-    """Mean of ``S(F_cur, F_ref)`` at the same positions over a feature-grid mask, per layer ``(L,)``.
+    """Mean of ``S(F_cur, F_gd)`` at the same positions over a feature-grid mask, per layer ``(L,)``.
 
     Computed at each map's own resolution, every map cell weighted by the fraction of its grid cells inside
     ``mask`` (identical to averaging over the nearest-upsampled maps). Content preservation, Eq. 5.
@@ -80,30 +83,30 @@ def region_similarity(
     """
     out = []
     m = mask.float()[None, None]
-    for c, r in zip(current, reference, strict=True):
+    for c, r in zip(current, guidance, strict=True):
         h, w = c.shape[-2:]
         weight = F.adaptive_avg_pool2d(m.to(c.device), (h, w))[0, 0]
-        s = similarity(c[0], r[reference_row], dim=0)
+        s = similarity(c[0], r[bank_row], dim=0)
         out.append((s * weight).sum() / weight.sum().clamp_min(1e-12))
     return torch.stack(out)
 
 
 def pooled_similarity(
     current: list[torch.Tensor],
-    reference: list[torch.Tensor],
+    guidance: list[torch.Tensor],
     current_mask: torch.Tensor,
-    reference_mask: torch.Tensor,
-    reference_row: int = 0,
+    guidance_mask: torch.Tensor,
+    bank_row: int = 0,
 ) -> torch.Tensor:
     """``S`` between mask-mean-pooled features, per layer ``(L,)``: the global correspondence of DragonDiffusion
     (appearance replacement and the move inpaint term), which lets the two regions differ in shape."""
     out = []
-    for c, r in zip(current, reference, strict=True):
+    for c, r in zip(current, guidance, strict=True):
         h, w = c.shape[-2:]
         wc = F.adaptive_avg_pool2d(current_mask.float()[None, None].to(c.device), (h, w))[0, 0]
-        wr = F.adaptive_avg_pool2d(reference_mask.float()[None, None].to(r.device), (h, w))[0, 0]
+        wr = F.adaptive_avg_pool2d(guidance_mask.float()[None, None].to(r.device), (h, w))[0, 0]
         pc = (c[0].float() * wc).sum((-1, -2)) / wc.sum().clamp_min(1e-12)
-        pr = (r[reference_row].float() * wr).sum((-1, -2)) / wr.sum().clamp_min(1e-12)
+        pr = (r[bank_row].float() * wr).sum((-1, -2)) / wr.sum().clamp_min(1e-12)
         out.append(similarity(pc, pr, dim=0))
     return torch.stack(out)
 

@@ -26,7 +26,9 @@ ALL_IMPROVEMENTS = "dragsdk"
 """The profile that turns on every named improvement of a mode."""
 
 
-def option(official: Any, improved: Any, help: str, *, improvement: str | None = None) -> Any:
+def option(
+    official: Any, improved: Any, help: str, *, improvement: str | None = None, aliases: tuple[str, ...] = ()
+) -> Any:
     """One option of a mode's profile table (use as a field of a frozen dataclass).
 
     Args:
@@ -35,9 +37,11 @@ def option(official: Any, improved: Any, help: str, *, improvement: str | None =
         help: one line: what the improved value changes and why (goes into the spec's JSON Schema).
         improvement: the name a spec may list in ``profile`` to turn this option to ``improved`` alone
             (e.g. ``area-masks``); None = only the whole ``dragsdk`` profile (or a per-option spec field) sets it.
+        aliases: former improvement names still accepted in a spec (not listed in the docs' tables).
     """
     return dataclasses.field(
-        default=official, metadata={"improved": improved, "help": help, "improvement": improvement}
+        default=official,
+        metadata={"improved": improved, "help": help, "improvement": improvement, "aliases": aliases},
     )
 
 
@@ -49,10 +53,10 @@ class Fidelity:
     rest keep these defaults (dragsdk's own engine behaviour), which a mode without the option never reaches.
 
     Attributes:
-        reference_features: reference features of a guided step: ``inverted`` = ``F(z^inv_{t_i}, t_i)`` recomputed
+        guidance_features: guidance features of a guided step: ``inverted`` = ``F(z^inv_{t_i}, t_i)`` recomputed
             by truncated no-grad forwards (official DragonDiffusion, ``Sampler.py:255-260``); ``recorded`` = taken in
             the inversion call that produces ``z_{t_i}`` (one DDIM step off, no extra forward).
-        step0_reference: ``init`` = the first step's reference is the starting latent after the plan's pastes
+        step0_guidance: ``init`` = the first step's reference is the starting latent after the plan's pastes
             (official drag, ``utils.py:149``); ``inversion`` = as every other step.
         rollback_at: timestep of the time-travel roll-back UNet call: ``prev`` (official ``Sampler.py:136-144``)
             or ``t`` (as the inversion).
@@ -66,8 +70,8 @@ class Fidelity:
         options: every option of the mode's table as ``name=value``, sorted by name (the report's one format).
     """
 
-    reference_features: Literal["inverted", "recorded"] = "recorded"
-    step0_reference: Literal["inversion", "init"] = "inversion"
+    guidance_features: Literal["inverted", "recorded"] = "recorded"
+    step0_guidance: Literal["inversion", "init"] = "inversion"
     rollback_at: Literal["prev", "t"] = "t"
     reference_prompt: Literal["base", "own"] = "own"
     outside_reset: Literal["after", "before"] = "after"
@@ -109,10 +113,13 @@ class ProfileTable(Generic[OptionsT]):
             name = f.metadata["improvement"]
             if name is None:
                 continue
-            if name in self._by_improvement:
-                raise TypeError(f"ProfileTable: improvement {name!r} names two options of {options.__name__}")
+            for known in (name, *f.metadata["aliases"]):
+                if known in self._by_improvement:
+                    raise TypeError(
+                        f"ProfileTable: improvement {known!r} names two options of {options.__name__}"
+                    )
+                self._by_improvement[known] = f.name
             self.improvements[name] = f.metadata["help"]
-            self._by_improvement[name] = f.name
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -174,7 +181,7 @@ class ProfileTable(Generic[OptionsT]):
         improvements) a list of them; the JSON Schema shows the names as an enum."""
         if not self.improvements:
             return Literal[OFFICIAL, ALL_IMPROVEMENTS]  # type: ignore[valid-type]
-        names = tuple(self.improvements)
+        names = tuple(self._by_improvement)  # former names (aliases) too: old specs stay valid
         return Literal[OFFICIAL, ALL_IMPROVEMENTS] | list[Literal[names]]  # type: ignore[valid-type]
 
     def spec_field(self, extra: str = "") -> Any:

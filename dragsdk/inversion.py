@@ -1,4 +1,4 @@
-"""DDIM inversion that builds the memory bank: latents per step, self-attention K/V, reference features.
+"""DDIM inversion that builds the memory bank: latents per step, self-attention K/V, guidance features.
 
 Deterministic DDIM inversion (Song et al. 2021, arXiv 2010.02502 Eq. 12 with η = 0, run backwards; as used by
 DragonDiffusion, ``src/utils/inversion.py:47-58``): from ``z`` at ``ᾱ_prev`` to ``ᾱ_t``,
@@ -8,9 +8,9 @@ DragonDiffusion, ``src/utils/inversion.py:47-58``): from ``z`` at ``ᾱ_prev`` t
 Conditioned on the text prompt only (no classifier-free guidance). The UNet call that produces ``z_{t_i}`` is
 evaluated at timestep ``t_i`` and records the K/V used at sampling step ``i`` (which runs at ``t_i`` too).
 
-Reference features for the energies at step ``i`` come either from that same call (``recorded``:
+Guidance features for the energies at step ``i`` come either from that same call (``recorded``:
 ``F(z_{t_{i+1}}, t_i)``, the input of the call, one DDIM step less noisy than the latent being sampled; no extra
-forward) or from :func:`reference_features` after the inversion (``inverted``: ``F(z_{t_i}, t_i)``, what the
+forward) or from :func:`guidance_features` after the inversion (``inverted``: ``F(z_{t_i}, t_i)``, what the
 official estimator computes, ``Sampler.py:255-260``; one truncated no-grad forward row per guided step).
 """
 
@@ -31,21 +31,21 @@ from .keys import InversionKey
 @dataclass
 class UNetCounter:
     """UNet evaluations by kind: ``forward`` (no gradient), ``forward_grad`` (feature forward with a graph),
-    ``backward`` (one autograd pass), ``reference`` (batch rows of truncated no-grad reference-feature forwards,
-    :func:`reference_features`; reported only when nonzero). ``image_encoder`` counts the image-prompt encoder's
+    ``backward`` (one autograd pass), ``guidance`` (batch rows of truncated no-grad guidance-feature forwards,
+    :func:`guidance_features`; reported only when nonzero). ``image_encoder`` counts the image-prompt encoder's
     forwards (the IP-Adapter's CLIP vision model, :meth:`~dragsdk.image_prompt.ImagePromptAdapter.tokens`): not UNet
     evaluations, so not in :meth:`to_dict` (the report's ``image_encoder_forwards``)."""
 
     forward: int = 0
     forward_grad: int = 0
     backward: int = 0
-    reference: int = 0
+    guidance: int = 0
     image_encoder: int = 0
 
     def to_dict(self) -> dict[str, int]:
         out = {"forward": self.forward, "forward_grad": self.forward_grad, "backward": self.backward}
-        if self.reference:
-            out["reference"] = self.reference
+        if self.guidance:
+            out["guidance"] = self.guidance
         return out
 
 
@@ -120,12 +120,12 @@ class Trajectory:
         latents: ``latents[i]`` is ``(B_bank, 4, h, w)`` at timestep ``timesteps[i]`` (the input of sampling step
             ``i``); ``latents[n]`` is the encoded image ``z_0``.
         bank: recorded decoder self-attention K/V per step.
-        features: reference features per sampling step (``(B_bank, C_l, h_l, w_l)`` per block).
+        features: guidance features per sampling step (``(B_bank, C_l, h_l, w_l)`` per block).
         cond: ``(B_bank, 77, D)`` text embeddings the inversion used.
         key: what it was computed from (:class:`~dragsdk.keys.InversionKey`, for caching).
         noises: Cycle-SDE reverse noise ``w`` per sampling step (``(B_bank, 4, h, w)``), empty for DDIM
             (:mod:`dragsdk.cycle_sde`).
-        feature_cond: ``(B_bank, 77, D)`` text embeddings of the reference-feature forwards when they differ from
+        feature_cond: ``(B_bank, 77, D)`` text embeddings of the guidance-feature forwards when they differ from
             ``cond`` (the official appearance / paste use the base prompt for every row, ``Sampler.py:371-383``).
     """
 
@@ -188,7 +188,7 @@ def invert(
 
 
 @torch.no_grad()
-def reference_features(
+def guidance_features(
     unet: Callable[..., Any],
     latents: list[torch.Tensor],
     cond: torch.Tensor,
@@ -204,7 +204,7 @@ def reference_features(
     The official DragonDiffusion estimator's reference (``Sampler.py:255-260``, ``latent_noise_ref[-(i+1)]``):
     plain attention, text conditioning ``cond`` (``(B_bank, 77, D)``), forward stopped after the last feature block.
     Several steps share one UNet call (per-row timesteps, at most ``rows_per_call`` latent rows per call); the
-    results are computed once per step, however many passes the step has. ``counter.reference`` counts rows.
+    results are computed once per step, however many passes the step has. ``counter.guidance`` counts rows.
 
     Args:
         latents: the trajectory's latents, ``latents[i]`` ``(B_bank, 4, h, w)`` at ``schedule.timesteps[i]``.
@@ -226,7 +226,7 @@ def reference_features(
             with tap.capture(stop=True):
                 unet(z, t, encoder_hidden_states=cond.repeat(len(chunk), 1, 1), return_dict=False)
             feats = tap.features()
-            counter.reference += len(chunk) * bank
+            counter.guidance += len(chunk) * bank
             for j, i in enumerate(chunk):
                 out[i] = [f[j * bank : (j + 1) * bank].detach() for f in feats]
     finally:

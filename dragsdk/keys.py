@@ -58,21 +58,21 @@ def plan_field(decl: Inversion, **kwargs: Any) -> Any:
 
 @dataclass(frozen=True)
 class InversionKey:
-    """Everything the inversion (latents, K/V bank, reference features) of an edit depends on; two edits with equal
+    """Everything the inversion (latents, K/V bank, guidance features) of an edit depends on; two edits with equal
     keys share it. Built only by :func:`inversion_key`.
 
     Attributes:
         image: the base image's content hash and size.
-        prompt: the base prompt (inversion and reference features).
+        prompt: the base prompt (inversion and guidance features).
         references: ``(content hash, prompt)`` of each extra inverted image (``plan.references``).
         steps: DDIM steps (``sampler.steps``).
         working_size: ``(W, H)`` working pixels (``sampler.resolution`` and the image size).
         kv_steps: sampling steps whose K/V the inversion records (``plan.kv`` window: ``sampler.kv_start``).
-        feature_steps: sampling steps whose reference features it provides (``plan.guided_steps`` when the plan
-            has gradients: energies and their scales; less step 0 under ``step0_reference="init"``).
+        feature_steps: sampling steps whose guidance features it provides (``plan.guided_steps`` when the plan
+            has gradients: energies and their scales; less step 0 under ``step0_guidance="init"``).
         model: the model's name.
         weights: the weights' identity (:meth:`dragsdk.editor.Editor.weights_key`: adapters, dtype, device).
-        sampling, kv_layers, start_step, reference_features, schedule, vae_latent, reference_prompt: the plan
+        sampling, kv_layers, start_step, guidance_features, schedule, vae_latent, reference_prompt: the plan
             entries of those names (``schedule``: ``plan.schedule_key``).
         cycle_seed: ``sampler.seed`` when the inversion is stochastic (Cycle-SDE), else None.
         vae_seed: ``sampler.seed`` when ``z_0`` is a VAE posterior sample, else None.
@@ -91,7 +91,7 @@ class InversionKey:
     sampling: str
     kv_layers: str
     start_step: int
-    reference_features: str
+    guidance_features: str
     schedule: str
     vae_latent: str
     reference_prompt: str
@@ -106,14 +106,12 @@ def image_key(img: Image.Image) -> str:
 
 
 def recorded_steps(plan: EditPlan) -> tuple[set[int], set[int]]:
-    """The sampling steps whose K/V and whose reference features the inversion provides."""
+    """The sampling steps whose K/V and whose guidance features the inversion provides."""
     from .passes import guided_steps
 
     kv_steps = set(plan.kv.steps()) if plan.kv else set()
     feature_steps = guided_steps(plan)
-    if (
-        plan.fidelity.step0_reference == "init"
-    ):  # the first step's reference is the pasted start latent itself
+    if plan.fidelity.step0_guidance == "init":  # the first step's reference is the pasted start latent itself
         feature_steps.discard(plan.start_step)
     return kv_steps, feature_steps
 
@@ -148,7 +146,7 @@ def inversion_key(
         sampling=plan.sampling,
         kv_layers=plan.kv_layers,
         start_step=plan.start_step,
-        reference_features=plan.fidelity.reference_features,
+        guidance_features=plan.fidelity.guidance_features,
         schedule=plan.schedule_key,
         vae_latent=plan.fidelity.vae_latent,
         reference_prompt=plan.fidelity.reference_prompt,

@@ -24,7 +24,7 @@ class Pass:
         index: the pass number inside the step, ``0 … passes − 1``.
         passes: how many passes step ``i`` makes.
         guided: the step takes energy guidance (one feature forward with a graph, one backward per region).
-        own_reference: the guidance reference is the latent itself (``step0_reference="init"`` at the first step),
+        own_guidance: the guidance reference is the latent itself (``step0_guidance="init"`` at the first step),
             so no reference is read or recomputed.
     """
 
@@ -32,7 +32,7 @@ class Pass:
     index: int
     passes: int
     guided: bool
-    own_reference: bool
+    own_guidance: bool
 
     @property
     def first(self) -> bool:
@@ -45,15 +45,15 @@ class Pass:
         return self.index + 1 == self.passes
 
     def unet_evaluations(
-        self, regions: int, probe_energy_after: bool, recompute_reference: bool
+        self, regions: int, probe_energy_after: bool, recompute_guidance: bool
     ) -> tuple[int, int, int]:
         """``(forward, forward_grad, backward)`` this pass costs, as :class:`~dragsdk.sampler.GuidedSampler` runs it:
         one ε forward; guided, one graph forward, ``regions`` backwards, one forward per energy probe and per
-        recomputed reference; one roll-back forward unless it is the last pass."""
+        recomputed guidance step; one roll-back forward unless it is the last pass."""
         fwd, fwd_grad, bwd = 1 + int(not self.last), 0, 0
         if self.guided:
             fwd_grad, bwd = 1, regions
-            fwd += int(probe_energy_after) + int(recompute_reference and not self.own_reference)
+            fwd += int(probe_energy_after) + int(recompute_guidance and not self.own_guidance)
         return fwd, fwd_grad, bwd
 
 
@@ -68,7 +68,7 @@ def sampling_passes(plan: EditPlan, steps: int) -> Iterator[Pass]:
     for i in range(plan.start_step, steps):
         g = i in guided
         n = (plan.time_travel or {}).get(i, 1) if g else 1
-        own = plan.fidelity.step0_reference == "init" and i == plan.start_step
+        own = plan.fidelity.step0_guidance == "init" and i == plan.start_step
         for p in range(n):
             yield Pass(i, p, n, g, own)
 

@@ -55,8 +55,9 @@ class EnergyTerm:
         name: shown in the report.
         region: ``edit`` (its gradient is applied inside the edit mask) or ``content`` (outside it);
             DiffEditor's regional score-based gradient guidance, arXiv 2402.02583 Eq. 8.
-        fn: ``fn(current, reference) -> scalar`` where ``current`` are the features of the latent being sampled
-            (batch 1, differentiable) and ``reference`` those recorded at inversion (batch ``B_bank``).
+        fn: ``fn(current, guidance) -> scalar`` where ``current`` are the features of the latent being sampled
+            (batch 1, differentiable) and ``guidance`` the guidance features of the inverted latents (batch
+            ``B_bank``: row 0 the base image, row k the plan's k-th reference image).
     """
 
     name: str
@@ -180,7 +181,7 @@ class EditPlan:
         schedule: ``schedule(scheduler, steps)`` builds the time grid of both passes (default: the model's DDIM
             schedule, :class:`~dragsdk.inversion.DDIMSchedule`); ``schedule_key`` names it in the inversion cache key.
         composite_mask: ``(H, W)`` bool in image pixels used by ``composite`` instead of ``edit_mask`` upsampled.
-        fidelity: the fidelity options the engine branches on (reference features, step-0 reference, roll-back
+        fidelity: the fidelity options the engine branches on (guidance features, step-0 guidance, roll-back
             timestep, reference prompt, outside reset, VAE latent, 8-bit conversion) and the report's profile, in
             one place (:class:`~dragsdk.fidelity.Fidelity`, built by a mode's
             :meth:`~dragsdk.fidelity.ProfileTable.fidelity`).
@@ -220,8 +221,8 @@ class EditPlan:
     composite_mask: np.ndarray | None = plan_field(no_inversion(), default=None)
     fidelity: Fidelity = plan_field(
         inverts(
-            "reference_features, feature_steps, reference_prompt, vae_latent, vae_seed: its reference_features, "
-            "step0_reference, reference_prompt and vae_latent"
+            "guidance_features, feature_steps, reference_prompt, vae_latent, vae_seed: its guidance_features, "
+            "step0_guidance, reference_prompt and vae_latent"
         ),
         default_factory=Fidelity,
     )

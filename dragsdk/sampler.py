@@ -10,8 +10,8 @@ Per sampling step ``i`` at timestep ``t``:
 3. DDIM update with ``g`` in the x̂₀ term only (:func:`~dragsdk.inversion.ddim_step`), with per-cell η inside the
    regional-SDE window.
 
-Reference features come from the :class:`~dragsdk.inversion.Trajectory` (recorded during the inversion or computed
-right after it, as ``plan.fidelity.reference_features`` says); with ``step0_reference="init"`` the first step's
+Guidance features come from the :class:`~dragsdk.inversion.Trajectory` (recorded during the inversion or computed
+right after it, as ``plan.fidelity.guidance_features`` says); with ``step0_guidance="init"`` the first step's
 reference is the starting latent itself (the official drag). Time travel (DiffEditor Alg. 1): a repeated step rolls
 the latent back after every pass but the last (the official code also rolls back after the last pass and throws the
 result away: deterministic, no random draw, so skipping it changes nothing but the cost).
@@ -65,8 +65,8 @@ class GuidedSampler:
         counter: where UNet evaluations are counted.
         probe_energy_after: also evaluate each guided step's energy after the update (one extra feature forward
             per guided step; for diagnostics and tests).
-        recompute_reference: recompute the reference features from the inverted latent at every guided step, as
-            the official code does (the ``reference`` cost profile of the benchmarks), instead of reading the ones
+        recompute_guidance: recompute the guidance features from the inverted latent at every guided step, as
+            the official code does (``Editor(official_cost=True)``, the benchmarks' ``official-cost`` profile), instead of reading the ones
             recorded during inversion.
     """
 
@@ -77,9 +77,9 @@ class GuidedSampler:
         tap: FeatureTap,
         counter: UNetCounter,
         probe_energy_after: bool = False,
-        recompute_reference: bool = False,
+        recompute_guidance: bool = False,
     ) -> None:
-        self.recompute_reference = recompute_reference
+        self.recompute_guidance = recompute_guidance
         self.unet = unet
         self.controller = controller
         self.tap = tap
@@ -365,9 +365,9 @@ class GuidedSampler:
         if trace:
             out.trace.append(TracePass(i, ps.index, t, z.detach().float().cpu()))
         if ps.guided:
-            if ps.own_reference:
+            if ps.own_guidance:
                 ref = None  # the pasted starting latent is its own reference (official drag step 0)
-            elif self.recompute_reference:
+            elif self.recompute_guidance:
                 ref = self._reference(trajectory, i, t)
             else:
                 ref = trajectory.features[i]

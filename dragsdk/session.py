@@ -30,7 +30,7 @@ from .errors import ArgumentTypeError, NonFiniteError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
 from .image_prompt import ImagePromptPlan, host_adapter_detached
-from .inversion import DDIMSchedule, Trajectory, UNetCounter, invert, reference_features
+from .inversion import DDIMSchedule, Trajectory, UNetCounter, guidance_features, invert
 from .io import check_outputs, load_image, size_note
 from .keys import InversionKey, inversion_key, recorded_steps
 from .models import ModelBundle, random_weights_warning
@@ -259,7 +259,7 @@ class EditRun:
     # -- 4. invert ------------------------------------------------------------------------------------------------
     def invert(self) -> None:
         """The inversion (``traj``): the cached one when its key matches, else DDIM or Cycle-SDE inversion
-        recording latents, the K/V bank and the reference features.
+        recording latents, the K/V bank and the guidance features.
 
         Raises:
             NonFiniteError: the inverted latent is not finite.
@@ -270,7 +270,7 @@ class EditRun:
             [self.cond_text, *(editor._prompt(r.prompt, weights=self.weights) for r in plan.references)]
         )
         feature_cond = (
-            cond_bank  # reference features: each image's own prompt, or the base prompt for all rows
+            cond_bank  # guidance features: each image's own prompt, or the base prompt for all rows
         )
         if plan.fidelity.reference_prompt == "base" and plan.references:
             feature_cond = self.cond_text.expand(cond_bank.shape[0], -1, -1)
@@ -347,9 +347,9 @@ class EditRun:
     def _invert_ddim(
         self, schedule: Any, cond_bank: torch.Tensor, feature_cond: torch.Tensor
     ) -> tuple[list[torch.Tensor], dict[int, list[torch.Tensor]]]:
-        """DDIM inversion; reference features recorded in its passes or computed by truncated forwards after it."""
+        """DDIM inversion; guidance features recorded in its passes or computed by truncated forwards after it."""
         kv_steps, feature_steps = recorded_steps(self.plan)
-        recorded = self.plan.fidelity.reference_features == "recorded"
+        recorded = self.plan.fidelity.guidance_features == "recorded"
         latents, feats = invert(
             self.unet_call,
             self.z0,
@@ -363,7 +363,7 @@ class EditRun:
             on_step=self._on_invert_step(schedule),
         )
         if not recorded and feature_steps:
-            feats = reference_features(
+            feats = guidance_features(
                 self.unet_call,
                 latents,
                 feature_cond,
@@ -391,7 +391,7 @@ class EditRun:
             self.tap,
             self.counter,
             editor.probe_energy_after,
-            editor.reference_profile,
+            editor.official_cost,
         )
         generator = torch.Generator("cpu").manual_seed(s.seed)
 
@@ -524,7 +524,7 @@ class EditRun:
             steps,
             not inversion_cached,
             editor.probe_energy_after,
-            editor.reference_profile,
+            editor.official_cost,
             recorded_steps(plan)[1],
             image_prompt=adapter is not None,
         )

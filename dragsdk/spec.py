@@ -277,7 +277,7 @@ class DragWeights(SpecModel):
     """Energy weights of content dragging (DragonDiffusion ``guidance_drag``,
     ``src/models/Sampler.py:236-303``; defaults ``src/demo/demo.py:475-513``)."""
 
-    edit: float = weight_field(4.0, "pulls the target patch toward the handle's reference feature")
+    edit: float = weight_field(4.0, "pulls the target patch toward the handle's guidance feature")
     content: float = weight_field(6.0, "keeps features outside the mask")
     contrast: float = weight_field(0.2, "pushes the vacated handle patch away from its old feature")
 
@@ -287,12 +287,13 @@ class DiffEditorOptions:
     """The fidelity options every DragonDiffusion / DiffEditor mode has (``docs/modes/dragondiffusion.md``); each
     field's default is the official code's behaviour (:mod:`dragsdk.fidelity`)."""
 
-    reference_features: Literal["inverted", "recorded"] = option(
+    guidance_features: Literal["inverted", "recorded"] = option(
         "inverted",
         "recorded",
-        "reference features F(z_{t_{i+1}}, t_i) recorded during inversion instead of "
+        "guidance features F(z_{t_{i+1}}, t_i) recorded during inversion instead of "
         "F(z_{t_i}, t_i) recomputed (saves one truncated no-grad forward per guided step; one DDIM step off)",
-        improvement="recorded-reference",
+        improvement="recorded-guidance",
+        aliases=("recorded-reference",),
     )
     mask_resampling: Literal["nearest", "area"] = option(
         "nearest",
@@ -325,10 +326,10 @@ class ReferenceOptions(DiffEditorOptions):
 class DragOptions(DiffEditorOptions):
     """The options of point drag."""
 
-    step0_reference: Literal["init", "inversion"] = option(
+    step0_guidance: Literal["init", "inversion"] = option(
         "init",
         "inversion",
-        "step-0 reference features of the inverted z_T instead of the handle-pasted z_T",
+        "step-0 guidance features of the inverted z_T instead of the handle-pasted z_T",
         improvement="unpasted-step0",
     )
     point_convention: Literal["corner", "centre"] = option(

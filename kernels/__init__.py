@@ -1,6 +1,6 @@
 """Attention kernels for cross-branch (bank / own / composite) K/V.
 
-- :class:`KVSource` and :func:`cross_branch_attention_reference`: the source type and the pure-PyTorch oracle.
+- :class:`KVSource` and :func:`cross_branch_attention_oracle`: the source type and the pure-PyTorch oracle.
 - :func:`cross_branch_attention`: the fused Triton op (one launch, joint online softmax over up to two
   sources, FlashAttention-2 backward); :func:`is_available` says whether it can run here.
 
@@ -16,14 +16,14 @@ if (
     yield_bare_name(__name__)
 else:
     from .cross_attention import MAX_HEAD_DIM, MAX_SOURCES, cross_branch_attention, is_available
-    from .reference import KVSource, cross_branch_attention_reference, validate_sources
+    from .oracle import KVSource, cross_branch_attention_oracle, validate_sources
 
 __all__ = [
     "KVSource",
     "MAX_HEAD_DIM",
     "MAX_SOURCES",
     "cross_branch_attention",
-    "cross_branch_attention_reference",
+    "cross_branch_attention_oracle",
     "is_available",
     "validate_sources",
 ]

@@ -6,7 +6,7 @@ keys/values recorded during inversion (the *bank*), to their own, or to both. Wi
 
     out = softmax(q · [K_1; K_2]ᵀ · scale + bias) · [V_1; V_2],   bias = 0 (visible) or −inf (hidden)
 
-exactly like :func:`dragsdk.kernels.reference.cross_branch_attention_reference`, but without ever building
+exactly like :func:`dragsdk.kernels.oracle.cross_branch_attention_oracle`, but without ever building
 ``[K_1; K_2]``: the kernel walks the key blocks of source 1 and then of source 2, keeping a running row max
 ``m`` and row sum ``l`` in fp32 (fp64 for float64 inputs) — the online softmax of FlashAttention-2
 (Dao, arXiv 2307.08691, Algorithm 1). A bank with batch size 1 is read with batch stride 0 (never expanded
@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import torch
 
-from .reference import KVSource, validate_sources
+from .oracle import KVSource, validate_sources
 
 try:  # Triton is an optional dependency (``pip install dragsdk[dev]`` or a CUDA torch wheel brings it).
     import triton
@@ -1047,7 +1047,7 @@ def _check_inputs(q: torch.Tensor, sources: Sequence[KVSource]) -> None:
     if len(sources) > MAX_SOURCES:
         raise ValueError(
             f"cross_branch_attention takes at most {MAX_SOURCES} sources in one launch, got {len(sources)}; "
-            "use cross_branch_attention_reference for more"
+            "use cross_branch_attention_oracle for more"
         )
     if q.dtype not in _SUPPORTED_DTYPES:
         raise ValueError(f"q dtype {q.dtype} is not supported; use one of {_SUPPORTED_DTYPES}")
@@ -1087,7 +1087,7 @@ def cross_branch_attention(
     Returns:
         ``(B, H, N, d)`` tensor in ``q``'s dtype, allocated with ``q``'s layout when ``q`` is dense
         (``torch.empty_like``). Softmax statistics are kept in fp32 (fp64 for float64 inputs). If the key masks
-        hide every key, the output rows are 0 (the reference raises instead; the kernel does not sync the
+        hide every key, the output rows are 0 (the oracle raises instead; the kernel does not sync the
         device to check).
 
     Raises:

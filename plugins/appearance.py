@@ -85,9 +85,7 @@ class AppearanceMode(EditMode):
         w = spec.weights
 
         def edit(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
-            return correspondence_energy(
-                w.edit, pooled_similarity(c, r, base_g, ref_g, reference_row=1)
-            ).sum()
+            return correspondence_energy(w.edit, pooled_similarity(c, r, base_g, ref_g, bank_row=1)).sum()
 
         def content(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
             return correspondence_energy(w.content, region_similarity(c, r, outside)).sum()

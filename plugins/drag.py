@@ -4,7 +4,7 @@
 For each handle → target pair, on the feature grid (image/4):
 
 - edit: ``w_edit / (1 + 4·S_local(F_cur[target patch], F_ref[handle patch]))``: the target patch takes the
-  handle's reference feature;
+  handle's guidance feature;
 - contrast: ``w_contrast · S_local(F_cur, F_ref)`` on the handle patch minus its overlap with the target patch:
   the vacated handle location must stop looking like before;
 - content: ``w_content / (1 + 4·S(F_cur, F_ref))`` averaged outside the editable mask.
@@ -19,7 +19,7 @@ code clips x by the height, ``src/utils/utils.py:140,142``).
 
 Profile ``official`` (the default) reproduces the official code step by step (MC-E/DragonDiffusion @f9b5bdf,
 ``run_drag`` ``src/demo/model.py:265-333``): step-0 reference = the pasted ``z_T`` (``utils.py:149``),
-reference features ``F(z_{t_i}, t_i)``, points ``floor(x·s)`` per axis, masks sampled nearest, roll-back at
+guidance features ``F(z_{t_i}, t_i)``, points ``floor(x·s)`` per axis, masks sampled nearest, roll-back at
 ``t_prev``. The options of its profiles (``spec.DRAG_PROFILES``) are listed in ``docs/modes/dragondiffusion.md``.
 """
 

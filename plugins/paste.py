@@ -146,7 +146,7 @@ class PasteMode(EditMode):
         w = spec.weights
 
         def edit(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:
-            s = local_similarity(c, r, f_cells, r_cells, canvas.feature_size, reference_row=1)
+            s = local_similarity(c, r, f_cells, r_cells, canvas.feature_size, bank_row=1)
             return correspondence_energy(w.edit, s).sum()
 
         def content(c: list[torch.Tensor], r: list[torch.Tensor]) -> torch.Tensor:

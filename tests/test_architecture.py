@@ -129,3 +129,31 @@ def test_the_sources_are_ruff_formatted():
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+RETIRED_TERMS = (
+    "Reference feature",
+    "reference feature",
+    "reference_features",
+    "reference forward",
+    "step0_reference",
+    "recompute_reference",
+    "reference_profile",
+    "cross_branch_attention_reference",
+    "kernels.reference",
+)
+"""Former names whose "reference" meant something other than a reference image (docs/architecture.md, Terms)."""
+ALLOWED = {"kernels/reference.py", "dragsdk/editor.py", "tests/test_architecture.py"}
+"""The deprecated-name shim, Editor's deprecated ``reference_profile`` keyword, and this list."""
+
+
+def test_reference_means_a_reference_image_only():
+    found = []
+    for folder in ("dragsdk", "plugins", "backends", "kernels", "docs", "examples", "tests", "benchmarks"):
+        for path in (ROOT / folder).rglob("*"):
+            rel = path.relative_to(ROOT).as_posix()
+            if path.suffix not in (".py", ".md") or rel in ALLOWED or "/build/" in rel:
+                continue
+            text = path.read_text()
+            found += [f"{rel}: {term}" for term in RETIRED_TERMS if term in text]
+    assert not found, found

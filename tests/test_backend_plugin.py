@@ -16,7 +16,7 @@ from PIL import Image
 from dragsdk import Editor
 from dragsdk.backends.base import KVSource, join_sources
 from dragsdk.backends.select import model_key, save_entry, table_key
-from dragsdk.kernels.reference import cross_branch_attention_reference
+from dragsdk.kernels.oracle import cross_branch_attention_oracle
 from dragsdk.registry import Registry
 
 from .conftest import ROOT
@@ -77,7 +77,7 @@ def test_bf16_attention_is_the_oracle_within_bfloat16_rounding(registry, mode):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 2, 64, 16, generator=g)
     sources = _sources(mode, g)
-    want = cross_branch_attention_reference(
+    want = cross_branch_attention_oracle(
         q.double(), [KVSource(s.k.double(), s.v.double(), s.key_mask) for s in sources]
     )
     got = registry.backends["sdpa-bf16"].attention(q, sources)

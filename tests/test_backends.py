@@ -14,7 +14,7 @@ from dragsdk.backends.select import FALLBACK_ORDER, model_key, save_entry, selec
 from dragsdk.backends.triton import TritonBackend
 from dragsdk.cli import app
 from dragsdk.errors import BackendUnavailableError
-from dragsdk.kernels.reference import KVSource
+from dragsdk.kernels.oracle import KVSource
 from dragsdk.registry import Registry
 
 FAST = {"steps": 4, "resolution": 128}

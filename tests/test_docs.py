@@ -99,7 +99,7 @@ def test_the_backend_reference_documents_the_backend_interface_and_the_hooks(sit
         f"dragsdk.backends.base.Backend.{m}" for m in methods
     }
     assert not expected - anchors, sorted(expected - anchors)
-    assert "dragsdk.kernels.reference.cross_branch_attention_reference" in anchors
+    assert "dragsdk.kernels.oracle.cross_branch_attention_oracle" in anchors
     hooks = _anchors(site, "plugins")
     assert {
         "dragsdk.hookspecs.dragsdk_register_modes",

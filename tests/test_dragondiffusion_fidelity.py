@@ -46,12 +46,12 @@ def test_every_dragondiffusion_mode_has_an_official_default_profile_in_its_schem
     enums = [
         e for branch in prop["anyOf"] for e in (branch.get("enum") or branch.get("items", {}).get("enum", []))
     ]
-    assert {"official", "dragsdk", "recorded-reference", "area-masks", "rollback-at-t"} <= set(enums)
+    assert {"official", "dragsdk", "recorded-guidance", "area-masks", "rollback-at-t"} <= set(enums)
 
 
 # -- item 1: move / resize energies ---------------------------------------------------------------------------------
 def _constant_features(cos: float, shapes=((8, 8, 8), (4, 16, 16))):
-    """Current / reference features equal to one vector everywhere, with the given cosine between the two."""
+    """Current / guidance features equal to one vector everywhere, with the given cosine between the two."""
     cur, ref = [], []
     for c, h, w in shapes:
         a = torch.zeros(c)
@@ -106,7 +106,7 @@ def test_official_move_guidance_is_stronger_than_the_bounded_one_on_the_same_fea
 
 
 # -- item 2: drag step-0 reference ------------------------------------------------------------------------------------
-def test_drag_step0_reference_is_the_pasted_start_latent(tiny_model, car):
+def test_drag_step0_guidance_is_the_pasted_start_latent(tiny_model, car):
     from dragsdk import Editor
 
     image, spec = car
@@ -116,20 +116,20 @@ def test_drag_step0_reference_is_the_pasted_start_latent(tiny_model, car):
     # content S = 1 exactly: w_content / (1 + 4) — the official estimator reads the pasted z_T as its reference
     assert first.step == 0 and first.terms["content"] == pytest.approx(6.0 / 5.0, abs=1e-5)
     assert official.report.profile == "official"
-    assert "step0_reference=init" in official.report.profile_options
+    assert "step0_guidance=init" in official.report.profile_options
     unpasted_run = editor.edit(image, _drag(spec, profile=["unpasted-step0"]))
     unpasted = unpasted_run.report.energies[0]
     assert unpasted.terms["content"] > 6.0 / 5.0 + 1e-4
     # one report format: the label and every option as name=value, only the listed improvement changed
     assert unpasted_run.report.profile == "official+unpasted-step0"
     changed = set(unpasted_run.report.profile_options) ^ set(official.report.profile_options)
-    assert changed == {"step0_reference=init", "step0_reference=inversion"}
-    # step 0 needs no reference forward: one per other guided step
+    assert changed == {"step0_guidance=init", "step0_guidance=inversion"}
+    # step 0 needs no guidance forward: one per other guided step
     n_guided = len(DragSpec.model_validate(_drag(spec)).sampler.schedule.steps(TINY["steps"]))
-    assert official.report.unet_evaluations["reference"] == n_guided - 1
+    assert official.report.unet_evaluations["guidance"] == n_guided - 1
 
 
-# -- item 3: reference features F(z_{t_i}, t_i) ------------------------------------------------------------------------
+# -- item 3: guidance features F(z_{t_i}, t_i) ------------------------------------------------------------------------
 def _features(unet, z, t, cond, grad=False):
     tap = FeatureTap(unet)
     try:
@@ -140,7 +140,7 @@ def _features(unet, z, t, cond, grad=False):
         tap.remove()
 
 
-def test_reference_features_are_the_inverted_latent_at_its_own_timestep(tiny_model, car):
+def test_guidance_features_are_the_inverted_latent_at_its_own_timestep(tiny_model, car):
     from dragsdk import Editor
 
     image, spec = car
@@ -169,8 +169,8 @@ def test_recorded_reference_option_runs_no_reference_forward(tiny_model, car):
     from dragsdk import Editor
 
     image, spec = car
-    r = Editor(tiny_model).edit(image, _drag(spec, profile=["recorded-reference"])).report
-    assert "reference" not in r.unet_evaluations and r.profile == "official+recorded-reference"
+    r = Editor(tiny_model).edit(image, _drag(spec, profile=["recorded-guidance"])).report
+    assert "reference" not in r.unet_evaluations and r.profile == "official+recorded-guidance"
 
 
 # -- item 4: point → feature cell -------------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_official_placement_scales_about_the_image_centre_and_clips_instead_of_w
         official_placement_map(canvas, edge, 1.0, (12, 0), "feature")
 
 
-def test_reference_features_use_the_base_prompt_in_the_official_profile(tiny_model, one_thread):
+def test_guidance_features_use_the_base_prompt_in_the_official_profile(tiny_model, one_thread):
     """Official appearance / paste: the reference row's features are computed with the base prompt
     (``Sampler.py:371-383``), its inversion with its own prompt; ``own-reference-prompt`` uses its own for both."""
     from pathlib import Path

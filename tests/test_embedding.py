@@ -322,9 +322,9 @@ def test_plan_runs_no_model_and_predicts_the_unet_evaluations(model, job, time_t
         hook.remove()
 
 
-@pytest.mark.parametrize("reference_profile", [False, True])
-def test_plan_cost_matches_region_drag_and_the_reference_profile(model, job, reference_profile):
-    """Cycle-SDE inversion (region-drag), recomputed reference features and the step-0 own reference counted."""
+@pytest.mark.parametrize("official_cost", [False, True])
+def test_plan_cost_matches_region_drag_and_the_official_cost(model, job, official_cost):
+    """Cycle-SDE inversion (region-drag), recomputed guidance features and the step-0 own reference counted."""
     image, spec = job
     square = [[100, 100], [160, 100], [160, 160], [100, 160]]
     region = {
@@ -332,7 +332,7 @@ def test_plan_cost_matches_region_drag_and_the_reference_profile(model, job, ref
         "polygons": [{"handle": square, "target": [[x + 20, y] for x, y in square]}],
         "sampler": {"steps": 6, "resolution": 64},
     }
-    editor = Editor(model, reference_profile=reference_profile)
+    editor = Editor(model, official_cost=official_cost)
     for s in (region, spec):
         dry = editor.plan(image, s)
         assert editor.edit(image, s).report.unet_evaluations == dry.cost.to_dict()

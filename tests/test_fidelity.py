@@ -116,7 +116,8 @@ def test_no_mode_or_engine_module_tests_an_improvement_name_by_hand():
         text = path.read_text()
         for name in names:
             for m in re.finditer(rf"[\"']{re.escape(name)}[\"']", text):
-                if not text[max(0, m.start() - 12) : m.start()].endswith("improvement="):
+                before = text[max(0, m.start() - 12) : m.start()]
+                if not before.endswith(("improvement=", "aliases=(")):
                     line = text.count("\n", 0, m.start()) + 1
                     offenders.append(f"{path.relative_to(ROOT)}:{line}: {name}")
     assert not offenders, (
@@ -166,3 +167,13 @@ def test_the_conformance_check_refuses_a_mode_whose_report_bypasses_its_table():
     )
     with pytest.raises(ConformanceError, match="every option of the table"):
         check_profiles(mode, spec, partial)  # type: ignore[arg-type]
+
+
+def test_a_former_improvement_name_still_resolves():
+    from dragsdk.spec import DRAG_PROFILES, DragSpec
+
+    assert "recorded-reference" not in DRAG_PROFILES.improvements  # documented under its new name only
+    spec = DragSpec.model_validate(
+        {"prompt": "", "points": [[[1, 1], [2, 2]]], "profile": ["recorded-reference"]}
+    )
+    assert DRAG_PROFILES.resolve(spec.profile).guidance_features == "recorded"

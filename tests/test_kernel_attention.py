@@ -26,7 +26,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import dragsdk.kernels as kernels  # noqa: E402
-from dragsdk.kernels import KVSource, cross_branch_attention, cross_branch_attention_reference  # noqa: E402
+from dragsdk.kernels import KVSource, cross_branch_attention, cross_branch_attention_oracle  # noqa: E402
 from dragsdk.kernels import cross_attention as ca  # noqa: E402
 
 F64 = torch.float64
@@ -85,7 +85,7 @@ def _check_against_oracle(q, sources, fn=_attn, scale=None, tol=TOL):
     """Forward and every requested gradient vs the oracle; tensors without requires_grad get no grad."""
     leaves = _grad_leaves(q, sources)
     out = fn(q, sources, scale)
-    ref = cross_branch_attention_reference(q, sources, scale)
+    ref = cross_branch_attention_oracle(q, sources, scale)
     torch.testing.assert_close(out, ref, **tol)
     g = torch.randn_like(ref)
     want = torch.autograd.grad(ref, leaves, g)
@@ -163,7 +163,7 @@ def test_non_contiguous_inputs_and_output_layout():
     bank = KVSource(bank_flat.view(1, 17, H, d).transpose(1, 2), bank_flat.view(1, 17, H, d).transpose(1, 2))
     sources = [KVSource(k, v), bank]
     out = _attn(q, sources)
-    ref = cross_branch_attention_reference(q, sources)
+    ref = cross_branch_attention_oracle(q, sources)
     torch.testing.assert_close(out, ref, **TOL)
     g = torch.randn_like(ref)
     (got,) = torch.autograd.grad(out, leaf, g)
@@ -179,7 +179,7 @@ def test_non_contiguous_inputs_and_output_layout():
     wide = _rand(B, H, n, 2 * d, gen=gen)
     qs = wide[..., ::2]
     torch.testing.assert_close(
-        _attn(qs, [KVSource(qs, qs)]), cross_branch_attention_reference(qs, [KVSource(qs, qs)]), **TOL
+        _attn(qs, [KVSource(qs, qs)]), cross_branch_attention_oracle(qs, [KVSource(qs, qs)]), **TOL
     )
 
 
@@ -243,7 +243,7 @@ def test_all_visible_mask_equals_no_mask_and_int_masks_accepted():
     torch.testing.assert_close(a, b, **TOL)
     m = _mask(19, gen)
     c = _attn(q, [KVSource(k, v, m.to(torch.int32))])
-    torch.testing.assert_close(c, cross_branch_attention_reference(q, [KVSource(k, v, m)]), **TOL)
+    torch.testing.assert_close(c, cross_branch_attention_oracle(q, [KVSource(k, v, m)]), **TOL)
 
 
 def test_every_key_hidden_gives_zero_rows():
@@ -254,7 +254,7 @@ def test_every_key_hidden_gives_zero_rows():
     v = _rand(1, H, 19, 40, grad=True, gen=gen)
     src = [KVSource(k, v, torch.zeros(19, dtype=torch.bool))]
     with pytest.raises(ValueError):
-        cross_branch_attention_reference(q, src)
+        cross_branch_attention_oracle(q, src)
     out = _attn(q, src)
     assert torch.equal(out, torch.zeros_like(out))
     out.sum().backward()
@@ -290,7 +290,7 @@ def test_low_precision_forward_vs_fp64_oracle(dtype, atol):
     ]
     out = _attn(q, sources)
     assert out.dtype == dtype
-    ref = cross_branch_attention_reference(
+    ref = cross_branch_attention_oracle(
         q.double(), [KVSource(s.k.double(), s.v.double(), s.key_mask) for s in sources]
     )
     torch.testing.assert_close(out.double(), ref, atol=atol, rtol=0)
@@ -309,9 +309,7 @@ def test_fp32_gradients_vs_fp64_oracle():
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, [q, k, v], g)
     q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
-    ref = cross_branch_attention_reference(
-        q64, [KVSource(k64, v64), KVSource(bank.k.double(), bank.v.double())]
-    )
+    ref = cross_branch_attention_oracle(q64, [KVSource(k64, v64), KVSource(bank.k.double(), bank.v.double())])
     want = torch.autograd.grad(ref, [q64, k64, v64], g.double())
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)

@@ -127,7 +127,7 @@ def test_example_specs_validate_against_their_modes():
 
 # -- the guidance does what each mode says -------------------------------------------------------------------------
 def test_move_pulls_the_object_to_its_target_and_away_from_its_old_place(editor, car):
-    """Target cells get closer to the object's reference features (published weights). The vacated cells move away
+    """Target cells get closer to the object's guidance features (published weights). The vacated cells move away
     from them with a contrast weight of 2.0: at the published 0.2 that effect is below the noise of random weights."""
     from dragsdk.plugins.move import MoveSpec
 
@@ -177,7 +177,7 @@ def test_appearance_moves_the_pooled_object_feature_toward_the_reference(editor,
         _, z = _run_and_probe(editor, image, {**data, "energy_scale": scale}, probe)
         cur = _features(editor, z, probe, prompt)
         ref = _features(editor, editor._trajectory.latents[probe], probe, prompt)
-        sims[scale] = float(pooled_similarity(cur, ref, base_g, ref_g, reference_row=1).mean())
+        sims[scale] = float(pooled_similarity(cur, ref, base_g, ref_g, bank_row=1).mean())
     assert sims[0.5] > sims[0.0], sims
 
 

@@ -49,7 +49,7 @@ def test_the_module_walk_sees_every_installed_subpackage():
         "dragsdk.editor",
         "dragsdk.plugins.drag",
         "dragsdk.backends.eager",
-        "dragsdk.kernels.reference",
+        "dragsdk.kernels.oracle",
         "dragsdk.eval.bench",
         "dragsdk.ui",
     ):

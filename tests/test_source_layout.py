@@ -68,7 +68,7 @@ def test_bare_folder_names_never_resolve_into_the_repository(how):
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["kvsource"] == "dragsdk.kernels.reference"
+    assert out["kvsource"] == "dragsdk.kernels.oracle"
     assert out["loaded_in_repo"] == [], out
     for name, where in out["bare"].items():
         folder = str((ROOT / name).resolve()) + os.sep

@@ -2,7 +2,7 @@
 
 Written against :mod:`dragsdk.authoring` alone. On the feature grid, with the object placed by the affine map
 ``x' = c + R(angle)·s·(x − c) + d``: the edit term pulls each placed cell's feature toward its source cell's
-reference feature, ``w_edit / (1 + 4·S_local)``; the content term keeps everything outside the object and its new
+guidance feature, ``w_edit / (1 + 4·S_local)``; the content term keeps everything outside the object and its new
 place, ``w_content / (1 + 4·S)`` (DragonDiffusion arXiv 2307.02421 Eq. 4–6 with S = (cos + 1)/2). The inverted
 latent of the object is pasted at its new place before sampling and K/V are replaced by the inversion's. The
 engine applies every sampler setting (guided steps, K/V start, regional SDE on old ∪ new place, time travel) and
@@ -46,7 +46,7 @@ from dragsdk.authoring import (
 class RotateWeights(SpecModel):
     """Energy weights (those of DragonDiffusion object moving)."""
 
-    edit: float = weight_field(4.0, "pulls the placed object toward the rotated reference features")
+    edit: float = weight_field(4.0, "pulls the placed object toward the rotated guidance features")
     content: float = weight_field(6.0, "keeps features outside the object and its new place")
 
 
