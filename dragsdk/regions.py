@@ -16,11 +16,14 @@ Conventions (see :mod:`dragsdk.geometry`):
   for the matching backward maps, so a forward shift and its inverse agree even on half-cell ties.
 
 Two rule sets exist for region pairs, polygons and region + points (``rules``): ``"official"`` computes what the
-official code (Visual-AI/RegionDrag @5cf4922, ``region_utils/ui_utils.py``) computes — truncation to cells,
+official code (Visual-AI/RegionDrag @5cf4922, ``region_utils/ui_utils.py``) computes — masks on the grid as its
+8-bit ``cv2.resize`` gives them (a cell is in when its bilinear value is ≥ 0.5), truncation to cells,
 boundary-inclusive polygon fill, 1/d weights — with its bugs fixed (no NaN sources from empty handle columns, no
 off-grid or negative, wrapping sources); ``"dragsdk"`` is dragsdk's own cell-centre, round-half-up construction.
-No code was taken from the RegionDrag repository (it has no licence); the official rules were re-derived from its
-observable behaviour on identical inputs.
+No code was taken from the RegionDrag repository (it has no licence): the official rules were re-derived from
+reading it and from its behaviour on identical inputs. The OpenCV calls are re-implemented (OpenCV is not a
+run-time dependency) from the OpenCV 4.8.0 sources that the official code pins and checked against cv2 bit for bit
+(section "OpenCV primitives").
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from typing import Literal
 import kornia
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dragsdk.geometry import Canvas, Grid
 
@@ -211,6 +213,70 @@ def _require_nonempty(sm: SourceMap, what: str) -> SourceMap:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# OpenCV primitives of the official rules, re-implemented (OpenCV is not needed at run time)
+#
+# The official code builds its maps with cv2 calls (opencv-python==4.8.0.76, its requirements.txt:11). Each
+# function below computes what one of those calls computes, re-derived from the OpenCV 4.8.0 sources (paths and
+# lines are those of the opencv-python-headless 4.8.0.76 source distribution, ``opencv/modules/...``) and checked
+# bit for bit against the cv2 4.8.0.76 and 4.10.0.84 wheels (tests/test_regions.py runs the latter). OpenCV 4.11
+# changed cv2.fillPoly's rasterisation (the 4.11-4.14 and 5.x wheels cover other cells), so the reference is the
+# version the official code pins.
+
+_CV_COEF_BITS = 11  # INTER_RESIZE_COEF_BITS, imgproc/src/resize.cpp:905
+
+
+def _cv_linear_taps(n_src: int, n_dst: int, clamp: bool) -> tuple[np.ndarray, ...]:
+    """``cv2.resize`` INTER_LINEAR taps along one axis: ``(i0, i1, w0, w1)`` with integer weights summing to 2¹¹.
+
+    OpenCV 4.8 ``imgproc/src/resize.cpp``: ``scale = 1/(n_dst/n_src)`` in double (3819, 4072); per output index
+    ``d``, ``f = (float)((d + 0.5)·scale − 0.5)`` (pixel centres aligned), ``i0 = floor(f)``, ``frac = f − i0``
+    (3955-3957, 4012-4014); weights ``saturate_cast<short>((1 − frac)·2048)`` and ``saturate_cast<short>(frac·2048)``,
+    i.e. float products rounded half to even (3989-3996, 4030-4038). Along x (``clamp``) a tap left of the image
+    or on/after its last pixel becomes that border pixel with weights (2048, 0) (3966-3978); along y the weights
+    stay and the two row indices are clipped into the image (2160): border replication either way.
+    """
+    scale = 1.0 / (n_dst / n_src)
+    f = ((np.arange(n_dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    i0 = np.floor(f).astype(np.int64)
+    frac = (f - i0.astype(np.float32)).astype(np.float32)
+    if clamp:
+        low, high = i0 < 0, i0 >= n_src - 1
+        frac[low | high] = 0
+        i0 = np.where(low, 0, np.where(high, n_src - 1, i0))
+    one = np.float32(1 << _CV_COEF_BITS)
+    w0 = np.rint((np.float32(1) - frac) * one).astype(np.int64)
+    w1 = np.rint(frac * one).astype(np.int64)
+    return np.clip(i0, 0, n_src - 1), np.clip(i0 + 1, 0, n_src - 1), w0, w1
+
+
+def _cv_resize_nonzero(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(mask, size) != 0`` for a 0/1 ``uint8`` mask: OpenCV 4.8's INTER_LINEAR (the default), exactly.
+
+    ``size`` is ``(w, h)``. Horizontal pass in integers, ``S = m[i0]·w0 + m[i1]·w1`` (``HResizeLinear``,
+    resize.cpp:1827-1878). Vertical pass: the 8-bit specialisation of ``VResizeLinear`` (resize.cpp:1912-1938) and
+    its SIMD body ``VResizeLinearVec_32s8u`` (1255-1282) both compute
+    ``((b0·(S0 >> 4)) >> 16) + ((b1·(S1 >> 4)) >> 16) + 2) >> 2``, i.e. the bilinear value in 2⁻²² units with each
+    row's product truncated to 2⁻²⁰ and the sum rounded half up. The cell is nonzero iff the two truncated terms
+    add up to at least 2 (two quarters): **bilinear value ≥ 0.5**, up to those truncations. At the official grid
+    (image/8, both sides multiples of 8) every cell samples the 2×2 pixels ``8c+3 … 8c+4`` with weights exactly ½,
+    and the rule is exact: a cell is in iff at least 2 of those 4 pixels are. Equal sizes copy the mask
+    (4091-4096) and an exact 2× reduction switches to INTER_AREA (3865), whose ``(a+b+c+d+2) >> 2`` gives the same
+    cells for a 0/1 mask. IPP is not used for 8-bit linear resizing (by default, 3596-3600).
+    """
+    m = (np.asarray(mask) != 0).astype(np.int64)
+    h, w = m.shape
+    dw, dh = int(size[0]), int(size[1])
+    if (dw, dh) == (w, h):
+        return m != 0
+    x0, x1, a0, a1 = _cv_linear_taps(w, dw, clamp=True)
+    y0, y1, b0, b1 = _cv_linear_taps(h, dh, clamp=False)
+    rows = m[:, x0] * a0 + m[:, x1] * a1  # (h, dw)
+    s0, s1 = rows[y0] >> 4, rows[y1] >> 4
+    t = ((b0[:, None] * s0) >> 16) + ((b1[:, None] * s1) >> 16)
+    return ((t + 2) >> 2) != 0
+
+
+# --------------------------------------------------------------------------------------------------------------
 # translation
 
 
@@ -342,21 +408,22 @@ def region_pair_map(
 def _official_grid_mask(
     canvas: Canvas, mask: np.ndarray | torch.Tensor, grid: Grid, name: str
 ) -> torch.Tensor:
-    """``(h, w)`` bool: bilinear resampling of the image mask straight to the grid (no antialiasing, each cell
-    samples the 2×2 pixels around its centre), then ``!= 0`` — the official ``cv2.resize(mask, 1/8) != 0``
-    (``ui_utils.py:159-164``)."""
+    """``(h, w)`` bool: the official ``cv2.resize(mask, (W/8, H/8)) != 0`` of a 0/1 ``uint8`` mask (region pairs
+    ``ui_utils.py:159-164``, region + points ``ui_utils.py:425-429, 498-500``), the image mask resized straight to
+    the grid by :func:`_cv_resize_nonzero`. cv2's 8-bit bilinear resize rounds the interpolated value to an
+    integer, so a cell is in when its bilinear value is **≥ 0.5** (not > 0); at the official grid that means at
+    least 2 of the 4 pixels ``8c+3 … 8c+4`` around the cell centre. A float mask is binarised at 0.5 first."""
     m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
     w_img, h_img = canvas.image_size
     if m.ndim != 2 or tuple(m.shape) != (h_img, w_img):
         raise ValueError(f"{name}: mask must be (H, W) = {(h_img, w_img)} pixels, got {tuple(m.shape)}")
     if not bool(m.any()):
         raise ValueError(f"{name} is empty")
-    gw, gh = canvas.grid_size(grid)
-    m = (m.float() > 0.5).float() if m.is_floating_point() else (m != 0).float()
-    out = F.interpolate(m[None, None], size=(gh, gw), mode="bilinear", align_corners=False)[0, 0] > 0
-    if not bool(out.any()):
+    m = (m.float() > 0.5) if m.is_floating_point() else (m != 0)
+    out = _cv_resize_nonzero(m.cpu().numpy(), canvas.grid_size(grid))
+    if not out.any():
         raise ValueError(f"{name} covers no {grid} cell (region too thin for the grid)")
-    return out
+    return torch.from_numpy(out)
 
 
 def _region_pair_official(
@@ -364,7 +431,7 @@ def _region_pair_official(
 ) -> SourceMap:
     """The official region-pair rule (``region_pair_to_pts``, ``ui_utils.py:141-186``), in float32 as there.
 
-    Masks: :func:`_official_grid_mask`. With ``[tx0, tx1]`` / ``[sx0, sx1]`` the column ranges of the target and
+    Masks: :func:`_official_grid_mask` (bilinear value ≥ 0.5). With ``[tx0, tx1]`` / ``[sx0, sx1]`` the column ranges of the target and
     handle regions and ``[ty0(c), ty1(c)]`` / ``[sy0(c), sy1(c)]`` the row ranges in column ``c``::
 
         x' = (c − tx0)·(sx1 − sx0)/max(tx1 − tx0, 1e-4) + sx0,          c' = trunc(x')

@@ -556,3 +556,128 @@ def test_dense_points_write_every_target_cell_at_any_working_size(
             d = _as_dict(sm)
             pairs = zip(pts[0::2], pts[1::2], strict=True)
             assert d == {(t[1] // 8, t[0] // 8): (s[1] // 8, s[0] // 8) for s, t in pairs}
+
+
+# ---------------------------------------------------------------------------------------------- official rules = cv2
+# The official code (Visual-AI/RegionDrag @5cf4922) builds its maps with OpenCV (opencv-python==4.8.0.76). dragsdk
+# re-implements those calls without OpenCV; these tests compare them with the real cv2 (a test-only dependency,
+# pinned in requirements/lock.txt) on random inputs, and the whole maps with the official steps written out on cv2.
+def _cv2():
+    cv2 = pytest.importorskip("cv2")
+    version = tuple(int(v) for v in cv2.__version__.split(".")[:2])
+    if not (4, 8) <= version < (4, 11):  # 4.11 changed cv2.fillPoly's cells; the official code pins 4.8.0
+        pytest.skip(f"cv2 {cv2.__version__}: the official rasterisation is that of OpenCV 4.8-4.10")
+    return cv2
+
+
+def _blob(rng: np.random.Generator, w: int, h: int, kind: int | None = None) -> np.ndarray:
+    """A random ellipse, rectangle or rotated rectangle, ``(h, w)`` uint8 0/1."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    kind = int(rng.integers(0, 3)) if kind is None else kind
+    cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
+    if kind == 0:
+        a, b = rng.uniform(6, w / 4), rng.uniform(6, h / 4)
+        m = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+    elif kind == 1:
+        m = (abs(xx - cx) <= rng.uniform(4, w / 4)) & (abs(yy - cy) <= rng.uniform(4, h / 4))
+    else:
+        r, th = rng.uniform(8, min(w, h) / 4), rng.uniform(0, np.pi)
+        u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+        v = (yy - cy) * np.cos(th) - (xx - cx) * np.sin(th)
+        m = (abs(u) <= r) & (abs(v) <= r * rng.uniform(0.3, 1))
+    return m.astype(np.uint8)
+
+
+def _noise_mask(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """Speckle, rings (nested objects and holes) or overlapping rectangles: hard cases for contours and resizing."""
+    kind = int(rng.integers(0, 3))
+    if kind == 0:
+        return (rng.random((h, w)) < rng.uniform(0.2, 0.8)).astype(np.uint8)
+    m = np.zeros((h, w), np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for _ in range(int(rng.integers(1, 6))):
+        if kind == 1:
+            d = (yy - rng.random() * h) ** 2 + (xx - rng.random() * w) ** 2
+            r1 = rng.random() * max(w, h) / 3
+            m ^= ((d < r1**2) & (d >= (r1 * rng.uniform(0.2, 0.9)) ** 2)).astype(np.uint8)
+        else:
+            x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+            m[y0 : y0 + int(rng.integers(1, 10)), x0 : x0 + int(rng.integers(1, 10))] ^= 1
+    return m
+
+
+def _map_of(src: np.ndarray, tgt: np.ndarray, gs: tuple[int, int]) -> dict[tuple[int, int], tuple[int, int]]:
+    """``{(row, col) target: (row, col) source}`` of official ``(x, y)`` cell lists; the last pair of a target wins
+    (the official dense copy); pairs with a cell off the grid are dropped (dragsdk's fix of the official bug)."""
+    w, h = gs
+    out = {}
+    for (sx, sy), (tx, ty) in zip(
+        np.asarray(src).reshape(-1, 2).tolist(), np.asarray(tgt).reshape(-1, 2).tolist(), strict=True
+    ):
+        if 0 <= sx < w and 0 <= sy < h and 0 <= tx < w and 0 <= ty < h:
+            out[(ty, tx)] = (sy, sx)
+    return out
+
+
+def test_official_grid_mask_is_cv2_resize_rounding_at_half() -> None:
+    """Mask → grid = ``cv2.resize(uint8 0/1 mask) != 0``: the 8-bit bilinear value rounded, so a cell is in iff its
+    value is ≥ 0.5, not > 0. At the official grid (image/8) that is: ≥ 2 of the 4 pixels around the cell centre."""
+    cv2 = _cv2()
+    from dragsdk.regions import _cv_resize_nonzero, _official_grid_mask
+
+    rng = np.random.default_rng(0)
+    differs_from_any = 0
+    # random image and grid sizes: downscales by non-integer factors, exact 2× and 8×, upscales
+    for i in range(40):
+        w, h = (int(v) for v in rng.integers(1, 160, 2))
+        dw, dh = (int(v) for v in rng.integers(1, 60, 2))
+        if i % 4 == 0:
+            dw, dh = max(w // 8, 1), max(h // 8, 1)
+        elif i % 4 == 1:
+            dw, dh = max(w // 2, 1), max(h // 2, 1)
+        m = _noise_mask(rng, w, h) if i % 2 else _blob(rng, max(w, 32), max(h, 32))[:h, :w]
+        ref = cv2.resize(m, (dw, dh)) != 0
+        assert np.array_equal(_cv_resize_nonzero(m, (dw, dh)), ref), (w, h, dw, dh)
+    for _ in range(20):  # the official grid, through the map builders' mask function
+        gw, gh = (int(v) for v in rng.integers(8, 48, 2))
+        canvas = Canvas((8 * gw, 8 * gh), (8 * gw, 8 * gh))
+        m = _blob(rng, 8 * gw, 8 * gh)
+        grid = _official_grid_mask(canvas, m, "latent", "m").numpy()
+        assert np.array_equal(grid, cv2.resize(m, (gw, gh)) != 0)
+        quads = m[3::8, 3::8].astype(int) + m[4::8, 3::8] + m[3::8, 4::8] + m[4::8, 4::8]
+        assert np.array_equal(grid, quads >= 2)
+        differs_from_any += int((grid != (quads >= 1)).sum())
+    assert differs_from_any > 0  # the former "bilinear > 0" rule marked more cells
+
+
+def test_official_region_pair_maps_equal_the_official_formula() -> None:
+    """Random region pairs at the native grid: the map is the official ``region_pair_to_pts`` (ui_utils.py:141-186)
+    written out on cv2 + float32 torch, cell for cell."""
+    cv2 = _cv2()
+    rng = np.random.default_rng(4)
+    done = 0
+    while done < 25:
+        gw, gh = int(rng.integers(24, 64)), int(rng.integers(16, 48))
+        canvas = Canvas((8 * gw, 8 * gh), (8 * gw, 8 * gh))
+        handle, target = _blob(rng, 8 * gw, 8 * gh), _blob(rng, 8 * gw, 8 * gh)
+        src = torch.from_numpy(cv2.resize(handle, (gw, gh))).bool()
+        tgt = torch.from_numpy(cv2.resize(target, (gw, gh))).bool()
+        cols = torch.nonzero(src.any(0)).flatten()
+        if not bool(tgt.any()) or len(cols) != int(cols.max() - cols.min()) + 1:
+            continue  # empty, or a handle column without cells: the official NaN sources (tested above)
+        gy, gx = torch.meshgrid(torch.arange(gh).float(), torch.arange(gw).float(), indexing="ij")
+        inf = torch.tensor(float("inf"))
+        sx0, sx1 = gx[src].min(), gx[src].max()
+        tx0, tx1 = gx[tgt].min(), gx[tgt].max()
+        x = ((gx - tx0) * ((sx1 - sx0) / (tx1 - tx0).clamp(min=1e-4)) + sx0) * tgt
+        sy0 = torch.where(src, gy, inf).min(0).values[x.int()]
+        sy1 = torch.where(src, gy, -inf).max(0).values[x.int()]
+        ty0, ty1 = torch.where(tgt, gy, inf).min(0).values, torch.where(tgt, gy, -inf).max(0).values
+        y = (gy - ty0) * ((sy1 - sy0) / (ty1 - ty0).clamp(min=1e-4)) + sy0
+        ref = _map_of(
+            torch.stack([x[tgt], y[tgt]], 1).int().numpy(),
+            torch.stack([gx[tgt], gy[tgt]], 1).int().numpy(),
+            (gw, gh),
+        )
+        assert _as_dict(region_pair_map(canvas, handle, target, rules="official")) == ref
+        done += 1
