@@ -16,18 +16,19 @@ Conventions (see :mod:`dragsdk.geometry`):
   for the matching backward maps, so a forward shift and its inverse agree even on half-cell ties.
 
 Two rule sets exist for region pairs, polygons and region + points (``rules``): ``"official"`` computes what the
-official code (Visual-AI/RegionDrag @5cf4922, ``region_utils/ui_utils.py``) computes — masks on the grid as its
-8-bit ``cv2.resize`` gives them (a cell is in when its bilinear value is ≥ 0.5), truncation to cells,
-boundary-inclusive polygon fill, 1/d weights — with its bugs fixed (no NaN sources from empty handle columns, no
-off-grid or negative, wrapping sources); ``"dragsdk"`` is dragsdk's own cell-centre, round-half-up construction.
-No code was taken from the RegionDrag repository (it has no licence): the official rules were re-derived from
-reading it and from its behaviour on identical inputs. The OpenCV calls are re-implemented (OpenCV is not a
-run-time dependency) from the OpenCV 4.8.0 sources that the official code pins and checked against cv2 bit for bit
-(section "OpenCV primitives").
+official code (Visual-AI/RegionDrag @5cf4922, ``region_utils/ui_utils.py``) computes — the cells its OpenCV calls
+give (8-bit bilinear resize rounding at 0.5, ``cv2.fillPoly``, cv2's transforms), truncation to cells, 1/d
+weights — with its bugs fixed (no NaN sources from empty handle columns, no off-grid or negative, wrapping
+sources); ``"dragsdk"`` is dragsdk's own cell-centre, round-half-up construction. No code was taken from the
+RegionDrag repository (it has no licence): the official rules were re-derived from reading it and from its
+behaviour on identical inputs. The OpenCV calls are re-implemented (OpenCV is not a run-time dependency) from the
+OpenCV 4.8.0 sources that the official code pins and checked against cv2 bit for bit (section "OpenCV
+primitives").
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -223,6 +224,8 @@ def _require_nonempty(sm: SourceMap, what: str) -> SourceMap:
 # version the official code pins.
 
 _CV_COEF_BITS = 11  # INTER_RESIZE_COEF_BITS, imgproc/src/resize.cpp:905
+_CV_XY_SHIFT = 16  # XY_SHIFT, imgproc/src/drawing.cpp:46: polygon edges are 16.16 fixed point
+_FLT_EPSILON = float(np.finfo(np.float32).eps)
 
 
 def _cv_linear_taps(n_src: int, n_dst: int, clamp: bool) -> tuple[np.ndarray, ...]:
@@ -274,6 +277,250 @@ def _cv_resize_nonzero(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     s0, s1 = rows[y0] >> 4, rows[y1] >> 4
     t = ((b0[:, None] * s0) >> 16) + ((b1[:, None] * s1) >> 16)
     return ((t + 2) >> 2) != 0
+
+
+def _cv_clip_line(
+    size: tuple[int, int], p1: tuple[int, int], p2: tuple[int, int]
+) -> tuple[bool, tuple[int, int], tuple[int, int]]:
+    """``cv::clipLine(Size, Point&, Point&)`` (imgproc/src/drawing.cpp:80-149): Cohen-Sutherland on the closed
+    pixel box, each moved coordinate ``(int64)((double)Δ·slope)`` (truncated toward zero). Returns
+    ``(inside, p1, p2)``."""
+    w, h = size
+    (x1, y1), (x2, y2) = p1, p2
+    right, bottom = w - 1, h - 1
+    if w <= 0 or h <= 0:
+        return False, p1, p2
+    c1 = (x1 < 0) + (x1 > right) * 2 + (y1 < 0) * 4 + (y1 > bottom) * 8
+    c2 = (x2 < 0) + (x2 > right) * 2 + (y2 < 0) * 4 + (y2 > bottom) * 8
+    if (c1 & c2) == 0 and (c1 | c2) != 0:
+        if c1 & 12:
+            a = 0 if c1 < 8 else bottom
+            x1 += int(float(a - y1) * (x2 - x1) / (y2 - y1))
+            y1 = a
+            c1 = (x1 < 0) + (x1 > right) * 2
+        if c2 & 12:
+            a = 0 if c2 < 8 else bottom
+            x2 += int(float(a - y2) * (x2 - x1) / (y2 - y1))
+            y2 = a
+            c2 = (x2 < 0) + (x2 > right) * 2
+        if (c1 & c2) == 0 and (c1 | c2) != 0:
+            if c1:
+                a = 0 if c1 == 1 else right
+                y1 += int(float(a - x1) * (y2 - y1) / (x2 - x1))
+                x1, c1 = a, 0
+            if c2:
+                a = 0 if c2 == 1 else right
+                y2 += int(float(a - x2) * (y2 - y1) / (x2 - x1))
+                x2, c2 = a, 0
+    return (c1 | c2) == 0, (x1, y1), (x2, y2)
+
+
+def _cv_line(img: np.ndarray, p1: tuple[int, int], p2: tuple[int, int]) -> None:
+    """Set the pixels of ``cv::Line(img, p1, p2, color, 8)`` (drawing.cpp:263-297): the 8-connected
+    ``LineIterator`` (drawing.cpp:159-260, imgproc.hpp:4986-5000), endpoints clipped to the image first, walked
+    left to right; ``err = dx − 2dy``, every step advances the major axis and, when ``err < 0`` before the step,
+    the minor one."""
+    h, w = img.shape
+    if not (0 <= p1[0] < w and 0 <= p2[0] < w and 0 <= p1[1] < h and 0 <= p2[1] < h):
+        inside, p1, p2 = _cv_clip_line((w, h), p1, p2)
+        if not inside:
+            return
+    dx, dy = p2[0] - p1[0], p2[1] - p1[1]
+    if dx < 0:  # leftToRight
+        dx, dy, p1 = -dx, -dy, p2
+    step_y = -1 if dy < 0 else 1
+    dy = abs(dy)
+    vertical = dy > dx
+    if vertical:
+        dx, dy = dy, dx
+    err = dx - 2 * dy
+    x, y = p1
+    for _ in range(dx + 1):
+        img[y, x] = True
+        minor = err < 0
+        err += -2 * dy + (2 * dx if minor else 0)
+        if vertical:
+            y += step_y
+            x += 1 if minor else 0
+        else:
+            x += 1
+            y += step_y if minor else 0
+
+
+def _cv_fill_poly(vertices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.fillPoly(zeros(h, w), [vertices], 1) == 1`` for integer vertices (LINE_8, shift 0), as OpenCV 4.8-4.10.
+
+    ``size`` is ``(w, h)``; returns an ``(h, w)`` bool mask. ``CollectPolyEdges`` (drawing.cpp:1261-1336) draws
+    every edge with :func:`_cv_line` (so the outline is always in) and turns each non-horizontal edge into a 16.16
+    fixed-point edge: unclipped, it starts at ``x + ½`` with slope ``dx = ((x1 − x0)·2¹⁶) / (y1 − y0)``
+    (truncating integer division); an edge leaving the image is clipped first and starts at its clipped integer
+    ``x``. ``FillEdgeCollection`` (drawing.cpp:1350-1501, ``delta = 0`` for LINE_8) scans rows ``y0 ≤ y < y1`` of
+    every edge, pairs the active edges in x order (even-odd) and fills ``[x_l >> 16, x_r >> 16]``, i.e. from
+    ``floor`` to ``floor`` of the half-shifted crossings. ``cv2.drawContours(…, thickness=FILLED)`` fills the same
+    way (``cvDrawContours``, drawing.cpp:2589-2708).
+    """
+    w, h = int(size[0]), int(size[1])
+    img = np.zeros((h, w), dtype=bool)
+    v = [(int(a), int(b)) for a, b in np.asarray(vertices).reshape(-1, 2)]
+    if not v or w <= 0 or h <= 0:
+        return img
+    edges = []
+    pt0 = v[-1]
+    for pt1 in v:
+        _cv_line(img, pt0, pt1)
+        (x0c, y0c), (x1c, y1c) = pt0, pt1
+        fx0, fx1 = (pt0[0] << _CV_XY_SHIFT) + (1 << 15), (pt1[0] << _CV_XY_SHIFT) + (1 << 15)
+        if not (0 <= pt0[0] < w and 0 <= pt1[0] < w and 0 <= pt0[1] < h and 0 <= pt1[1] < h):
+            _, (x0c, y0c), (x1c, y1c) = _cv_clip_line((w, h), pt0, pt1)
+            if y0c != y1c:
+                fx0, fx1 = x0c << _CV_XY_SHIFT, x1c << _CV_XY_SHIFT
+            else:  # the clipped edge is horizontal: the unshifted, unclipped x and y are kept
+                fx0, fx1 = pt0[0] << _CV_XY_SHIFT, pt1[0] << _CV_XY_SHIFT
+                y0c, y1c = pt0[1], pt1[1]
+        if pt0[1] != pt1[1]:
+            num, den = fx1 - fx0, y1c - y0c
+            slope = abs(num) // abs(den) * (1 if (num >= 0) == (den > 0) else -1)  # C division truncates
+            if pt0[1] < pt1[1]:
+                edges.append((pt0[1], pt1[1], fx0 + (pt0[1] - y0c) * slope, slope))
+            else:
+                edges.append((pt1[1], pt0[1], fx1 + (pt1[1] - y1c) * slope, slope))
+        pt0 = pt1
+    if len(edges) < 2:
+        return img
+    e = np.array(edges, dtype=np.int64)  # (y0, y1, x at y0, dx)
+    x_end = e[:, 2] + (e[:, 1] - e[:, 0]) * e[:, 3]
+    x_min, x_max = min(e[:, 2].min(), x_end.min()), max(e[:, 2].max(), x_end.max())
+    if e[:, 1].max() < 0 or e[:, 0].min() >= h or x_max < 0 or x_min >= (w << _CV_XY_SHIFT):
+        return img
+    for y in range(max(int(e[:, 0].min()), 0), min(int(e[:, 1].max()), h)):
+        act = (e[:, 0] <= y) & (y < e[:, 1])
+        xs = np.sort(e[act, 2] + (y - e[act, 0]) * e[act, 3])
+        for xl, xr in zip(xs[0::2], xs[1::2], strict=False):
+            a, b = int(xl) >> _CV_XY_SHIFT, int(xr) >> _CV_XY_SHIFT
+            if a < w and b >= 0:
+                img[y, max(a, 0) : min(b, w - 1) + 1] = True
+    return img
+
+
+def _cv_lu_solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """``cv::solve(A, B, X, DECOMP_LU)`` for 6×6 and 8×8 systems (core/src/lapack.cpp:1082-1376, LU at 1298-1303): OpenCV's own
+    ``LUImpl`` in double (core/src/matrix_decomp.cpp:14-70, the LAPACK HAL declines below 100 rows,
+    core/src/hal_internal.cpp:64, 538-550): partial pivoting on the largest magnitude (first one on ties), row
+    updates ``A[j][k] += (A[j][i]·(−1/A[i][i]))·A[i][k]``, back substitution dividing by the pivot. ``None`` when
+    a pivot is below 100·DBL_EPSILON (the system is singular)."""
+    a = [list(r) for r in a]
+    b = list(b)
+    m = len(a)
+    for i in range(m):
+        k = i
+        for j in range(i + 1, m):
+            if abs(a[j][i]) > abs(a[k][i]):
+                k = j
+        if abs(a[k][i]) < 100 * 2.220446049250313e-16:
+            return None
+        if k != i:
+            a[i], a[k] = a[k], a[i]
+            b[i], b[k] = b[k], b[i]
+        d = -1.0 / a[i][i]
+        for j in range(i + 1, m):
+            alpha = a[j][i] * d
+            for c in range(i + 1, m):
+                a[j][c] += alpha * a[i][c]
+            b[j] += alpha * b[i]
+    for i in range(m - 1, -1, -1):
+        s = b[i]
+        for c in range(i + 1, m):
+            s -= a[i][c] * b[c]
+        b[i] = s / a[i][i]
+    return b
+
+
+def _cv_transform_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
+    """``cv2.getAffineTransform(src, dst)`` (3 points, 2×3) or ``cv2.getPerspectiveTransform(src, dst)`` (4 points,
+    3×3) for float32 points (imgproc/src/imgwarp.cpp:3461-3482 and 3413-3440): the 6×6 / 8×8 system of the
+    point pairs solved by :func:`_cv_lu_solve`; the perspective system's products ``−x·x'`` are float32 products
+    (imgwarp.cpp:3428-3431). ``None`` when singular."""
+    s, d = np.asarray(src, np.float32), np.asarray(dst, np.float32)
+    n = len(s)
+    a = [[0.0] * (2 * n) for _ in range(2 * n)]
+    b = [0.0] * (2 * n)
+    for i in range(n):
+        x, y = float(s[i, 0]), float(s[i, 1])
+        if n == 3:
+            a[2 * i][0:3] = a[2 * i + 1][3:6] = [x, y, 1.0]
+            b[2 * i], b[2 * i + 1] = float(d[i, 0]), float(d[i, 1])
+        else:
+            a[i][0:3] = a[i + 4][3:6] = [x, y, 1.0]
+            a[i][6], a[i][7] = float(-s[i, 0] * d[i, 0]), float(-s[i, 1] * d[i, 0])
+            a[i + 4][6], a[i + 4][7] = float(-s[i, 0] * d[i, 1]), float(-s[i, 1] * d[i, 1])
+            b[i], b[i + 4] = float(d[i, 0]), float(d[i, 1])
+    sol = _cv_lu_solve(a, b)
+    if sol is None:
+        return None
+    return np.array(sol, dtype=np.float64).reshape(2, 3) if n == 3 else np.array([*sol, 1.0]).reshape(3, 3)
+
+
+def _fma_f32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 fused multiply-add ``a·b + c``, rounded once (half to even), elementwise."""
+    a, b, c = (np.asarray(v, dtype=np.float32) for v in (a, b, c))
+    p = a.astype(np.float64) * b.astype(np.float64)  # exact (24 + 24 bits)
+    c64 = c.astype(np.float64)
+    s = p + c64
+    bv = s - p
+    err = (p - (s - bv)) + (c64 - bv)  # s + err == p + c exactly (Knuth's TwoSum)
+    r = s.astype(np.float32)
+    up = s > r.astype(np.float64)
+    other = np.nextafter(r, np.where(up, np.float32(np.inf), np.float32(-np.inf)))
+    mid = (r.astype(np.float64) + other.astype(np.float64)) / 2
+    # s rounds correctly unless it sits exactly on a float32 midpoint, where the sign of err decides
+    flip = (s == mid) & (err != 0) & ((err > 0) == up)
+    return np.where(flip, other, r)
+
+
+def _fma_f64(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float64 fused multiply-add ``a·b + c`` for float32 ``a``, rounded once: ``b`` is split into two 26-bit
+    halves (Veltkamp) so that both partial products are exact, and :func:`math.fsum` rounds their exact sum."""
+    a64, b64, c64 = np.broadcast_arrays(
+        np.asarray(a, dtype=np.float32).astype(np.float64),
+        np.asarray(b, np.float64),
+        np.asarray(c, np.float64),
+    )
+    t = b64 * 134217729.0  # 2**27 + 1
+    hi = t - (t - b64)
+    lo = b64 - hi
+    return np.array(
+        [math.fsum(v) for v in zip((a64 * hi).ravel(), (a64 * lo).ravel(), c64.ravel(), strict=True)]
+    ).reshape(b64.shape)
+
+
+def _cv_apply_transform(pts: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``cv2.transform`` (2×3 ``m``) or ``cv2.perspectiveTransform`` (3×3) of float32 points, as the x86-64 wheel
+    of 4.8.0.76 computes them on a CPU with FMA (every x86-64 CPU since 2013, measured here on AVX-512).
+
+    ``cv::transform`` (core/src/matmul.dispatch.cpp:452-529) rounds ``m`` to float32; when both off-diagonal
+    entries are ≤ FLT_EPSILON it takes ``diagtransform_`` (``x' = m₀·x + m₂``), else ``transform_``
+    (``x' = m₀·x + m₁·y + m₂``, core/src/matmul.simd.hpp:1393-1406), in float. ``perspectiveTransform_``
+    (matmul.simd.hpp:1823-1843) works in double: ``w = x·m₆ + y·m₇ + m₈``; ``(x·m₀ + y·m₁ + m₂)/w`` cast to float
+    when ``|w| > FLT_EPSILON``, else 0. These kernels are dispatched to the AVX2 / AVX-512 builds, where the
+    compiler fuses the first product into the sum: ``fma(m₀, x, m₁·y) + m₂`` (and ``fma(m₀, x, m₂)``); fused
+    is what cv2 returns (bit for bit on 1.8 M points), unfused differs in the last bit of 1 point in 6.
+    """
+    x, y = pts[:, 0].astype(np.float32), pts[:, 1].astype(np.float32)
+    if m.shape == (2, 3):
+        f = m.astype(np.float32).ravel()
+        if abs(float(f[1])) <= _FLT_EPSILON and abs(float(f[3])) <= _FLT_EPSILON:
+            return np.stack([_fma_f32(f[0], x, f[2]), _fma_f32(f[4], y, f[5])], axis=1)
+        gx = _fma_f32(f[0], x, (f[1] * y).astype(np.float32)) + f[2]
+        gy = _fma_f32(f[3], x, (f[4] * y).astype(np.float32)) + f[5]
+        return np.stack([gx, gy], axis=1).astype(np.float32)
+    k = m.astype(np.float64).ravel()
+    y64 = y.astype(np.float64)
+    w = _fma_f64(x, k[6], y64 * k[7]) + k[8]
+    ok = np.abs(w) > _FLT_EPSILON
+    inv = np.where(ok, 1.0 / np.where(ok, w, 1.0), 0.0)
+    px = ((_fma_f64(x, k[0], y64 * k[1]) + k[2]) * inv).astype(np.float32)
+    py = ((_fma_f64(x, k[3], y64 * k[4]) + k[5]) * inv).astype(np.float32)
+    return np.where(ok[:, None], np.stack([px, py], axis=1), np.float32(0))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -547,8 +794,8 @@ def polygon_map(
 ) -> SourceMap:
     """Map a target triangle / quad back onto the handle one by an affine / perspective transform.
 
-    With ``rules="official"`` the cells and sources follow :func:`_polygon_official`; validation and the transform
-    are shared. The rest of this docstring describes the ``dragsdk`` rule.
+    With ``rules="official"`` the cells and sources follow :func:`_polygon_official` (cv2.fillPoly's cells, cv2's
+    transforms); the validation is shared. The rest of this docstring describes the ``dragsdk`` rule.
 
     Vertices are image pixels, in order around the polygon, vertex ``i`` of the target corresponding to vertex
     ``i`` of the handle. In cell-index coordinates the transform ``M`` (target → source) is solved exactly:
@@ -616,81 +863,56 @@ def polygon_map(
 
 
 def fill_polygon_cells(vertices: np.ndarray, grid_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cells ``(rows, cols)`` of a polygon with integer vertices, boundary included (``cv2.fillPoly``'s coverage).
+    """Cells ``(rows, cols)``, in raster order, that the official polygon fill covers for integer vertices.
 
-    A cell ``(x, y)`` is filled when it lies in the closed polygon or on the rasterisation of an edge (for every
-    integer row of an edge the cell nearest its crossing, and for every integer column likewise, ties up).
-    An axis-aligned rectangle ``[x0, x1] × [y0, y1]`` fills ``(x1−x0+1)·(y1−y0+1)`` cells. Cells off the
-    ``(w, h)`` grid are dropped.
+    The official ``get_points_inside_polygon`` (``ui_utils.py:290-295``) fills the polygon with ``cv2.fillPoly``
+    on a mask spanning ``[0, max x] × [0, max y]`` of the vertices and lists the cells ``== 1``
+    (:func:`_cv_fill_poly`: the 8-connected outline plus the even-odd scanline fill of the half-shifted edges;
+    an axis-aligned rectangle ``[x0, x1] × [y0, y1]`` fills ``(x1−x0+1)·(y1−y0+1)`` cells). Only negative
+    coordinates are clipped there; cells off the ``(w, h)`` grid are dropped here.
 
     Args:
         vertices: ``(N, 2)`` integer ``[x, y]`` cell coordinates, in order around the polygon.
         grid_size: ``(w, h)``.
     """
-    v = np.asarray(vertices, dtype=np.int64)
+    v = np.asarray(vertices, dtype=np.int64).reshape(-1, 2)
+    cw, ch = int(v[:, 0].max()) + 1, int(v[:, 1].max()) + 1
     w, h = grid_size
-    x0, y0 = int(v[:, 0].min()), int(v[:, 1].min())
-    x1, y1 = int(v[:, 0].max()), int(v[:, 1].max())
-    ys, xs = np.mgrid[y0 : y1 + 1, x0 : x1 + 1]
-    px, py = xs.ravel().astype(np.float64), ys.ravel().astype(np.float64)
-    inside = np.zeros(px.shape, dtype=bool)
-    on_edge = np.zeros(px.shape, dtype=bool)
-    n = len(v)
-    for i in range(n):
-        ax, ay = (float(c) for c in v[i])
-        bx, by = (float(c) for c in v[(i + 1) % n])
-        cross = (bx - ax) * (py - ay) - (by - ay) * (px - ax)
-        on_edge |= (
-            (cross == 0)
-            & (np.minimum(ax, bx) <= px)
-            & (px <= np.maximum(ax, bx))
-            & (np.minimum(ay, by) <= py)
-            & (py <= np.maximum(ay, by))
-        )
-        if by != ay:
-            straddles = (ay > py) != (by > py)
-            inside ^= straddles & (px < ax + (bx - ax) * (py - ay) / (by - ay))
-        # rasterised edge: the nearest cell per integer row and per integer column it crosses
-        if by != ay:
-            ry = np.arange(min(ay, by), max(ay, by) + 1)
-            rx = np.floor(ax + (bx - ax) * (ry - ay) / (by - ay) + 0.5)
-            on_edge |= np.isin(py * 1e6 + px, ry * 1e6 + rx)
-        if bx != ax:
-            cx = np.arange(min(ax, bx), max(ax, bx) + 1)
-            cy = np.floor(ay + (by - ay) * (cx - ax) / (bx - ax) + 0.5)
-            on_edge |= np.isin(py * 1e6 + px, cy * 1e6 + cx)
-    keep = (inside | on_edge) & (px >= 0) & (px < w) & (py >= 0) & (py < h)
-    return torch.as_tensor(py[keep], dtype=torch.long), torch.as_tensor(px[keep], dtype=torch.long)
+    if cw <= 0 or ch <= 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty
+    rows, cols = np.nonzero(_cv_fill_poly(v, (cw, ch))[:h, :w])
+    return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
 
 
 def _polygon_official(canvas: Canvas, hv: np.ndarray, tv: np.ndarray, grid: Grid) -> SourceMap:
     """The official polygon rule (``transform_polygon``, ``ui_utils.py:286-305``).
 
-    Vertices scaled to the grid (``v·scale``, no half-cell offset); ``M`` = target → source affine (3 vertices)
-    or perspective (4) transform of those float vertices; the target cells are the boundary-inclusive fill of
-    the vertices truncated to integers (:func:`fill_polygon_cells`); each source is ``M(cell)`` truncated toward
-    zero. **Fixed official bug:** sources off the grid are dropped (the official code raises an IndexError for
-    sources past the right / bottom edge and wraps negative ones to the opposite edge).
+    Vertices scaled to the grid in float32 (``np.float32(v)·scale``, no half-cell offset, ``ui_utils.py:300``);
+    ``M`` = target → source ``cv2.getAffineTransform`` (3 vertices) or ``cv2.getPerspectiveTransform`` (4) of
+    those vertices (:func:`_cv_transform_matrix`, ``ui_utils.py:301``); the target cells are
+    :func:`fill_polygon_cells` of the vertices truncated to int32 (``ui_utils.py:291, 302``); each source is
+    ``cv2.transform`` / ``cv2.perspectiveTransform`` of the cell (:func:`_cv_apply_transform`, float32,
+    ``ui_utils.py:303``) truncated toward zero (``astype(np.int32)``, ``ui_utils.py:305``). **Fixed official bug:**
+    sources off the grid are dropped (the official code raises an IndexError for sources past the right / bottom
+    edge and wraps negative ones to the opposite edge); so are target cells off the grid.
     """
     gs = canvas.grid_size(grid)
-    sx, sy = canvas.scale(grid)
-    hs = torch.as_tensor(hv * [sx, sy], dtype=torch.float32).to(_F)
-    ts = torch.as_tensor(tv * [sx, sy], dtype=torch.float32).to(_F)
-    m = (
-        _affine_3pts(ts, hs)
-        if len(tv) == 3
-        else kornia.geometry.transform.get_perspective_transform(ts[None], hs[None])[0].to(_F)
+    scale = np.asarray(canvas.scale(grid), dtype=np.float32)
+    hs = hv.astype(np.float32) * scale
+    ts = tv.astype(np.float32) * scale
+    m = _cv_transform_matrix(ts, hs)
+    if m is None:
+        raise ValueError("target_vertices / handle_vertices give a singular transform")
+    tr, tc = fill_polygon_cells(ts.astype(np.int32), gs)
+    q = _cv_apply_transform(np.stack([tc.numpy(), tr.numpy()], axis=1).astype(np.float32), m).astype(
+        np.float64
     )
-    tr, tc = fill_polygon_cells(np.trunc(ts.numpy()).astype(np.int64), gs)
-    pts = torch.stack([tc.to(_F), tr.to(_F), torch.ones(len(tc), dtype=_F)])
-    q = m @ pts
-    with np.errstate(divide="ignore", invalid="ignore"):
-        qx, qy = q[0] / q[2], q[1] / q[2]
-    ok = torch.isfinite(qx) & torch.isfinite(qy)
-    qx, qy = torch.where(ok, qx, 0.0).to(torch.float32), torch.where(ok, qy, 0.0).to(torch.float32)
-    sc, sr = torch.trunc(qx).to(torch.long), torch.trunc(qy).to(torch.long)
-    ok &= _in_grid(sr, sc, gs)
-    sm = _from_pairs(tr[ok], tc[ok], sr[ok], sc[ok], gs)
+    ok = np.isfinite(q).all(axis=1) & (np.abs(q) < 2.0**31).all(axis=1)
+    q = np.trunc(np.where(ok[:, None], q, 0.0)).astype(np.int64)
+    sc, sr = torch.as_tensor(q[:, 0]), torch.as_tensor(q[:, 1])
+    keep = torch.as_tensor(ok) & _in_grid(sr, sc, gs)
+    sm = _from_pairs(tr[keep], tc[keep], sr[keep], sc[keep], gs)
     if len(sm) == 0:
         raise ValueError("target_vertices cover no grid cell with a source on the grid (polygon too small?)")
     return sm

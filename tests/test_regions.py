@@ -650,6 +650,70 @@ def test_official_grid_mask_is_cv2_resize_rounding_at_half() -> None:
     assert differs_from_any > 0  # the former "bilinear > 0" rule marked more cells
 
 
+def test_official_polygon_fill_is_cv2_fillpoly() -> None:
+    """cv2.fillPoly / drawContours(FILLED) cells of integer polygons, inside and crossing the image edges."""
+    cv2 = _cv2()
+    from dragsdk.regions import _cv_fill_poly, fill_polygon_cells
+
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        n = int(rng.integers(1, 9)) if i % 3 == 0 else int(rng.choice([3, 4]))
+        v = rng.integers(-15, 60, (n, 2)).astype(np.int32)  # convex or not, self-intersecting, off the image
+        w, h = (int(x) for x in rng.integers(5, 50, 2))
+        ref = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(ref, [v], 1)
+        assert np.array_equal(_cv_fill_poly(v, (w, h)), ref == 1), (v.tolist(), w, h)
+        drawn = np.zeros((h, w), np.uint8)
+        cv2.drawContours(drawn, [v.reshape(-1, 1, 2)], -1, color=255, thickness=cv2.FILLED)
+        assert np.array_equal(_cv_fill_poly(v, (w, h)), drawn != 0)
+        # the official polygon mask spans [0, max] of the vertices; fill_polygon_cells cuts it to the grid
+        if (v.max(0) >= 0).all():
+            canvas_ref = np.zeros((v[:, 1].max() + 1, v[:, 0].max() + 1), np.uint8)
+            cv2.fillPoly(canvas_ref, [v], 1)
+            rows, cols = fill_polygon_cells(v, (w, h))
+            ry, rx = np.nonzero(canvas_ref[:h, :w])
+            assert np.array_equal(rows.numpy(), ry) and np.array_equal(cols.numpy(), rx)
+
+
+def test_official_transforms_are_cv2() -> None:
+    """getAffineTransform / getPerspectiveTransform (bit for bit) and cv2.transform / perspectiveTransform of grid
+    points (bit for bit, as the FMA builds of cv2 compute them)."""
+    cv2 = _cv2()
+    from dragsdk.regions import _cv_apply_transform, _cv_transform_matrix
+
+    rng = np.random.default_rng(3)
+    q = np.stack(np.meshgrid(np.arange(40), np.arange(30)), -1).reshape(-1, 2).astype(np.float32)
+    probe = np.float32([[3, 7], [11, 2], [5, 13]]), np.float32([[4.125, 7.5], [12.75, 2.375], [5.5, 14.875]])
+    m = cv2.getAffineTransform(*probe)
+    f = m.astype(np.float32).ravel()
+    fused = _cv_apply_transform(q, m)
+    unfused = np.stack(
+        [(f[0] * q[:, 0] + f[1] * q[:, 1]) + f[2], (f[3] * q[:, 0] + f[4] * q[:, 1]) + f[5]], 1
+    )
+    got = cv2.transform(q[None], m)[0]
+    if np.array_equal(got, unfused) and not np.array_equal(got, fused):
+        pytest.skip(
+            "this CPU's cv2 does not fuse multiply-adds (no FMA): the official results are the unfused ones"
+        )
+    for i in range(60):
+        n = 3 if i % 2 else 4
+        d = rng.integers(0, 320, (n, 2)).astype(np.float32) * np.float32(0.125)
+        if i % 3 == 0:  # a translation: cv2.transform's diagonal path
+            s = d + (rng.integers(-80, 80, 2) * 0.125).astype(np.float32)
+        else:
+            s = (d + rng.integers(-80, 80, (n, 2)) * 0.125).astype(np.float32)
+        try:
+            ref = cv2.getAffineTransform(d, s) if n == 3 else cv2.getPerspectiveTransform(d, s)
+        except cv2.error:
+            continue
+        mine = _cv_transform_matrix(d, s)
+        if mine is None:  # singular: cv2 returns zeros (and 1 at [2, 2])
+            continue
+        assert np.array_equal(mine, ref)
+        pts = cv2.transform(q[None], ref)[0] if n == 3 else cv2.perspectiveTransform(q[None], ref)[0]
+        assert np.array_equal(_cv_apply_transform(q, ref), pts)
+
+
 def test_official_region_pair_maps_equal_the_official_formula() -> None:
     """Random region pairs at the native grid: the map is the official ``region_pair_to_pts`` (ui_utils.py:141-186)
     written out on cv2 + float32 torch, cell for cell."""
@@ -680,4 +744,38 @@ def test_official_region_pair_maps_equal_the_official_formula() -> None:
             (gw, gh),
         )
         assert _as_dict(region_pair_map(canvas, handle, target, rules="official")) == ref
+        done += 1
+
+
+def test_official_polygon_maps_equal_the_official_formula() -> None:
+    """Random triangle / quad pairs at the native grid: the map is the official ``transform_polygon``
+    (ui_utils.py:286-305) written out on cv2, cell for cell (sources off the grid dropped)."""
+    cv2 = _cv2()
+    rng = np.random.default_rng(5)
+    done = 0
+    while done < 30:
+        w, h = 8 * int(rng.integers(24, 64)), 8 * int(rng.integers(16, 48))
+        n = int(rng.choice([3, 4]))
+        c, r = rng.uniform(0.2, 0.8, 2) * [w, h], rng.uniform(10, min(w, h) / 3)
+        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        tv = np.round(c + r * np.stack([np.cos(ang), np.sin(ang)], 1)).astype(int)
+        hv = tv + rng.integers(-40, 40, 2) if done % 2 else tv + rng.integers(-20, 20, (n, 2))
+        if (np.minimum(tv, hv) < 0).any() or (np.maximum(tv, hv) >= [w, h]).any():
+            continue
+        canvas = Canvas((w, h), (w, h))
+        try:
+            sm = polygon_map(canvas, hv, tv, rules="official")
+        except (
+            ValueError
+        ) as e:  # dragsdk refuses degenerate or self-intersecting polygons (the official UI too)
+            assert "degenerate" in str(e) or "self-intersect" in str(e)
+            continue
+        hs, ts = np.float32(hv) * 0.125, np.float32(tv) * 0.125
+        m = (cv2.getAffineTransform if n == 3 else cv2.getPerspectiveTransform)(ts, hs)
+        iv = ts.astype(np.int32)
+        mask = np.zeros((iv[:, 1].max() + 1, iv[:, 0].max() + 1), np.uint8)
+        cv2.fillPoly(mask, [iv], 1)
+        cells = np.column_stack(np.nonzero(mask == 1))[:, ::-1]
+        q = (cv2.transform if n == 3 else cv2.perspectiveTransform)(cells[None].astype(np.float32), m)[0]
+        assert _as_dict(sm) == _map_of(q.astype(np.int32), cells, canvas.latent_size)
         done += 1
