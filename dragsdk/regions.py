@@ -17,13 +17,13 @@ Conventions (see :mod:`dragsdk.geometry`):
 
 Two rule sets exist for region pairs, polygons and region + points (``rules``): ``"official"`` computes what the
 official code (Visual-AI/RegionDrag @5cf4922, ``region_utils/ui_utils.py``) computes — the cells its OpenCV calls
-give (8-bit bilinear resize rounding at 0.5, ``cv2.fillPoly``, cv2's transforms), truncation to cells, 1/d
-weights — with its bugs fixed (no NaN sources from empty handle columns, no off-grid or negative, wrapping
-sources); ``"dragsdk"`` is dragsdk's own cell-centre, round-half-up construction. No code was taken from the
-RegionDrag repository (it has no licence): the official rules were re-derived from reading it and from its
-behaviour on identical inputs. The OpenCV calls are re-implemented (OpenCV is not a run-time dependency) from the
-OpenCV 4.8.0 sources that the official code pins and checked against cv2 bit for bit (section "OpenCV
-primitives").
+give (8-bit bilinear resize rounding at 0.5, ``cv2.fillPoly``, ``cv2.findContours``, cv2's transforms), truncation
+to cells, the contour warp of region + points with float16 1/d weights — with its bugs fixed (no NaN sources from
+empty handle columns, no off-grid or negative, wrapping sources); ``"dragsdk"`` is dragsdk's own cell-centre,
+round-half-up construction. No code was taken from the RegionDrag repository (it has no licence): the official
+rules were re-derived from reading it and from its behaviour on identical inputs. The OpenCV calls are
+re-implemented (OpenCV is not a run-time dependency) from the OpenCV 4.8.0 sources that the official code pins and
+checked against cv2 bit for bit (section "OpenCV primitives").
 """
 
 from __future__ import annotations
@@ -402,6 +402,86 @@ def _cv_fill_poly(vertices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return img
 
 
+# Chain codes of contours.cpp:53 (x right, y down): E, NE, N, NW, W, SW, S, SE.
+_CV_CHAIN = ((1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1))
+_CV_RIGHT_EDGE = -126  # (schar)(nbd | -128) with nbd = 2: a border pixel whose right is outside
+
+
+def _cv_follow_border(img: np.ndarray, y0: int, x0: int) -> list[tuple[int, int]]:
+    """``icvFetchContour`` (imgproc/src/contours.cpp:512-622) on an outer border starting at ``(x0, y0)`` with
+    CHAIN_APPROX_SIMPLE: the Suzuki-Abe border following of 8-connected pixels, marking visited border pixels 2
+    (or −126 where the border leaves to the right), keeping a point where the chain code changes. Returns
+    ``[(x, y), …]`` in ``img`` coordinates."""
+    s = s_end = 4
+    while True:  # first nonzero neighbour, clockwise from west
+        s = (s - 1) & 7
+        if img[y0 + _CV_CHAIN[s][1], x0 + _CV_CHAIN[s][0]] != 0 or s == s_end:
+            break
+    if s == s_end:  # a single pixel
+        img[y0, x0] = _CV_RIGHT_EDGE
+        return [(x0, y0)]
+    first = (x0 + _CV_CHAIN[s][0], y0 + _CV_CHAIN[s][1])
+    cur, prev_s, pos, out = (x0, y0), s ^ 4, (x0, y0), []
+    while True:
+        s_end = s
+        while s < 15:  # next nonzero neighbour, counter-clockwise
+            s += 1
+            nxt = (cur[0] + _CV_CHAIN[s & 7][0], cur[1] + _CV_CHAIN[s & 7][1])
+            if img[nxt[1], nxt[0]] != 0:
+                break
+        s &= 7
+        if 0 <= s - 1 < s_end:
+            img[cur[1], cur[0]] = _CV_RIGHT_EDGE
+        elif img[cur[1], cur[0]] == 1:
+            img[cur[1], cur[0]] = 2
+        if s != prev_s:
+            out.append(pos)
+            prev_s = s
+        pos = (pos[0] + _CV_CHAIN[s][0], pos[1] + _CV_CHAIN[s][1])
+        if nxt == (x0, y0) and cur == first:
+            return out
+        cur, s = nxt, (s + 4) & 7
+
+
+def _cv_external_contours(mask: np.ndarray) -> list[np.ndarray]:
+    """``cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]`` as ``(N, 2)`` int ``[x, y]`` arrays.
+
+    The mask is padded with a zero border (contours.cpp:1835) and scanned row by row (``cvFindNextContour``,
+    contours.cpp:1032-1305): a pixel 1 after a 0 starts an outer border, which is followed
+    (:func:`_cv_follow_border`) unless the last marked border pixel left of it on the row is positive, i.e. the
+    start lies inside a hole of an already traced object (RETR_EXTERNAL, contours.cpp:1133). Each new contour is
+    inserted at the head of the list (``cvInsertNodeIntoTree``, core/src/datastructs.cpp:3386-3402, called at
+    contours.cpp:479), so the contours come out in reverse order of discovery: the last found first.
+    """
+    m = np.asarray(mask) != 0
+    h, w = m.shape
+    img = np.zeros((h + 2, w + 2), dtype=np.int16)
+    img[1:-1, 1:-1] = m
+    found: list[list[tuple[int, int]]] = []
+    for y in range(1, h + 1):
+        row, prev, lnbd, x = img[y], 0, 0, 1
+        while x <= w:
+            run = np.flatnonzero(row[x : w + 1] != prev)
+            if run.size == 0:
+                break
+            x += int(run[0])
+            p = int(row[x])
+            outer = prev == 0 and p == 1
+            hole = not outer and p == 0 and prev >= 1
+            if outer and row[lnbd] <= 0:
+                found.append(_cv_follow_border(img, y, x))
+                prev = int(row[x])  # the scan resumes after the start pixel, now marked; lnbd is kept
+                x += 1
+                continue
+            if hole and prev & -2:
+                lnbd = x - 1
+            prev = p
+            if prev & -2:
+                lnbd = x
+            x += 1
+    return [np.array(c, dtype=np.int64).reshape(-1, 2) - 1 for c in reversed(found)]
+
+
 def _cv_lu_solve(a: list[list[float]], b: list[float]) -> list[float] | None:
     """``cv::solve(A, B, X, DECOMP_LU)`` for 6×6 and 8×8 systems (core/src/lapack.cpp:1082-1376, LU at 1298-1303): OpenCV's own
     ``LUImpl`` in double (core/src/matrix_decomp.cpp:14-70, the LAPACK HAL declines below 100 rows,
@@ -503,7 +583,8 @@ def _cv_apply_transform(pts: np.ndarray, m: np.ndarray) -> np.ndarray:
     (matmul.simd.hpp:1823-1843) works in double: ``w = x·m₆ + y·m₇ + m₈``; ``(x·m₀ + y·m₁ + m₂)/w`` cast to float
     when ``|w| > FLT_EPSILON``, else 0. These kernels are dispatched to the AVX2 / AVX-512 builds, where the
     compiler fuses the first product into the sum: ``fma(m₀, x, m₁·y) + m₂`` (and ``fma(m₀, x, m₂)``); fused
-    is what cv2 returns (bit for bit on 1.8 M points), unfused differs in the last bit of 1 point in 6.
+    is what cv2 returns (bit for bit on 1.8 M points); unfused, the float affine result differs in the last bit
+    for about 1 point in 6 (the double perspective one rarely), which moves a truncated source at an integer.
     """
     x, y = pts[:, 0].astype(np.float32), pts[:, 1].astype(np.float32)
     if m.shape == (2, 3):
@@ -521,6 +602,33 @@ def _cv_apply_transform(pts: np.ndarray, m: np.ndarray) -> np.ndarray:
     px = ((_fma_f64(x, k[0], y64 * k[1]) + k[2]) * inv).astype(np.float32)
     py = ((_fma_f64(x, k[3], y64 * k[4]) + k[5]) * inv).astype(np.float32)
     return np.where(ok[:, None], np.stack([px, py], axis=1), np.float32(0))
+
+
+def _idw_official(
+    points: np.ndarray, anchors: np.ndarray, moves: np.ndarray, k: int = 4, max_anchors: int = 100
+) -> np.ndarray:
+    """The official ``interpolate_points`` (``ui_utils.py:469-496``): each point moved by the inverse-distance
+    weighted moves of its ``k`` nearest anchors, in **float16** as there, rounded half to even.
+
+    Points, anchors and moves are cast to float16; with one anchor the point moves by it, truncated
+    (``ui_utils.py:478-479``); over ``max_anchors`` anchors, those at ``torch.linspace(0, n−1, max_anchors).long()``
+    are kept (481-484); distances ``torch.norm`` of the differences, ``torch.sort`` per point, the first ``k``;
+    weights ``1/(d + 1e-4)`` normalised (486-495). Returns ``(N, 2)`` int64.
+    """
+    p = torch.from_numpy(np.asarray(points, dtype=np.int32)).half()
+    a = torch.from_numpy(np.asarray(anchors, dtype=np.int32)).half()
+    mv = torch.from_numpy(np.asarray(moves, dtype=np.int32)).half()
+    if a.shape[0] < 2:
+        return (p + mv).int().numpy().astype(np.int64)
+    if a.shape[0] > max_anchors:
+        keep = torch.linspace(0, a.shape[0] - 1, steps=max_anchors).long()
+        a, mv = a[keep], mv[keep]
+    dist = torch.norm(p.unsqueeze(1) - a.unsqueeze(0), dim=-1)
+    order = torch.sort(dist, dim=1).indices[:, : min(k, a.shape[0])]
+    inv = 1 / (torch.gather(dist, 1, order) + 1e-4)
+    weight = inv / inv.sum(dim=1, keepdim=True)
+    moved = p + (weight.unsqueeze(-1) * mv[order]).sum(dim=1)
+    return moved.round().int().numpy().astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -922,11 +1030,9 @@ def _polygon_official(canvas: Canvas, hv: np.ndarray, tv: np.ndarray, grid: Grid
 # region + points
 
 
-def _idw(
-    query: torch.Tensor, anchors: torch.Tensor, values: torch.Tensor, k: int, power: int = 2
-) -> torch.Tensor:
-    """Inverse-distance weighting (Shepard 1968) over the ``k`` nearest anchors, weights ``1/distᵖ``
-    (``power`` 2; 1 in the official RegionDrag ``interpolate_points``, ``ui_utils.py:420-525``).
+def _idw(query: torch.Tensor, anchors: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse-distance weighting (Shepard 1968) over the ``k`` nearest anchors, weights ``1/dist²`` (the
+    ``dragsdk`` rule; the official one is :func:`_idw_official`).
 
     Args:
         query: ``(N, 2)`` positions; anchors: ``(M, 2)``; values: ``(M, 2)``; all float64.
@@ -939,7 +1045,7 @@ def _idw(
     d2 = torch.cdist(query, anchors).square()
     d2k, idx = torch.topk(d2, k, dim=1, largest=False)  # ascending
     vals = values[idx]  # (N, k, 2)
-    wts = 1.0 / d2k.clamp(min=1e-300) ** (power / 2)
+    wts = 1.0 / d2k.clamp(min=1e-300)
     wts = wts / wts.sum(dim=1, keepdim=True)
     out = (wts[..., None] * vals).sum(dim=1)
     exact = d2k[:, 0] <= 1e-18
@@ -958,10 +1064,10 @@ def points_map(
 ) -> SourceMap:
     """Warp a region by a few handle → target point pairs (RegionDrag's region-plus-points input).
 
-    The displacement field is inverse-distance weighted (Shepard 1968) over the ``k`` nearest handles,
-    ``d(p) = Σ wᵢ dᵢ / Σ wᵢ`` with ``wᵢ = 1/|p − hᵢ|²`` (``rules="dragsdk"``) or ``1/|p − hᵢ|`` (``"official"``,
-    ``ui_utils.py:420-525``; exact at a handle in both), ``dᵢ = tᵢ − hᵢ`` in cells (RegionDrag arXiv
-    2407.18247 §3; official ``region_to_points``: 4 nearest, at most 100 handles).
+    With ``rules="official"`` see :func:`_points_official` (the official contour warp); the rest of this docstring
+    is the ``dragsdk`` rule. The displacement field is inverse-distance weighted (Shepard 1968) over the ``k``
+    nearest handles, ``d(p) = Σ wᵢ dᵢ / Σ wᵢ`` with ``wᵢ = 1/|p − hᵢ|²`` (exact at a handle), ``dᵢ = tᵢ − hᵢ`` in
+    cells (RegionDrag arXiv 2407.18247 §3; official ``region_to_points``: 4 nearest, at most 100 handles).
 
     1. *Forward*: every region cell ``p`` goes to the cell ``round(p + d(p))``; where several land on one
        cell, the one landing nearest its centre is the source.
@@ -977,16 +1083,18 @@ def points_map(
         handles: ``(N, 2)`` handle points ``[x, y]``, image pixels.
         targets: ``(N, 2)`` target points, same ``N``.
         grid: grid of the map.
-        k: number of nearest handles in the weighting (``≥ 1``).
-        max_handles: pairs kept (evenly subsampled, deterministic) when more are given (``≥ 1``).
+        k: number of nearest handles in the weighting (``≥ 1``; official: 4).
+        max_handles: pairs kept (evenly subsampled, deterministic) when more are given (``≥ 1``); official rule:
+            the number of anchors each interpolation keeps (100), as ``interpolate_points`` does.
+        rules: ``"dragsdk"`` or ``"official"``.
 
     Returns:
         A :class:`SourceMap`.
 
     Raises:
         ValueError: a bad ``region_mask`` (shape, empty), ``handles`` / ``targets`` not ``(N, 2)`` with
-            the same ``N ≥ 1`` or non-finite, ``k`` or ``max_handles`` below 1, or a region moved entirely
-            off the grid.
+            the same ``N ≥ 1`` or non-finite, ``k`` or ``max_handles`` below 1, a region moved entirely
+            off the grid, or (official rule) no handle on a cell of the region.
     """
     if int(k) < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -998,6 +1106,8 @@ def points_map(
         raise ValueError("handles is empty")
     if len(hp) != len(tp):
         raise ValueError(f"handles has {len(hp)} points but targets has {len(tp)}")
+    if rules == "official":
+        return _points_official(canvas, region_mask, hp, tp, grid, int(k), int(max_handles))
     if len(hp) > max_handles:
         keep = np.unique(np.round(np.linspace(0, len(hp) - 1, int(max_handles))).astype(np.int64))
         hp, tp = hp[keep], tp[keep]
@@ -1013,8 +1123,7 @@ def points_map(
     # 1. forward
     sr, sc = torch.nonzero(region, as_tuple=True)
     p = torch.stack([sc, sr], dim=1).to(_F)
-    power = 1 if rules == "official" else 2
-    fwd = p + _idw(p, h_cells, disp, int(k), power)
+    fwd = p + _idw(p, h_cells, disp, int(k))
     tc, tr = _round_half_up(fwd[:, 0]), _round_half_up(fwd[:, 1])
     ok = _in_grid(tr, tc, gs)
     if not bool(ok.any()):
@@ -1035,13 +1144,71 @@ def points_map(
     cr, cc = cr[cand], cc[cand]
     if cr.numel():
         c = torch.stack([cc, cr], dim=1).to(_F)
-        back = c - _idw(c, t_cells, disp, int(k), power)
+        back = c - _idw(c, t_cells, disp, int(k))
         bc, br = _round_half_down(back[:, 0]), _round_half_down(back[:, 1])
         okb = _in_grid(br, bc, gs)
         okb[okb.clone()] = region[br[okb], bc[okb]]
         fill = _from_pairs(cr[okb], cc[okb], br[okb], bc[okb], gs)
         return fwd_map.merge(fill)
     return fwd_map
+
+
+def _points_official(
+    canvas: Canvas,
+    region_mask: np.ndarray | torch.Tensor,
+    hp: np.ndarray,
+    tp: np.ndarray,
+    grid: Grid,
+    k: int,
+    max_anchors: int,
+) -> SourceMap:
+    """The official region + points rule (``region_to_points``, ``ui_utils.py:420-525``): the region's outline is
+    moved by the points' transform, filled, and mapped back.
+
+    1. The region mask goes to the grid as for region pairs (:func:`_official_grid_mask`, ``ui_utils.py:498``);
+       handles and targets become cells by truncation, ``int(p·scale)`` (``ui_utils.py:435-437, 501-502``).
+    2. Per external contour of the gridded mask (``cv2.findContours`` RETR_EXTERNAL / CHAIN_APPROX_SIMPLE,
+       :func:`_cv_external_contours`, ``ui_utils.py:431-433, 500``, in OpenCV's order): its region is the filled
+       contour (:func:`_cv_fill_poly`, holes included, ``ui_utils.py:439-448, 508``), and the pairs used are those
+       whose handle cell lies in it (``ui_utils.py:464-467, 509``); a contour without one stays put (512-513).
+    3. With the moves ``t − h`` of those pairs, :func:`_idw_official` (1/d weights over the 4 nearest, float16)
+       moves the contour's vertices (the warped outline) and every cell of its region (``ui_utils.py:514-515``).
+    4. The target cells are the filled warped outline (``ui_utils.py:518``); each reads the source given by the
+       same interpolation run backwards, anchored at the moved region cells with the moves back to where they came
+       from (``ui_utils.py:519``). Pairs with the source or target off the grid are dropped (521, 450-462).
+
+    Contours are taken in order and a later one wins a target cell they share (the official dense copy).
+    """
+    region = _official_grid_mask(canvas, region_mask, grid, "region_mask").numpy()
+    gw, gh = canvas.grid_size(grid)
+    scale = np.asarray(canvas.scale(grid), dtype=np.float64)
+    src, dst = np.trunc(hp * scale).astype(np.int64), np.trunc(tp * scale).astype(np.int64)
+    on_grid = (src[:, 0] >= 0) & (src[:, 0] < gw) & (src[:, 1] >= 0) & (src[:, 1] < gh)
+    parts: list[np.ndarray] = []
+    for outline in _cv_external_contours(region):
+        inside = _cv_fill_poly(outline, (gw, gh))
+        use = on_grid.copy()
+        use[on_grid] = inside[src[on_grid, 1], src[on_grid, 0]]
+        if not use.any():
+            continue
+        s, move = src[use], dst[use] - src[use]
+        ry, rx = np.nonzero(inside)
+        cells = np.stack([rx, ry], axis=1)
+        moved_outline = _idw_official(outline, s, move, k, max_anchors)
+        moved_cells = _idw_official(cells, s, move, k, max_anchors)
+        ty, tx = np.nonzero(_cv_fill_poly(moved_outline, (gw, gh)))
+        targets = np.stack([tx, ty], axis=1)
+        back = _idw_official(targets, moved_cells, cells - moved_cells, k, max_anchors)
+        ok = (back[:, 0] >= 0) & (back[:, 0] < gw) & (back[:, 1] >= 0) & (back[:, 1] < gh)
+        parts.append(np.concatenate([targets[ok], back[ok]], axis=1))
+    if not parts:
+        raise ValueError(
+            f"handles: none lies on a {grid} cell of region_mask (official rule: a region moves "
+            "only with the handles inside it)"
+        )
+    pairs = torch.as_tensor(np.concatenate(parts), dtype=torch.long)
+    sm = _from_pairs(pairs[:, 1], pairs[:, 0], pairs[:, 3], pairs[:, 2], (gw, gh))
+    return _require_nonempty(sm, "targets")
 
 
 # --------------------------------------------------------------------------------------------------------------

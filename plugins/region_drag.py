@@ -8,7 +8,9 @@ its bugs fixed (:data:`PROFILES`; docs/modes/region-drag.md has the item-by-item
 
 1. Every input (region pairs, polygon pairs, a region plus a few handle → target points, or the dense point list of
    DragBench-SR/DR) becomes one dense target → source map on the latent grid (:mod:`dragsdk.regions`, official
-   rules: truncation, boundary-inclusive polygon fill, 1/d weights): each target cell gets exactly one source cell.
+   rules: the cells of the official OpenCV calls — masks resized with 8-bit rounding, ``cv2.fillPoly`` — truncated
+   sources, and for region + points the official contour warp with float16 1/d weights): each target cell gets
+   exactly one source cell.
    Several pairs are merged; a later pair wins a cell.
 2. ``z0`` = a seeded VAE posterior sample; Cycle-SDE inversion (:mod:`dragsdk.cycle_sde`, SDE-Drag arXiv
    2311.01410) of ``int(start_t·steps)`` steps on the official grid (:class:`~dragsdk.cycle_sde.RegionDragGrid`:

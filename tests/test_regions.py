@@ -675,6 +675,21 @@ def test_official_polygon_fill_is_cv2_fillpoly() -> None:
             assert np.array_equal(rows.numpy(), ry) and np.array_equal(cols.numpy(), rx)
 
 
+def test_official_contours_are_cv2_findcontours() -> None:
+    """RETR_EXTERNAL / CHAIN_APPROX_SIMPLE: same contours, same points, same order (objects in holes skipped)."""
+    cv2 = _cv2()
+    from dragsdk.regions import _cv_external_contours
+
+    rng = np.random.default_rng(2)
+    for _ in range(60):
+        w, h = (int(v) for v in rng.integers(3, 40, 2))
+        m = _noise_mask(rng, w, h)
+        ref = cv2.findContours(m.copy(), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+        mine = _cv_external_contours(m)
+        assert len(mine) == len(ref)
+        assert all(np.array_equal(a, b.reshape(-1, 2)) for a, b in zip(mine, ref, strict=True))
+
+
 def test_official_transforms_are_cv2() -> None:
     """getAffineTransform / getPerspectiveTransform (bit for bit) and cv2.transform / perspectiveTransform of grid
     points (bit for bit, as the FMA builds of cv2 compute them)."""
@@ -778,4 +793,73 @@ def test_official_polygon_maps_equal_the_official_formula() -> None:
         cells = np.column_stack(np.nonzero(mask == 1))[:, ::-1]
         q = (cv2.transform if n == 3 else cv2.perspectiveTransform)(cells[None].astype(np.float32), m)[0]
         assert _as_dict(sm) == _map_of(q.astype(np.int32), cells, canvas.latent_size)
+        done += 1
+
+
+def _official_idw(points: np.ndarray, anchors: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """The official ``interpolate_points`` (ui_utils.py:469-496) step by step: float16, 4 nearest by torch.sort,
+    weights 1/(d + 1e-4), at most 100 anchors (linspace), rounded; one anchor: shift, truncated."""
+    p, a, mv = (
+        torch.from_numpy(np.ascontiguousarray(v, dtype=np.int32)).half() for v in (points, anchors, moves)
+    )
+    if len(a) < 2:
+        return (p + mv).int().numpy()
+    if len(a) > 100:
+        pick = torch.linspace(0, len(a) - 1, steps=100).long()
+        a, mv = a[pick], mv[pick]
+    dist = torch.norm(p[:, None] - a[None], dim=-1)
+    near = torch.sort(dist, dim=1)[1][:, : min(4, len(a))]
+    inv = 1 / (dist.gather(1, near) + 1e-4)
+    wts = inv / inv.sum(1, keepdim=True)
+    step = (
+        wts[..., None] * mv[None].expand(len(p), -1, -1).gather(1, near[..., None].expand(-1, -1, 2))
+    ).sum(1)
+    return (p + step).round().int().numpy()
+
+
+def test_official_region_points_maps_equal_the_official_formula() -> None:
+    """Random regions (several objects, holes) and 1-5 point pairs at the native grid: the map is the official
+    ``region_to_points`` (ui_utils.py:420-525) written out on cv2 — the contour warped by the points, filled, mapped
+    back — cell for cell."""
+    cv2 = _cv2()
+    rng = np.random.default_rng(6)
+    done = 0
+    while done < 25:
+        w, h = 8 * int(rng.integers(24, 64)), 8 * int(rng.integers(16, 48))
+        mask = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            mask |= _blob(rng, w, h)
+        if done % 3 == 0:
+            mask &= 1 - _blob(rng, w, h, 0)
+        ys, xs = np.nonzero(mask)
+        if len(xs) < 10:
+            continue
+        picks = rng.integers(0, len(xs), int(rng.integers(1, 6)))
+        handles = np.stack([xs[picks], ys[picks]], 1)
+        targets = np.clip(handles + rng.integers(-60, 60, handles.shape), 0, [w - 1, h - 1])
+        gw, gh = w // 8, h // 8
+        small = cv2.resize(mask, (gw, gh))
+        hs, ts = (handles * 0.125).astype(np.int32), (targets * 0.125).astype(np.int32)
+        src, tgt = [], []
+        for contour in cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]:
+            region = np.zeros((gh, gw), np.uint8)
+            cv2.drawContours(region, [contour], -1, color=255, thickness=cv2.FILLED)
+            cells = np.column_stack(np.nonzero(region))[:, ::-1].astype(np.int32)
+            inside = np.array([(cells == p).all(1).any() for p in hs])
+            if not inside.any():
+                continue
+            a, mv = hs[inside], ts[inside] - hs[inside]
+            outline = _official_idw(contour[:, 0], a, mv)
+            moved = _official_idw(cells, a, mv)
+            moved_region = np.zeros((gh, gw), np.uint8)
+            cv2.drawContours(moved_region, [outline[:, None]], -1, color=255, thickness=cv2.FILLED)
+            target_cells = np.column_stack(np.nonzero(moved_region))[:, ::-1].astype(np.int32)
+            src.append(_official_idw(target_cells, moved, cells - moved))
+            tgt.append(target_cells)
+        if not src:
+            with pytest.raises(ValueError, match="none lies on a latent cell"):
+                points_map(Canvas((w, h), (w, h)), mask, handles, targets, rules="official")
+            continue
+        sm = points_map(Canvas((w, h), (w, h)), mask, handles, targets, rules="official")
+        assert _as_dict(sm) == _map_of(np.concatenate(src), np.concatenate(tgt), (gw, gh))
         done += 1
