@@ -61,12 +61,12 @@ class RotateSpec(EditSpec):
     guidance_step: float = guidance_step_field(0.08)
 
 
-class RotateMode(EditMode):
+class RotateMode(EditMode[RotateSpec]):
     name = "rotate"
     spec_model = RotateSpec
     description = "rotate an object about its centre, energy-guided (example plugin)"
 
-    def plan(self, spec: RotateSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
+    def plan(self, spec: RotateSpec, ctx: PlanContext) -> EditPlan:
         canvas, obj = ctx.canvas, ctx.mask(spec.mask, "mask")
         a, d = affine(spec.scale, spec.angle), (spec.dx, spec.dy)
         fmap = affine_map(canvas, obj, a, d, "feature", field="angle")
