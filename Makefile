@@ -74,6 +74,7 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) $(LATEST) $(OLDEST) .venv-lock out .pytest_cache site

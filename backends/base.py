@@ -2,7 +2,10 @@
 
 Everything a backend author imports is here (``__all__``): :class:`Backend`, :class:`Capabilities`,
 :class:`KVSource`, :func:`join_sources` and the ``hookimpl`` marker of ``dragsdk_register_backends``
-(``docs/backends.md``; a worked example is ``examples/dragsdk-bf16-backend``).
+(``docs/backends.md``; a worked example is ``examples/dragsdk-bf16-backend``); for a backend that replaces more than
+the attention (the ONNX backend runs the whole UNet in another runtime): ``BackendUnavailableError`` (why it cannot
+run an edit), ``ProcessorBase`` / ``split_heads`` (the attention-processor base and its head split) and
+``WeightsFingerprint`` (a key of the model's weights, to rebuild what was exported when they change).
 
 A backend declares :class:`Capabilities` and says *why* it cannot run when it cannot (a missing package, no
 CUDA device). Selection (``backend="auto"``) only considers backends whose capabilities cover the edit.
@@ -17,11 +20,27 @@ from typing import Any
 
 import torch
 
+from dragsdk.attention import ProcessorBase, split_heads
+from dragsdk.cache import WeightsFingerprint
+from dragsdk.errors import BackendUnavailableError
 from dragsdk.families import FAMILIES
 from dragsdk.hookspecs import hookimpl
 from dragsdk.kernels.oracle import KVSource
 
-__all__ = ["KV_MODES", "PRECISIONS", "Backend", "Capabilities", "KVSource", "hookimpl", "join_sources"]
+__all__ = [
+    "KV_MODES",
+    "PRECISIONS",
+    "Backend",
+    "BackendNeeds",
+    "BackendUnavailableError",
+    "Capabilities",
+    "KVSource",
+    "ProcessorBase",
+    "WeightsFingerprint",
+    "hookimpl",
+    "join_sources",
+    "split_heads",
+]
 
 KV_MODES = ("plain", "concat", "replace", "composite")
 PRECISIONS = ("native", "reduced")
@@ -132,6 +151,41 @@ class Capabilities:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class BackendNeeds:
+    """What one edit needs of a backend: the one argument :func:`dragsdk.backends.select.select_backend` takes
+    besides the registry's backends and the request.
+
+    Attributes:
+        device: ``cpu`` or ``cuda``; dtype: ``float32``, ``float16`` or ``bfloat16`` (the model's).
+        gradients: the edit takes energy guidance (backward passes through the attention).
+        kv_modes: the K/V injection modes of the plan (``concat``, ``replace``, ``composite``).
+        family: the model family (``sd1``, ``sd2``, ``sdxl``, …), or None to skip that check.
+        image_prompt: the edit uses an IP-Adapter image prompt.
+        model: the model key of the capability table (``model_key``); working_size: ``(w, h)`` pixels, or None (no
+            table lookup).
+        allow_reduced: a float32 edit may run on a backend computing in reduced precision.
+    """
+
+    device: str
+    dtype: str
+    gradients: bool = False
+    kv_modes: tuple[str, ...] = ()
+    family: str | None = None
+    image_prompt: bool = False
+    model: str = ""
+    working_size: tuple[int, int] | None = None
+    allow_reduced: bool = False
+
+    def describe(self) -> str:
+        """The needs in words, for reasons and errors."""
+        return (
+            (f"family={self.family}, " if self.family is not None else "")
+            + f"device={self.device}, dtype={self.dtype}, gradients={self.gradients}, kv_modes={list(self.kv_modes)}"
+            + (", image_prompt=True" if self.image_prompt else "")
+        )
 
 
 class Backend(ABC):

@@ -20,10 +20,7 @@ from typing import Any
 
 import torch
 
-from dragsdk.hookspecs import hookimpl
-from dragsdk.kernels.oracle import KVSource
-
-from .base import Backend, Capabilities
+from .base import Backend, Capabilities, KVSource, hookimpl
 from .eager import sdpa_over_sources
 
 _REGIONS = ("BasicTransformerBlock", "ResnetBlock2D")

@@ -8,10 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from dragsdk.hookspecs import hookimpl
-from dragsdk.kernels.oracle import KVSource
-
-from .base import Backend, Capabilities, join_sources
+from .base import Backend, Capabilities, KVSource, hookimpl, join_sources
 
 
 def sdpa_over_sources(

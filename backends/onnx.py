@@ -55,13 +55,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dragsdk.attention import ProcessorBase, split_heads
-from dragsdk.cache import WeightsFingerprint
-from dragsdk.errors import BackendUnavailableError
-from dragsdk.hookspecs import hookimpl
-from dragsdk.kernels.oracle import KVSource
-
-from .base import Backend, Capabilities
+from .base import (
+    Backend,
+    BackendUnavailableError,
+    Capabilities,
+    KVSource,
+    ProcessorBase,
+    WeightsFingerprint,
+    hookimpl,
+    split_heads,
+)
 from .eager import sdpa_over_sources
 
 __all__ = ["GRAPH_FORMAT", "OnnxBackend", "OrtUNet", "UNetKVGraph", "onnx_cache_dir"]

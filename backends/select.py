@@ -1,6 +1,6 @@
 """Choosing a backend for an edit, from measurements when there are some.
 
-``dragsdk backends --bench`` (:func:`bench_backends`) runs two small edits per available backend at the current
+``dragsdk backends --bench`` (:func:`dragsdk.backend_bench.bench_backends`) runs two small edits per available backend at the current
 model and resolution: a ``drag`` edit (energy guidance, gradients, ``concat`` K/V) and a ``region-drag`` edit (no
 gradient, ``replace`` K/V), and stores the sampling seconds per step of each in a table in the user cache directory
 (with the device, the versions and the time of measurement). ``backend="auto"`` then takes, among the backends that
@@ -15,15 +15,15 @@ import hashlib
 import json
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dragsdk.errors import BackendUnavailableError
+
+from .base import BackendNeeds
 
 FALLBACK_ORDER = ("triton", "xformers", "eager", "compile", "onnx")
 """The built-ins' order when nothing is measured (their ``priority``: 40, 30, 20, 10, 0). ``compile`` comes after
@@ -115,85 +115,62 @@ def _order(backends: dict[str, Any]) -> list[str]:
     return sorted(backends, key=lambda n: (-int(getattr(backends[n], "priority", 0)), n))
 
 
-def _covering(
-    backends: dict[str, Any],
-    device: str,
-    dtype: str,
-    gradients: bool,
-    kv_modes: Sequence[str],
-    allow_reduced: bool = False,
-    family: str | None = None,
-    image_prompt: bool = False,
-):
-    out, refusals = [], []
-    for name in _order(backends):
-        b = backends[name]
-        ok, why = availability(b)
-        if ok:
-            ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes, family, image_prompt)
-        if ok and dtype == "float32" and b.capabilities.precision == "reduced" and not allow_reduced:
-            ok, why = (
-                False,
-                "computes in reduced precision; a float32 edit uses it only when asked "
-                "(Editor(allow_reduced_precision=True) or the backend named)",
-            )
-        (out if ok else refusals).append(name if ok else f"{name} ({why})")
-    return out, refusals
+def refusal(backend: Any, needs: BackendNeeds, named: bool = False) -> tuple[str, str] | None:
+    """Why ``backend`` cannot run an edit with ``needs``, as ``(what, why)``: ``cannot run here`` (a missing package,
+    no device), ``does not cover this edit`` (its capabilities, or a float32 edit it would compute in reduced
+    precision without leave); None when it can. The one place a backend is refused, by name (``named``: reduced
+    precision is then allowed, the user asked for that backend) or by ``auto``."""
+    ok, why = availability(backend)
+    if not ok:
+        return "cannot run here", why
+    ok, why = backend.capabilities.covers(
+        needs.device, needs.dtype, needs.gradients, needs.kv_modes, needs.family, needs.image_prompt
+    )
+    if not ok:
+        return "does not cover this edit", why
+    reduced = needs.dtype == "float32" and backend.capabilities.precision == "reduced"
+    if reduced and not (needs.allow_reduced or named):
+        return "does not cover this edit", (
+            "computes in reduced precision; a float32 edit uses it only when asked "
+            "(Editor(allow_reduced_precision=True) or the backend named)"
+        )
+    return None
 
 
-def select_backend(
-    backends: dict[str, Any],
-    request: str,
-    device: str,
-    dtype: str,
-    gradients: bool,
-    kv_modes: Sequence[str],
-    model: str = "",
-    working_size: Sequence[int] | None = None,
-    allow_reduced: bool = False,
-    family: str | None = None,
-    image_prompt: bool = False,
-) -> tuple[Any, str]:
-    """Return ``(backend, reason)``.
+def select_backend(backends: Mapping[str, Any], request: str, needs: BackendNeeds) -> tuple[Any, str]:
+    """Return ``(backend, reason)`` for an edit with ``needs``.
 
-    ``auto`` takes, among the backends that can run here and cover the edit (``family``, the model's, when given:
-    a backend whose ``Capabilities.families`` leave it out is skipped; and, for a float32 edit, compute in
-    native precision unless ``allow_reduced``; with ``image_prompt``, compute the IP-Adapter term), the fastest in the measured table entry for this device, model
-    (:func:`model_key`), working size and dtype; with none measured, the first by ``priority``. The reason names the
-    entry that decided (its key and when it was measured).
+    ``auto`` takes, among the backends that can run here and cover the needs (:func:`refusal`), the fastest in the
+    measured table entry for this device, model (:func:`model_key`), working size and dtype; with none measured, the
+    first by ``priority``. The reason names the entry that decided (its key and when it was measured).
 
     Raises:
         BackendUnavailableError: the requested backend is unknown, cannot run here or does not cover the edit;
             with ``auto``, when no backend does (each refusal is listed).
     """
-    needs = (
-        (f"family={family}, " if family is not None else "")
-        + (f"device={device}, dtype={dtype}, gradients={gradients}, kv_modes={list(kv_modes)}")
-        + (", image_prompt=True" if image_prompt else "")
-    )
+    described = needs.describe()
     if request != "auto":
         if request not in backends:
             raise BackendUnavailableError(
                 f"backend {request!r} is not registered; registered: {sorted(backends)}"
             )
-        b = backends[request]
-        ok, why = availability(b)
-        if not ok:
-            raise BackendUnavailableError(f"backend {request!r} cannot run here: {why}")
-        ok, why = b.capabilities.covers(device, dtype, gradients, kv_modes, family, image_prompt)
-        if not ok:
-            raise BackendUnavailableError(f"backend {request!r} does not cover this edit: {why}")
-        return b, f"requested by name; covers {needs}"
-    candidates, refusals = _covering(
-        backends, device, dtype, gradients, kv_modes, allow_reduced, family, image_prompt
-    )
+        refused = refusal(backends[request], needs, named=True)
+        if refused is not None:
+            raise BackendUnavailableError(f"backend {request!r} {refused[0]}: {refused[1]}")
+        return backends[request], f"requested by name; covers {described}"
+    candidates, refusals = [], []
+    for name in _order(backends):
+        refused = refusal(backends[name], needs)
+        (candidates if refused is None else refusals).append(
+            name if refused is None else f"{name} ({refused[1]})"
+        )
     if not candidates:
-        raise BackendUnavailableError(f"no backend covers {needs}: " + "; ".join(refusals))
+        raise BackendUnavailableError(f"no backend covers {described}: " + "; ".join(refusals))
     skipped = f"; cannot: {'; '.join(refusals)}" if refusals else ""
-    if working_size is not None:
-        key = table_key(device, model, working_size, dtype)
+    if needs.working_size is not None:
+        key = table_key(needs.device, needs.model, needs.working_size, needs.dtype)
         entry = load_table().get(key)
-        metric = "drag_step_s" if gradients else "region_step_s"
+        metric = "drag_step_s" if needs.gradients else "region_step_s"
         if isinstance(entry, dict) and isinstance(entry.get("results"), dict):
             timed = {
                 n: r[metric]
@@ -207,103 +184,19 @@ def select_backend(
                 )
                 return backends[best], (
                     f"auto: fastest measured (median {metric}: {others}) in the table entry {key!r} measured "
-                    f"{entry.get('measured_at', '?')}; covers {needs}{skipped}"
+                    f"{entry.get('measured_at', '?')}; covers {described}{skipped}"
                 )
     return backends[candidates[0]], (
-        f"auto: nothing measured for this device/model/size, first by priority {_order(backends)} "
-        f"that covers {needs}{skipped}"
+        f"auto: nothing measured for this device/model/size, first by priority {_order(dict(backends))} "
+        f"that covers {described}{skipped}"
     )
 
 
-def bench_backends(
-    model: Any,
-    resolution: int = 512,
-    steps: int = 4,
-    names: Sequence[str] | None = None,
-    registry: Any = None,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
-    store: bool = True,
-    repeats: int = 3,
-) -> dict[str, Any]:
-    """Time every available backend (or only ``names``) at this model and resolution and store the table.
+def __getattr__(name: str) -> Any:
+    """``bench_backends``: kept importable from here; it lives in :mod:`dragsdk.backend_bench` (it runs edits, so it
+    sits above the Editor that this module serves)."""
+    if name == "bench_backends":
+        import importlib
 
-    Each backend runs a ``drag`` and a ``region-drag`` edit of a synthetic image once untimed (warm-up such as
-    compilation), then ``repeats`` times; the median sampling seconds per step is recorded (``drag_step_s``,
-    ``region_step_s``) with the spread ``[min, max]`` (``*_spread_s``). With ``names`` the rows are merged into the
-    stored entry (other backends' rows stay); without, the entry is replaced.
-
-    Returns:
-        the stored entry: ``{"device", "model", "family", "working_size", "dtype", "versions", "measured_at",
-        "results"}``.
-    """
-    import numpy as np
-    from PIL import Image
-
-    from dragsdk.editor import Editor
-    from dragsdk.geometry import Canvas
-    from dragsdk.registry import get_registry
-
-    reg = registry or get_registry()
-    rng = np.random.default_rng(0)
-    image = Image.fromarray((rng.random((resolution, resolution, 3)) * 255).astype(np.uint8))
-    canvas = Canvas.fit(image.size, resolution)
-    s = {"steps": steps, "resolution": resolution}
-    r = resolution
-    drag = {"mode": "drag", "points": [[[r * 0.4, r * 0.5], [r * 0.55, r * 0.5]]], "sampler": s}
-    m = np.zeros((r, r), np.uint8)
-    m[r // 4 : r // 2, r // 4 : r // 2] = 255
-    from dragsdk.io import mask_to_data_url
-
-    mask = mask_to_data_url(m)
-    region = {
-        "mode": "region-drag",
-        "regions": [{"handle": mask, "target": mask_to_data_url(np.roll(m, r // 8, 1))}],
-        "sampler": {"steps": max(steps, 4), "resolution": resolution},
-    }
-    dev, dtype = model.device.type, str(model.dtype).removeprefix("torch.")
-    family = model_family(model)
-    results: dict[str, Any] = {}
-    for name, backend in reg.backends.items():
-        if names and name not in names:
-            continue
-        ok, why = availability(backend)
-        if ok and family not in backend.capabilities.families:
-            ok, why = False, f"model family {family!r} not in {backend.capabilities.families}"
-        row: dict[str, Any] = {"backend": name, "available": ok, "reason": why}
-        if ok:
-            editor = Editor(model, backend=name, registry=reg)
-            for label, spec in (("drag_step_s", drag), ("region_step_s", region)):
-                if spec["mode"] not in reg.modes:
-                    continue
-                try:
-                    editor.edit(image, spec)
-                    per_step = []
-                    for _ in range(max(1, repeats)):
-                        rep = editor.edit(image, spec).report
-                        n_steps = max(
-                            1, rep.unet_evaluations["forward"] - (0 if rep.inversion_reused else rep.steps)
-                        )
-                        per_step.append(rep.phase_seconds["sample"] / n_steps)
-                    row[label] = statistics.median(per_step)
-                    row[label.removesuffix("_s") + "_spread_s"] = [min(per_step), max(per_step)]
-                    row["repeats"] = len(per_step)
-                except BackendUnavailableError as e:
-                    row[label] = None
-                    row.setdefault("notes", []).append(f"{label}: {e}")
-        results[name] = row
-        if on_row:
-            on_row(row)
-    entry = {
-        "device": device_name(dev),
-        "model": model_key(model),
-        "model_name": model.name,
-        "family": family,
-        "working_size": list(canvas.size),
-        "dtype": dtype,
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "results": results,
-    }
-    if store:
-        save_entry(table_key(dev, model_key(model), canvas.size, dtype), entry, merge=bool(names))
-    return entry
+        return importlib.import_module("dragsdk.backend_bench").bench_backends
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,10 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dragsdk.hookspecs import hookimpl
-from dragsdk.kernels.oracle import KVSource
-
-from .base import Backend, Capabilities
+from .base import Backend, Capabilities, KVSource, hookimpl
 
 
 class TritonBackend(Backend):

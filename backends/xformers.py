@@ -10,10 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dragsdk.hookspecs import hookimpl
-from dragsdk.kernels.oracle import KVSource
-
-from .base import Backend, Capabilities, join_sources
+from .base import Backend, Capabilities, KVSource, hookimpl, join_sources
 
 
 class XformersBackend(Backend):

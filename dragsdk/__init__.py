@@ -34,8 +34,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Editor": "dragsdk.editor",
-    "EditResult": "dragsdk.editor",
-    "DragSpec": "dragsdk.spec",
+    "EditResult": "dragsdk.result",
+    "DragSpec": "dragsdk.plugins.drag",
     "EditSpec": "dragsdk.spec",
     "PointPair": "dragsdk.spec",
     "SamplerSettings": "dragsdk.spec",

@@ -19,13 +19,12 @@ Conventions, the same in every function here:
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from PIL import Image
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
-from .attention import KVInjection
+from .attention import KVInjection, token_mask
 from .energy import (
     Cells,
     correspondence_energy,
@@ -36,42 +35,48 @@ from .energy import (
     similarity,
 )
 from .errors import SpecError
+from .fidelity import ALL_IMPROVEMENTS, OFFICIAL, Fidelity, ProfileTable, option
 from .geometry import Canvas, Grid
 from .hookspecs import hookimpl
+from .image_prompt import ImagePromptPlan
 from .io import load_mask as _load_mask
 from .io import mask_to_data_url
 from .modes import EditMode, PlanContext
-from .objects import affine, affine_map, centroid, place_image, placement_map
-from .plan import EditPlan, EnergyTerm, Features, KVPlan, LatentPaste
+from .objects import (
+    affine,
+    affine_map,
+    centroid,
+    official_placement_map,
+    official_scale_about_centre,
+    place_image,
+    placement_map,
+    shift_cells,
+)
+from .plan import EditPlan, EnergyTerm, Features, HandleNoise, KVPlan, LatentPaste, Reference, StepPaste
 from .regions import SourceMap
+from .safe_pickle import restricted_load
+from .samples import load_sample
 from .spec import (
+    DIFFEDITOR_PROFILES,
     ENERGY_UNIT,
+    MAX_POINT_PAIRS,
+    REFERENCE_PROFILES,
     Coordinate,
+    DiffEditorOptions,
     EditSpec,
+    MaskInput,
+    MaskRef,
     Point,
     PointPair,
+    ReferenceOptions,
+    SamplerSettings,
     SpecModel,
     displacement_field,
     energy_scale_field,
     guidance_step_field,
+    list_cap,
     weight_field,
 )
-
-MaskInput = str | np.ndarray | Image.Image
-"""What a mask may be given as: a PNG path, a ``data:image/png;base64,...`` URL, a PIL image or an ``(H, W)``
-array (nonzero, or > 0.5 for floats, = inside)."""
-
-
-def _to_mask_ref(value: Any) -> Any:
-    if isinstance(value, Image.Image | np.ndarray):
-        return mask_to_data_url(value)
-    return value
-
-
-MaskRef = Annotated[str, BeforeValidator(_to_mask_ref)]
-"""A spec field type for a mask: accepts any :data:`MaskInput` and stores a path or a data URL (so the spec stays
-JSON). Use as ``mask: MaskRef`` or ``mask: MaskRef | None = mask_field(...)``; read it with :func:`load_mask` or
-``ctx.mask(spec.mask, "mask")`` (which also checks the image size)."""
 
 
 def mask_field(description: str, required: bool = False) -> Any:
@@ -127,27 +132,41 @@ def latent_paste(smap: SourceMap, bank: int = 0) -> LatentPaste:
 
 
 __all__ = [
-    "ENERGY_UNIT",
+    "ALL_IMPROVEMENTS",
     "Canvas",
     "Cells",
     "Coordinate",
+    "DIFFEDITOR_PROFILES",
+    "DiffEditorOptions",
+    "ENERGY_UNIT",
     "EditMode",
     "EditPlan",
     "EditSpec",
     "EnergyTerm",
     "Features",
+    "Fidelity",
     "Grid",
+    "HandleNoise",
+    "ImagePromptPlan",
     "KVInjection",
     "KVPlan",
     "LatentPaste",
+    "MAX_POINT_PAIRS",
     "MaskInput",
     "MaskRef",
+    "OFFICIAL",
     "PlanContext",
     "Point",
     "PointPair",
+    "ProfileTable",
+    "REFERENCE_PROFILES",
+    "Reference",
+    "ReferenceOptions",
+    "SamplerSettings",
     "SourceMap",
     "SpecError",
     "SpecModel",
+    "StepPaste",
     "affine",
     "affine_map",
     "centroid",
@@ -158,14 +177,22 @@ __all__ = [
     "guidance_step_field",
     "hookimpl",
     "latent_paste",
+    "list_cap",
     "load_mask",
+    "load_sample",
     "local_similarity",
     "mask_field",
     "mask_to_data_url",
+    "official_placement_map",
+    "official_scale_about_centre",
+    "option",
     "place_image",
     "placement_map",
     "pooled_similarity",
     "region_similarity",
+    "restricted_load",
+    "shift_cells",
     "similarity",
+    "token_mask",
     "weight_field",
 ]

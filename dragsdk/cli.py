@@ -136,7 +136,7 @@ def _plan_before_loading(spec_obj: dict[str, Any], image: Any, model_name: str) 
     from .geometry import Canvas
     from .models import peek_default_resolution
     from .modes import PlanContext, build_plan
-    from .spec import spec_from_json
+    from .specfile import spec_from_json
 
     registry = _registry()
     spec = spec_from_json(dict(spec_obj), registry.spec_models())
@@ -412,7 +412,8 @@ def backends(
     """List backends, whether each can run here and why not; with --bench, measure them for `auto`."""
     reg = _registry()
     if bench:
-        from dragsdk.backends.select import bench_backends, table_path
+        from dragsdk.backend_bench import bench_backends
+        from dragsdk.backends.select import table_path
 
         # timing only: no output is an edit, so no random-weights warning
         editor = _load_editor(model, registry=reg, single_file_config=model_config)

@@ -7,8 +7,6 @@ import os
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +31,7 @@ from .features import FeatureTap
 from .geometry import Canvas
 from .image_prompt import host_adapter_detached
 from .inversion import Trajectory
-from .io import check_outputs, load_image, save_image_atomic, write_text_atomic
+from .io import load_image
 from .models import (
     ModelBundle,
     bundle_from_pipe,
@@ -46,56 +44,10 @@ from .models import (
 from .plan import EditPlan
 from .progress import StepHook
 from .registry import Registry, get_registry
-from .report import EditReport
+from .result import EditResult
 from .session import EditOptions, EditRun
-from .spec import EditSpec, spec_from_json
-
-
-@dataclass
-class EditResult:
-    """An edit's output.
-
-    Attributes:
-        image: the edited image at the input's size.
-        latent: the final latent ``(1, 4, h, w)``.
-        report: timings, UNet evaluations, energies, memory, backend.
-        spec: the spec that was run (with the overrides of :meth:`Editor.edit` applied).
-        plan: the mode's plan (masks and terms), for inspection.
-        images: the image in the ``output_type`` of :meth:`Editor.edit`, batch first as diffusers pipelines return
-            it: ``pil`` a one-element list of PIL images; ``np`` ``(1, H, W, 3)`` float32 in [0, 1]; ``pt``
-            ``(1, 3, H, W)`` float32 in [0, 1]. Arrays are made from ``image`` (8-bit after compositing), so all
-            three hold the same pixels.
-    """
-
-    image: Image.Image
-    latent: torch.Tensor
-    report: EditReport
-    spec: EditSpec
-    plan: EditPlan
-    images: list[Image.Image] | np.ndarray | torch.Tensor = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.images, list) and not self.images:
-            self.images = [self.image]
-
-    def save(
-        self,
-        path: str | os.PathLike[str],
-        report: str | os.PathLike[str] | None = None,
-        protect: tuple[Path, ...] = (),
-    ) -> None:
-        """Write the image (and the report JSON) atomically, never over a protected input.
-
-        Both destinations are checked before either is written (:func:`dragsdk.io.check_outputs`).
-
-        Raises:
-            SpecError: (``out`` / ``report``) a protected input, a folder, or the same file for both.
-            OutputError: a file could not be written (nothing partial is left).
-        """
-        check_outputs({"out": path, "report": report}, protect)
-        save_image_atomic(self.image, path, protect)
-        if report is not None:
-            write_text_atomic(self.report.model_dump_json(indent=2), report, protect, field="report")
+from .spec import EditSpec
+from .specfile import spec_from_json
 
 
 class Editor:
@@ -388,21 +340,21 @@ class Editor:
 
     def select_backend(self, plan: EditPlan, working_size: tuple[int, int] | None = None) -> tuple[Any, str]:
         """The backend for a plan and why it was chosen (measured table first, then the fallback order)."""
+        from dragsdk.backends.base import BackendNeeds
         from dragsdk.backends.select import model_family, model_key, select_backend
 
-        return select_backend(
-            self.registry.backends,
-            self.backend_request,
-            self.model.device.type,
-            str(self.model.dtype).removeprefix("torch."),
-            plan.needs_gradients,
-            plan.kv_modes(),
+        needs = BackendNeeds(
+            device=self.model.device.type,
+            dtype=str(self.model.dtype).removeprefix("torch."),
+            gradients=plan.needs_gradients,
+            kv_modes=tuple(plan.kv_modes()),
+            family=model_family(self.model),
+            image_prompt=plan.image_prompt is not None and self.ip_adapter is not None,
             model=model_key(self.model),
             working_size=working_size,
             allow_reduced=self.allow_reduced_precision,
-            family=model_family(self.model),
-            image_prompt=plan.image_prompt is not None and self.ip_adapter is not None,
         )
+        return select_backend(self.registry.backends, self.backend_request, needs)
 
     # -- pieces --------------------------------------------------------------------------------------------
     def _prompt(self, prompt: str, negative: bool = False, weights: str | None = None) -> torch.Tensor:

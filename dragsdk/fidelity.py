@@ -180,7 +180,7 @@ class ProfileTable(Generic[OptionsT]):
         """The type of a spec's ``profile`` field: ``"official"``, ``"dragsdk"``, or (when the table names
         improvements) a list of them; the JSON Schema shows the names as an enum."""
         if not self.improvements:
-            return Literal[OFFICIAL, ALL_IMPROVEMENTS]  # type: ignore[valid-type]
+            return Literal[OFFICIAL, ALL_IMPROVEMENTS]
         names = tuple(self._by_improvement)  # former names (aliases) too: old specs stay valid
         return Literal[OFFICIAL, ALL_IMPROVEMENTS] | list[Literal[names]]  # type: ignore[valid-type]
 

@@ -35,7 +35,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import OutputError, SpecError
-from .safe_pickle import restricted_load
 
 __all__ = [
     "MASK_THRESHOLD",
@@ -48,7 +47,6 @@ __all__ = [
     "max_sample_bytes",
     "read_capped",
     "read_json",
-    "restricted_load",
     "save_image_atomic",
     "size_note",
     "to_uint8",
@@ -719,3 +717,13 @@ def write_text_atomic(
 ) -> Path:
     """Write UTF-8 text atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), protect, field)
+
+
+def __getattr__(name: str) -> Any:
+    """``dragsdk.io.restricted_load``: kept for old imports; it lives in :mod:`dragsdk.safe_pickle` (which reads
+    through this module, so this module never imports it at import time)."""
+    if name == "restricted_load":
+        import importlib
+
+        return importlib.import_module("dragsdk.safe_pickle").restricted_load
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

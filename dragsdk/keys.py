@@ -107,10 +107,8 @@ def image_key(img: Image.Image) -> str:
 
 def recorded_steps(plan: EditPlan) -> tuple[set[int], set[int]]:
     """The sampling steps whose K/V and whose guidance features the inversion provides."""
-    from .passes import guided_steps
-
     kv_steps = set(plan.kv.steps()) if plan.kv else set()
-    feature_steps = guided_steps(plan)
+    feature_steps = plan.energy_steps()
     if plan.fidelity.step0_guidance == "init":  # the first step's reference is the pasted start latent itself
         feature_steps.discard(plan.start_step)
     return kv_steps, feature_steps

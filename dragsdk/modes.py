@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -164,7 +164,11 @@ class PlanContext:
                     )
 
 
-class EditMode(ABC):
+SpecT = TypeVar("SpecT", bound=EditSpec)
+"""The spec type of a mode (:class:`EditMode` is generic in it)."""
+
+
+class EditMode(ABC, Generic[SpecT]):
     """Base class of edit modes.
 
     Attributes:
@@ -174,7 +178,7 @@ class EditMode(ABC):
     """
 
     name: str = ""
-    spec_model: type[EditSpec] = EditSpec
+    spec_model: type[SpecT] = EditSpec  # type: ignore[assignment]
     description: str = ""
     profiles: ProfileTable[Any] | None = None
     """The mode's fidelity profiles (:class:`~dragsdk.fidelity.ProfileTable`), or None for a mode without an
@@ -184,7 +188,7 @@ class EditMode(ABC):
     sets one to a value other than its default is refused naming ``sampler.FIELD`` (:func:`check_settings`)."""
 
     @abstractmethod
-    def plan(self, spec: EditSpec, ctx: PlanContext) -> EditPlan:
+    def plan(self, spec: SpecT, ctx: PlanContext) -> EditPlan:
         """Build the plan of ``spec`` on ``ctx.canvas``.
 
         Raises:

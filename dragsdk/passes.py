@@ -58,8 +58,8 @@ class Pass:
 
 
 def guided_steps(plan: EditPlan) -> set[int]:
-    """The sampling steps that take energy guidance (none when the plan has no gradient to follow)."""
-    return set(plan.guided_steps or ()) if plan.needs_gradients else set()
+    """The sampling steps that take energy guidance (:meth:`EditPlan.energy_steps`)."""
+    return plan.energy_steps()
 
 
 def sampling_passes(plan: EditPlan, steps: int) -> Iterator[Pass]:

@@ -238,5 +238,9 @@ class EditPlan:
             and bool(self.guided_steps)
         )
 
+    def energy_steps(self) -> set[int]:
+        """The sampling steps that take energy guidance (none when the plan has no gradient to follow)."""
+        return set(self.guided_steps or ()) if self.needs_gradients else set()
+
     def kv_modes(self) -> list[str]:
         return [self.kv.injection.mode] if self.kv else []

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata as md
 import os
+import re
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +39,12 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError
 
+
+def _normalize(name: str) -> str:
+    """A distribution name in the form ``importlib.metadata`` compares (PEP 503 normalization, ``-`` as ``_``)."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
 ENTRY_POINT_GROUP = "dragsdk"
 BUILTIN_DISTRIBUTION = "dragsdk"
 """Entry points of this distribution whose module is inside ``dragsdk`` are the built-in plugins."""
@@ -46,7 +53,6 @@ BUILTIN_PLUGINS = {
     "drag": "dragsdk.plugins.drag",
     "region-drag": "dragsdk.plugins.region_drag",
     "move": "dragsdk.plugins.move",
-    "resize": "dragsdk.plugins.resize",
     "appearance": "dragsdk.plugins.appearance",
     "paste": "dragsdk.plugins.paste",
     "eager": "dragsdk.backends.eager",
@@ -113,7 +119,7 @@ def _is_builtin(ep: md.EntryPoint) -> bool:
     dist = getattr(ep, "dist", None)
     return (
         dist is not None
-        and md.Prepared.normalize(dist.name) == BUILTIN_DISTRIBUTION
+        and _normalize(dist.name) == BUILTIN_DISTRIBUTION
         and ep.value.split(":")[0].startswith("dragsdk.")
     )
 
@@ -227,7 +233,7 @@ class Registry:
                 continue
             dist = getattr(ep, "dist", None)
             dist_name = dist.name if dist is not None else None
-            if dist_name is not None and md.Prepared.normalize(dist_name) == BUILTIN_DISTRIBUTION:
+            if dist_name is not None and _normalize(dist_name) == BUILTIN_DISTRIBUTION:
                 if BUILTIN_PLUGINS.get(ep.name) != ep.value.split(":")[0]:
                     where = getattr(dist, "_path", None) or "?"
                     self._failures.append(
@@ -267,11 +273,7 @@ class Registry:
 
     def _report_second_dragsdk(self) -> None:
         """Report every distribution called dragsdk on ``sys.path`` beyond the first (whose metadata is used)."""
-        seen = [
-            d
-            for d in md.distributions()
-            if md.Prepared.normalize(d.metadata["Name"] or "") == BUILTIN_DISTRIBUTION
-        ]
+        seen = [d for d in md.distributions() if _normalize(d.metadata["Name"] or "") == BUILTIN_DISTRIBUTION]
         if len(seen) > 1:
             places = ", ".join(f"{d.version} at {getattr(d, '_path', '?')}" for d in seen)
             self._failures.append(
@@ -378,29 +380,36 @@ class Registry:
         backends: dict[str, Any] = {}
         self._owners = {}
         override = _names(OVERRIDE_ENV)
-        order = sorted(self._plugins.items(), key=lambda item: not item[1].builtin)
-        for _, info in order:
+        for info in self._plugins.values():
             info.modes, info.backends = [], []
-        for plugin_name, info in order:
-            plugin = self.pm.get_plugin(plugin_name)
-            for hook, table, kind in (
-                ("dragsdk_register_modes", modes, "mode"),
-                ("dragsdk_register_backends", backends, "backend"),
-            ):
-                impl = getattr(plugin, hook, None)
-                if impl is None:
-                    continue
-                register = self._register_fn(plugin_name, info, hook, table, kind, override)
+        for hook, table, kind in (
+            ("dragsdk_register_modes", modes, "mode"),
+            ("dragsdk_register_backends", backends, "backend"),
+        ):
+            for impl in self._hook_impls(hook):
+                info = self._plugins[impl.plugin_name]
+                register = self._register_fn(impl.plugin_name, info, hook, table, kind, override)
                 try:
-                    impl(register=register)
+                    impl.function(register=register)
                 except KeyboardInterrupt:
                     raise
                 except BaseException as e:  # SystemExit included: a plugin never ends the process
                     self._fail(
-                        PluginFailure(plugin_name, hook, _error_text(e, with_trace=True), info.distribution)
+                        PluginFailure(
+                            impl.plugin_name, hook, _error_text(e, with_trace=True), info.distribution
+                        )
                     )
         self._modes, self._backends = modes, backends
         self._resolved = True
+
+    def _hook_impls(self, hook: str) -> list[Any]:
+        """The implementations of ``hook`` as pluggy orders them (``tryfirst`` / ``trylast``, then the latest
+        registered first; ``specname`` lets a function of another name implement it), built-ins before the others
+        (a built-in's names are taken first, so a plugin can replace one only through ``DRAGSDK_OVERRIDE``)."""
+        caller = getattr(self.pm.hook, hook)
+        in_call_order = list(reversed(caller.get_hookimpls()))
+        known = [impl for impl in in_call_order if impl.plugin_name in self._plugins]
+        return sorted(known, key=lambda impl: not self._plugins[impl.plugin_name].builtin)
 
     def _fail(self, failure: PluginFailure) -> None:
         self._hook_failures.append(failure)

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from .errors import SpecError
-from .io import mask_to_data_url, read_json, restricted_load
+from .io import mask_to_data_url, read_json
+from .safe_pickle import restricted_load
 
 
 def pairs_from_flat(points: Any, field: str = "points") -> list[list[list[float]]]:

@@ -39,11 +39,12 @@ from .passes import inversion_steps
 from .plan import EditPlan
 from .progress import StepHook, StepReporter
 from .report import EditReport, EnergyRecord, peak_memory, reset_peak_memory
+from .result import EditResult
 from .sampler import GuidedSampler, SamplerOutput
 from .spec import SEED_MAX, EditSpec
 
 if TYPE_CHECKING:
-    from .editor import Editor, EditResult
+    from .editor import Editor
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -177,8 +178,6 @@ class EditRun:
                 editor._trajectory = self.traj
         report = self.report()
         self.write_trace()
-        from .editor import EditResult
-
         return EditResult(
             self.edited, self.out.latent, report, self.spec, self.plan, _as_output(self.edited, o.output_type)
         )

@@ -12,13 +12,12 @@ Specs round-trip through JSON (``model_dump_json`` / :func:`parse_spec`) and exp
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .fidelity import ALL_IMPROVEMENTS as _ALL_IMPROVEMENTS
 from .fidelity import OFFICIAL as _OFFICIAL
@@ -259,6 +258,17 @@ def _as_mask_ref(value: Any) -> Any:
     return value
 
 
+MaskInput = str | np.ndarray | Image.Image
+"""What a mask may be given as: a PNG path, a ``data:image/png;base64,...`` URL, a PIL image or an ``(H, W)``
+array (nonzero, or > 0.5 for floats, = inside)."""
+
+MaskRef = Annotated[str, BeforeValidator(_as_mask_ref)]
+"""A spec field type for a mask: accepts any :data:`MaskInput` and stores a path or a data URL (so the spec stays
+JSON; the JSON Schema type is ``string``). Use as ``mask: MaskRef`` or ``mask: MaskRef | None = mask_field(...)``;
+read it with :func:`dragsdk.authoring.load_mask` or ``ctx.mask(spec.mask, "mask")`` (which also checks the image
+size)."""
+
+
 class PointPair(SpecModel):
     """One handle → target pair in image pixels. Also accepted as ``((hx, hy), (tx, ty))``."""
 
@@ -271,15 +281,6 @@ class PointPair(SpecModel):
         if isinstance(value, list | tuple) and len(value) == 2:
             return {"handle": value[0], "target": value[1]}
         return value
-
-
-class DragWeights(SpecModel):
-    """Energy weights of content dragging (DragonDiffusion ``guidance_drag``,
-    ``src/models/Sampler.py:236-303``; defaults ``src/demo/demo.py:475-513``)."""
-
-    edit: float = weight_field(4.0, "pulls the target patch toward the handle's guidance feature")
-    content: float = weight_field(6.0, "keeps features outside the mask")
-    contrast: float = weight_field(0.2, "pushes the vacated handle patch away from its old feature")
 
 
 @dataclass(frozen=True)
@@ -322,62 +323,33 @@ class ReferenceOptions(DiffEditorOptions):
     )
 
 
-@dataclass(frozen=True)
-class DragOptions(DiffEditorOptions):
-    """The options of point drag."""
-
-    step0_guidance: Literal["init", "inversion"] = option(
-        "init",
-        "inversion",
-        "step-0 guidance features of the inverted z_T instead of the handle-pasted z_T",
-        improvement="unpasted-step0",
-    )
-    point_convention: Literal["corner", "centre"] = option(
-        "corner",
-        "centre",
-        "a point falls in the cell holding its pixel's centre, floor((x+0.5)·s), instead of floor(x·s)",
-        improvement="pixel-centre",
-    )
-
-
 DIFFEDITOR_PROFILES = ProfileTable(DiffEditorOptions)
 """The profile table shared by every DragonDiffusion / DiffEditor mode."""
 REFERENCE_PROFILES = ProfileTable(ReferenceOptions)
 """The profile table of the modes with a reference image (appearance)."""
-DRAG_PROFILES = ProfileTable(DragOptions)
-"""The profile table of point drag."""
 
 DIFFEDITOR_IMPROVEMENTS = DIFFEDITOR_PROFILES.improvements
 """Improvement name → help of every DragonDiffusion / DiffEditor mode (derived from :class:`DiffEditorOptions`)."""
 REFERENCE_IMPROVEMENTS = REFERENCE_PROFILES.improvements
-DRAG_IMPROVEMENTS = DRAG_PROFILES.improvements
 
 
-class DragSpec(EditSpec):
-    """Point drag (DragonDiffusion content dragging, arXiv 2307.02421 §3.4; ``guidance_drag``,
-    ``src/models/Sampler.py:236-303``).
+_MOVED = {"spec_from_json": "dragsdk.specfile"}
+"""Names that moved to a higher module; still importable from here (imported on first use)."""
 
-    Each handle's feature is pulled to its target on the image/4 feature grid, with the region outside
-    ``mask`` held to its inverted features.
-    """
+_MOVED_TO_DRAG = ("DragSpec", "DragWeights", "DragOptions", "DRAG_PROFILES", "DRAG_IMPROVEMENTS")
+"""Names that moved beside the drag mode (:mod:`dragsdk.plugins.drag`); still importable from here."""
 
-    mode: str = Field("drag", pattern="^drag$")
-    points: Annotated[list[PointPair], list_cap(MAX_POINT_PAIRS, "pairs")] = Field(
-        ...,
-        min_length=1,
-        max_length=MAX_POINT_PAIRS,
-        description=f"handle → target pairs, image pixels (1 to {MAX_POINT_PAIRS} pairs)",
-    )
-    mask: str | None = Field(
-        None, description="editable region (PNG path or data URL, white = may change); absent = whole image"
-    )
-    weights: DragWeights = Field(default_factory=DragWeights)
-    energy_scale: float = energy_scale_field(2.0)
-    guidance_step: float = guidance_step_field(0.04, "c, multiplier of λ·∇E (0.04 for drag)")
-    patch_radius: int = Field(1, ge=0, le=8, description="patch half-size in feature cells (1 → 3×3)")
-    profile: DRAG_PROFILES.spec_type() = DRAG_PROFILES.spec_field()  # type: ignore[valid-type]
 
-    _mask_ref = field_validator("mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
+def __getattr__(name: str) -> Any:
+    """``dragsdk.spec.DragSpec`` and the other drag names: they live in :mod:`dragsdk.plugins.drag` (a mode's spec
+    lives beside its mode); imported on first use so that the core never imports a plugin at import time."""
+    import importlib
+
+    if name in _MOVED_TO_DRAG:
+        return getattr(importlib.import_module("dragsdk.plugins.drag"), name)
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def loads_spec_json(text: str | bytes) -> Any:
@@ -402,42 +374,3 @@ def loads_spec_json(text: str | bytes) -> Any:
             f"({cap / 2**20:g} MiB; raise it with {MAX_SAMPLE_MB_ENV})",
         )
     return parse_json(text, "spec", allow_nan=False)
-
-
-def spec_from_json(
-    data: str | bytes | os.PathLike[str] | dict[str, Any], models: dict[str, type[EditSpec]]
-) -> EditSpec:
-    """Validate a spec with the model of its ``mode``.
-
-    Args:
-        data: a dict; JSON text (bytes, or a str starting with ``{``, ``[`` or ``"``); or the path of a spec JSON
-            file (any other str, or a ``PathLike``), read by :func:`dragsdk.specfile.read_spec_file` (relative
-            paths inside resolved against its folder).
-        models: the spec model of each mode.
-
-    Raises:
-        SpecError: no ``mode`` or an unknown one; (field ``spec``) JSON that is not an object, text that is not
-            JSON or holds ``NaN`` / ``Infinity`` (:func:`loads_spec_json`), a missing or unreadable file, or another
-            type; (field ``sampler``) ``sampler`` not an object. Pydantic's ``ValidationError`` for invalid field
-            values.
-    """
-    from .errors import SpecError
-    from .specfile import read_spec_file, spec_object
-
-    if isinstance(data, os.PathLike) or (isinstance(data, str) and data.lstrip()[:1] not in ("{", "[", '"')):
-        obj = read_spec_file(data)
-    elif isinstance(data, str | bytes):
-        obj = spec_object(loads_spec_json(data))
-    elif isinstance(data, dict):
-        obj = spec_object(dict(data))
-    else:
-        raise SpecError(
-            "spec", f"expected an EditSpec, a dict, JSON text or a spec file path, got {type(data).__name__}"
-        )
-    mode = obj.get("mode")
-    if mode is None:
-        raise SpecError("mode", f"missing; expected one of {sorted(models)}")
-    if not isinstance(mode, str) or mode not in models:
-        shown = repr(mode[:40]) if isinstance(mode, str) else f"a {type(mode).__name__}"
-        raise SpecError("mode", f"unknown mode {shown}; installed modes are {sorted(models)}")
-    return models[mode].model_validate(obj)

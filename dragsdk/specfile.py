@@ -6,11 +6,13 @@ One reader for ``dragsdk edit --spec``, ``Editor.edit(image, "spec.json")`` and 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
 from .io import read_json
+from .spec import EditSpec, loads_spec_json
 
 PATH_KEYS = ("mask", "reference", "reference_mask", "fill_region", "region")
 """Top-level spec keys that may hold a file path (modes add theirs through ``resolve_paths``)."""
@@ -81,3 +83,39 @@ def input_files(spec: dict[str, Any]) -> tuple[Path, ...]:
             except (OSError, ValueError):
                 continue
     return tuple(found)
+
+
+def spec_from_json(
+    data: str | bytes | os.PathLike[str] | dict[str, Any], models: Mapping[str, type[EditSpec]]
+) -> EditSpec:
+    """Validate a spec with the model of its ``mode``.
+
+    Args:
+        data: a dict; JSON text (bytes, or a str starting with ``{``, ``[`` or ``"``); or the path of a spec JSON
+            file (any other str, or a ``PathLike``), read by :func:`read_spec_file` (relative
+            paths inside resolved against its folder).
+        models: the spec model of each mode.
+
+    Raises:
+        SpecError: no ``mode`` or an unknown one; (field ``spec``) JSON that is not an object, text that is not
+            JSON or holds ``NaN`` / ``Infinity`` (:func:`dragsdk.spec.loads_spec_json`), a missing or unreadable file, or another
+            type; (field ``sampler``) ``sampler`` not an object. Pydantic's ``ValidationError`` for invalid field
+            values.
+    """
+    if isinstance(data, os.PathLike) or (isinstance(data, str) and data.lstrip()[:1] not in ("{", "[", '"')):
+        obj = read_spec_file(data)
+    elif isinstance(data, str | bytes):
+        obj = spec_object(loads_spec_json(data))
+    elif isinstance(data, dict):
+        obj = spec_object(dict(data))
+    else:
+        raise SpecError(
+            "spec", f"expected an EditSpec, a dict, JSON text or a spec file path, got {type(data).__name__}"
+        )
+    mode = obj.get("mode")
+    if mode is None:
+        raise SpecError("mode", f"missing; expected one of {sorted(models)}")
+    if not isinstance(mode, str) or mode not in models:
+        shown = repr(mode[:40]) if isinstance(mode, str) else f"a {type(mode).__name__}"
+        raise SpecError("mode", f"unknown mode {shown}; installed modes are {sorted(models)}")
+    return models[mode].model_validate(obj)

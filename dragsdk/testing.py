@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 
 from .errors import EditCancelled
-from .spec import EditSpec, spec_from_json
+from .spec import EditSpec
+from .specfile import spec_from_json
 
 __all__ = [
     "ConformanceError",

@@ -17,21 +17,28 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from dragsdk.attention import KVInjection, token_mask
-from dragsdk.energy import correspondence_energy, pooled_similarity, region_similarity
-from dragsdk.hookspecs import hookimpl
-from dragsdk.modes import EditMode, PlanContext
-from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, Reference
-from dragsdk.spec import (
+from dragsdk.authoring import (
     REFERENCE_PROFILES,
+    EditMode,
+    EditPlan,
     EditSpec,
+    EnergyTerm,
+    KVInjection,
+    KVPlan,
+    MaskRef,
+    PlanContext,
+    Reference,
     SamplerSettings,
     SpecModel,
-    _as_mask_ref,
+    correspondence_energy,
     energy_scale_field,
     guidance_step_field,
+    hookimpl,
+    pooled_similarity,
+    region_similarity,
+    token_mask,
     weight_field,
 )
 
@@ -45,9 +52,9 @@ class AppearanceSpec(EditSpec):
     """Give the base object (``mask``) the appearance of the reference object (``reference_mask``)."""
 
     mode: Literal["appearance"] = "appearance"
-    mask: str = Field(..., description="base object mask (PNG path or data URL)")
+    mask: MaskRef = Field(..., description="base object mask (PNG path or data URL)")
     reference: str = Field(..., description="reference image path")
-    reference_mask: str = Field(..., description="reference object mask, in the reference image's pixels")
+    reference_mask: MaskRef = Field(..., description="reference object mask, in the reference image's pixels")
     reference_prompt: str = Field("", description="prompt describing the reference image")
     weights: AppearanceWeights = Field(default_factory=AppearanceWeights)
     energy_scale: float = energy_scale_field(2.0)
@@ -58,19 +65,15 @@ class AppearanceSpec(EditSpec):
     profile: REFERENCE_PROFILES.spec_type() = REFERENCE_PROFILES.spec_field()  # type: ignore[valid-type]
     sampler: SamplerSettings = Field(default_factory=lambda: SamplerSettings(guidance_scale=5.0))
 
-    _mask_ref = field_validator("mask", "reference_mask", mode="before")(
-        classmethod(lambda cls, v: _as_mask_ref(v))
-    )
 
-
-class AppearanceMode(EditMode):
+class AppearanceMode(EditMode[AppearanceSpec]):
     name = "appearance"
     spec_model = AppearanceSpec
     profiles = REFERENCE_PROFILES
     description = "give an object the appearance of an object in a reference image (DragonDiffusion)"
     unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
-    def plan(self, spec: AppearanceSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
+    def plan(self, spec: AppearanceSpec, ctx: PlanContext) -> EditPlan:
         canvas = ctx.canvas
         opts = REFERENCE_PROFILES.resolve(spec.profile)
         method = opts.mask_resampling

@@ -20,30 +20,110 @@ code clips x by the height, ``src/utils/utils.py:140,142``).
 Profile ``official`` (the default) reproduces the official code step by step (MC-E/DragonDiffusion @f9b5bdf,
 ``run_drag`` ``src/demo/model.py:265-333``): step-0 reference = the pasted ``z_T`` (``utils.py:149``),
 guidance features ``F(z_{t_i}, t_i)``, points ``floor(x·s)`` per axis, masks sampled nearest, roll-back at
-``t_prev``. The options of its profiles (``spec.DRAG_PROFILES``) are listed in ``docs/modes/dragondiffusion.md``.
+``t_prev``. The options of its profiles (:data:`DRAG_PROFILES`) are listed in ``docs/modes/dragondiffusion.md``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 
-from dragsdk.attention import KVInjection
-from dragsdk.energy import correspondence_energy, local_similarity, region_similarity
-from dragsdk.errors import SpecError
-from dragsdk.hookspecs import hookimpl
-from dragsdk.modes import EditMode, PlanContext
-from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste
-from dragsdk.spec import DRAG_PROFILES, DragSpec
+from dragsdk.authoring import (
+    MAX_POINT_PAIRS,
+    DiffEditorOptions,
+    EditMode,
+    EditPlan,
+    EditSpec,
+    EnergyTerm,
+    KVInjection,
+    KVPlan,
+    LatentPaste,
+    MaskRef,
+    PlanContext,
+    PointPair,
+    ProfileTable,
+    SpecError,
+    SpecModel,
+    correspondence_energy,
+    energy_scale_field,
+    guidance_step_field,
+    hookimpl,
+    list_cap,
+    local_similarity,
+    option,
+    region_similarity,
+    weight_field,
+)
 
 
-class DragMode(EditMode):
+class DragWeights(SpecModel):
+    """Energy weights of content dragging (DragonDiffusion ``guidance_drag``,
+    ``src/models/Sampler.py:236-303``; defaults ``src/demo/demo.py:475-513``)."""
+
+    edit: float = weight_field(4.0, "pulls the target patch toward the handle's guidance feature")
+    content: float = weight_field(6.0, "keeps features outside the mask")
+    contrast: float = weight_field(0.2, "pushes the vacated handle patch away from its old feature")
+
+
+@dataclass(frozen=True)
+class DragOptions(DiffEditorOptions):
+    """The options of point drag."""
+
+    step0_guidance: Literal["init", "inversion"] = option(
+        "init",
+        "inversion",
+        "step-0 guidance features of the inverted z_T instead of the handle-pasted z_T",
+        improvement="unpasted-step0",
+    )
+    point_convention: Literal["corner", "centre"] = option(
+        "corner",
+        "centre",
+        "a point falls in the cell holding its pixel's centre, floor((x+0.5)·s), instead of floor(x·s)",
+        improvement="pixel-centre",
+    )
+
+
+DRAG_PROFILES = ProfileTable(DragOptions)
+"""The profile table of point drag."""
+DRAG_IMPROVEMENTS = DRAG_PROFILES.improvements
+
+
+class DragSpec(EditSpec):
+    """Point drag (DragonDiffusion content dragging, arXiv 2307.02421 §3.4; ``guidance_drag``,
+    ``src/models/Sampler.py:236-303``).
+
+    Each handle's feature is pulled to its target on the image/4 feature grid, with the region outside
+    ``mask`` held to its inverted features.
+    """
+
+    mode: str = Field("drag", pattern="^drag$")
+    points: Annotated[list[PointPair], list_cap(MAX_POINT_PAIRS, "pairs")] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_POINT_PAIRS,
+        description=f"handle → target pairs, image pixels (1 to {MAX_POINT_PAIRS} pairs)",
+    )
+    mask: MaskRef | None = Field(
+        None, description="editable region (PNG path or data URL, white = may change); absent = whole image"
+    )
+    weights: DragWeights = Field(default_factory=DragWeights)
+    energy_scale: float = energy_scale_field(2.0)
+    guidance_step: float = guidance_step_field(0.04, "c, multiplier of λ·∇E (0.04 for drag)")
+    patch_radius: int = Field(1, ge=0, le=8, description="patch half-size in feature cells (1 → 3×3)")
+    profile: DRAG_PROFILES.spec_type() = DRAG_PROFILES.spec_field()  # type: ignore[valid-type]
+
+
+class DragMode(EditMode[DragSpec]):
     name = "drag"
     spec_model = DragSpec
     profiles = DRAG_PROFILES
     description = "point drag: move handle points to target points (DragonDiffusion content dragging)"
 
-    def plan(self, spec: DragSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
+    def plan(self, spec: DragSpec, ctx: PlanContext) -> EditPlan:
         canvas = ctx.canvas
         ctx.check_points(spec.points)
         grid, r = canvas.feature_size, spec.patch_radius
@@ -88,23 +168,25 @@ class DragMode(EditMode):
             tgt = set(zip(tr.tolist(), tc.tolist(), strict=True))
             keep = torch.tensor([(a, b) not in tgt for a, b in zip(hr.tolist(), hc.tolist(), strict=True)])
             vacated.append((hr[keep], hc[keep]))
-        w = spec.weights
+        weights = spec.weights
         n_pairs = len(spec.points)
 
         def edit_energy(cur: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
             total = cur[0].new_zeros((), dtype=torch.float32)
             for hcells, tcells, vcells in zip(handles, targets, vacated, strict=True):
                 s = local_similarity(cur, ref, tcells, hcells, grid)
-                total = total + correspondence_energy(w.edit, s).sum()
-                if w.contrast > 0 and vcells[0].numel():
-                    total = total + (w.contrast * local_similarity(cur, ref, vcells, vcells, grid)).sum()
+                total = total + correspondence_energy(weights.edit, s).sum()
+                if weights.contrast > 0 and vcells[0].numel():
+                    total = (
+                        total + (weights.contrast * local_similarity(cur, ref, vcells, vcells, grid)).sum()
+                    )
             return total / (len(cur) * n_pairs)
 
         def content_energy(cur: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
-            return correspondence_energy(w.content, region_similarity(cur, ref, keep_feature)).mean()
+            return correspondence_energy(weights.content, region_similarity(cur, ref, keep_feature)).mean()
 
         energies = [EnergyTerm("edit", "edit", edit_energy)]
-        if w.content > 0 and keep_feature.any():
+        if weights.content > 0 and keep_feature.any():
             energies.append(EnergyTerm("content", "content", content_energy))
 
         init = []

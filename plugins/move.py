@@ -1,4 +1,4 @@
-"""Object moving, and the planner shared with resizing (:mod:`dragsdk.plugins.resize`).
+"""Object moving and resizing: two modes, one planner (:func:`plan_move`).
 
 DragonDiffusion arXiv 2307.02421 §3.4 "object moving"; official ``guidance_move``, ``src/models/Sampler.py:150-234``.
 
@@ -32,25 +32,35 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from dragsdk.attention import KVInjection
-from dragsdk.energy import correspondence_energy, local_similarity, pooled_similarity, region_similarity
-from dragsdk.fidelity import ProfileTable, option
-from dragsdk.hookspecs import hookimpl
-from dragsdk.modes import EditMode, PlanContext
-from dragsdk.objects import official_placement_map, placement_map
-from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste
-from dragsdk.spec import (
+from dragsdk.authoring import (
     Coordinate,
     DiffEditorOptions,
+    EditMode,
+    EditPlan,
     EditSpec,
+    EnergyTerm,
+    KVInjection,
+    KVPlan,
+    LatentPaste,
+    MaskRef,
+    PlanContext,
     Point,
+    ProfileTable,
+    SpecError,
     SpecModel,
-    _as_mask_ref,
+    correspondence_energy,
     displacement_field,
     energy_scale_field,
     guidance_step_field,
+    hookimpl,
+    local_similarity,
+    official_placement_map,
+    option,
+    placement_map,
+    pooled_similarity,
+    region_similarity,
     weight_field,
 )
 
@@ -93,7 +103,7 @@ class MoveSpec(EditSpec):
     """Move an object by ``(dx, dy)`` pixels (optionally scaling it about its own centre)."""
 
     mode: Literal["move"] = "move"
-    mask: str | None = Field(
+    mask: MaskRef | None = Field(
         None, description="object mask (PNG path or data URL); absent = proposed from `handle`"
     )
     handle: Point | None = Field(
@@ -108,7 +118,7 @@ class MoveSpec(EditSpec):
         description="scale about the image centre (profile official) or the "
         "object's centroid (centroid-placement)",
     )
-    fill_region: str | None = Field(
+    fill_region: MaskRef | None = Field(
         None, description="region whose look fills the vacated area (mask); default: background"
     )
     weights: MoveWeights = Field(default_factory=MoveWeights)
@@ -116,17 +126,11 @@ class MoveSpec(EditSpec):
     guidance_step: float = guidance_step_field(0.08, "c (0.08 for move)")
     profile: MOVE_PROFILES.spec_type() = MOVE_PROFILES.spec_field()  # type: ignore[valid-type]
 
-    _mask_ref = field_validator("mask", "fill_region", mode="before")(
-        classmethod(lambda cls, v: _as_mask_ref(v))
-    )
-
 
 def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
     canvas = ctx.canvas
     notes: list[str] = []
     if spec.handle is not None and not canvas.contains(spec.handle):
-        from dragsdk.errors import SpecError
-
         raise SpecError(
             "handle", f"{spec.handle} is outside the {canvas.image_size[0]}×{canvas.image_size[1]} image"
         )
@@ -198,7 +202,7 @@ def plan_move(spec: MoveSpec, ctx: PlanContext) -> EditPlan:
     )
 
 
-class MoveMode(EditMode):
+class MoveMode(EditMode[MoveSpec]):
     name = "move"
     spec_model = MoveSpec
     profiles = MOVE_PROFILES
@@ -206,10 +210,40 @@ class MoveMode(EditMode):
         "move an object by (dx, dy) pixels, filling the place it leaves (DragonDiffusion object moving)"
     )
 
-    def plan(self, spec: MoveSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
+    def plan(self, spec: MoveSpec, ctx: PlanContext) -> EditPlan:
+        return plan_move(spec, ctx)
+
+
+class ResizeSpec(MoveSpec):
+    """Resize an object by ``scale`` (optionally also moving it); the profile says about which centre."""
+
+    mode: Literal["resize"] = "resize"  # type: ignore[assignment]
+    scale: float = Field(
+        ...,
+        gt=0.0,
+        le=10.0,
+        description="scale about the image centre (profile official) or the object's centroid (centroid-placement)",
+    )
+
+
+class ResizeMode(EditMode[ResizeSpec]):
+    """Object resizing (DragonDiffusion arXiv 2307.02421 §3.4): the object is scaled by ``scale``, optionally also
+    shifted by ``(dx, dy)`` pixels. Profile ``official``: about the **image centre**, the shift multiplied by the
+    scale, wrapping around, an object scaled off the canvas refused (``official_placement_map``, as the official
+    code). Improvement ``centroid-placement``: about **its own centroid**, content leaving the canvas clipped, never
+    wrapped; a placement leaving it entirely is refused. Energies, latent paste, K/V and SDE region are move's
+    (profiles included): one planner, :func:`plan_move`."""
+
+    name = "resize"
+    spec_model = ResizeSpec
+    profiles = MOVE_PROFILES
+    description = "resize an object, optionally moving it (DragonDiffusion object resizing)"
+
+    def plan(self, spec: ResizeSpec, ctx: PlanContext) -> EditPlan:
         return plan_move(spec, ctx)
 
 
 @hookimpl
 def dragsdk_register_modes(register):
     register(MoveMode())
+    register(ResizeMode())

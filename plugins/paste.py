@@ -30,25 +30,37 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from dragsdk.attention import KVInjection, token_mask
-from dragsdk.energy import correspondence_energy, local_similarity, region_similarity
-from dragsdk.fidelity import ProfileTable, option
-from dragsdk.geometry import Canvas, Grid
-from dragsdk.hookspecs import hookimpl
-from dragsdk.modes import EditMode, PlanContext
-from dragsdk.objects import official_scale_about_centre, place_image, shift_cells
-from dragsdk.plan import EditPlan, EnergyTerm, KVPlan, LatentPaste, Reference
-from dragsdk.spec import (
+from dragsdk.authoring import (
+    Canvas,
     Coordinate,
+    EditMode,
+    EditPlan,
     EditSpec,
+    EnergyTerm,
+    Grid,
+    KVInjection,
+    KVPlan,
+    LatentPaste,
+    MaskRef,
+    PlanContext,
+    ProfileTable,
+    Reference,
     ReferenceOptions,
     SpecModel,
-    _as_mask_ref,
+    correspondence_energy,
     displacement_field,
     energy_scale_field,
     guidance_step_field,
+    hookimpl,
+    local_similarity,
+    official_scale_about_centre,
+    option,
+    place_image,
+    region_similarity,
+    shift_cells,
+    token_mask,
     weight_field,
 )
 
@@ -82,7 +94,7 @@ class PasteSpec(EditSpec):
 
     mode: Literal["paste"] = "paste"
     reference: str = Field(..., description="reference image path")
-    reference_mask: str = Field(..., description="object mask in the reference image's pixels")
+    reference_mask: MaskRef = Field(..., description="object mask in the reference image's pixels")
     dx: Coordinate = displacement_field("shift of the object, base-image pixels")
     dy: Coordinate = displacement_field("shift of the object, base-image pixels")
     scale: float = Field(
@@ -101,17 +113,15 @@ class PasteSpec(EditSpec):
     )
     profile: PASTE_PROFILES.spec_type() = PASTE_PROFILES.spec_field()  # type: ignore[valid-type]
 
-    _mask_ref = field_validator("reference_mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
 
-
-class PasteMode(EditMode):
+class PasteMode(EditMode[PasteSpec]):
     name = "paste"
     spec_model = PasteSpec
     profiles = PASTE_PROFILES
     description = "paste an object from a reference image onto the base image (DiffEditor object pasting)"
     unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
-    def plan(self, spec: PasteSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
+    def plan(self, spec: PasteSpec, ctx: PlanContext) -> EditPlan:
         canvas = ctx.canvas
         opts = PASTE_PROFILES.resolve(spec.profile)
         method = opts.mask_resampling
@@ -128,7 +138,8 @@ class PasteMode(EditMode):
             rows, cols = torch.nonzero(p_l, as_tuple=True)
             init = LatentPaste(rows, cols, rows, cols, bank=1)
             ref_l = p_l
-            f_cells = torch.nonzero(p_g, as_tuple=True)
+            feature_rows, feature_cols = torch.nonzero(p_g, as_tuple=True)
+            f_cells = (feature_rows, feature_cols)
             r_cells = f_cells
         else:
             ref_used, scaled = official_scale_about_centre(ref_img, ref_mask, spec.scale)
@@ -141,7 +152,8 @@ class PasteMode(EditMode):
             )
             p_g, p_l, ref_l = fmap.target_mask(), lmap.target_mask(), lmap.source_mask()
             init = LatentPaste(lmap.target_rows, lmap.target_cols, lmap.source_rows, lmap.source_cols, bank=1)
-            f_cells, r_cells = (fmap.target_rows, fmap.target_cols), (fmap.source_rows, fmap.source_cols)
+            f_cells = (fmap.target_rows, fmap.target_cols)
+            r_cells = (fmap.source_rows, fmap.source_cols)
         outside = ~p_g
         w = spec.weights
 

@@ -494,7 +494,7 @@ def _dilate(m: torch.Tensor, r: int) -> torch.Tensor:
     return F.max_pool2d(m.float()[None, None], 2 * r + 1, stride=1, padding=r)[0, 0] > 0
 
 
-class RegionDragMode(EditMode):
+class RegionDragMode(EditMode[RegionDragSpec]):
     name = "region-drag"
     spec_model = RegionDragSpec
     profiles = REGION_DRAG_PROFILES
@@ -561,7 +561,7 @@ class RegionDragMode(EditMode):
         return smap, kind
 
     # -- the plan ---------------------------------------------------------------------------------------------
-    def plan(self, spec: RegionDragSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
+    def plan(self, spec: RegionDragSpec, ctx: PlanContext) -> EditPlan:
         canvas = ctx.canvas
         opt = spec.options()
         smap, kind = self.source_map(spec, ctx, opt.map_rules)

@@ -18,6 +18,7 @@ from PIL import Image  # noqa: E402
 
 from dragsdk import Editor  # noqa: E402
 from dragsdk.attention import AttentionController, KVBank, KVInjection, install, self_attention_layers  # noqa: E402
+from dragsdk.backends.base import BackendNeeds
 from dragsdk.backends.eager import sdpa_over_sources  # noqa: E402
 from dragsdk.backends.onnx import INSTALL_HINT, GraphCache, OnnxBackend, onnx_cache_dir  # noqa: E402
 from dragsdk.backends.select import select_backend  # noqa: E402
@@ -180,13 +181,13 @@ def test_vae_encode_and_decode_through_onnxruntime_match_torch(tiny_model, backe
 def test_energy_and_concat_plans_are_refused_with_the_reason(tiny_model, backend, car_sample):
     backends = get_registry().backends
     with pytest.raises(BackendUnavailableError, match="needs gradients"):
-        select_backend(backends, "onnx", "cpu", "float32", True, ["concat"])
+        select_backend(backends, "onnx", BackendNeeds("cpu", "float32", True, ("concat",)))
     with pytest.raises(BackendUnavailableError, match=r"K/V modes \['concat'\] not supported"):
-        select_backend(backends, "onnx", "cpu", "float32", False, ["concat"])
+        select_backend(backends, "onnx", BackendNeeds("cpu", "float32", False, ("concat",)))
     with pytest.raises(BackendUnavailableError, match=r"K/V modes \['composite'\] not supported"):
-        select_backend(backends, "onnx", "cpu", "float32", False, ["composite"])
+        select_backend(backends, "onnx", BackendNeeds("cpu", "float32", False, ("composite",)))
     # auto never picks onnx for an energy-guided edit.
-    chosen, _ = select_backend(backends, "auto", "cpu", "float32", True, ["concat"])
+    chosen, _ = select_backend(backends, "auto", BackendNeeds("cpu", "float32", True, ("concat",)))
     assert chosen.name != "onnx"
     # A real drag (energy-guided, concat K/V) edit is refused before any work.
     image, drag = car_sample

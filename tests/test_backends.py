@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dragsdk.backends.base import Capabilities
+from dragsdk.backends.base import BackendNeeds, Capabilities
 from dragsdk.backends.compile import CompileBackend
 from dragsdk.backends.eager import EagerBackend
 from dragsdk.backends.select import FALLBACK_ORDER, model_key, save_entry, select_backend, table_key
@@ -135,8 +135,12 @@ def _fakes():
     }
 
 
+def _needs(gradients, kv_mode, model="", working_size=None, **kw):
+    return BackendNeeds("cpu", "float32", gradients, (kv_mode,), model=model, working_size=working_size, **kw)
+
+
 def test_auto_without_measurements_takes_the_fallback_order():
-    b, why = select_backend(_fakes(), "auto", "cpu", "float32", True, ["concat"], "tiny", (128, 128))
+    b, why = select_backend(_fakes(), "auto", _needs(True, "concat", "tiny", (128, 128)))
     assert b.name == "eager" and "nothing measured" in why and "triton (no CUDA device)" in why
     assert FALLBACK_ORDER.index("eager") < FALLBACK_ORDER.index("compile")
 
@@ -155,21 +159,21 @@ def test_auto_takes_the_fastest_measured_backend_that_covers_the_edit():
             },
         },
     )
-    b, why = select_backend(_fakes(), "auto", "cpu", "float32", True, ["concat"], "tiny", (128, 128))
+    b, why = select_backend(_fakes(), "auto", _needs(True, "concat", "tiny", (128, 128)))
     assert b.name == "compile" and "fastest measured" in why
-    b, _ = select_backend(_fakes(), "auto", "cpu", "float32", False, ["replace"], "tiny", (128, 128))
+    b, _ = select_backend(_fakes(), "auto", _needs(False, "replace", "tiny", (128, 128)))
     assert b.name == "onnx"  # no gradients, replace: ONNX covers it and is fastest
-    b, _ = select_backend(_fakes(), "auto", "cpu", "float32", False, ["composite"], "tiny", (128, 128))
+    b, _ = select_backend(_fakes(), "auto", _needs(False, "composite", "tiny", (128, 128)))
     assert b.name == "compile"  # ONNX does not do composite
-    b, why = select_backend(_fakes(), "auto", "cpu", "float32", True, ["concat"], "tiny", (256, 256))
+    b, why = select_backend(_fakes(), "auto", _needs(True, "concat", "tiny", (256, 256)))
     assert b.name == "eager" and "nothing measured" in why  # another size: not measured
 
 
 def test_a_named_backend_that_cannot_run_or_cover_is_refused_with_the_reason():
     with pytest.raises(BackendUnavailableError, match="cannot run here: no CUDA device"):
-        select_backend(_fakes(), "triton", "cpu", "float32", True, ["concat"])
+        select_backend(_fakes(), "triton", _needs(True, "concat"))
     with pytest.raises(BackendUnavailableError, match="needs gradients"):
-        select_backend(_fakes(), "onnx", "cpu", "float32", True, ["concat"])
+        select_backend(_fakes(), "onnx", _needs(True, "concat"))
 
 
 def test_auto_skips_a_backend_that_does_not_run_the_models_family_and_says_so():
@@ -184,28 +188,28 @@ def test_auto_skips_a_backend_that_does_not_run_the_models_family_and_says_so():
             }
         },
     )
-    b, why = select_backend(
-        _fakes(), "auto", "cpu", "float32", False, ["replace"], "xl", (64, 64), family="sd1"
-    )
+    b, why = select_backend(_fakes(), "auto", _needs(False, "replace", "xl", (64, 64), family="sd1"))
     assert b.name == "onnx"  # fastest and covers an SD 1.x region drag
-    b, why = select_backend(
-        _fakes(), "auto", "cpu", "float32", False, ["replace"], "xl", (64, 64), family="sdxl"
-    )
+    b, why = select_backend(_fakes(), "auto", _needs(False, "replace", "xl", (64, 64), family="sdxl"))
     assert b.name == "compile" and "fastest measured" in why and "family=sdxl" in why
     assert "onnx (model family 'sdxl' not in ('sd1', 'sd2'))" in why and "onnx 1.0 ms" not in why
     only_onnx = {"eager": _Fake("eager", available=False), "onnx": _fakes()["onnx"]}
-    b, why = select_backend(
-        only_onnx, "auto", "cpu", "float32", False, ["replace"], "xl", (32, 32), family="sd2"
-    )
+    b, why = select_backend(only_onnx, "auto", _needs(False, "replace", "xl", (32, 32), family="sd2"))
     assert b.name == "onnx" and "nothing measured" in why
     with pytest.raises(
         BackendUnavailableError, match="no backend covers family=sdxl.*onnx \\(model family 'sdxl'"
     ):
-        select_backend(only_onnx, "auto", "cpu", "float32", False, ["replace"], "xl", (32, 32), family="sdxl")
+        select_backend(
+            only_onnx,
+            "auto",
+            BackendNeeds(
+                "cpu", "float32", False, ("replace",), model="xl", working_size=(32, 32), family="sdxl"
+            ),
+        )
     with pytest.raises(
         BackendUnavailableError, match="'onnx' does not cover this edit: model family 'sdxl' not in"
     ):
-        select_backend(_fakes(), "onnx", "cpu", "float32", False, ["replace"], family="sdxl")
+        select_backend(_fakes(), "onnx", BackendNeeds("cpu", "float32", False, ("replace",), family="sdxl"))
     with pytest.raises(ValueError, match="families must be a non-empty subset"):
         Capabilities(devices=("cpu",), dtypes=("float32",), gradients=True, families=("sd3",))
 
@@ -241,7 +245,7 @@ def test_an_sdxl_edit_with_auto_falls_back_from_onnx_measured_fastest(car_sample
     r = Editor(xl, registry=reg).edit(image, region)
     assert r.report.backend == "eager" and "fastest measured" in r.report.backend_reason
     assert "onnx (model family 'sdxl' not in ('sd1', 'sd2'))" in r.report.backend_reason
-    from dragsdk.backends.select import bench_backends
+    from dragsdk.backend_bench import bench_backends
 
     row = bench_backends(xl, resolution=64, steps=2, names=["onnx"], registry=reg, store=False)["results"][
         "onnx"
@@ -250,7 +254,8 @@ def test_an_sdxl_edit_with_auto_falls_back_from_onnx_measured_fastest(car_sample
 
 
 def test_bench_stores_a_table_that_auto_then_uses(tiny_model, tmp_path):
-    from dragsdk.backends.select import bench_backends, load_table
+    from dragsdk.backend_bench import bench_backends
+    from dragsdk.backends.select import load_table
 
     reg = Registry()
     reg.load_entry_points()
@@ -265,7 +270,11 @@ def test_bench_stores_a_table_that_auto_then_uses(tiny_model, tmp_path):
     assert entry["versions"]["torch"] == torch.__version__ and entry["family"] == "sd1"
     stored = load_table()[table_key("cpu", mk, (64, 64), "float32")]
     assert set(stored["results"]) == {"eager", "compile"}  # --only eager merged: compile's row kept
-    b, why = select_backend(reg.backends, "auto", "cpu", "float32", True, ["concat"], mk, (64, 64))
+    b, why = select_backend(
+        reg.backends,
+        "auto",
+        BackendNeeds("cpu", "float32", True, ("concat",), model=mk, working_size=(64, 64)),
+    )
     assert b.name == "eager" and "fastest measured" in why and mk in why  # the reason names the entry
 
 
@@ -287,10 +296,18 @@ def test_table_key_names_the_exact_device_and_the_architecture(tiny_model):
 def test_plugin_backends_take_their_place_by_priority():
     backends = {**_fakes(), "mine": _Fake("mine")}
     backends["mine"].priority = 25  # between xformers (30) and eager (20)
-    b, why = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32))
+    b, why = select_backend(
+        backends,
+        "auto",
+        BackendNeeds("cpu", "float32", True, ("concat",), model="tiny", working_size=(32, 32)),
+    )
     assert b.name == "mine" and "priority" in why
     backends["mine"].priority = 0
-    b, _ = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32))
+    b, _ = select_backend(
+        backends,
+        "auto",
+        BackendNeeds("cpu", "float32", True, ("concat",), model="tiny", working_size=(32, 32)),
+    )
     assert b.name == "eager"
 
 
@@ -303,13 +320,23 @@ def test_auto_never_takes_a_reduced_precision_backend_for_float32_unless_asked()
         table_key("cpu", "tiny", (32, 32), "float32"),
         {"results": {"bf16": {"drag_step_s": 0.001}, "eager": {"drag_step_s": 0.1}}},
     )
-    b, why = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32))
+    b, why = select_backend(
+        backends,
+        "auto",
+        BackendNeeds("cpu", "float32", True, ("concat",), model="tiny", working_size=(32, 32)),
+    )
     assert b.name == "eager" and "reduced precision" in why
     b, _ = select_backend(
-        backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (32, 32), allow_reduced=True
+        backends,
+        "auto",
+        BackendNeeds(
+            "cpu", "float32", True, ("concat",), model="tiny", working_size=(32, 32), allow_reduced=True
+        ),
     )
     assert b.name == "bf16"
-    b, _ = select_backend(backends, "bf16", "cpu", "float32", True, ["concat"])  # named: that is asking
+    b, _ = select_backend(
+        backends, "bf16", BackendNeeds("cpu", "float32", True, ("concat",))
+    )  # named: that is asking
     assert b.name == "bf16"
     with pytest.raises(ValueError, match="precision"):
         Capabilities(devices=("cpu",), dtypes=("float32",), gradients=True, precision="half")
@@ -322,11 +349,15 @@ def test_a_backend_whose_availability_raises_is_refused_not_fatal():
 
     backends = {**_fakes(), "broken": Broken("broken")}
     backends["broken"].priority = 99
-    b, why = select_backend(backends, "auto", "cpu", "float32", True, ["concat"], "tiny", (16, 16))
+    b, why = select_backend(
+        backends,
+        "auto",
+        BackendNeeds("cpu", "float32", True, ("concat",), model="tiny", working_size=(16, 16)),
+    )
     assert b.name == "eager" and "broken (availability() raised RuntimeError: driver exploded)" in why
     assert backends["broken"].describe()["available"] is False
     with pytest.raises(BackendUnavailableError, match="driver exploded"):
-        select_backend(backends, "broken", "cpu", "float32", True, ["concat"])
+        select_backend(backends, "broken", BackendNeeds("cpu", "float32", True, ("concat",)))
 
 
 def test_traces_of_one_edit_agree_between_backends(tiny_model, car_sample, tmp_path):

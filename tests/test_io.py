@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dragsdk.errors import SpecError, UnsafePickleError
-from dragsdk.io import atomic_write, load_mask, mask_to_data_url, restricted_load, save_image_atomic
+from dragsdk.io import atomic_write, load_mask, mask_to_data_url, save_image_atomic
+from dragsdk.safe_pickle import restricted_load
 from dragsdk.samples import load_sample
 
 from .conftest import drag100_samples, dragbench_samples

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from dragsdk.errors import SpecError, UnsafePickleError
-from dragsdk.io import restricted_load
+from dragsdk.safe_pickle import restricted_load
 from dragsdk.samples import load_sample
 
 from .conftest import dragbench_samples

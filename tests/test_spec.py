@@ -4,7 +4,8 @@ import pytest
 from pydantic import ValidationError
 
 from dragsdk.errors import SpecError
-from dragsdk.spec import DragSpec, GuidanceSchedule, spec_from_json
+from dragsdk.spec import DragSpec, GuidanceSchedule
+from dragsdk.specfile import spec_from_json
 
 
 def test_drag_spec_json_round_trip_preserves_everything():

@@ -13,7 +13,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .bench import BenchConfig, BenchWorker, SampleRef, _error_record
+from .datasets import SampleRef
+from .jobs import BenchConfig, BenchWorker, error_record
 
 INSTALL = "pip install 'dragsdk[ray]'"
 IN_FLIGHT_PER_ACTOR = 2
@@ -93,7 +94,7 @@ def _drive(
     def submit(actor: Any) -> None:
         for ref, job, error in jobs:
             if job is None:
-                write(_error_record(ref, error, "load"), {})
+                write(error_record(ref, error, "load"), {})
                 continue
             pending[actor.run.remote(job)] = (actor, job)
             return
@@ -107,7 +108,7 @@ def _drive(
         try:
             record, files = ray.get(ready[0])
         except ray.exceptions.RayActorError as e:
-            write(_error_record(job, f"{type(e).__name__}: {e}", "worker"), {})
+            write(error_record(job, f"{type(e).__name__}: {e}", "worker"), {})
             pool = [a for a in pool if a is not actor]
             if pool:
                 submit(pool[0])

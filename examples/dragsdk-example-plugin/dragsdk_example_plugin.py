@@ -40,13 +40,13 @@ class CopyRectSpec(EditSpec):
     offset: tuple[int, int] = Field(..., description="dx, dy in image pixels")
 
 
-class CopyRectMode(EditMode):
+class CopyRectMode(EditMode[CopyRectSpec]):
     name = "copy-rect"
     spec_model = CopyRectSpec
     description = "copy a rectangle of the image elsewhere (example plugin)"
     unsupported_settings = frozenset({"schedule", "time_travel"})
 
-    def plan(self, spec: CopyRectSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
+    def plan(self, spec: CopyRectSpec, ctx: PlanContext) -> EditPlan:
         x0, y0, x1, y1 = spec.box
         w, h = ctx.canvas.image_size
         if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):

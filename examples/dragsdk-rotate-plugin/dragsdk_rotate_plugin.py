@@ -1,12 +1,9 @@
 """``rotate``: turn an object about its own centroid (optionally scaling and moving it), energy-guided like move.
 
-Written against :mod:`dragsdk.authoring` alone. On the feature grid, with the object placed by the affine map
-``x' = c + R(angle)·s·(x − c) + d``: the edit term pulls each placed cell's feature toward its source cell's
-guidance feature, ``w_edit / (1 + 4·S_local)``; the content term keeps everything outside the object and its new
-place, ``w_content / (1 + 4·S)`` (DragonDiffusion arXiv 2307.02421 Eq. 4–6 with S = (cos + 1)/2). The inverted
-latent of the object is pasted at its new place before sampling and K/V are replaced by the inversion's. The
-engine applies every sampler setting (guided steps, K/V start, regional SDE on old ∪ new place, time travel) and
-the spec's ``energy_scale`` / ``guidance_step``.
+Written against :mod:`dragsdk.authoring` alone. The object is placed by ``x' = c + R(angle)·s·(x − c) + d`` on the
+feature grid; the edit term ``w_edit / (1 + 4·S_local)`` pulls each placed cell toward its source cell's guidance
+feature, the content term ``w_content / (1 + 4·S)`` keeps the rest (DragonDiffusion arXiv 2307.02421 Eq. 4–6,
+S = (cos + 1)/2). Its inverted latent is pasted at its new place; K/V are replaced by the inversion's.
 """
 
 from __future__ import annotations
@@ -64,12 +61,12 @@ class RotateSpec(EditSpec):
     guidance_step: float = guidance_step_field(0.08)
 
 
-class RotateMode(EditMode):
+class RotateMode(EditMode[RotateSpec]):
     name = "rotate"
     spec_model = RotateSpec
     description = "rotate an object about its centre, energy-guided (example plugin)"
 
-    def plan(self, spec: RotateSpec, ctx: PlanContext) -> EditPlan:  # type: ignore[override]
+    def plan(self, spec: RotateSpec, ctx: PlanContext) -> EditPlan:
         canvas, obj = ctx.canvas, ctx.mask(spec.mask, "mask")
         a, d = affine(spec.scale, spec.angle), (spec.dx, spec.dy)
         fmap = affine_map(canvas, obj, a, d, "feature", field="angle")
