@@ -258,11 +258,16 @@ def _load_dragbench(ref: SampleRef) -> Sample:
     return Sample(ref.id, image, spec, meta)
 
 
+REGION_MODE = "region-drag"
+"""The mode DragBench-SR/DR samples are made for; its ``convert_spec`` turns a sample into its spec (looked up in
+the registry, so the evaluation code imports no mode)."""
+
+
 def _load_region(ref: SampleRef) -> Sample:
-    from dragsdk.plugins.region_drag import spec_from_sample
+    from ..registry import get_registry
 
     sparse = _load_dragbench(ref)
-    spec = spec_from_sample(ref.path, sparse.spec)
+    spec = get_registry().modes[REGION_MODE].convert_spec(sparse.spec, ref.path)
     meta = dict(sparse.meta)
     if spec.get("mask") is not None:
         meta["mask"] = load_mask(spec["mask"], "meta_data_region.pkl:mask")
