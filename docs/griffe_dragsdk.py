@@ -59,11 +59,19 @@ class DragsdkDocs(griffe.Extension):
             name = dotted.split(".", 1)[1]
             if name in pkg.members:
                 continue
-            sub = self._visit(name, folder / "__init__.py", pkg, loader)
-            for path in sorted(folder.glob("*.py")):
-                if path.name != "__init__.py":
-                    self._visit(path.stem, path, sub, loader)
+            self._visit_folder(name, folder, pkg, loader)
         self._rewrite(pkg)
+
+    def _visit_folder(self, name: str, folder: Path, parent: griffe.Module, loader: griffe.GriffeLoader) -> None:
+        """One package folder: its ``__init__``, its modules and, recursively, its sub-packages (a folder holding an
+        ``__init__.py``, e.g. ``plugins/region_drag/`` = ``dragsdk.plugins.region_drag``)."""
+        sub = self._visit(name, folder / "__init__.py", parent, loader)
+        for path in sorted(folder.glob("*.py")):
+            if path.name != "__init__.py":
+                self._visit(path.stem, path, sub, loader)
+        for child in sorted(folder.iterdir()):
+            if child.is_dir() and (child / "__init__.py").is_file() and child.name not in sub.members:
+                self._visit_folder(child.name, child, sub, loader)
 
     @staticmethod
     def _visit(name: str, path: Path, parent: griffe.Module, loader: griffe.GriffeLoader) -> griffe.Module:

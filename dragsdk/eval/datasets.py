@@ -15,7 +15,7 @@ Layouts (as published: DragDiffusion's ``drag_bench_evaluation``, RegionDrag's R
   before the spec is validated: ``"category"`` and ``"eval_points"`` (``[[handle, target], ...]`` pixels that score
   the edit when the spec itself has no point pairs).
 
-Pickles are read only through :func:`dragsdk.io.restricted_load` and JSON through :func:`dragsdk.io.read_json`
+Pickles are read only through :func:`dragsdk.safe_pickle.restricted_load` and JSON through :func:`dragsdk.io.read_json`
 (both capped at :func:`dragsdk.io.max_sample_bytes`). A sample that cannot be read (missing file,
 malformed pickle or JSON, a point off the image, a mask of the wrong size) is reported through ``on_error`` and
 skipped; it never ends the iteration.

@@ -416,7 +416,7 @@ def spec_from_sample(
 
     With ``meta_data_region.pkl`` (DragBench-SR/DR, as the official ``get_meta_data`` reads it,
     ``region_utils/drag.py:39-59``: prompt, dense alternating points, mask) the dense point list drives the
-    edit (read through :func:`dragsdk.io.restricted_load`). Otherwise the sample's sparse points
+    edit (read through :func:`dragsdk.safe_pickle.restricted_load`). Otherwise the sample's sparse points
     (``drag_spec``, default :func:`dragsdk.samples.load_sample`) become squares
     (:meth:`RegionDragSpec.from_points`). The sample's mask is the editable mask.
 
