@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
 from dragsdk.attention import KVInjection
+from dragsdk.authoring import MaskUI, ModeUI
 from dragsdk.cycle_sde import RegionDragGrid
 from dragsdk.errors import SpecError
 from dragsdk.fidelity import ProfileTable, option
@@ -498,6 +499,14 @@ class RegionDragMode(EditMode[RegionDragSpec]):
     profiles = REGION_DRAG_PROFILES
     description = "region drag: move regions, polygons or dense point sets (RegionDrag, gradient-free)"
     unsupported_settings = frozenset({"schedule", "sde", "time_travel"})
+    ui = ModeUI(  # the browser editor's inputs
+        help="Brush a **handle region** and a **target region**, or pick *polygon vertices* and click the handle "
+        "polygon's corners, then the target polygon's (3 or 4 each). The mask is optional.",
+        order=20,
+        regions="regions",
+        polygons="polygons",
+        mask=MaskUI(name="editable region", label="Editable region (optional)"),
+    )
 
     # -- inputs → one map -------------------------------------------------------------------------------------
     def source_map(
