@@ -536,6 +536,73 @@ def test_the_ui_package_names_no_mode():
     assert not found, found
 
 
+def _rotate_inputs(size, **kw) -> Inputs:
+    return Inputs(mask=_box(size, 60, 40, 120, 90), scale=0.8, steps=2, resolution=64, **kw)
+
+
+def test_an_installed_third_party_mode_is_offered_and_builds_a_spec_the_editor_accepts(tiny_model, tmp_path):
+    """The rotate example, installed (found through its entry point), is listed with its UI description: the mask
+    editor, a click for the object's centre, the scale slider and an `angle` box built from its schema; what the
+    page holds becomes a RotateSpec the editor plans, and the preview is the plan's placement."""
+    from pydantic import ValidationError
+
+    from dragsdk import Editor
+    from dragsdk.ui.forms import page_modes
+
+    from .example_registry import example_registry
+
+    size = (192, 128)
+    with example_registry(tmp_path) as reg:
+        pages = page_modes(reg)
+        assert "rotate" in pages and list(pages)[:6] == list(MODES)[:6]  # after the built-ins (order 100)
+        page = pages["rotate"]
+        assert page.declared and page.mask_required and page.scale_max == 2.0
+        (angle,) = page.controls
+        assert (angle.name, angle.kind, angle.required) == ("angle", "number", True)
+        assert "[-360, 360]" in angle.info and angle.placeholder == "required"
+        assert "**object**" in page.help and "*angle*" in page.help
+
+        s = _session(size)
+        assert "optional" in describe_clicks(s, "rotate", registry=reg)
+        with pytest.raises(UIError) as e:  # no angle: a message beside the settings
+            build_spec("rotate", s, _rotate_inputs(size), reg)
+        assert e.value.control == "settings" and "angle is required" in e.value.message
+        with pytest.raises(UIError) as e:
+            build_spec("rotate", s, _rotate_inputs(size, fields={"angle": "ten"}), reg)
+        assert e.value.control == "settings" and "number" in e.value.message
+        with pytest.raises(UIError) as e:
+            build_spec("rotate", s, Inputs(fields={"angle": "30"}), reg)
+        assert e.value.control == "mask" and "the object is empty" in e.value.message
+
+        assert add_click(s, "rotate", (120, 60), registry=reg) == "the object's centre goes to (120, 60)"
+        inputs = _rotate_inputs(size, fields={"angle": " 30 "})
+        spec = build_spec("rotate", s, inputs, reg)
+        assert spec["angle"] == 30.0 and spec["scale"] == 0.8
+        assert (spec["dx"], spec["dy"]) == shift_to((120, 60), inputs.mask)  # about the object's centroid
+        assert np.array_equal(load_mask(spec["mask"]), inputs.mask)
+        model = reg.spec_models()["rotate"]
+        rotate = model.model_validate(spec)
+        assert type(rotate).__name__ == "RotateSpec" and rotate.angle == 30.0
+
+        editor = Editor(tiny_model, registry=reg)
+        dry = editor.plan(s.image, spec)
+        place = placement_preview("rotate", s, inputs, reg, editor.model.default_resolution)
+        assert place is not None
+        np.testing.assert_array_equal(place.region, _cells_on_pixels(dry.plan.edit_mask, size))
+        ys, xs = np.nonzero(place.region)
+        cell = size[0] / dry.canvas.latent_size[0]
+        assert abs(xs.mean() - 120.5) <= 1.5 * cell and abs(ys.mean() - 60.5) <= 1.5 * cell
+        assert render_overlay(s, "rotate", inputs, reg).size == size
+
+        with pytest.raises(ValidationError) as e:  # out of the schema's range: beside the settings too
+            model.model_validate(build_spec("rotate", s, _rotate_inputs(size, fields={"angle": 400}), reg))
+        control, message = pydantic_message(e.value, page)
+        assert control == "settings" and message.startswith("angle:")
+    with pytest.raises(UIError) as e:  # the process registry has no rotate
+        build_spec("rotate", s, inputs)
+    assert e.value.control == "run" and "unknown mode 'rotate'" in e.value.message
+
+
 def _plugin_with(*modes):
     from dragsdk.authoring import hookimpl
 
