@@ -243,8 +243,6 @@ class Backend(ABC):
         return None
 
     def describe(self) -> dict[str, Any]:
-        from .select import availability
-
         ok, why = availability(self)
         return {
             "name": self.name,
@@ -254,3 +252,12 @@ class Backend(ABC):
             "priority": self.priority,
             "capabilities": self.capabilities.to_dict(),
         }
+
+
+def availability(backend: Any) -> tuple[bool, str]:
+    """``backend.availability()``, with an exception raised by a (plugin) backend turned into a refusal."""
+    try:
+        ok, why = backend.availability()
+    except Exception as e:
+        return False, f"availability() raised {type(e).__name__}: {str(e)[:200]}"
+    return bool(ok), str(why)

@@ -23,7 +23,7 @@ import torch
 
 from dragsdk.errors import BackendUnavailableError
 
-from .base import BackendNeeds
+from .base import BackendNeeds, availability
 
 FALLBACK_ORDER = ("triton", "xformers", "eager", "compile", "onnx")
 """The built-ins' order when nothing is measured (their ``priority``: 40, 30, 20, 10, 0). ``compile`` comes after
@@ -100,15 +100,6 @@ def save_entry(key: str, entry: dict[str, Any], merge: bool = False) -> Path:
         entry = {**entry, "results": {**old["results"], **entry.get("results", {})}}
     table[key] = entry
     return write_text_atomic(json.dumps(table, indent=2), table_path())
-
-
-def availability(backend: Any) -> tuple[bool, str]:
-    """``backend.availability()``, with an exception raised by a (plugin) backend turned into a refusal."""
-    try:
-        ok, why = backend.availability()
-    except Exception as e:
-        return False, f"availability() raised {type(e).__name__}: {str(e)[:200]}"
-    return bool(ok), str(why)
 
 
 def _order(backends: dict[str, Any]) -> list[str]:

@@ -39,6 +39,7 @@ from .fidelity import ALL_IMPROVEMENTS, OFFICIAL, Fidelity, ProfileTable, option
 from .geometry import Canvas, Grid
 from .hookspecs import hookimpl
 from .image_prompt import ImagePromptPlan
+from .inversion import DDIMSchedule
 from .io import load_mask as _load_mask
 from .io import mask_to_data_url
 from .modes import EditMode, MaskUI, ModeUI, PlacementUI, PlanContext, ReferenceUI
@@ -59,7 +60,9 @@ from .samples import load_sample
 from .spec import (
     DIFFEDITOR_PROFILES,
     ENERGY_UNIT,
+    MAX_DENSE_POINTS,
     MAX_POINT_PAIRS,
+    MAX_REGION_PAIRS,
     REFERENCE_PROFILES,
     Coordinate,
     DiffEditorOptions,
@@ -136,6 +139,7 @@ __all__ = [
     "Canvas",
     "Cells",
     "Coordinate",
+    "DDIMSchedule",
     "DIFFEDITOR_PROFILES",
     "DiffEditorOptions",
     "ENERGY_UNIT",
@@ -151,7 +155,9 @@ __all__ = [
     "KVInjection",
     "KVPlan",
     "LatentPaste",
+    "MAX_DENSE_POINTS",
     "MAX_POINT_PAIRS",
+    "MAX_REGION_PAIRS",
     "MaskInput",
     "MaskRef",
     "MaskUI",

@@ -14,9 +14,13 @@ def dragsdk_register_modes(register):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from dragsdk.backends.base import Backend
+    from dragsdk.modes import EditMode
 
 hookspec = pluggy.HookspecMarker("dragsdk")
 hookimpl = pluggy.HookimplMarker("dragsdk")
@@ -25,7 +29,7 @@ __all__ = ["hookimpl", "hookspec", "dragsdk_register_modes", "dragsdk_register_b
 
 
 @hookspec
-def dragsdk_register_modes(register: Callable[[Any], None]) -> None:
+def dragsdk_register_modes(register: Callable[[EditMode[Any]], None]) -> None:
     """Register edit modes: call ``register(mode)`` once per :class:`dragsdk.modes.EditMode` instance.
 
     Args:
@@ -36,7 +40,7 @@ def dragsdk_register_modes(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def dragsdk_register_backends(register: Callable[[Any], None]) -> None:
+def dragsdk_register_backends(register: Callable[[Backend], None]) -> None:
     """Register backends: call ``register(backend)`` once per :class:`dragsdk.backends.base.Backend` instance.
 
     Args:

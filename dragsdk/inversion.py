@@ -75,7 +75,7 @@ class DDIMSchedule:
 
     def inversion_step(self, i: int) -> tuple[int, float, float]:
         """``(t, ᾱ_t, ᾱ_prev)`` of the inversion step that records sampling step ``i``: the sampling step's own
-        levels here; a schedule whose two passes differ (:class:`dragsdk.cycle_sde.RegionDragGrid`) overrides it."""
+        levels here; a schedule whose two passes differ (region-drag's ``RegionDragGrid``) overrides it."""
         return self.timesteps[i], self.alpha(i), self.alpha_prev(i)
 
 

@@ -32,12 +32,18 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError
+
+if TYPE_CHECKING:
+    from dragsdk.backends.base import Backend
+
+    from .modes import EditMode
+    from .spec import EditSpec
 
 
 def _normalize(name: str) -> str:
@@ -183,8 +189,8 @@ class Registry:
         self._plugins: dict[str, PluginInfo] = {}
         self._pending: list[tuple[md.EntryPoint, str, str | None]] = []  # third-party, not yet imported
         self._hook_failures: list[PluginFailure] = []
-        self._modes: dict[str, Any] = {}
-        self._backends: dict[str, Any] = {}
+        self._modes: dict[str, EditMode[Any]] = {}
+        self._backends: dict[str, Backend] = {}
         self._owners: dict[tuple[str, str], str] = {}
         self._resolved = False
         self._lock = threading.RLock()  # resolution runs once, whole, even when threads ask at the same time
@@ -386,8 +392,8 @@ class Registry:
     def _resolve_locked(self) -> None:
         self._failures = [f for f in self._failures if f not in self._hook_failures]
         self._hook_failures, self.overrides = [], []
-        modes: dict[str, Any] = {}
-        backends: dict[str, Any] = {}
+        modes: dict[str, EditMode[Any]] = {}
+        backends: dict[str, Backend] = {}
         self._owners = {}
         override = _names(OVERRIDE_ENV)
         for info in self._plugins.values():
@@ -480,17 +486,17 @@ class Registry:
         return self._modes if kind == "mode" else self._backends
 
     @property
-    def modes(self) -> Mapping[str, Any]:
+    def modes(self) -> Mapping[str, EditMode[Any]]:
         """Edit modes by name: a read-only mapping that imports third-party plugins only when a name it does not
         have yet is looked up, or when it is iterated (a listing)."""
         return _LazyTable(self, "mode")
 
     @property
-    def backends(self) -> Mapping[str, Any]:
+    def backends(self) -> Mapping[str, Backend]:
         """Backends by name (read-only, lazy as :attr:`modes`)."""
         return _LazyTable(self, "backend")
 
-    def spec_models(self) -> Mapping[str, type]:
+    def spec_models(self) -> Mapping[str, type[EditSpec]]:
         """The spec model of every mode, by mode name (read-only, lazy as :attr:`modes`)."""
         return _LazyTable(self, "mode", lambda mode: mode.spec_model)
 

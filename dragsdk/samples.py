@@ -53,7 +53,7 @@ def load_sample(folder: str | Path) -> tuple[Path, dict[str, Any]]:
     """The image path and a ``drag`` spec dict (mask embedded as a data URL) of a sample folder.
 
     This is the one sample reader of ``dragsdk edit``, ``dragsdk bench`` (:mod:`dragsdk.eval.datasets`) and the UI.
-    ``meta_data.pkl`` goes through :func:`dragsdk.io.restricted_load`, ``points.json`` through
+    ``meta_data.pkl`` goes through :func:`dragsdk.safe_pickle.restricted_load`, ``points.json`` through
     :func:`dragsdk.io.read_json`; both are capped at :func:`dragsdk.io.max_sample_bytes`.
 
     Raises:

@@ -556,3 +556,310 @@ def test_dense_points_write_every_target_cell_at_any_working_size(
             d = _as_dict(sm)
             pairs = zip(pts[0::2], pts[1::2], strict=True)
             assert d == {(t[1] // 8, t[0] // 8): (s[1] // 8, s[0] // 8) for s, t in pairs}
+
+
+# ---------------------------------------------------------------------------------------------- official rules = cv2
+# The official code (Visual-AI/RegionDrag @5cf4922) builds its maps with OpenCV (opencv-python==4.8.0.76). dragsdk
+# re-implements those calls without OpenCV; these tests compare them with the real cv2 (a test-only dependency,
+# pinned in requirements/lock.txt) on random inputs, and the whole maps with the official steps written out on cv2.
+def _cv2():
+    cv2 = pytest.importorskip("cv2")
+    version = tuple(int(v) for v in cv2.__version__.split(".")[:2])
+    if not (4, 8) <= version < (4, 11):  # 4.11 changed cv2.fillPoly's cells; the official code pins 4.8.0
+        pytest.skip(f"cv2 {cv2.__version__}: the official rasterisation is that of OpenCV 4.8-4.10")
+    return cv2
+
+
+def _blob(rng: np.random.Generator, w: int, h: int, kind: int | None = None) -> np.ndarray:
+    """A random ellipse, rectangle or rotated rectangle, ``(h, w)`` uint8 0/1."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    kind = int(rng.integers(0, 3)) if kind is None else kind
+    cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
+    if kind == 0:
+        a, b = rng.uniform(6, w / 4), rng.uniform(6, h / 4)
+        m = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+    elif kind == 1:
+        m = (abs(xx - cx) <= rng.uniform(4, w / 4)) & (abs(yy - cy) <= rng.uniform(4, h / 4))
+    else:
+        r, th = rng.uniform(8, min(w, h) / 4), rng.uniform(0, np.pi)
+        u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+        v = (yy - cy) * np.cos(th) - (xx - cx) * np.sin(th)
+        m = (abs(u) <= r) & (abs(v) <= r * rng.uniform(0.3, 1))
+    return m.astype(np.uint8)
+
+
+def _noise_mask(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """Speckle, rings (nested objects and holes) or overlapping rectangles: hard cases for contours and resizing."""
+    kind = int(rng.integers(0, 3))
+    if kind == 0:
+        return (rng.random((h, w)) < rng.uniform(0.2, 0.8)).astype(np.uint8)
+    m = np.zeros((h, w), np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for _ in range(int(rng.integers(1, 6))):
+        if kind == 1:
+            d = (yy - rng.random() * h) ** 2 + (xx - rng.random() * w) ** 2
+            r1 = rng.random() * max(w, h) / 3
+            m ^= ((d < r1**2) & (d >= (r1 * rng.uniform(0.2, 0.9)) ** 2)).astype(np.uint8)
+        else:
+            x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+            m[y0 : y0 + int(rng.integers(1, 10)), x0 : x0 + int(rng.integers(1, 10))] ^= 1
+    return m
+
+
+def _map_of(src: np.ndarray, tgt: np.ndarray, gs: tuple[int, int]) -> dict[tuple[int, int], tuple[int, int]]:
+    """``{(row, col) target: (row, col) source}`` of official ``(x, y)`` cell lists; the last pair of a target wins
+    (the official dense copy); pairs with a cell off the grid are dropped (dragsdk's fix of the official bug)."""
+    w, h = gs
+    out = {}
+    for (sx, sy), (tx, ty) in zip(
+        np.asarray(src).reshape(-1, 2).tolist(), np.asarray(tgt).reshape(-1, 2).tolist(), strict=True
+    ):
+        if 0 <= sx < w and 0 <= sy < h and 0 <= tx < w and 0 <= ty < h:
+            out[(ty, tx)] = (sy, sx)
+    return out
+
+
+def test_official_grid_mask_is_cv2_resize_rounding_at_half() -> None:
+    """Mask → grid = ``cv2.resize(uint8 0/1 mask) != 0``: the 8-bit bilinear value rounded, so a cell is in iff its
+    value is ≥ 0.5, not > 0. At the official grid (image/8) that is: ≥ 2 of the 4 pixels around the cell centre."""
+    cv2 = _cv2()
+    from dragsdk.regions import _cv_resize_nonzero, _official_grid_mask
+
+    rng = np.random.default_rng(0)
+    differs_from_any = 0
+    # random image and grid sizes: downscales by non-integer factors, exact 2× and 8×, upscales
+    for i in range(40):
+        w, h = (int(v) for v in rng.integers(1, 160, 2))
+        dw, dh = (int(v) for v in rng.integers(1, 60, 2))
+        if i % 4 == 0:
+            dw, dh = max(w // 8, 1), max(h // 8, 1)
+        elif i % 4 == 1:
+            dw, dh = max(w // 2, 1), max(h // 2, 1)
+        m = _noise_mask(rng, w, h) if i % 2 else _blob(rng, max(w, 32), max(h, 32))[:h, :w]
+        ref = cv2.resize(m, (dw, dh)) != 0
+        assert np.array_equal(_cv_resize_nonzero(m, (dw, dh)), ref), (w, h, dw, dh)
+    for _ in range(20):  # the official grid, through the map builders' mask function
+        gw, gh = (int(v) for v in rng.integers(8, 48, 2))
+        canvas = Canvas((8 * gw, 8 * gh), (8 * gw, 8 * gh))
+        m = _blob(rng, 8 * gw, 8 * gh)
+        grid = _official_grid_mask(canvas, m, "latent", "m").numpy()
+        assert np.array_equal(grid, cv2.resize(m, (gw, gh)) != 0)
+        quads = m[3::8, 3::8].astype(int) + m[4::8, 3::8] + m[3::8, 4::8] + m[4::8, 4::8]
+        assert np.array_equal(grid, quads >= 2)
+        differs_from_any += int((grid != (quads >= 1)).sum())
+    assert differs_from_any > 0  # the former "bilinear > 0" rule marked more cells
+
+
+def test_official_polygon_fill_is_cv2_fillpoly() -> None:
+    """cv2.fillPoly / drawContours(FILLED) cells of integer polygons, inside and crossing the image edges."""
+    cv2 = _cv2()
+    from dragsdk.regions import _cv_fill_poly, fill_polygon_cells
+
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        n = int(rng.integers(1, 9)) if i % 3 == 0 else int(rng.choice([3, 4]))
+        v = rng.integers(-15, 60, (n, 2)).astype(np.int32)  # convex or not, self-intersecting, off the image
+        w, h = (int(x) for x in rng.integers(5, 50, 2))
+        ref = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(ref, [v], 1)
+        assert np.array_equal(_cv_fill_poly(v, (w, h)), ref == 1), (v.tolist(), w, h)
+        drawn = np.zeros((h, w), np.uint8)
+        cv2.drawContours(drawn, [v.reshape(-1, 1, 2)], -1, color=255, thickness=cv2.FILLED)
+        assert np.array_equal(_cv_fill_poly(v, (w, h)), drawn != 0)
+        # the official polygon mask spans [0, max] of the vertices; fill_polygon_cells cuts it to the grid
+        if (v.max(0) >= 0).all():
+            canvas_ref = np.zeros((v[:, 1].max() + 1, v[:, 0].max() + 1), np.uint8)
+            cv2.fillPoly(canvas_ref, [v], 1)
+            rows, cols = fill_polygon_cells(v, (w, h))
+            ry, rx = np.nonzero(canvas_ref[:h, :w])
+            assert np.array_equal(rows.numpy(), ry) and np.array_equal(cols.numpy(), rx)
+
+
+def test_official_contours_are_cv2_findcontours() -> None:
+    """RETR_EXTERNAL / CHAIN_APPROX_SIMPLE: same contours, same points, same order (objects in holes skipped)."""
+    cv2 = _cv2()
+    from dragsdk.regions import _cv_external_contours
+
+    rng = np.random.default_rng(2)
+    for _ in range(60):
+        w, h = (int(v) for v in rng.integers(3, 40, 2))
+        m = _noise_mask(rng, w, h)
+        ref = cv2.findContours(m.copy(), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+        mine = _cv_external_contours(m)
+        assert len(mine) == len(ref)
+        assert all(np.array_equal(a, b.reshape(-1, 2)) for a, b in zip(mine, ref, strict=True))
+
+
+def test_official_transforms_are_cv2() -> None:
+    """getAffineTransform / getPerspectiveTransform (bit for bit) and cv2.transform / perspectiveTransform of grid
+    points (bit for bit, as the FMA builds of cv2 compute them)."""
+    cv2 = _cv2()
+    from dragsdk.regions import _cv_apply_transform, _cv_transform_matrix
+
+    rng = np.random.default_rng(3)
+    q = np.stack(np.meshgrid(np.arange(40), np.arange(30)), -1).reshape(-1, 2).astype(np.float32)
+    probe = np.float32([[3, 7], [11, 2], [5, 13]]), np.float32([[4.125, 7.5], [12.75, 2.375], [5.5, 14.875]])
+    m = cv2.getAffineTransform(*probe)
+    f = m.astype(np.float32).ravel()
+    fused = _cv_apply_transform(q, m)
+    unfused = np.stack(
+        [(f[0] * q[:, 0] + f[1] * q[:, 1]) + f[2], (f[3] * q[:, 0] + f[4] * q[:, 1]) + f[5]], 1
+    )
+    got = cv2.transform(q[None], m)[0]
+    if np.array_equal(got, unfused) and not np.array_equal(got, fused):
+        pytest.skip(
+            "this CPU's cv2 does not fuse multiply-adds (no FMA): the official results are the unfused ones"
+        )
+    for i in range(60):
+        n = 3 if i % 2 else 4
+        d = rng.integers(0, 320, (n, 2)).astype(np.float32) * np.float32(0.125)
+        if i % 3 == 0:  # a translation: cv2.transform's diagonal path
+            s = d + (rng.integers(-80, 80, 2) * 0.125).astype(np.float32)
+        else:
+            s = (d + rng.integers(-80, 80, (n, 2)) * 0.125).astype(np.float32)
+        try:
+            ref = cv2.getAffineTransform(d, s) if n == 3 else cv2.getPerspectiveTransform(d, s)
+        except cv2.error:
+            continue
+        mine = _cv_transform_matrix(d, s)
+        if mine is None:  # singular: cv2 returns zeros (and 1 at [2, 2])
+            continue
+        assert np.array_equal(mine, ref)
+        pts = cv2.transform(q[None], ref)[0] if n == 3 else cv2.perspectiveTransform(q[None], ref)[0]
+        assert np.array_equal(_cv_apply_transform(q, ref), pts)
+
+
+def test_official_region_pair_maps_equal_the_official_formula() -> None:
+    """Random region pairs at the native grid: the map is the official ``region_pair_to_pts`` (ui_utils.py:141-186)
+    written out on cv2 + float32 torch, cell for cell."""
+    cv2 = _cv2()
+    rng = np.random.default_rng(4)
+    done = 0
+    while done < 25:
+        gw, gh = int(rng.integers(24, 64)), int(rng.integers(16, 48))
+        canvas = Canvas((8 * gw, 8 * gh), (8 * gw, 8 * gh))
+        handle, target = _blob(rng, 8 * gw, 8 * gh), _blob(rng, 8 * gw, 8 * gh)
+        src = torch.from_numpy(cv2.resize(handle, (gw, gh))).bool()
+        tgt = torch.from_numpy(cv2.resize(target, (gw, gh))).bool()
+        cols = torch.nonzero(src.any(0)).flatten()
+        if not bool(tgt.any()) or len(cols) != int(cols.max() - cols.min()) + 1:
+            continue  # empty, or a handle column without cells: the official NaN sources (tested above)
+        gy, gx = torch.meshgrid(torch.arange(gh).float(), torch.arange(gw).float(), indexing="ij")
+        inf = torch.tensor(float("inf"))
+        sx0, sx1 = gx[src].min(), gx[src].max()
+        tx0, tx1 = gx[tgt].min(), gx[tgt].max()
+        x = ((gx - tx0) * ((sx1 - sx0) / (tx1 - tx0).clamp(min=1e-4)) + sx0) * tgt
+        sy0 = torch.where(src, gy, inf).min(0).values[x.int()]
+        sy1 = torch.where(src, gy, -inf).max(0).values[x.int()]
+        ty0, ty1 = torch.where(tgt, gy, inf).min(0).values, torch.where(tgt, gy, -inf).max(0).values
+        y = (gy - ty0) * ((sy1 - sy0) / (ty1 - ty0).clamp(min=1e-4)) + sy0
+        ref = _map_of(
+            torch.stack([x[tgt], y[tgt]], 1).int().numpy(),
+            torch.stack([gx[tgt], gy[tgt]], 1).int().numpy(),
+            (gw, gh),
+        )
+        assert _as_dict(region_pair_map(canvas, handle, target, rules="official")) == ref
+        done += 1
+
+
+def test_official_polygon_maps_equal_the_official_formula() -> None:
+    """Random triangle / quad pairs at the native grid: the map is the official ``transform_polygon``
+    (ui_utils.py:286-305) written out on cv2, cell for cell (sources off the grid dropped)."""
+    cv2 = _cv2()
+    rng = np.random.default_rng(5)
+    done = 0
+    while done < 30:
+        w, h = 8 * int(rng.integers(24, 64)), 8 * int(rng.integers(16, 48))
+        n = int(rng.choice([3, 4]))
+        c, r = rng.uniform(0.2, 0.8, 2) * [w, h], rng.uniform(10, min(w, h) / 3)
+        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        tv = np.round(c + r * np.stack([np.cos(ang), np.sin(ang)], 1)).astype(int)
+        hv = tv + rng.integers(-40, 40, 2) if done % 2 else tv + rng.integers(-20, 20, (n, 2))
+        if (np.minimum(tv, hv) < 0).any() or (np.maximum(tv, hv) >= [w, h]).any():
+            continue
+        canvas = Canvas((w, h), (w, h))
+        try:
+            sm = polygon_map(canvas, hv, tv, rules="official")
+        except (
+            ValueError
+        ) as e:  # dragsdk refuses degenerate or self-intersecting polygons (the official UI too)
+            assert "degenerate" in str(e) or "self-intersect" in str(e)
+            continue
+        hs, ts = np.float32(hv) * 0.125, np.float32(tv) * 0.125
+        m = (cv2.getAffineTransform if n == 3 else cv2.getPerspectiveTransform)(ts, hs)
+        iv = ts.astype(np.int32)
+        mask = np.zeros((iv[:, 1].max() + 1, iv[:, 0].max() + 1), np.uint8)
+        cv2.fillPoly(mask, [iv], 1)
+        cells = np.column_stack(np.nonzero(mask == 1))[:, ::-1]
+        q = (cv2.transform if n == 3 else cv2.perspectiveTransform)(cells[None].astype(np.float32), m)[0]
+        assert _as_dict(sm) == _map_of(q.astype(np.int32), cells, canvas.latent_size)
+        done += 1
+
+
+def _official_idw(points: np.ndarray, anchors: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """The official ``interpolate_points`` (ui_utils.py:469-496) step by step: float16, 4 nearest by torch.sort,
+    weights 1/(d + 1e-4), at most 100 anchors (linspace), rounded; one anchor: shift, truncated."""
+    p, a, mv = (
+        torch.from_numpy(np.ascontiguousarray(v, dtype=np.int32)).half() for v in (points, anchors, moves)
+    )
+    if len(a) < 2:
+        return (p + mv).int().numpy()
+    if len(a) > 100:
+        pick = torch.linspace(0, len(a) - 1, steps=100).long()
+        a, mv = a[pick], mv[pick]
+    dist = torch.norm(p[:, None] - a[None], dim=-1)
+    near = torch.sort(dist, dim=1)[1][:, : min(4, len(a))]
+    inv = 1 / (dist.gather(1, near) + 1e-4)
+    wts = inv / inv.sum(1, keepdim=True)
+    step = (
+        wts[..., None] * mv[None].expand(len(p), -1, -1).gather(1, near[..., None].expand(-1, -1, 2))
+    ).sum(1)
+    return (p + step).round().int().numpy()
+
+
+def test_official_region_points_maps_equal_the_official_formula() -> None:
+    """Random regions (several objects, holes) and 1-5 point pairs at the native grid: the map is the official
+    ``region_to_points`` (ui_utils.py:420-525) written out on cv2 — the contour warped by the points, filled, mapped
+    back — cell for cell."""
+    cv2 = _cv2()
+    rng = np.random.default_rng(6)
+    done = 0
+    while done < 25:
+        w, h = 8 * int(rng.integers(24, 64)), 8 * int(rng.integers(16, 48))
+        mask = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            mask |= _blob(rng, w, h)
+        if done % 3 == 0:
+            mask &= 1 - _blob(rng, w, h, 0)
+        ys, xs = np.nonzero(mask)
+        if len(xs) < 10:
+            continue
+        picks = rng.integers(0, len(xs), int(rng.integers(1, 6)))
+        handles = np.stack([xs[picks], ys[picks]], 1)
+        targets = np.clip(handles + rng.integers(-60, 60, handles.shape), 0, [w - 1, h - 1])
+        gw, gh = w // 8, h // 8
+        small = cv2.resize(mask, (gw, gh))
+        hs, ts = (handles * 0.125).astype(np.int32), (targets * 0.125).astype(np.int32)
+        src, tgt = [], []
+        for contour in cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]:
+            region = np.zeros((gh, gw), np.uint8)
+            cv2.drawContours(region, [contour], -1, color=255, thickness=cv2.FILLED)
+            cells = np.column_stack(np.nonzero(region))[:, ::-1].astype(np.int32)
+            inside = np.array([(cells == p).all(1).any() for p in hs])
+            if not inside.any():
+                continue
+            a, mv = hs[inside], ts[inside] - hs[inside]
+            outline = _official_idw(contour[:, 0], a, mv)
+            moved = _official_idw(cells, a, mv)
+            moved_region = np.zeros((gh, gw), np.uint8)
+            cv2.drawContours(moved_region, [outline[:, None]], -1, color=255, thickness=cv2.FILLED)
+            target_cells = np.column_stack(np.nonzero(moved_region))[:, ::-1].astype(np.int32)
+            src.append(_official_idw(target_cells, moved, cells - moved))
+            tgt.append(target_cells)
+        if not src:
+            with pytest.raises(ValueError, match="none lies on a latent cell"):
+                points_map(Canvas((w, h), (w, h)), mask, handles, targets, rules="official")
+            continue
+        sm = points_map(Canvas((w, h), (w, h)), mask, handles, targets, rules="official")
+        assert _as_dict(sm) == _map_of(np.concatenate(src), np.concatenate(tgt), (gw, gh))
+        done += 1

@@ -15,7 +15,7 @@ Layouts (as published: DragDiffusion's ``drag_bench_evaluation``, RegionDrag's R
   before the spec is validated: ``"category"`` and ``"eval_points"`` (``[[handle, target], ...]`` pixels that score
   the edit when the spec itself has no point pairs).
 
-Pickles are read only through :func:`dragsdk.io.restricted_load` and JSON through :func:`dragsdk.io.read_json`
+Pickles are read only through :func:`dragsdk.safe_pickle.restricted_load` and JSON through :func:`dragsdk.io.read_json`
 (both capped at :func:`dragsdk.io.max_sample_bytes`). A sample that cannot be read (missing file,
 malformed pickle or JSON, a point off the image, a mask of the wrong size) is reported through ``on_error`` and
 skipped; it never ends the iteration.
@@ -258,11 +258,16 @@ def _load_dragbench(ref: SampleRef) -> Sample:
     return Sample(ref.id, image, spec, meta)
 
 
+REGION_MODE = "region-drag"
+"""The mode DragBench-SR/DR samples are made for; its ``convert_spec`` turns a sample into its spec (looked up in
+the registry, so the evaluation code imports no mode)."""
+
+
 def _load_region(ref: SampleRef) -> Sample:
-    from dragsdk.plugins.region_drag import spec_from_sample
+    from ..registry import get_registry
 
     sparse = _load_dragbench(ref)
-    spec = spec_from_sample(ref.path, sparse.spec)
+    spec = get_registry().modes[REGION_MODE].convert_spec(sparse.spec, ref.path)
     meta = dict(sparse.meta)
     if spec.get("mask") is not None:
         meta["mask"] = load_mask(spec["mask"], "meta_data_region.pkl:mask")

@@ -7,11 +7,13 @@ The default ``profile="official"`` computes what the official "Encode then CP" c
 its bugs fixed (:data:`PROFILES`; docs/modes/region-drag.md has the item-by-item table):
 
 1. Every input (region pairs, polygon pairs, a region plus a few handle → target points, or the dense point list of
-   DragBench-SR/DR) becomes one dense target → source map on the latent grid (:mod:`dragsdk.regions`, official
-   rules: truncation, boundary-inclusive polygon fill, 1/d weights): each target cell gets exactly one source cell.
+   DragBench-SR/DR) becomes one dense target → source map on the latent grid (:mod:`dragsdk.plugins.region_drag.maps`, official
+   rules: the cells of the official OpenCV calls — masks resized with 8-bit rounding, ``cv2.fillPoly`` — truncated
+   sources, and for region + points the official contour warp with float16 1/d weights): each target cell gets
+   exactly one source cell.
    Several pairs are merged; a later pair wins a cell.
 2. ``z0`` = a seeded VAE posterior sample; Cycle-SDE inversion (:mod:`dragsdk.cycle_sde`, SDE-Drag arXiv
-   2311.01410) of ``int(start_t·steps)`` steps on the official grid (:class:`~dragsdk.cycle_sde.RegionDragGrid`:
+   2311.01410) of ``int(start_t·steps)`` steps on the official grid (:class:`~dragsdk.plugins.region_drag.grid.RegionDragGrid`:
    UNet at 100 … 550 for 20 steps, start 0.5), recording every latent, the reverse noise, and the self-attention
    K/V of **every** layer (encoder, mid, decoder).
 3. The handle cells of the starting latent are re-noised, ``√(1−α²)·z + α·ε`` (α = ``handle_noise``).
@@ -36,31 +38,42 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from dragsdk.attention import KVInjection
-from dragsdk.authoring import MaskUI, ModeUI
-from dragsdk.cycle_sde import RegionDragGrid
-from dragsdk.errors import SpecError
-from dragsdk.fidelity import ProfileTable, option
-from dragsdk.hookspecs import hookimpl
-from dragsdk.image_prompt import ImagePromptPlan
-from dragsdk.io import mask_to_data_url, restricted_load
-from dragsdk.modes import EditMode, PlanContext
-from dragsdk.plan import EditPlan, HandleNoise, KVPlan, LatentPaste, StepPaste
-from dragsdk.regions import SourceMap, dense_points_map, points_map, polygon_map, region_pair_map
-from dragsdk.spec import (
+from dragsdk.authoring import (
     MAX_DENSE_POINTS,
     MAX_POINT_PAIRS,
     MAX_REGION_PAIRS,
+    EditMode,
+    EditPlan,
     EditSpec,
+    HandleNoise,
+    ImagePromptPlan,
+    KVInjection,
+    KVPlan,
+    LatentPaste,
+    MaskRef,
+    MaskUI,
+    ModeUI,
+    PlanContext,
     Point,
     PointPair,
+    ProfileTable,
     SamplerSettings,
+    SourceMap,
+    SpecError,
     SpecModel,
-    _as_mask_ref,
+    StepPaste,
+    hookimpl,
     list_cap,
+    load_sample,
+    mask_to_data_url,
+    option,
+    restricted_load,
 )
+
+from .grid import RegionDragGrid
+from .maps import dense_points_map, points_map, polygon_map, region_pair_map
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
@@ -92,14 +105,13 @@ class RegionPair(SpecModel):
     """A handle (source) region and the target region it is moved to; masks of the image's size. Also accepted as
     ``[handle, target]``."""
 
-    handle: str = Field(
+    handle: MaskRef = Field(
         ..., description="handle region: PNG path or data URL, white = inside, the image's size"
     )
-    target: str = Field(
+    target: MaskRef = Field(
         ..., description="target region: PNG path or data URL, white = inside, the image's size"
     )
 
-    _refs = field_validator("handle", "target", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
     _seq = model_validator(mode="before")(classmethod(lambda cls, v: _pair_from_sequence(v)))
 
 
@@ -216,7 +228,7 @@ def _refuse_outside(canvas: Any, vertices: Sequence[Sequence[float]], field: str
 
 MIN_CYCLE_SDE_STEPS = 3
 """Fewest steps on RegionDrag's own time grids: with DPM-Solver's linspace grid of 2 steps ``[999, 500]`` the one
-inversion step is ``500 + 1000 // 2 = 1000``, past timestep 999 (``dragsdk.cycle_sde.RegionDragGrid``)."""
+inversion step is ``500 + 1000 // 2 = 1000``, past timestep 999 (:class:`~dragsdk.plugins.region_drag.grid.RegionDragGrid`)."""
 
 
 class RegionDragSpec(EditSpec):
@@ -244,7 +256,7 @@ class RegionDragSpec(EditSpec):
         max_length=MAX_POINT_PAIRS,
         description=f"triangle or quad pairs (1 to {MAX_POINT_PAIRS})",
     )
-    region: str | None = Field(None, description="region moved by `points` (PNG path or data URL)")
+    region: MaskRef | None = Field(None, description="region moved by `points` (PNG path or data URL)")
     points: Annotated[list[PointPair] | None, list_cap(MAX_POINT_PAIRS, "pairs")] = Field(
         None,
         min_length=1,
@@ -259,7 +271,7 @@ class RegionDragSpec(EditSpec):
         description="[h0, t0, h1, t1, ...] [x, y] pixels (DragBench-SR/DR meta_data_region.pkl; 2 to "
         f"{MAX_DENSE_POINTS} points: one pair per latent cell of the largest canvas)",
     )
-    mask: str | None = Field(
+    mask: MaskRef | None = Field(
         None,
         description="editable region (PNG path or data URL); absent = handle ∪ target grown by mask_margin",
     )
@@ -343,8 +355,6 @@ class RegionDragSpec(EditSpec):
             self.profile, {k: getattr(self, k) for k in REGION_DRAG_PROFILES.names}
         )
 
-    _mask_refs = field_validator("region", "mask", mode="before")(classmethod(lambda cls, v: _as_mask_ref(v)))
-
     @model_validator(mode="after")
     def _one_kind(self) -> RegionDragSpec:
         if (self.region is None) != (self.points is None):
@@ -408,7 +418,7 @@ def spec_from_sample(
 
     With ``meta_data_region.pkl`` (DragBench-SR/DR, as the official ``get_meta_data`` reads it,
     ``region_utils/drag.py:39-59``: prompt, dense alternating points, mask) the dense point list drives the
-    edit (read through :func:`dragsdk.io.restricted_load`). Otherwise the sample's sparse points
+    edit (read through :func:`dragsdk.safe_pickle.restricted_load`). Otherwise the sample's sparse points
     (``drag_spec``, default :func:`dragsdk.samples.load_sample`) become squares
     (:meth:`RegionDragSpec.from_points`). The sample's mask is the editable mask.
 
@@ -442,8 +452,6 @@ def spec_from_sample(
             out["mask"] = mask_to_data_url(mask, "meta_data_region.pkl:mask")
         return out
     if drag_spec is None:
-        from dragsdk.samples import load_sample
-
         _, drag_spec = load_sample(f)
     return _from_drag_dict(drag_spec, radius_px)
 
@@ -471,7 +479,7 @@ _INTERNAL_NAMES = {
 
 
 def _spec_error(field: str, e: ValueError) -> SpecError:
-    """A :mod:`dragsdk.regions` error re-raised naming the spec field, internal argument names made readable."""
+    """A map-building error (:mod:`dragsdk.plugins.region_drag.maps`) re-raised naming the spec field, internal argument names made readable."""
     msg = str(e)
     for internal, readable in _INTERNAL_NAMES.items():
         msg = msg.removeprefix(f"{internal}: ").replace(internal, readable)
