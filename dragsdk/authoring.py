@@ -42,7 +42,7 @@ from .image_prompt import ImagePromptPlan
 from .inversion import DDIMSchedule
 from .io import load_mask as _load_mask
 from .io import mask_to_data_url
-from .modes import EditMode, PlanContext
+from .modes import EditMode, MaskUI, ModeUI, PlacementUI, PlanContext, ReferenceUI
 from .objects import (
     affine,
     affine_map,
@@ -160,13 +160,17 @@ __all__ = [
     "MAX_REGION_PAIRS",
     "MaskInput",
     "MaskRef",
+    "MaskUI",
+    "ModeUI",
     "OFFICIAL",
+    "PlacementUI",
     "PlanContext",
     "Point",
     "PointPair",
     "ProfileTable",
     "REFERENCE_PROFILES",
     "Reference",
+    "ReferenceUI",
     "ReferenceOptions",
     "SamplerSettings",
     "SourceMap",

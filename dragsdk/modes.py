@@ -164,6 +164,129 @@ class PlanContext:
                     )
 
 
+# -- the browser editor's description of a mode -----------------------------------------------------------------
+@dataclass(frozen=True)
+class MaskUI:
+    """A mask brushed on the base image in the browser editor's mask editor, sent as a PNG data URL.
+
+    Attributes:
+        field: the spec field it fills (a :data:`~dragsdk.spec.MaskRef`).
+        name: what the page's messages call it (``"object mask"``: "the object mask is empty: brush over it ...");
+            empty: the field's name.
+        label: the editor's label; empty: ``"<Name>: brush it"``, with ``" (optional)"`` when not required.
+        required: whether a run needs it; None: as the spec schema says (required when the field has no default).
+    """
+
+    field: str = "mask"
+    name: str = ""
+    label: str = ""
+    required: bool | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceUI:
+    """A reference image uploaded in the browser editor's reference editor, a mask brushed on it and its prompt.
+
+    Attributes:
+        image: the spec field naming the reference image's file (the page saves the upload as the run's
+            ``reference.png`` and names it there; the downloaded spec names ``reference.png``).
+        mask: the spec field of the mask brushed on the reference (in the reference's pixels).
+        prompt: the spec field of the "Reference prompt" box, or None (no box).
+    """
+
+    image: str = "reference"
+    mask: str = "reference_mask"
+    prompt: str | None = "reference_prompt"
+
+
+@dataclass(frozen=True)
+class PlacementUI:
+    """A click on the base image saying where the object's centre goes: the page writes the shift fields so that
+    the placed object's centroid lands under the click, and previews the placement drawn from the mode's own plan
+    (its edit mask and latent pastes).
+
+    Attributes:
+        dx, dy: the shift fields, image pixels.
+        object: whose centroid is placed: ``"mask"`` (the :class:`MaskUI` mask on the base image) or
+            ``"reference"`` (the :class:`ReferenceUI` mask, brought to the base image's size).
+        required: whether a run needs the click (without one the shift stays at its default).
+        about: how the mode places the object, with ``c`` its centroid, ``C`` the image centre, ``s`` the scale
+            and ``d`` the shift: ``"centroid"`` ``c' = c + d`` (scaled or rotated about its own centroid);
+            ``"image-centre"`` ``c' = C + s·(c − C) + d`` (scaled about the image centre, then shifted);
+            ``"image-centre-scaled-shift"`` ``c' = C + s·(c − C + d)`` (the shift scaled too). When the mode's
+            profile table has a ``placement`` option and the spec's profile resolves it to ``"centroid"``, the
+            ``"centroid"`` rule is used.
+    """
+
+    dx: str = "dx"
+    dy: str = "dy"
+    object: Literal["mask", "reference"] = "mask"
+    required: bool = True
+    about: Literal["centroid", "image-centre", "image-centre-scaled-shift"] = "centroid"
+
+
+@dataclass(frozen=True)
+class ModeUI:
+    """How the browser editor (``dragsdk ui``) offers a mode: which of the page's inputs it uses and the spec field
+    each one fills (:attr:`EditMode.ui`). A mode without one still appears, with a description derived from its spec
+    schema (``docs/ui.md``). The types, bounds and defaults of ``fields`` come from the spec's JSON Schema.
+
+    Attributes:
+        help: the line under the mode selector (Markdown): what to click and brush; empty: one made from the inputs.
+        order: place in the page's mode selector, lowest first (ties by name); the first is selected at start.
+        points: the spec field filled by handle → target clicks (a list of ``PointPair``; clicks alternate handle,
+            target).
+        polygons: the spec field filled by polygon pairs clicked corner by corner (3 or 4 handle vertices, then as
+            many target vertices: ``[{"handle": [[x, y], ...], "target": [...]}]``).
+        regions: the spec field filled by a brushed handle region and target region
+            (``[{"handle": mask, "target": mask}]``); with ``polygons`` too, the page offers the choice.
+        mask: the base image's mask editor (:class:`MaskUI`), or None: hidden.
+        reference: the reference image editor (:class:`ReferenceUI`), or None: hidden.
+        placement: a click for the object's new centre (:class:`PlacementUI`), or None.
+        scale: the spec field of the "Scale of the object" slider (0.1 to the field's maximum, at most 2), or None.
+        fields: further spec fields offered as settings controls built from the schema: numbers and whole numbers
+            as boxes showing the range and default, booleans as check boxes, string choices as drop-downs.
+
+    Raises:
+        ValueError: more than one click input (``points``, ``polygons``, ``placement``), or a placement whose object
+            has no input.
+    """
+
+    help: str = ""
+    order: int = 100
+    points: str | None = None
+    polygons: str | None = None
+    regions: str | None = None
+    mask: MaskUI | None = None
+    reference: ReferenceUI | None = None
+    placement: PlacementUI | None = None
+    scale: str | None = None
+    fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        clicks = [n for n in ("points", "polygons", "placement") if getattr(self, n) is not None]
+        if len(clicks) > 1:
+            raise ValueError(f"ModeUI: at most one click input, got {' and '.join(clicks)}")
+        p = self.placement
+        if p is not None and getattr(self, p.object) is None:
+            raise ValueError(
+                f"ModeUI: the placement's object is the {p.object}, but there is no {p.object} input"
+            )
+        if isinstance(self.fields, str):
+            raise ValueError(f"ModeUI: fields is a tuple of field names, got the string {self.fields!r}")
+
+    def field_names(self) -> list[str]:
+        """Every spec field the description names (the registry checks each is a field of the mode's spec)."""
+        names = [self.points, self.polygons, self.regions, self.scale, *self.fields]
+        if self.mask is not None:
+            names.append(self.mask.field)
+        if self.reference is not None:
+            names += [self.reference.image, self.reference.mask, self.reference.prompt]
+        if self.placement is not None:
+            names += [self.placement.dx, self.placement.dy]
+        return [n for n in names if n is not None]
+
+
 SpecT = TypeVar("SpecT", bound=EditSpec)
 """The spec type of a mode (:class:`EditMode` is generic in it)."""
 
@@ -183,6 +306,8 @@ class EditMode(ABC, Generic[SpecT]):
     profiles: ProfileTable[Any] | None = None
     """The mode's fidelity profiles (:class:`~dragsdk.fidelity.ProfileTable`), or None for a mode without an
     official code to reproduce; read by the docs, the browser editor and ``dragsdk modes --json``."""
+    ui: ModeUI | None = None
+    """How the browser editor offers the mode (:class:`ModeUI`); None: a description derived from its spec schema."""
     unsupported_settings: frozenset[str] = frozenset()
     """Fields of :class:`~dragsdk.spec.SamplerSettings` this mode cannot honour (e.g. ``{"sde"}``); a spec that
     sets one to a value other than its default is refused naming ``sampler.FIELD`` (:func:`check_settings`)."""

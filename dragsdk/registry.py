@@ -132,7 +132,8 @@ def _is_builtin(ep: md.EntryPoint) -> bool:
 
 def check_mode(mode: Any) -> None:
     """Check what the registry needs of a mode: a ``spec_model`` subclassing ``EditSpec`` with a JSON Schema, a
-    callable ``plan``, and ``unsupported_settings`` naming only fields of its sampler settings.
+    callable ``plan``, ``unsupported_settings`` naming only fields of its sampler settings, and a ``ui`` (if any)
+    naming only fields of its spec.
 
     Raises:
         PluginError: naming the mode and what is wrong.
@@ -160,6 +161,15 @@ def check_mode(mode: Any) -> None:
             f"mode {name!r}: unsupported_settings {unknown} are not sampler settings; expected some "
             f"of {sorted(sampler_fields)}"
         )
+    ui = getattr(mode, "ui", None)
+    if ui is not None:
+        from .modes import ModeUI
+
+        if not isinstance(ui, ModeUI):
+            raise PluginError(f"mode {name!r}: ui must be a dragsdk.authoring.ModeUI or None, got {ui!r}")
+        unknown = sorted(set(ui.field_names()) - set(model.model_fields))
+        if unknown:
+            raise PluginError(f"mode {name!r}: its ui names {unknown}, which are not fields of its spec")
 
 
 class Registry:

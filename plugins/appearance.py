@@ -28,8 +28,11 @@ from dragsdk.authoring import (
     KVInjection,
     KVPlan,
     MaskRef,
+    MaskUI,
+    ModeUI,
     PlanContext,
     Reference,
+    ReferenceUI,
     SamplerSettings,
     SpecModel,
     correspondence_energy,
@@ -71,6 +74,13 @@ class AppearanceMode(EditMode[AppearanceSpec]):
     spec_model = AppearanceSpec
     profiles = REFERENCE_PROFILES
     description = "give an object the appearance of an object in a reference image (DragonDiffusion)"
+    ui = ModeUI(
+        help="Brush the **object** in the mask, upload a **reference image** and brush the object whose look "
+        "it should take.",
+        order=60,
+        mask=MaskUI(name="object mask", label="Object mask: brush the object"),
+        reference=ReferenceUI(),
+    )
     unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
     def plan(self, spec: AppearanceSpec, ctx: PlanContext) -> EditPlan:

@@ -43,6 +43,8 @@ from dragsdk.authoring import (
     KVPlan,
     LatentPaste,
     MaskRef,
+    MaskUI,
+    ModeUI,
     PlanContext,
     PointPair,
     ProfileTable,
@@ -122,6 +124,13 @@ class DragMode(EditMode[DragSpec]):
     spec_model = DragSpec
     profiles = DRAG_PROFILES
     description = "point drag: move handle points to target points (DragonDiffusion content dragging)"
+    ui = ModeUI(
+        help="Click a **handle**, then its **target**; repeat for more pairs. Brush the editable region in the mask "
+        "(optional: without one a mask is proposed around each handle).",
+        order=10,
+        points="points",
+        mask=MaskUI(name="editable region", label="Editable region (optional): brush it"),
+    )
 
     def plan(self, spec: DragSpec, ctx: PlanContext) -> EditPlan:
         canvas = ctx.canvas

@@ -45,6 +45,9 @@ from dragsdk.authoring import (
     KVPlan,
     LatentPaste,
     MaskRef,
+    MaskUI,
+    ModeUI,
+    PlacementUI,
     PlanContext,
     Point,
     ProfileTable,
@@ -88,6 +91,9 @@ class MoveOptions(DiffEditorOptions):
 MOVE_PROFILES = ProfileTable(MoveOptions)
 """The profile table of move and resize."""
 MOVE_IMPROVEMENTS = MOVE_PROFILES.improvements
+OBJECT_MASK = MaskUI(name="object mask", label="Object mask: brush the object", required=True)
+"""The browser editor's mask of move and resize: the object (required there, though a spec may give a ``handle``
+click instead)."""
 
 
 class MoveWeights(SpecModel):
@@ -209,6 +215,14 @@ class MoveMode(EditMode[MoveSpec]):
     description = (
         "move an object by (dx, dy) pixels, filling the place it leaves (DragonDiffusion object moving)"
     )
+    ui = ModeUI(
+        help="Brush the **object** in the mask, then click where its centre should go. The scale slider also "
+        "resizes it.",
+        order=30,
+        mask=OBJECT_MASK,
+        placement=PlacementUI(about="image-centre-scaled-shift"),
+        scale="scale",
+    )
 
     def plan(self, spec: MoveSpec, ctx: PlanContext) -> EditPlan:
         return plan_move(spec, ctx)
@@ -238,6 +252,13 @@ class ResizeMode(EditMode[ResizeSpec]):
     spec_model = ResizeSpec
     profiles = MOVE_PROFILES
     description = "resize an object, optionally moving it (DragonDiffusion object resizing)"
+    ui = ModeUI(
+        help="Brush the **object** in the mask and set the scale; a click moves its centre too (optional).",
+        order=40,
+        mask=OBJECT_MASK,
+        placement=PlacementUI(required=False, about="image-centre-scaled-shift"),
+        scale="scale",
+    )
 
     def plan(self, spec: ResizeSpec, ctx: PlanContext) -> EditPlan:
         return plan_move(spec, ctx)

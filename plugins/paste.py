@@ -44,10 +44,13 @@ from dragsdk.authoring import (
     KVPlan,
     LatentPaste,
     MaskRef,
+    ModeUI,
+    PlacementUI,
     PlanContext,
     ProfileTable,
     Reference,
     ReferenceOptions,
+    ReferenceUI,
     SpecModel,
     correspondence_energy,
     displacement_field,
@@ -119,6 +122,14 @@ class PasteMode(EditMode[PasteSpec]):
     spec_model = PasteSpec
     profiles = PASTE_PROFILES
     description = "paste an object from a reference image onto the base image (DiffEditor object pasting)"
+    ui = ModeUI(
+        help="Upload a **reference image** and brush the object on it, then click where its centre goes on this "
+        "image; set the scale.",
+        order=50,
+        reference=ReferenceUI(),
+        placement=PlacementUI(object="reference", required=False, about="image-centre"),
+        scale="scale",
+    )
     unsupported_settings = frozenset({"kv_start"})  # composite K/V from step 0 to kv_end (DiffEditor code)
 
     def plan(self, spec: PasteSpec, ctx: PlanContext) -> EditPlan:

@@ -289,3 +289,32 @@ def test_rotate_plugin_edits_with_energy_guidance_on_the_tiny_model(tiny_model, 
     unguided = editor.edit(image, {**spec, "energy_scale": 0.0})
     assert not unguided.report.energies
     assert not np.array_equal(np.asarray(result.image), np.asarray(unguided.image))
+
+
+def test_a_ui_description_is_checked_when_declared_and_when_the_mode_registers(registry):
+    """A browser-editor description (``EditMode.ui``) that cannot work is an authoring error: two click inputs, a
+    placement without its object's input, or a field the spec lacks (reported by the registry, the mode left out)."""
+    from dragsdk import hookimpl
+
+    with pytest.raises(ValueError, match="at most one click input"):
+        authoring.ModeUI(points="points", placement=authoring.PlacementUI(object="mask"))
+    with pytest.raises(ValueError, match="no reference input"):
+        authoring.ModeUI(placement=authoring.PlacementUI(object="reference"))
+    with pytest.raises(ValueError, match="tuple of field names"):
+        authoring.ModeUI(fields="angle")  # type: ignore[arg-type]
+    rotate = registry.modes["rotate"]
+    assert rotate.ui.field_names() == ["scale", "angle", "mask", "dx", "dy"]
+    typo = authoring.ModeUI(mask=authoring.MaskUI(), fields=("angel",))
+    bogus = type("Bogus", (type(rotate),), {"ui": typo, "name": "bogus"})()
+
+    class Plugin:
+        @hookimpl
+        def dragsdk_register_modes(self, register):
+            register(bogus)
+
+    registry.register_plugin(Plugin(), "bogus")
+    try:
+        assert "bogus" not in registry.modes
+        assert any("['angel']" in f.error and "not fields of its spec" in f.error for f in registry.failures)
+    finally:
+        registry.unregister_plugin("bogus")

@@ -333,3 +333,81 @@ def test_open_a_sample_folder(server, browser_page):
     page.click("#open-sample")
     _wait_text(page, "#image-msg", "no sample folder")
     _no_trace(page)
+
+
+@pytest.fixture(scope="module")
+def rotate_server(tiny_model, tmp_path_factory):
+    """The page of an editor whose registry holds the rotate example, installed (found through its entry point)."""
+    from dragsdk import Editor
+    from dragsdk.ui.app import build_app, launch
+
+    from .example_registry import example_registry
+
+    with example_registry(tmp_path_factory.mktemp("site")) as reg:
+        page = build_app(
+            Editor(tiny_model, registry=reg), steps=2, resolution=128, workdir=tmp_path_factory.mktemp("runs")
+        )
+        port = _free_port()
+        launch(page, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            page.close()
+
+
+def test_a_third_party_mode_in_the_browser(rotate_server, browser_page, tmp_path):
+    """Pick the installed rotate mode, brush the object, type the angle its schema asks for, click where the
+    object's centre goes, run a 2-step edit: the downloaded spec is a rotate spec with what was brushed, typed and
+    clicked."""
+    page = browser_page
+    sample = _sample()
+    photo = Image.open(sample / "original_image.png")
+    page.goto(rotate_server)
+    page.wait_for_selector("#run")
+    page.set_input_files("#image-input input[type=file]", str(sample / "original_image.png"))
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#canvas img'); "
+        "return i && i.complete && i.naturalWidth > 0; }"
+    )
+    page.locator("#mode label", has_text="rotate").click()
+    _wait_text(page, "#mode-help", "angle")
+    page.wait_for_selector("#field-rotate-angle textarea", state="visible")  # its schema's box, shown with it
+    assert page.locator("#scale").is_visible()
+    assert page.locator("#mask-editor").is_visible() and not page.locator("#reference-editor").is_visible()
+
+    # brush the object: a stroke across the middle of the mask editor
+    page.locator("#mask-editor canvas").first.scroll_into_view_if_needed()
+    page.click("#mask-editor button[aria-label=Brush]")
+    cb = page.locator("#mask-editor canvas").first.bounding_box()
+    cx, cy = cb["x"] + cb["width"] / 2, cb["y"] + cb["height"] / 2
+    page.mouse.move(cx - 60, cy)
+    page.mouse.down()
+    for k in range(13):
+        page.mouse.move(cx - 60 + 10 * k, cy, steps=2)
+    page.mouse.up()
+
+    # the angle (a box built from the spec's schema: required, -360 to 360), then a click for the object's centre
+    page.locator("#field-rotate-angle textarea").fill("30")
+    page.keyboard.press("Tab")
+    left, top, r, _ = _image_geometry(page, "#canvas img")
+    click = (300, 220)
+    _click(page, left + (click[0] + 0.5) * r, top + (click[1] + 0.5) * r, "the object's centre goes to")
+    _wait_text(page, "#mask-msg", "px brushed")  # the placement preview read the brushed object
+    page.click("#run")
+    _wait_result(page)
+    _wait_text(page, "#run-msg", "done in", RUN_TIMEOUT_MS)
+    _no_trace(page)
+
+    spec = _download_json(page, "#download-spec", tmp_path)
+    assert spec["mode"] == "rotate" and spec["angle"] == 30.0 and spec["sampler"]["steps"] == 2
+    mask = _mask(spec["mask"])
+    assert mask.shape == (photo.size[1], photo.size[0]) and mask.any()
+    ys, xs = np.nonzero(mask)
+    tol = 1.0 / r + 1.0
+    # the shift puts the object's centroid (pixel centres) under the clicked pixel's centre
+    assert abs(xs.mean() + 0.5 + spec["dx"] - (click[0] + 0.5)) <= tol, (spec["dx"], xs.mean())
+    assert abs(ys.mean() + 0.5 + spec["dy"] - (click[1] + 0.5)) <= tol, (spec["dy"], ys.mean())
+    with page.expect_download() as info:
+        page.click("#download-result")
+    info.value.save_as(tmp_path / "result.png")
+    assert Image.open(tmp_path / "result.png").size == photo.size

@@ -166,3 +166,60 @@ def test_the_page_builds_with_every_control(editor, tmp_path):
         if getattr(b, "elem_id", None) in ("steps", "resolution")
     }
     assert str(start["resolution"]) == "128" and str(start["steps"]) == "4", start
+
+
+def test_an_installed_third_party_mode_is_offered_by_the_page_and_runs_through_it(tiny_model, tmp_path):
+    """The page of an editor whose registry holds the rotate example (installed: found through its entry point)
+    offers rotate with an `angle` box built from its schema, and its run handler turns the brushed object, the angle
+    and the scale into a RotateSpec the editor runs (a 2-step edit)."""
+    gr = pytest.importorskip("gradio", reason="the ui extra (gradio) is not installed")
+    from types import SimpleNamespace
+
+    from dragsdk import Editor
+    from dragsdk.ui.app import build_app
+    from dragsdk.ui.state import mask_layer
+
+    from .example_registry import example_registry
+
+    with example_registry(tmp_path / "site") as reg:
+        editor = Editor(tiny_model, registry=reg)
+        page = build_app(editor, steps=2, resolution=64, workdir=tmp_path / "runs")
+        blocks = {getattr(b, "elem_id", None): b for b in page.blocks.values()}
+        assert "rotate" in [c[0] for c in blocks["mode"].choices]
+        assert blocks["mode"].value == "drag"  # the built-ins' order is kept: drag first
+        angle = blocks["field-rotate-angle"]
+        assert (
+            isinstance(angle, gr.Textbox) and angle.placeholder == "required" and "[-360, 360]" in angle.info
+        )
+        assert not blocks["fields-rotate"].visible  # shown with its mode only
+
+        (on_run,) = [f.fn for f in page.fns.values() if getattr(f.fn, "__name__", "") == "on_run"]
+        img = _photo().resize((128, 96))
+        s = Session()
+        s.set_image(img, "car")
+        obj = np.zeros((96, 128), bool)
+        obj[30:70, 20:70] = True
+        editor_value = {
+            "background": np.asarray(img),
+            "layers": [np.asarray(mask_layer(obj))],
+            "composite": None,
+        }
+        values = {  # the page's controls as the browser sends them (a 2-step edit at resolution 64)
+            "mode_v": "rotate", "prompt_v": "a car", "mask_v": editor_value, "handle_v": None, "target_v": None,
+            "region_v": "brush regions", "vertices_v": 4, "ref_v": None, "ref_prompt_v": "", "scale_v": 0.9,
+            "steps_v": "2", "res_v": "64", "seed_v": "",
+        }  # fmt: skip
+        # the modes' own settings controls, in the page's order: rotate's angle alone (the built-ins declare none)
+        assert [e for e in blocks if str(e).startswith("field-")] == ["field-rotate-angle"]
+        request = SimpleNamespace(session_hash="test")
+        out = on_run(s, *values.values(), request, lambda *a, **k: None, "45")
+        by_id = {getattr(k, "elem_id", None): v for k, v in out.items()}
+        assert "done in" in by_id["run-msg"], by_id
+        assert by_id["result"].size == img.size
+        spec = json.loads(by_id["spec-json"].replace("…", ""))
+        assert spec["mode"] == "rotate" and spec["angle"] == 45.0 and spec["scale"] == 0.9
+        assert spec["sampler"]["steps"] == 2 and by_id["report-json"]["mode"] == "rotate"
+
+        out = on_run(s, *values.values(), request, lambda *a, **k: None, "400")
+        by_id = {getattr(k, "elem_id", None): v for k, v in out.items()}
+        assert "angle" in by_id["settings-msg"] and "360" in by_id["settings-msg"], by_id

@@ -492,3 +492,207 @@ def test_the_clicked_point_becomes_the_placed_objects_centre_under_every_profile
     y = (paste.target_rows.double().mean().item() + 0.5) * size[1] / gh
     cell = size[0] / gw
     assert abs(x - (click[0] + 0.5)) <= 1.5 * cell and abs(y - (click[1] + 0.5)) <= 1.5 * cell, (x, y, cell)
+
+
+# -- modes from their UI descriptions -----------------------------------------------------------------------------
+def test_the_page_offers_every_registered_mode_as_its_ui_description_says():
+    from dragsdk.ui.forms import page_modes
+
+    registry = get_registry()
+    pages = page_modes(registry)
+    assert set(pages) == set(registry.modes) and tuple(pages) == MODES
+    assert MODES[:6] == (
+        "drag",
+        "region-drag",
+        "move",
+        "resize",
+        "paste",
+        "appearance",
+    )  # the built-ins' order
+    for name in ("drag", "region-drag", "move", "resize", "paste", "appearance"):
+        page = pages[name]
+        assert page.declared and page.ui is registry.modes[name].ui and not page.missing, name
+    assert (
+        pages["paste"].scale_max == 1.5 and pages["move"].scale_max == 2.0
+    )  # the fields' maxima, capped at 2
+    assert (
+        pages["move"].mask_required and not pages["drag"].mask_required
+    )  # move's UI asks more than its schema
+    assert pages["appearance"].mask_required  # from the schema: a field without a default
+
+
+def test_the_ui_package_names_no_mode():
+    """The page's behaviour comes from the modes' UI descriptions: no string in dragsdk/ui is a mode's name."""
+    import ast
+
+    from .conftest import ROOT
+
+    names = set(get_registry().modes)
+    found = []
+    for path in sorted((ROOT / "dragsdk" / "ui").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    assert not found, found
+
+
+def _rotate_inputs(size, **kw) -> Inputs:
+    return Inputs(mask=_box(size, 60, 40, 120, 90), scale=0.8, steps=2, resolution=64, **kw)
+
+
+def test_an_installed_third_party_mode_is_offered_and_builds_a_spec_the_editor_accepts(tiny_model, tmp_path):
+    """The rotate example, installed (found through its entry point), is listed with its UI description: the mask
+    editor, a click for the object's centre, the scale slider and an `angle` box built from its schema; what the
+    page holds becomes a RotateSpec the editor plans, and the preview is the plan's placement."""
+    from pydantic import ValidationError
+
+    from dragsdk import Editor
+    from dragsdk.ui.forms import page_modes
+
+    from .example_registry import example_registry
+
+    size = (192, 128)
+    with example_registry(tmp_path) as reg:
+        pages = page_modes(reg)
+        assert "rotate" in pages and list(pages)[:6] == list(MODES)[:6]  # after the built-ins (order 100)
+        page = pages["rotate"]
+        assert page.declared and page.mask_required and page.scale_max == 2.0
+        (angle,) = page.controls
+        assert (angle.name, angle.kind, angle.required) == ("angle", "number", True)
+        assert "[-360, 360]" in angle.info and angle.placeholder == "required"
+        assert "**object**" in page.help and "*angle*" in page.help
+
+        s = _session(size)
+        assert "optional" in describe_clicks(s, "rotate", registry=reg)
+        with pytest.raises(UIError) as e:  # no angle: a message beside the settings
+            build_spec("rotate", s, _rotate_inputs(size), reg)
+        assert e.value.control == "settings" and "angle is required" in e.value.message
+        with pytest.raises(UIError) as e:
+            build_spec("rotate", s, _rotate_inputs(size, fields={"angle": "ten"}), reg)
+        assert e.value.control == "settings" and "number" in e.value.message
+        with pytest.raises(UIError) as e:
+            build_spec("rotate", s, Inputs(fields={"angle": "30"}), reg)
+        assert e.value.control == "mask" and "the object is empty" in e.value.message
+
+        assert add_click(s, "rotate", (120, 60), registry=reg) == "the object's centre goes to (120, 60)"
+        inputs = _rotate_inputs(size, fields={"angle": " 30 "})
+        spec = build_spec("rotate", s, inputs, reg)
+        assert spec["angle"] == 30.0 and spec["scale"] == 0.8
+        assert (spec["dx"], spec["dy"]) == shift_to((120, 60), inputs.mask)  # about the object's centroid
+        assert np.array_equal(load_mask(spec["mask"]), inputs.mask)
+        model = reg.spec_models()["rotate"]
+        rotate = model.model_validate(spec)
+        assert type(rotate).__name__ == "RotateSpec" and rotate.angle == 30.0
+
+        editor = Editor(tiny_model, registry=reg)
+        dry = editor.plan(s.image, spec)
+        place = placement_preview("rotate", s, inputs, reg, editor.model.default_resolution)
+        assert place is not None
+        np.testing.assert_array_equal(place.region, _cells_on_pixels(dry.plan.edit_mask, size))
+        ys, xs = np.nonzero(place.region)
+        cell = size[0] / dry.canvas.latent_size[0]
+        assert abs(xs.mean() - 120.5) <= 1.5 * cell and abs(ys.mean() - 60.5) <= 1.5 * cell
+        assert render_overlay(s, "rotate", inputs, reg).size == size
+
+        with pytest.raises(ValidationError) as e:  # out of the schema's range: beside the settings too
+            model.model_validate(build_spec("rotate", s, _rotate_inputs(size, fields={"angle": 400}), reg))
+        control, message = pydantic_message(e.value, page)
+        assert control == "settings" and message.startswith("angle:")
+    with pytest.raises(UIError) as e:  # the process registry has no rotate
+        build_spec("rotate", s, inputs)
+    assert e.value.control == "run" and "unknown mode 'rotate'" in e.value.message
+
+
+def _plugin_with(*modes):
+    from dragsdk.authoring import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def dragsdk_register_modes(self, register):
+            for m in modes:
+                register(m)
+
+    return Plugin()
+
+
+def test_a_mode_without_a_ui_description_gets_one_from_its_schema(tiny_model, tmp_path):
+    """Mask fields → the mask editor, point pairs → clicks, numbers / whole numbers / booleans / string choices →
+    settings controls; a required field the page cannot fill is named, and such a mode is listed but refused."""
+    from typing import Literal
+
+    from pydantic import Field
+
+    from dragsdk.authoring import EditMode, EditSpec, MaskRef, PointPair, mask_field
+    from dragsdk.registry import Registry
+    from dragsdk.ui.forms import page_modes
+
+    class NudgeSpec(EditSpec):
+        mode: Literal["nudge"] = "nudge"
+        points: list[PointPair] = Field(..., min_length=1, max_length=8)
+        region: MaskRef | None = mask_field("where it may change")
+        amount: float = Field(..., ge=0.0, le=1.0, description="how far")
+        passes: int = Field(2, ge=1, le=5)
+        smooth: bool = False
+        style: Literal["soft", "hard"] = "soft"
+
+    class NoteSpec(NudgeSpec):
+        mode: Literal["note"] = "note"  # type: ignore[assignment]
+        note: str = Field(..., description="free text")
+
+    class Nudge(EditMode[NudgeSpec]):
+        name, spec_model, description = "nudge", NudgeSpec, "nudge points"
+
+        def plan(self, spec, ctx):
+            return registry.modes["drag"].plan(spec, ctx)
+
+    class Note(Nudge):
+        name, spec_model = "note", NoteSpec
+
+    registry = Registry()
+    registry.load_entry_points()
+    registry.register_plugin(_plugin_with(Nudge(), Note()), "derived")
+    try:
+        pages = page_modes(registry)
+        nudge, note = pages["nudge"], pages["note"]
+        assert not nudge.declared and not nudge.missing
+        assert (nudge.ui.points, nudge.ui.mask.field, nudge.ui.fields) == (
+            "points",
+            "region",
+            ("amount", "passes", "smooth", "style"),
+        )
+        kinds = {c.name: (c.kind, c.required, c.default, c.choices) for c in nudge.controls}
+        assert kinds == {
+            "amount": ("number", True, None, ()),
+            "passes": ("integer", False, 2, ()),
+            "smooth": ("boolean", False, False, ()),
+            "style": ("choice", False, "soft", ("soft", "hard")),
+        }
+        assert nudge.mask_label == "Region: brush it (optional)" and "No UI description" in nudge.help
+        assert "nudge points" in nudge.help
+        assert note.missing == ("note",) and "cannot offer `note`" in note.help
+
+        s = _session((64, 48))
+        add_click(s, "nudge", (10, 10), registry=registry)
+        add_click(s, "nudge", (20, 12), registry=registry)
+        fields = {
+            "amount": "0.5",
+            "passes": "3",
+            "smooth": True,
+            "style": "soft",
+        }  # style left at its default
+        spec = build_spec(
+            "nudge", s, Inputs(fields=fields, region_input="", mask=_box((64, 48), 0, 0, 30, 30)), registry
+        )
+        assert spec["points"] == [{"handle": [10, 10], "target": [20, 12]}]
+        assert (spec["amount"], spec["passes"], spec["smooth"]) == (0.5, 3, True) and "style" not in spec
+        assert "region" in spec
+        NudgeSpec.model_validate(spec)
+        with pytest.raises(UIError) as e:
+            build_spec("nudge", s, Inputs(fields={**fields, "passes": "2.5"}), registry)
+        assert e.value.control == "settings" and "whole number" in e.value.message
+        add_click(s, "note", (10, 10), registry=registry)
+        with pytest.raises(UIError) as e:
+            build_spec("note", s, Inputs(fields=fields), registry)
+        assert e.value.control == "run" and "`note`" in e.value.message
+    finally:
+        registry.unregister_plugin("derived")

@@ -24,11 +24,10 @@ from PIL import Image  # noqa: E402
 
 from dragsdk.errors import DragSDKError, SpecError  # noqa: E402
 
+from .forms import FieldControl, PageMode, page_modes  # noqa: E402
 from .run import RunControl, RunStopped, run_edit  # noqa: E402
 from .state import (  # noqa: E402
     CONTROLS,
-    MODE_HELP,
-    MODES,
     REGION_INPUTS,
     Inputs,
     Session,
@@ -62,14 +61,39 @@ CSS = """
 #points-msg, #mask-msg, #reference-msg, #image-msg, #run-msg, #prompt-msg, #settings-msg { min-height: 1.4em; }
 """
 
-_MASK_LABELS = {
-    "drag": "Editable region (optional): brush it",
-    "region-drag": "Editable region (optional)",
-    "move": "Object mask: brush the object",
-    "resize": "Object mask: brush the object",
-    "appearance": "Object mask: brush the object",
-    "paste": "Paste needs no mask on the base image",
-}
+
+def _slug(*parts: str) -> str:
+    """An element id from names (a third-party mode or field name may hold any character)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", "-".join(parts))
+
+
+def _field_input(control: FieldControl, mode: str) -> Any:
+    """The Gradio control of one of a mode's settings (number boxes are text boxes: empty = the default)."""
+    common = {
+        "label": control.label,
+        "info": control.info or None,
+        "elem_id": _slug("field", mode, control.name),
+    }
+    if control.kind == "boolean":
+        return gr.Checkbox(value=bool(control.default), **common)
+    if control.kind == "choice":
+        return gr.Dropdown(list(control.choices), value=control.default, **common)
+    return gr.Textbox("", placeholder=control.placeholder, **common)
+
+
+def _layout(page: PageMode, region_input: str | None) -> dict[str, bool]:
+    """Which of the page's inputs ``page``'s mode shows (its UI description)."""
+    ui = page.ui
+    kind = page.region_kind(region_input)
+    return {
+        "region_choice": ui.regions is not None and ui.polygons is not None,
+        "vertices": kind == "polygons",
+        "regions": kind == "regions",
+        "scale": ui.scale is not None,
+        "reference": ui.reference is not None,
+        "reference_prompt": ui.reference is not None and ui.reference.prompt is not None,
+        "mask": ui.mask is not None,
+    }
 
 
 def _error(message: str) -> str:
@@ -108,7 +132,9 @@ def build_app(
 
     Args:
         editor: a :class:`~dragsdk.editor.Editor` (its model and backend run every edit; it caches the last
-            inversion, so a second edit of the same image with the same prompt and settings skips it).
+            inversion, so a second edit of the same image with the same prompt and settings skips it). The page
+            offers every mode of its registry (``editor.registry.modes``), each as its UI description says
+            (:attr:`dragsdk.modes.EditMode.ui`, or one derived from its spec schema: :mod:`dragsdk.ui.forms`).
         sample_roots: folders searched for DragBench / Drag100 sample folders (offered in a list).
         steps, resolution, seed: values the settings start with (empty = the mode's default).
         workdir: where each run's files are written (default: a temporary folder).
@@ -122,6 +148,9 @@ def build_app(
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="dragsdk-ui-"))
     root.mkdir(parents=True, exist_ok=True)
     model_name = getattr(getattr(editor, "model", None), "name", "?")
+    registry = editor.registry
+    modes = page_modes(registry)
+    first = next(iter(modes))
 
     def messages(**kw: str) -> dict[str, str]:
         return {c: kw.get(c, "") for c in CONTROLS}
@@ -148,7 +177,8 @@ def build_app(
             ),
             elem_id="page-head",
         )
-        defaults = sampler_defaults("drag", editor.registry)
+        defaults = sampler_defaults(first, registry)
+        start = _layout(modes[first], REGION_INPUTS[0])
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=280):
                 image_in = gr.Image(
@@ -192,28 +222,44 @@ def build_app(
                         elem_id="seed",
                         placeholder=f"default {defaults.get('seed')}",
                     )
+                    # each mode's own settings (ModeUI.fields), built from its spec schema; shown with the mode
+                    field_inputs: list[Any] = []
+                    field_keys: list[tuple[str, str]] = []
+                    field_groups: dict[str, Any] = {}
+                    for name, page in modes.items():
+                        if not page.controls:
+                            continue
+                        with gr.Group(visible=name == first, elem_id=_slug("fields", name)) as group:
+                            for c in page.controls:
+                                field_inputs.append(_field_input(c, name))
+                                field_keys.append((name, c.name))
+                        field_groups[name] = group
                 settings_msg = gr.Markdown(elem_id="settings-msg", elem_classes="dragsdk-msg")
             with gr.Column(scale=2, min_width=360):
-                mode = gr.Radio(list(MODES), value="drag", label="Mode", elem_id="mode")
-                help_md = gr.Markdown(MODE_HELP["drag"], elem_id="mode-help")
+                mode = gr.Radio(list(modes), value=first, label="Mode", elem_id="mode")
+                help_md = gr.Markdown(modes[first].help, elem_id="mode-help")
                 with gr.Row():
                     region_input = gr.Radio(
                         list(REGION_INPUTS),
                         value=REGION_INPUTS[0],
-                        label="Region-drag input",
-                        visible=False,
+                        label="Region input",
+                        visible=start["region_choice"],
                         elem_id="region-input",
                     )
                     vertices = gr.Radio(
-                        [3, 4], value=4, label="Vertices per polygon", visible=False, elem_id="vertices"
+                        [3, 4],
+                        value=4,
+                        label="Vertices per polygon",
+                        visible=start["vertices"],
+                        elem_id="vertices",
                     )
                 scale = gr.Slider(
                     0.1,
-                    2.0,
+                    modes[first].scale_max,
                     value=1.0,
                     step=0.05,
                     label="Scale of the object",
-                    visible=False,
+                    visible=start["scale"],
                     elem_id="scale",
                 )
                 canvas = gr.Image(
@@ -236,7 +282,8 @@ def build_app(
             with gr.Column(scale=2, min_width=360):
                 brush = gr.Brush(colors=["rgb(230, 40, 40)"], color_mode="fixed")
                 mask_ed = gr.ImageEditor(
-                    label=_MASK_LABELS["drag"],
+                    label=modes[first].mask_label or "Mask",
+                    visible=start["mask"],
                     type="numpy",
                     sources=(),
                     transforms=(),
@@ -247,7 +294,7 @@ def build_app(
                     buttons=[],
                     format="png",
                 )
-                with gr.Row(visible=False) as regions_row:
+                with gr.Row(visible=start["regions"]) as regions_row:
                     handle_ed = gr.ImageEditor(
                         label="Handle region",
                         type="numpy",
@@ -271,7 +318,7 @@ def build_app(
                         format="png",
                     )
                 mask_msg = gr.Markdown(elem_id="mask-msg", elem_classes="dragsdk-msg")
-                with gr.Group(visible=False) as ref_group:
+                with gr.Group(visible=start["reference"]) as ref_group:
                     ref_ed = gr.ImageEditor(
                         label="Reference image: upload it, brush the object",
                         type="numpy",
@@ -283,7 +330,11 @@ def build_app(
                         buttons=[],
                         format="png",
                     )
-                    ref_prompt = gr.Textbox(label="Reference prompt", elem_id="reference-prompt")
+                    ref_prompt = gr.Textbox(
+                        label="Reference prompt",
+                        elem_id="reference-prompt",
+                        visible=start["reference_prompt"],
+                    )
                 reference_msg = gr.Markdown(elem_id="reference-msg", elem_classes="dragsdk-msg")
         with gr.Row():
             run_btn = gr.Button("Run edit", variant="primary", elem_id="run", scale=1)
@@ -327,10 +378,14 @@ def build_app(
 
         def points_line(sess: Session, mode_v: str, vertices_v: Any, region_v: str) -> str:
             return (
-                describe_clicks(sess, mode_v, int(vertices_v or 4), region_v)
+                describe_clicks(sess, mode_v, int(vertices_v or 4), region_v, registry)
                 if sess.image is not None
                 else ""
             )
+
+        def field_values(mode_v: str, values: Iterable[Any]) -> dict[str, Any]:
+            """The values of ``mode_v``'s own settings controls, by spec field."""
+            return {f: v for (m, f), v in zip(field_keys, values, strict=True) if m == mode_v}
 
         # -- image in ---------------------------------------------------------------------------------------
         image_outputs = [
@@ -357,7 +412,7 @@ def build_app(
             w, h = sess.image.size  # type: ignore[union-attr]
             msgs = messages(
                 image=f"{name or 'image'}: {w}×{h} pixels" + (f"; {note}" if note else ""),
-                points=describe_clicks(sess, mode_v),
+                points=describe_clicks(sess, mode_v, registry=registry),
             )
             return {
                 session: sess,
@@ -421,16 +476,26 @@ def build_app(
                 return slot_updates(messages(image=_error(e.message)))
             except (DragSDKError, OSError, ValueError) as e:
                 return slot_updates(messages(image=_error(str(e))))
-            loaded = f"{len(spec['points'])} point pair(s)" + (" and its mask" if mask is not None else "")
-            out = new_image(sess, img, folder.name, "drag", mask, note=f"{loaded} loaded")
-            sess.clicks["drag"] = [
-                (int(round(p[0])), int(round(p[1]))) for pair in spec["points"] for p in pair
+            # a sample holds a spec of some mode (a benchmark's: point pairs); it opens in that mode
+            sample_mode = str(spec.get("mode", ""))
+            page = modes.get(sample_mode)
+            if page is None or page.ui.points is None:
+                return slot_updates(
+                    messages(
+                        image=_error(f"{folder.name}: no mode of this page takes its {sample_mode!r} spec")
+                    )
+                )
+            point_pairs = spec.get(page.ui.points) or []
+            loaded = f"{len(point_pairs)} point pair(s)" + (" and its mask" if mask is not None else "")
+            out = new_image(sess, img, folder.name, sample_mode, mask, note=f"{loaded} loaded")
+            sess.clicks[sample_mode] = [
+                (int(round(p[0])), int(round(p[1]))) for pair in point_pairs for p in pair
             ]
-            out[canvas] = overlay(sess, "drag", sess.inputs())
-            out[points_msg] = describe_clicks(sess, "drag")
+            out[canvas] = overlay(sess, sample_mode, sess.inputs())
+            out[points_msg] = describe_clicks(sess, sample_mode, registry=registry)
             out[image_in] = img
             out[prompt] = spec.get("prompt", "")
-            out[mode] = "drag"
+            out[mode] = sample_mode
             return out
 
         open_btn.click(on_open, [sample, session], [*image_outputs, image_in, prompt, mode])
@@ -438,10 +503,10 @@ def build_app(
         # -- brushed masks ------------------------------------------------------------------------------------------
         # The editors have no change listeners: with none, every event that takes an editor as input gets a fresh
         # export of what is brushed (with one, the editor uploads each stroke once, for the first reader only, and
-        # ignores the first stroke after it appears). They are read by the previews of move / resize / paste (after
-        # a click, a mode switch, the scale slider) and by every run; the session keeps the last read.
+        # ignores the first stroke after it appears). They are read by the previews of a mode with a placement input
+        # (after a click, a mode switch, the scale slider, a change of its settings) and by every run; the session
+        # keeps the last read.
         quiet = {"show_progress": "hidden", "concurrency_id": "clicks"}
-        placing = ("move", "resize", "paste")
 
         def read_editors(sess: Session, mask_v: Any, ref_v: Any) -> None:
             if sess.image is not None:
@@ -451,9 +516,13 @@ def build_app(
                 editor_mask(ref_v, sess.reference.size) if sess.reference is not None else None
             )
 
-        def on_preview(sess: Session, mode_v: str, mask_v: Any, ref_v: Any, scale_v: float) -> dict[Any, Any]:
+        def on_preview(
+            sess: Session, mode_v: str, mask_v: Any, ref_v: Any, scale_v: float, *field_vals: Any
+        ) -> dict[Any, Any]:
             read_editors(sess, mask_v, ref_v)
-            if mode_v == "paste":
+            page = modes[mode_v]
+            place = page.ui.placement
+            if place is not None and place.object == "reference":
                 ref = sess.reference
                 msg = (
                     "no reference image yet: upload one in the reference editor"
@@ -463,15 +532,16 @@ def build_app(
                 )
                 msgs = {reference_msg: msg, mask_msg: gr.skip()}
             else:
-                msgs = {mask_msg: describe_mask(sess.mask, "object mask"), reference_msg: gr.skip()}
-            return {session: sess, canvas: overlay(sess, mode_v, sess.inputs(scale_v)), **msgs}
+                msgs = {mask_msg: describe_mask(sess.mask, page.mask_name), reference_msg: gr.skip()}
+            inputs = sess.inputs(scale_v, fields=field_values(mode_v, field_vals))
+            return {session: sess, canvas: overlay(sess, mode_v, inputs), **msgs}
 
-        preview_inputs = [session, mode, mask_ed, ref_ed, scale]
+        preview_inputs = [session, mode, mask_ed, ref_ed, scale, *field_inputs]
         preview_outputs = [session, canvas, mask_msg, reference_msg]
 
         def only_when_placing(mode_v: str) -> None:
             """Stop the chain (silently) unless the mode previews a placement: reading the editors costs an export."""
-            if mode_v not in placing:
+            if modes[mode_v].ui.placement is None:
                 raise gr.Error("no preview in this mode", visible=False, print_exception=False)
 
         def then_preview(event: Any) -> None:
@@ -483,23 +553,26 @@ def build_app(
         def on_mode(
             mode_v: str, region_v: str, vertices_v: Any, sess: Session, scale_v: float
         ) -> dict[Any, Any]:
-            polygons = mode_v == "region-drag" and region_v == REGION_INPUTS[1]
-            d = sampler_defaults(mode_v, editor.registry)
+            page = modes[mode_v]
+            shown = _layout(page, region_v)
+            d = sampler_defaults(mode_v, registry)
             return {
                 steps_in: gr.update(placeholder=f"default {d.get('steps')}"),
                 res_in: gr.update(placeholder=f"default {d.get('resolution')}"),
                 seed_in: gr.update(placeholder=f"default {d.get('seed')}"),
-                help_md: MODE_HELP[mode_v],
-                region_input: gr.update(visible=mode_v == "region-drag"),
-                vertices: gr.update(visible=polygons),
+                help_md: page.help,
+                region_input: gr.update(visible=shown["region_choice"]),
+                vertices: gr.update(visible=shown["vertices"]),
                 scale: gr.update(
-                    visible=mode_v in placing,
-                    maximum=1.5 if mode_v == "paste" else 2.0,
-                    value=min(float(scale_v or 1.0), 1.5) if mode_v == "paste" else scale_v,
+                    visible=shown["scale"],
+                    maximum=page.scale_max,
+                    value=min(float(scale_v or 1.0), page.scale_max),
                 ),
-                regions_row: gr.update(visible=mode_v == "region-drag" and not polygons),
-                ref_group: gr.update(visible=mode_v in ("paste", "appearance")),
-                mask_ed: gr.update(label=_MASK_LABELS[mode_v], visible=mode_v != "paste"),
+                regions_row: gr.update(visible=shown["regions"]),
+                ref_group: gr.update(visible=shown["reference"]),
+                ref_prompt: gr.update(visible=shown["reference_prompt"]),
+                mask_ed: gr.update(label=page.mask_label or "Mask", visible=shown["mask"]),
+                **{group: gr.update(visible=name == mode_v) for name, group in field_groups.items()},
                 canvas: overlay(sess, mode_v, sess.inputs(scale_v, vertices_v, region_v)),
                 **slot_updates(messages(points=points_line(sess, mode_v, vertices_v, region_v))),
             }
@@ -511,7 +584,9 @@ def build_app(
             scale,
             regions_row,
             ref_group,
+            ref_prompt,
             mask_ed,
+            *field_groups.values(),
             canvas,
             steps_in,
             res_in,
@@ -522,29 +597,48 @@ def build_app(
         then_preview(mode.change(on_mode, mode_inputs, mode_outputs, **quiet))
         for widget in (region_input, vertices):  # not `control`: that name is the run slot (RunControl) above
             widget.change(on_mode, mode_inputs, mode_outputs, **quiet)
+        for widget in field_inputs:  # a mode's own settings: its placement preview follows them
+            triggers = (widget.blur, widget.submit) if isinstance(widget, gr.Textbox) else (widget.input,)
+            for trigger in triggers:
+                trigger(only_when_placing, [mode], None, **quiet).success(
+                    on_preview, preview_inputs, preview_outputs, **quiet
+                )
 
         # -- clicks -------------------------------------------------------------------------------------------
         # Handlers that change the clicks run one at a time (one concurrency group) and queue (trigger_mode
         # "multiple"), so a quick second click is never dropped; they show no progress overlay, which would
         # cover the image and swallow the next click.
-        click_inputs = [session, mode, region_input, vertices, scale]
+        click_inputs = [session, mode, region_input, vertices, scale, *field_inputs]
         click_outputs = [session, canvas, points_msg, image_msg]
 
         def redraw(
-            sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float, msg: str
+            sess: Session,
+            mode_v: str,
+            region_v: str,
+            vertices_v: Any,
+            scale_v: float,
+            msg: str,
+            field_vals: Iterable[Any] = (),
         ) -> dict[Any, Any]:
+            fields = field_values(mode_v, field_vals) if field_vals else None
             return {
                 session: sess,
-                canvas: overlay(sess, mode_v, sess.inputs(scale_v, vertices_v, region_v)),
+                canvas: overlay(sess, mode_v, sess.inputs(scale_v, vertices_v, region_v, fields)),
                 points_msg: msg,
                 image_msg: gr.skip(),
             }
 
         def on_click(
-            sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float, evt: gr.SelectData
+            sess: Session,
+            mode_v: str,
+            region_v: str,
+            vertices_v: Any,
+            scale_v: float,
+            evt: gr.SelectData,
+            *field_vals: Any,
         ) -> dict[Any, Any]:
             try:
-                msg = add_click(sess, mode_v, evt.index, int(vertices_v or 4), region_v)
+                msg = add_click(sess, mode_v, evt.index, int(vertices_v or 4), region_v, registry)
             except UIError as e:
                 return {
                     session: sess,
@@ -553,23 +647,23 @@ def build_app(
                     image_msg: gr.skip(),
                     slots[e.control if e.control == "image" else "points"]: _error(e.message),
                 }
-            return redraw(sess, mode_v, region_v, vertices_v, scale_v, msg)
+            return redraw(sess, mode_v, region_v, vertices_v, scale_v, msg, field_vals)
 
         then_preview(canvas.select(on_click, click_inputs, click_outputs, trigger_mode="multiple", **quiet))
 
         def on_undo(
-            sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float
+            sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float, *field_vals: Any
         ) -> dict[Any, Any]:
             removed = undo(sess, mode_v)
             msg = (
                 points_line(sess, mode_v, vertices_v, region_v) if removed is not None else "nothing to undo"
             )
-            return redraw(sess, mode_v, region_v, vertices_v, scale_v, msg)
+            return redraw(sess, mode_v, region_v, vertices_v, scale_v, msg, field_vals)
 
         undo_btn.click(on_undo, click_inputs, click_outputs, trigger_mode="multiple", **quiet)
 
         def on_clear(
-            sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float
+            sess: Session, mode_v: str, region_v: str, vertices_v: Any, scale_v: float, *field_vals: Any
         ) -> dict[Any, Any]:
             clear(sess)
             sess.mask = sess.handle_region = sess.target_region = None
@@ -622,10 +716,13 @@ def build_app(
             seed_v: Any,
             request: gr.Request,
             progress: gr.Progress = gr.Progress(),
+            *field_vals: Any,
         ) -> dict[Any, Any]:  # noqa: B008
             import json
 
             from pydantic import ValidationError
+
+            page = modes[mode_v]
 
             def fail(control: str, message: str) -> dict[Any, Any]:
                 return {session: sess, **slot_updates(messages(**{control: _error(message)}))}
@@ -640,11 +737,12 @@ def build_app(
                 inputs.prompt = prompt_v or ""
                 inputs.reference_prompt = ref_prompt_v or ""
                 inputs.steps, inputs.resolution, inputs.seed = steps_v, res_v, seed_v
+                inputs.fields = field_values(mode_v, field_vals)
                 folder = Path(tempfile.mkdtemp(prefix="run-", dir=root))
-                if mode_v in ("paste", "appearance") and inputs.reference is not None:
+                if page.ui.reference is not None and inputs.reference is not None:
                     inputs.reference_path = str(folder / "reference.png")
                     inputs.reference.save(inputs.reference_path)
-                spec = build_spec(mode_v, sess, inputs)
+                spec = build_spec(mode_v, sess, inputs, registry)
                 progress(0.0, desc="inverting the image…")
                 key = _client(request)
                 cancel = control.start(key)
@@ -665,9 +763,9 @@ def build_app(
             except UIError as e:
                 return fail(e.control, e.message)
             except ValidationError as e:
-                return fail(*pydantic_message(e))
+                return fail(*pydantic_message(e, page))
             except SpecError as e:
-                return fail(control_for_field(e.field), str(e))
+                return fail(control_for_field(e.field, page), str(e))
             except DragSDKError as e:
                 return fail("run", str(e))
             except Exception as e:  # an unexpected failure: a message on the page, the trace in the log
@@ -709,6 +807,7 @@ def build_app(
                 steps_in,
                 res_in,
                 seed_in,
+                *field_inputs,
             ],
             run_outputs,
             concurrency_limit=1,

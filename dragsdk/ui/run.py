@@ -63,7 +63,8 @@ class RunOutput:
     Attributes:
         result: the edited image (the input's size).
         report: the :class:`~dragsdk.report.EditReport`.
-        spec: the validated spec as JSON data, as downloaded (``reference`` named ``reference.png``).
+        spec: the validated spec as JSON data, as downloaded (the mode's reference image field, if its UI
+            description has one, named ``reference.png``).
         files: ``result.png``, ``spec.json``, ``report.json`` (and ``reference.png``) in ``folder``.
         seconds: wall time of the edit.
     """
@@ -137,16 +138,28 @@ def run_edit(
     finally:
         _LOCK.release()
     seconds = time.perf_counter() - t0
-    data = portable_spec(result.spec.model_dump(mode="json", exclude_none=True))
+    ref_field = _reference_field(editor, resolved.mode)
+    data = portable_spec(result.spec.model_dump(mode="json", exclude_none=True), reference_field=ref_field)
     files = {
         "result.png": save_image_atomic(result.image, folder / "result.png"),
         "spec.json": write_text_atomic(json.dumps(data, indent=2), folder / "spec.json"),
         "report.json": write_text_atomic(result.report.model_dump_json(indent=2), folder / "report.json"),
     }
-    ref = resolved.model_dump().get("reference")
+    ref = resolved.model_dump().get(ref_field) if ref_field is not None else None
     if isinstance(ref, str) and Path(ref).is_file():
         dest = folder / "reference.png"
         if Path(ref).resolve() != dest.resolve():
-            save_image_atomic(load_image(ref, field="reference"), dest)
+            save_image_atomic(load_image(ref, field=str(ref_field)), dest)
         files["reference.png"] = dest
     return RunOutput(result.image, result.report, data, files, seconds)
+
+
+def _reference_field(editor: Any, mode: str) -> str | None:
+    """The spec field of ``mode``'s reference image, as its UI description names it (None: it has none)."""
+    from .forms import page_mode
+
+    try:
+        ref = page_mode(mode, getattr(editor, "registry", None)).ui.reference
+    except KeyError:
+        return None
+    return ref.image if ref is not None else None

@@ -3,11 +3,15 @@
 - Coordinates: the page shows the image at a *display* size (the image itself, or a copy whose longer side is at
   most :data:`MAX_DISPLAY_SIDE`); Gradio reports a click in the pixels of that displayed copy, whatever size the
   browser draws it at. :func:`display_to_image` turns it into image pixels, the only coordinates a spec holds.
-- Clicks are kept per mode (:class:`Session`): drag alternates handle, target; region-drag polygons take the handle
-  polygon's vertices, then the target's; move / resize / paste keep one click, the object's new centre.
+- Modes: every mode of the registry, each as its UI description says (:mod:`dragsdk.ui.forms`: declared in
+  :attr:`dragsdk.modes.EditMode.ui`, or derived from its spec schema); nothing here names a mode.
+- Clicks are kept per mode (:class:`Session`): point pairs alternate handle, target; polygons take the handle
+  polygon's vertices, then the target's; a placement keeps one click, the object's new centre.
 - :func:`build_spec` turns clicks, brushed masks and settings into a spec dict, or raises :class:`UIError` naming
   the control whose message slot shows what is wrong.
 - :func:`render_overlay` draws the clicks (arrows, polygons, the placed object) on the displayed copy.
+
+``MODES`` (read on access) is the tuple of the process registry's modes in the order of the page's selector.
 """
 
 from __future__ import annotations
@@ -23,11 +27,10 @@ from PIL import Image, ImageDraw
 
 from dragsdk.errors import DragSDKError
 from dragsdk.io import load_image, load_mask, mask_to_data_url
+from dragsdk.modes import ModeUI
 
-MODES = ("drag", "region-drag", "move", "resize", "paste", "appearance")
-"""Modes the page offers, in the order of its selector."""
+from .forms import REGION_INPUTS, FieldControl, PageMode, page_mode, page_modes
 
-REGION_INPUTS = ("brush regions", "polygon vertices")
 MAX_DISPLAY_SIDE = 1024
 """The click view shows a copy whose longer side is at most this many pixels."""
 
@@ -39,19 +42,6 @@ Point = tuple[int, int]
 HANDLE_RGB = (230, 40, 40)
 TARGET_RGB = (40, 110, 240)
 OBJECT_RGB = (40, 200, 90)
-
-MODE_HELP = {
-    "drag": "Click a **handle**, then its **target**; repeat for more pairs. Brush the editable region in the mask "
-    "(optional: without one a mask is proposed around each handle).",
-    "region-drag": "Brush a **handle region** and a **target region**, or pick *polygon vertices* and click the "
-    "handle polygon's corners, then the target polygon's (3 or 4 each). The mask is optional.",
-    "move": "Brush the **object** in the mask, then click where its centre should go. The scale slider also resizes it.",
-    "resize": "Brush the **object** in the mask and set the scale; a click moves its centre too (optional).",
-    "paste": "Upload a **reference image** and brush the object on it, then click where its centre goes on this "
-    "image; set the scale.",
-    "appearance": "Brush the **object** in the mask, upload a **reference image** and brush the object whose look "
-    "it should take.",
-}
 
 
 class UIError(ValueError):
@@ -70,9 +60,41 @@ class UIError(ValueError):
         super().__init__(f"{control}: {message}")
 
 
-def control_for_field(field_path: str) -> str:
-    """The message slot of a spec field named by a :class:`~dragsdk.errors.SpecError` or a pydantic error."""
+def __getattr__(name: str) -> Any:
+    if name == "MODES":
+        return tuple(page_modes())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def mode_page(mode: str, registry: Any = None) -> PageMode:
+    """The page's view of ``mode`` in ``registry`` (default: the process registry).
+
+    Raises:
+        UIError: (run) no such mode.
+    """
+    try:
+        return page_mode(mode, registry)
+    except KeyError:
+        names = ", ".join(page_modes(registry))
+        raise UIError("run", f"unknown mode {mode!r}; choose one of {names}") from None
+
+
+def control_for_field(field_path: str, page: PageMode | None = None) -> str:
+    """The message slot of a spec field named by a :class:`~dragsdk.errors.SpecError` or a pydantic error: the
+    input of ``page``'s UI description that fills it, else by the field's usual name."""
     head = field_path.split(".")[0].split("[")[0].split(":")[0].strip()
+    if page is not None:
+        ui = page.ui
+        if head in {c.name for c in page.controls}:
+            return "settings"
+        place = ui.placement
+        if head in (ui.points, ui.polygons, ui.scale) or (place is not None and head in (place.dx, place.dy)):
+            return "points"
+        if head == ui.regions or (ui.mask is not None and head == ui.mask.field):
+            return "mask"
+        ref = ui.reference
+        if ref is not None and head in (ref.image, ref.mask, ref.prompt):
+            return "reference"
     if head in ("points", "polygons", "dense_points", "handle", "dx", "dy", "scale", "dx, dy"):
         return "points"
     if head in ("mask", "region", "regions", "fill_region"):
@@ -128,8 +150,15 @@ class Session:
         self.mask = mask
         self.handle_region = self.target_region = None
 
-    def inputs(self, scale: float | None = 1.0, vertices: Any = 4, region_input: str | None = None) -> Inputs:
-        """The inputs of a preview or a run: what the editors last reported (masks, reference) and the controls."""
+    def inputs(
+        self,
+        scale: float | None = 1.0,
+        vertices: Any = 4,
+        region_input: str | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> Inputs:
+        """The inputs of a preview or a run: what the editors last reported (masks, reference) and the controls
+        (``fields``: the values of the mode's settings controls, by spec field)."""
         return Inputs(
             mask=self.mask,
             handle_region=self.handle_region,
@@ -139,6 +168,7 @@ class Session:
             scale=float(scale if scale is not None else 1.0),
             vertices=int(vertices or 4),
             region_input=region_input or REGION_INPUTS[0],
+            fields=dict(fields or {}),
         )
 
 
@@ -218,34 +248,37 @@ def add_click(
     xy: Sequence[float] | None,
     vertices: int = 4,
     region_input: str = REGION_INPUTS[0],
+    registry: Any = None,
 ) -> str:
-    """Record a click of the click view (``xy`` in displayed pixels) for ``mode``; returns what to do next.
+    """Record a click of the click view (``xy`` in displayed pixels) for ``mode`` of ``registry`` (default: the
+    process registry); returns what to do next.
 
     Raises:
         UIError: no image yet, a click off the image, or a mode that takes no clicks.
     """
     if session.image is None:
         raise UIError("image", "upload an image or open a sample folder first")
-    if mode not in MODES:
-        raise UIError("run", f"unknown mode {mode!r}")
+    page = mode_page(mode, registry)
     size = session.image.size
     p = display_to_image(xy, display_size(size), size)
     pts = session.points(mode)
-    if mode == "appearance":
-        raise UIError(
-            "points", "appearance takes no points: brush the object in the mask and on the reference"
-        )
-    if mode in ("move", "resize", "paste"):
-        pts[:] = [p]
-        return f"the object's centre goes to ({p[0]}, {p[1]})"
-    if mode == "region-drag" and region_input == REGION_INPUTS[0]:
+    ui = page.ui
+    if page.region_kind(region_input) == "regions" and ui.polygons is not None:
         raise UIError(
             "points",
-            "region drag with brushed regions takes no clicks: brush the handle and target "
+            f"{mode} with brushed regions takes no clicks: brush the handle and target "
             "regions, or choose 'polygon vertices'",
         )
+    if not page.takes_clicks(region_input):
+        brushed = [f"the {page.mask_name}"] if ui.mask is not None else []
+        brushed += ["the object on the reference image"] if ui.reference is not None else []
+        hint = "brush " + " and ".join(brushed) if brushed else "set its settings and run"
+        raise UIError("points", f"{mode} takes no points: {hint}")
+    if ui.placement is not None:
+        pts[:] = [p]
+        return f"the object's centre goes to ({p[0]}, {p[1]})"
     pts.append(p)
-    return describe_clicks(session, mode, vertices, region_input)
+    return describe_clicks(session, mode, vertices, region_input, registry)
 
 
 def undo(session: Session, mode: str) -> Point | None:
@@ -263,11 +296,16 @@ def clear(session: Session, mode: str | None = None) -> None:
 
 
 def describe_clicks(
-    session: Session, mode: str, vertices: int = 4, region_input: str = REGION_INPUTS[0]
+    session: Session,
+    mode: str,
+    vertices: int = 4,
+    region_input: str = REGION_INPUTS[0],
+    registry: Any = None,
 ) -> str:
     """One line saying what has been clicked and what the next click does."""
+    page = mode_page(mode, registry)
     pts = session.points(mode)
-    if mode == "drag":
+    if page.ui.points is not None:
         full, pending = pairs(pts)
         if pending is not None:
             return f"pair {len(full) + 1}: handle ({pending[0]}, {pending[1]}) — now click its target"
@@ -275,17 +313,19 @@ def describe_clicks(
             return "click a handle point, then its target"
         (h, t) = full[-1]
         return f"{len(full)} pair(s); last: ({h[0]}, {h[1]}) → ({t[0]}, {t[1]}). Click another handle, or run"
-    if mode == "region-drag":
-        if region_input == REGION_INPUTS[0]:
-            return "brush the handle region and the target region"
-        full, cur = polygon_pairs(pts, vertices)
+    kind = page.region_kind(region_input)
+    if kind == "regions":
+        return "brush the handle region and the target region"
+    if kind == "polygons":
+        full_p, cur = polygon_pairs(pts, vertices)
         if len(cur) < vertices:
-            return f"{len(full)} polygon pair(s); handle polygon: {len(cur)}/{vertices} vertices"
-        return f"{len(full)} polygon pair(s); target polygon: {len(cur) - vertices}/{vertices} vertices"
-    if mode in ("move", "resize", "paste"):
+            return f"{len(full_p)} polygon pair(s); handle polygon: {len(cur)}/{vertices} vertices"
+        return f"{len(full_p)} polygon pair(s); target polygon: {len(cur) - vertices}/{vertices} vertices"
+    place = page.ui.placement
+    if place is not None:
         if pts:
             return f"the object's centre goes to ({pts[-1][0]}, {pts[-1][1]})"
-        return "click where the object's centre should go" + (" (optional)" if mode == "resize" else "")
+        return "click where the object's centre should go" + ("" if place.required else " (optional)")
     return ""
 
 
@@ -379,38 +419,45 @@ def shift_to(
     click: Point, mask: np.ndarray, scale: float = 1.0, placement: str = "centroid"
 ) -> tuple[float, float]:
     """``(dx, dy)`` that brings the placed object's centroid onto the pixel ``click`` (its centre), for the way the
-    mode's profile places it (``c``: the object's centroid, ``C``: the image centre, ``s``: ``scale``, ``p``: the
-    click, all in image pixels):
+    mode places it (:attr:`dragsdk.modes.PlacementUI.about`; ``c``: the object's centroid, ``C``: the image centre,
+    ``s``: ``scale``, ``p``: the click, all in image pixels):
 
-    - ``centroid`` (the ``centroid-placement`` improvement): ``c' = c + d``, so ``d = p − c``;
-    - ``official-move`` (move / resize, official profile: scaled about the image centre, the shift scaled too,
-      :func:`dragsdk.objects.official_placement_map`): ``c' = C + s·(c − C + d)``, so ``d = (p − C)/s − (c − C)``;
-    - ``official-paste`` (paste, official profile: scaled about the image centre, then shifted):
+    - ``centroid`` (about the object's own centroid; the ``centroid-placement`` improvement): ``c' = c + d``, so
+      ``d = p − c``;
+    - ``image-centre-scaled-shift`` (scaled about the image centre, the shift scaled too: the official move and
+      resize, :func:`dragsdk.objects.official_placement_map`): ``c' = C + s·(c − C + d)``, so
+      ``d = (p − C)/s − (c − C)``;
+    - ``image-centre`` (scaled about the image centre, then shifted: the official paste):
       ``c' = C + s·(c − C) + d``, so ``d = p − C − s·(c − C)``.
     """
     cx, cy = centroid(mask)
     px, py = click[0] + 0.5, click[1] + 0.5
     h, w = mask.shape
     ox, oy = w / 2, h / 2
-    if placement == "official-move":
+    if placement == "image-centre-scaled-shift":
         dx, dy = (px - ox) / scale - (cx - ox), (py - oy) / scale - (cy - oy)
-    elif placement == "official-paste":
+    elif placement == "image-centre":
         dx, dy = px - ox - scale * (cx - ox), py - oy - scale * (cy - oy)
-    else:
+    elif placement == "centroid":
         dx, dy = px - cx, py - cy
+    else:
+        raise ValueError(f"unknown placement rule {placement!r}")
     return round(dx, 2), round(dy, 2)
 
 
-def _placement(mode: str, profile: str | list[str] | None) -> str:
-    """The :func:`shift_to` rule of a mode's profile: its resolved ``placement`` option (``centroid`` under the
-    ``centroid-placement`` improvement, in ``dragsdk`` and listable), else the official rule of the mode."""
+def placement_rule(page: PageMode, profile: str | list[str] | None) -> str:
+    """The :func:`shift_to` rule of a mode's placement under ``profile``: ``centroid`` when the mode's profile
+    table has a ``placement`` option that the profile resolves to ``centroid`` (the ``centroid-placement``
+    improvement, in ``dragsdk`` and listable), else :attr:`~dragsdk.modes.PlacementUI.about`."""
     from dragsdk.fidelity import OFFICIAL
-    from dragsdk.registry import get_registry
 
-    table = getattr(get_registry().modes.get(mode), "profiles", None)
+    place = page.ui.placement
+    if place is None:
+        raise ValueError(f"mode {page.name!r} has no placement input")
+    table = getattr(page.mode, "profiles", None)
     if table is not None and getattr(table.resolve(profile or OFFICIAL), "placement", None) == "centroid":
         return "centroid"
-    return "official-paste" if mode == "paste" else "official-move"
+    return place.about
 
 
 # -- specs ------------------------------------------------------------------------------------------------------
@@ -420,9 +467,14 @@ class Inputs:
 
     Attributes:
         mask: the brushed base-image mask (editable region, or the object), or None.
-        handle_region / target_region: region-drag brushed regions, or None.
-        reference: the reference image (paste, appearance) and ``reference_mask`` brushed on it.
+        handle_region / target_region: the brushed handle and target regions, or None.
+        region_input, vertices: which region input is chosen (:data:`REGION_INPUTS`), and the vertices of a polygon.
+        reference: the reference image and ``reference_mask`` brushed on it.
         reference_path: the path the reference image is saved at (the spec names it).
+        scale: the scale slider.
+        steps, resolution, seed: the sampler settings typed (empty: the mode's default).
+        fields: the values of the mode's own settings controls, by spec field (:class:`~dragsdk.ui.forms.FieldControl`;
+            empty text: the field's default).
         profile: the spec's ``profile`` (``official``, ``dragsdk`` or a list of improvements), None = the mode's
             default (the page has no control for it; a host embedding the page logic may set it).
     """
@@ -441,6 +493,7 @@ class Inputs:
     steps: int | str | None = None
     resolution: int | str | None = None
     seed: int | str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
     profile: str | list[str] | None = None
 
 
@@ -504,101 +557,146 @@ def _sampler(inputs: Inputs) -> dict[str, int]:
     return out
 
 
-def build_spec(mode: str, session: Session, inputs: Inputs) -> dict[str, Any]:
-    """The spec dict of the page's current input for ``mode`` (masks embedded as PNG data URLs).
+def parse_field(control: FieldControl, value: Any) -> Any:
+    """The value of a mode's settings control for its spec: None (left out, the field's default) for an empty box or
+    a default left as it is.
+
+    Raises:
+        UIError: (settings) a required field left empty, or a number box holding something else.
+    """
+    name = control.name
+    if control.kind in ("boolean", "choice"):
+        if value is None or value == control.default:
+            return None
+        return bool(value) if control.kind == "boolean" else str(value)
+    empty = value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+    if empty:
+        if control.required:
+            raise UIError("settings", f"{name} is required for this mode: type a value ({control.info})")
+        return None
+    if control.kind == "integer":
+        return parse_setting(value, name)
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise UIError("settings", f"{name} must be a number, got {str(value).strip()!r}") from None
+    if not math.isfinite(number):
+        raise UIError("settings", f"{name} must be a finite number, got {str(value).strip()!r}")
+    return number
+
+
+def _point_pairs(clicks: list[Point], size: tuple[int, int]) -> list[dict[str, list[int]]]:
+    full, pending = pairs(clicks)
+    if pending is not None:
+        raise UIError(
+            "points",
+            f"the handle ({pending[0]}, {pending[1]}) has no target: click its target or undo it",
+        )
+    if not full:
+        raise UIError("points", "no points: click a handle on the image, then its target")
+    for k, (h, t) in enumerate(full):
+        check_point(h, size, f"handle of pair {k + 1}")
+        check_point(t, size, f"target of pair {k + 1}")
+    return [{"handle": list(h), "target": list(t)} for h, t in full]
+
+
+def _polygons(clicks: list[Point], vertices: int, size: tuple[int, int]) -> list[dict[str, Any]]:
+    full_p, cur = polygon_pairs(clicks, vertices)
+    if cur:
+        raise UIError(
+            "points",
+            f"the last polygon pair has {len(cur)} of {2 * vertices} vertices: finish it or undo its clicks",
+        )
+    if not full_p:
+        raise UIError(
+            "points",
+            f"no polygons: click the {vertices} corners of the handle polygon, "
+            f"then the {vertices} of the target polygon",
+        )
+    for k, (hp, tp) in enumerate(full_p):
+        for p in [*hp, *tp]:
+            check_point(p, size, f"vertex of polygon pair {k + 1}")
+    return [{"handle": [list(p) for p in hp], "target": [list(p) for p in tp]} for hp, tp in full_p]
+
+
+def _regions(inputs: Inputs, size: tuple[int, int]) -> list[dict[str, str]]:
+    h = _need_mask(inputs.handle_region, "handle region")
+    t = _need_mask(inputs.target_region, "target region")
+    _check_mask_size(h, size, "handle region")
+    _check_mask_size(t, size, "target region")
+    return [{"handle": mask_to_data_url(h), "target": mask_to_data_url(t)}]
+
+
+def _reference(spec: dict[str, Any], page: PageMode, inputs: Inputs) -> np.ndarray:
+    """Write the reference fields into ``spec``; the mask brushed on the reference."""
+    ref = page.ui.reference
+    assert ref is not None
+    if inputs.reference is None:
+        raise UIError("reference", "upload a reference image in the reference editor")
+    ref_mask = _need_mask(inputs.reference_mask, "reference mask", "reference")
+    _check_mask_size(ref_mask, inputs.reference.size, "reference mask", "reference")
+    if not inputs.reference_path:
+        raise UIError("reference", "the reference image was not saved; upload it again")
+    spec[ref.image] = inputs.reference_path
+    spec[ref.mask] = mask_to_data_url(ref_mask)
+    if ref.prompt is not None:
+        spec[ref.prompt] = (inputs.reference_prompt or "").strip()
+    return ref_mask
+
+
+def build_spec(mode: str, session: Session, inputs: Inputs, registry: Any = None) -> dict[str, Any]:
+    """The spec dict of the page's current input for ``mode`` of ``registry`` (default: the process registry), as
+    its UI description says (masks embedded as PNG data URLs).
 
     Raises:
         UIError: no image, no points, a pending handle or polygon, a point off the image, an empty mask, no
-            reference; the control whose slot shows it is named.
+            reference, a settings value that is not a number, a required field the page cannot offer; the control
+            whose slot shows it is named.
     """
     if session.image is None:
         raise UIError("image", "upload an image or open a sample folder first")
-    if mode not in MODES:
-        raise UIError("run", f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    page = mode_page(mode, registry)
+    if page.missing:
+        raise UIError("run", page.missing_note())
+    ui = page.ui
     size = session.image.size
     clicks = list(session.points(mode))
     spec: dict[str, Any] = {"mode": mode, "prompt": (inputs.prompt or "").strip()}
     mask = inputs.mask if inputs.mask is not None and np.asarray(inputs.mask).any() else None
-    if mask is not None:
+    if mask is not None and ui.mask is not None:
         _check_mask_size(np.asarray(mask), size, "mask")
-
-    if mode == "drag":
-        full, pending = pairs(clicks)
-        if pending is not None:
-            raise UIError(
-                "points",
-                f"the handle ({pending[0]}, {pending[1]}) has no target: click its target or undo it",
-            )
-        if not full:
-            raise UIError("points", "no points: click a handle on the image, then its target")
-        for k, (h, t) in enumerate(full):
-            check_point(h, size, f"handle of pair {k + 1}")
-            check_point(t, size, f"target of pair {k + 1}")
-        spec["points"] = [{"handle": list(h), "target": list(t)} for h, t in full]
+    if ui.points is not None:
+        spec[ui.points] = _point_pairs(clicks, size)
+    kind = page.region_kind(inputs.region_input)
+    if kind == "polygons":
+        spec[str(ui.polygons)] = _polygons(clicks, inputs.vertices, size)
+    elif kind == "regions":
+        spec[str(ui.regions)] = _regions(inputs, size)
+    ref_mask = _reference(spec, page, inputs) if ui.reference is not None else None
+    if ui.mask is not None:
+        if page.mask_required:
+            mask = _need_mask(mask, page.mask_name)
         if mask is not None:
-            spec["mask"] = mask_to_data_url(mask)
-    elif mode == "region-drag":
-        if inputs.region_input == REGION_INPUTS[1]:
-            full_p, cur = polygon_pairs(clicks, inputs.vertices)
-            if cur:
-                raise UIError(
-                    "points",
-                    f"the last polygon pair has {len(cur)} of {2 * inputs.vertices} vertices: "
-                    "finish it or undo its clicks",
-                )
-            if not full_p:
-                raise UIError(
-                    "points",
-                    f"no polygons: click the {inputs.vertices} corners of the handle polygon, "
-                    f"then the {inputs.vertices} of the target polygon",
-                )
-            for k, (hp, tp) in enumerate(full_p):
-                for p in [*hp, *tp]:
-                    check_point(p, size, f"vertex of polygon pair {k + 1}")
-            spec["polygons"] = [
-                {"handle": [list(p) for p in hp], "target": [list(p) for p in tp]} for hp, tp in full_p
-            ]
-        else:
-            h = _need_mask(inputs.handle_region, "handle region")
-            t = _need_mask(inputs.target_region, "target region")
-            _check_mask_size(h, size, "handle region")
-            _check_mask_size(t, size, "target region")
-            spec["regions"] = [{"handle": mask_to_data_url(h), "target": mask_to_data_url(t)}]
-        if mask is not None:
-            spec["mask"] = mask_to_data_url(mask)
-    elif mode in ("move", "resize"):
-        obj = _need_mask(mask, "object mask")
-        spec["mask"] = mask_to_data_url(obj)
+            spec[ui.mask.field] = mask_to_data_url(mask)
+    place = ui.placement
+    if place is not None:
         if clicks:
             check_point(clicks[-1], size, "new position")
-            spec["dx"], spec["dy"] = shift_to(
-                clicks[-1], obj, float(inputs.scale), _placement(mode, inputs.profile)
+            if place.object == "reference":
+                obj = resize_mask(np.asarray(ref_mask, bool), size)
+            else:
+                obj = _need_mask(mask, page.mask_name)
+            spec[place.dx], spec[place.dy] = shift_to(
+                clicks[-1], obj, float(inputs.scale), placement_rule(page, inputs.profile)
             )
-        elif mode == "move":
+        elif place.required:
             raise UIError("points", "click where the object's centre should go")
-        spec["scale"] = float(inputs.scale)
-    elif mode in ("paste", "appearance"):
-        if inputs.reference is None:
-            raise UIError("reference", "upload a reference image in the reference editor")
-        ref_mask = _need_mask(inputs.reference_mask, "reference mask", "reference")
-        _check_mask_size(ref_mask, inputs.reference.size, "reference mask", "reference")
-        if not inputs.reference_path:
-            raise UIError("reference", "the reference image was not saved; upload it again")
-        spec["reference"] = inputs.reference_path
-        spec["reference_mask"] = mask_to_data_url(ref_mask)
-        spec["reference_prompt"] = (inputs.reference_prompt or "").strip()
-        if mode == "paste":
-            if clicks:
-                check_point(clicks[-1], size, "new position")
-                spec["dx"], spec["dy"] = shift_to(
-                    clicks[-1],
-                    resize_mask(ref_mask, size),
-                    float(inputs.scale),
-                    _placement(mode, inputs.profile),
-                )
-            spec["scale"] = float(inputs.scale)
-        else:
-            spec["mask"] = mask_to_data_url(_need_mask(mask, "object mask"))
+    if ui.scale is not None:
+        spec[ui.scale] = float(inputs.scale)
+    for control in page.controls:
+        value = parse_field(control, inputs.fields.get(control.name))
+        if value is not None:
+            spec[control.name] = value
     sampler = _sampler(inputs)
     if sampler:
         spec["sampler"] = sampler
@@ -607,21 +705,25 @@ def build_spec(mode: str, session: Session, inputs: Inputs) -> dict[str, Any]:
     return spec
 
 
-def portable_spec(spec: dict[str, Any], reference_name: str = "reference.png") -> dict[str, Any]:
-    """The spec to download: the reference named by file name (kept beside the spec; the CLI resolves it there)."""
+def portable_spec(
+    spec: dict[str, Any], reference_name: str = "reference.png", reference_field: str | None = "reference"
+) -> dict[str, Any]:
+    """The spec to download: its reference image field (the mode's ``ReferenceUI.image``; None: it has none) names
+    the file by ``reference_name``, kept beside the spec (the CLI resolves it there)."""
     out = dict(spec)
-    if isinstance(out.get("reference"), str):
-        out["reference"] = reference_name
+    if reference_field is not None and isinstance(out.get(reference_field), str):
+        out[reference_field] = reference_name
     return out
 
 
-def pydantic_message(error: Any) -> tuple[str, str]:
-    """``(control, message)`` for a pydantic ``ValidationError``: its first error, the field named."""
+def pydantic_message(error: Any, page: PageMode | None = None) -> tuple[str, str]:
+    """``(control, message)`` for a pydantic ``ValidationError``: its first error, the field named (its slot as
+    ``page``'s UI description says, :func:`control_for_field`)."""
     first = error.errors()[0]
     loc = ".".join(str(p) for p in first.get("loc", ()))
     msg = first.get("msg", str(error))
     more = error.error_count() - 1
-    return control_for_field(loc), f"{loc}: {msg}" + (f" (and {more} more)" if more > 0 else "")
+    return control_for_field(loc, page), f"{loc}: {msg}" + (f" (and {more} more)" if more > 0 else "")
 
 
 # -- drawing ----------------------------------------------------------------------------------------------------
@@ -665,24 +767,26 @@ def render_overlay(
     default_resolution: int | None = None,
 ) -> Image.Image | None:
     """The click view: the displayed copy with the mode's clicks drawn (arrows from handles to targets, polygons,
-    the object at its new place for move / resize / paste, as :func:`placement_preview` plans it with
+    the object at its new place for a mode with a placement input, as :func:`placement_preview` plans it with
     ``registry`` and ``default_resolution``)."""
     if session.image is None:
         return None
+    try:
+        page = mode_page(mode, registry)
+    except UIError:  # a mode this registry lacks: the image alone
+        page = PageMode(name=mode, ui=ModeUI(), declared=False)
+    ui = page.ui
     inputs = inputs or Inputs()
     size = session.image.size
     disp = display_size(size)
     base = session.image
     pts = session.points(mode)
     place = None
-    if mode in ("move", "resize", "paste"):
+    on_base = ui.placement is not None and ui.placement.object == "mask"
+    if ui.placement is not None:
         place = placement_preview(mode, session, inputs, registry, default_resolution)
-        obj = (
-            inputs.mask
-            if mode != "paste" and inputs.mask is not None and np.asarray(inputs.mask).any()
-            else None
-        )
-        base = _preview_placement(base, mode, obj, place)
+        obj = inputs.mask if on_base and inputs.mask is not None and np.asarray(inputs.mask).any() else None
+        base = _preview_placement(base, on_base, obj, place)
     img = (
         base.convert("RGB").resize(disp, Image.Resampling.LANCZOS)
         if base.size != disp
@@ -695,7 +799,7 @@ def render_overlay(
     def d(p: Sequence[float]) -> tuple[float, float]:
         return image_to_display(p, disp, size)
 
-    if mode == "drag":
+    if ui.points is not None:
         full, pending = pairs(pts)
         for h, t in full:
             _arrow(draw, d(h), d(t), (255, 255, 255), width + 2)
@@ -704,7 +808,7 @@ def render_overlay(
             _dot(draw, d(t), r, TARGET_RGB)
         if pending is not None:
             _dot(draw, d(pending), r, HANDLE_RGB)
-    elif mode == "region-drag":
+    elif ui.polygons is not None:
         full_p, cur = polygon_pairs(pts, inputs.vertices)
         for hp, tp in full_p:
             draw.polygon([d(p) for p in hp], outline=HANDLE_RGB, width=width)
@@ -718,11 +822,11 @@ def render_overlay(
             draw.line([d(p) for p in hv], fill=HANDLE_RGB, width=width)
             if len(cur) > inputs.vertices + 1:
                 draw.line([d(p) for p in cur[inputs.vertices :]], fill=TARGET_RGB, width=width)
-    elif mode in ("move", "resize", "paste") and pts:
+    elif ui.placement is not None and pts:
         obj = None
-        if mode == "paste" and inputs.reference_mask is not None and np.asarray(inputs.reference_mask).any():
+        if not on_base and inputs.reference_mask is not None and np.asarray(inputs.reference_mask).any():
             obj = resize_mask(np.asarray(inputs.reference_mask, bool), size)
-        elif mode != "paste" and inputs.mask is not None and np.asarray(inputs.mask).any():
+        elif on_base and inputs.mask is not None and np.asarray(inputs.mask).any():
             obj = np.asarray(inputs.mask, bool)
         if obj is not None and place is not None and place.region.any():
             # from the object's centre to where the plan puts it (the click, unless the profile places it
@@ -739,7 +843,7 @@ PREVIEW_REFERENCE = "reference.png"
 
 @dataclass
 class Placement:
-    """Where a move / resize / paste puts the object, read from the mode's own plan.
+    """Where a mode with a placement input puts the object, read from the mode's own plan.
 
     Attributes:
         image: ``(W, H)`` RGB, the object's content at its new place over the base image (each latent cell of the
@@ -762,11 +866,12 @@ def _cell_index(n_pixels: int, n_cells: int) -> np.ndarray:
 def placement_preview(
     mode: str, session: Session, inputs: Inputs, registry: Any = None, default_resolution: int | None = None
 ) -> Placement | None:
-    """The placement of a move / resize / paste as the edit will make it, from the mode's own planner.
+    """The placement of a mode with a placement input (:attr:`dragsdk.modes.ModeUI.placement`) as the edit will
+    make it, from the mode's own planner.
 
     The page's input becomes a spec (:func:`build_spec`), validated by the mode's spec model and planned by
     :func:`dragsdk.modes.build_plan` on the canvas the Editor would use (``Canvas.fit(image size, resolution)``),
-    so every profile (``official``: about the image centre; ``centroid-placement``) is drawn as it runs.
+    so every profile (e.g. ``official``: about the image centre; ``centroid-placement``) is drawn as it runs.
 
     Args:
         registry: the Editor's registry (default the process registry).
@@ -784,15 +889,19 @@ def placement_preview(
     from dragsdk.modes import PlanContext, build_plan
     from dragsdk.registry import get_registry
 
-    if session.image is None or mode not in ("move", "resize", "paste"):
-        return None
     registry = registry or get_registry()
+    try:
+        page = mode_page(mode, registry)
+    except UIError:
+        return None
+    if session.image is None or page.ui.placement is None:
+        return None
     held = {}
-    if mode == "paste" and inputs.reference is not None:
+    if page.ui.reference is not None and inputs.reference is not None:
         held = {PREVIEW_REFERENCE: inputs.reference}
         inputs = Inputs(**{**inputs.__dict__, "reference_path": PREVIEW_REFERENCE})
     try:
-        spec = registry.spec_models()[mode].model_validate(build_spec(mode, session, inputs))
+        spec = registry.spec_models()[mode].model_validate(build_spec(mode, session, inputs, registry))
         s = spec.sampler
         resolution = (
             s.resolution
@@ -828,13 +937,14 @@ def placement_preview(
 
 
 def _preview_placement(
-    image: Image.Image, mode: str, obj: np.ndarray | None, place: Placement | None
+    image: Image.Image, on_base: bool, obj: np.ndarray | None, place: Placement | None
 ) -> Image.Image:
-    """The base image with the placed object tinted green (move / resize: its old place greyed)."""
-    shown = _tint(image, obj, (120, 120, 120), 0.45) if mode != "paste" and obj is not None else image
+    """The base image with the placed object tinted green (an object of the base image, ``on_base``: its old place
+    greyed)."""
+    shown = _tint(image, obj, (120, 120, 120), 0.45) if on_base and obj is not None else image
     if place is None:
-        return _tint(image, obj, OBJECT_RGB) if mode != "paste" and obj is not None else image
-    alpha = 0.25 if mode != "paste" else 0.2
+        return _tint(image, obj, OBJECT_RGB) if on_base and obj is not None else image
+    alpha = 0.25 if on_base else 0.2
     region = Image.fromarray((place.region * 255).astype(np.uint8))
     return Image.composite(_tint(place.image, place.region, OBJECT_RGB, alpha), shown.convert("RGB"), region)
 

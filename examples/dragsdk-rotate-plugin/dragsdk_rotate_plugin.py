@@ -1,12 +1,8 @@
-"""``rotate``: turn an object about its own centroid (optionally scaling and moving it), energy-guided like move.
-
-Written against :mod:`dragsdk.authoring` alone. The object is placed by ``x' = c + R(angle)·s·(x − c) + d`` on the
-feature grid; the edit term ``w_edit / (1 + 4·S_local)`` pulls each placed cell toward its source cell's guidance
-feature, the content term ``w_content / (1 + 4·S)`` keeps the rest (DragonDiffusion arXiv 2307.02421 Eq. 4–6,
-S = (cos + 1)/2). Its inverted latent is pasted at its new place; K/V are replaced by the inversion's.
-"""
-
-from __future__ import annotations
+"""``rotate``: turn an object about its centroid (optionally scaling and moving it), energy-guided like move; written
+against :mod:`dragsdk.authoring` alone. The object is placed by ``x' = c + R(angle)·s·(x − c) + d``; the edit term
+``w_edit / (1 + 4·S_local)`` pulls each placed cell toward its source cell's guidance feature, the content term
+``w_content / (1 + 4·S)`` keeps the rest (DragonDiffusion arXiv 2307.02421 Eq. 4–6, S = (cos + 1)/2). Its inverted
+latent is pasted at its new place; K/V are replaced by the inversion's."""
 
 from typing import Literal
 
@@ -23,6 +19,9 @@ from dragsdk.authoring import (
     KVInjection,
     KVPlan,
     MaskRef,
+    MaskUI,
+    ModeUI,
+    PlacementUI,
     PlanContext,
     SpecModel,
     affine,
@@ -40,9 +39,7 @@ from dragsdk.authoring import (
 )
 
 
-class RotateWeights(SpecModel):
-    """Energy weights (those of DragonDiffusion object moving)."""
-
+class RotateWeights(SpecModel):  # the energy weights of DragonDiffusion object moving
     edit: float = weight_field(4.0, "pulls the placed object toward the rotated guidance features")
     content: float = weight_field(6.0, "keeps features outside the object and its new place")
 
@@ -65,6 +62,9 @@ class RotateMode(EditMode[RotateSpec]):
     name = "rotate"
     spec_model = RotateSpec
     description = "rotate an object about its centre, energy-guided (example plugin)"
+    ui = ModeUI(  # the browser editor's inputs: the object, a click for its centre, the scale slider, the angle
+        mask=MaskUI(name="object"), placement=PlacementUI(required=False), scale="scale", fields=("angle",)
+    )
 
     def plan(self, spec: RotateSpec, ctx: PlanContext) -> EditPlan:
         canvas, obj = ctx.canvas, ctx.mask(spec.mask, "mask")
@@ -84,13 +84,12 @@ class RotateMode(EditMode[RotateSpec]):
         energies = [EnergyTerm("edit", "edit", edit)]
         if keep.any() and w.content > 0:
             energies.append(EnergyTerm("content", "content", content))
-        moved = lmap.target_mask() | canvas.mask_to_grid(obj, "latent")
         return EditPlan(
             edit_mask=lmap.target_mask(),
             energies=energies,
             init=[latent_paste(lmap)],
             kv=KVPlan(KVInjection("replace")),
-            sde_mask=moved,
+            sde_mask=lmap.target_mask() | canvas.mask_to_grid(obj, "latent"),  # the object and its new place
         )
 
 

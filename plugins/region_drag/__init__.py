@@ -53,6 +53,8 @@ from dragsdk.authoring import (
     KVPlan,
     LatentPaste,
     MaskRef,
+    MaskUI,
+    ModeUI,
     PlanContext,
     Point,
     PointPair,
@@ -505,6 +507,14 @@ class RegionDragMode(EditMode[RegionDragSpec]):
     profiles = REGION_DRAG_PROFILES
     description = "region drag: move regions, polygons or dense point sets (RegionDrag, gradient-free)"
     unsupported_settings = frozenset({"schedule", "sde", "time_travel"})
+    ui = ModeUI(  # the browser editor's inputs
+        help="Brush a **handle region** and a **target region**, or pick *polygon vertices* and click the handle "
+        "polygon's corners, then the target polygon's (3 or 4 each). The mask is optional.",
+        order=20,
+        regions="regions",
+        polygons="polygons",
+        mask=MaskUI(name="editable region", label="Editable region (optional)"),
+    )
 
     # -- inputs → one map -------------------------------------------------------------------------------------
     def source_map(
