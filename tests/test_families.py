@@ -237,7 +237,9 @@ def test_null_edit_equals_ddim_inversion_and_sampling_computed_by_diffusers(car_
     }
     editor = Editor(bundle)
     r = editor.edit(image, null)
-    z = z0 = editor._trajectory.latents[-1]
+    inversion = editor.invert(image, null)  # the inversion the edit started from (cached: no UNet call)
+    assert inversion.reused
+    z = z0 = inversion.latents[-1]
     kw = _diffusers_unet_kwargs(_pipe(bundle), spec["prompt"], z)
     cfg = bundle.scheduler.config
     inverse = DDIMInverseScheduler.from_config({**cfg, "prediction_type": "epsilon"})
@@ -253,7 +255,7 @@ def test_null_edit_equals_ddim_inversion_and_sampling_computed_by_diffusers(car_
     with torch.no_grad():
         for t in inverse.timesteps:
             z = inverse.step(eps(bundle.unet(z, t, **kw).sample, z, t), t, z).prev_sample
-        torch.testing.assert_close(z, editor._trajectory.latents[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(z, inversion.latents[0], rtol=1e-4, atol=1e-4)
         for t in forward.timesteps:
             z = forward.step(bundle.unet(z, t, **kw).sample, t, z).prev_sample
     torch.testing.assert_close(r.latent, z, rtol=1e-3, atol=1e-4)

@@ -29,9 +29,7 @@ def car(car_sample):
     return image, spec["mask"], spec["prompt"]
 
 
-def _features(editor, z, step, prompt):
-    traj = editor._trajectory
-    t = traj.schedule.timesteps[step]
+def _features(editor, z, t, prompt):
     tap = FeatureTap(editor.model.unet)
     try:
         with torch.no_grad(), tap.capture(stop=True):
@@ -144,8 +142,11 @@ def test_move_pulls_the_object_to_its_target_and_away_from_its_old_place(editor,
 
     def measure(extra):
         _, z = _run_and_probe(editor, image, {**data, **extra}, probe)
-        cur = _features(editor, z, probe, prompt)
-        ref = _features(editor, editor._trajectory.latents[probe][:1], probe, prompt)
+        inv = editor.invert(image, {**data, **extra})  # the inversion the edit started from
+        assert inv.reused
+        t = inv.timesteps[probe]
+        cur = _features(editor, z, t, prompt)
+        ref = _features(editor, inv.latents[probe][:1], t, prompt)
         return float(local_similarity(cur, ref, *pairs, canvas.feature_size).mean()), float(
             region_similarity(cur, ref, vacated).mean()
         )
@@ -175,8 +176,11 @@ def test_appearance_moves_the_pooled_object_feature_toward_the_reference(editor,
     sims = {}
     for scale in (0.0, 0.5):
         _, z = _run_and_probe(editor, image, {**data, "energy_scale": scale}, probe)
-        cur = _features(editor, z, probe, prompt)
-        ref = _features(editor, editor._trajectory.latents[probe], probe, prompt)
+        inv = editor.invert(image, {**data, "energy_scale": scale})  # the inversion the edit started from
+        assert inv.reused
+        t = inv.timesteps[probe]
+        cur = _features(editor, z, t, prompt)
+        ref = _features(editor, inv.latents[probe], t, prompt)
         sims[scale] = float(pooled_similarity(cur, ref, base_g, ref_g, bank_row=1).mean())
     assert sims[0.5] > sims[0.0], sims
 
