@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # ONNX export of the tiny model's graphs: make test-fast skips the module
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'dragsdk[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'dragsdk[onnx]')")
 

@@ -106,6 +106,7 @@ def test_official_move_guidance_is_stronger_than_the_bounded_one_on_the_same_fea
 
 
 # -- item 2: drag step-0 reference ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_drag_step0_guidance_is_the_pasted_start_latent(tiny_model, car):
     from dragsdk import Editor
 
@@ -140,6 +141,7 @@ def _features(unet, z, t, cond, grad=False):
         tap.remove()
 
 
+@pytest.mark.slow
 def test_guidance_features_are_the_inverted_latent_at_its_own_timestep(tiny_model, car):
     from dragsdk import Editor
 
@@ -166,6 +168,7 @@ def test_guidance_features_are_the_inverted_latent_at_its_own_timestep(tiny_mode
         assert grads["official"].norm() < 1e-3 * grads["recorded"].norm()
 
 
+@pytest.mark.slow
 def test_recorded_reference_option_runs_no_reference_forward(tiny_model, car):
     from dragsdk import Editor
 
@@ -207,6 +210,7 @@ def test_nearest_masks_sample_the_top_left_working_pixel_of_each_cell():
 
 
 # -- item 6: time travel ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_time_travel_rolls_back_at_t_prev_between_passes(tiny_model, car, tmp_path):
     from dragsdk import Editor
 
@@ -232,6 +236,7 @@ def test_time_travel_rolls_back_at_t_prev_between_passes(tiny_model, car, tmp_pa
 
 
 # -- the trace -------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_trace_records_every_pass_with_chained_latents_and_guided_energies(tiny_model, car, tmp_path):
     from dragsdk import Editor
 
@@ -253,6 +258,7 @@ def test_trace_records_every_pass_with_chained_latents_and_guided_energies(tiny_
     assert not list(tmp_path.glob(".trace*"))  # written atomically: no temporary left behind
 
 
+@pytest.mark.slow
 def test_trace_of_the_cli_and_of_two_profiles_differ_only_where_the_profiles_do(tmp_path, car):
     image, spec = car
     paths = {}

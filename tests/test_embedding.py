@@ -487,6 +487,7 @@ def test_a_host_euler_scheduler_is_converted_on_a_copy_and_flow_matching_is_refu
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_host_pipeline_toggling_a_real_lora_matches_a_fresh_editor_each_time(model, job, tmp_path):
     """The issue's case: a host loads, fuses, unfuses and disables a LoRA with diffusers between edits; every edit
     equals a fresh Editor's on the same weights, and none reuses the inversion made on other weights."""

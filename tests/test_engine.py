@@ -17,6 +17,7 @@ def _spec(sample_spec, **kw):
     return DragSpec.model_validate(data)
 
 
+@pytest.mark.slow
 def test_edit_writes_an_image_of_the_input_size_with_a_full_report(tiny_model, car_sample):
     from dragsdk import Editor
 

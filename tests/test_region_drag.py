@@ -43,6 +43,7 @@ def _car():
 # -- Cycle-SDE -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cycle_sde_inversion_then_reverse_steps_return_every_latent(tiny_model):
     """Inverting then sampling with no edit returns the starting latent within 1e-4 (float32), step by step."""
     unet = tiny_model.unet
@@ -119,6 +120,7 @@ def test_official_time_grid_lists(tiny_model):
     )
 
 
+@pytest.mark.slow
 def test_null_region_edit_reconstructs_the_encoded_latent_at_twenty_unet_evaluations(tiny_model):
     """On the recorded levels an unedited latent cycles back to z0; the official first step (549 with the noise of
     550) does not, by a small documented amount."""
@@ -150,6 +152,7 @@ OFFICIAL_INVERSION_T = [100, 150, 200, 250, 300, 350, 400, 450, 500, 550]
 OFFICIAL_DENOISE_T = [549, 500, 450, 400, 350, 300, 250, 200, 150, 100]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("profile", "inversion_t", "denoise_t", "copied"),
     [
@@ -244,6 +247,7 @@ def test_timesteps_copy_steps_and_reset_order_of_each_profile(
     assert r.report.unet_evaluations["backward"] == 0 and r.report.unet_evaluations["forward_grad"] == 0
 
 
+@pytest.mark.slow
 def test_pixels_outside_the_mask_are_the_original_when_compositing(editor):
     orig = np.asarray(Image.open(_car()).convert("RGB"))
     mask = np.zeros(orig.shape[:2], np.uint8)
@@ -265,6 +269,7 @@ def test_pixels_outside_the_mask_are_the_original_when_compositing(editor):
     assert not np.array_equal(np.asarray(r.image)[~outside], orig[~outside])
 
 
+@pytest.mark.slow
 def test_vae_posterior_sample_and_uint8_truncation(tiny_model):
     """official: z0 is a seeded posterior sample (not the mean) and the image is truncated to uint8 (never above
     the rounded one, at most one grey level below it)."""
@@ -476,6 +481,7 @@ def _real_sample():
     return samples[0]
 
 
+@pytest.mark.slow
 def test_cli_edits_a_real_sample_with_a_region_spec_and_relative_mask_paths(tmp_path):
     from dragsdk.cli import app
     from dragsdk.samples import load_sample
@@ -523,6 +529,7 @@ def test_cli_edits_a_real_sample_with_a_region_spec_and_relative_mask_paths(tmp_
     }
 
 
+@pytest.mark.slow
 def test_cli_runs_a_points_only_sample_as_region_drag(tmp_path):
     from dragsdk.cli import app
 
@@ -555,6 +562,7 @@ def test_cli_runs_a_points_only_sample_as_region_drag(tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_cli_reads_dense_points_of_a_region_sample_and_refuses_unknown_modes(tmp_path):
     from dragsdk.cli import app
 

@@ -22,6 +22,7 @@ def _photo() -> Image.Image:
     return Image.open((folder if folder.is_dir() else EXAMPLE_SAMPLE) / "original_image.png").convert("RGB")
 
 
+@pytest.mark.slow
 def test_the_downloaded_spec_gives_the_same_result_from_the_cli_and_the_api(tiny_model, tmp_path):
     from dragsdk import Editor
 
@@ -75,6 +76,7 @@ def test_the_downloaded_spec_gives_the_same_result_from_the_cli_and_the_api(tiny
     assert np.abs(np.asarray(Image.open(tmp_path / "cli.png").convert("RGB")).astype(int) - ui_px).max() == 0
 
 
+@pytest.mark.slow
 def test_a_paste_run_writes_the_reference_beside_the_spec(editor, tmp_path):
     img = _photo()
     s = Session()
