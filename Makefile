@@ -1,4 +1,7 @@
-# make demo: edit a real DragBench photograph end to end.  make test: the test suite.
+# make demo: edit a real DragBench photograph end to end.  make test: the whole test suite, the gate before a merge.
+# make test-fast: the inner loop, every test not marked slow (pytest -m "not slow"; README.md gives its measured time):
+# it skips the browser tests, ONNX export, torch.compile, the docs build, Ray, the Triton-interpreter kernel tests,
+# the bench subprocess kill/resume tests and any other single test over about 3 s. It is not the gate: make test is.
 # make docs: the documentation site with the API reference generated from the docstrings, into site/.
 # make test-latest: the newest versions pyproject.toml allows, in .venv-latest, on a fast subset (tests -m smoke).
 # make test-oldest: every direct dependency at its pyproject.toml lower bound, in .venv-oldest, on the same subset.
@@ -13,7 +16,7 @@ EXTRAS := .[dev,onnx,ray,ui]
 LATEST ?= .venv-latest
 OLDEST ?= .venv-oldest
 
-.PHONY: demo test test-latest test-oldest lock lint clean gpu docs
+.PHONY: demo test test-fast test-latest test-oldest lock lint clean gpu docs
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +31,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 # The newest versions pyproject.toml allows (torch stays 2.13.0: any other build is several GB of CUDA packages
 # here), on the fast subset; a failure ends with one line naming the upstream package and version that broke.

@@ -41,6 +41,7 @@ _LAZY = {
     "SamplerSettings": "dragsdk.spec",
     "StepEvent": "dragsdk.progress",
     "DryRun": "dragsdk.dryrun",
+    "Inversion": "dragsdk.inversion",
 }
 
 __all__ = [

@@ -76,6 +76,10 @@ class KVBank:
     def steps(self) -> list[int]:
         return sorted(self._data)
 
+    def layers(self, step: int) -> frozenset[str]:
+        """The layers with an entry at ``step`` (empty when the step was not recorded)."""
+        return frozenset(self._data.get(step, ()))
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in self._data.values() for kv in s.values() for t in kv)
 

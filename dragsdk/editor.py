@@ -30,7 +30,7 @@ from .errors import (
 from .features import FeatureTap
 from .geometry import Canvas
 from .image_prompt import host_adapter_detached
-from .inversion import Trajectory
+from .inversion import Inversion, Trajectory
 from .io import load_image
 from .models import (
     ModelBundle,
@@ -76,7 +76,7 @@ class Editor:
         torch_dtype: the precision the model runs in; a loaded bundle is converted (as :meth:`to`).
         prompt_cache_size: prompt embeddings kept (least recently used dropped first).
 
-    Caches: the inversion of the last finished edit (reused by the next edit of the same image, prompt and settings
+    Caches: the inversion of the last finished edit or :meth:`invert` (reused by the next edit of the same image, prompt and settings
     on the same weights) and up to ``prompt_cache_size`` prompt embeddings. Both are keyed by the identity of the
     weights (:func:`dragsdk.cache.weights_fingerprint`: adapters loaded or fused, dtype, device), so a LoRA fused or
     toggled by the host is never answered from a stale cache. :meth:`clear_cache` drops them;
@@ -453,7 +453,7 @@ class Editor:
         model-using part (encoding, inversion, sampling, decoding) runs under a per-model re-entrant lock
         (:func:`dragsdk.concurrency.model_lock`), so concurrent edits on one model run one at a time and give
         exactly their sequential results; validation and planning run outside it. The inversion cache is written
-        only by an edit that finished; the host's attention processors and scheduler are left as they were.
+        only by an edit (or :meth:`invert`) that finished; the host's attention processors and scheduler are left as they were.
 
         Raises:
             SpecError: invalid geometry for this image, an unreadable image or spec (the field is named);
@@ -479,6 +479,40 @@ class Editor:
             reuse_inversion,
         )
         return EditRun(self, image, spec, options).execute()
+
+    def invert(
+        self,
+        image: str | os.PathLike[str] | Image.Image | np.ndarray,
+        spec: EditSpec | dict[str, Any] | str | os.PathLike[str],
+        *,
+        reuse_inversion: bool = True,
+    ) -> Inversion:
+        """The inversion an edit of ``image`` with ``spec`` starts from (the latent at every step, the guidance
+        features, the text conditioning), as a read-only :class:`~dragsdk.inversion.Inversion`: for analysis and
+        tests that compare an edit with what it was inverted from.
+
+        Runs the edit's stages ``check_inputs → prepare → encode → invert`` and stops there (no sampling). The cached
+        inversion answers when it matches (``result.reused``; no UNet evaluation), as it would for :meth:`edit`; a
+        fresh one replaces the cache, as a finished edit's does, so an edit after it reuses it.
+
+        Args:
+            image: as :meth:`edit`.
+            spec: as :meth:`edit`; its sampler settings (steps, resolution, seed) and mode decide the inversion.
+            reuse_inversion: False inverts afresh even when the cached inversion matches.
+
+        Returns:
+            copies of the inversion's tensors (:class:`~dragsdk.inversion.Inversion` gives their shapes): changing
+            them changes nothing in the Editor.
+
+        Thread safety: as :meth:`edit` (the model part runs under the model's lock; the copies are made from an
+        inversion that no edit modifies).
+
+        Raises:
+            SpecError, pydantic.ValidationError, ArgumentTypeError, BackendUnavailableError, HostAttentionError: as
+                :meth:`edit`.
+            NonFiniteError: the encoded or inverted latent is not finite; nothing is cached.
+        """
+        return EditRun(self, image, spec, EditOptions(reuse_inversion=reuse_inversion)).execute_inversion()
 
     @torch.no_grad()
     def suggest_mask(

@@ -141,6 +141,62 @@ class Trajectory:
     feature_cond: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class Inversion:
+    """A read-only copy of the inversion an edit uses (:meth:`dragsdk.editor.Editor.invert`).
+
+    Every tensor is a copy, on the model's device and in its dtype: changing one changes nothing in the Editor, and
+    another thread's edit never changes this object. ``n`` is the spec's ``sampler.steps``; ``B_bank`` is one row
+    per image the inversion ran on (row 0 the base image, then the plan's references); ``(h, w)`` is the latent grid
+    (the working size / 8).
+
+    Attributes:
+        timesteps: ``timesteps[i]`` is the diffusion timestep (0…999) of sampling step ``i`` (``n`` entries,
+            descending).
+        latents: ``n + 1`` entries. ``latents[i]`` ``(B_bank, 4, h, w)`` is the inverted latent at ``timesteps[i]``,
+            the latent sampling step ``i`` starts from; ``latents[n]`` is the encoded image ``z_0`` (VAE latent ×
+            the VAE's scaling factor). None for the steps an inversion skips: those below the plan's
+            ``start_step`` in a Cycle-SDE inversion (region-drag).
+        guidance_features: ``{i: (F_1, F_2, …)}``, the decoder features (one ``(B_bank, C_l, h_l, w_l)`` per feature
+            block) the energies of sampling step ``i`` compare against; empty for a mode without energy guidance
+            (an ``Editor(official_cost=True)`` recomputes them from ``latents`` and ``feature_cond`` instead).
+        cond: ``(B_bank, 77, D)`` text embeddings the inversion was conditioned on (each image its own prompt).
+        feature_cond: ``(B_bank, 77, D)`` text embeddings of the guidance-feature forwards: ``cond``, except where
+            a profile gives every row the base prompt (the official appearance / paste).
+        kv_layers: ``{i: layer names}``, the self-attention layers whose K/V were recorded at sampling step ``i``
+            (the K/V bank itself is not copied).
+        reused: whether the Editor's cached inversion answered (no UNet evaluation), as
+            ``EditReport.inversion_reused``.
+    """
+
+    timesteps: tuple[int, ...]
+    latents: tuple[torch.Tensor | None, ...]
+    guidance_features: dict[int, tuple[torch.Tensor, ...]]
+    cond: torch.Tensor
+    feature_cond: torch.Tensor
+    kv_layers: dict[int, frozenset[str]]
+    reused: bool
+
+    @classmethod
+    def of(cls, trajectory: Trajectory, reused: bool) -> Inversion:
+        """A copy of ``trajectory`` (``trajectory`` itself is never modified after the inversion, so copying it
+        needs no lock)."""
+        bank = trajectory.bank
+        return cls(
+            timesteps=tuple(trajectory.schedule.timesteps),
+            latents=tuple(None if z.numel() == 0 else z.clone() for z in trajectory.latents),
+            guidance_features={
+                i: tuple(f.clone() for f in fs) for i, fs in sorted(trajectory.features.items())
+            },
+            cond=trajectory.cond.clone(),
+            feature_cond=(
+                trajectory.cond if trajectory.feature_cond is None else trajectory.feature_cond
+            ).clone(),
+            kv_layers={i: bank.layers(i) for i in bank.steps},
+            reused=reused,
+        )
+
+
 @torch.no_grad()
 def invert(
     unet: Callable[..., Any],

@@ -30,7 +30,7 @@ from .errors import ArgumentTypeError, NonFiniteError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
 from .image_prompt import ImagePromptPlan, host_adapter_detached
-from .inversion import DDIMSchedule, Trajectory, UNetCounter, guidance_features, invert
+from .inversion import DDIMSchedule, Inversion, Trajectory, UNetCounter, guidance_features, invert
 from .io import check_outputs, load_image, size_note
 from .keys import InversionKey, inversion_key, recorded_steps
 from .models import ModelBundle, random_weights_warning
@@ -152,35 +152,61 @@ class EditRun:
         Raises:
             as :meth:`dragsdk.editor.Editor.edit`.
         """
-        editor, o = self.editor, self.options
+        o = self.options
         self.check_inputs()
         self.prepare()
         with model_lock(self.model):
-            self.adapter = editor._check_host_processors()  # load / unload take the same lock
-            self.weights = editor.weights_key()
-            self.key = self.inversion_key(self.weights)
-            cached = editor._trajectory if o.reuse_inversion else None
-            self.cached = cached if cached is not None and cached.key == self.key else None
-            n_run = self.spec.sampler.steps - self.plan.start_step
-            n_inv = 1 if self.cached is not None else inversion_steps(self.plan, self.spec.sampler.steps)
-            self.report_step = StepReporter(
-                o.callback_on_step_end,
-                o.cancel,
-                {"encode": 1, "invert": n_inv, "sample": n_run, "decode": 1},
-                pipe=editor,
-            )
+            self.find_inversion({"sample": self.spec.sampler.steps - self.plan.start_step, "decode": 1})
             with host_adapter_detached(self.model.unet, self.adapter), self.attention():
                 self.encode()
                 self.invert()
                 self.sample()
                 self.decode()
-            if not self.reused:
-                editor._trajectory = self.traj
+            self.keep_inversion()
         report = self.report()
         self.write_trace()
         return EditResult(
             self.edited, self.out.latent, report, self.spec, self.plan, _as_output(self.edited, o.output_type)
         )
+
+    def execute_inversion(self) -> Inversion:
+        """``check_inputs``, ``prepare``, ``encode`` and ``invert`` only: a read-only copy of the inversion
+        :meth:`execute` would use (:meth:`dragsdk.editor.Editor.invert`). A fresh inversion is cached on the Editor
+        as a finished edit's is.
+
+        Raises:
+            as :meth:`dragsdk.editor.Editor.invert`.
+        """
+        self.check_inputs()
+        self.prepare()
+        with model_lock(self.model):
+            self.find_inversion({})
+            with host_adapter_detached(self.model.unet, self.adapter), self.attention():
+                self.encode()
+                self.invert()
+            self.keep_inversion()
+        return Inversion.of(self.traj, self.reused)
+
+    def find_inversion(self, later: dict[str, int]) -> None:
+        """Under the model's lock, before the model stages: the image-prompt adapter (``adapter``), the weights key
+        (``weights``), the inversion key (``key``), the Editor's cached inversion when it matches and may be reused
+        (``cached``) and the step reporter (``report_step``) for ``encode``, ``invert`` and the ``later`` phases'
+        step counts."""
+        editor, o = self.editor, self.options
+        self.adapter = editor._check_host_processors()  # load / unload take the same lock
+        self.weights = editor.weights_key()
+        self.key = self.inversion_key(self.weights)
+        cached = editor._trajectory if o.reuse_inversion else None
+        self.cached = cached if cached is not None and cached.key == self.key else None
+        n_inv = 1 if self.cached is not None else inversion_steps(self.plan, self.spec.sampler.steps)
+        self.report_step = StepReporter(
+            o.callback_on_step_end, o.cancel, {"encode": 1, "invert": n_inv, **later}, pipe=editor
+        )
+
+    def keep_inversion(self) -> None:
+        """Under the model's lock, after the model stages finished: cache a fresh inversion on the Editor."""
+        if not self.reused:
+            self.editor._trajectory = self.traj
 
     @contextmanager
     def attention(self) -> Iterator[None]:

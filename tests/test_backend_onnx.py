@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # ONNX export of the tiny model's graphs: make test-fast skips the module
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'dragsdk[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript is not installed (pip install 'dragsdk[onnx]')")
 
@@ -18,7 +19,7 @@ from PIL import Image  # noqa: E402
 
 from dragsdk import Editor  # noqa: E402
 from dragsdk.attention import AttentionController, KVBank, KVInjection, install, self_attention_layers  # noqa: E402
-from dragsdk.backends.base import BackendNeeds
+from dragsdk.backends.base import BackendNeeds  # noqa: E402
 from dragsdk.backends.eager import sdpa_over_sources  # noqa: E402
 from dragsdk.backends.onnx import INSTALL_HINT, GraphCache, OnnxBackend, onnx_cache_dir  # noqa: E402
 from dragsdk.backends.select import select_backend  # noqa: E402

@@ -121,6 +121,7 @@ def test_auto_gives_a_float32_edit_to_the_bf16_backend_only_when_allowed(
     assert chosen["lenient"].backend == "sdpa-bf16", chosen["lenient"].backend_reason
 
 
+@pytest.mark.slow
 def test_a_drag_edit_runs_through_the_named_bf16_backend(registry, tiny_model):
     image, spec = _drag()
     bf16 = Editor(tiny_model, backend="sdpa-bf16", registry=registry).edit(image, spec)

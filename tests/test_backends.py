@@ -53,6 +53,7 @@ def test_backends_json_lists_every_backend_with_its_status():
     assert rows["eager"]["capabilities"]["gradients"] is True
 
 
+@pytest.mark.slow
 def test_compile_runs_later_steps_without_recompiling_and_matches_eager(tiny_model, car_sample):
     """Per-step state (step index, K/V mode, bank) stays outside the compiled blocks: after one edit has compiled
     every shape, another edit (other points) runs under error_on_recompile. aot_eager keeps CPU compile time short;
@@ -253,6 +254,7 @@ def test_an_sdxl_edit_with_auto_falls_back_from_onnx_measured_fastest(car_sample
     assert not row["available"] and "model family 'sdxl'" in row["reason"] and "drag_step_s" not in row
 
 
+@pytest.mark.slow
 def test_bench_stores_a_table_that_auto_then_uses(tiny_model, tmp_path):
     from dragsdk.backend_bench import bench_backends
     from dragsdk.backends.select import load_table
@@ -360,6 +362,7 @@ def test_a_backend_whose_availability_raises_is_refused_not_fatal():
         select_backend(backends, "broken", BackendNeeds("cpu", "float32", True, ("concat",)))
 
 
+@pytest.mark.slow
 def test_traces_of_one_edit_agree_between_backends(tiny_model, car_sample, tmp_path):
     """Issue 11's trace format compares backends: the same drag through eager and through the fused kernel (Triton's
     interpreter on this CPU) gives the same per-pass timesteps, and latents and energies within float32 rounding."""

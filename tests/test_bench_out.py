@@ -22,6 +22,8 @@ from dragsdk.io import mask_to_data_url
 
 from .conftest import ROOT
 
+pytestmark = pytest.mark.slow  # bench subprocesses, killed and resumed: make test-fast skips the module
+
 FAST = {"model": "tiny", "backend": "eager", "steps": 2, "resolution": 64, "metrics": ("dai", "psnr_ssim")}
 
 

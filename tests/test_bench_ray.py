@@ -9,6 +9,7 @@ from dragsdk.eval import BenchConfig, comparable, run_bench
 
 from .test_eval import BENCH_SETTINGS, _bench_root
 
+pytestmark = pytest.mark.slow  # a local Ray instance and two actors: make test-fast skips the module
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'dragsdk[ray]'")
 
 

@@ -17,6 +17,7 @@ def _sample():
     return folder if folder.is_dir() else EXAMPLE_SAMPLE
 
 
+@pytest.mark.slow
 def test_cli_edits_a_dragbench_sample_end_to_end(tmp_path):
     folder = _sample()
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -47,6 +48,7 @@ def test_cli_edits_a_dragbench_sample_end_to_end(tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_cli_edits_an_image_with_a_spec_and_a_relative_mask(tmp_path):
     import numpy as np
 

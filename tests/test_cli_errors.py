@@ -239,6 +239,7 @@ def test_an_unwritable_out_folder_is_one_line(tmp_path, cached_editor):
     )
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, cached_editor):
     def full(self, fp, *args, **kwargs):
         raise OSError(28, "No space left on device")

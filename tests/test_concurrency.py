@@ -94,6 +94,29 @@ def test_threads_sharing_one_editor_and_one_model_get_the_sequential_results_bit
     assert {k: type(v) for k, v in tiny_model.unet.attn_processors.items()} == processors
 
 
+def test_invert_from_threads_while_editing_gives_the_sequential_inversions(
+    tiny_model, car_sample, sequential
+):
+    """``Editor.invert`` on a shared Editor while other threads edit other images: each thread gets the inversion
+    a fresh Editor computes, as its own copy, and the edits their sequential results."""
+    jobs, reference, _ = sequential
+    want = [Editor(tiny_model).invert(*jobs[k]) for k in (0, 2)]
+    shared = Editor(tiny_model)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        inversions = [pool.submit(shared.invert, *jobs[k]) for k in (0, 2, 0, 2)]
+        edits = [pool.submit(shared.edit, *jobs[k]) for k in (1, 3)]
+        inversions = [f.result() for f in inversions]
+        edits = [f.result() for f in edits]
+    assert all(_same(r, reference[k]) for r, k in zip(edits, (1, 3), strict=True))
+    for got, ref in zip(inversions, want * 2, strict=True):
+        assert len(got.latents) == len(ref.latents) and all(
+            torch.equal(a, b) for a, b in zip(got.latents, ref.latents, strict=True)
+        )
+        assert got.guidance_features.keys() == ref.guidance_features.keys()
+    # two results of one inversion never share storage, whether each was computed or answered from the cache
+    assert inversions[0].latents[0].data_ptr() != inversions[2].latents[0].data_ptr()
+
+
 class _Boom(RuntimeError):
     pass
 

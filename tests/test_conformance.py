@@ -27,6 +27,7 @@ STEPS = {"region-drag": 4}
 1000 > 999, refused as the official code fails there (dragsdk.cycle_sde), so it runs the check at 4 steps."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", BUILTIN_MODES)
 def test_each_builtin_mode_passes_the_conformance_check(tiny_model, mode):
     steps = STEPS.get(mode, 2)
@@ -53,6 +54,7 @@ def test_the_plan_check_refuses_a_mask_off_the_latent_grid(tiny_model):
         check_plan(bad)
 
 
+@pytest.mark.slow
 def test_the_cost_check_refuses_a_dry_run_that_disagrees_with_the_report(tiny_model):
     editor = Editor(tiny_model)
     spec = builtin_specs(TWO_STEPS)["drag"]

@@ -204,6 +204,7 @@ def test_size_note_only_for_inputs_far_larger_than_the_working_size():
     assert note is not None and "4000×3000" in note and "27×" in note and "768×576" in note
 
 
+@pytest.mark.slow
 def test_an_edit_of_a_far_larger_input_says_so_in_its_report(editor):
     img = Image.fromarray((np.random.default_rng(0).random((512, 512, 3)) * 255).astype(np.uint8))
     spec = {"mode": "drag", "points": [[[200, 200], [230, 210]]], "sampler": {"steps": 2, "resolution": 128}}

@@ -71,6 +71,7 @@ def test_cli_without_a_model_fails_clearly_and_writes_nothing(no_model_named, tm
     assert "random weights" not in res.output and not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["flag", "variable"])
 def test_a_random_model_is_used_only_by_name_and_every_output_says_so(how, monkeypatch, tmp_path):
     image, spec = _image_and_spec(tmp_path)
@@ -101,6 +102,7 @@ def test_a_random_model_is_used_only_by_name_and_every_output_says_so(how, monke
     assert any("random weights" in n for n in rep["notes"])
 
 
+@pytest.mark.slow
 def test_reports_of_real_weights_carry_no_random_flag(tiny_model):
     from dataclasses import replace
 
@@ -125,6 +127,7 @@ def test_reports_of_real_weights_carry_no_random_flag(tiny_model):
     )
 
 
+@pytest.mark.slow
 def test_a_benchmark_run_with_a_random_model_warns_and_records_it(tmp_path):
     from dragsdk.eval.bench import BenchConfig, run_bench
 
@@ -144,6 +147,7 @@ def test_a_benchmark_run_with_a_random_model_warns_and_records_it(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["random_weights"] is True
 
 
+@pytest.mark.slow
 def test_the_browser_page_says_when_its_model_has_random_weights(tiny_model, tmp_path):
     pytest.importorskip("gradio", reason="the ui extra (gradio) is not installed")
     from dataclasses import replace

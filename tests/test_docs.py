@@ -67,6 +67,7 @@ def _top_level_anchor(name: str) -> str:
     return f"dragsdk.{name}"
 
 
+@pytest.mark.slow
 @pytest.mark.smoke
 def test_the_embedder_reference_documents_every_top_level_name(site):
     anchors = _anchors(site, "embedding") | _anchors(site, "specs")
@@ -81,6 +82,7 @@ def test_the_embedder_reference_documents_every_top_level_name(site):
     } <= anchors
 
 
+@pytest.mark.slow
 def test_the_author_reference_documents_every_name_of_dragsdk_authoring(site):
     anchors = _anchors(site, "authoring")
     missing = sorted(n for n in dragsdk.authoring.__all__ if f"dragsdk.authoring.{n}" not in anchors)
@@ -88,6 +90,7 @@ def test_the_author_reference_documents_every_name_of_dragsdk_authoring(site):
     assert "dragsdk.authoring.EditMode.plan" in anchors and "dragsdk.authoring.Canvas.to_cell" in anchors
 
 
+@pytest.mark.slow
 def test_the_backend_reference_documents_the_backend_interface_and_the_hooks(site):
     anchors = _anchors(site, "backends")
     base = dragsdk.backends.base
@@ -108,6 +111,7 @@ def test_the_backend_reference_documents_the_backend_interface_and_the_hooks(sit
     } <= hooks
 
 
+@pytest.mark.slow
 def test_sphinx_roles_become_links_and_no_raw_role_reaches_the_page(site):
     pages = {
         p: (site / "reference" / p / "index.html").read_text(encoding="utf-8")
@@ -122,6 +126,7 @@ def test_sphinx_roles_become_links_and_no_raw_role_reaches_the_page(site):
     )
 
 
+@pytest.mark.slow
 def test_a_broken_link_fails_the_strict_build(site, tmp_path):
     """The site's own configuration, on a page that builds, then with a link to a missing page."""
     import yaml
@@ -142,6 +147,7 @@ def test_a_broken_link_fails_the_strict_build(site, tmp_path):
     assert run.returncode != 0 and "specs.md" in run.stderr
 
 
+@pytest.mark.slow
 def test_a_sphinx_role_naming_a_missing_dragsdk_object_is_a_warning_and_a_real_one_a_cross_reference(
     site, caplog
 ):
@@ -166,6 +172,7 @@ def test_a_sphinx_role_naming_a_missing_dragsdk_object_is_a_warning_and_a_real_o
     )
 
 
+@pytest.mark.slow
 def test_the_generated_reference_has_no_internal_vocabulary(site):
     for page in (site / "reference").rglob("*.html"):
         text = page.read_text(encoding="utf-8")

@@ -106,6 +106,7 @@ def test_official_move_guidance_is_stronger_than_the_bounded_one_on_the_same_fea
 
 
 # -- item 2: drag step-0 reference ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_drag_step0_guidance_is_the_pasted_start_latent(tiny_model, car):
     from dragsdk import Editor
 
@@ -140,31 +141,34 @@ def _features(unet, z, t, cond, grad=False):
         tap.remove()
 
 
+@pytest.mark.slow
 def test_guidance_features_are_the_inverted_latent_at_its_own_timestep(tiny_model, car):
     from dragsdk import Editor
 
     image, spec = car
     editor = Editor(tiny_model)
     editor.edit(image, _drag(spec))
-    traj = editor._trajectory
+    traj = editor.invert(image, _drag(spec))  # the inversion the edit used (cached: no UNet call)
+    assert traj.reused
     unet, cond = tiny_model.unet, traj.cond
     for i in (1, 4):
-        t = traj.schedule.timesteps[i]
+        t = traj.timesteps[i]
         direct = _features(unet, traj.latents[i], t, cond)  # one latent per call, scalar timestep
-        for got, want in zip(traj.features[i], direct, strict=True):
+        for got, want in zip(traj.guidance_features[i], direct, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         # the un-edited trajectory sits at the content energy's minimum: zero content gradient (official);
         # the recorded reference (one DDIM step off) pulls it
-        keep = torch.ones(traj.features[i][1].shape[-2:], dtype=torch.bool)  # the whole feature grid
+        keep = torch.ones(traj.guidance_features[i][1].shape[-2:], dtype=torch.bool)  # the whole feature grid
         grads = {}
         recorded = _features(unet, traj.latents[i + 1], t, cond)
-        for name, ref in (("official", traj.features[i]), ("recorded", recorded)):
+        for name, ref in (("official", traj.guidance_features[i]), ("recorded", recorded)):
             z = traj.latents[i].clone().requires_grad_(True)
             e = (6.0 / (1 + 4 * region_similarity(_features(unet, z, t, cond, grad=True), ref, keep))).mean()
             (grads[name],) = torch.autograd.grad(e, z)
         assert grads["official"].norm() < 1e-3 * grads["recorded"].norm()
 
 
+@pytest.mark.slow
 def test_recorded_reference_option_runs_no_reference_forward(tiny_model, car):
     from dragsdk import Editor
 
@@ -206,6 +210,7 @@ def test_nearest_masks_sample_the_top_left_working_pixel_of_each_cell():
 
 
 # -- item 6: time travel ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_time_travel_rolls_back_at_t_prev_between_passes(tiny_model, car, tmp_path):
     from dragsdk import Editor
 
@@ -231,6 +236,7 @@ def test_time_travel_rolls_back_at_t_prev_between_passes(tiny_model, car, tmp_pa
 
 
 # -- the trace -------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_trace_records_every_pass_with_chained_latents_and_guided_energies(tiny_model, car, tmp_path):
     from dragsdk import Editor
 
@@ -252,6 +258,7 @@ def test_trace_records_every_pass_with_chained_latents_and_guided_energies(tiny_
     assert not list(tmp_path.glob(".trace*"))  # written atomically: no temporary left behind
 
 
+@pytest.mark.slow
 def test_trace_of_the_cli_and_of_two_profiles_differ_only_where_the_profiles_do(tmp_path, car):
     image, spec = car
     paths = {}
@@ -320,8 +327,8 @@ def test_guidance_features_use_the_base_prompt_in_the_official_profile(tiny_mode
     }
     editor = Editor(tiny_model)
     official = editor.edit(image, spec)
-    traj, base = editor._trajectory, editor._prompt(spec["prompt"])[0]
-    assert traj.feature_cond is not None and torch.equal(traj.feature_cond[1], base)
+    traj, base = editor.invert(image, spec), tiny_model.encode_prompt(spec["prompt"])[0]
+    assert traj.reused and torch.equal(traj.feature_cond[1], base)
     assert not torch.equal(traj.cond[1], base)  # the inversion keeps the reference's own prompt
     own = Editor(tiny_model).edit(image, {**spec, "profile": ["own-reference-prompt"]})
     assert (official.latent - own.latent).abs().max() > 1e-5

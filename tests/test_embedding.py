@@ -89,7 +89,7 @@ def test_cancel_from_the_hook_leaves_the_editor_reusable_and_its_cache_clean(mod
     with pytest.raises(EditCancelled) as info:
         editor.edit(*job, callback_on_step_end=lambda e: (e.phase, e.step) == where)
     assert (info.value.phase, info.value.step) == where and isinstance(info.value, DragSDKError)
-    assert editor._trajectory is None  # nothing cached
+    assert not editor.plan(*job).inversion_cached  # nothing cached
     assert model.unet.attn_processors == processors  # the processors before the edit are back
     after = editor.edit(*job)
     assert not after.report.inversion_reused and _same(
@@ -100,7 +100,6 @@ def test_cancel_from_the_hook_leaves_the_editor_reusable_and_its_cache_clean(mod
 def test_cancel_event_set_from_another_thread_stops_the_edit_and_keeps_the_earlier_cache(model, job):
     editor = Editor(model)
     first = editor.edit(*job)
-    cached = editor._trajectory
     cancel = threading.Event()
     other = job[1].model_copy(update={"prompt": "a street"})  # another inversion: would replace the cache
 
@@ -112,7 +111,8 @@ def test_cancel_event_set_from_another_thread_stops_the_edit_and_keeps_the_earli
 
     with pytest.raises(EditCancelled, match="invert step 1/3"):
         editor.edit(job[0], other, callback_on_step_end=hook, cancel=cancel)
-    assert editor._trajectory is cached  # the cancelled edit did not touch the cache
+    # the cancelled edit did not touch the cache: it holds the first edit's inversion, not the other prompt's
+    assert editor.plan(*job).inversion_cached and not editor.plan(job[0], other).inversion_cached
     again = editor.edit(*job)
     assert again.report.inversion_reused and _same(again, first)
     with pytest.raises(ArgumentTypeError, match="cancel: expected a threading.Event"):
@@ -160,10 +160,14 @@ def test_generator_sets_the_seed_reproducibly_and_output_types_hold_the_same_pix
 def test_to_moves_and_casts_the_model_and_drops_the_caches(model, job):
     editor = Editor(model)
     editor.edit(*job)
+    key = editor.weights_key()
     assert editor.device == torch.device("cpu") and editor.dtype == torch.float32
     assert editor.to(dtype=torch.float64) is editor
     assert editor.dtype == torch.float64 and model.unet.conv_in.weight.dtype == torch.float64
-    assert editor._trajectory is None and len(editor._prompt_cache) == 0
+    assert len(editor._prompt_cache) == 0
+    # back to float32 the weights key is the first edit's again: only a dropped cache reads as not cached
+    editor.to(dtype=torch.float32)
+    assert editor.weights_key() == key and not editor.plan(*job).inversion_cached
     with pytest.raises(ArgumentTypeError, match="torch_dtype"):
         editor.to(dtype="float16")
 
@@ -183,7 +187,7 @@ def test_host_attention_processors_are_refused_by_name_and_left_in_place(model, 
     editor = Editor(model)
     with pytest.raises(HostAttentionError, match="IPAdapterAttnProcessor2_0 on 1 layers"):
         editor.edit(*job)
-    assert model.unet.attn_processors == before and editor._trajectory is None
+    assert model.unet.attn_processors == before and not editor.plan(*job).inversion_cached
     model.unet.set_default_attn_processor()  # plain attention processors are replaced for the edit only
     editor.edit(*job)
 
@@ -275,13 +279,71 @@ def test_reuse_inversion_switch_clear_cache_and_a_bounded_prompt_cache(model, jo
     fresh = editor.edit(*job, reuse_inversion=False)
     assert not fresh.report.inversion_reused and _same(fresh, first)
     editor.clear_cache()
-    assert editor._trajectory is None and len(editor._prompt_cache) == 0
+    assert not editor.plan(*job).inversion_cached and len(editor._prompt_cache) == 0
     assert not editor.edit(*job).report.inversion_reused
     for p in ("a", "b", "c"):
         editor._prompt(p)
     assert len(editor._prompt_cache) == 2
     with pytest.raises(ArgumentTypeError, match="prompt_cache_size"):
         Editor(model, prompt_cache_size=0)
+
+
+def test_invert_hands_out_a_copy_of_the_inversion_an_edit_starts_from(model, job):
+    """``Editor.invert``: the edit's encode and invert stages only (one UNet call per step, at the inversion's
+    timesteps in inversion order), cached for the next edit and answered from the cache; the tensors are copies, so
+    changing them changes no later edit; ``latents[n]`` is the encoded image the step hook sees."""
+    image, spec = job
+    n = spec.sampler.steps
+    calls: list[object] = []
+    counter = model.unet.register_forward_pre_hook(lambda m, a: calls.append(torch.as_tensor(a[1]).tolist()))
+    editor = Editor(model)
+    dry = editor.plan(image, spec)
+    try:
+        inv = editor.invert(image, spec)
+        fresh_calls = list(calls)
+        cached = editor.invert(image, spec)
+        assert len(calls) == len(fresh_calls)  # the cache answered: no UNet call
+    finally:
+        counter.remove()
+    assert not inv.reused and cached.reused and editor.plan(image, spec).inversion_cached
+    assert len(inv.timesteps) == n and list(inv.timesteps) == sorted(inv.timesteps, reverse=True)
+    assert fresh_calls[:n] == list(reversed(inv.timesteps))  # DDIM inversion: t_{n-1} first
+    assert len(fresh_calls) == dry.cost.inversion_forward + (1 if dry.cost.guidance else 0)
+    w, h = dry.canvas.latent_size
+    assert len(inv.latents) == n + 1 and all(z.shape == (1, 4, h, w) for z in inv.latents)
+    assert set(inv.guidance_features) <= set(dry.guided_steps) and inv.guidance_features
+    assert all(f.shape[0] == 1 for fs in inv.guidance_features.values() for f in fs)
+    start, end = dry.kv_window
+    assert inv.kv_layers == dict.fromkeys(range(start, end), editor.bank_layers)
+    assert inv.cond.shape[0] == 1 and torch.equal(inv.feature_cond, inv.cond)
+    for a, b in zip(inv.latents, cached.latents, strict=True):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()  # the same values, each call its own copy
+    encoded = []
+    first = editor.edit(*job, callback_on_step_end=lambda e: e.phase == "encode" and encoded.append(e.latent))
+    assert first.report.inversion_reused and torch.equal(encoded[0], inv.latents[n])
+    for z in inv.latents:
+        z.add_(1.0)  # the caller's copies: the Editor's cached inversion is not touched
+    for fs in inv.guidance_features.values():
+        fs[0].zero_()
+    inv.cond.zero_()
+    second = editor.edit(*job)
+    assert second.report.inversion_reused and _same(second, first)
+    assert _same(first, Editor(load_model("tiny", device="cpu")).edit(*job))
+    again = editor.invert(image, spec, reuse_inversion=False)
+    assert not again.reused and all(
+        torch.equal(a, b) for a, b in zip(again.latents, cached.latents, strict=True)
+    )
+
+
+def test_invert_refuses_what_edit_refuses_and_caches_nothing_then(model, job):
+    image, spec = job
+    editor = Editor(model)
+    with pytest.raises(SpecError, match="spec: no file at"):
+        editor.invert(image, "no-such-spec.json")
+    outside = DragSpec.model_validate({**spec.model_dump(), "points": [[[9000, 10], [20, 20]]]})
+    with pytest.raises(SpecError, match=r"points\[0\]\.handle: .* is outside the"):
+        editor.invert(image, outside)
+    assert not editor.plan(*job).inversion_cached
 
 
 # -- item 10: the dry run -----------------------------------------------------------------------------------------
@@ -425,6 +487,7 @@ def test_a_host_euler_scheduler_is_converted_on_a_copy_and_flow_matching_is_refu
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_host_pipeline_toggling_a_real_lora_matches_a_fresh_editor_each_time(model, job, tmp_path):
     """The issue's case: a host loads, fuses, unfuses and disables a LoRA with diffusers between edits; every edit
     equals a fresh Editor's on the same weights, and none reuses the inversion made on other weights."""

@@ -17,6 +17,7 @@ def _spec(sample_spec, **kw):
     return DragSpec.model_validate(data)
 
 
+@pytest.mark.slow
 def test_edit_writes_an_image_of_the_input_size_with_a_full_report(tiny_model, car_sample):
     from dragsdk import Editor
 
@@ -44,20 +45,19 @@ def test_guidance_lowers_the_energy_at_every_guided_step(editor, car_sample):
         assert e.after < e.total, (e.step, e.total, e.after)
 
 
-def _target_vs_handle_similarity(editor, spec, latents, step):
+def _target_vs_handle_similarity(editor, spec, latents, inversion, step):
     """Mean S between the target patches of the sampled latent and the handle patches of the inverted one."""
     from dragsdk.geometry import Canvas
 
-    traj = editor._trajectory
     model = editor.model
-    t = traj.schedule.timesteps[step]
+    t = inversion.timesteps[step]
     canvas = Canvas.fit((512, 384), spec.sampler.resolution)
     tap = FeatureTap(model.unet)
     cond = model.encode_prompt(spec.prompt)
     try:
         with torch.no_grad():
             feats = []
-            for z in (latents, traj.latents[step]):
+            for z in (latents, inversion.latents[step]):
                 with tap.capture(stop=True):
                     model.unet(z, t, encoder_hidden_states=cond)
                 feats.append(tap.features())
@@ -85,7 +85,9 @@ def test_guidance_pulls_the_target_toward_the_handle_feature(editor, car_sample)
         spec = _spec(spec_data, energy_scale=scale)
         captured = {}
         editor.edit(image, spec, callback=lambda i, t, z, c=captured: c.__setitem__(i, z.clone()))
-        sims[scale] = _target_vs_handle_similarity(editor, spec, captured[probe - 1], probe)
+        inversion = editor.invert(image, spec)  # the inversion the edit started from
+        assert inversion.reused
+        sims[scale] = _target_vs_handle_similarity(editor, spec, captured[probe - 1], inversion, probe)
     assert sims[2.0] > sims[0.0], sims
 
 
@@ -115,8 +117,10 @@ def test_null_edit_equals_plain_ddim_reconstruction_computed_by_diffusers(editor
         null, energy_scale=0.0, sampler={"guidance_scale": 1.0, "kv_start": 1.0, "sde": {"enabled": False}}
     )
     r = editor.edit(image, spec)
+    inversion = editor.invert(image, spec)  # the inversion the edit started from
+    assert inversion.reused
     unet, cond = editor.model.unet, editor.model.encode_prompt(spec.prompt)
-    z = z0 = editor._trajectory.latents[-1]
+    z = z0 = inversion.latents[-1]
     inverse = DDIMInverseScheduler(**SD_SCHEDULER_CONFIG)
     inverse.set_timesteps(10)
     forward = DDIMScheduler(**SD_SCHEDULER_CONFIG)
@@ -124,7 +128,7 @@ def test_null_edit_equals_plain_ddim_reconstruction_computed_by_diffusers(editor
     with torch.no_grad():
         for t in inverse.timesteps:
             z = inverse.step(unet(z, t, encoder_hidden_states=cond).sample, t, z).prev_sample
-        torch.testing.assert_close(z, editor._trajectory.latents[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(z, inversion.latents[0], rtol=1e-4, atol=1e-5)
         for t in forward.timesteps:
             z = forward.step(unet(z, t, encoder_hidden_states=cond).sample, t, z).prev_sample
     torch.testing.assert_close(r.latent, z, rtol=1e-3, atol=1e-4)

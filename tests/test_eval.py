@@ -391,6 +391,7 @@ def uninterrupted(tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_bench_writes_results_summary_plots_and_report(uninterrupted):
     r, out = uninterrupted, uninterrupted.out
     assert r.ran == len(r.records) == min(3, len(discover(_bench_root()))) and r.skipped == 0
@@ -423,6 +424,7 @@ def test_bench_writes_results_summary_plots_and_report(uninterrupted):
         assert all(x["files"][k] in html for k in ("original", "edited", "arrows"))
 
 
+@pytest.mark.slow
 def test_bench_killed_part_way_and_resumed_writes_the_same_jsonl(uninterrupted, tmp_path):
     cfg = BenchConfig(_bench_root(), tmp_path, limit=3, **BENCH_SETTINGS)
 
@@ -445,6 +447,7 @@ def test_bench_killed_part_way_and_resumed_writes_the_same_jsonl(uninterrupted, 
     assert again.ran == 0 and again.skipped == len(full)
 
 
+@pytest.mark.slow
 def test_bench_drops_a_line_cut_short_by_a_kill(uninterrupted, tmp_path):
     cfg = BenchConfig(_bench_root(), tmp_path, limit=2, **BENCH_SETTINGS)
     full = (uninterrupted.out / "results.jsonl").read_text().splitlines()
@@ -456,6 +459,7 @@ def test_bench_drops_a_line_cut_short_by_a_kill(uninterrupted, tmp_path):
     assert [comparable(json.loads(x)) for x in lines] == [comparable(json.loads(x)) for x in full[:2]]
 
 
+@pytest.mark.slow
 def test_bench_refuses_to_resume_with_other_settings(uninterrupted):
     with pytest.raises(SpecError, match="steps: 4 → 5"):
         run_bench(

@@ -193,6 +193,7 @@ def _mode_specs(image_spec):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["drag", "move", "resize", "appearance", "paste", "region-drag"])
 def test_every_mode_edits_on_every_family_with_the_same_unet_evaluations(car_sample, mode):
     image, sample_spec = car_sample
@@ -208,6 +209,7 @@ def test_every_mode_edits_on_every_family_with_the_same_unet_evaluations(car_sam
     assert counts["sd1"] == counts["sd2"] == counts["sdxl"], counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_guidance_lowers_the_energy_at_every_guided_step_on_each_family(car_sample, family):
     image, spec = car_sample
@@ -219,6 +221,7 @@ def test_guidance_lowers_the_energy_at_every_guided_step_on_each_family(car_samp
         assert e.after < e.total, (e.step, e.total, e.after)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_null_edit_equals_ddim_inversion_and_sampling_computed_by_diffusers(car_sample, family):
     """No point moved, no energy, CFG 1, no K/V, no SDE: exactly diffusers' DDIMInverseScheduler then DDIMScheduler
@@ -237,7 +240,9 @@ def test_null_edit_equals_ddim_inversion_and_sampling_computed_by_diffusers(car_
     }
     editor = Editor(bundle)
     r = editor.edit(image, null)
-    z = z0 = editor._trajectory.latents[-1]
+    inversion = editor.invert(image, null)  # the inversion the edit started from (cached: no UNet call)
+    assert inversion.reused
+    z = z0 = inversion.latents[-1]
     kw = _diffusers_unet_kwargs(_pipe(bundle), spec["prompt"], z)
     cfg = bundle.scheduler.config
     inverse = DDIMInverseScheduler.from_config({**cfg, "prediction_type": "epsilon"})
@@ -253,7 +258,7 @@ def test_null_edit_equals_ddim_inversion_and_sampling_computed_by_diffusers(car_
     with torch.no_grad():
         for t in inverse.timesteps:
             z = inverse.step(eps(bundle.unet(z, t, **kw).sample, z, t), t, z).prev_sample
-        torch.testing.assert_close(z, editor._trajectory.latents[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(z, inversion.latents[0], rtol=1e-4, atol=1e-4)
         for t in forward.timesteps:
             z = forward.step(bundle.unet(z, t, **kw).sample, t, z).prev_sample
     torch.testing.assert_close(r.latent, z, rtol=1e-3, atol=1e-4)
@@ -274,6 +279,7 @@ def saved_folders(tmp_path_factory):
     return folders
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_a_folder_saved_by_diffusers_edits_from_the_cli(saved_folders, tmp_path, family):
     from .conftest import EXAMPLE_SAMPLE
@@ -481,6 +487,7 @@ def lora_file(tmp_path_factory):
     return folder / "pytorch_lora_weights.safetensors"
 
 
+@pytest.mark.slow
 def test_lora_fuses_scale_times_alpha_over_rank_b_a_and_the_edit_runs(lora_file, car_sample, tmp_path):
     from safetensors.torch import load_file
 

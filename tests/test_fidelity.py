@@ -132,6 +132,7 @@ def test_the_plan_holds_fidelity_flags_in_one_place_only():
     assert "fidelity" in plan_fields
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["drag", "region-drag"])
 def test_the_report_has_one_profile_format_for_every_mode(tiny_model, mode):
     from dragsdk import Editor

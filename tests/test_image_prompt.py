@@ -16,6 +16,9 @@ from dragsdk.errors import ModelLoadError, ModelNotFoundError
 from dragsdk.image_prompt import ImagePromptPlan, load_ip_adapter
 from dragsdk.trace import read_trace
 
+# Nearly every test edits with an image prompt (3-30 s each): make test-fast skips the module.
+pytestmark = pytest.mark.slow
+
 TOKENS = 4  # a plain IP-Adapter (ImageProjection, 4 tokens)
 STEPS = 22  # the DiffEditor window 10–19 plus steps on both sides
 

@@ -315,6 +315,7 @@ def test_fp32_gradients_vs_fp64_oracle():
         torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(
     n=st.integers(1, 40),
@@ -467,6 +468,7 @@ _AOT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dt", "d"), [("fp16", 40), ("bf16", 160)])
 def test_kernels_compile_for_sm90(dt, d):
     """Ahead-of-time compile (ptxas ships with triton; no GPU needed): catches code the interpreter accepts

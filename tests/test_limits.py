@@ -189,6 +189,7 @@ def nan_at_step_2(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_a_latent_going_non_finite_stops_the_edit_naming_the_step(tiny_model, nan_at_step_2):
     editor = Editor(tiny_model)
     spec = DragSpec.model_validate(
@@ -197,9 +198,11 @@ def test_a_latent_going_non_finite_stops_the_edit_naming_the_step(tiny_model, na
     with pytest.raises(NonFiniteError, match=r"sampling step 2 \(timestep \d+\)") as e:
         editor.edit(EXAMPLE_SAMPLE / "original_image.png", spec)
     assert e.value.phase == "sampling" and e.value.step == 2 and isinstance(e.value, ArithmeticError)
-    assert editor._trajectory is None  # the failed edit cached nothing
+    dry = editor.plan(EXAMPLE_SAMPLE / "original_image.png", spec, propose_mask=True)  # the edit's mask too
+    assert not dry.inversion_cached  # the failed edit cached nothing
 
 
+@pytest.mark.slow
 def test_the_cli_writes_no_black_image_when_the_latent_goes_non_finite(tmp_path, nan_at_step_2):
     spec = tmp_path / "spec.json"
     spec.write_text(
@@ -224,6 +227,7 @@ def test_the_cli_writes_no_black_image_when_the_latent_goes_non_finite(tmp_path,
     assert not out.exists() and not report.exists() and list(tmp_path.iterdir()) == [spec]
 
 
+@pytest.mark.slow
 def test_bench_records_a_non_finite_edit_as_an_error(tmp_path, nan_at_step_2):
     from dragsdk.eval.bench import BenchConfig, run_bench
 

@@ -29,9 +29,7 @@ def car(car_sample):
     return image, spec["mask"], spec["prompt"]
 
 
-def _features(editor, z, step, prompt):
-    traj = editor._trajectory
-    t = traj.schedule.timesteps[step]
+def _features(editor, z, t, prompt):
     tap = FeatureTap(editor.model.unet)
     try:
         with torch.no_grad(), tap.capture(stop=True):
@@ -80,6 +78,7 @@ def _mode_specs(mask, prompt, sampler=FAST):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["move", "resize", "appearance", "paste"])
 def test_each_mode_edits_a_real_photograph_through_the_api(editor, car, mode):
     image, mask, prompt = car
@@ -90,6 +89,7 @@ def test_each_mode_edits_a_real_photograph_through_the_api(editor, car, mode):
     assert np.abs(np.asarray(r.image, np.float32) - np.asarray(Image.open(image), np.float32)).mean() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["move", "appearance", "paste"])
 def test_each_mode_edits_a_real_photograph_through_the_cli(tmp_path, car, mode):
     image, mask, prompt = car
@@ -126,6 +126,7 @@ def test_example_specs_validate_against_their_modes():
 
 
 # -- the guidance does what each mode says -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_move_pulls_the_object_to_its_target_and_away_from_its_old_place(editor, car):
     """Target cells get closer to the object's guidance features (published weights). The vacated cells move away
     from them with a contrast weight of 2.0: at the published 0.2 that effect is below the noise of random weights."""
@@ -144,8 +145,11 @@ def test_move_pulls_the_object_to_its_target_and_away_from_its_old_place(editor,
 
     def measure(extra):
         _, z = _run_and_probe(editor, image, {**data, **extra}, probe)
-        cur = _features(editor, z, probe, prompt)
-        ref = _features(editor, editor._trajectory.latents[probe][:1], probe, prompt)
+        inv = editor.invert(image, {**data, **extra})  # the inversion the edit started from
+        assert inv.reused
+        t = inv.timesteps[probe]
+        cur = _features(editor, z, t, prompt)
+        ref = _features(editor, inv.latents[probe][:1], t, prompt)
         return float(local_similarity(cur, ref, *pairs, canvas.feature_size).mean()), float(
             region_similarity(cur, ref, vacated).mean()
         )
@@ -156,6 +160,7 @@ def test_move_pulls_the_object_to_its_target_and_away_from_its_old_place(editor,
     assert contrast[1] < unguided[1], (unguided, contrast)
 
 
+@pytest.mark.slow
 def test_appearance_moves_the_pooled_object_feature_toward_the_reference(editor, car):
     """Measured right after the dense guidance phase (steps 0-2 of 10), at energy 0.5 (the published 2 overshoots at
     t≈900 on random weights). Later unguided steps wash the effect out on a random-weight model."""
@@ -175,8 +180,11 @@ def test_appearance_moves_the_pooled_object_feature_toward_the_reference(editor,
     sims = {}
     for scale in (0.0, 0.5):
         _, z = _run_and_probe(editor, image, {**data, "energy_scale": scale}, probe)
-        cur = _features(editor, z, probe, prompt)
-        ref = _features(editor, editor._trajectory.latents[probe], probe, prompt)
+        inv = editor.invert(image, {**data, "energy_scale": scale})  # the inversion the edit started from
+        assert inv.reused
+        t = inv.timesteps[probe]
+        cur = _features(editor, z, t, prompt)
+        ref = _features(editor, inv.latents[probe], t, prompt)
         sims[scale] = float(pooled_similarity(cur, ref, base_g, ref_g, bank_row=1).mean())
     assert sims[0.5] > sims[0.0], sims
 
@@ -203,6 +211,7 @@ def test_content_leaving_the_canvas_is_clipped_not_wrapped():
     assert m[:, 490:].any() and not m[:, :100].any()
 
 
+@pytest.mark.slow
 def test_paste_preview_and_centroid_placement_are_the_same_geometry(editor, car):
     image, mask, prompt = car
     spec = {**_mode_specs(mask, prompt)["paste"], "profile": ["centroid-placement"]}
@@ -218,6 +227,7 @@ def test_paste_preview_and_centroid_placement_are_the_same_geometry(editor, car)
 
 
 # -- sampler features ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_regional_sde_with_zero_eta_equals_the_deterministic_sampler_bit_for_bit(editor, car):
     image, mask, prompt = car
     base = {"mode": "drag", "prompt": prompt, "mask": mask, "points": [[[131, 264], [200, 313]]]}
@@ -228,6 +238,7 @@ def test_regional_sde_with_zero_eta_equals_the_deterministic_sampler_bit_for_bit
     assert not torch.equal(off.latent, on.latent)
 
 
+@pytest.mark.slow
 def test_time_travel_repeats_steps_and_skips_the_last_roll_back(tiny_model, car):
     from dragsdk import Editor
 
@@ -279,6 +290,7 @@ def test_suggest_mask_api_and_cli_return_a_mask_containing_the_click(editor, tmp
     assert json.loads(res.stdout)["area_px"] > 0
 
 
+@pytest.mark.slow
 def test_drag_without_a_mask_proposes_one_and_says_so(editor, car):
     image, _, prompt = car
     r = editor.edit(

@@ -13,6 +13,7 @@ from PIL import Image
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from dragsdk import Editor
 from dragsdk.attention import AttentionController, self_attention_layers
 from dragsdk.cycle_sde import RegionDragGrid, cycle_sde_invert, inversion_generator, reverse_step
 from dragsdk.errors import SpecError
@@ -42,6 +43,7 @@ def _car():
 # -- Cycle-SDE -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cycle_sde_inversion_then_reverse_steps_return_every_latent(tiny_model):
     """Inverting then sampling with no edit returns the starting latent within 1e-4 (float32), step by step."""
     unet = tiny_model.unet
@@ -118,25 +120,28 @@ def test_official_time_grid_lists(tiny_model):
     )
 
 
-def test_null_region_edit_reconstructs_the_encoded_latent_at_twenty_unet_evaluations(editor):
+@pytest.mark.slow
+def test_null_region_edit_reconstructs_the_encoded_latent_at_twenty_unet_evaluations(tiny_model):
     """On the recorded levels an unedited latent cycles back to z0; the official first step (549 with the noise of
     550) does not, by a small documented amount."""
     same = [[100, 100], [160, 100], [160, 160], [100, 160]]
     spec = RegionDragSpec(
         polygons=[{"handle": same, "target": same}], handle_noise=0.0, sampler=FAST, time_grid="recorded"
     )
-    editor._trajectory = None  # count the inversion too
+    editor = Editor(tiny_model)  # its own cache: the inversion is counted too, whatever ran before
     r = editor.edit(_car(), spec)
-    traj = editor._trajectory
-    assert (r.latent - traj.latents[-1]).abs().max() < 1e-4
+    traj = editor.invert(_car(), spec)  # the inversion the edit used (cached)
+    assert traj.reused and (r.latent - traj.latents[-1]).abs().max() < 1e-4
     rep = r.report
     assert rep.unet_evaluations == {"forward": 20, "forward_grad": 0, "backward": 0}
     assert rep.steps == 20 and r.image.size == (512, 384) and not rep.energies
     assert set(rep.phase_seconds) == {"encode", "invert", "sample", "decode"}
     assert rep.profile == "official" and "time_grid=recorded" in rep.profile_options
-    official = editor.edit(_car(), spec.model_copy(update={"time_grid": None}))
+    official_spec = spec.model_copy(update={"time_grid": None})
+    official = editor.edit(_car(), official_spec)
     # The same inversion (same grid, same seed; cached under its own key), only the first step's levels differ.
-    assert torch.equal(editor._trajectory.latents[10], traj.latents[10])
+    official_inv = editor.invert(_car(), official_spec)
+    assert official_inv.reused and torch.equal(official_inv.latents[10], traj.latents[10])
     assert 1e-4 < (official.latent - traj.latents[-1]).abs().max() < 0.5
 
 
@@ -147,6 +152,7 @@ OFFICIAL_INVERSION_T = [100, 150, 200, 250, 300, 350, 400, 450, 500, 550]
 OFFICIAL_DENOISE_T = [549, 500, 450, 400, 350, 300, 250, 200, 150, 100]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("profile", "inversion_t", "denoise_t", "copied"),
     [
@@ -162,7 +168,7 @@ OFFICIAL_DENOISE_T = [549, 500, 450, 400, 350, 300, 250, 200, 150, 100]
     ],
 )
 def test_timesteps_copy_steps_and_reset_order_of_each_profile(
-    editor, profile, inversion_t, denoise_t, copied
+    tiny_model, profile, inversion_t, denoise_t, copied
 ):
     w, h = Image.open(_car()).size
     mask = np.zeros((h, w), np.uint8)
@@ -188,16 +194,17 @@ def test_timesteps_copy_steps_and_reset_order_of_each_profile(
         mode = ctl.injection.mode if ctl.injection is not None else None
         attention.append((ctl.mode, mode, sum(p.is_bank_layer for p in procs)))
 
+    editor = Editor(tiny_model)  # no cached inversion: the first 10 UNet calls are the inversion
     hook = editor.model.unet.register_forward_pre_hook(capture, with_kwargs=True)
-    editor._trajectory = None  # no cached inversion: the first 10 UNet calls are the inversion
     try:
         r = editor.edit(_car(), spec)
     finally:
         hook.remove()
-    traj, plan = editor._trajectory, r.plan
+    traj, plan = editor.invert(_car(), spec), r.plan  # the inversion the edit used (cached)
+    assert traj.reused
     assert len(seen) == 20
     assert [t for t, _ in seen[:10]] == inversion_t
-    assert [t for t, _ in seen[10:]] == denoise_t == traj.schedule.timesteps[10:]
+    assert [t for t, _ in seen[10:]] == denoise_t == list(traj.timesteps[10:])
     # Inversion records, sampling replaces K/V, at all 16 self-attention layers (encoder, mid, decoder).
     assert attention == [("record", None, 16)] * 10 + [("inject", "replace", 16)] * 10
     sampling = seen[10:]  # the first 10 UNet calls are the inversion
@@ -236,13 +243,11 @@ def test_timesteps_copy_steps_and_reset_order_of_each_profile(
     assert (sampling[0][1][0][:, rows, cols] - traj.latents[10][0][:, rows, cols]).abs().min() > 0
     # K/V of all 16 self-attention layers recorded at every sampled step (and replaced there: round trip test).
     layers = self_attention_layers(editor.model.unet)
-    assert len(layers) == 16 and traj.bank.steps == list(range(10, 20))
-    for i in range(10, 20):
-        for layer in layers:
-            traj.bank.get(i, layer, torch.device("cpu"))
+    assert len(layers) == 16 and traj.kv_layers == dict.fromkeys(range(10, 20), frozenset(layers))
     assert r.report.unet_evaluations["backward"] == 0 and r.report.unet_evaluations["forward_grad"] == 0
 
 
+@pytest.mark.slow
 def test_pixels_outside_the_mask_are_the_original_when_compositing(editor):
     orig = np.asarray(Image.open(_car()).convert("RGB"))
     mask = np.zeros(orig.shape[:2], np.uint8)
@@ -264,27 +269,33 @@ def test_pixels_outside_the_mask_are_the_original_when_compositing(editor):
     assert not np.array_equal(np.asarray(r.image)[~outside], orig[~outside])
 
 
-def test_vae_posterior_sample_and_uint8_truncation(editor):
+@pytest.mark.slow
+def test_vae_posterior_sample_and_uint8_truncation(tiny_model):
     """official: z0 is a seeded posterior sample (not the mean) and the image is truncated to uint8 (never above
     the rounded one, at most one grey level below it)."""
     img = (
         Image.open(_car()).convert("RGB").crop((150, 120, 278, 248))
     )  # 128×128: edited at its own size, no resize
     spec = RegionDragSpec.from_points([[[50, 60], [80, 50]]], sampler=FAST)
-    editor._trajectory = None
+    editor = Editor(tiny_model)  # its own cache: which edits reuse an inversion is asserted
     a = editor.edit(img, spec)
-    z0 = editor._trajectory.latents[-1]
+    first_inv = editor.invert(img, spec)
+    assert first_inv.reused
+    z0 = first_inv.latents[-1]
     b = editor.edit(img, spec.model_copy(update={"to_uint8": "round"}))
     assert b.report.inversion_reused and torch.equal(a.latent, b.latent)
     ta, rb = np.asarray(a.image).astype(int), np.asarray(b.image).astype(int)
     assert (ta <= rb).all() and (rb - ta).max() == 1
     c = editor.edit(img, spec.model_copy(update={"vae_latent": "mean"}))
     assert not c.report.inversion_reused
-    mean = editor._trajectory.latents[-1]
+    mean_inv = editor.invert(img, spec.model_copy(update={"vae_latent": "mean"}))
+    assert mean_inv.reused  # c's inversion
+    mean = mean_inv.latents[-1]
     assert (z0 - mean).abs().max() > 1e-3
-    editor._trajectory = None
+    editor.clear_cache()
     again = editor.edit(img, spec)  # the same seed draws the same sample
-    assert torch.equal(editor._trajectory.latents[-1], z0) and torch.equal(again.latent, a.latent)
+    assert not again.report.inversion_reused
+    assert torch.equal(editor.invert(img, spec).latents[-1], z0) and torch.equal(again.latent, a.latent)
 
 
 # -- inputs → one map, on a non-square image -------------------------------------------------------------------
@@ -470,6 +481,7 @@ def _real_sample():
     return samples[0]
 
 
+@pytest.mark.slow
 def test_cli_edits_a_real_sample_with_a_region_spec_and_relative_mask_paths(tmp_path):
     from dragsdk.cli import app
     from dragsdk.samples import load_sample
@@ -517,6 +529,7 @@ def test_cli_edits_a_real_sample_with_a_region_spec_and_relative_mask_paths(tmp_
     }
 
 
+@pytest.mark.slow
 def test_cli_runs_a_points_only_sample_as_region_drag(tmp_path):
     from dragsdk.cli import app
 
@@ -549,6 +562,7 @@ def test_cli_runs_a_points_only_sample_as_region_drag(tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_cli_reads_dense_points_of_a_region_sample_and_refuses_unknown_modes(tmp_path):
     from dragsdk.cli import app
 

@@ -12,6 +12,7 @@ from .conftest import ROOT
 BUILTIN_MODES = ("drag", "region-drag", "move", "resize", "appearance", "paste")
 
 
+@pytest.mark.slow
 def test_builtins_register_through_their_entry_points():
     reg = Registry()
     reg.load_entry_points()

@@ -45,6 +45,7 @@ def test_the_mask_command_refuses_a_bad_threshold_before_the_model_loads(tmp_pat
     assert res.exit_code == 2 and "error: threshold:" in res.output, res.output
 
 
+@pytest.mark.slow
 def test_a_prompt_longer_than_the_text_encoder_reads_gets_a_note(editor, car_sample):
     image, spec = car_sample
     long = " ".join(["a red sports car parked on a wet cobbled street at dusk"] * 12)

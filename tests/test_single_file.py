@@ -188,6 +188,7 @@ def test_a_config_folder_is_refused_for_a_model_that_is_not_a_single_file(checkp
         load_model("tiny", device="cpu", single_file_config=checkpoints["sd1"][1])
 
 
+@pytest.mark.slow
 def test_the_cli_edits_with_a_single_file_model_and_a_config_folder(checkpoints, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _, folder, file = checkpoints["sd2"]
@@ -230,6 +231,7 @@ def test_the_cli_edits_with_a_single_file_model_and_a_config_folder(checkpoints,
     assert res.exit_code != 0 and "--model-config" in res.output and "tiny" in res.output
 
 
+@pytest.mark.slow
 def test_every_command_that_loads_a_model_takes_the_config_folder(checkpoints, tmp_path, monkeypatch):
     """`mask`, `bench` and `backends --bench` load a single-file model offline as `edit` does."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

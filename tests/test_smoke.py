@@ -63,6 +63,7 @@ def test_every_public_module_imports(name):
         assert hasattr(module, attr), f"{name}.__all__ names {attr!r}, which it does not define"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["drag", "move", "resize", "appearance", "paste", "region-drag"])
 def test_each_builtin_mode_edits_once_on_tiny(editor, car_sample, mode):
     image, sample_spec = car_sample

@@ -57,6 +57,7 @@ def _installed(name: str) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["cwd", "pythonpath"])
 def test_bare_folder_names_never_resolve_into_the_repository(how):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
@@ -79,6 +80,7 @@ def test_bare_folder_names_never_resolve_into_the_repository(how):
         assert "site-packages" in out["bare"]["kernels"] or "dist-packages" in out["bare"]["kernels"]
 
 
+@pytest.mark.slow
 def test_pytest_collects_from_the_root():
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
     done = subprocess.run(

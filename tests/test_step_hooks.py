@@ -52,6 +52,7 @@ def test_the_signature_decides_the_calling_convention():
     assert not is_diffusers_hook(print)  # builtins: signature unreadable, taken as dragsdk's
 
 
+@pytest.mark.slow
 def test_a_hook_returning_a_dict_is_refused_and_the_editor_stays_usable(editor, drag):
     image, spec = drag
     with pytest.raises(ArgumentTypeError) as err:
@@ -60,6 +61,7 @@ def test_a_hook_returning_a_dict_is_refused_and_the_editor_stays_usable(editor, 
     assert editor.edit(image, spec).latent is not None
 
 
+@pytest.mark.slow
 def test_a_hook_returning_false_or_none_never_cancels(editor, drag):
     image, spec = drag
     seen = []

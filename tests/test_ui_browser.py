@@ -56,9 +56,12 @@ _chromium = (
     else (f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/run installs it)")
 )
 
-pytestmark = pytest.mark.skipif(
-    bool(_gradio or _playwright or _chromium), reason=_gradio or _playwright or _chromium or "ready"
-)
+pytestmark = [
+    pytest.mark.slow,  # a browser per test: make test-fast skips the module
+    pytest.mark.skipif(
+        bool(_gradio or _playwright or _chromium), reason=_gradio or _playwright or _chromium or "ready"
+    ),
+]
 
 
 def _sample() -> Path:

@@ -144,6 +144,7 @@ def test_steps_and_resolution_are_capped_on_the_server_before_anything_runs(edit
         UILimits(max_steps=0)
 
 
+@pytest.mark.slow
 def test_a_run_can_be_cancelled_or_stopped_at_the_time_limit_and_frees_the_slot(editor, tmp_path):
     img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (48, 64, 3), np.uint8))
     spec = _spec(img, steps=3)

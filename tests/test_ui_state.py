@@ -182,6 +182,7 @@ def test_brushed_layers_become_a_mask_of_the_image_size():
 
 
 # -- specs --------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_drag_spec_has_the_clicked_points_in_image_pixels_and_the_mask():
     s = _session((4000, 3000))  # displayed at 1024×768
     add_click(s, "drag", (256, 192))
