@@ -62,7 +62,9 @@ class DragsdkDocs(griffe.Extension):
             self._visit_folder(name, folder, pkg, loader)
         self._rewrite(pkg)
 
-    def _visit_folder(self, name: str, folder: Path, parent: griffe.Module, loader: griffe.GriffeLoader) -> None:
+    def _visit_folder(
+        self, name: str, folder: Path, parent: griffe.Module, loader: griffe.GriffeLoader
+    ) -> None:
         """One package folder: its ``__init__``, its modules and, recursively, its sub-packages (a folder holding an
         ``__init__.py``, e.g. ``plugins/region_drag/`` = ``dragsdk.plugins.region_drag``)."""
         sub = self._visit(name, folder / "__init__.py", parent, loader)
