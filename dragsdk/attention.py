@@ -38,11 +38,17 @@ def decoder_self_attention_layers(unet: Any) -> list[str]:
     ]
 
 
-def self_attention_layers(unet: Any) -> list[str]:
+def self_attention_layers(unet: Any, forward_order: bool = False) -> list[str]:
     """Names (without ``.processor``) of every self-attention layer (``attn1``) of a diffusers UNet: encoder, mid
     block and decoder (16 in SD 1.5; RegionDrag swaps K/V in all of them, official
-    ``region_utils/drag.py:159-179``)."""
-    return [k[: -len(".processor")] for k in unet.attn_processors if k.endswith(".attn1.processor")]
+    ``region_utils/drag.py:159-179``). ``forward_order``: in the order a forward calls them (encoder, mid block,
+    decoder; diffusers registers ``up_blocks`` before ``mid_block``), the order MasaCtrl's layer index counts
+    (DragDiffusion ``utils/attn_utils.py:24-31,71``)."""
+    names = [k[: -len(".processor")] for k in unet.attn_processors if k.endswith(".attn1.processor")]
+    if forward_order:
+        rank = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+        names.sort(key=lambda n: rank.get(n.split(".")[0], 3))  # stable: keeps the order inside each part
+    return names
 
 
 class KVBank:

@@ -53,7 +53,18 @@ from .objects import (
     placement_map,
     shift_cells,
 )
-from .plan import EditPlan, EnergyTerm, Features, HandleNoise, KVPlan, LatentPaste, Reference, StepPaste
+from .plan import (
+    EditPlan,
+    EnergyTerm,
+    Features,
+    HandleNoise,
+    KVPlan,
+    LatentOptimisation,
+    LatentPaste,
+    OptimisationState,
+    Reference,
+    StepPaste,
+)
 from .regions import SourceMap
 from .safe_pickle import restricted_load
 from .samples import load_sample
@@ -154,6 +165,7 @@ __all__ = [
     "ImagePromptPlan",
     "KVInjection",
     "KVPlan",
+    "LatentOptimisation",
     "LatentPaste",
     "MAX_DENSE_POINTS",
     "MAX_POINT_PAIRS",
@@ -163,6 +175,7 @@ __all__ = [
     "MaskUI",
     "ModeUI",
     "OFFICIAL",
+    "OptimisationState",
     "PlacementUI",
     "PlanContext",
     "Point",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .geometry import Canvas
 from .inversion import UNetCounter
+from .optimise import optimisation_cost
 from .passes import inversion_steps, sampling_passes
 from .plan import EditPlan
 
@@ -50,7 +51,8 @@ def estimate_cost(
 ) -> Cost:
     """The UNet evaluations :meth:`Editor.edit` makes for ``plan`` with ``steps`` DDIM steps: the sampler's own pass
     sequence (:func:`dragsdk.passes.sampling_passes`, :meth:`~dragsdk.passes.Pass.unet_evaluations`) counted
-    instead of run, plus the inversion (:func:`dragsdk.passes.inversion_steps`) when ``invert``.
+    instead of run, plus the inversion (:func:`dragsdk.passes.inversion_steps`) when ``invert``, plus the latent
+    optimisation (:func:`dragsdk.optimise.optimisation_cost`: its maximum, which an early stop of its tracker lowers).
 
     ``feature_steps``: the steps whose guidance features the inversion provides (``guidance`` rows = their count ×
     bank rows when they are not recorded). ``image_prompt``: an image-prompt adapter is loaded; a plan with an image
@@ -63,7 +65,8 @@ def estimate_cost(
         if plan.sampling == "ddim" and plan.fidelity.guidance_features != "recorded" and feature_steps:
             ref_rows = len(feature_steps) * (1 + len(plan.references))
     regions = len({term.region for term in plan.energies})
-    fwd, fwd_grad, bwd = inv, 0, 0
+    fwd, fwd_grad, bwd = optimisation_cost(plan.optimise)
+    fwd += inv
     for p in sampling_passes(plan, steps):
         f, g, b = p.unet_evaluations(regions, probe_energy_after, recompute_guidance)
         fwd, fwd_grad, bwd = fwd + f, fwd_grad + g, bwd + b

@@ -346,7 +346,7 @@ class Editor:
         needs = BackendNeeds(
             device=self.model.device.type,
             dtype=str(self.model.dtype).removeprefix("torch."),
-            gradients=plan.needs_gradients,
+            gradients=plan.needs_gradients or plan.optimise is not None,
             kv_modes=tuple(plan.kv_modes()),
             family=model_family(self.model),
             image_prompt=plan.image_prompt is not None and self.ip_adapter is not None,
@@ -368,11 +368,14 @@ class Editor:
         return cached
 
     def _bank_layers(self, plan: EditPlan) -> frozenset[str]:
-        """The layers that record / inject K/V for a plan: the decoder's, or every self-attention layer."""
-        if plan.kv_layers == "all":
-            from .attention import self_attention_layers
+        """The layers that record / inject K/V for a plan: the decoder's, every self-attention layer, or those from
+        the ``n``-th on in forward order (``plan.kv_layers = n``)."""
+        from .attention import self_attention_layers
 
+        if plan.kv_layers == "all":
             return frozenset(self_attention_layers(self.model.unet))
+        if isinstance(plan.kv_layers, int):
+            return frozenset(self_attention_layers(self.model.unet, forward_order=True)[plan.kv_layers :])
         return self.bank_layers
 
     def _preprocess(self, image: Image.Image, canvas: Canvas) -> torch.Tensor:

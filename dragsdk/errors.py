@@ -44,7 +44,7 @@ class NonFiniteError(DragSDKError, ArithmeticError):
     """The latent (or the decoded image) went NaN or ±inf; the edit stopped and wrote nothing.
 
     Attributes:
-        phase: ``encoding``, ``inversion``, ``sampling`` or ``decoding``.
+        phase: ``encoding``, ``inversion``, ``optimisation``, ``sampling`` or ``decoding``.
         step: the step index (sampling step ``i``, or the inversion step reaching it), None outside the loops.
         timestep: the diffusion timestep of that step, None outside the loops.
     """
@@ -63,7 +63,7 @@ class EditCancelled(DragSDKError):
     Editor is ready for the next edit.
 
     Attributes:
-        phase: ``encode``, ``invert``, ``sample`` or ``decode``: the phase whose step asked to stop.
+        phase: ``encode``, ``invert``, ``optimise``, ``sample`` or ``decode``: the phase whose step asked to stop.
         step: the number of steps of that phase done when it stopped (``1 … total``).
         total: the phase's step count.
     """

@@ -209,8 +209,11 @@ def invert(
     feature_steps: set[int],
     counter: UNetCounter,
     on_step: Callable[[int], None] | None = None,
+    stop: int = 0,
 ) -> tuple[list[torch.Tensor], dict[int, list[torch.Tensor]]]:
-    """Run DDIM inversion from ``z0`` (``(B, 4, h, w)``) over every step of ``schedule``.
+    """Run DDIM inversion from ``z0`` (``(B, 4, h, w)``) over the steps ``n − 1 … stop`` of ``schedule``: ``stop``
+    is the plan's ``start_step`` (sampling never reads the latents below it, which stay empty; DragDiffusion inverts
+    35 of 50 steps, official ``drag_pipeline.py:600-601``).
 
     Records K/V of the bank layers at ``kv_steps`` into ``controller.bank`` and the decoder features at
     ``feature_steps``. Returns ``(latents, features)`` as described in :class:`Trajectory`.
@@ -223,7 +226,7 @@ def invert(
     controller.mode = "record"
     controller.record_steps = frozenset(kv_steps)
     try:
-        for i in reversed(range(n)):
+        for i in reversed(range(stop, n)):
             controller.step = i
             t = schedule.timesteps[i]
             if i in feature_steps:

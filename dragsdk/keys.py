@@ -142,7 +142,7 @@ def inversion_key(
         model=model,
         weights=weights,
         sampling=plan.sampling,
-        kv_layers=plan.kv_layers,
+        kv_layers=str(plan.kv_layers),
         start_step=plan.start_step,
         guidance_features=plan.fidelity.guidance_features,
         schedule=plan.schedule_key,

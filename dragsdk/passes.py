@@ -74,5 +74,5 @@ def sampling_passes(plan: EditPlan, steps: int) -> Iterator[Pass]:
 
 
 def inversion_steps(plan: EditPlan, steps: int) -> int:
-    """UNet passes of the inversion: every step for DDIM, steps ``start_step … steps − 1`` for Cycle-SDE."""
-    return steps if plan.sampling == "ddim" else steps - plan.start_step
+    """UNet passes of the inversion: steps ``start_step … steps − 1`` (DDIM and Cycle-SDE alike)."""
+    return steps - plan.start_step

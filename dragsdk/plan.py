@@ -147,6 +147,74 @@ class HandleNoise:
 
 
 @dataclass
+class OptimisationState:
+    """What a :class:`LatentOptimisation`'s ``objective`` and ``tracker`` see at one iteration.
+
+    Attributes:
+        iteration: ``0 … max_steps − 1``.
+        latent: ``(1, 4, h, w)`` the latent being optimised (a leaf with ``requires_grad``; the objective's loss
+            must depend on it).
+        features: the outputs of the decoder blocks ``LatentOptimisation.feature_blocks`` for ``latent``, one
+            ``(1, C_l, h_l, w_l)`` tensor each, differentiable.
+        x_prev: ``(1, 4, h, w)`` the DDIM step ``z_{t_prev}`` predicted from ``latent`` (η = 0), differentiable.
+        initial: the state of the unoptimised latent (detached; ``initial.initial`` is None): ``F0`` and
+            ``x_prev_0`` of DragDiffusion (official ``utils/drag_utils.py:94-98``).
+        memo: a dict kept across the iterations of one run of the stage (a mode's tracked points live here); it
+            starts empty, so a plan can be run again.
+        record: what the mode wants kept for this iteration in the edit's report (``EditReport.optimisation``),
+            e.g. ``{"handles": [[y, x], ...]}``; JSON-serialisable values only.
+    """
+
+    iteration: int
+    latent: torch.Tensor
+    features: list[torch.Tensor]
+    x_prev: torch.Tensor
+    initial: OptimisationState | None
+    memo: dict[str, Any]
+    record: dict[str, Any]
+
+
+@dataclass
+class LatentOptimisation:
+    """Optimise the inverted latent of one timestep before sampling (DragDiffusion's motion supervision and point
+    tracking, arXiv 2306.14435 §3.2; official ``drag_diffusion_update``, ``utils/drag_utils.py:79-161``).
+
+    The engine (:mod:`dragsdk.optimise`, stage ``optimise`` of :class:`~dragsdk.session.EditRun`) runs, on the
+    inverted latent of sampling step ``EditPlan.start_step``:
+
+    1. one forward without a graph: the ``initial`` state (features and ``x_prev``);
+    2. for ``k`` in ``0 … max_steps − 1``: a forward with a graph (state ``k``); ``tracker(state)`` (when given)
+       updates what the mode tracks and returns True when the goal is reached, which ends the loop before the
+       loss; else ``loss = objective(state)``, one backward and one Adam step (``lr``) on the latent.
+
+    Sampling then starts from the optimised latent. UNet evaluations: 1 forward, at most ``max_steps`` graph
+    forwards and ``max_steps`` backwards (the dry run counts the maximum; a tracker that stops early makes fewer).
+
+    Attributes:
+        objective: ``objective(state) -> scalar`` tensor.
+        max_steps: the most Adam steps (≥ 0).
+        lr: Adam's learning rate.
+        tracker: ``tracker(state) -> bool``, or None (always ``max_steps`` steps).
+        feature_blocks: indices of ``unet.up_blocks`` whose outputs are ``state.features`` (SD 1.5:
+            ``up_blocks[2]`` is 640 channels at the latent size).
+    """
+
+    objective: Callable[[OptimisationState], torch.Tensor]
+    max_steps: int
+    lr: float
+    tracker: Callable[[OptimisationState], bool] | None = None
+    feature_blocks: tuple[int, ...] = (2,)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 0:
+            raise ValueError(f"LatentOptimisation.max_steps must be an int >= 0, got {self.max_steps!r}")
+        if not self.lr > 0:
+            raise ValueError(f"LatentOptimisation.lr must be > 0, got {self.lr!r}")
+        if not self.feature_blocks:
+            raise ValueError("LatentOptimisation.feature_blocks must name at least one decoder block")
+
+
+@dataclass
 class EditPlan:
     """What a mode supplies for one edit.
 
@@ -177,7 +245,9 @@ class EditPlan:
         step_pastes: latent copies repeated before every sampling step inside their timestep window.
         follow_outside: reset the latent outside ``edit_mask`` to the inversion latent of the same level.
         handle_noise: cells of the starting latent re-noised before sampling, or None.
-        kv_layers: self-attention layers that record / inject K/V: ``decoder`` (up blocks) or ``all``.
+        kv_layers: self-attention layers that record / inject K/V: ``decoder`` (up blocks), ``all``, or an int
+            ``n``: the self-attention layers from the ``n``-th on in forward order (encoder, mid, decoder; MasaCtrl's
+            ``start_layer``; SD 1.5 has 16, so ``10`` is the last six, in ``up_blocks[2]`` and ``[3]``).
         schedule: ``schedule(scheduler, steps)`` builds the time grid of both passes (default: the model's DDIM
             schedule, :class:`~dragsdk.inversion.DDIMSchedule`); ``schedule_key`` names it in the inversion cache key.
         composite_mask: ``(H, W)`` bool in image pixels used by ``composite`` instead of ``edit_mask`` upsampled.
@@ -185,6 +255,8 @@ class EditPlan:
             timestep, reference prompt, outside reset, VAE latent, 8-bit conversion) and the report's profile, in
             one place (:class:`~dragsdk.fidelity.Fidelity`, built by a mode's
             :meth:`~dragsdk.fidelity.ProfileTable.fidelity`).
+        optimise: a :class:`LatentOptimisation` of the latent at ``start_step`` run between inversion and
+            sampling, or None.
         image_prompt: the official image prompt (IP-Adapter scale and step window), used when the editor has an
             adapter loaded (:meth:`dragsdk.editor.Editor.load_ip_adapter`); None = the mode has none.
     """
@@ -213,7 +285,7 @@ class EditPlan:
     step_pastes: list[StepPaste] = plan_field(no_inversion(), default_factory=list)
     follow_outside: bool = plan_field(no_inversion(), default=False)
     handle_noise: HandleNoise | None = plan_field(no_inversion(), default=None)
-    kv_layers: Literal["decoder", "all"] = plan_field(inverts("kv_layers"), default="decoder")
+    kv_layers: Literal["decoder", "all"] | int = plan_field(inverts("kv_layers"), default="decoder")
     schedule: Callable[[Any, int], Any] | None = plan_field(
         inverts("schedule: named by schedule_key"), default=None
     )
@@ -229,6 +301,8 @@ class EditPlan:
     image_prompt: ImagePromptPlan | None = plan_field(
         inverts("image_prompt: when the inversion uses it"), default=None
     )
+
+    optimise: LatentOptimisation | None = plan_field(no_inversion(), default=None)
 
     @property
     def needs_gradients(self) -> bool:

@@ -1,11 +1,14 @@
 """The step hook of an edit: progress over every phase, and cancellation.
 
-An edit runs four phases, each reported step by step to the hook given as ``Editor.edit(...,
+An edit runs four phases (five with a latent optimisation), each reported step by step to the hook given as ``Editor.edit(...,
 callback_on_step_end=hook)`` (diffusers' name for its per-step hook):
 
 - ``encode``: 1 step (the VAE encoding of the image and its references); ``latent`` the ``(B, 4, h, w)`` latents.
 - ``invert``: ``steps − start_step`` inversion steps, or 1 when the cached inversion is reused; ``latent`` None
   (reused: the cached starting latent).
+- ``optimise``: only for a plan with a :class:`~dragsdk.plan.LatentOptimisation`: at most ``max_steps`` Adam steps
+  (fewer when its tracker stops early); ``index`` / ``timestep`` the optimised step's, ``latent`` the
+  ``(1, 4, h, w)`` latent after the Adam step.
 - ``sample``: ``steps − start_step`` sampling steps; ``latent`` the ``(1, 4, h, w)`` latent after the step.
 - ``decode``: 1 step; ``latent`` the final latent ``(1, 4, h, w)``.
 
@@ -37,7 +40,7 @@ import torch
 
 from .errors import ArgumentTypeError, EditCancelled
 
-PHASES = ("encode", "invert", "sample", "decode")
+PHASES = ("encode", "invert", "optimise", "sample", "decode")
 
 
 @dataclass
@@ -45,7 +48,7 @@ class StepEvent:
     """One finished step, as the hook sees it.
 
     Attributes:
-        phase: ``encode``, ``invert``, ``sample`` or ``decode``.
+        phase: ``encode``, ``invert``, ``optimise``, ``sample`` or ``decode``.
         step: steps of this phase done so far, ``1 … total``.
         total: the phase's step count.
         index: the schedule index of the step (sampling step ``i``; the inversion step reaching ``i``), None for

@@ -61,6 +61,7 @@ BUILTIN_PLUGINS = {
     "move": "dragsdk.plugins.move",
     "appearance": "dragsdk.plugins.appearance",
     "paste": "dragsdk.plugins.paste",
+    "dragdiffusion": "dragsdk.plugins.dragdiffusion",
     "eager": "dragsdk.backends.eager",
     "compile": "dragsdk.backends.compile",
     "triton": "dragsdk.backends.triton",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
@@ -65,6 +66,12 @@ class EditReport(BaseModel):
     image_prompt: str | None = Field(
         None,
         description="the IP-Adapter used as image prompt (None: the mode has none, or no adapter is loaded)",
+    )
+    optimisation: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="one entry per iteration of the latent-optimisation stage (dragsdk.optimise): iteration, loss "
+        "(None where the tracker ended the loop) and what the mode recorded (e.g. tracked handles); empty "
+        "without one",
     )
 
 

@@ -221,6 +221,7 @@ class GuidedSampler:
         generator: torch.Generator | None = None,
         on_step: Callable[[int, int, torch.Tensor], None] | None = None,
         trace: bool = False,
+        start: torch.Tensor | None = None,
     ) -> SamplerOutput:
         """Sample from the trajectory's ``z_T`` (with the plan's initial pastes) to ``z_0``, walking the plan's pass
         sequence (:func:`dragsdk.passes.sampling_passes`, the one the dry run counts).
@@ -231,13 +232,15 @@ class GuidedSampler:
             guidance_scale: classifier-free guidance scale ``s``.
             on_step: called as ``on_step(i, t, z_prev)`` after each step.
             trace: keep one :class:`~dragsdk.trace.TracePass` per pass (latents copied to the CPU).
+            start: ``(1, 4, h, w)`` the latent to start from instead of the inverted one (the ``optimise`` stage's
+                result, :mod:`dragsdk.optimise`); the plan's ``init`` pastes and handle noise still apply.
 
         Returns:
             the final latent ``(1, 4, h, w)``, the energies of the guided steps, the trace (when asked) and the
             timesteps at which roll-back UNet calls ran.
         """
         schedule: DDIMSchedule = trajectory.schedule
-        z = self._start_latent(trajectory, plan, generator)
+        z = self._start_latent(trajectory, plan, generator, start)
         keep = (~plan.edit_mask).to(z.device)[None, None] if plan.follow_outside else None
         eta_map = self._eta_map(plan, z)
         out = SamplerOutput(z)
@@ -287,11 +290,15 @@ class GuidedSampler:
 
     @staticmethod
     def _start_latent(
-        trajectory: Trajectory, plan: EditPlan, generator: torch.Generator | None
+        trajectory: Trajectory,
+        plan: EditPlan,
+        generator: torch.Generator | None,
+        z_start: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``z`` at the first sampling step: the inverted latent with the plan's ``init`` pastes and handle noise."""
+        """``z`` at the first sampling step: the inverted latent (or ``z_start``) with the plan's ``init`` pastes and
+        handle noise."""
         start = plan.start_step
-        z = trajectory.latents[start][:1]
+        z = trajectory.latents[start][:1] if z_start is None else z_start
         for paste in plan.init:
             z = paste.apply(z, trajectory.latents[start])
         if plan.handle_noise is not None:

@@ -1,11 +1,11 @@
 """One edit as a session: :class:`EditRun` holds what one edit needs and runs its named stages
 
-``check_inputs → prepare → encode → invert → sample → decode → report``
+``check_inputs → prepare → encode → invert → optimise → sample → decode → report``
 
 (the pattern of diffusers' pipelines: a linear call of named, overridable stages). :meth:`dragsdk.editor.Editor.edit`
 creates one and calls :meth:`EditRun.execute`; :meth:`dragsdk.editor.Editor.plan` runs the first two stages and
-:meth:`EditRun.dry_run`. A stage is where a future method plugs in (e.g. an optimisation stage between ``invert``
-and ``sample``): subclass and override it.
+:meth:`EditRun.dry_run`. ``optimise`` runs a plan's :class:`~dragsdk.plan.LatentOptimisation` (DragDiffusion's
+motion supervision and point tracking, :mod:`dragsdk.optimise`) and does nothing for a plan without one.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .io import check_outputs, load_image, size_note
 from .keys import InversionKey, inversion_key, recorded_steps
 from .models import ModelBundle, random_weights_warning
 from .modes import PlanContext, build_plan
+from .optimise import OptimisationOutput
 from .passes import inversion_steps
 from .plan import EditPlan
 from .progress import StepHook, StepReporter
@@ -70,7 +71,7 @@ class EditRun:
 
     Stages fill the attributes in order: ``check_inputs`` (``spec``), ``prepare`` (``img``, ``plan``, ``canvas``,
     ``ctx``, ``backend``, ``reason``), then, under the model's lock, ``encode`` (``z0``), ``invert`` (``traj``,
-    ``reused``), ``sample`` (``out``), ``decode`` (``edited``), and ``report`` builds the
+    ``reused``), ``optimise`` (``optimised``), ``sample`` (``out``), ``decode`` (``edited``), and ``report`` builds the
     :class:`~dragsdk.report.EditReport` from them. ``phases`` (seconds per stage) and ``counter`` (UNet evaluations)
     are shared by the stages.
     """
@@ -84,6 +85,7 @@ class EditRun:
         self.adapter: Any = None
         self.cached: Trajectory | None = None
         self.reused = False
+        self.optimised: OptimisationOutput | None = None
 
     # -- 1. check_inputs ------------------------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -156,10 +158,18 @@ class EditRun:
         self.check_inputs()
         self.prepare()
         with model_lock(self.model):
-            self.find_inversion({"sample": self.spec.sampler.steps - self.plan.start_step, "decode": 1})
+            opt = self.plan.optimise
+            self.find_inversion(
+                {
+                    **({"optimise": opt.max_steps} if opt is not None else {}),
+                    "sample": self.spec.sampler.steps - self.plan.start_step,
+                    "decode": 1,
+                }
+            )
             with host_adapter_detached(self.model.unet, self.adapter), self.attention():
                 self.encode()
                 self.invert()
+                self.optimise()
                 self.sample()
                 self.decode()
             self.keep_inversion()
@@ -386,6 +396,7 @@ class EditRun:
             feature_steps if recorded else set(),
             self.counter,
             on_step=self._on_invert_step(schedule),
+            stop=self.plan.start_step,
         )
         if not recorded and feature_steps:
             feats = guidance_features(
@@ -400,7 +411,46 @@ class EditRun:
             )
         return latents, feats
 
-    # -- 5. sample ------------------------------------------------------------------------------------------------
+    # -- 5. optimise ----------------------------------------------------------------------------------------------
+    def optimise(self) -> None:
+        """The plan's latent optimisation (``optimised``) on the inverted latent of step ``start_step``, with plain
+        attention and the prompt's embedding; nothing when the plan has none. Reports phase ``optimise`` after each
+        Adam step (``index`` the step, ``timestep`` its timestep, ``latent`` the latent so far).
+
+        Raises:
+            EditCancelled: the hook or the cancel event asked to stop (after the current Adam step).
+            NonFiniteError: the optimised latent is not finite.
+            ValueError: the objective returned no finite scalar depending on the latent.
+        """
+        opt, i = self.plan.optimise, self.plan.start_step
+        if opt is None:
+            return
+        from .optimise import optimise_latent
+
+        t0 = time.perf_counter()
+        schedule = self.traj.schedule
+        t = schedule.timesteps[i]
+
+        def on_step(k: int, z: torch.Tensor) -> None:
+            self.report_step("optimise", i, t, z)
+
+        self.optimised = optimise_latent(
+            self.unet_call,
+            self.model.unet,
+            self.controller,
+            self.traj.latents[i][:1],
+            t,
+            schedule.alpha(i),
+            schedule.alpha_prev(i),
+            self.cond_text,
+            opt,
+            self.counter,
+            on_step,
+        )
+        _check_finite(self.optimised.latent, "optimisation", i, t)
+        self.phases["optimise"] = time.perf_counter() - t0
+
+    # -- 6. sample ------------------------------------------------------------------------------------------------
     def sample(self) -> None:
         """Guided sampling from the inversion to ``z_0`` (``out``): :class:`~dragsdk.sampler.GuidedSampler`.
 
@@ -436,10 +486,11 @@ class EditRun:
             generator,
             on_step,
             trace=o.trace is not None,
+            start=self.optimised.latent if self.optimised is not None else None,
         )
         self.phases["sample"] = time.perf_counter() - t0
 
-    # -- 6. decode ------------------------------------------------------------------------------------------------
+    # -- 7. decode ------------------------------------------------------------------------------------------------
     def decode(self) -> None:
         """VAE-decode ``z_0`` to the edited image (``edited``) at the input's size, composited when the plan says.
 
@@ -467,7 +518,7 @@ class EditRun:
         self.phases["decode"] = time.perf_counter() - t0
         self.report_step("decode", latent=latent)
 
-    # -- 7. report ------------------------------------------------------------------------------------------------
+    # -- 8. report ------------------------------------------------------------------------------------------------
     def report(self) -> EditReport:
         """The edit's :class:`~dragsdk.report.EditReport`, built here and nowhere else."""
         spec, plan, model, adapter, s = self.spec, self.plan, self.model, self.adapter, self.spec.sampler
@@ -508,6 +559,7 @@ class EditRun:
             profile=plan.fidelity.profile,
             profile_options=list(plan.fidelity.options),
             random_weights=model.random_weights,
+            optimisation=self.optimised.records if self.optimised is not None else [],
         )
 
     def write_trace(self) -> None:
@@ -527,6 +579,7 @@ class EditRun:
             "seed": s.seed,
             "working_size": list(self.canvas.size),
             "rollback_timesteps": self.out.rollback_timesteps,
+            "optimisation": self.optimised.records if self.optimised is not None else [],
         }
         write_trace(self.options.trace, self.out.trace, meta)
 

@@ -9,7 +9,7 @@ from dragsdk.samples import load_sample
 
 from .conftest import EXAMPLE_SAMPLE, ROOT
 
-BUILTIN_MODES = ("drag", "region-drag", "move", "resize", "appearance", "paste")
+BUILTIN_MODES = ("drag", "region-drag", "move", "resize", "appearance", "paste", "dragdiffusion")
 REF = ROOT / "examples" / "reference-cat"
 IMAGE = EXAMPLE_SAMPLE / "original_image.png"
 
@@ -35,6 +35,14 @@ def builtin_specs(sampler: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "mask": mask,
             "reference": str(REF / "cat.jpg"),
             "reference_mask": str(REF / "cat_mask.png"),
+            "sampler": sampler,
+        },
+        "dragdiffusion": {
+            "mode": "dragdiffusion",
+            "prompt": prompt,
+            "mask": mask,
+            "points": sample["points"],
+            "n_pix_step": 4,
             "sampler": sampler,
         },
         "paste": {

@@ -26,6 +26,7 @@ MASK = EXAMPLES / "dragbench-car" / "mask.png"
 PACKAGES = {
     "copy-rect": ("dragsdk-example-plugin", "dragsdk_example_plugin"),
     "rotate": ("dragsdk-rotate-plugin", "dragsdk_rotate_plugin"),
+    "pull": ("dragsdk-pull-plugin", "dragsdk_pull_plugin"),
 }
 
 

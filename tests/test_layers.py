@@ -45,6 +45,7 @@ LAYERS: list[set[str]] = [
         "inversion",
         "cycle_sde",
         "sampler",
+        "optimise",
         "dryrun",
         "progress",
         "trace",

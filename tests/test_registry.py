@@ -9,7 +9,7 @@ from dragsdk.registry import Registry
 
 from .conftest import ROOT
 
-BUILTIN_MODES = ("drag", "region-drag", "move", "resize", "appearance", "paste")
+BUILTIN_MODES = ("drag", "region-drag", "move", "resize", "appearance", "paste", "dragdiffusion")
 
 
 @pytest.mark.slow
