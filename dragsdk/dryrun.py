@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .geometry import Canvas
 from .inversion import UNetCounter
 from .optimise import optimisation_cost
-from .passes import inversion_steps, sampling_passes
+from .passes import inversion_steps, sampling_passes, source_branch
 from .plan import EditPlan
 
 
@@ -68,7 +68,7 @@ def estimate_cost(
     fwd, fwd_grad, bwd = optimisation_cost(plan.optimise)
     fwd += inv
     for p in sampling_passes(plan, steps):
-        f, g, b = p.unet_evaluations(regions, probe_energy_after, recompute_guidance)
+        f, g, b = p.unet_evaluations(regions, probe_energy_after, recompute_guidance, source_branch(plan))
         fwd, fwd_grad, bwd = fwd + f, fwd_grad + g, bwd + b
     return Cost(fwd, fwd_grad, bwd, inv, ref_rows, int(image_prompt and plan.image_prompt is not None))
 

@@ -66,6 +66,10 @@ class Fidelity:
             RegionDrag) or ``after`` each step.
         vae_latent: ``z_0`` is the posterior ``mean`` or one posterior ``sample`` from the edit's seed.
         to_uint8: decoded image to 8 bits by ``round`` or ``truncate`` (``floor(x·255)``).
+        kv_source: where injected K/V come from: ``inversion`` (the bank recorded by the DDIM inversion) or
+            ``reconstruction`` (a source branch sampled from the inverted latent beside the edit, text-only, one
+            extra UNet forward per sampling step; MasaCtrl as DragDiffusion runs it, ``drag_pipeline.py:525-543``,
+            ``utils/attn_utils.py:92-96``).
         profile: the profile label: ``official``, ``dragsdk`` or ``official+<improvements>``.
         options: every option of the mode's table as ``name=value``, sorted by name (the report's one format).
     """
@@ -77,6 +81,7 @@ class Fidelity:
     outside_reset: Literal["after", "before"] = "after"
     vae_latent: Literal["mean", "sample"] = "mean"
     to_uint8: Literal["round", "truncate"] = "round"
+    kv_source: Literal["inversion", "reconstruction"] = "inversion"
     profile: str = ""
     options: tuple[str, ...] = ()
 

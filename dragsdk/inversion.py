@@ -156,7 +156,7 @@ class Inversion:
         latents: ``n + 1`` entries. ``latents[i]`` ``(B_bank, 4, h, w)`` is the inverted latent at ``timesteps[i]``,
             the latent sampling step ``i`` starts from; ``latents[n]`` is the encoded image ``z_0`` (VAE latent ×
             the VAE's scaling factor). None for the steps an inversion skips: those below the plan's
-            ``start_step`` in a Cycle-SDE inversion (region-drag).
+            ``start_step`` (region-drag's Cycle-SDE inversion, dragdiffusion's partial DDIM inversion).
         guidance_features: ``{i: (F_1, F_2, …)}``, the decoder features (one ``(B_bank, C_l, h_l, w_l)`` per feature
             block) the energies of sampling step ``i`` compare against; empty for a mode without energy guidance
             (an ``Editor(official_cost=True)`` recomputes them from ``latents`` and ``feature_cond`` instead).

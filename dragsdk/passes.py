@@ -45,16 +45,22 @@ class Pass:
         return self.index + 1 == self.passes
 
     def unet_evaluations(
-        self, regions: int, probe_energy_after: bool, recompute_guidance: bool
+        self, regions: int, probe_energy_after: bool, recompute_guidance: bool, source_branch: bool = False
     ) -> tuple[int, int, int]:
         """``(forward, forward_grad, backward)`` this pass costs, as :class:`~dragsdk.sampler.GuidedSampler` runs it:
         one ε forward; guided, one graph forward, ``regions`` backwards, one forward per energy probe and per
-        recomputed guidance step; one roll-back forward unless it is the last pass."""
-        fwd, fwd_grad, bwd = 1 + int(not self.last), 0, 0
+        recomputed guidance step; one roll-back forward unless it is the last pass; with a ``source_branch``
+        (``fidelity.kv_source="reconstruction"``) one source forward on the step's first pass."""
+        fwd, fwd_grad, bwd = 1 + int(not self.last) + int(source_branch and self.first), 0, 0
         if self.guided:
             fwd_grad, bwd = 1, regions
             fwd += int(probe_energy_after) + int(recompute_guidance and not self.own_guidance)
         return fwd, fwd_grad, bwd
+
+
+def source_branch(plan: EditPlan) -> bool:
+    """The sampler runs a source branch beside the edit (K/V from ``reconstruction``, with a K/V plan)."""
+    return plan.kv is not None and plan.fidelity.kv_source == "reconstruction"
 
 
 def guided_steps(plan: EditPlan) -> set[int]:

@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from .attention import AttentionController
+from .attention import AttentionController, KVBank
 from .features import FeatureTap
 from .inversion import DDIMSchedule, Trajectory, UNetCounter, ddim_inversion_step, ddim_step
-from .passes import Pass, sampling_passes
+from .passes import Pass, sampling_passes, source_branch
 from .plan import EditPlan
 from .spec import ENERGY_UNIT
 from .trace import TracePass
@@ -245,12 +245,15 @@ class GuidedSampler:
         eta_map = self._eta_map(plan, z)
         out = SamplerOutput(z)
         noise = None
+        bank, z_src = self.controller.bank, trajectory.latents[plan.start_step][:1]
         for ps in sampling_passes(plan, len(schedule)):
             i, t = ps.step, schedule.timesteps[ps.step]
             if ps.first:
                 self.controller.step = i
                 noise = self._noise(plan, trajectory, i, z, eta_map, generator)
                 z = self._before_step(plan, trajectory, i, t, z, keep)
+                if source_branch(plan):
+                    z_src = self._source_step(z_src, i, t, schedule, cond_text)
             z_prev = self._pass(
                 ps,
                 plan,
@@ -286,7 +289,23 @@ class GuidedSampler:
             if on_step:
                 on_step(i, t, z)
         out.latent = z
+        self.controller.bank = bank
         return out
+
+    def _source_step(
+        self, z_src: torch.Tensor, i: int, t: int, schedule: DDIMSchedule, cond_text: torch.Tensor
+    ) -> torch.Tensor:
+        """Step ``i`` of the source branch (``fidelity.kv_source="reconstruction"``): its K/V recorded into a fresh
+        bank that the edit's injection reads at this step, then its DDIM update (text only, as DragDiffusion's
+        source row at guidance 1, ``drag_pipeline.py:525-543``). Returns the source latent after the step."""
+        ctl = self.controller
+        ctl.bank, ctl.mode, ctl.record_steps = KVBank(), "record", None
+        try:
+            eps = self.unet(z_src, t, encoder_hidden_states=cond_text, return_dict=False)[0]
+        finally:
+            ctl.mode = "plain"
+        self.counter.forward += 1
+        return ddim_step(z_src, eps, schedule.alpha(i), schedule.alpha_prev(i))
 
     @staticmethod
     def _start_latent(

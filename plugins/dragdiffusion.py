@@ -19,8 +19,9 @@ The skeleton the official code runs on DragBench (Yujun-Shi/DragDiffusion, Apach
    step after the first, :func:`point_tracking` (r_p = 3, ``:102``; ``drag_utils.py:120-121``); stop when every
    handle is within 2 feature cells of its target (``drag_utils.py:47-51,125-126``);
 4. sampling with mutual self-attention (MasaCtrl ``replace``): the edited branch's self-attention reads the
-   source's keys and values from step 0 of the sampled steps and self-attention layer 10 on, in forward order
-   (``run_drag_diffusion.py:163-166,276-277``; ``utils/attn_utils.py:60-61,71,92-96``); guidance 1
+   keys and values of a source branch sampled from the inverted latent beside it (``kv_source="reconstruction"``,
+   ``drag_pipeline.py:525-543``) from step 0 of the sampled steps and self-attention layer 10 on, in forward
+   order (``run_drag_diffusion.py:163-166,276-277``; ``utils/attn_utils.py:60-61,71,92-96``); guidance 1
    (``:97``); the output resized to the input's size (``:184``).
 
 Bugs of the official code fixed in every profile (``docs/modes/dragdiffusion.md``): a handle whose shifted patch
@@ -72,6 +73,13 @@ class DragDiffusionOptions:
         "area",
         "the mask rasterised to the latent grid by >= 50 % area coverage instead of nearest sampling",
         improvement="area-masks",
+    )
+    kv_source: Literal["reconstruction", "inversion"] = option(
+        "reconstruction",
+        "inversion",
+        "mutual self-attention reads the K/V recorded by the inversion instead of a source branch sampled beside "
+        "the edit (one UNet forward fewer per sampled step)",
+        improvement="inversion-kv",
     )
     to_uint8: Literal["truncate", "round"] = option(
         "truncate",

@@ -220,9 +220,9 @@ def test_the_edit_reports_optimise_progress_and_its_dry_run_cost_equals_the_unet
     finally:
         hook.remove()
     rep = result.report
-    assert (
-        rep.unet_evaluations == dry.cost.to_dict() == {"forward": 4 + 1 + 4, "forward_grad": 3, "backward": 3}
-    )
+    # inversion 4, the stage's initial forward 1, sampling 4 and the source branch 4
+    expected = {"forward": 4 + 1 + 4 + 4, "forward_grad": 3, "backward": 3}
+    assert rep.unet_evaluations == dry.cost.to_dict() == expected
     assert len(calls) == rep.unet_evaluations["forward"] + rep.unet_evaluations["forward_grad"]
     opt = [e for e in events if e.phase == "optimise"]
     assert [(e.step, e.total) for e in opt] == [(1, 3), (2, 3), (3, 3)]
@@ -257,8 +257,25 @@ def test_dragdiffusion_plans_the_official_defaults(editor):
     plan = dry.plan
     assert dry.steps == 50 and plan.start_step == 15 and (plan.kv.start, plan.kv.end) == (15, 50)
     assert plan.optimise.max_steps == 80 and plan.optimise.lr == 0.01 and plan.optimise.feature_blocks == (2,)
-    assert dry.cost.inversion_forward == 35 and dry.cost.forward == 35 + 1 + 35
+    assert dry.cost.inversion_forward == 35 and dry.cost.forward == 35 + 1 + 2 * 35  # + the source branch
+    assert plan.fidelity.kv_source == "reconstruction"
     assert editor.resolve_spec(_spec()).sampler.guidance_scale == 1.0
+
+
+def test_the_inversion_kv_improvement_drops_the_source_branch_forwards(editor):
+    official = editor.plan(IMAGE, _spec())
+    cheaper = editor.plan(IMAGE, _spec(profile=["inversion-kv"]))
+    assert cheaper.plan.fidelity.kv_source == "inversion"
+    assert cheaper.plan.fidelity.profile == "official+inversion-kv"
+    assert official.cost.forward - cheaper.cost.forward == SMALL["steps"] - official.plan.start_step
+
+
+@pytest.mark.slow
+def test_the_source_branch_changes_the_edit_and_is_counted(editor):
+    a = editor.edit(IMAGE, _spec(n_pix_step=1))
+    b = editor.edit(IMAGE, _spec(n_pix_step=1, profile=["inversion-kv"]))
+    assert a.report.unet_evaluations["forward"] - b.report.unet_evaluations["forward"] == 4
+    assert not torch.allclose(a.latent, b.latent)
 
 
 @pytest.mark.parametrize(
@@ -325,3 +342,29 @@ def test_the_pull_example_optimises_until_its_tracker_stops_it(tiny_model, pull_
     assert rep.unet_evaluations["backward"] == steps  # tolerance 1: done at once, before any Adam step
     assert len(rep.optimisation) == (4 if steps else 1) and "distance" in rep.optimisation[0]
     assert result.image.size == Image.open(IMAGE).size
+
+
+# -- the parity script ----------------------------------------------------------------------------------------------
+def _parity_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "parity_dd", ROOT / "benchmarks" / "parity" / "dragdiffusion.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_parity_script_skips_with_a_reason_without_an_official_checkout(tmp_path, capsys):
+    assert _parity_module().main(["--official", str(tmp_path), "--out", str(tmp_path / "r.json")]) == 0
+    assert "skipped: no official DragDiffusion checkout" in capsys.readouterr().out
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_the_parity_scripts_einops_shim_splits_and_merges_heads():
+    rearrange = _parity_module()._einops_shim().rearrange
+    x = torch.arange(2 * 3 * 8.0).reshape(2, 3, 8)
+    heads = rearrange(x, "b n (h d) -> b h n d", h=4)
+    assert heads.shape == (2, 4, 3, 2) and torch.equal(heads[1, 2, 0], x[1, 0, 4:6])
+    assert torch.equal(rearrange(heads, "b h n d -> b n (h d)"), x)
