@@ -300,10 +300,9 @@ class DragDiffusionMode(EditMode[DragDiffusionSpec]):
     ui = ModeUI(
         help="Click a **handle**, then its **target**; repeat for more pairs. Brush the editable region (optional: "
         "without one nothing holds the rest of the image).",
-        order=15,
+        order=70,
         points="points",
         mask=MaskUI(name="editable region", label="Editable region (optional): brush it"),
-        fields=("inversion_strength", "n_pix_step", "latent_lr", "lam"),
     )
 
     def plan(self, spec: DragDiffusionSpec, ctx: PlanContext) -> EditPlan:
