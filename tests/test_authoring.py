@@ -90,7 +90,17 @@ SETTINGS = {
     "time_travel": {"start": 0.2, "end": 0.6, "repeats": 2},
     "steps": 12,
 }
-MODES = ["drag", "move", "resize", "appearance", "paste", "region-drag", "dragdiffusion", "copy-rect", "rotate"]
+MODES = [
+    "drag",
+    "move",
+    "resize",
+    "appearance",
+    "paste",
+    "region-drag",
+    "dragdiffusion",
+    "copy-rect",
+    "rotate",
+]
 
 
 @pytest.mark.parametrize("mode", MODES)
