@@ -34,7 +34,7 @@ from .inversion import DDIMSchedule, Inversion, Trajectory, UNetCounter, guidanc
 from .io import check_outputs, load_image, size_note
 from .keys import InversionKey, inversion_key, recorded_steps
 from .models import ModelBundle, random_weights_warning
-from .modes import PlanContext, build_plan
+from .modes import PlanContext, build_plan, working_canvas
 from .passes import inversion_steps
 from .plan import EditPlan
 from .progress import StepHook, StepReporter
@@ -124,8 +124,11 @@ class EditRun:
         editor, spec = self.editor, self.spec
         img = self.img = load_image(self.image_in)
         s = spec.sampler
-        resolution = s.resolution if "resolution" in s.model_fields_set else self.model.default_resolution
-        self.canvas = Canvas.fit(img.size, resolution)
+        canvas = working_canvas(
+            editor.registry.modes[spec.mode], spec, img.size, self.model.family, self.model.default_resolution
+        )
+        assert canvas is not None  # the loaded model always has a default resolution
+        self.canvas = canvas
 
         def no_proposal(xy: tuple[float, float]) -> np.ndarray:
             raise SpecError(

@@ -222,7 +222,10 @@ class SamplerSettings(SpecModel):
         Field(42, ge=0, le=SEED_MAX, description="seed of every random draw of the edit")
     )
     resolution: Annotated[int, inverts("working_size")] = Field(
-        768, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64"
+        768,
+        ge=64,
+        le=2048,
+        description="when given: working area ≈ resolution² pixels, sides multiples of 64; when not: the mode's working size, else the model family's default (768 on SD 1.x)",
     )
     schedule: Annotated[GuidanceSchedule, inverts("feature_steps: plan.guided_steps")] = Field(
         default_factory=GuidanceSchedule

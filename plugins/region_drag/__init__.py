@@ -148,7 +148,10 @@ class RegionDragSampler(SamplerSettings):
         description="fixed at 1: no classifier-free guidance (the recorded noise assumes it)",
     )
     resolution: int = Field(
-        512, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64"
+        512,
+        ge=64,
+        le=2048,
+        description="when given: working area ≈ resolution² pixels, sides multiples of 64; when not: the mode's working size, else the model family's default (768 on SD 1.x)",
     )
     kv_start: float = Field(
         0.0,
@@ -202,6 +205,12 @@ class RegionDragOptions:
     )
     to_uint8: Literal["truncate", "round"] = option(
         "truncate", "round", "the decoded image is rounded to 8 bits, not truncated"
+    )
+    working_size: Literal["image", "model"] = option(
+        "image",
+        "model",
+        "without sampler.resolution, SD 1.x edits at the model's default resolution (area ≈ 768², sides multiples "
+        "of 64), not the image's own size",
     )
 
 
@@ -346,6 +355,11 @@ class RegionDragSpec(EditSpec):
     )
     to_uint8: Literal["truncate", "round"] | None = Field(
         None, description="decoded image to 8 bits: truncate (astype) or round. dragsdk: round"
+    )
+    working_size: Literal["image", "model"] | None = Field(
+        None,
+        description="without sampler.resolution on SD 1.x: the image's own size, sides floored to multiples of 8 "
+        "(official), or the model's default resolution. dragsdk: model",
     )
     sampler: RegionDragSampler = Field(default_factory=RegionDragSampler)
 
@@ -515,6 +529,18 @@ class RegionDragMode(EditMode[RegionDragSpec]):
         polygons="polygons",
         mask=MaskUI(name="editable region", label="Editable region (optional)"),
     )
+
+    def working_size(
+        self, spec: RegionDragSpec, image_size: tuple[int, int], family: str
+    ) -> tuple[int, int] | None:
+        """The official working size on SD 1.x: the image's own size, each side floored to a multiple of 8 pixels
+        (one latent cell; at least 8). The official evaluation encodes the image as it is (``run_eval.py`` →
+        ``drag.py:198`` ``get_img_latent(ori_image, vae)`` with no ``size``, ``cycle_sde.py:61``) and the UI fits
+        its long side to 512 for v1-5 with sides ``int(side / 8) · 8`` (``ui.py:10``, ``ui_utils.py:27-32``).
+        Other families, and ``working_size: model``: None, the model's default resolution."""
+        if spec.options().working_size != "image" or family != "sd1":
+            return None
+        return max(8, int(image_size[0]) // 8 * 8), max(8, int(image_size[1]) // 8 * 8)
 
     # -- inputs → one map -------------------------------------------------------------------------------------
     def source_map(
