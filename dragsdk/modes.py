@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -321,8 +321,9 @@ class EditMode(ABC, Generic[SpecT]):
         """
 
     def describe(self) -> dict[str, object]:
-        """The mode for ``dragsdk modes --json``: name, description, spec schema, unsupported settings and its fidelity
-        profile table (each option's official and ``dragsdk`` value, improvement name and help; empty without one)."""
+        """The mode for ``dragsdk modes --json``: name, description, spec schema, unsupported settings, its fidelity
+        profile table (each option's official and ``dragsdk`` value, improvement name and help; empty without one)
+        and its browser-editor description (:class:`ModeUI` as a dict; None: derived from the schema)."""
         rows = self.profiles.rows() if self.profiles is not None else []
         profiles = [
             {"option": o, "improvement": i, "official": a, "dragsdk": b, "help": h} for o, i, a, b, h in rows
@@ -333,6 +334,7 @@ class EditMode(ABC, Generic[SpecT]):
             "schema": self.spec_model.model_json_schema(),
             "unsupported_settings": sorted(self.unsupported_settings),
             "profiles": profiles,
+            "ui": asdict(self.ui) if self.ui is not None else None,
         }
 
     def working_size(self, spec: SpecT, image_size: tuple[int, int], family: str) -> tuple[int, int] | None:
