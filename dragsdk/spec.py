@@ -299,7 +299,8 @@ class DiffEditorOptions:
     mask_resampling: Literal["nearest", "area"] = option(
         "nearest",
         "area",
-        "masks rasterised by >= 50 % area coverage instead of nearest (top-left pixel) sampling",
+        "masks rasterised by >= 50 % area coverage instead of nearest (top-left pixel) sampling (the composite "
+        "K/V key masks of appearance / paste too)",
         improvement="area-masks",
     )
     rollback_at: Literal["prev", "t"] = option(
@@ -320,6 +321,14 @@ class ReferenceOptions(DiffEditorOptions):
         "the reference image's features computed with its own prompt (the one it is inverted "
         "with) instead of the base prompt the official code uses for both rows",
         improvement="own-reference-prompt",
+    )
+    text_context: Literal["text+image", "text"] = option(
+        "text+image",
+        "text",
+        "the text cross-attention sees the prompt's 77 tokens only, instead of the official context that also "
+        "holds the base image's 64 image-prompt tokens (zeros without an IP-Adapter), left in it because the "
+        "official IP-Adapter processor splits off only the last 64 of the 2x64 appended",
+        improvement="text-only-context",
     )
 
 

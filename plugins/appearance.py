@@ -111,7 +111,9 @@ class AppearanceMode(EditMode[AppearanceSpec]):
         n = ctx.steps
         guided = spec.sampler.schedule.steps(n)
         kv = KVInjection(
-            "composite", banks=(0, 1), token_masks=(token_mask(base_l, invert=True), token_mask(ref_l))
+            "composite",
+            banks=(0, 1),
+            token_masks=(token_mask(base_l, invert=True, method=method), token_mask(ref_l, method=method)),
         )
         return EditPlan(
             edit_mask=base_l,

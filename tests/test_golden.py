@@ -45,7 +45,12 @@ def golden():
     if RECORD:
         kept = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
         slices = dict(kept.get("slices", {})) if kept.get("sampler") == SAMPLER else {}
-        data = {"sampler": SAMPLER, "image": IMAGE.relative_to(ROOT).as_posix(), "atol": ATOL, "slices": slices}
+        data = {
+            "sampler": SAMPLER,
+            "image": IMAGE.relative_to(ROOT).as_posix(),
+            "atol": ATOL,
+            "slices": slices,
+        }
         yield data
         GOLDEN.write_text(json.dumps(data, indent=1) + "\n")
     else:
