@@ -335,7 +335,7 @@ class ReferenceOptions(DiffEditorOptions):
 DIFFEDITOR_PROFILES = ProfileTable(DiffEditorOptions)
 """The profile table shared by every DragonDiffusion / DiffEditor mode."""
 REFERENCE_PROFILES = ProfileTable(ReferenceOptions)
-"""The profile table of the modes with a reference image (appearance)."""
+"""The profile table of the modes with a reference image (appearance; paste extends its options)."""
 
 DIFFEDITOR_IMPROVEMENTS = DIFFEDITOR_PROFILES.improvements
 """Improvement name → help of every DragonDiffusion / DiffEditor mode (derived from :class:`DiffEditorOptions`)."""
