@@ -187,3 +187,17 @@ def test_drag_and_move_keep_the_text_only_context(tiny_model):
         plan = editor.plan(IMAGE, builtin_specs(SAMPLER)[mode]).plan
         assert plan.fidelity.text_context == "text"
         assert not any(o.startswith("text_context=") for o in plan.fidelity.options)
+
+
+def test_image_tokens_go_after_the_text_and_before_an_sdxl_pooled_row():
+    from dragsdk.image_prompt import append_context_tokens
+
+    cond = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
+    tokens = -torch.ones(2, 4, 3)
+    plain = append_context_tokens(cond, tokens)
+    assert plain.shape == (2, 9, 3) and torch.equal(plain[:, :5], cond) and torch.equal(plain[:, 5:], tokens)
+    sdxl = append_context_tokens(cond, tokens, pooled_row=True)
+    assert torch.equal(sdxl[:, :4], cond[:, :4]) and torch.equal(sdxl[:, 4:8], tokens)
+    assert torch.equal(sdxl[:, -1], cond[:, -1])  # the pooled row stays last, where the UNet wrapper reads it
+    with pytest.raises(ValueError, match="do not fit the text context"):
+        append_context_tokens(cond, torch.zeros(2, 4, 7))
