@@ -62,6 +62,12 @@ class Fidelity:
             or ``t`` (as the inversion).
         reference_prompt: prompt of the reference images' feature forwards: ``base`` (official appearance / paste,
             ``Sampler.py:371-383``) or ``own``.
+        text_context: context of the sampling UNet calls' text cross-attention (CFG ε and time-travel roll-back):
+            ``text`` = the prompt's tokens ``(B, 77, D)``; ``text+image`` = those plus the base image's image-prompt
+            tokens ``(B, 77 + T, D)`` appended (official appearance / paste: ``model.py:154, 355`` concatenate base
+            and reference tokens, ``Sampler.py:48-52, 141`` append them to the context, and ``IPAttnProcessor``
+            splits off only the last 64, ``attention_processor.py:190-194``; zeros ``T = 64`` without an adapter,
+            :func:`dragsdk.image_prompt.context_image_tokens`). Feature forwards stay text-only in both.
         outside_reset: outside the edit mask the latent is reset to the inversion ``before`` each step (official
             RegionDrag) or ``after`` each step.
         vae_latent: ``z_0`` is the posterior ``mean`` or one posterior ``sample`` from the edit's seed.
@@ -74,6 +80,7 @@ class Fidelity:
     step0_guidance: Literal["inversion", "init"] = "inversion"
     rollback_at: Literal["prev", "t"] = "t"
     reference_prompt: Literal["base", "own"] = "own"
+    text_context: Literal["text", "text+image"] = "text"
     outside_reset: Literal["after", "before"] = "after"
     vae_latent: Literal["mean", "sample"] = "mean"
     to_uint8: Literal["round", "truncate"] = "round"

@@ -29,7 +29,7 @@ from .dryrun import DryRun, estimate_cost
 from .errors import ArgumentTypeError, NonFiniteError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
-from .image_prompt import ImagePromptPlan, host_adapter_detached
+from .image_prompt import ImagePromptPlan, append_context_tokens, context_image_tokens, host_adapter_detached
 from .inversion import DDIMSchedule, Inversion, Trajectory, UNetCounter, guidance_features, invert
 from .io import check_outputs, load_image, size_note
 from .keys import InversionKey, inversion_key, recorded_steps
@@ -430,17 +430,30 @@ class EditRun:
                 o.callback(i, t, z)
             self.report_step("sample", i, t, z)
 
+        cond_cfg = torch.cat([uncond, self.cond_text])
+        if self.plan.fidelity.text_context == "text+image":
+            cond_cfg = self._with_image_tokens(cond_cfg)
         self.out: SamplerOutput = sampler.run(
             self.traj,
             self.plan,
-            torch.cat([uncond, self.cond_text]),
+            cond_cfg,
             self.cond_text,
             s.guidance_scale,
             generator,
             on_step,
             trace=o.trace is not None,
+            cond_sample=cond_cfg[1:],
         )
         self.phases["sample"] = time.perf_counter() - t0
+
+    def _with_image_tokens(self, cond_cfg: torch.Tensor) -> torch.Tensor:
+        """``cond_cfg`` ``(2, 77, D)`` with the base image's image-prompt tokens appended per row: ``(2, 77 + T, D)``,
+        the official appearance / paste sampling context (:func:`dragsdk.image_prompt.context_image_tokens`: the
+        adapter's tokens of the base image when one is loaded, else ``T`` = 64 zeros)."""
+        tokens = context_image_tokens(
+            self.adapter, self.img, cond_cfg.shape[-1], cond_cfg.device, cond_cfg.dtype, self.counter
+        )
+        return append_context_tokens(cond_cfg, tokens, pooled_row=self.model.adapter.family == "sdxl")
 
     # -- 6. decode ------------------------------------------------------------------------------------------------
     def decode(self) -> None:
