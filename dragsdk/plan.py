@@ -151,19 +151,16 @@ class HandleNoise:
         a = float(self.alpha)
         keep = (1 - a * a) ** 0.5 if a < 1 else 0.0  # official: img_scale 0 at α ≥ 1
         if self.draw_rows is not None and self.draw_cols is not None:
-            r, c = self.draw_rows.long(), self.draw_cols.long()
-            eps = torch.randn((z.shape[1], r.numel()), generator=generator, device=device, dtype=z.dtype).to(
-                z
+            h, w = z.shape[-2:]
+            lin = self.draw_rows.long() * w + self.draw_cols.long()
+            n = lin.numel()
+            eps = torch.randn((z.shape[1], n), generator=generator, device=device, dtype=z.dtype).to(z)
+            last = torch.full((h * w,), -1, dtype=torch.long).scatter_reduce(
+                0, lin, torch.arange(n), reduce="amax"
             )
-            w = z.shape[-1]
-            lin = r * w + c
-            last = torch.full((z.shape[-2] * w,), -1, dtype=torch.long).scatter_reduce(
-                0, lin, torch.arange(lin.numel()), reduce="amax"
-            )
-            k = last[last >= 0]
-            cells = torch.nonzero(last >= 0).flatten()
+            cells = torch.nonzero(last >= 0).flatten()  # each cell named, with the last column naming it
             r, c = cells // w, cells % w
-            out[0, :, r, c] = z[0, :, r, c] * keep + eps[:, k.to(eps.device)] * a
+            out[0, :, r, c] = z[0, :, r, c] * keep + eps[:, last[cells].to(eps.device)] * a
             return out
         eps = torch.randn(z.shape, generator=generator, device=device).to(z)
         r, c = self.rows, self.cols

@@ -58,9 +58,15 @@ def _official_levels(scheduler, steps: int, n_inv: int) -> list[tuple[float, flo
     return [(float(ac[int(t)]), float(ac[int(t) + delta])) for t in dpm.timesteps[steps - n_inv :].flip(0)]
 
 
-def test_rng_official_inversion_noise_is_the_official_global_stream_after_the_vae_sample(editor, one_thread):
+@pytest.mark.parametrize("vae_latent", ["sample", "mean"])
+def test_rng_official_inversion_noise_is_the_official_global_stream_after_the_vae_sample(
+    editor, one_thread, vae_latent
+):
+    """With ``vae_latent="mean"`` the posterior draw is still taken (and dropped): the forward noise stays official."""
     seed, n = 1234, 20
-    inv = editor.invert(_car(), _spec("official", seed))
+    before = torch.get_rng_state()
+    inv = editor.invert(_car(), _spec("official", seed, vae_latent=vae_latent))
+    assert torch.equal(torch.get_rng_state(), before)  # the process's global stream is never drawn from
     z = inv.latents
     n_inv = sum(x is not None for x in z) - 1
     levels = _official_levels(editor.model.scheduler, n, n_inv)
