@@ -72,6 +72,12 @@ class Fidelity:
             RegionDrag) or ``after`` each step.
         vae_latent: ``z_0`` is the posterior ``mean`` or one posterior ``sample`` from the edit's seed.
         to_uint8: decoded image to 8 bits by ``round`` or ``truncate`` (``floor(x·255)``).
+        rng: the random streams of the edit: ``dragsdk`` = independent streams (the inversion's salted generator,
+            :func:`~dragsdk.cycle_sde.inversion_generator`, and the sampler's own, both seeded from
+            ``sampler.seed``); ``official`` = one generator seeded as ``torch.manual_seed(seed)`` seeds the official
+            code's global stream, on the model's device, drawn in the official order: the VAE posterior sample
+            (drawn and discarded when ``vae_latent`` is ``mean``), the inversion's forward noise step by step, then
+            the handle noise in the plan's official point order (:class:`~dragsdk.plan.HandleNoise` ``draw_rows``).
         profile: the profile label: ``official``, ``dragsdk`` or ``official+<improvements>``.
         options: every option of the mode's table as ``name=value``, sorted by name (the report's one format).
     """
@@ -84,6 +90,7 @@ class Fidelity:
     outside_reset: Literal["after", "before"] = "after"
     vae_latent: Literal["mean", "sample"] = "mean"
     to_uint8: Literal["round", "truncate"] = "round"
+    rng: Literal["dragsdk", "official"] = "dragsdk"
     profile: str = ""
     options: tuple[str, ...] = ()
 

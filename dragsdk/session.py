@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .attention import AttentionController, KVBank, install
 from .concurrency import model_lock
+from .cycle_sde import official_generator
 from .dryrun import DryRun, estimate_cost
 from .errors import ArgumentTypeError, NonFiniteError, SpecError
 from .features import FeatureTap
@@ -84,6 +85,7 @@ class EditRun:
         self.adapter: Any = None
         self.cached: Trajectory | None = None
         self.reused = False
+        self.rng: torch.Generator | None = None
 
     # -- 1. check_inputs ------------------------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -271,14 +273,22 @@ class EditRun:
                     f"references[{k}]", f"is {r.size}, must be the base image's size {self.img.size}"
                 )
         images = torch.cat([x, *(self.editor._preprocess(r, self.canvas) for r in refs)])
+        seed = self.spec.sampler.seed
+        # rng official: the edit's one stream, seeded as the official set_seed seeds the global one (cycle_sde.py)
+        official = self.plan.fidelity.rng == "official"
+        self.rng = official_generator(seed, self.model.device) if official else None
         if (
             self.plan.fidelity.vae_latent == "sample"
         ):  # one posterior sample (official RegionDrag, cycle_sde.py:63), seeded
-            z0 = _sample_latent(self.model, images, self.spec.sampler.seed)
+            generator = self.rng if self.rng is not None else torch.Generator("cpu").manual_seed(int(seed))
+            z0 = _sample_latent(self.model, images, generator)
         else:
             z0 = self.backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
         if z0 is None:
             z0 = self.model.encode_image(images)
+        if self.rng is not None and self.plan.fidelity.vae_latent == "mean":
+            # the official code draws its posterior sample first whatever we keep: the stream skips that draw
+            torch.randn(z0.shape, generator=self.rng, device=self.rng.device, dtype=self.model.vae.dtype)
         _check_finite(z0, "encoding", None, None)
         self.z0 = z0
         self.phases["encode"] = time.perf_counter() - t0
@@ -307,6 +317,8 @@ class EditRun:
         self.reused = self.cached is not None
         if self.cached is not None:
             self.traj = self.cached
+            if self.rng is not None and self.traj.rng_state is not None:
+                self.rng.set_state(self.traj.rng_state)
             self.bar.update(s.steps - plan.start_step)
             self.report_step(
                 "invert",
@@ -333,6 +345,7 @@ class EditRun:
                 self.key,
                 noises=noises,
                 feature_cond=None if feature_cond is cond_bank else feature_cond,
+                rng_state=self.rng.get_state() if self.rng is not None else None,
             )
         self.controller.bank = self.traj.bank
         self.phases["invert"] = time.perf_counter() - t0
@@ -350,6 +363,11 @@ class EditRun:
         """Stochastic inversion recording the reverse noise (no features; :mod:`dragsdk.cycle_sde`)."""
         from .cycle_sde import cycle_sde_invert, inversion_generator
 
+        if self.rng is not None:  # official: the edit's one stream, in the latent's dtype (randn_like)
+            generator, noise_dtype = self.rng, self.z0.dtype
+        else:
+            generator, noise_dtype = inversion_generator(self.spec.sampler.seed), torch.float32
+
         kv_steps, _ = recorded_steps(self.plan)
         ip = self.controller.image_prompt
         if self.ip_plan is not None and self.ip_plan.inversion:
@@ -365,8 +383,9 @@ class EditRun:
                 self.controller,
                 kv_steps,
                 self.counter,
-                inversion_generator(self.spec.sampler.seed),
+                generator,
                 on_step=self._on_invert_step(schedule),
+                noise_dtype=noise_dtype,
             )
         finally:
             if ip is not None:
@@ -421,7 +440,7 @@ class EditRun:
             editor.probe_energy_after,
             editor.official_cost,
         )
-        generator = torch.Generator("cpu").manual_seed(s.seed)
+        generator = self.rng if self.rng is not None else torch.Generator("cpu").manual_seed(s.seed)
 
         def on_step(i: int, t: int, z: torch.Tensor) -> None:
             _check_finite(z, "sampling", i, t)
@@ -541,6 +560,7 @@ class EditRun:
             "backend": self.backend.name,
             "steps": s.steps,
             "seed": s.seed,
+            "rng": plan.fidelity.rng,
             "working_size": list(self.canvas.size),
             "rollback_timesteps": self.out.rollback_timesteps,
         }
@@ -634,12 +654,12 @@ def _check_finite(x: torch.Tensor, phase: str, step: int | None, timestep: int |
         raise NonFiniteError(phase, step, timestep)
 
 
-def _sample_latent(model: ModelBundle, images: torch.Tensor, seed: int) -> torch.Tensor:
-    """``(B, 4, h, w)`` latent: one sample of the VAE posterior × scaling factor, drawn from a CPU generator seeded
-    with ``seed`` (the official RegionDrag ``latent_dist.sample()``, ``cycle_sde.py:63``, on its global RNG)."""
+def _sample_latent(model: ModelBundle, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``(B, 4, h, w)`` latent: one sample of the VAE posterior × scaling factor, drawn from ``generator`` (the
+    official RegionDrag ``latent_dist.sample()``, ``cycle_sde.py:63``, on its global RNG)."""
     with torch.no_grad():
         post = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
-        z = post.sample(generator=torch.Generator("cpu").manual_seed(int(seed)))
+        z = post.sample(generator=generator)
     return (z * model.vae.config.scaling_factor).to(model.dtype)
 
 
