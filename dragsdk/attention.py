@@ -316,13 +316,34 @@ def install(unet: Any, controller: AttentionController) -> dict[str, Any]:
     return previous
 
 
-def token_mask(latent_mask: torch.Tensor, invert: bool = False) -> Callable[[int, int], torch.Tensor]:
-    """A composite-K/V key mask for any layer: the latent mask ``(h, w)`` area-resampled to the layer's token grid
-    (cells at least half covered), flattened in token order; ``invert`` takes the complement."""
+def token_mask(
+    latent_mask: torch.Tensor, invert: bool = False, method: Literal["area", "nearest"] = "area"
+) -> Callable[[int, int], torch.Tensor]:
+    """A composite-K/V key mask for any layer: the latent mask ``(h, w)`` resampled to the layer's token grid,
+    flattened in token order (row-major); ``invert`` takes the complement.
+
+    Args:
+        latent_mask: ``(h, w)`` bool mask on the latent grid (working size / 8).
+        invert: keys outside the mask instead of inside.
+        method: ``area`` = a token cell is inside when at least half of it is covered (``adaptive_avg_pool2d``);
+            ``nearest`` = ``F.interpolate(mask, (h', w'), mode="nearest") > 0.5``, the official composite masks
+            (``src/unet/attention_processor.py:84-92``, the masks sampled at each layer's token grid).
+
+    Returns:
+        ``fn(h', w') -> (h'·w',)`` bool tensor for a layer whose token grid is ``(h', w')``.
+
+    Raises:
+        ValueError: ``method`` is neither ``area`` nor ``nearest``.
+    """
+    if method not in ("area", "nearest"):
+        raise ValueError(f"token_mask: method must be 'area' or 'nearest', got {method!r}")
     m = latent_mask.float()[None, None]
 
     def fn(h: int, w: int) -> torch.Tensor:
-        t = F.adaptive_avg_pool2d(m, (h, w))[0, 0] >= 0.5
+        if method == "nearest":
+            t = F.interpolate(m, (h, w), mode="nearest")[0, 0] > 0.5
+        else:
+            t = F.adaptive_avg_pool2d(m, (h, w))[0, 0] >= 0.5
         return (~t if invert else t).flatten()
 
     return fn

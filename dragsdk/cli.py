@@ -130,12 +130,11 @@ def _user_errors() -> Iterator[None]:
 def _plan_before_loading(spec_obj: dict[str, Any], image: Any, model_name: str) -> None:
     """Validate and plan the edit before the model loads, so a spec this image cannot take (a patch larger than
     the grid, an object scaled below one cell, too few steps) fails in a second, not after loading. Needs the
-    working size: the spec's resolution, else the model's default read without loading it
-    (:func:`dragsdk.models.peek_default_resolution`); skipped when neither is known, or when a mask is to be
+    working size (:func:`dragsdk.modes.working_canvas`): the spec's resolution, else the mode's own rule or the
+    model's default, read without loading it (:func:`dragsdk.models.peek_layout`); skipped when neither is known, or when a mask is to be
     proposed by the model (the edit then plans after loading, with the same errors)."""
-    from .geometry import Canvas
-    from .models import peek_default_resolution
-    from .modes import PlanContext, build_plan
+    from .models import peek_layout
+    from .modes import PlanContext, build_plan, working_canvas
     from .specfile import spec_from_json
 
     registry = _registry()
@@ -143,8 +142,9 @@ def _plan_before_loading(spec_obj: dict[str, Any], image: Any, model_name: str) 
     if spec.mode not in registry.modes:
         return  # the edit names the unknown mode with the installed ones
     s = spec.sampler
-    resolution = s.resolution if "resolution" in s.model_fields_set else peek_default_resolution(model_name)
-    if resolution is None:
+    family, resolution = peek_layout(model_name) or (None, None)
+    canvas = working_canvas(registry.modes[spec.mode], spec, image.size, family, resolution)
+    if canvas is None:
         return
 
     class _NeedsModel(Exception):
@@ -157,7 +157,7 @@ def _plan_before_loading(spec_obj: dict[str, Any], image: Any, model_name: str) 
         build_plan(
             registry.modes[spec.mode],
             spec,
-            PlanContext(Canvas.fit(image.size, resolution), image, s.steps, suggest_mask=needs_model),
+            PlanContext(canvas, image, s.steps, suggest_mask=needs_model),
         )
     except _NeedsModel:
         return

@@ -43,6 +43,7 @@ __all__ = [
     "cycle_sigma",
     "forward_step",
     "inversion_generator",
+    "official_generator",
     "reverse_noise",
     "reverse_step",
 ]
@@ -54,6 +55,21 @@ _SEED_SALT = 0x5DE_C7C1
 def inversion_generator(seed: int) -> torch.Generator:
     """The CPU generator of the forward noise of an edit with ``seed`` (independent of the sampler's stream)."""
     return torch.Generator("cpu").manual_seed((int(seed) ^ _SEED_SALT) & 0xFFFF_FFFF_FFFF)
+
+
+def official_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The one generator of an edit under ``rng="official"`` (:class:`~dragsdk.fidelity.Fidelity`): a fresh
+    ``torch.Generator`` on ``device``'s type (``cuda`` for a CUDA device, else ``cpu``) seeded with ``seed``.
+
+    ``torch.manual_seed(seed)`` (the official RegionDrag ``set_seed``, ``cycle_sde.py:66-72``) seeds the default
+    generator of the CPU and of every CUDA device the same way, so this generator yields the draws the official
+    code's global stream yields, as long as the same shapes and dtypes are drawn in the same order; it is the
+    edit's own object, so concurrent edits never share or disturb a stream (nor the process's global one).
+    """
+    dev = torch.device(device)
+    kind = "cuda" if dev.type == "cuda" else "cpu"
+    g = torch.Generator(torch.device(kind, dev.index) if kind == "cuda" and dev.index is not None else kind)
+    return g.manual_seed(int(seed))
 
 
 def cycle_sigma(a_t: float, a_prev: float) -> float:
@@ -122,6 +138,7 @@ def cycle_sde_invert(
     counter: UNetCounter,
     generator: torch.Generator,
     on_step: Callable[[int], None] | None = None,
+    noise_dtype: torch.dtype = torch.float32,
 ) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
     """Cycle-SDE inversion of ``z0`` over sampling steps ``start … n−1`` (``n = len(schedule)``).
 
@@ -139,8 +156,10 @@ def cycle_sde_invert(
         controller: the attention controller (processors installed); left in ``plain`` mode.
         kv_steps: sampling steps whose K/V are recorded into ``controller.bank``.
         counter: ``forward`` is incremented per UNet evaluation.
-        generator: source of the forward noise (:func:`inversion_generator`).
+        generator: source of the forward noise (:func:`inversion_generator`, or :func:`official_generator`);
+            each step draws one tensor of ``z0``'s shape on the generator's device, the noisiest step last.
         on_step: called with ``i`` after each step.
+        noise_dtype: dtype of those draws (float32; the official ``randn_like`` draws in the latent's dtype).
 
     Returns:
         ``(latents, noises)``: ``latents[i]`` for ``start ≤ i ≤ n`` (``(B, 4, h, w)``; entries below ``start`` are
@@ -161,7 +180,7 @@ def cycle_sde_invert(
     try:
         for i in reversed(range(start, n)):
             t, a_t, a_prev = schedule.inversion_step(i)
-            eps_fwd = torch.randn(z.shape, generator=generator, device=generator.device, dtype=torch.float32)
+            eps_fwd = torch.randn(z.shape, generator=generator, device=generator.device, dtype=noise_dtype)
             z_t = forward_step(z, a_t, a_prev, eps_fwd.to(z.device))
             controller.step = i
             eps = unet(z_t, t, encoder_hidden_states=cond, return_dict=False)[0]

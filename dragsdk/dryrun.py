@@ -57,7 +57,8 @@ def estimate_cost(
     ``feature_steps``: the steps whose guidance features the inversion provides (``guidance`` rows = their count ×
     bank rows when they are not recorded). ``image_prompt``: an image-prompt adapter is loaded; a plan with an image
     prompt then encodes its image once per edit (one image-encoder forward, inversion reused or not: the tokens are
-    not cached).
+    not cached), and a plan whose ``fidelity.text_context`` is ``text+image`` encodes the base image once more (its
+    tokens in the text context, :func:`dragsdk.image_prompt.context_image_tokens`).
     """
     inv = ref_rows = 0
     if invert:
@@ -70,7 +71,8 @@ def estimate_cost(
     for p in sampling_passes(plan, steps):
         f, g, b = p.unet_evaluations(regions, probe_energy_after, recompute_guidance, source_branch(plan))
         fwd, fwd_grad, bwd = fwd + f, fwd_grad + g, bwd + b
-    return Cost(fwd, fwd_grad, bwd, inv, ref_rows, int(image_prompt and plan.image_prompt is not None))
+    encoder = int(plan.image_prompt is not None) + int(plan.fidelity.text_context == "text+image")
+    return Cost(fwd, fwd_grad, bwd, inv, ref_rows, encoder if image_prompt else 0)
 
 
 @dataclass

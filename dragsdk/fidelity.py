@@ -62,6 +62,12 @@ class Fidelity:
             or ``t`` (as the inversion).
         reference_prompt: prompt of the reference images' feature forwards: ``base`` (official appearance / paste,
             ``Sampler.py:371-383``) or ``own``.
+        text_context: context of the sampling UNet calls' text cross-attention (CFG ε and time-travel roll-back):
+            ``text`` = the prompt's tokens ``(B, 77, D)``; ``text+image`` = those plus the base image's image-prompt
+            tokens ``(B, 77 + T, D)`` appended (official appearance / paste: ``model.py:154, 355`` concatenate base
+            and reference tokens, ``Sampler.py:48-52, 141`` append them to the context, and ``IPAttnProcessor``
+            splits off only the last 64, ``attention_processor.py:190-194``; zeros ``T = 64`` without an adapter,
+            :func:`dragsdk.image_prompt.context_image_tokens`). Feature forwards stay text-only in both.
         outside_reset: outside the edit mask the latent is reset to the inversion ``before`` each step (official
             RegionDrag) or ``after`` each step.
         vae_latent: ``z_0`` is the posterior ``mean`` or one posterior ``sample`` from the edit's seed.
@@ -70,6 +76,12 @@ class Fidelity:
             ``reconstruction`` (a source branch sampled from the inverted latent beside the edit, text-only, one
             extra UNet forward per sampling step; MasaCtrl as DragDiffusion runs it, ``drag_pipeline.py:525-543``,
             ``utils/attn_utils.py:92-96``).
+        rng: the random streams of the edit: ``dragsdk`` = independent streams (the inversion's salted generator,
+            :func:`~dragsdk.cycle_sde.inversion_generator`, and the sampler's own, both seeded from
+            ``sampler.seed``); ``official`` = one generator seeded as ``torch.manual_seed(seed)`` seeds the official
+            code's global stream, on the model's device, drawn in the official order: the VAE posterior sample
+            (drawn and discarded when ``vae_latent`` is ``mean``), the inversion's forward noise step by step, then
+            the handle noise in the plan's official point order (:class:`~dragsdk.plan.HandleNoise` ``draw_rows``).
         profile: the profile label: ``official``, ``dragsdk`` or ``official+<improvements>``.
         options: every option of the mode's table as ``name=value``, sorted by name (the report's one format).
     """
@@ -78,10 +90,12 @@ class Fidelity:
     step0_guidance: Literal["inversion", "init"] = "inversion"
     rollback_at: Literal["prev", "t"] = "t"
     reference_prompt: Literal["base", "own"] = "own"
+    text_context: Literal["text", "text+image"] = "text"
     outside_reset: Literal["after", "before"] = "after"
     vae_latent: Literal["mean", "sample"] = "mean"
     to_uint8: Literal["round", "truncate"] = "round"
     kv_source: Literal["inversion", "reconstruction"] = "inversion"
+    rng: Literal["dragsdk", "official"] = "dragsdk"
     profile: str = ""
     options: tuple[str, ...] = ()
 

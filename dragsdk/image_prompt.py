@@ -143,6 +143,66 @@ class ImagePromptAdapter:
         return ImagePromptState(tokens, scale, self.processors)
 
 
+OFFICIAL_IMAGE_TOKENS = 64
+"""Image-prompt tokens per image in the official DragonDiffusion code (its IP-Adapter-Plus resampler's
+``num_tokens``, ``src/models/dragondiff.py:40``): the zero tokens' count when no adapter is loaded."""
+
+
+def context_image_tokens(
+    adapter: ImagePromptAdapter | None,
+    image: Image.Image,
+    width: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    counter: Any = None,
+) -> torch.Tensor:
+    """The base image's image-prompt tokens that the official appearance / paste leave in the **text**
+    cross-attention's context, rows [unconditional, conditional] as the CFG batch.
+
+    The official ``run_appearance`` / ``run_paste`` concatenate the base and reference tokens
+    (``src/demo/model.py:154-155, 355-356``: ``emb_im = cat([emb_im_base, emb_im_replace], dim=1)``, the
+    unconditional ones likewise), ``Sampler.edit`` appends them to the unconditional and conditional text context
+    (``src/models/Sampler.py:48-52``; the roll-back's context, ``:141``, is the conditional row), and
+    ``IPAttnProcessor`` splits off only the last ``num_tokens`` = 64 (``src/unet/attention_processor.py:190-194``):
+    the reference's go to the IP branch, the base image's stay in the text keys and values at every sampling call.
+
+    Args:
+        adapter: the loaded IP-Adapter, or None.
+        image: the base image (encoded by ``adapter``: one image-encoder forward, counted in ``counter``).
+        width: the text embedding width ``D`` (the zero tokens' width).
+        device / dtype: where the tokens go.
+        counter: a :class:`~dragsdk.inversion.UNetCounter` (its ``image_encoder``), or None.
+
+    Returns:
+        ``(2, T, D)``: with an adapter, its tokens of ``image`` (:meth:`ImagePromptAdapter.tokens`: zero image,
+        ``image``); without one, zeros with ``T`` = :data:`OFFICIAL_IMAGE_TOKENS` (what the official code computes
+        with an image-prompt model whose tokens are zero).
+    """
+    if adapter is None:
+        return torch.zeros(2, OFFICIAL_IMAGE_TOKENS, width, device=device, dtype=dtype)
+    return adapter.tokens(image, counter).to(device, dtype)
+
+
+def append_context_tokens(cond: torch.Tensor, tokens: torch.Tensor, pooled_row: bool = False) -> torch.Tensor:
+    """``cond`` ``(B, L, D)`` with ``tokens`` ``(B, T, D)`` appended on the token axis: ``(B, L + T, D)``.
+
+    ``pooled_row``: ``cond`` ends with SDXL's pooled-embedding row (:mod:`dragsdk.families`), which stays last
+    so the UNet wrapper still finds it; the tokens go before it.
+
+    Raises:
+        ValueError: batch or width differ.
+    """
+    if tokens.shape[0] != cond.shape[0] or tokens.shape[-1] != cond.shape[-1]:
+        raise ValueError(
+            f"image tokens {tuple(tokens.shape)} do not fit the text context {tuple(cond.shape)} "
+            "(batch and width must match)"
+        )
+    tokens = tokens.to(cond.device, cond.dtype)
+    if pooled_row:
+        return torch.cat([cond[:, :-1], tokens, cond[:, -1:]], dim=1)
+    return torch.cat([cond, tokens], dim=1)
+
+
 MAX_IP_ADAPTER_SCALE = 10.0
 """The largest IP-Adapter scale accepted; the official ones are 0.1 (DiffEditor) and 0.5 (RegionDrag), diffusers'
 default 1.0."""

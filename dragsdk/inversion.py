@@ -127,6 +127,9 @@ class Trajectory:
             (:mod:`dragsdk.cycle_sde`).
         feature_cond: ``(B_bank, 77, D)`` text embeddings of the guidance-feature forwards when they differ from
             ``cond`` (the official appearance / paste use the base prompt for every row, ``Sampler.py:371-383``).
+        rng_state: under ``rng="official"`` the state of the edit's one generator after the inversion's draws
+            (``torch.Generator.get_state()``), so an edit that reuses this inversion draws what follows them; None
+            otherwise.
     """
 
     schedule: DDIMSchedule
@@ -139,6 +142,7 @@ class Trajectory:
     seconds: float = 0.0
     noises: dict[int, torch.Tensor] = field(default_factory=dict)
     feature_cond: torch.Tensor | None = None
+    rng_state: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ class InversionKey:
             entries of those names (``schedule``: ``plan.schedule_key``).
         cycle_seed: ``sampler.seed`` when the inversion is stochastic (Cycle-SDE), else None.
         vae_seed: ``sampler.seed`` when ``z_0`` is a VAE posterior sample, else None.
+        rng: the plan's random streams (``fidelity.rng``: ``dragsdk`` or ``official``).
         image_prompt: ``(adapter name, scale)`` of an image prompt the inversion uses, else None.
     """
 
@@ -98,6 +99,7 @@ class InversionKey:
     cycle_seed: int | None
     vae_seed: int | None
     image_prompt: tuple[str, float] | None
+    rng: str = "dragsdk"
 
 
 def image_key(img: Image.Image) -> str:
@@ -151,4 +153,5 @@ def inversion_key(
         cycle_seed=s.seed if plan.sampling == "cycle-sde" else None,
         vae_seed=s.seed if plan.fidelity.vae_latent == "sample" else None,
         image_prompt=ip_key,
+        rng=plan.fidelity.rng,
     )

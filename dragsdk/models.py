@@ -1056,6 +1056,45 @@ _BUILTIN_RESOLUTION = {
 }
 
 
+_BUILTIN_FAMILY = {"tiny-sd2": "sd2", "sd21-random": "sd2", "tiny-sdxl": "sdxl", "sdxl-random": "sdxl"}
+
+
+def peek_layout(name: str) -> tuple[str, int] | None:
+    """``(family, default resolution)`` of a model read without loading any weights (as
+    :func:`peek_default_resolution`); None when it cannot be known cheaply."""
+    if name in _BUILTIN_RESOLUTION:
+        return _BUILTIN_FAMILY.get(name, "sd1"), _BUILTIN_RESOLUTION[name]
+    from .families import family_from_configs
+
+    config = _peek_unet_config(name)
+    resolution = peek_default_resolution(name)
+    if config is None or resolution is None:
+        return None
+    try:
+        return family_from_configs(config), resolution
+    except Exception:
+        return None
+
+
+def _peek_unet_config(name: str) -> dict[str, Any] | None:
+    """A local folder's or the Hugging Face cache's ``unet/config.json`` of ``name``, or None (best effort: an
+    unreadable config or an odd name only means the edit plans after loading)."""
+    try:
+        folder = Path(name).expanduser()
+        if (folder / "unet" / "config.json").is_file():
+            config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        elif not folder.suffix and name.count("/") == 1 and not folder.exists():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "unet/config.json")
+            config = json.loads(Path(cached).read_text(encoding="utf-8")) if isinstance(cached, str) else None
+        else:
+            config = None
+    except Exception:
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def peek_default_resolution(name: str) -> int | None:
     """The working resolution a model will use when a spec sets none, read without loading any weights: the
     built-in models' table, a local diffusers folder's ``unet/config.json``, or that config already in the Hugging
@@ -1068,21 +1107,7 @@ def peek_default_resolution(name: str) -> int | None:
 
     if name in _BUILTIN_RESOLUTION:
         return _BUILTIN_RESOLUTION[name]
-    config: dict[str, Any] | None = None
-    try:
-        folder = Path(name).expanduser()
-        if (folder / "unet" / "config.json").is_file():
-            config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-        elif not folder.suffix and name.count("/") == 1 and not folder.exists():
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(name, "unet/config.json")
-            if isinstance(cached, str):
-                config = json.loads(Path(cached).read_text(encoding="utf-8"))
-    except (
-        Exception
-    ):  # best effort: an unreadable config or an odd name only means the edit plans after loading
-        return None
+    config = _peek_unet_config(name)
     if not isinstance(config, dict):
         return None
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -321,8 +321,9 @@ class EditMode(ABC, Generic[SpecT]):
         """
 
     def describe(self) -> dict[str, object]:
-        """The mode for ``dragsdk modes --json``: name, description, spec schema, unsupported settings and its fidelity
-        profile table (each option's official and ``dragsdk`` value, improvement name and help; empty without one)."""
+        """The mode for ``dragsdk modes --json``: name, description, spec schema, unsupported settings, its fidelity
+        profile table (each option's official and ``dragsdk`` value, improvement name and help; empty without one)
+        and its browser-editor description (:class:`ModeUI` as a dict; None: derived from the schema)."""
         rows = self.profiles.rows() if self.profiles is not None else []
         profiles = [
             {"option": o, "improvement": i, "official": a, "dragsdk": b, "help": h} for o, i, a, b, h in rows
@@ -333,7 +334,25 @@ class EditMode(ABC, Generic[SpecT]):
             "schema": self.spec_model.model_json_schema(),
             "unsupported_settings": sorted(self.unsupported_settings),
             "profiles": profiles,
+            "ui": asdict(self.ui) if self.ui is not None else None,
         }
+
+    def working_size(self, spec: SpecT, image_size: tuple[int, int], family: str) -> tuple[int, int] | None:
+        """The working size this mode's profile edits ``spec`` at when the spec sets no ``sampler.resolution``
+        (an explicit resolution always wins, :func:`working_canvas`).
+
+        Args:
+            spec: the validated spec.
+            image_size: ``(W, H)`` of the user's image, pixels.
+            family: the model family, ``sd1``, ``sd2`` or ``sdxl`` (:mod:`dragsdk.families`).
+
+        Returns:
+            ``(W', H')`` in pixels, each a positive multiple of 8 (one latent cell), e.g. the image's own size where
+            the official code edits at it (region-drag on SD 1.x); None (the default): the model family's rule,
+            :meth:`Canvas.fit` at its default resolution (area ≈ resolution², sides multiples of 64: DragonDiffusion's
+            ``resize_numpy_image``, ``src/utils/utils.py:7-19``, max area 768² on SD 1.x).
+        """
+        return None
 
     def resolve_paths(self, spec: dict[str, object], base: Path) -> dict[str, object]:
         """Make file references of a spec read from a file in ``base`` absolute (the CLI calls this; the top-level
@@ -353,6 +372,37 @@ class EditMode(ABC, Generic[SpecT]):
         raise SpecError(
             "mode", f"mode {self.name!r} cannot run a {spec.get('mode')!r} spec; give a {self.name!r} spec"
         )
+
+
+def working_canvas(
+    mode: EditMode[Any],
+    spec: EditSpec,
+    image_size: tuple[int, int],
+    family: str | None,
+    default_resolution: int | None,
+) -> Canvas | None:
+    """The canvas an edit of ``spec`` on an image of ``image_size`` runs on, in this order: the spec's
+    ``sampler.resolution`` when given (:meth:`Canvas.fit`: area ≈ resolution², sides multiples of 64); else the
+    mode's own rule (:meth:`EditMode.working_size`, when ``family`` is known); else :meth:`Canvas.fit` at the model
+    family's ``default_resolution``; None when that is unknown too (a planner before the model loads).
+
+    Raises:
+        SpecError: (``sampler.resolution``) a mode's working size that is not a positive multiple of 8 pixels.
+    """
+    s = spec.sampler
+    if "resolution" in s.model_fields_set:
+        return Canvas.fit(image_size, s.resolution)
+    own = mode.working_size(spec, image_size, family) if family is not None else None
+    if own is not None:
+        w, h = (int(v) for v in own)
+        if w <= 0 or h <= 0 or w % 8 or h % 8:
+            raise SpecError(
+                "sampler.resolution",
+                f"mode {mode.name!r} asked for a working size of {own}; sides must be positive multiples of 8 "
+                "pixels: give sampler.resolution",
+            )
+        return Canvas((int(image_size[0]), int(image_size[1])), (w, h))
+    return Canvas.fit(image_size, default_resolution) if default_resolution is not None else None
 
 
 APPLIED_SETTINGS = ("schedule", "kv_start", "sde", "time_travel")

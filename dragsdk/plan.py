@@ -130,17 +130,39 @@ class HandleNoise:
     Attributes:
         rows, cols: ``(K,)`` long tensors of latent cells.
         alpha: α in [0, 1]; 1 replaces the cells with pure noise ε ~ N(0, I).
+        draw_rows, draw_cols: ``(N,)`` long tensors, or None: the official point list (RegionDrag ``blur_source``,
+            ``region_utils/drag.py:105-109``), sources in the official order with their repeats. Given, ε is drawn
+            as one ``(C, N)`` tensor in the latent's dtype, column ``k`` for point ``k``, and a cell named several
+            times takes the last column naming it (the official indexed assignment, run serially); the cells
+            re-noised are those of the list and ``rows`` / ``cols`` are not used. None: ε is drawn with the
+            latent's whole shape and read at ``rows`` / ``cols``.
     """
 
     rows: torch.Tensor
     cols: torch.Tensor
     alpha: float
+    draw_rows: torch.Tensor | None = None
+    draw_cols: torch.Tensor | None = None
 
     def apply(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Return ``z`` (``(1, C, h, w)``) with the cells re-noised; ε is drawn on ``generator``'s device."""
-        eps = torch.randn(z.shape, generator=generator, device=generator.device if generator else "cpu").to(z)
+        device = generator.device if generator else "cpu"
         out = z.clone()
         a = float(self.alpha)
+        keep = (1 - a * a) ** 0.5 if a < 1 else 0.0  # official: img_scale 0 at α ≥ 1
+        if self.draw_rows is not None and self.draw_cols is not None:
+            h, w = z.shape[-2:]
+            lin = self.draw_rows.long() * w + self.draw_cols.long()
+            n = lin.numel()
+            eps = torch.randn((z.shape[1], n), generator=generator, device=device, dtype=z.dtype).to(z)
+            last = torch.full((h * w,), -1, dtype=torch.long).scatter_reduce(
+                0, lin, torch.arange(n), reduce="amax"
+            )
+            cells = torch.nonzero(last >= 0).flatten()  # each cell named, with the last column naming it
+            r, c = cells // w, cells % w
+            out[0, :, r, c] = z[0, :, r, c] * keep + eps[:, last[cells].to(eps.device)] * a
+            return out
+        eps = torch.randn(z.shape, generator=generator, device=device).to(z)
         r, c = self.rows, self.cols
         out[..., r, c] = (1 - a * a) ** 0.5 * z[..., r, c] + a * eps[..., r, c]
         return out

@@ -159,17 +159,18 @@ class GuidedSampler:
         i: int,
         t: int,
         cond_cfg: torch.Tensor,
-        cond_text: torch.Tensor,
+        cond_sample: torch.Tensor,
         guidance_scale: float,
     ) -> torch.Tensor:
-        """ε with classifier-free guidance and the plan's K/V injection at step ``i``."""
+        """ε with classifier-free guidance (context ``cond_cfg``; ``cond_sample`` alone at guidance 1) and the plan's
+        K/V injection at step ``i``."""
         ctl = self.controller
         if plan.kv is not None and plan.kv.active(i):
             ctl.mode, ctl.injection = "inject", plan.kv.injection
         self._image_prompt(plan, i)
         try:
             if guidance_scale == 1.0:
-                eps = self.unet(z, t, encoder_hidden_states=cond_text, return_dict=False)[0]
+                eps = self.unet(z, t, encoder_hidden_states=cond_sample, return_dict=False)[0]
             else:
                 e = self.unet(z.expand(2, -1, -1, -1), t, encoder_hidden_states=cond_cfg, return_dict=False)[
                     0
@@ -195,16 +196,17 @@ class GuidedSampler:
         t_unet: int,
         a_t: float,
         a_prev: float,
-        cond_text: torch.Tensor,
+        cond_sample: torch.Tensor,
         plan: EditPlan,
         i: int,
     ) -> torch.Tensor:
         """Time travel's deterministic roll-back ``z_{t_prev} → z_t``: one DDIM inversion step with the UNet at
-        ``t_unet`` (official: ``t_prev``, ``Sampler.py:136-144``), batch 1, text conditioning (and the image prompt
-        inside its window, as the official context), no K/V injection (DiffEditor arXiv 2402.02583 Alg. 1)."""
+        ``t_unet`` (official: ``t_prev``, ``Sampler.py:136-144``), batch 1, the conditional sampling context
+        ``cond_sample`` (official ``text_embeddings``, ``Sampler.py:141``; and the image prompt inside its window, as
+        the official context), no K/V injection (DiffEditor arXiv 2402.02583 Alg. 1)."""
         self._image_prompt(plan, i)
         try:
-            eps = self.unet(z_prev, t_unet, encoder_hidden_states=cond_text, return_dict=False)[0]
+            eps = self.unet(z_prev, t_unet, encoder_hidden_states=cond_sample, return_dict=False)[0]
         finally:
             self._image_prompt(None, i)
         self.counter.forward += 1
@@ -222,24 +224,29 @@ class GuidedSampler:
         on_step: Callable[[int, int, torch.Tensor], None] | None = None,
         trace: bool = False,
         start: torch.Tensor | None = None,
+        cond_sample: torch.Tensor | None = None,
     ) -> SamplerOutput:
         """Sample from the trajectory's ``z_T`` (with the plan's initial pastes) to ``z_0``, walking the plan's pass
         sequence (:func:`dragsdk.passes.sampling_passes`, the one the dry run counts).
 
         Args:
-            cond_cfg: ``(2, 77, D)`` = [unconditional, conditional] embeddings.
-            cond_text: ``(1, 77, D)`` conditional embedding (feature forwards).
+            cond_cfg: ``(2, L, D)`` = [unconditional, conditional] context of the CFG ε calls (``L`` = 77 text
+                tokens, plus the image tokens with ``plan.fidelity.text_context == "text+image"``).
+            cond_text: ``(1, 77, D)`` conditional text embedding (feature forwards: always text only).
             guidance_scale: classifier-free guidance scale ``s``.
             on_step: called as ``on_step(i, t, z_prev)`` after each step.
             trace: keep one :class:`~dragsdk.trace.TracePass` per pass (latents copied to the CPU).
             start: ``(1, 4, h, w)`` the latent to start from instead of the inverted one (the ``optimise`` stage's
                 result, :mod:`dragsdk.optimise`); the plan's ``init`` pastes and handle noise still apply.
+            cond_sample: ``(1, L, D)`` conditional context of the sampling calls without CFG (the roll-back, ε at
+                guidance 1); None = ``cond_text``.
 
         Returns:
             the final latent ``(1, 4, h, w)``, the energies of the guided steps, the trace (when asked) and the
             timesteps at which roll-back UNet calls ran.
         """
         schedule: DDIMSchedule = trajectory.schedule
+        cond_sample = cond_text if cond_sample is None else cond_sample
         z = self._start_latent(trajectory, plan, generator, start)
         keep = (~plan.edit_mask).to(z.device)[None, None] if plan.follow_outside else None
         eta_map = self._eta_map(plan, z)
@@ -262,6 +269,7 @@ class GuidedSampler:
                 t,
                 cond_cfg,
                 cond_text,
+                cond_sample,
                 guidance_scale,
                 eta_map if noise is not None else 0.0,
                 noise,
@@ -275,7 +283,7 @@ class GuidedSampler:
                     else t
                 )
                 z = self._roll_back(
-                    z_prev, t_unet, schedule.alpha(i), schedule.alpha_prev(i), cond_text, plan, i
+                    z_prev, t_unet, schedule.alpha(i), schedule.alpha_prev(i), cond_sample, plan, i
                 )
                 out.rollback_timesteps.append(t_unet)
                 continue
@@ -377,6 +385,7 @@ class GuidedSampler:
         t: int,
         cond_cfg: torch.Tensor,
         cond_text: torch.Tensor,
+        cond_sample: torch.Tensor,
         guidance_scale: float,
         eta: torch.Tensor | float,
         noise: torch.Tensor | None,
@@ -399,7 +408,7 @@ class GuidedSampler:
                 ref = trajectory.features[i]
             g, rec = self._guidance(plan, z, i, t, a_t, cond_text, ref)
             out.energies.append(rec)
-        eps = self._eps(plan, z, i, t, cond_cfg, cond_text, guidance_scale)
+        eps = self._eps(plan, z, i, t, cond_cfg, cond_sample, guidance_scale)
         z_prev = ddim_step(z, eps, a_t, a_prev, guidance=g, eta=eta, noise=noise)
         if trace:
             out.trace[-1].latent_after = z_prev.detach().float().cpu()

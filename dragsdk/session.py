@@ -25,16 +25,17 @@ from tqdm.auto import tqdm
 
 from .attention import AttentionController, KVBank, install
 from .concurrency import model_lock
+from .cycle_sde import official_generator
 from .dryrun import DryRun, estimate_cost
 from .errors import ArgumentTypeError, NonFiniteError, SpecError
 from .features import FeatureTap
 from .geometry import Canvas
-from .image_prompt import ImagePromptPlan, host_adapter_detached
+from .image_prompt import ImagePromptPlan, append_context_tokens, context_image_tokens, host_adapter_detached
 from .inversion import DDIMSchedule, Inversion, Trajectory, UNetCounter, guidance_features, invert
 from .io import check_outputs, load_image, size_note
 from .keys import InversionKey, inversion_key, recorded_steps
 from .models import ModelBundle, random_weights_warning
-from .modes import PlanContext, build_plan
+from .modes import PlanContext, build_plan, working_canvas
 from .optimise import OptimisationOutput
 from .passes import inversion_steps
 from .plan import EditPlan
@@ -86,6 +87,7 @@ class EditRun:
         self.cached: Trajectory | None = None
         self.reused = False
         self.optimised: OptimisationOutput | None = None
+        self.rng: torch.Generator | None = None
 
     # -- 1. check_inputs ------------------------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -126,8 +128,11 @@ class EditRun:
         editor, spec = self.editor, self.spec
         img = self.img = load_image(self.image_in)
         s = spec.sampler
-        resolution = s.resolution if "resolution" in s.model_fields_set else self.model.default_resolution
-        self.canvas = Canvas.fit(img.size, resolution)
+        canvas = working_canvas(
+            editor.registry.modes[spec.mode], spec, img.size, self.model.family, self.model.default_resolution
+        )
+        assert canvas is not None  # the loaded model always has a default resolution
+        self.canvas = canvas
 
         def no_proposal(xy: tuple[float, float]) -> np.ndarray:
             raise SpecError(
@@ -278,14 +283,22 @@ class EditRun:
                     f"references[{k}]", f"is {r.size}, must be the base image's size {self.img.size}"
                 )
         images = torch.cat([x, *(self.editor._preprocess(r, self.canvas) for r in refs)])
+        seed = self.spec.sampler.seed
+        # rng official: the edit's one stream, seeded as the official set_seed seeds the global one (cycle_sde.py)
+        official = self.plan.fidelity.rng == "official"
+        self.rng = official_generator(seed, self.model.device) if official else None
         if (
             self.plan.fidelity.vae_latent == "sample"
         ):  # one posterior sample (official RegionDrag, cycle_sde.py:63), seeded
-            z0 = _sample_latent(self.model, images, self.spec.sampler.seed)
+            generator = self.rng if self.rng is not None else torch.Generator("cpu").manual_seed(int(seed))
+            z0 = _sample_latent(self.model, images, generator)
         else:
             z0 = self.backend.vae_encode(self.model, images)  # None: the backend leaves the VAE to torch
         if z0 is None:
             z0 = self.model.encode_image(images)
+        if self.rng is not None and self.plan.fidelity.vae_latent == "mean":
+            # the official code draws its posterior sample first whatever we keep: the stream skips that draw
+            torch.randn(z0.shape, generator=self.rng, device=self.rng.device, dtype=self.model.vae.dtype)
         _check_finite(z0, "encoding", None, None)
         self.z0 = z0
         self.phases["encode"] = time.perf_counter() - t0
@@ -314,6 +327,8 @@ class EditRun:
         self.reused = self.cached is not None
         if self.cached is not None:
             self.traj = self.cached
+            if self.rng is not None and self.traj.rng_state is not None:
+                self.rng.set_state(self.traj.rng_state)
             self.bar.update(s.steps - plan.start_step)
             self.report_step(
                 "invert",
@@ -340,6 +355,7 @@ class EditRun:
                 self.key,
                 noises=noises,
                 feature_cond=None if feature_cond is cond_bank else feature_cond,
+                rng_state=self.rng.get_state() if self.rng is not None else None,
             )
         self.controller.bank = self.traj.bank
         self.phases["invert"] = time.perf_counter() - t0
@@ -357,6 +373,11 @@ class EditRun:
         """Stochastic inversion recording the reverse noise (no features; :mod:`dragsdk.cycle_sde`)."""
         from .cycle_sde import cycle_sde_invert, inversion_generator
 
+        if self.rng is not None:  # official: the edit's one stream, in the latent's dtype (randn_like)
+            generator, noise_dtype = self.rng, self.z0.dtype
+        else:
+            generator, noise_dtype = inversion_generator(self.spec.sampler.seed), torch.float32
+
         kv_steps, _ = recorded_steps(self.plan)
         ip = self.controller.image_prompt
         if self.ip_plan is not None and self.ip_plan.inversion:
@@ -372,8 +393,9 @@ class EditRun:
                 self.controller,
                 kv_steps,
                 self.counter,
-                inversion_generator(self.spec.sampler.seed),
+                generator,
                 on_step=self._on_invert_step(schedule),
+                noise_dtype=noise_dtype,
             )
         finally:
             if ip is not None:
@@ -468,7 +490,7 @@ class EditRun:
             editor.probe_energy_after,
             editor.official_cost,
         )
-        generator = torch.Generator("cpu").manual_seed(s.seed)
+        generator = self.rng if self.rng is not None else torch.Generator("cpu").manual_seed(s.seed)
 
         def on_step(i: int, t: int, z: torch.Tensor) -> None:
             _check_finite(z, "sampling", i, t)
@@ -477,18 +499,31 @@ class EditRun:
                 o.callback(i, t, z)
             self.report_step("sample", i, t, z)
 
+        cond_cfg = torch.cat([uncond, self.cond_text])
+        if self.plan.fidelity.text_context == "text+image":
+            cond_cfg = self._with_image_tokens(cond_cfg)
         self.out: SamplerOutput = sampler.run(
             self.traj,
             self.plan,
-            torch.cat([uncond, self.cond_text]),
+            cond_cfg,
             self.cond_text,
             s.guidance_scale,
             generator,
             on_step,
             trace=o.trace is not None,
+            cond_sample=cond_cfg[1:],
             start=self.optimised.latent if self.optimised is not None else None,
         )
         self.phases["sample"] = time.perf_counter() - t0
+
+    def _with_image_tokens(self, cond_cfg: torch.Tensor) -> torch.Tensor:
+        """``cond_cfg`` ``(2, 77, D)`` with the base image's image-prompt tokens appended per row: ``(2, 77 + T, D)``,
+        the official appearance / paste sampling context (:func:`dragsdk.image_prompt.context_image_tokens`: the
+        adapter's tokens of the base image when one is loaded, else ``T`` = 64 zeros)."""
+        tokens = context_image_tokens(
+            self.adapter, self.img, cond_cfg.shape[-1], cond_cfg.device, cond_cfg.dtype, self.counter
+        )
+        return append_context_tokens(cond_cfg, tokens, pooled_row=self.model.adapter.family == "sdxl")
 
     # -- 7. decode ------------------------------------------------------------------------------------------------
     def decode(self) -> None:
@@ -577,6 +612,7 @@ class EditRun:
             "backend": self.backend.name,
             "steps": s.steps,
             "seed": s.seed,
+            "rng": plan.fidelity.rng,
             "working_size": list(self.canvas.size),
             "rollback_timesteps": self.out.rollback_timesteps,
             "optimisation": self.optimised.records if self.optimised is not None else [],
@@ -671,12 +707,12 @@ def _check_finite(x: torch.Tensor, phase: str, step: int | None, timestep: int |
         raise NonFiniteError(phase, step, timestep)
 
 
-def _sample_latent(model: ModelBundle, images: torch.Tensor, seed: int) -> torch.Tensor:
-    """``(B, 4, h, w)`` latent: one sample of the VAE posterior × scaling factor, drawn from a CPU generator seeded
-    with ``seed`` (the official RegionDrag ``latent_dist.sample()``, ``cycle_sde.py:63``, on its global RNG)."""
+def _sample_latent(model: ModelBundle, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``(B, 4, h, w)`` latent: one sample of the VAE posterior × scaling factor, drawn from ``generator`` (the
+    official RegionDrag ``latent_dist.sample()``, ``cycle_sde.py:63``, on its global RNG)."""
     with torch.no_grad():
         post = model.vae.encode(images.to(model.device, model.vae.dtype)).latent_dist
-        z = post.sample(generator=torch.Generator("cpu").manual_seed(int(seed)))
+        z = post.sample(generator=generator)
     return (z * model.vae.config.scaling_factor).to(model.dtype)
 
 

@@ -222,7 +222,10 @@ class SamplerSettings(SpecModel):
         Field(42, ge=0, le=SEED_MAX, description="seed of every random draw of the edit")
     )
     resolution: Annotated[int, inverts("working_size")] = Field(
-        768, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64"
+        768,
+        ge=64,
+        le=2048,
+        description="when given: working area ≈ resolution² pixels, sides multiples of 64; when not: the mode's working size, else the model family's default (768 on SD 1.x)",
     )
     schedule: Annotated[GuidanceSchedule, inverts("feature_steps: plan.guided_steps")] = Field(
         default_factory=GuidanceSchedule
@@ -299,7 +302,8 @@ class DiffEditorOptions:
     mask_resampling: Literal["nearest", "area"] = option(
         "nearest",
         "area",
-        "masks rasterised by >= 50 % area coverage instead of nearest (top-left pixel) sampling",
+        "masks rasterised by >= 50 % area coverage instead of nearest (top-left pixel) sampling (the composite "
+        "K/V key masks of appearance / paste too)",
         improvement="area-masks",
     )
     rollback_at: Literal["prev", "t"] = option(
@@ -321,12 +325,20 @@ class ReferenceOptions(DiffEditorOptions):
         "with) instead of the base prompt the official code uses for both rows",
         improvement="own-reference-prompt",
     )
+    text_context: Literal["text+image", "text"] = option(
+        "text+image",
+        "text",
+        "the text cross-attention sees the prompt's 77 tokens only, instead of the official context that also "
+        "holds the base image's 64 image-prompt tokens (zeros without an IP-Adapter), left in it because the "
+        "official IP-Adapter processor splits off only the last 64 of the 2x64 appended",
+        improvement="text-only-context",
+    )
 
 
 DIFFEDITOR_PROFILES = ProfileTable(DiffEditorOptions)
 """The profile table shared by every DragonDiffusion / DiffEditor mode."""
 REFERENCE_PROFILES = ProfileTable(ReferenceOptions)
-"""The profile table of the modes with a reference image (appearance)."""
+"""The profile table of the modes with a reference image (appearance; paste extends its options)."""
 
 DIFFEDITOR_IMPROVEMENTS = DIFFEDITOR_PROFILES.improvements
 """Improvement name → help of every DragonDiffusion / DiffEditor mode (derived from :class:`DiffEditorOptions`)."""

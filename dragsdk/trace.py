@@ -17,7 +17,8 @@ key                           shape / dtype       meaning
 ``energy_total``              ``(N,)`` float64    sum of the energy terms before the update; NaN if unguided
 ``energy_<term>``             ``(N,)`` float64    each energy term (``edit``, ``content``, ...); NaN if unguided
 ``meta``                      0-d str             JSON: mode, profile, profile options, model, backend, steps,
-                                                  seed, working size
+                                                  seed, rng (``dragsdk`` or ``official``: the random
+                                                  streams, :class:`~dragsdk.fidelity.Fidelity`), working size
 ============================  ==================  ============================================================
 
 Latents are in the model's latent units (not scaled), on the latent grid ``(h, w)`` = working size / 8.
@@ -100,9 +101,15 @@ def write_trace(
     return atomic_write(path, write, protect, field="trace")
 
 
+RNG_BEFORE_OPTION = "dragsdk"
+"""``meta["rng"]`` of a trace written before the option existed: every edit then drew from dragsdk's own streams."""
+
+
 def read_trace(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The arrays of a trace archive and its decoded ``meta``."""
+    """The arrays of a trace archive and its decoded ``meta`` (an older trace without ``rng`` reads as
+    :data:`RNG_BEFORE_OPTION`)."""
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     meta = json.loads(str(arrays.pop("meta")))
+    meta.setdefault("rng", RNG_BEFORE_OPTION)
     return arrays, meta

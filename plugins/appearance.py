@@ -9,7 +9,10 @@ the base size and inverted in the same batch (bank row 1). On the feature grid:
 - content (local): ``w_content / (1 + 4·S(F_cur, F_base))`` outside the base object.
 
 Layers are summed (official); c = 0.04, energy 2, classifier-free guidance 5. K/V are composited per token for
-steps 0–35 of 50: the base bank outside the base object, the reference bank inside the reference object.
+steps 0–35 of 50: the base bank outside the base object, the reference bank inside the reference object, with key
+masks sampled nearest at each layer's token grid (official ``attention_processor.py:84-92``; ``area-masks``: by area
+coverage). In the official profile the sampling calls' text context also holds the base image's image-prompt tokens
+(``text_context``, :func:`dragsdk.image_prompt.context_image_tokens`; ``text-only-context`` drops them).
 """
 
 from __future__ import annotations
@@ -111,7 +114,9 @@ class AppearanceMode(EditMode[AppearanceSpec]):
         n = ctx.steps
         guided = spec.sampler.schedule.steps(n)
         kv = KVInjection(
-            "composite", banks=(0, 1), token_masks=(token_mask(base_l, invert=True), token_mask(ref_l))
+            "composite",
+            banks=(0, 1),
+            token_masks=(token_mask(base_l, invert=True, method=method), token_mask(ref_l, method=method)),
         )
         return EditPlan(
             edit_mask=base_l,

@@ -20,7 +20,10 @@ On the feature grid, with ``P`` the placed object:
 - content (local): ``w_content / (1 + 4·S(F_cur, F_base))`` outside ``P``.
 
 Layers summed; c = 0.04, energy 1.5. Before sampling, the reference's inverted latent is pasted inside ``P``; K/V
-are composited per token (base outside ``P``, reference inside its reference-frame object) for steps 0–35 of 50.
+are composited per token (base outside ``P``, reference inside its reference-frame object) for steps 0–35 of 50, with
+key masks sampled nearest at each layer's token grid (official ``attention_processor.py:84-92``; ``area-masks``: by
+area coverage). In the official profile the sampling calls' text context also holds the base image's image-prompt
+tokens (``text_context``, :func:`dragsdk.image_prompt.context_image_tokens`; ``text-only-context`` drops them).
 """
 
 from __future__ import annotations
@@ -181,7 +184,9 @@ class PasteMode(EditMode[PasteSpec]):
         n = ctx.steps
         guided = spec.sampler.schedule.steps(n)
         kv = KVInjection(
-            "composite", banks=(0, 1), token_masks=(token_mask(p_l, invert=True), token_mask(ref_l))
+            "composite",
+            banks=(0, 1),
+            token_masks=(token_mask(p_l, invert=True, method=method), token_mask(ref_l, method=method)),
         )
         return EditPlan(
             edit_mask=p_l,

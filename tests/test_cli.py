@@ -166,6 +166,9 @@ def test_listing_commands_print_json(command):
     data = json.loads(res.stdout)
     if command[0] == "modes":
         assert any(m["name"] == "drag" and "points" in m["schema"]["properties"] for m in data)
+        ui = {m["name"]: m["ui"] for m in data}  # each built-in's browser-editor description, as data
+        assert ui["drag"]["points"] == "points" and ui["region-drag"]["polygons"] == "polygons"
+        assert ui["paste"]["placement"]["object"] == "reference"
     elif command[0] == "plugins":
         assert {p["name"] for p in data["plugins"]} >= {"drag", "eager"}
     elif command[0] == "schema":

@@ -112,7 +112,7 @@ def test_no_mode_or_engine_module_tests_an_improvement_name_by_hand():
     for mode in BUILTIN_MODES:
         names |= set(get_registry().modes[mode].profiles.improvements)
     offenders = []
-    for path in [*(ROOT / "plugins").glob("*.py"), *(ROOT / "dragsdk").rglob("*.py")]:
+    for path in [*(ROOT / "plugins").rglob("*.py"), *(ROOT / "dragsdk").rglob("*.py")]:
         text = path.read_text()
         for name in names:
             for m in re.finditer(rf"[\"']{re.escape(name)}[\"']", text):

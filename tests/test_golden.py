@@ -13,6 +13,9 @@ a term, a mask, a window or an order of random draws shows.
 Re-record only for an intended numeric change, and say why in the commit::
 
     DRAGSDK_RECORD_GOLDEN=1 .venv/bin/python -m pytest -q tests/test_golden.py
+
+A ``-k`` selection re-records only the selected modes (``-k "paste or appearance"``); the file keeps the other
+modes' slices as they were (all of them are dropped when the file's sampler settings differ from these).
 """
 
 from __future__ import annotations
@@ -40,7 +43,14 @@ RECORD = os.environ.get("DRAGSDK_RECORD_GOLDEN") == "1"
 @pytest.fixture(scope="module")
 def golden():
     if RECORD:
-        data = {"sampler": SAMPLER, "image": IMAGE.relative_to(ROOT).as_posix(), "atol": ATOL, "slices": {}}
+        kept = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+        slices = dict(kept.get("slices", {})) if kept.get("sampler") == SAMPLER else {}
+        data = {
+            "sampler": SAMPLER,
+            "image": IMAGE.relative_to(ROOT).as_posix(),
+            "atol": ATOL,
+            "slices": slices,
+        }
         yield data
         GOLDEN.write_text(json.dumps(data, indent=1) + "\n")
     else:

@@ -409,3 +409,32 @@ def test_a_backend_that_cannot_compute_the_image_prompt_is_skipped_or_refused(
         BackendUnavailableError, match="does not cover this edit: the edit uses an image prompt"
     ):
         named.plan(image, spec)
+
+
+@pytest.mark.parametrize("mode", ["appearance", "paste"])
+def test_official_text_context_holds_the_adapters_tokens_of_the_base_image(
+    tiny_model, ip_folder, monkeypatch, one_thread, mode
+):
+    """With an IP-Adapter the official appearance / paste text cross-attention sees the adapter's tokens of the
+    **base** image after the 77 text tokens (rows [zero image, image] in the CFG batch, the image row in the
+    roll-back), while the IP branch encodes the reference; the dry run counts both image-encoder forwards."""
+    from .builtin_specs import IMAGE
+    from .test_reference_context import SAMPLER, TEXT, _spec, text_contexts
+
+    editor = Editor(tiny_model)
+    editor.load_ip_adapter(ip_folder, "ip.safetensors")
+    base = Image.open(IMAGE).convert("RGB")
+    want = editor.ip_adapter.tokens(base)
+    assert want.shape == (2, TOKENS, int(tiny_model.unet.config.cross_attention_dim))
+    spec = _spec(mode, SAMPLER)
+    dry = editor.plan(base, spec)
+    with text_contexts(monkeypatch) as seen:
+        r = editor.edit(base, spec)
+    assert seen["cfg"] and seen["rollback"]
+    for c in seen["cfg"]:
+        assert c.shape[1] == TEXT + TOKENS and torch.allclose(c[:, TEXT:], want, atol=1e-6)
+    for c in seen["rollback"]:
+        assert c.shape[1] == TEXT + TOKENS and torch.allclose(c[:, TEXT:], want[1:], atol=1e-6)
+    assert r.report.image_encoder_forwards == dry.cost.image_encoder == 2
+    only_text = {**spec, "profile": ["text-only-context"]}
+    assert editor.plan(base, only_text).cost.image_encoder == 1

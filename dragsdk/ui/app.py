@@ -158,11 +158,12 @@ def build_app(
     # The working resolution when the settings leave it empty; never the `resolution` argument's name, which
     # the settings box starts with.
     model_resolution = getattr(getattr(editor, "model", None), "default_resolution", None)
+    model_family = getattr(getattr(editor, "model", None), "family", None)
 
     def overlay(sess: Session, mode_v: str, inputs: Inputs) -> Any:
         """The click view; placements are planned by the editor's own modes at the resolution the run will use
         (the settings', else the model's default)."""
-        return render_overlay(sess, mode_v, inputs, editor.registry, model_resolution)
+        return render_overlay(sess, mode_v, inputs, editor.registry, model_resolution, model_family)
 
     with gr.Blocks(title="dragsdk editor", analytics_enabled=False) as app:
         session = gr.State(Session())

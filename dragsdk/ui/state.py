@@ -765,10 +765,11 @@ def render_overlay(
     inputs: Inputs | None = None,
     registry: Any = None,
     default_resolution: int | None = None,
+    family: str | None = None,
 ) -> Image.Image | None:
     """The click view: the displayed copy with the mode's clicks drawn (arrows from handles to targets, polygons,
     the object at its new place for a mode with a placement input, as :func:`placement_preview` plans it with
-    ``registry`` and ``default_resolution``)."""
+    ``registry``, ``default_resolution`` and ``family``)."""
     if session.image is None:
         return None
     try:
@@ -784,7 +785,7 @@ def render_overlay(
     place = None
     on_base = ui.placement is not None and ui.placement.object == "mask"
     if ui.placement is not None:
-        place = placement_preview(mode, session, inputs, registry, default_resolution)
+        place = placement_preview(mode, session, inputs, registry, default_resolution, family)
         obj = inputs.mask if on_base and inputs.mask is not None and np.asarray(inputs.mask).any() else None
         base = _preview_placement(base, on_base, obj, place)
     img = (
@@ -864,19 +865,25 @@ def _cell_index(n_pixels: int, n_cells: int) -> np.ndarray:
 
 
 def placement_preview(
-    mode: str, session: Session, inputs: Inputs, registry: Any = None, default_resolution: int | None = None
+    mode: str,
+    session: Session,
+    inputs: Inputs,
+    registry: Any = None,
+    default_resolution: int | None = None,
+    family: str | None = None,
 ) -> Placement | None:
     """The placement of a mode with a placement input (:attr:`dragsdk.modes.ModeUI.placement`) as the edit will
     make it, from the mode's own planner.
 
     The page's input becomes a spec (:func:`build_spec`), validated by the mode's spec model and planned by
-    :func:`dragsdk.modes.build_plan` on the canvas the Editor would use (``Canvas.fit(image size, resolution)``),
+    :func:`dragsdk.modes.build_plan` on the canvas the Editor would use (:func:`dragsdk.modes.working_canvas`),
     so every profile (e.g. ``official``: about the image centre; ``centroid-placement``) is drawn as it runs.
 
     Args:
         registry: the Editor's registry (default the process registry).
         default_resolution: the working resolution when the page sets none (the Editor's model default; else the
             spec's default).
+        family: the Editor's model family (``sd1``, ``sd2``, ``sdxl``), for a mode with its own working size.
 
     Returns:
         the :class:`Placement`, or None when there is nothing to place yet or the plan refuses the input (the run
@@ -886,7 +893,7 @@ def placement_preview(
 
     from dragsdk.errors import SpecError
     from dragsdk.geometry import Canvas
-    from dragsdk.modes import PlanContext, build_plan
+    from dragsdk.modes import PlanContext, build_plan, working_canvas
     from dragsdk.registry import get_registry
 
     registry = registry or get_registry()
@@ -903,12 +910,9 @@ def placement_preview(
     try:
         spec = registry.spec_models()[mode].model_validate(build_spec(mode, session, inputs, registry))
         s = spec.sampler
-        resolution = (
-            s.resolution
-            if "resolution" in s.model_fields_set or default_resolution is None
-            else default_resolution
-        )
-        canvas = Canvas.fit(session.image.size, resolution)
+        canvas = working_canvas(
+            registry.modes[mode], spec, session.image.size, family, default_resolution
+        ) or Canvas.fit(session.image.size, s.resolution)
         plan = build_plan(
             registry.modes[mode], spec, PlanContext(canvas, session.image, s.steps, images=held)
         )

@@ -17,6 +17,9 @@ its bugs fixed (:data:`PROFILES`; docs/modes/region-drag.md has the item-by-item
    UNet at 100 … 550 for 20 steps, start 0.5), recording every latent, the reverse noise, and the self-attention
    K/V of **every** layer (encoder, mid, decoder).
 3. The handle cells of the starting latent are re-noised, ``√(1−α²)·z + α·ε`` (α = ``handle_noise``).
+   With ``rng="official"`` (the default) every random draw of steps 2–3 (posterior sample, forward noise, handle
+   noise over the official point list) comes from one generator seeded as ``torch.manual_seed(seed)`` seeds the
+   official code, in its order and shapes (docs row 6c).
 4. Denoising at 549, 500, …, 100 (the official off-by-one at the first step; ``time_grid="recorded"`` uses 550).
    Before every step inside the copy window (official: ``t ≥ int(end_t·steps)``, i.e. every step) the target cells
    take the recorded inversion latent of the same step at their source cells; then the latent outside the editable
@@ -73,7 +76,14 @@ from dragsdk.authoring import (
 )
 
 from .grid import RegionDragGrid
-from .maps import dense_points_map, points_map, polygon_map, region_pair_map
+from .maps import (
+    dense_points_map,
+    dense_points_sources,
+    points_map,
+    points_map_parts,
+    polygon_map,
+    region_pair_map,
+)
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
@@ -148,7 +158,10 @@ class RegionDragSampler(SamplerSettings):
         description="fixed at 1: no classifier-free guidance (the recorded noise assumes it)",
     )
     resolution: int = Field(
-        512, ge=64, le=2048, description="working area ≈ resolution² pixels, sides multiples of 64"
+        512,
+        ge=64,
+        le=2048,
+        description="when given: working area ≈ resolution² pixels, sides multiples of 64; when not: the mode's working size, else the model family's default (768 on SD 1.x)",
     )
     kv_start: float = Field(
         0.0,
@@ -202,6 +215,17 @@ class RegionDragOptions:
     )
     to_uint8: Literal["truncate", "round"] = option(
         "truncate", "round", "the decoded image is rounded to 8 bits, not truncated"
+    )
+    working_size: Literal["image", "model"] = option(
+        "image",
+        "model",
+        "without sampler.resolution, SD 1.x edits at the model's default resolution (area ≈ 768², sides multiples "
+        "of 64), not the image's own size",
+    )
+    rng: Literal["official", "dragsdk"] = option(
+        "official",
+        "dragsdk",
+        "independent seeded streams for the inversion and the handle noise, not one stream in the official order",
     )
 
 
@@ -346,6 +370,18 @@ class RegionDragSpec(EditSpec):
     )
     to_uint8: Literal["truncate", "round"] | None = Field(
         None, description="decoded image to 8 bits: truncate (astype) or round. dragsdk: round"
+    )
+    working_size: Literal["image", "model"] | None = Field(
+        None,
+        description="without sampler.resolution on SD 1.x: the image's own size, sides floored to multiples of 8 "
+        "(official), or the model's default resolution. dragsdk: model",
+    )
+    rng: Literal["official", "dragsdk"] | None = Field(
+        None,
+        description="random draws: official = one generator seeded as torch.manual_seed(sampler.seed), on the "
+        "model's device, drawn in the official order (VAE posterior sample, the forward noise of each inversion "
+        "step, the handle noise of the official point list); dragsdk = independent streams (inversion, "
+        "sampler). dragsdk: dragsdk",
     )
     sampler: RegionDragSampler = Field(default_factory=RegionDragSampler)
 
@@ -516,6 +552,18 @@ class RegionDragMode(EditMode[RegionDragSpec]):
         mask=MaskUI(name="editable region", label="Editable region (optional)"),
     )
 
+    def working_size(
+        self, spec: RegionDragSpec, image_size: tuple[int, int], family: str
+    ) -> tuple[int, int] | None:
+        """The official working size on SD 1.x: the image's own size, each side floored to a multiple of 8 pixels
+        (one latent cell; at least 8). The official evaluation encodes the image as it is (``run_eval.py`` →
+        ``drag.py:198`` ``get_img_latent(ori_image, vae)`` with no ``size``, ``cycle_sde.py:61``) and the UI fits
+        its long side to 512 for v1-5 with sides ``int(side / 8) · 8`` (``ui.py:10``, ``ui_utils.py:27-32``).
+        Other families, and ``working_size: model``: None, the model's default resolution."""
+        if spec.options().working_size != "image" or family != "sd1":
+            return None
+        return max(8, int(image_size[0]) // 8 * 8), max(8, int(image_size[1]) // 8 * 8)
+
     # -- inputs → one map -------------------------------------------------------------------------------------
     def source_map(
         self, spec: RegionDragSpec, ctx: PlanContext, rules: str | None = None
@@ -526,6 +574,15 @@ class RegionDragMode(EditMode[RegionDragSpec]):
             SpecError: naming the field: a mask of the wrong size or empty, a region covering no latent cell, a
                 degenerate or self-intersecting polygon, a point off the image, a map with no target cell.
         """
+        smap, kind, _ = self._maps(spec, ctx, rules)
+        return smap, kind
+
+    def _maps(
+        self, spec: RegionDragSpec, ctx: PlanContext, rules: str | None = None
+    ) -> tuple[SourceMap, str, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`source_map` and the official point list's sources ``(rows, cols)``: every pair of every input
+        (region pair, polygon pair, moved outline, dense point) in the official order with repeats, before the merge
+        drops the targets a later pair overwrites (``drag.py:105-109`` noises them all)."""
         canvas = ctx.canvas
         rules = rules or spec.options().map_rules
         maps: list[SourceMap] = []
@@ -565,7 +622,10 @@ class RegionDragMode(EditMode[RegionDragSpec]):
             handles = [p.handle for p in spec.points]
             targets = [p.target for p in spec.points]
             try:
-                maps.append(points_map(canvas, region, handles, targets, rules=rules))  # type: ignore[arg-type]
+                if rules == "official":
+                    maps.extend(points_map_parts(canvas, region, handles, targets))
+                else:
+                    maps.append(points_map(canvas, region, handles, targets, rules=rules))  # type: ignore[arg-type]
             except ValueError as e:
                 raise _spec_error("region" if str(e).startswith("region_mask") else "points", e) from None
         smap = maps[0]
@@ -573,13 +633,17 @@ class RegionDragMode(EditMode[RegionDragSpec]):
             smap = smap.merge(m)
         if len(smap) == 0:
             raise SpecError(kind.split(" ")[0], "the regions leave no target cell on the latent grid")
-        return smap, kind
+        if spec.dense_points is not None:
+            draw = dense_points_sources(canvas, spec.dense_points)
+        else:
+            draw = (torch.cat([m.source_rows for m in maps]), torch.cat([m.source_cols for m in maps]))
+        return smap, kind, draw
 
     # -- the plan ---------------------------------------------------------------------------------------------
     def plan(self, spec: RegionDragSpec, ctx: PlanContext) -> EditPlan:
         canvas = ctx.canvas
         opt = spec.options()
-        smap, kind = self.source_map(spec, ctx, opt.map_rules)
+        smap, kind, draw = self._maps(spec, ctx, opt.map_rules)
         n = ctx.steps
         grid = opt.time_grid
         if grid != "ddim" and n < MIN_CYCLE_SDE_STEPS:
@@ -642,7 +706,17 @@ class RegionDragMode(EditMode[RegionDragSpec]):
                 f"no mask given: editable = handle ∪ target regions grown by {spec.mask_margin:g} px ({r} cells)"
             )
         src_rows, src_cols = torch.nonzero(smap.source_mask(), as_tuple=True)
-        handle_noise = HandleNoise(src_rows, src_cols, spec.handle_noise) if spec.handle_noise > 0 else None
+        handle_noise = None
+        # rng official: drag.py:105-109, one (C, N) draw over the official point list
+        if spec.handle_noise > 0:
+            handle_noise = HandleNoise(
+                src_rows, src_cols, spec.handle_noise, *(draw if opt.rng == "official" else (None, None))
+            )
+        if opt.rng == "official":
+            notes.append(
+                f"rng official: one generator seeded with {spec.sampler.seed} as torch.manual_seed seeds the "
+                f"official code, drawn in its order; handle noise over its list of {int(draw[0].numel())} points"
+            )
         paste = LatentPaste(smap.target_rows, smap.target_cols, smap.source_rows, smap.source_cols)
         kv_start = max(start, int(math.ceil(spec.sampler.kv_start * n - 1e-9)))
         kv = KVPlan(KVInjection("replace"), kv_start, n) if kv_start < n else None

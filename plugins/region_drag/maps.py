@@ -41,8 +41,10 @@ from dragsdk.authoring import Canvas, Grid, SourceMap
 __all__ = [
     "MapRules",
     "dense_points_map",
+    "dense_points_sources",
     "fill_polygon_cells",
     "points_map",
+    "points_map_parts",
     "polygon_map",
     "region_pair_map",
     "translate_map",
@@ -1050,6 +1052,36 @@ def points_map(
     return fwd_map
 
 
+def points_map_parts(
+    canvas: Canvas,
+    region_mask: np.ndarray | torch.Tensor,
+    handles: Sequence[Sequence[float]] | np.ndarray | torch.Tensor,
+    targets: Sequence[Sequence[float]] | np.ndarray | torch.Tensor,
+    grid: Grid = "latent",
+    k: int = 4,
+    max_handles: int = 100,
+) -> list[SourceMap]:
+    """The official region + points rule outline by outline (:func:`_points_official_parts`): one map per outline
+    of the region that moves, in the official order; :func:`points_map` with ``rules="official"`` is their merge.
+    The concatenation of their pairs is the official point list (its order decides which handle-noise draw lands
+    on which cell).
+
+    Raises:
+        ValueError: as :func:`points_map`.
+    """
+    if int(k) < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if int(max_handles) < 1:
+        raise ValueError(f"max_handles must be at least 1, got {max_handles}")
+    hp = _points_array(handles, "handles")
+    tp = _points_array(targets, "targets")
+    if len(hp) == 0 or len(hp) != len(tp):
+        raise ValueError(
+            f"handles and targets must be non-empty and of one length, got {len(hp)} and {len(tp)}"
+        )
+    return _points_official_parts(canvas, region_mask, hp, tp, grid, int(k), int(max_handles))
+
+
 def _points_official(
     canvas: Canvas,
     region_mask: np.ndarray | torch.Tensor,
@@ -1059,6 +1091,23 @@ def _points_official(
     k: int,
     max_anchors: int,
 ) -> SourceMap:
+    """The official region + points map: :func:`_points_official_parts` merged (a later outline wins a cell)."""
+    parts = _points_official_parts(canvas, region_mask, hp, tp, grid, k, max_anchors)
+    sm = parts[0]
+    for part in parts[1:]:
+        sm = sm.merge(part)
+    return _require_nonempty(sm, "targets")
+
+
+def _points_official_parts(
+    canvas: Canvas,
+    region_mask: np.ndarray | torch.Tensor,
+    hp: np.ndarray,
+    tp: np.ndarray,
+    grid: Grid,
+    k: int,
+    max_anchors: int,
+) -> list[SourceMap]:
     """The official region + points rule (``region_to_points``, ``ui_utils.py:420-525``): the region's outline is
     moved by the points' transform, filled, and mapped back.
 
@@ -1074,14 +1123,16 @@ def _points_official(
        same interpolation run backwards, anchored at the moved region cells with the moves back to where they came
        from (``ui_utils.py:519``). Pairs with the source or target off the grid are dropped (521, 450-462).
 
-    Contours are taken in order and a later one wins a target cell they share (the official dense copy).
+    One map per outline that moves, in OpenCV's contour order, each in raster order of its targets: the official
+    point list is their concatenation (``ui_utils.py:522-524``); merged, a later outline wins a target cell they
+    share (the official dense copy).
     """
     region = _official_grid_mask(canvas, region_mask, grid, "region_mask").numpy()
     gw, gh = canvas.grid_size(grid)
     scale = np.asarray(canvas.scale(grid), dtype=np.float64)
     src, dst = np.trunc(hp * scale).astype(np.int64), np.trunc(tp * scale).astype(np.int64)
     on_grid = (src[:, 0] >= 0) & (src[:, 0] < gw) & (src[:, 1] >= 0) & (src[:, 1] < gh)
-    parts: list[np.ndarray] = []
+    parts: list[SourceMap] = []
     for outline in _cv_external_contours(region):
         inside = _cv_fill_poly(outline, (gw, gh))
         use = on_grid.copy()
@@ -1097,19 +1148,42 @@ def _points_official(
         targets = np.stack([tx, ty], axis=1)
         back = _idw_official(targets, moved_cells, cells - moved_cells, k, max_anchors)
         ok = (back[:, 0] >= 0) & (back[:, 0] < gw) & (back[:, 1] >= 0) & (back[:, 1] < gh)
-        parts.append(np.concatenate([targets[ok], back[ok]], axis=1))
+        t_ok, b_ok = (
+            torch.as_tensor(targets[ok], dtype=torch.long),
+            torch.as_tensor(back[ok], dtype=torch.long),
+        )
+        parts.append(_from_pairs(t_ok[:, 1], t_ok[:, 0], b_ok[:, 1], b_ok[:, 0], (gw, gh)))
     if not parts:
         raise ValueError(
             f"handles: none lies on a {grid} cell of region_mask (official rule: a region moves "
             "only with the handles inside it)"
         )
-    pairs = torch.as_tensor(np.concatenate(parts), dtype=torch.long)
-    sm = _from_pairs(pairs[:, 1], pairs[:, 0], pairs[:, 3], pairs[:, 2], (gw, gh))
-    return _require_nonempty(sm, "targets")
+    return parts
 
 
 # --------------------------------------------------------------------------------------------------------------
 # dense point list (DragBench-SR/DR meta_data_region.pkl)
+
+
+def dense_points_sources(
+    canvas: Canvas, points: Sequence[Sequence[float]] | np.ndarray | torch.Tensor, grid: Grid = "latent"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, cols)``, ``(K,)`` long: the cell of each handle ``hᵢ`` of a dense point list, in the list's order with
+    its repeats (the cells of :func:`dense_points_map`'s direct pairs; at the native size the official
+    ``source // 8``, ``drag.py:189``): the official point list of the handle noise.
+
+    Raises:
+        ValueError: as :func:`dense_points_map`.
+    """
+    pts = _points_array(points, "points")
+    if len(pts) == 0 or len(pts) % 2:
+        raise ValueError(f"points must alternate handle and target, got {len(pts)} points")
+    w, h = canvas.grid_size(grid)
+    sx, sy = canvas.scale(grid)
+    hp = pts[0::2]
+    rows = torch.as_tensor(np.clip(np.floor((hp[:, 1] + 0.5) * sy), 0, h - 1), dtype=torch.long)
+    cols = torch.as_tensor(np.clip(np.floor((hp[:, 0] + 0.5) * sx), 0, w - 1), dtype=torch.long)
+    return rows, cols
 
 
 def dense_points_map(
