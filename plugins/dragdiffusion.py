@@ -87,6 +87,13 @@ class DragDiffusionOptions:
         "the decoded image rounded to 8 bits instead of truncated (run_drag_diffusion.py:201)",
         improvement="rounded-pixels",
     )
+    working_size: Literal["image", "model"] = option(
+        "image",
+        "model",
+        "without sampler.resolution, SD 1.x edits at the model's default resolution (area ≈ 768², sides multiples "
+        "of 64) instead of the image's own size",
+        improvement="model-size",
+    )
 
 
 DRAGDIFFUSION_PROFILES = ProfileTable(DragDiffusionOptions)
@@ -304,6 +311,16 @@ class DragDiffusionMode(EditMode[DragDiffusionSpec]):
         points="points",
         mask=MaskUI(name="editable region", label="Editable region (optional): brush it"),
     )
+
+    def working_size(
+        self, spec: DragDiffusionSpec, image_size: tuple[int, int], family: str
+    ) -> tuple[int, int] | None:
+        """The official working size on SD 1.x: the image's own, each side floored to a multiple of 8 pixels (the
+        official bench encodes the image as it is and resizes the output back, ``run_drag_diffusion.py:108-110,
+        182-184``). Other families, and the ``model-size`` improvement: None, the model's default resolution."""
+        if DRAGDIFFUSION_PROFILES.resolve(spec.profile).working_size != "image" or family != "sd1":
+            return None
+        return max(8, int(image_size[0]) // 8 * 8), max(8, int(image_size[1]) // 8 * 8)
 
     def plan(self, spec: DragDiffusionSpec, ctx: PlanContext) -> EditPlan:
         if spec.lora_steps > 0:

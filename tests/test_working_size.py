@@ -64,6 +64,13 @@ def test_sides_that_are_not_multiples_of_8_are_floored_and_the_output_keeps_the_
     assert tuple(result.report.working_size) == (200, 136)
 
 
+def test_dragdiffusion_official_edits_at_the_images_own_size_and_model_size_at_the_default(tiny_editor):
+    spec = {"mode": "dragdiffusion", "points": [[[100, 100], [120, 110]]], "sampler": {"steps": 4}}
+    assert tiny_editor.plan(_image(517, 389), spec).canvas.size == (512, 384)
+    spec["profile"] = ["model-size"]
+    assert tiny_editor.plan(_image(517, 389), spec).canvas.size == Canvas.fit((517, 389), 768).size
+
+
 def test_dragondiffusion_modes_keep_resize_numpy_image_at_768(tiny_editor):
     mask = np.zeros((384, 512), np.uint8)
     mask[100:200, 100:200] = 1
