@@ -35,6 +35,7 @@ to CUDA unconditionally (``run_drag_diffusion.py:135``), and no CUDA-only autoca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
@@ -311,6 +312,26 @@ class DragDiffusionMode(EditMode[DragDiffusionSpec]):
         points="points",
         mask=MaskUI(name="editable region", label="Editable region (optional): brush it"),
     )
+
+    def convert_spec(self, spec: dict[str, Any], sample: Path | None = None) -> dict[str, Any]:
+        """A point-drag spec (a DragBench sample's ``meta_data.pkl``, ``dragsdk edit FOLDER --mode dragdiffusion``,
+        ``dragsdk bench --mode dragdiffusion``) as a DragDiffusion spec: its prompt, handle → target points and
+        editable mask, and its sampler's ``seed`` and ``resolution`` when given; everything else at DragDiffusion's
+        own defaults (50 steps, guidance 1: ``run_drag_diffusion.py`` reads only the prompt, points and mask).
+
+        Raises:
+            SpecError: (``mode``) a spec of another mode than ``drag``.
+        """
+        if spec.get("mode") != "drag":
+            return super().convert_spec(spec, sample)
+        out: dict[str, Any] = {"mode": self.name, "points": spec["points"]}
+        for key in ("prompt", "mask"):
+            if spec.get(key) is not None:
+                out[key] = spec[key]
+        sampler = {k: v for k, v in dict(spec.get("sampler") or {}).items() if k in ("seed", "resolution")}
+        if sampler:
+            out["sampler"] = sampler
+        return out
 
     def working_size(
         self, spec: DragDiffusionSpec, image_size: tuple[int, int], family: str

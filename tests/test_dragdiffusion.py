@@ -368,3 +368,50 @@ def test_the_parity_scripts_einops_shim_splits_and_merges_heads():
     heads = rearrange(x, "b n (h d) -> b h n d", h=4)
     assert heads.shape == (2, 4, 3, 2) and torch.equal(heads[1, 2, 0], x[1, 0, 4:6])
     assert torch.equal(rearrange(heads, "b h n d -> b n (h d)"), x)
+
+
+# -- DragBench samples: the point-drag spec converted --------------------------------------------------------------
+def test_a_drag_spec_converts_to_dragdiffusion_keeping_prompt_points_mask_and_seed():
+    from dragsdk.registry import get_registry
+    from dragsdk.samples import load_sample
+
+    _, drag = load_sample(EXAMPLE_SAMPLE)
+    mode = get_registry().modes["dragdiffusion"]
+    out = mode.convert_spec(
+        {**drag, "sampler": {"seed": 3, "steps": 50, "guidance_scale": 4.0}}, EXAMPLE_SAMPLE
+    )
+    spec = mode.spec_model.model_validate(out)
+    assert [[list(p.handle), list(p.target)] for p in spec.points] == drag["points"]
+    assert spec.prompt == drag["prompt"] and spec.mask is not None
+    # DragDiffusion's own settings, not DragonDiffusion's: guidance 1, its 50 steps; the seed carried
+    assert spec.sampler.seed == 3 and spec.sampler.guidance_scale == 1.0
+    with pytest.raises(SpecError) as err:
+        mode.convert_spec({"mode": "move", "dx": 1}, None)
+    assert err.value.field == "mode"
+
+
+@pytest.mark.slow
+def test_a_dragbench_sample_edits_end_to_end_from_the_cli_and_in_the_bench(tmp_path):
+    from dragsdk.eval.bench import BenchConfig, run_bench
+
+    out = tmp_path / "out.png"
+    args = ["edit", str(EXAMPLE_SAMPLE), "--mode", "dragdiffusion", "--steps", "4", "--resolution", "128"]
+    res = CliRunner().invoke(app, [*args, "--out", str(out), "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["mode"] == "dragdiffusion" and report["unet_evaluations"]["backward"] >= 1
+    assert Image.open(out).size == Image.open(IMAGE).size
+    r = run_bench(
+        BenchConfig(
+            EXAMPLE_SAMPLE,
+            tmp_path / "bench",
+            mode="dragdiffusion",
+            steps=4,
+            resolution=128,
+            metrics=("dai",),
+        ),
+        progress=False,
+        echo=None,
+    )
+    (rec,) = r.records
+    assert rec["status"] == "ok" and rec["mode"] == "dragdiffusion" and len(rec["spec"]["points"]) == 2
