@@ -135,6 +135,51 @@ class AttentionController:
         raise ValueError(f"cannot map {n_tokens} tokens onto the latent grid {w}×{h}")
 
 
+def classic_attention(
+    q: torch.Tensor, sources: Sequence[KVSource], scale: float | None = None
+) -> torch.Tensor:
+    """Attention over the union of ``sources`` computed as diffusers' ``AttnProcessor`` computes it: the heads folded
+    into the batch, scores ``baddbmm(0, q, kᵀ, β=0, α=scale)``, hidden keys at −inf, softmax over keys in ``q``'s
+    dtype, ``bmm`` with V (``Attention.get_attention_scores`` with ``upcast_softmax`` off, as in SD's UNets).
+
+    The ``attention_math="classic"`` choice of :class:`~dragsdk.fidelity.Fidelity`: the official DragDiffusion runs
+    its inversion and optimisation through this processor (``set_default_attn_processor``,
+    ``run_drag_diffusion.py:120``), and SDPA's fused kernels round differently (about 1e-7 relative per layer),
+    which its 80 Adam steps amplify past 1e-3. Materialises the ``(B·H, N, M)`` scores: O(N·M) memory.
+
+    Args:
+        q: ``(B, H, N, d)`` queries.
+        sources: :class:`~dragsdk.kernels.oracle.KVSource` items, ``k`` / ``v`` ``(1 or B, H, M_i, d)``,
+            ``key_mask`` ``(M_i,)`` bool (True = visible) or None; one softmax over all of them.
+        scale: logit scale, default ``1/√d``.
+
+    Returns:
+        ``(B, H, N, d)`` in ``q``'s dtype.
+    """
+    b, h, n, d = q.shape
+    scale = d**-0.5 if scale is None else scale
+    ks = [s.k.expand(b, -1, -1, -1) for s in sources]
+    vs = [s.v.expand(b, -1, -1, -1) for s in sources]
+    k = ks[0] if len(ks) == 1 else torch.cat(ks, dim=2)
+    v = vs[0] if len(vs) == 1 else torch.cat(vs, dim=2)
+    m = k.shape[2]
+    q3, k3, v3 = q.reshape(b * h, n, d), k.reshape(b * h, m, d), v.reshape(b * h, m, d)
+    empty = torch.empty(b * h, n, m, dtype=q.dtype, device=q.device)
+    scores = torch.baddbmm(empty, q3, k3.transpose(-1, -2), beta=0, alpha=scale)
+    if any(s.key_mask is not None for s in sources):
+        keep = torch.cat(
+            [
+                s.key_mask.to(q.device)
+                if s.key_mask is not None
+                else torch.ones(s.k.shape[2], dtype=torch.bool, device=q.device)
+                for s in sources
+            ]
+        )
+        scores = scores.masked_fill(~keep, float("-inf"))
+    probs = scores.softmax(dim=-1).to(v3.dtype)
+    return torch.bmm(probs, v3).reshape(b, h, n, d)
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """``(B, N, H·d)`` → ``(B, H, N, d)`` view (no copy)."""
     b, n, c = x.shape

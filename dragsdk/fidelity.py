@@ -82,6 +82,15 @@ class Fidelity:
             code's global stream, on the model's device, drawn in the official order: the VAE posterior sample
             (drawn and discarded when ``vae_latent`` is ``mean``), the inversion's forward noise step by step, then
             the handle noise in the plan's official point order (:class:`~dragsdk.plan.HandleNoise` ``draw_rows``).
+        ddim_arithmetic: how the DDIM steps (inversion, sampling, the optimisation's ``x_{t-1}``) compute
+            ``√ᾱ`` and ``√(1−ᾱ)``: ``float64`` = from Python floats (dragsdk); ``float32`` = from the scheduler's
+            float32 ``alphas_cumprod`` entries as 0-dim tensors, as the official DragDiffusion ``inv_step`` / ``step``
+            do (``drag_pipeline.py:369-390`` and the ``step`` above it). The two round differently in the last bit.
+        attention_math: the attention op of every UNet attention layer: ``backend`` = the selected backend's
+            (SDPA, Triton, xformers, ...); ``classic`` = materialised scores, ``baddbmm(q, kᵀ, α=scale)``, softmax
+            over keys in float32, ``bmm`` with V (diffusers' ``AttnProcessor``, which the official DragDiffusion
+            installs with ``set_default_attn_processor``, ``run_drag_diffusion.py:120``):
+            :func:`dragsdk.attention.classic_attention`. Same math, another rounding; O(N²) memory.
         profile: the profile label: ``official``, ``dragsdk`` or ``official+<improvements>``.
         options: every option of the mode's table as ``name=value``, sorted by name (the report's one format).
     """
@@ -96,6 +105,8 @@ class Fidelity:
     to_uint8: Literal["round", "truncate"] = "round"
     kv_source: Literal["inversion", "reconstruction"] = "inversion"
     rng: Literal["dragsdk", "official"] = "dragsdk"
+    ddim_arithmetic: Literal["float64", "float32"] = "float64"
+    attention_math: Literal["backend", "classic"] = "backend"
     profile: str = ""
     options: tuple[str, ...] = ()
 

@@ -19,13 +19,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import torch
 
 from .attention import AttentionController, KVBank
 from .features import FeatureTap
 from .keys import InversionKey
+
+Level: TypeAlias = "float | torch.Tensor"
+"""A noise level ᾱ as the DDIM step functions take it: a Python float or a 0-dim tensor (:meth:`DDIMSchedule.levels`)."""
 
 
 @dataclass
@@ -57,12 +60,16 @@ class DDIMSchedule:
     The given scheduler is not modified (a copy is set to ``steps``), so a host's pipeline keeps its own timesteps.
     """
 
-    def __init__(self, scheduler: Any, steps: int) -> None:
+    def __init__(
+        self, scheduler: Any, steps: int, arithmetic: Literal["float64", "float32"] = "float64"
+    ) -> None:
         scheduler = copy.deepcopy(scheduler)  # set_timesteps mutates it: never touch the host's scheduler
         scheduler.set_timesteps(steps)
         self.timesteps: list[int] = [int(t) for t in scheduler.timesteps]
         self._ac = scheduler.alphas_cumprod.double()
         self._final = float(scheduler.final_alpha_cumprod)
+        self.arithmetic: Literal["float64", "float32"] = arithmetic
+        """How :meth:`levels` hands ᾱ to the DDIM step (:attr:`dragsdk.fidelity.Fidelity.ddim_arithmetic`)."""
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -73,6 +80,16 @@ class DDIMSchedule:
     def alpha_prev(self, i: int) -> float:
         return float(self._ac[self.timesteps[i + 1]]) if i + 1 < len(self.timesteps) else self._final
 
+    def levels(self, i: int) -> tuple[Level, Level]:
+        """``(ᾱ_t, ᾱ_prev)`` of sampling step ``i`` as the DDIM step functions take them: Python floats (their
+        square roots taken in float64) or, under ``arithmetic="float32"``, 0-dim float32 tensors (square roots in
+        float32, as the official DragDiffusion's ``alphas_cumprod[t] ** 0.5``, ``drag_pipeline.py:383-389``). The
+        values are the same float32 numbers either way; only the rounding of ``√ᾱ`` and ``√(1−ᾱ)`` differs."""
+        a_t, a_prev = self.alpha(i), self.alpha_prev(i)
+        if self.arithmetic == "float32":
+            return torch.tensor(a_t, dtype=torch.float32), torch.tensor(a_prev, dtype=torch.float32)
+        return a_t, a_prev
+
     def inversion_step(self, i: int) -> tuple[int, float, float]:
         """``(t, ᾱ_t, ᾱ_prev)`` of the inversion step that records sampling step ``i``: the sampling step's own
         levels here; a schedule whose two passes differ (region-drag's ``RegionDragGrid``) overrides it."""
@@ -82,8 +99,8 @@ class DDIMSchedule:
 def ddim_step(
     z: torch.Tensor,
     eps: torch.Tensor,
-    a_t: float,
-    a_prev: float,
+    a_t: Level,
+    a_prev: Level,
     guidance: torch.Tensor | None = None,
     eta: torch.Tensor | float = 0.0,
     noise: torch.Tensor | None = None,
@@ -93,7 +110,7 @@ def ddim_step(
     ``x̂₀ = (z − √(1−ᾱ_t)(ε + g)) / √ᾱ_t``;  ``σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)``;
     ``z_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev−σ²)·ε + σ·n`` (DDIM arXiv 2010.02502 Eq. 12; guidance placement of
     DragonDiffusion/DiffEditor code, ``src/models/Sampler.py:88-108``). ``eta`` may be a ``(1, 1, h, w)`` map
-    (regional SDE).
+    (regional SDE). ``a_t`` / ``a_prev`` are floats or 0-dim tensors (:meth:`DDIMSchedule.levels`).
     """
     x0 = (z - (1 - a_t) ** 0.5 * (eps if guidance is None else eps + guidance)) / a_t**0.5
     eta_t = torch.as_tensor(eta, dtype=z.dtype, device=z.device)
@@ -105,8 +122,10 @@ def ddim_step(
     return out
 
 
-def ddim_inversion_step(z: torch.Tensor, eps: torch.Tensor, a_t: float, a_prev: float) -> torch.Tensor:
-    """One deterministic DDIM inversion step ``z`` (at ᾱ_prev) → ``z_t`` (at ᾱ_t), with ε evaluated at ``t``."""
+def ddim_inversion_step(z: torch.Tensor, eps: torch.Tensor, a_t: Level, a_prev: Level) -> torch.Tensor:
+    """One deterministic DDIM inversion step ``z`` (at ᾱ_prev) → ``z_t`` (at ᾱ_t), with ε evaluated at ``t``:
+    ``x̂₀ = (z − √(1−ᾱ_prev)·ε) / √ᾱ_prev``, ``z_t = √ᾱ_t·x̂₀ + √(1−ᾱ_t)·ε`` (DDIM arXiv 2010.02502 Eq. 12 run
+    backwards). ``a_t`` / ``a_prev``: floats or 0-dim tensors (:meth:`DDIMSchedule.levels`)."""
     x0 = (z - (1 - a_prev) ** 0.5 * eps) / a_prev**0.5
     return a_t**0.5 * x0 + (1 - a_t) ** 0.5 * eps
 
@@ -240,7 +259,7 @@ def invert(
             else:
                 eps = unet(z, t, encoder_hidden_states=cond, return_dict=False)[0]
             counter.forward += 1
-            z = ddim_inversion_step(z, eps, schedule.alpha(i), schedule.alpha_prev(i))
+            z = ddim_inversion_step(z, eps, *schedule.levels(i))
             latents[i] = z
             if on_step:
                 on_step(i)

@@ -77,6 +77,8 @@ class InversionKey:
         cycle_seed: ``sampler.seed`` when the inversion is stochastic (Cycle-SDE), else None.
         vae_seed: ``sampler.seed`` when ``z_0`` is a VAE posterior sample, else None.
         rng: the plan's random streams (``fidelity.rng``: ``dragsdk`` or ``official``).
+        arithmetic: ``fidelity.ddim_arithmetic`` and ``fidelity.attention_math`` (``float64/backend`` unless a
+            mode's profile says otherwise): the inversion's rounding depends on them.
         image_prompt: ``(adapter name, scale)`` of an image prompt the inversion uses, else None.
     """
 
@@ -100,6 +102,7 @@ class InversionKey:
     vae_seed: int | None
     image_prompt: tuple[str, float] | None
     rng: str = "dragsdk"
+    arithmetic: str = "float64/backend"
 
 
 def image_key(img: Image.Image) -> str:
@@ -154,4 +157,5 @@ def inversion_key(
         vae_seed=s.seed if plan.fidelity.vae_latent == "sample" else None,
         image_prompt=ip_key,
         rng=plan.fidelity.rng,
+        arithmetic=f"{plan.fidelity.ddim_arithmetic}/{plan.fidelity.attention_math}",
     )

@@ -17,7 +17,7 @@ import torch
 
 from .attention import AttentionController
 from .features import FeatureTap
-from .inversion import UNetCounter, ddim_step
+from .inversion import Level, UNetCounter, ddim_step
 from .plan import LatentOptimisation, OptimisationState
 
 
@@ -53,8 +53,8 @@ def _state(
     tap: FeatureTap,
     z: torch.Tensor,
     t: int,
-    a_t: float,
-    a_prev: float,
+    a_t: Level,
+    a_prev: Level,
     cond: torch.Tensor,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Features of ``tap``'s blocks and the DDIM step ``z_{t_prev}`` of ``z`` (full forward, text conditioning)."""
@@ -69,8 +69,8 @@ def optimise_latent(
     controller: AttentionController,
     z: torch.Tensor,
     t: int,
-    a_t: float,
-    a_prev: float,
+    a_t: Level,
+    a_prev: Level,
     cond: torch.Tensor,
     opt: LatentOptimisation,
     counter: UNetCounter,

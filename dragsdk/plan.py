@@ -315,8 +315,8 @@ class EditPlan:
     composite_mask: np.ndarray | None = plan_field(no_inversion(), default=None)
     fidelity: Fidelity = plan_field(
         inverts(
-            "guidance_features, feature_steps, reference_prompt, vae_latent, vae_seed: its guidance_features, "
-            "step0_guidance, reference_prompt and vae_latent"
+            "guidance_features, feature_steps, reference_prompt, vae_latent, vae_seed, arithmetic: its "
+            "guidance_features, step0_guidance, reference_prompt, vae_latent, ddim_arithmetic and attention_math"
         ),
         default_factory=Fidelity,
     )

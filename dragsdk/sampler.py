@@ -313,7 +313,7 @@ class GuidedSampler:
         finally:
             ctl.mode = "plain"
         self.counter.forward += 1
-        return ddim_step(z_src, eps, schedule.alpha(i), schedule.alpha_prev(i))
+        return ddim_step(z_src, eps, *schedule.levels(i))
 
     @staticmethod
     def _start_latent(
@@ -395,7 +395,7 @@ class GuidedSampler:
         """One pass: energy guidance (guided steps), ε with CFG and K/V injection, the DDIM update; returns
         ``z_{t_prev}`` and records the energies (and the trace) into ``out``."""
         schedule, i = trajectory.schedule, ps.step
-        a_t, a_prev = schedule.alpha(i), schedule.alpha_prev(i)
+        a_t = schedule.alpha(i)  # the guidance reads ᾱ_t as a float; the DDIM update takes schedule.levels(i)
         g = rec = None
         if trace:
             out.trace.append(TracePass(i, ps.index, t, z.detach().float().cpu()))
@@ -409,7 +409,7 @@ class GuidedSampler:
             g, rec = self._guidance(plan, z, i, t, a_t, cond_text, ref)
             out.energies.append(rec)
         eps = self._eps(plan, z, i, t, cond_cfg, cond_sample, guidance_scale)
-        z_prev = ddim_step(z, eps, a_t, a_prev, guidance=g, eta=eta, noise=noise)
+        z_prev = ddim_step(z, eps, *schedule.levels(i), guidance=g, eta=eta, noise=noise)
         if trace:
             out.trace[-1].latent_after = z_prev.detach().float().cpu()
             if rec is not None:

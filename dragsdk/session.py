@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .attention import AttentionController, KVBank, install
+from .attention import AttentionController, KVBank, classic_attention, install
 from .concurrency import model_lock
 from .cycle_sde import official_generator
 from .dryrun import DryRun, estimate_cost
@@ -232,7 +232,7 @@ class EditRun:
         device = self.model.device
         reset_peak_memory(device)
         self.controller = AttentionController(
-            attend=self.backend.attention,
+            attend=classic_attention if plan.fidelity.attention_math == "classic" else self.backend.attention,
             bank_layers=editor._bank_layers(plan),
             latent_size=self.canvas.latent_size,
         )
@@ -323,6 +323,7 @@ class EditRun:
         if plan.fidelity.reference_prompt == "base" and plan.references:
             feature_cond = self.cond_text.expand(cond_bank.shape[0], -1, -1)
         schedule = (plan.schedule or DDIMSchedule)(self.model.scheduler, s.steps)
+        schedule.arithmetic = plan.fidelity.ddim_arithmetic
         t0 = time.perf_counter()
         self.reused = self.cached is not None
         if self.cached is not None:
@@ -462,8 +463,7 @@ class EditRun:
             self.controller,
             self.traj.latents[i][:1],
             t,
-            schedule.alpha(i),
-            schedule.alpha_prev(i),
+            *schedule.levels(i),
             self.cond_text,
             opt,
             self.counter,

@@ -88,6 +88,20 @@ class DragDiffusionOptions:
         "the decoded image rounded to 8 bits instead of truncated (run_drag_diffusion.py:201)",
         improvement="rounded-pixels",
     )
+    ddim_arithmetic: Literal["float32", "float64"] = option(
+        "float32",
+        "float64",
+        "the DDIM steps' √ᾱ and √(1−ᾱ) from float64 numbers, as every other dragsdk mode, instead of the "
+        "scheduler's float32 tensors (drag_pipeline.py:383-389); rounding only",
+    )
+    attention_math: Literal["classic", "backend"] = option(
+        "classic",
+        "backend",
+        "attention through the selected backend's kernel (SDPA, Triton, xformers: O(N) memory, faster) instead of "
+        "diffusers' AttnProcessor arithmetic that the official code installs (run_drag_diffusion.py:120); same "
+        "math, another rounding",
+        improvement="backend-attention",
+    )
     working_size: Literal["image", "model"] = option(
         "image",
         "model",
@@ -164,28 +178,32 @@ Point2 = tuple[float, float]
 """A point ``(row, col)`` on the feature grid."""
 
 
-def shifted_patch(feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of ``feat`` ``(1, C, H, W)`` at the grid of rows ``rows`` ``(h,)`` × columns ``cols``
-    ``(w,)`` (feature cells, fractional), corners clamped to the map: ``(1, C, h, w)``.
+def shifted_patch(
+    feat: torch.Tensor, top: torch.Tensor, left: torch.Tensor, rows: int, cols: int
+) -> torch.Tensor:
+    """The ``rows × cols`` patch of ``feat`` ``(1, C, H, W)`` whose first cell sits at the fractional feature cell
+    ``(top, left)`` (0-dim tensors), bilinear: ``(1, C, rows, cols)``.
 
-    Inside the map this is the official ``interpolate_feature_patch`` (``utils/drag_utils.py:54-77``); where a
-    corner falls outside, the official slices run short or wrap around, and this reads the border cell instead."""
+    As the official ``interpolate_feature_patch`` (``utils/drag_utils.py:54-77``) computes it: one set of four
+    corner weights from ``(top, left)`` for the whole patch, ``wa = (⌊x⌋+1 − x)(⌊y⌋+1 − y)``, … in the dtype of
+    ``top`` / ``left``, summed in the order a, b, c, d. Where a corner falls outside the map, the official slices run
+    short or wrap around; this reads the border cell instead (fix 1 of the mode's docs)."""
     _, _, h, w = feat.shape
-    r0, c0 = torch.floor(rows), torch.floor(cols)
-    fr, fc = (rows - r0)[:, None], (cols - c0)[None, :]
-    r0, c0 = r0.long(), c0.long()
-    ra, rb = r0.clamp(0, h - 1), (r0 + 1).clamp(0, h - 1)
-    ca, cb = c0.clamp(0, w - 1), (c0 + 1).clamp(0, w - 1)
+    y0, x0 = torch.floor(top), torch.floor(left)
+    y1, x1 = y0 + 1, x0 + 1
+    wa = (x1 - left) * (y1 - top)
+    wb = (x1 - left) * (top - y0)
+    wc = (left - x0) * (y1 - top)
+    wd = (left - x0) * (top - y0)
+    r = int(y0) + torch.arange(rows, device=feat.device)
+    c = int(x0) + torch.arange(cols, device=feat.device)
+    ra, rb = r.clamp(0, h - 1), (r + 1).clamp(0, h - 1)
+    ca, cb = c.clamp(0, w - 1), (c + 1).clamp(0, w - 1)
 
-    def at(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return feat[:, :, r][:, :, :, c]
+    def at(rr: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
+        return feat[:, :, rr][:, :, :, cc]
 
-    return (
-        at(ra, ca) * ((1 - fr) * (1 - fc))
-        + at(rb, ca) * (fr * (1 - fc))
-        + at(ra, cb) * ((1 - fr) * fc)
-        + at(rb, cb) * (fr * fc)
-    )
+    return at(ra, ca) * wa + at(rb, ca) * wb + at(ra, cb) * wc + at(rb, cb) * wd
 
 
 def _window(p: float, radius: int, size: int) -> tuple[int, int]:
@@ -207,16 +225,15 @@ def motion_supervision(
     _, _, h, w = feat.shape
     loss = feat.new_zeros(())
     for p, t in zip(handles, targets, strict=True):
-        dy, dx = t[0] - p[0], t[1] - p[1]
-        norm = (dy * dy + dx * dx) ** 0.5
+        # d in float32 tensors, as the official computes it from its float32 points (drag_utils.py:133-137)
+        diff = torch.tensor(t, dtype=torch.float32) - torch.tensor(p, dtype=torch.float32)
+        norm = diff.norm()
         if norm < 2.0:
             continue
-        dy, dx = dy / norm, dx / norm
+        d = diff / norm
         r1, r2 = _window(p[0], r_m, h)
         c1, c2 = _window(p[1], r_m, w)
-        rows = torch.arange(r1, r2, dtype=feat.dtype, device=feat.device) + dy
-        cols = torch.arange(c1, c2, dtype=feat.dtype, device=feat.device) + dx
-        moved = shifted_patch(feat, rows, cols)
+        moved = shifted_patch(feat, r1 + d[0], c1 + d[1], r2 - r1, c2 - c1)
         loss = loss + (2 * r_m + 1) ** 2 * F.l1_loss(feat[:, :, r1:r2, c1:c2].detach(), moved)
     return loss
 

@@ -84,8 +84,29 @@ def test_a_patch_shifted_across_the_border_samples_the_border_instead_of_failing
 
 def test_shifted_patch_is_bilinear_inside_the_map():
     f = torch.arange(16.0).reshape(1, 1, 4, 4)
-    got = shifted_patch(f, torch.tensor([0.5]), torch.tensor([1.25]))
-    assert float(got) == pytest.approx(0.5 * 4 + 1.25)  # value = 4·row + col
+    got = shifted_patch(f, torch.tensor(0.5), torch.tensor(1.25), 2, 2)
+    # value = 4·row + col: a linear field is reproduced exactly by bilinear weights
+    assert got.flatten().tolist() == pytest.approx(
+        [0.5 * 4 + 1.25, 0.5 * 4 + 2.25, 1.5 * 4 + 1.25, 1.5 * 4 + 2.25]
+    )
+
+
+def test_shifted_patch_uses_the_official_single_set_of_corner_weights():
+    # utils/drag_utils.py:54-77: four weights from the patch's first cell, one set for every cell, float32
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(1, 3, 9, 9, generator=g)
+    top, left = torch.tensor(2.0) + torch.tensor(0.3), torch.tensor(1.0) + torch.tensor(-0.7)
+    y0, x0 = int(torch.floor(top)), int(torch.floor(left))
+    xc, yc = torch.floor(left) + 1, torch.floor(top) + 1
+    wa, wb = (xc - left) * (yc - top), (xc - left) * (top - torch.floor(top))
+    wc, wd = (left - torch.floor(left)) * (yc - top), (left - torch.floor(left)) * (top - torch.floor(top))
+    expected = (
+        f[:, :, y0 : y0 + 3, x0 : x0 + 3] * wa
+        + f[:, :, y0 + 1 : y0 + 4, x0 : x0 + 3] * wb
+        + f[:, :, y0 : y0 + 3, x0 + 1 : x0 + 4] * wc
+        + f[:, :, y0 + 1 : y0 + 4, x0 + 1 : x0 + 4] * wd
+    )
+    assert torch.equal(shifted_patch(f, top, left, 3, 3), expected)
 
 
 def test_point_tracking_moves_a_handle_to_the_nearest_feature_in_its_window():
