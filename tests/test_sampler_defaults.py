@@ -1,6 +1,6 @@
 """A mode's own sampler defaults survive a partial ``sampler`` block (issue 21: appearance's official guidance 5).
 
-Appearance declares classifier-free guidance 5 (the official UI default, ``src/demo/demo.py``); a spec that named
+Appearance declares classifier-free guidance 5 (the official appearance slider, ``src/demo/demo.py:311``); a spec that named
 only some sampler settings (``{"sampler": {"steps": 50}}``, the CLI's ``--steps``, the UI's settings) used to be
 validated against :class:`SamplerSettings`' shared defaults and ran at guidance 4: the whole 0.12 final-latent gap of
 appearance against the official code at 128² (2.0e-4 with guidance 5, ``benchmarks/parity/dragondiffusion.py``).
