@@ -30,6 +30,13 @@ class LatentPaste:
     Attributes:
         target_rows, target_cols, source_rows, source_cols: ``(K,)`` long tensors of latent cells.
         bank: which inverted image the source cells come from (0 = the base image).
+        in_place: copy from ``z`` itself, one cell at a time in the target's raster order (row by row, column by
+            column), each cell reading ``z`` as the earlier cells (and earlier pastes) left it: what the official
+            drag's in-place slice copy ``latent_in[..., tgt] = latent_in[..., src]`` (``src/utils/utils.py:149``)
+            computes on the CPU, where torch copies overlapping views element by element in memory order, so a
+            target cell whose source cell was already written reads the new value. Equal to the plain copy when
+            the source and target cells do not overlap and no earlier paste wrote the source cells. ``bank`` and
+            ``source`` are then unused.
     """
 
     target_rows: torch.Tensor
@@ -37,10 +44,20 @@ class LatentPaste:
     source_rows: torch.Tensor
     source_cols: torch.Tensor
     bank: int = 0
+    in_place: bool = False
 
     def apply(self, z: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        """Return ``z`` (``(1, C, h, w)``) with the target cells taken from ``source`` (``(B_bank, C, h, w)``)."""
+        """Return ``z`` (``(1, C, h, w)``) with the target cells taken from ``source`` (``(B_bank, C, h, w)``), or
+        from ``z`` itself, cell by cell, with ``in_place``."""
         out = z.clone()
+        if self.in_place:
+            width = z.shape[-1]
+            order = torch.argsort(self.target_rows * width + self.target_cols, stable=True).tolist()
+            tr, tc = self.target_rows.tolist(), self.target_cols.tolist()
+            sr, sc = self.source_rows.tolist(), self.source_cols.tolist()
+            for k in order:  # channels never alias one another: one cell of every channel at a time
+                out[0, :, tr[k], tc[k]] = out[0, :, sr[k], sc[k]]
+            return out
         out[0, :, self.target_rows, self.target_cols] = source[
             self.bank, :, self.source_rows, self.source_cols
         ].to(z)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .fidelity import ALL_IMPROVEMENTS as _ALL_IMPROVEMENTS
 from .fidelity import OFFICIAL as _OFFICIAL
@@ -253,6 +253,29 @@ class EditSpec(SpecModel):
     sampler: Annotated[SamplerSettings, inverts("through its own fields")] = Field(
         default_factory=SamplerSettings
     )
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _keep_mode_sampler_defaults(cls, value: Any) -> Any:
+        """A partial ``sampler`` block keeps the mode's own sampler defaults (appearance: guidance 5) for the
+        settings it does not name, instead of falling back to :class:`SamplerSettings`' shared defaults: a spec
+        ``{"sampler": {"steps": 30}}``, the CLI's ``--steps / --seed / --resolution`` and the UI's settings only
+        change what they name."""
+        factory = cls.model_fields["sampler"].default_factory
+        if factory is None:
+            return value
+        if isinstance(value, SamplerSettings):
+            given = value.model_dump(exclude_unset=True)
+        elif isinstance(value, dict):
+            given = value
+        else:
+            return value
+        base = factory()  # type: ignore[call-arg]
+        defaults = base.model_dump(exclude_unset=True) if isinstance(base, SamplerSettings) else {}
+        missing = {k: v for k, v in defaults.items() if k not in given}
+        if not missing:
+            return value
+        return {**missing, **given}
 
 
 def _as_mask_ref(value: Any) -> Any:

@@ -11,7 +11,9 @@ For each handle → target pair, on the feature grid (image/4):
 
 Edit and contrast are averaged over layers and pairs, content over layers (official normalisation). Edit and
 contrast gradients apply inside the mask, content outside. Before sampling, the 3×3 latent patch at each handle
-of ``z_T`` is copied to its target; K/V are concatenated ``[own; bank]`` from step 5 of 50; DiffEditor's regional
+of ``z_T`` is copied to its target, pair after pair, in place as the official code does (``utils.py:149``: a
+target cell whose source cell an earlier cell or pair already overwrote reads the new value; ``snapshot-copy``:
+every patch from ``z_T`` as it was); K/V are concatenated ``[own; bank]`` from step 5 of 50; DiffEditor's regional
 SDE (inside the mask) and time travel run with the sampler settings. Without a mask, one is proposed around each
 handle (:meth:`dragsdk.editor.Editor.suggest_mask`) plus the target's latent cell. Patches are shifted
 inward at borders rather than clipped, and rows/columns are clipped by height/width respectively (the official
@@ -86,6 +88,13 @@ class DragOptions(DiffEditorOptions):
         "centre",
         "a point falls in the cell holding its pixel's centre, floor((x+0.5)·s), instead of floor(x·s)",
         improvement="pixel-centre",
+    )
+    latent_copy: Literal["in-place", "snapshot"] = option(
+        "in-place",
+        "snapshot",
+        "each pair's 3×3 latent patch copied from the inverted z_T as it was, instead of the official in-place copy "
+        "that reads cells already overwritten when a handle and target patch (or two pairs' patches) overlap",
+        improvement="snapshot-copy",
     )
 
 
@@ -202,7 +211,7 @@ class DragMode(EditMode[DragSpec]):
         for p in spec.points:
             hr, hc = canvas.patch(p.handle, "latent", 1, convention)
             tr, tc = canvas.patch(p.target, "latent", 1, convention)
-            init.append(LatentPaste(tr, tc, hr, hc))
+            init.append(LatentPaste(tr, tc, hr, hc, in_place=opts.latent_copy == "in-place"))
         n = ctx.steps
         kv_start = int(round(spec.sampler.kv_start * n))
         guided = spec.sampler.schedule.steps(n)
