@@ -329,10 +329,13 @@ def _load_state(unet: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 @contextmanager
 def _default_attention(unet: Any) -> Iterator[None]:
-    """diffusers' default attention processors for the ``with`` block (training sees the plain UNet, not a host's
-    IP-Adapter or an edit's processors); the previous ones are put back on exit."""
+    """diffusers' ``AttnProcessor2_0`` (scaled-dot-product attention, what a UNet loads with on torch 2; the official
+    training's ``LoRAAttnProcessor2_0`` without its LoRA) on every layer for the ``with`` block, so training sees
+    the plain UNet, not a host's IP-Adapter or an edit's processors; the previous ones are put back on exit."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
     previous = unet.attn_processors
-    unet.set_default_attn_processor()
+    unet.set_attn_processor(AttnProcessor2_0())
     try:
         yield
     finally:

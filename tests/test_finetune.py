@@ -353,3 +353,38 @@ def test_editor_load_lora_reads_the_official_save_lora_weights_folder(tiny_model
     down, up = state[f"unet.{names[0]}.lora.down.weight"], state[f"unet.{names[0]}.lora.up.weight"]
     assert torch.allclose(model.unet.get_submodule(names[0]).weight, w + up @ down, atol=1e-5)
     assert not torch.equal(model.unet.get_submodule(names[0]).weight, w)
+
+
+@pytest.mark.slow
+def test_a_v_prediction_model_trains_against_v_and_is_restored(image):
+    from dragsdk.models import load_model
+
+    model = load_model("tiny-sd2", device="cpu")
+    assert model.adapter.prediction_type == "v_prediction"
+    before = _snapshot(model.unet)
+    lora = ImageLoRA(steps=6, rank=4, lr=1e-2, batch_size=2, resolution=64, seed=2)
+    state, losses = train_lora(model, image, model.encode_prompt("a car"), lora, UNetCounter())
+    assert len(losses) == 6 and all(np.isfinite(losses)) and any(v.abs().sum() > 0 for v in state.values())
+    _same(before, _snapshot(model.unet))
+
+
+@pytest.mark.slow
+def test_concurrent_edits_with_and_without_the_lora_match_the_edits_run_alone(editor):
+    import threading
+
+    alone = [editor.edit(IMAGE, _spec()).latent, editor.edit(IMAGE, _spec(lora_steps=0)).latent]
+    editor.clear_cache()
+    out: dict[int, torch.Tensor] = {}
+
+    def run(k, spec):
+        out[k] = editor.edit(IMAGE, spec).latent
+
+    threads = [
+        threading.Thread(target=run, args=(0, _spec())),
+        threading.Thread(target=run, args=(1, _spec(lora_steps=0))),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.equal(out[0], alone[0]) and torch.equal(out[1], alone[1])
