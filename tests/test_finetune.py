@@ -388,3 +388,16 @@ def test_concurrent_edits_with_and_without_the_lora_match_the_edits_run_alone(ed
     for t in threads:
         t.join()
     assert torch.equal(out[0], alone[0]) and torch.equal(out[1], alone[1])
+
+
+@pytest.mark.slow
+def test_the_cached_file_is_a_diffusers_lora_that_editor_load_lora_fuses_to_the_same_edit(tiny_model):
+    model = copy.copy(tiny_model)
+    model.unet = copy.deepcopy(tiny_model.unet)
+    a = Editor(tiny_model).edit(IMAGE, _spec())
+    fused = Editor(model)
+    fused.load_lora(a.report.finetune["path"])
+    b = fused.edit(IMAGE, _spec(lora_steps=0))
+    assert torch.allclose(
+        a.latent, b.latent, atol=1e-4
+    )  # fused W + B·A against the unfused adapter: rounding
