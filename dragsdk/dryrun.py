@@ -48,11 +48,14 @@ def estimate_cost(
     recompute_guidance: bool = False,
     feature_steps: set[int] | None = None,
     image_prompt: bool = False,
+    finetune: tuple[int, int] = (0, 0),
 ) -> Cost:
     """The UNet evaluations :meth:`Editor.edit` makes for ``plan`` with ``steps`` DDIM steps: the sampler's own pass
     sequence (:func:`dragsdk.passes.sampling_passes`, :meth:`~dragsdk.passes.Pass.unet_evaluations`) counted
     instead of run, plus the inversion (:func:`dragsdk.passes.inversion_steps`) when ``invert``, plus the latent
-    optimisation (:func:`dragsdk.optimise.optimisation_cost`: its maximum, which an early stop of its tracker lowers).
+    optimisation (:func:`dragsdk.optimise.optimisation_cost`: its maximum, which an early stop of its tracker lowers),
+    plus ``finetune``: ``(forward_grad, backward)`` of the per-image LoRA's training
+    (:func:`dragsdk.finetune.finetune_cost`; zero when its cache holds it).
 
     ``feature_steps``: the steps whose guidance features the inversion provides (``guidance`` rows = their count ×
     bank rows when they are not recorded). ``image_prompt``: an image-prompt adapter is loaded; a plan with an image
@@ -67,6 +70,7 @@ def estimate_cost(
             ref_rows = len(feature_steps) * (1 + len(plan.references))
     regions = len({term.region for term in plan.energies})
     fwd, fwd_grad, bwd = optimisation_cost(plan.optimise)
+    fwd_grad, bwd = fwd_grad + finetune[0], bwd + finetune[1]
     fwd += inv
     for p in sampling_passes(plan, steps):
         f, g, b = p.unet_evaluations(regions, probe_energy_after, recompute_guidance, source_branch(plan))

@@ -137,6 +137,7 @@ class Editor:
         self.processor = VaeImageProcessor(vae_scale_factor=self.model.vae_scale_factor, resample="lanczos")
         self._trajectory: Trajectory | None = None
         self._prompt_cache: LRUCache[torch.Tensor] = LRUCache(prompt_cache_size)
+        self._lora_weights: LRUCache[str] = LRUCache(16)  # (base weights, LoRA key) → weights key with it on
         self._weights = WeightsIdentity(self.model)
         self._image_prompt = ImagePromptSlot(self.model)
         self.bank_layers = frozenset(self.model.adapter.bank_layers())

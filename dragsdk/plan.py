@@ -6,6 +6,7 @@ feature grid = working size / 4 (see :mod:`dragsdk.geometry`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -213,6 +214,66 @@ class OptimisationState:
     record: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ImageLoRA:
+    """Fine-tune a LoRA on the edited image before inverting it (DragDiffusion's per-image LoRA, arXiv 2306.14435
+    §3.1; official ``train_lora``, ``utils/lora_utils.py:108-358``, run by
+    ``drag_bench_evaluation/run_lora_training.py:86-89``).
+
+    The engine (:mod:`dragsdk.finetune`, stage ``finetune`` of :class:`~dragsdk.session.EditRun`) trains a rank-``rank``
+    LoRA on the UNet's attention projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0``; ``lora_utils.py:169-203``)
+    with AdamW (``lr``, β = (0.9, 0.999), ``weight_decay``, ε = 1e-8, constant rate; ``:232-247``) for ``steps``
+    steps of ``batch_size`` random ``resolution``² crops of the working-size image (shorter side resized to
+    ``resolution``, bilinear; ``:268-273``), the ε / v loss of a random timestep (``:298-326``); or loads it from
+    the on-disk cache, then edits with it (inversion, optimisation and sampling) and removes it.
+
+    Attributes:
+        steps: training steps (≥ 1; official DragBench 80, ``run_lora_training.py:89``).
+        rank: the LoRA rank (official 16).
+        lr: AdamW's learning rate (official 5e-4).
+        batch_size: crops per step (official DragBench and UI 4: ``run_lora_training.py:89``, ``drag_ui.py:107``).
+        resolution: crop side in pixels, a multiple of 8 (official 512); None trains on the working-size image as
+            it is (no resize, no crop).
+        seed: the seed of the training's own random stream (official ``set_seed(0)``, ``lora_utils.py:124``).
+        weight_decay: AdamW's decoupled weight decay (official 1e-2, ``lora_utils.py:236``).
+    """
+
+    steps: int
+    rank: int = 16
+    lr: float = 5e-4
+    batch_size: int = 4
+    resolution: int | None = 512
+    seed: int = 0
+    weight_decay: float = 1e-2
+
+    def __post_init__(self) -> None:
+        for name, lo in (("steps", 1), ("rank", 1), ("batch_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"ImageLoRA.{name} must be an int >= {lo}, got {v!r}")
+        if self.resolution is not None and (
+            isinstance(self.resolution, bool)
+            or not isinstance(self.resolution, int)
+            or self.resolution < 8
+            or self.resolution % 8
+        ):
+            raise ValueError(
+                f"ImageLoRA.resolution must be None or a multiple of 8 >= 8, got {self.resolution!r}"
+            )
+        if not (0 < float(self.lr) < float("inf")):
+            raise ValueError(f"ImageLoRA.lr must be a finite number > 0, got {self.lr!r}")
+        if not (0 <= float(self.weight_decay) < float("inf")):
+            raise ValueError(
+                f"ImageLoRA.weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"ImageLoRA.seed must be an int >= 0, got {self.seed!r}")
+
+    def settings(self) -> dict[str, Any]:
+        """Every training setting by name (the cache key's and the report's)."""
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class LatentOptimisation:
     """Optimise the inverted latent of one timestep before sampling (DragDiffusion's motion supervision and point
@@ -298,6 +359,8 @@ class EditPlan:
             sampling, or None.
         image_prompt: the official image prompt (IP-Adapter scale and step window), used when the editor has an
             adapter loaded (:meth:`dragsdk.editor.Editor.load_ip_adapter`); None = the mode has none.
+        finetune: an :class:`ImageLoRA` trained on the image (or loaded from the cache) before ``encode`` and used
+            by the whole edit, or None.
     """
 
     edit_mask: torch.Tensor = plan_field(no_inversion())
@@ -342,6 +405,9 @@ class EditPlan:
     )
 
     optimise: LatentOptimisation | None = plan_field(no_inversion(), default=None)
+    finetune: ImageLoRA | None = plan_field(
+        inverts("weights: the per-image LoRA is on the UNet while the edit inverts"), default=None
+    )
 
     @property
     def needs_gradients(self) -> bool:

@@ -3,6 +3,8 @@
 An edit runs four phases (five with a latent optimisation), each reported step by step to the hook given as ``Editor.edit(...,
 callback_on_step_end=hook)`` (diffusers' name for its per-step hook):
 
+- ``finetune``: only for a plan with a per-image LoRA (:class:`~dragsdk.plan.ImageLoRA`): one step per training
+  step (``index`` the step, ``latent`` None), or 1 when the LoRA came from its cache.
 - ``encode``: 1 step (the VAE encoding of the image and its references); ``latent`` the ``(B, 4, h, w)`` latents.
 - ``invert``: ``steps − start_step`` inversion steps, or 1 when the cached inversion is reused; ``latent`` None
   (reused: the cached starting latent).
@@ -40,7 +42,7 @@ import torch
 
 from .errors import ArgumentTypeError, EditCancelled
 
-PHASES = ("encode", "invert", "optimise", "sample", "decode")
+PHASES = ("finetune", "encode", "invert", "optimise", "sample", "decode")
 
 
 @dataclass
@@ -48,7 +50,7 @@ class StepEvent:
     """One finished step, as the hook sees it.
 
     Attributes:
-        phase: ``encode``, ``invert``, ``optimise``, ``sample`` or ``decode``.
+        phase: ``finetune``, ``encode``, ``invert``, ``optimise``, ``sample`` or ``decode``.
         step: steps of this phase done so far, ``1 … total``.
         total: the phase's step count.
         index: the schedule index of the step (sampling step ``i``; the inversion step reaching ``i``), None for

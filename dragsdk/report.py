@@ -67,6 +67,11 @@ class EditReport(BaseModel):
         None,
         description="the IP-Adapter used as image prompt (None: the mode has none, or no adapter is loaded)",
     )
+    finetune: dict[str, Any] | None = Field(
+        None,
+        description="the per-image LoRA stage (dragsdk.finetune): cached (loaded from the on-disk cache), steps "
+        "trained, the loss of each step, the cache key and file; None without one",
+    )
     optimisation: list[dict[str, Any]] = Field(
         default_factory=list,
         description="one entry per iteration of the latent-optimisation stage (dragsdk.optimise): iteration, loss "

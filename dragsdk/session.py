@@ -1,10 +1,12 @@
 """One edit as a session: :class:`EditRun` holds what one edit needs and runs its named stages
 
-``check_inputs → prepare → encode → invert → optimise → sample → decode → report``
+``check_inputs → prepare → finetune → encode → invert → optimise → sample → decode → report``
 
 (the pattern of diffusers' pipelines: a linear call of named, overridable stages). :meth:`dragsdk.editor.Editor.edit`
 creates one and calls :meth:`EditRun.execute`; :meth:`dragsdk.editor.Editor.plan` runs the first two stages and
-:meth:`EditRun.dry_run`. ``optimise`` runs a plan's :class:`~dragsdk.plan.LatentOptimisation` (DragDiffusion's
+:meth:`EditRun.dry_run`. ``finetune`` trains (or loads from its cache) a plan's per-image
+:class:`~dragsdk.plan.ImageLoRA` and keeps it on the UNet until the model stages end (:mod:`dragsdk.finetune`);
+``optimise`` runs a plan's :class:`~dragsdk.plan.LatentOptimisation` (DragDiffusion's
 motion supervision and point tracking, :mod:`dragsdk.optimise`) and does nothing for a plan without one.
 """
 
@@ -29,6 +31,7 @@ from .cycle_sde import official_generator
 from .dryrun import DryRun, estimate_cost
 from .errors import ArgumentTypeError, NonFiniteError, SpecError
 from .features import FeatureTap
+from .finetune import LoRAOutcome, cache_dir, finetune_cost, lora_key, working_image
 from .geometry import Canvas
 from .image_prompt import ImagePromptPlan, append_context_tokens, context_image_tokens, host_adapter_detached
 from .inversion import DDIMSchedule, Inversion, Trajectory, UNetCounter, guidance_features, invert
@@ -71,7 +74,7 @@ class EditRun:
     """One edit of one image with one spec on one :class:`~dragsdk.editor.Editor`.
 
     Stages fill the attributes in order: ``check_inputs`` (``spec``), ``prepare`` (``img``, ``plan``, ``canvas``,
-    ``ctx``, ``backend``, ``reason``), then, under the model's lock, ``encode`` (``z0``), ``invert`` (``traj``,
+    ``ctx``, ``backend``, ``reason``), then, under the model's lock, ``finetune`` (``finetuned``), ``encode`` (``z0``), ``invert`` (``traj``,
     ``reused``), ``optimise`` (``optimised``), ``sample`` (``out``), ``decode`` (``edited``), and ``report`` builds the
     :class:`~dragsdk.report.EditReport` from them. ``phases`` (seconds per stage) and ``counter`` (UNet evaluations)
     are shared by the stages.
@@ -87,6 +90,7 @@ class EditRun:
         self.cached: Trajectory | None = None
         self.reused = False
         self.optimised: OptimisationOutput | None = None
+        self.finetuned: LoRAOutcome | None = None
         self.rng: torch.Generator | None = None
 
     # -- 1. check_inputs ------------------------------------------------------------------------------------------
@@ -162,7 +166,7 @@ class EditRun:
         o = self.options
         self.check_inputs()
         self.prepare()
-        with model_lock(self.model):
+        with model_lock(self.model), self.finetune():
             opt = self.plan.optimise
             self.find_inversion(
                 {
@@ -194,13 +198,58 @@ class EditRun:
         """
         self.check_inputs()
         self.prepare()
-        with model_lock(self.model):
+        with model_lock(self.model), self.finetune():
             self.find_inversion({})
             with host_adapter_detached(self.model.unet, self.adapter), self.attention():
                 self.encode()
                 self.invert()
             self.keep_inversion()
         return Inversion.of(self.traj, self.reused)
+
+    # -- 3. finetune ----------------------------------------------------------------------------------------------
+    @contextmanager
+    def finetune(self) -> Iterator[None]:
+        """The plan's per-image LoRA (``finetuned``), under the model's lock: loaded from the on-disk cache or
+        trained (:func:`dragsdk.finetune.image_lora`), then kept on the UNet for the ``with`` block (every later
+        model stage) and removed on exit whatever happens (:func:`dragsdk.finetune.lora_on_unet`); nothing when
+        the plan has none. Reports phase ``finetune`` after each training step (``index`` the step), or once when
+        the LoRA came from the cache.
+
+        Raises:
+            EditCancelled: the hook or the cancel event asked to stop (after the current training step; nothing is
+                cached and the UNet is as it was).
+            NonFiniteError: a training loss is not finite.
+            ModelLoadError: peft is missing.
+        """
+        lora = self.plan.finetune
+        if lora is None:
+            yield
+            return
+        from .finetune import image_lora, lora_on_unet
+
+        editor, o = self.editor, self.options
+        t0 = time.perf_counter()
+        base = editor.weights_key()
+        image = working_image(self.img, self.canvas.size)
+        key = lora_key(image, self.spec.prompt, base, lora)
+        cached = (cache_dir() / f"{key}.safetensors").is_file()
+        report = StepReporter(
+            o.callback_on_step_end, o.cancel, {"finetune": 1 if cached else lora.steps}, editor
+        )
+
+        def on_step(k: int, loss: float) -> None:
+            report("finetune", k)
+
+        cond = editor._prompt(self.spec.prompt, weights=base)
+        self.finetuned = image_lora(
+            self.model, image, self.spec.prompt, cond, base, lora, self.counter, on_step
+        )
+        if self.finetuned.cached:
+            report("finetune")
+        self.phases["finetune"] = time.perf_counter() - t0
+        with lora_on_unet(self.model.unet, lora, self.finetuned.state):
+            editor._lora_weights.put((base, key), editor.weights_key())
+            yield
 
     def find_inversion(self, later: dict[str, int]) -> None:
         """Under the model's lock, before the model stages: the image-prompt adapter (``adapter``), the weights key
@@ -266,7 +315,7 @@ class EditRun:
             unet.set_attn_processor(previous)
         self.peak, self.peak_kind = peak_memory(device)
 
-    # -- 3. encode ------------------------------------------------------------------------------------------------
+    # -- 4. encode ------------------------------------------------------------------------------------------------
     def encode(self) -> None:
         """VAE-encode the image and the plan's references into ``z0`` ``(1 + R, 4, h, w)``.
 
@@ -304,7 +353,7 @@ class EditRun:
         self.phases["encode"] = time.perf_counter() - t0
         self.report_step("encode", latent=z0)
 
-    # -- 4. invert ------------------------------------------------------------------------------------------------
+    # -- 5. invert ------------------------------------------------------------------------------------------------
     def invert(self) -> None:
         """The inversion (``traj``): the cached one when its key matches, else DDIM or Cycle-SDE inversion
         recording latents, the K/V bank and the guidance features.
@@ -434,7 +483,7 @@ class EditRun:
             )
         return latents, feats
 
-    # -- 5. optimise ----------------------------------------------------------------------------------------------
+    # -- 6. optimise ----------------------------------------------------------------------------------------------
     def optimise(self) -> None:
         """The plan's latent optimisation (``optimised``) on the inverted latent of step ``start_step``, with plain
         attention and the prompt's embedding; nothing when the plan has none. Reports phase ``optimise`` after each
@@ -472,7 +521,7 @@ class EditRun:
         _check_finite(self.optimised.latent, "optimisation", i, t)
         self.phases["optimise"] = time.perf_counter() - t0
 
-    # -- 6. sample ------------------------------------------------------------------------------------------------
+    # -- 7. sample ------------------------------------------------------------------------------------------------
     def sample(self) -> None:
         """Guided sampling from the inversion to ``z_0`` (``out``): :class:`~dragsdk.sampler.GuidedSampler`.
 
@@ -525,7 +574,7 @@ class EditRun:
         )
         return append_context_tokens(cond_cfg, tokens, pooled_row=self.model.adapter.family == "sdxl")
 
-    # -- 7. decode ------------------------------------------------------------------------------------------------
+    # -- 8. decode ------------------------------------------------------------------------------------------------
     def decode(self) -> None:
         """VAE-decode ``z_0`` to the edited image (``edited``) at the input's size, composited when the plan says.
 
@@ -553,12 +602,13 @@ class EditRun:
         self.phases["decode"] = time.perf_counter() - t0
         self.report_step("decode", latent=latent)
 
-    # -- 8. report ------------------------------------------------------------------------------------------------
+    # -- 9. report ------------------------------------------------------------------------------------------------
     def report(self) -> EditReport:
         """The edit's :class:`~dragsdk.report.EditReport`, built here and nowhere else."""
         spec, plan, model, adapter, s = self.spec, self.plan, self.model, self.adapter, self.spec.sampler
         notes = [
             *plan.notes,
+            *([self.finetuned.note] if self.finetuned is not None and self.finetuned.note else []),
             *filter(
                 None,
                 [
@@ -595,6 +645,7 @@ class EditRun:
             profile_options=list(plan.fidelity.options),
             random_weights=model.random_weights,
             optimisation=self.optimised.records if self.optimised is not None else [],
+            finetune=self.finetuned.report() if self.finetuned is not None else None,
         )
 
     def write_trace(self) -> None:
@@ -631,8 +682,19 @@ class EditRun:
         self.adapter = adapter = (
             editor._image_prompt.live()
         )  # a host adapter the host unloaded: the edit drops it
+        weights, lora_cached = editor.weights_key(), False
+        if (
+            plan.finetune is not None
+        ):  # the weights the edit would invert with: the base and the per-image LoRA
+            key = lora_key(
+                working_image(self.img, self.canvas.size), self.spec.prompt, weights, plan.finetune
+            )
+            lora_cached = (cache_dir() / f"{key}.safetensors").is_file()
+            weights = editor._lora_weights.get((weights, key)) if lora_cached else None
         cached = editor._trajectory
-        inversion_cached = cached is not None and cached.key == self.inversion_key(editor.weights_key())
+        inversion_cached = (
+            cached is not None and weights is not None and cached.key == self.inversion_key(weights)
+        )
         cost = estimate_cost(
             plan,
             steps,
@@ -641,6 +703,7 @@ class EditRun:
             editor.official_cost,
             recorded_steps(plan)[1],
             image_prompt=adapter is not None,
+            finetune=finetune_cost(plan.finetune, lora_cached),
         )
         guided = list(plan.guided_steps or ()) if plan.needs_gradients else []
         kv = (plan.kv.start, plan.kv.end) if plan.kv else None

@@ -4,8 +4,11 @@ timestep, then denoise it with mutual self-attention.
 The skeleton the official code runs on DragBench (Yujun-Shi/DragDiffusion, Apache-2.0;
 ``drag_bench_evaluation/run_drag_diffusion.py``), as this mode plans it:
 
-1. per-image LoRA (rank 16, 80 steps; ``run_lora_training.py``): **not implemented**: ``lora_steps`` must be 0. A
-   LoRA trained elsewhere can be loaded with :meth:`dragsdk.editor.Editor.load_lora`;
+1. per-image LoRA (``lora_steps`` > 0; official DragBench: rank 16, AdamW lr 5e-4, batch 4, 80 steps,
+   ``run_lora_training.py:86-89``; ``utils/lora_utils.py:108-358``): the plan's :class:`ImageLoRA`, trained by the
+   engine (or loaded from its on-disk cache) and on the UNet for the whole edit (``run_drag_diffusion.py:117-123``
+   loads it before inverting). ``lora_steps`` = 0 (the default) edits the model as it is; a LoRA trained elsewhere
+   (the official ``save_lora_weights`` folder) is fused with :meth:`dragsdk.editor.Editor.load_lora`;
 2. DDIM inversion with guidance 1 over ``steps`` = 50 to ``inversion_strength`` 0.7: ``round(0.7·50)`` = 35
    inversion steps, sampling from step index 15 (``run_drag_diffusion.py:95-97,127-131,154``,
    ``drag_pipeline.py:600-601``);
@@ -47,6 +50,7 @@ from dragsdk.authoring import (
     EditMode,
     EditPlan,
     EditSpec,
+    ImageLoRA,
     KVInjection,
     KVPlan,
     LatentOptimisation,
@@ -146,8 +150,34 @@ class DragDiffusionSpec(EditSpec):
     lora_steps: int = Field(
         0,
         ge=0,
-        description="per-image LoRA fine-tuning steps (official 80): not implemented yet, only 0 is accepted; "
-        "load a LoRA trained elsewhere with Editor.load_lora",
+        le=10_000,
+        description="per-image LoRA fine-tuning steps before inversion (official DragBench 80, "
+        "run_lora_training.py:89); 0 = none (the model as it is; a LoRA trained elsewhere: Editor.load_lora). "
+        "Trained LoRAs are cached on disk ($DRAGSDK_CACHE_DIR/lora)",
+    )
+    lora_rank: int = Field(16, ge=1, le=256, description="rank of the per-image LoRA (official 16)")
+    lora_lr: float = Field(
+        5e-4, gt=0.0, le=1.0, description="AdamW learning rate of the LoRA (official 5e-4)"
+    )
+    lora_batch_size: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="random crops per LoRA step (official DragBench 4, run_lora_training.py:89)",
+    )
+    lora_resolution: int | None = Field(
+        512,
+        ge=8,
+        le=2048,
+        multiple_of=8,
+        description="side of the square random crops the LoRA trains on, after resizing the shorter side to it "
+        "(official 512, lora_utils.py:268-273); null: the working-size image as it is",
+    )
+    lora_seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="seed of the LoRA training's own random stream (official set_seed(0))",
     )
     inversion_strength: float = Field(
         0.7, gt=0.0, le=1.0, description="fraction of the DDIM steps inverted; sampling starts there"
@@ -361,12 +391,6 @@ class DragDiffusionMode(EditMode[DragDiffusionSpec]):
         return max(8, int(image_size[0]) // 8 * 8), max(8, int(image_size[1]) // 8 * 8)
 
     def plan(self, spec: DragDiffusionSpec, ctx: PlanContext) -> EditPlan:
-        if spec.lora_steps > 0:
-            raise SpecError(
-                "lora_steps",
-                f"is {spec.lora_steps}: per-image LoRA training is not implemented yet, only 0 is accepted "
-                "(load a LoRA trained elsewhere with Editor.load_lora)",
-            )
         ctx.check_points(spec.points)
         canvas, n = ctx.canvas, ctx.steps
         start = n - int(round(spec.inversion_strength * n))
@@ -397,6 +421,15 @@ class DragDiffusionMode(EditMode[DragDiffusionSpec]):
             "notes": notes,
             "fidelity": DRAGDIFFUSION_PROFILES.fidelity(spec.profile, opts),
         }
+        if spec.lora_steps > 0:
+            plan["finetune"] = ImageLoRA(
+                spec.lora_steps,
+                rank=spec.lora_rank,
+                lr=spec.lora_lr,
+                batch_size=spec.lora_batch_size,
+                resolution=spec.lora_resolution,
+                seed=spec.lora_seed,
+            )
         return EditPlan(**plan)
 
 

@@ -46,6 +46,7 @@ LAYERS: list[set[str]] = [
         "cycle_sde",
         "sampler",
         "optimise",
+        "finetune",
         "dryrun",
         "progress",
         "trace",

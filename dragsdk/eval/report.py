@@ -20,7 +20,7 @@ import numpy as np
 
 from ..io import atomic_write, write_text_atomic
 
-PHASES = ("encode", "invert", "optimise", "sample", "decode")
+PHASES = ("finetune", "encode", "invert", "optimise", "sample", "decode")
 
 
 _PLOT_METRICS = (
