@@ -63,7 +63,7 @@ def main() -> None:
     n = sum(p.numel() for mod in mods.values() if mod is not None for p in mod.parameters())
 
     def fresh() -> None:
-        editor._fingerprint = WeightsFingerprint()
+        editor._weights.fingerprint = WeightsFingerprint()
 
     w = next(model.unet.parameters())
     sign = [1.0]

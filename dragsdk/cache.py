@@ -10,6 +10,7 @@ move the modules. :func:`weights_fingerprint` sees all of these, so a cache keye
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import weakref
 from collections import OrderedDict
@@ -44,8 +45,8 @@ def _adapter_state(module: Any) -> list[Any]:
 class WeightsFingerprint:
     """:func:`weights_fingerprint` made cheap on repeated calls, with the same guarantee.
 
-    Every call reads every weight once, as one L2 norm per parameter (``torch._foreach_norm``, one pass grouped by
-    device and dtype, float32 accumulation or float64 for float64 weights): that read is what sees a write through
+    Every call reads every weight once, as one L2 norm per parameter (row-wise float64 reductions, one device sync
+    per device and dtype, the same value whatever the number of CPU threads: :func:`_statistic`): that read is what sees a write through
     ``W.data`` (peft's merge / unmerge behind diffusers' ``fuse_lora`` / ``unfuse_lora``: ``W.data += scale·B·A``
     bumps neither the storage pointer nor the tensor's version counter, so no metadata can see it). The sum of a
     parameter, the second statistic, is recomputed only when its norm, storage pointer, version counter
@@ -86,10 +87,10 @@ class WeightsFingerprint:
                 h.update(f"{name}{tuple(p.shape)}{p.dtype}{p.device}".encode())
                 params.append(p)
             h.update(repr(_adapter_state(module)).encode())
-        norms = _norms(params)
+        norms = _statistic(params, "norm")
         memo: dict[int, tuple[weakref.ref[torch.Tensor], tuple[Any, ...], float, float]] = {}
-        sums: list[float | None] = []
-        stale: dict[torch.device, list[int]] = {}
+        sums: list[float] = [0.0] * len(params)
+        stale: list[int] = []
         for k, p in enumerate(params):
             meta = (
                 p.data_ptr(),
@@ -102,50 +103,81 @@ class WeightsFingerprint:
             )
             old = self._memo.get(id(p))
             if old is not None and old[0]() is p and old[1] == meta and old[2] == norms[k]:
-                sums.append(old[3])
+                sums[k] = old[3]
             else:
-                sums.append(None)
-                stale.setdefault(p.device, []).append(k)
+                stale.append(k)
             memo[id(p)] = (weakref.ref(p), meta, norms[k], 0.0)
-        for device_ks in stale.values():
-            values = (
-                torch.stack(
-                    [params[k].sum(dtype=_accumulator(params[k])).to(torch.float64) for k in device_ks]
-                )
-                .cpu()
-                .tolist()
-            )
-            for k, v in zip(device_ks, values, strict=True):
-                sums[k] = v
+        for k, v in zip(stale, _statistic([params[k] for k in stale], "sum"), strict=True):
+            sums[k] = v
         for k, p in enumerate(params):
             ref, meta, norm, _ = memo[id(p)]
-            memo[id(p)] = (ref, meta, norm, sums[k])  # type: ignore[assignment]
+            memo[id(p)] = (ref, meta, norm, sums[k])
         self._memo = memo
-        self.recomputed = sum(len(v) for v in stale.values())
+        self.recomputed = len(stale)
         h.update(np.asarray([norms, sums], dtype=np.float64).tobytes())
         return h.hexdigest()
 
 
-def _accumulator(p: torch.Tensor) -> torch.dtype:
-    return torch.float64 if p.dtype == torch.float64 else torch.float32
+# Elements per row of the row-wise reductions in _statistic: each row is reduced by one thread, in one order.
+_ROW = 4096
 
 
-def _norms(params: list[torch.Tensor]) -> list[float]:
-    """The L2 norm of every parameter (float64 values), one ``_foreach_norm`` per (device, dtype) group and one
-    device sync per group."""
+def _statistic(params: list[torch.Tensor], which: str) -> list[float]:
+    """The L2 norm (``which="norm"``) or the sum (``"sum"``) of every parameter, as float64 values that do not depend
+    on the number of CPU threads.
+
+    A whole-tensor reduction does: torch splits a long tensor into one chunk per thread and adds the partial results,
+    so the last bits of a float32 sum or norm change with ``torch.set_num_threads`` (measured: the tiny model's
+    fingerprint differed between 1, 2 and 4 threads, and with it every cache key built on it, the per-image LoRA
+    files included). Here each parameter is cut into rows of ``_ROW`` elements (plus a shorter last row); a reduction
+    along the rows' own dimension computes every row in one thread in a fixed order, whatever the thread count
+    (accumulated in float32, float64 for float64 weights), and the row results are added in float64 with
+    :func:`math.fsum`, which is exact and so independent of their order. One device-to-host copy per (device, dtype) group.
+    """
     out: list[float] = [0.0] * len(params)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for k, p in enumerate(params):
         groups.setdefault((p.device, p.dtype), []).append(k)
-    for (_, dtype), ks in groups.items():
-        tensors = [params[k].detach() for k in ks]
-        if dtype.is_floating_point:
-            values = torch._foreach_norm(tensors, 2, dtype=_accumulator(tensors[0]))
-        else:
-            values = [torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]
-        for k, v in zip(ks, torch.stack([v.to(torch.float64) for v in values]).cpu().tolist(), strict=True):
-            out[k] = v
+    for ks in groups.values():
+        rows: list[torch.Tensor] = []
+        counts: list[int] = []
+        for k in ks:
+            parts = _rows(params[k].detach())
+            for part in parts:
+                acc = _accumulator(part)
+                if which == "norm":
+                    rows.append(torch.linalg.vector_norm(part, dim=-1, dtype=acc).to(torch.float64).square())
+                else:
+                    rows.append(part.sum(dim=-1, dtype=acc).to(torch.float64))
+            counts.append(sum(int(part.shape[0]) for part in parts))
+        values = torch.cat(rows).cpu().tolist() if rows else []
+        start = 0
+        for k, n in zip(ks, counts, strict=True):
+            total = math.fsum(values[start : start + n])
+            out[k] = math.sqrt(total) if which == "norm" else total
+            start += n
     return out
+
+
+def _rows(p: torch.Tensor) -> list[torch.Tensor]:
+    """``p`` flattened into a ``(n // _ROW, _ROW)`` block and a ``(1, n % _ROW)`` remainder (either may be absent);
+    integer and boolean parameters as float64, complex ones as their real and imaginary parts."""
+    if p.dtype.is_complex:
+        p = torch.view_as_real(p)
+    v = p.reshape(-1)
+    if not v.dtype.is_floating_point:
+        v = v.to(torch.float64)
+    n_full = v.numel() // _ROW
+    parts = []
+    if n_full:
+        parts.append(v[: n_full * _ROW].view(n_full, _ROW))
+    if v.numel() % _ROW:
+        parts.append(v[n_full * _ROW :].view(1, -1))
+    return parts
+
+
+def _accumulator(p: torch.Tensor) -> torch.dtype:
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
 def weights_fingerprint(modules: dict[str, Any]) -> str:

@@ -236,12 +236,13 @@ def test_weights_key_is_memoised_and_still_sees_every_kind_of_weight_write(model
     )  # nothing changed: memo only
     w = model.unet.get_submodule("up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q").weight
     version, ptr = w._version, w.data_ptr()
+    saved = w.data[0, 0].clone()
     w.data[0, 0] += 0.25  # as peft's merge writes: W.data += delta
     assert (w._version, w.data_ptr()) == (version, ptr)  # no metadata sees it ...
     changed = editor.weights_key()
     assert changed != key and editor._weights.fingerprint.recomputed == 1  # ... the norm read does
     assert changed == weights_fingerprint(mods)
-    w.data[0, 0] -= 0.25
+    w.data[0, 0] = saved  # (x + 0.25) - 0.25 need not be x, and the key sees a one-ulp change
     original = {k: v.clone() for k, v in model.unet.state_dict().items()}
     with torch.no_grad():
         w.mul_(-1.0)  # keeps the norm; bumps the version
@@ -256,6 +257,36 @@ def test_weights_key_is_memoised_and_still_sees_every_kind_of_weight_write(model
     for t in threads:
         t.join()
     assert keys == [key] * 4
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_weights_key_does_not_depend_on_the_number_of_cpu_threads(model, threads):
+    """The key names files other processes read (the per-image LoRA cache, ONNX graphs): an Editor whose memo was
+    filled with another ``torch.set_num_threads`` (the CI failure of 2026-12-05: a fresh Editor under one thread
+    missed the LoRA file written under two) and one that starts afresh must give the same key. Long parameters
+    (over torch's 32768-element grain, reduced in one chunk per thread by a whole-tensor sum) are included."""
+    from dragsdk.cache import _statistic
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        memoised = Editor(model)
+        key = memoised.weights_key()
+        g = torch.Generator().manual_seed(0)
+        long = [torch.randn(n, generator=g) for n in (4095, 40_001, 1_000_003)] + [torch.randn(900, 700).t()]
+        stats = _statistic(long, "norm") + _statistic(long, "sum")
+        torch.set_num_threads(threads)
+        assert Editor(model).weights_key() == key
+        assert memoised.weights_key() == key and memoised._weights.fingerprint.recomputed == 0
+        assert _statistic(long, "norm") + _statistic(long, "sum") == stats
+        exact = [
+            t.double() for t in long
+        ]  # float32 rows, float64 total: within float32 rounding of the exact values
+        assert _statistic(long, "norm") == pytest.approx([float(t.norm()) for t in exact], rel=1e-6)
+        for got, t in zip(_statistic(long, "sum"), exact, strict=True):
+            assert got == pytest.approx(float(t.sum()), abs=1e-6 * float(t.abs().sum()))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_weights_key_sees_peft_adapters_loaded_and_toggled(model):
