@@ -178,6 +178,14 @@ def edit(
     steps: Annotated[int | None, typer.Option(help="override the spec's DDIM steps")] = None,
     seed: Annotated[int | None, typer.Option(help="override the spec's seed")] = None,
     resolution: Annotated[int | None, typer.Option(help="override the working resolution (pixels)")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="set a spec field, FIELD=VALUE (VALUE as JSON, else text; dotted for nested, e.g. "
+            "sampler.eta=0.5; repeatable; after --mode's conversion)",
+        ),
+    ] = None,
     mode: Annotated[
         str | None,
         typer.Option(
@@ -197,6 +205,14 @@ def edit(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="validate and print the plan (working size, steps, LoRA training, UNet evaluations) without "
+            "editing or writing anything",
+        ),
+    ] = False,
     frame: Annotated[
         int | None,
         typer.Option(help="the frame of an animated image or the page of a multi-page TIFF to edit, from 0"),
@@ -205,7 +221,7 @@ def edit(
     """Edit an image with a spec, or a benchmark sample with its own points and mask."""
     from .io import check_outputs, load_image
     from .samples import detect_sample, load_sample
-    from .specfile import input_files, read_spec_file
+    from .specfile import apply_overrides, input_files, read_spec_file
 
     with _user_errors():
         if not input.exists():
@@ -234,6 +250,7 @@ def edit(
             if mode not in registered:
                 _fail(f"unknown mode {mode!r}; installed modes are {sorted(registered)}")
             spec_obj = registered[mode].convert_spec(spec_obj, input if input.is_dir() else None)
+        spec_obj = apply_overrides(spec_obj, set_ or [])
         sampler = dict(spec_obj.get("sampler") or {})
         for key, value in (("steps", steps), ("seed", seed), ("resolution", resolution)):
             if value is not None:
@@ -254,6 +271,9 @@ def edit(
         editor = _load_editor(model, backend=backend, single_file_config=model_config)
         for path, scale in loras:
             editor.load_lora(path, scale)
+        if dry_run:
+            _print_dry_run(editor.plan(image, spec_obj), json_out)
+            return
         result = editor.edit(image, spec_obj, progress=not quiet, trace=trace)
         result.save(out, report, protect=tuple(protect))
         _warn_random(editor)
@@ -266,6 +286,38 @@ def edit(
             f"wrote {out} ({r.image_size[0]}×{r.image_size[1]}); {phases}; backend {r.backend}; UNet {r.unet_evaluations}"
             + (f"; image encoder {r.image_encoder_forwards}" if r.image_encoder_forwards else "")
         )
+
+
+def _print_dry_run(dry: Any, json_out: bool) -> None:
+    """``dragsdk edit --dry-run``: what :meth:`dragsdk.editor.Editor.plan` says the edit would do."""
+    lora = dry.plan.finetune
+    out = {
+        "working_size": list(dry.canvas.size),
+        "latent_size": list(dry.canvas.latent_size),
+        "steps": dry.steps,
+        "guided_steps": len(dry.guided_steps),
+        "kv_window": list(dry.kv_window) if dry.kv_window else None,
+        "optimisation_steps": dry.plan.optimise.max_steps if dry.plan.optimise is not None else 0,
+        "finetune": {**lora.settings(), "cached": dry.finetune_cached} if lora is not None else None,
+        "inversion_cached": dry.inversion_cached,
+        "backend": dry.backend,
+        "unet_evaluations": dry.cost.to_dict(),
+    }
+    if json_out:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    w, h = out["working_size"]
+    lora_text = ""
+    if lora is not None:
+        lora_text = (
+            "the cached per-image LoRA, "
+            if dry.finetune_cached
+            else f"a per-image LoRA trained for {lora.steps} steps (batch {lora.batch_size}), "
+        )
+    typer.echo(
+        f"would edit at {w}×{h}: {lora_text}{dry.steps} DDIM steps, {out['guided_steps']} guided, "
+        f"{out['optimisation_steps']} optimisation steps at most; backend {dry.backend}; UNet {out['unet_evaluations']}"
+    )
 
 
 @app.command()
@@ -482,6 +534,13 @@ def bench(
         int | None, typer.Option(help="override every spec's working resolution (pixels)")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="override every spec's seed")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="set a field of every sample's spec, FIELD=VALUE (as dragsdk edit --set; e.g. lora_steps=0)",
+        ),
+    ] = None,
     metrics: Annotated[
         str, typer.Option(help="comma-separated subset of md,md_regiondrag,dai,psnr_ssim,if")
     ] = "md,md_regiondrag,dai,psnr_ssim,if",
@@ -523,6 +582,7 @@ def bench(
             steps=steps,
             resolution=resolution,
             seed=seed,
+            overrides=tuple(set_ or ()),
             metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
             dift_model=dift_model,
             dift_ensemble=dift_ensemble,

@@ -95,6 +95,8 @@ class DryRun:
         inversion_cached: the Editor holds this image's inversion for these settings and weights.
         cost: UNet evaluations the edit would make.
         backend / backend_reason: the backend ``auto`` (or the named one) would use, and why.
+        finetune_cached: the plan's per-image LoRA (``plan.finetune``) is in the on-disk cache, so the edit loads it
+            instead of training (False when the plan has none).
     """
 
     plan: EditPlan
@@ -106,3 +108,4 @@ class DryRun:
     cost: Cost
     backend: str
     backend_reason: str
+    finetune_cached: bool = False

@@ -708,7 +708,16 @@ class EditRun:
         guided = list(plan.guided_steps or ()) if plan.needs_gradients else []
         kv = (plan.kv.start, plan.kv.end) if plan.kv else None
         return DryRun(
-            plan, self.canvas, steps, guided, kv, inversion_cached, cost, self.backend.name, self.reason
+            plan,
+            self.canvas,
+            steps,
+            guided,
+            kv,
+            inversion_cached,
+            cost,
+            self.backend.name,
+            self.reason,
+            lora_cached,
         )
 
 

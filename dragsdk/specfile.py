@@ -5,6 +5,7 @@ One reader for ``dragsdk edit --spec``, ``Editor.edit(image, "spec.json")`` and 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,46 @@ def spec_object(value: Any, field: str = "spec") -> dict[str, Any]:
     if "sampler" in value and not isinstance(value["sampler"], dict):
         raise SpecError("sampler", 'expected an object of sampler settings (e.g. {"steps": 50})')
     return value
+
+
+def apply_overrides(spec: dict[str, Any], assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``spec`` with each ``FIELD=VALUE`` of ``assignments`` set, in order (the CLI's ``--set``).
+
+    ``FIELD`` is a top-level spec field or a dotted path into a nested object (``sampler.eta``); ``VALUE`` is read as
+    JSON when it parses (``0``, ``0.5``, ``true``, ``null``, ``[1, 2]``, ``"text"``) and is otherwise the string as
+    written. The spec itself is not changed: a new dict is returned (nested objects along a path copied). Whether the
+    field exists and the value is valid is the spec model's check, when the spec is validated.
+
+    Raises:
+        SpecError: (field ``--set``) an assignment without ``=``, with an empty field name or path part, or whose path
+            runs through a value that is not an object.
+    """
+    out = dict(spec)
+    for text in assignments:
+        name, sep, raw = text.partition("=")
+        parts = name.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError(
+                "--set", f"expected FIELD=VALUE (e.g. lora_steps=0 or sampler.eta=0.5), got {text!r}"
+            )
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise SpecError(
+                    "--set", f"{text!r}: {where} is not an object, so it has no field {parts[depth + 1]!r}"
+                )
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return out
 
 
 def resolve_spec_paths(spec: dict[str, Any], base: str | os.PathLike[str]) -> dict[str, Any]:

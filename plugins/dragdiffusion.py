@@ -7,7 +7,8 @@ The skeleton the official code runs on DragBench (Yujun-Shi/DragDiffusion, Apach
 1. per-image LoRA (``lora_steps`` > 0; official DragBench: rank 16, AdamW lr 5e-4, batch 4, 80 steps,
    ``run_lora_training.py:86-89``; ``utils/lora_utils.py:108-358``): the plan's :class:`ImageLoRA`, trained by the
    engine (or loaded from its on-disk cache) and on the UNet for the whole edit (``run_drag_diffusion.py:117-123``
-   loads it before inverting). ``lora_steps`` = 0 (the default) edits the model as it is; a LoRA trained elsewhere
+   loads it before inverting). ``lora_steps`` = 80 by default (the official DragBench run); 0 edits the model as
+   it is; a LoRA trained elsewhere
    (the official ``save_lora_weights`` folder) is fused with :meth:`dragsdk.editor.Editor.load_lora`;
 2. DDIM inversion with guidance 1 over ``steps`` = 50 to ``inversion_strength`` 0.7: ``round(0.7·50)`` = 35
    inversion steps, sampling from step index 15 (``run_drag_diffusion.py:95-97,127-131,154``,
@@ -148,12 +149,12 @@ class DragDiffusionSpec(EditSpec):
         "z_{t-1} is held by the λ term; absent = no λ term (official: an empty mask)",
     )
     lora_steps: int = Field(
-        0,
+        80,
         ge=0,
         le=10_000,
         description="per-image LoRA fine-tuning steps before inversion (official DragBench 80, "
-        "run_lora_training.py:89); 0 = none (the model as it is; a LoRA trained elsewhere: Editor.load_lora). "
-        "Trained LoRAs are cached on disk ($DRAGSDK_CACHE_DIR/lora)",
+        "run_lora_training.py:89; minutes on a GPU, hours on a CPU at SD 1.5 size); 0 = none (the model as it is; "
+        "a LoRA trained elsewhere: Editor.load_lora). Trained LoRAs are cached on disk ($DRAGSDK_CACHE_DIR/lora)",
     )
     lora_rank: int = Field(16, ge=1, le=256, description="rank of the per-image LoRA (official 16)")
     lora_lr: float = Field(

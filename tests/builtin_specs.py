@@ -43,6 +43,7 @@ def builtin_specs(sampler: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "mask": mask,
             "points": sample["points"],
             "n_pix_step": 4,
+            "lora_steps": 0,  # the golden slice was recorded without the per-image LoRA
             "sampler": sampler,
         },
         "paste": {

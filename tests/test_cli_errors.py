@@ -159,6 +159,14 @@ CASES = {
         lambda t: _edit(t, _spec_text(t, json.dumps({**SPEC, "mask": "spec.json"}))),
         "mask: ",
     ),
+    # --set
+    "set without =": (lambda t: _edit(t) + ["--set", "lora_steps"], "--set: expected FIELD=VALUE"),
+    "set through a non-object": (lambda t: _edit(t) + ["--set", "mode.x=1"], "mode is not an object"),
+    "set an unknown field": (lambda t: _edit(t) + ["--set", "no_such_field=1"], "no_such_field"),
+    "bench set without =": (
+        lambda t: ["bench", str(t), "--out", str(t / "o"), "--set", "=3"],
+        "--set: expected FIELD=VALUE",
+    ),
     # sample folders
     "sample pickle truncated": (
         lambda t: _sample(t, pickle.dumps({"points": [[1, 2]] * 50})[:40]),

@@ -43,6 +43,7 @@ def _spec(**kw):
         "prompt": "a car",
         "points": [[[131, 264], [200, 313]]],
         "n_pix_step": 3,
+        "lora_steps": 0,
         "sampler": SMALL,
     }
     return {**base, **kw}
@@ -272,13 +273,28 @@ def test_dragdiffusion_edits_end_to_end_and_keeps_the_input_size(editor):
     assert plan.kv.injection.mode == "replace" and plan.kv_layers == 10 and plan.optimise.max_steps == 3
 
 
-def test_dragdiffusion_plans_the_official_defaults(editor):
-    dry = editor.plan(
-        IMAGE, {"mode": "dragdiffusion", "prompt": "a car", "points": [[[131, 264], [200, 313]]]}
-    )
+def test_dragdiffusion_plans_the_official_defaults(editor, tmp_path, monkeypatch):
+    monkeypatch.setenv("DRAGSDK_CACHE_DIR", str(tmp_path))  # no cached LoRA: the dry run counts the training
+    default = {"mode": "dragdiffusion", "prompt": "a car", "points": [[[131, 264], [200, 313]]]}
+    dry = editor.plan(IMAGE, default)
     plan = dry.plan
     assert dry.steps == 50 and plan.start_step == 15 and (plan.kv.start, plan.kv.end) == (15, 50)
     assert plan.optimise.max_steps == 80 and plan.optimise.lr == 0.01 and plan.optimise.feature_blocks == (2,)
+    lora = plan.finetune  # the official DragBench LoRA (run_lora_training.py:86-89)
+    assert (lora.steps, lora.rank, lora.lr, lora.batch_size, lora.resolution, lora.seed) == (
+        80,
+        16,
+        5e-4,
+        4,
+        512,
+        0,
+    )
+    without = editor.plan(IMAGE, {**default, "lora_steps": 0})
+    assert without.plan.finetune is None
+    assert (
+        dry.cost.forward_grad - without.cost.forward_grad == 80
+        and dry.cost.backward - without.cost.backward == 80
+    )
     assert dry.cost.inversion_forward == 35 and dry.cost.forward == 35 + 1 + 2 * 35  # + the source branch
     assert plan.fidelity.kv_source == "reconstruction"
     assert editor.resolve_spec(_spec()).sampler.guidance_scale == 1.0
@@ -332,6 +348,34 @@ def test_the_cli_lists_and_runs_dragdiffusion(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["unet_evaluations"]["forward_grad"] >= 1
     assert Image.open(out).size == Image.open(IMAGE).size
+
+
+def test_the_cli_dry_run_counts_the_official_lora_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRAGSDK_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out.png"
+    base = ["edit", str(EXAMPLE_SAMPLE), "--mode", "dragdiffusion", "--model", "tiny", "--out", str(out)]
+    runs = {}
+    for name, extra in {"official": [], "no-lora": ["--set", "lora_steps=0"]}.items():
+        res = CliRunner().invoke(app, [*base, *extra, "--dry-run", "--json"])
+        assert res.exit_code == 0, res.output
+        runs[name] = json.loads(res.stdout[res.stdout.index("{") :])
+    official, plain = runs["official"], runs["no-lora"]
+    assert official["finetune"] == {
+        "steps": 80,
+        "rank": 16,
+        "lr": 5e-4,
+        "weight_decay": 0.01,
+        "batch_size": 4,
+        "resolution": 512,
+        "seed": 0,
+        "cached": False,
+    }
+    assert plain["finetune"] is None and official["optimisation_steps"] == plain["optimisation_steps"] == 80
+    assert official["unet_evaluations"]["backward"] - plain["unet_evaluations"]["backward"] == 80
+    assert official["working_size"] == [512, 384] and official["kv_window"] == [15, 50]
+    assert not out.exists() and not (tmp_path / "cache").exists()
+    text = CliRunner().invoke(app, [*base, "--dry-run"])
+    assert text.exit_code == 0 and "a per-image LoRA trained for 80 steps (batch 4)" in text.stdout
 
 
 @pytest.fixture
@@ -419,10 +463,12 @@ def test_a_dragbench_sample_edits_end_to_end_from_the_cli_and_in_the_bench(tmp_p
 
     out = tmp_path / "out.png"
     args = ["edit", str(EXAMPLE_SAMPLE), "--mode", "dragdiffusion", "--steps", "4", "--resolution", "128"]
+    args += ["--set", "lora_steps=0", "--set", "n_pix_step=2"]
     res = CliRunner().invoke(app, [*args, "--out", str(out), "--json", "--quiet"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert report["mode"] == "dragdiffusion" and report["unet_evaluations"]["backward"] >= 1
+    assert report["mode"] == "dragdiffusion" and 1 <= report["unet_evaluations"]["backward"] <= 2
+    assert report["finetune"] is None  # --set lora_steps=0
     assert Image.open(out).size == Image.open(IMAGE).size
     r = run_bench(
         BenchConfig(
@@ -431,6 +477,7 @@ def test_a_dragbench_sample_edits_end_to_end_from_the_cli_and_in_the_bench(tmp_p
             mode="dragdiffusion",
             steps=4,
             resolution=128,
+            overrides=("lora_steps=0", "n_pix_step=2"),
             metrics=("dai",),
         ),
         progress=False,
@@ -438,3 +485,4 @@ def test_a_dragbench_sample_edits_end_to_end_from_the_cli_and_in_the_bench(tmp_p
     )
     (rec,) = r.records
     assert rec["status"] == "ok" and rec["mode"] == "dragdiffusion" and len(rec["spec"]["points"]) == 2
+    assert rec["spec"]["lora_steps"] == 0 and rec["spec"]["n_pix_step"] == 2

@@ -73,3 +73,41 @@ def test_unknown_or_missing_mode_is_refused():
         spec_from_json({"mode": "warp"}, {"drag": DragSpec})
     with pytest.raises(SpecError, match="mode: missing"):
         spec_from_json({}, {"drag": DragSpec})
+
+
+# -- --set FIELD=VALUE (dragsdk.specfile.apply_overrides) ---------------------------------------------------------
+def test_set_assignments_parse_json_values_follow_dotted_paths_and_leave_the_input_alone():
+    from dragsdk.specfile import apply_overrides
+
+    spec = {"mode": "dragdiffusion", "sampler": {"steps": 3}, "prompt": "a car"}
+    out = apply_overrides(
+        spec,
+        [
+            "lora_steps=0",
+            "sampler.eta=0.5",
+            "prompt=a red car",
+            "mask=null",
+            'profile=["model-size"]',
+            "x.y.z=true",
+        ],
+    )
+    assert out == {
+        "mode": "dragdiffusion",
+        "sampler": {"steps": 3, "eta": 0.5},
+        "prompt": "a red car",  # not JSON: the text as written
+        "lora_steps": 0,
+        "mask": None,
+        "profile": ["model-size"],
+        "x": {"y": {"z": True}},
+    }
+    assert spec == {"mode": "dragdiffusion", "sampler": {"steps": 3}, "prompt": "a car"}
+    assert apply_overrides(spec, ['prompt="12"', "prompt=12"])["prompt"] == 12  # in order: the last wins
+    for bad, says in [
+        ("lora_steps", "expected FIELD=VALUE"),
+        ("=1", "expected FIELD=VALUE"),
+        ("a..b=1", "expected FIELD=VALUE"),
+        ("prompt.x=1", "prompt is not an object"),
+    ]:
+        with pytest.raises(SpecError) as err:
+            apply_overrides(spec, [bad])
+        assert err.value.field == "--set" and says in str(err.value)

@@ -33,6 +33,7 @@ import json
 import platform
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -72,26 +73,36 @@ def _einops_shim() -> types.ModuleType:
     return mod
 
 
-def inputs(tmp: Path) -> dict[str, Any]:
-    """The 128×128 image (uint8 HWC), mask (uint8 HW, 255 inside, saved as PNG for dragsdk), prompt and points."""
+def inputs(tmp: Path, size: int = SIZE) -> dict[str, Any]:
+    """The ``size``² image (uint8 HWC), mask (uint8 HW, 255 inside, saved as PNG for dragsdk), prompt and points."""
     from dragsdk.authoring import load_mask
     from dragsdk.samples import load_sample
 
     image_path, spec = load_sample(SAMPLE)
     img = Image.open(image_path).convert("RGB")
-    sx, sy = SIZE / img.size[0], SIZE / img.size[1]
-    image = np.asarray(img.resize((SIZE, SIZE), Image.Resampling.LANCZOS))
+    sx, sy = size / img.size[0], size / img.size[1]
+    image = np.asarray(img.resize((size, size), Image.Resampling.LANCZOS))
     full = load_mask(spec["mask"]).astype(np.uint8) * 255
-    mask = (np.asarray(Image.fromarray(full).resize((SIZE, SIZE), Image.Resampling.NEAREST)) > 0).astype(
+    mask = (np.asarray(Image.fromarray(full).resize((size, size), Image.Resampling.NEAREST)) > 0).astype(
         np.uint8
     ) * 255
     Image.fromarray(image).save(tmp / "image.png")
     Image.fromarray(mask).save(tmp / "mask.png")
     points = [[[round(x * sx), round(y * sy)] for x, y in pair] for pair in spec["points"]]
-    return {"image": image, "mask": mask, "prompt": spec["prompt"], "points": points, "dir": tmp}
+    return {
+        "image": image,
+        "mask": mask,
+        "prompt": spec["prompt"],
+        "points": points,
+        "dir": tmp,
+        "size": size,
+    }
 
 
-def run_dragsdk(bundle: Any, data: dict[str, Any], n_pix_step: int) -> dict[str, Any]:
+def run_dragsdk(
+    bundle: Any, data: dict[str, Any], n_pix_step: int, steps: int = STEPS, lora: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """dragsdk's edit; ``lora``: ``lora_*`` spec fields (None: ``lora_steps`` 0). ``seconds``: the report's phases."""
     from dragsdk import Editor
 
     editor = Editor(bundle, backend="eager")
@@ -101,13 +112,15 @@ def run_dragsdk(bundle: Any, data: dict[str, Any], n_pix_step: int) -> dict[str,
         "mask": str(data["dir"] / "mask.png"),
         "points": data["points"],
         "n_pix_step": n_pix_step,
-        "sampler": {"steps": STEPS, "resolution": SIZE},
+        "lora_steps": 0,  # the official driver runs without a LoRA folder too
+        **(lora or {}),
+        "sampler": {"steps": steps, "resolution": data["size"]},
     }
-    steps: list[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
 
     def hook(event: Any) -> None:
         if event.phase == "optimise":
-            steps.append(event.latent.detach().clone())
+            seen.append(event.latent.detach().clone())
 
     result = editor.edit(data["dir"] / "image.png", spec, callback_on_step_end=hook)
     start = result.plan.start_step
@@ -116,17 +129,25 @@ def run_dragsdk(bundle: Any, data: dict[str, Any], n_pix_step: int) -> dict[str,
     losses = [r["loss"] for r in result.report.optimisation if r["loss"] is not None]
     return {
         "inverted": inverted,
-        "steps": steps,
+        "steps": seen,
         "handles": handles,
         "final": result.latent,
         "losses": losses,
+        "seconds": dict(result.report.phase_seconds),
+        "adam_steps": len(losses),
     }
 
 
 def run_official(
-    bundle: Any, official: Path, data: dict[str, Any], n_pix_step: int, ours_optimised: torch.Tensor | None
+    bundle: Any,
+    official: Path,
+    data: dict[str, Any],
+    n_pix_step: int,
+    ours_optimised: torch.Tensor | None,
+    steps: int = STEPS,
 ) -> dict[str, Any]:
-    """The official pipeline; ``ours_optimised``: also sample from dragsdk's optimised latent (isolates sampling)."""
+    """The official pipeline; ``ours_optimised``: also sample from dragsdk's optimised latent (isolates sampling).
+    ``seconds``: wall time of its inversion (with the VAE encoding), optimisation and sampling (with the decoding)."""
     from diffusers import DDIMScheduler
 
     try:
@@ -158,11 +179,13 @@ def run_official(
         requires_safety_checker=False,
     )
     model.modify_unet_forward()  # :80
+    size = data["size"]
+    seconds: dict[str, float] = {}
     args = types.SimpleNamespace(  # :92-110
         prompt=data["prompt"],
         points=[p for pair in data["points"] for p in pair],
-        n_inference_step=STEPS,
-        n_actual_inference_step=round(STRENGTH * STEPS),
+        n_inference_step=steps,
+        n_actual_inference_step=round(STRENGTH * steps),
         guidance_scale=1.0,
         unet_feature_idx=[3],
         r_m=1,
@@ -170,12 +193,13 @@ def run_official(
         lam=0.1,
         lr=0.01,
         n_pix_step=n_pix_step,
-        sup_res_h=int(0.5 * SIZE),
-        sup_res_w=int(0.5 * SIZE),
+        sup_res_h=int(0.5 * size),
+        sup_res_w=int(0.5 * size),
     )
     source = torch.from_numpy(data["image"]).float() / 127.5 - 1  # :47-52
     source = source.permute(2, 0, 1)[None]
     model.unet.set_default_attn_processor()  # :120 (no LoRA)
+    clock = time.perf_counter()
     invert_code = model.invert(  # :127-131
         source,
         args.prompt,
@@ -183,12 +207,13 @@ def run_official(
         num_inference_steps=args.n_inference_step,
         num_actual_inference_steps=args.n_actual_inference_step,
     )
+    seconds["encode + invert"] = time.perf_counter() - clock
     mask = torch.from_numpy(data["mask"]).float() / 255.0  # :133-136, without .cuda()
     mask[mask > 0.0] = 1.0
     mask = F.interpolate(mask[None, None], (args.sup_res_h, args.sup_res_w), mode="nearest")
     handle_points, target_points = [], []
     for idx, point in enumerate(args.points):  # :141-147
-        cur = torch.round(torch.tensor([point[1] / SIZE * args.sup_res_h, point[0] / SIZE * args.sup_res_w]))
+        cur = torch.round(torch.tensor([point[1] / size * args.sup_res_h, point[0] / size * args.sup_res_w]))
         (handle_points if idx % 2 == 0 else target_points).append(cur)
     init_code = invert_code
     init_code_orig = copy.deepcopy(init_code)
@@ -211,6 +236,7 @@ def run_official(
     model.forward_unet_features = forward_recorded
     drag_utils.point_tracking = track_recorded
     printed = io.StringIO()
+    clock = time.perf_counter()
     try:
         with contextlib.redirect_stdout(printed):  # the official loop prints each loss (drag_utils.py:154)
             updated = drag_utils.drag_diffusion_update(  # :158-159
@@ -218,6 +244,7 @@ def run_official(
             )
     finally:
         drag_utils.point_tracking = track
+    seconds["optimise"] = time.perf_counter() - clock
     losses = [
         float(line.split("=")[1])
         for line in printed.getvalue().splitlines()
@@ -244,7 +271,9 @@ def run_official(
             )
         return latents[-1][1:2]
 
+    clock = time.perf_counter()
     final = sample(updated.detach())
+    seconds["sample + decode"] = time.perf_counter() - clock
     final_from_ours = sample(ours_optimised) if ours_optimised is not None else None
     return {
         "inverted": init_code_orig,
@@ -254,6 +283,8 @@ def run_official(
         "losses": losses,
         "final": final,
         "final_from_dragsdk_optimised": final_from_ours,
+        "seconds": seconds,
+        "adam_steps": len(losses),  # one printed loss per Adam step (drag_utils.py:154)
     }
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..defaults import default_model
 from ..errors import ModelNotFoundError, SpecError
+from ..specfile import apply_overrides
 from .datasets import Sample, SampleRef
 from .dift import DIFT_ENSEMBLE, DIFT_MODEL
 from .metrics import (
@@ -82,6 +83,8 @@ class BenchConfig:
         format: dataset layout or ``auto``.
         limit: only the first N samples (in id order).
         steps / resolution / seed: override the spec's sampler settings.
+        overrides: ``FIELD=VALUE`` assignments applied to every sample's spec after the mode's conversion and before
+            the sampler overrides (:func:`dragsdk.specfile.apply_overrides`; the CLI's ``--set``).
         metrics: a subset of :data:`METRICS`.
         dift_model / dift_ensemble: the DIFT extractor of MD (default SD 2.1, 8; the protocol). A name equal to
             ``model`` reuses the editing model.
@@ -101,6 +104,7 @@ class BenchConfig:
     steps: int | None = None
     resolution: int | None = None
     seed: int | None = None
+    overrides: tuple[str, ...] = ()
     metrics: tuple[str, ...] = METRICS
     dift_model: str = DIFT_MODEL
     dift_ensemble: int = DIFT_ENSEMBLE
@@ -109,6 +113,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         self.dataset, self.out = str(self.dataset), str(self.out)
         self.metrics = tuple(self.metrics)
+        self.overrides = tuple(self.overrides)
+        apply_overrides({}, self.overrides)  # the syntax, before any sample runs
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise SpecError("metrics", f"unknown {unknown}; choose from {', '.join(METRICS)}")
@@ -123,6 +129,7 @@ class BenchConfig:
         d.pop("allow_outside_paths")
         d["dataset"] = str(Path(self.dataset).resolve())
         d["metrics"] = list(self.metrics)
+        d["overrides"] = list(self.overrides)
         return d
 
 
@@ -366,6 +373,7 @@ def prepare_job(sample: Sample, config: BenchConfig) -> dict[str, Any]:
                 raise SpecError("mode", f"unknown mode {mode!r}; installed modes are {sorted(modes)}")
             source = Path(sample.meta["source"])
             spec = modes[mode].convert_spec(dict(drag or spec), source if source.is_dir() else None)
+    spec = apply_overrides(spec, config.overrides)
     sampler = dict(spec.get("sampler") or {})
     for key in ("steps", "resolution", "seed"):
         value = getattr(config, key)
