@@ -143,7 +143,10 @@ class Capabilities:
         if dtype not in self.dtypes:
             return False, f"dtype {dtype!r} not in {self.dtypes}"
         if gradients and not self.gradients:
-            return False, "the edit needs gradients (energy guidance) and this backend has none"
+            return False, (
+                "the edit needs gradients (energy guidance, latent optimisation or LoRA training) and this "
+                "backend has none"
+            )
         missing = [m for m in kv_modes if m not in self.kv_modes]
         if missing:
             return False, f"K/V modes {missing} not supported"

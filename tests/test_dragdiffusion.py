@@ -486,3 +486,33 @@ def test_a_dragbench_sample_edits_end_to_end_from_the_cli_and_in_the_bench(tmp_p
     (rec,) = r.records
     assert rec["status"] == "ok" and rec["mode"] == "dragdiffusion" and len(rec["spec"]["points"]) == 2
     assert rec["spec"]["lora_steps"] == 0 and rec["spec"]["n_pix_step"] == 2
+
+
+# -- model families --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["tiny-sd2", "tiny-sdxl"])
+def test_dragdiffusion_with_its_lora_edits_sd2_and_sdxl_and_leaves_the_unet_as_it_was(
+    family, tmp_path, monkeypatch
+):
+    """SD 2.x (v-prediction: the LoRA trains against v) and SDXL (two text encoders, pooled conditioning) run the
+    whole method: LoRA training, inversion, latent optimisation and mutual self-attention sampling."""
+    from dragsdk.models import load_model
+
+    monkeypatch.setenv("DRAGSDK_CACHE_DIR", str(tmp_path))
+    model = load_model(family, device="cpu")
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    editor = Editor(model)
+    spec = _spec(lora_steps=2, lora_rank=2, lora_batch_size=1, lora_resolution=64, n_pix_step=2)
+    result = editor.edit(IMAGE, spec)
+    rep = result.report
+    assert (
+        rep.finetune["steps"] == 2
+        and not rep.finetune["cached"]
+        and np.isfinite(rep.finetune["losses"]).all()
+    )
+    assert rep.unet_evaluations["backward"] == 2 + len([r for r in rep.optimisation if r["loss"] is not None])
+    assert torch.isfinite(result.latent).all() and result.image.size == Image.open(IMAGE).size
+    plain = editor.edit(IMAGE, _spec(n_pix_step=2))
+    assert not torch.equal(plain.latent, result.latent)  # the LoRA took part in the edit
+    after = model.unet.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())

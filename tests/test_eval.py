@@ -1,9 +1,13 @@
 """dragsdk.eval: dataset loaders, metrics against hand computations, the DIFT extractor, and resumable bench runs."""
 
+import atexit
+import functools
 import json
 import math
 import pickle
 import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -377,7 +381,22 @@ BENCH_SETTINGS = dict(
 
 
 def _bench_root():
-    return DRAGBENCH if DRAGBENCH.is_dir() else EXAMPLE_SAMPLE
+    """The shared DragBench, or (a checkout without ../shared/data) three brightened copies of the example sample laid
+    out as DragBench: the resume and kill tests need at least three samples."""
+    return DRAGBENCH if DRAGBENCH.is_dir() else _example_dataset()
+
+
+@functools.cache
+def _example_dataset():
+    root = Path(tempfile.mkdtemp(prefix="dragsdk-bench-"))
+    atexit.register(shutil.rmtree, root, True)
+    for k in range(3):
+        folder = root / "examples" / f"car-{k}"
+        shutil.copytree(EXAMPLE_SAMPLE, folder)
+        image = folder / "original_image.png"  # three different images: no edit reuses another's inversion
+        pixels = np.asarray(Image.open(image).convert("RGB"), np.int16)
+        Image.fromarray(np.clip(pixels + 9 * k, 0, 255).astype(np.uint8)).save(image)
+    return root
 
 
 class _Stop(Exception):
