@@ -359,6 +359,7 @@ class DragDiffusionMode(EditMode[DragDiffusionSpec]):
         order=70,
         points="points",
         mask=MaskUI(name="editable region", label="Editable region (optional): brush it"),
+        fields=("lora_steps", "n_pix_step"),  # the per-image LoRA dominates the cost: 0 skips it
     )
 
     def convert_spec(self, spec: dict[str, Any], sample: Path | None = None) -> dict[str, Any]:

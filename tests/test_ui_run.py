@@ -212,10 +212,15 @@ def test_an_installed_third_party_mode_is_offered_by_the_page_and_runs_through_i
             "region_v": "brush regions", "vertices_v": 4, "ref_v": None, "ref_prompt_v": "", "scale_v": 0.9,
             "steps_v": "2", "res_v": "64", "seed_v": "",
         }  # fmt: skip
-        # the modes' own settings controls, in the page's order: rotate's angle alone (the built-ins declare none)
-        assert [e for e in blocks if str(e).startswith("field-")] == ["field-rotate-angle"]
+        # the modes' own settings controls, in the page's order: dragdiffusion's LoRA and Adam steps, rotate's angle
+        fields = [e for e in blocks if str(e).startswith("field-")]
+        assert fields == [
+            "field-dragdiffusion-lora_steps",
+            "field-dragdiffusion-n_pix_step",
+            "field-rotate-angle",
+        ]
         request = SimpleNamespace(session_hash="test")
-        out = on_run(s, *values.values(), request, lambda *a, **k: None, "45")
+        out = on_run(s, *values.values(), request, lambda *a, **k: None, "", "", "45")
         by_id = {getattr(k, "elem_id", None): v for k, v in out.items()}
         assert "done in" in by_id["run-msg"], by_id
         assert by_id["result"].size == img.size
@@ -223,6 +228,6 @@ def test_an_installed_third_party_mode_is_offered_by_the_page_and_runs_through_i
         assert spec["mode"] == "rotate" and spec["angle"] == 45.0 and spec["scale"] == 0.9
         assert spec["sampler"]["steps"] == 2 and by_id["report-json"]["mode"] == "rotate"
 
-        out = on_run(s, *values.values(), request, lambda *a, **k: None, "400")
+        out = on_run(s, *values.values(), request, lambda *a, **k: None, "", "", "400")
         by_id = {getattr(k, "elem_id", None): v for k, v in out.items()}
         assert "angle" in by_id["settings-msg"] and "360" in by_id["settings-msg"], by_id

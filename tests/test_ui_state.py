@@ -697,3 +697,21 @@ def test_a_mode_without_a_ui_description_gets_one_from_its_schema(tiny_model, tm
         assert e.value.control == "run" and "`note`" in e.value.message
     finally:
         registry.unregister_plugin("derived")
+
+
+def test_dragdiffusion_offers_its_lora_steps_so_the_page_can_skip_the_official_lora():
+    from dragsdk.ui.forms import page_modes
+
+    reg = get_registry()
+    page = page_modes(reg)["dragdiffusion"]
+    controls = {c.name: c for c in page.controls}
+    assert set(controls) == {"lora_steps", "n_pix_step"} and controls["lora_steps"].kind == "integer"
+    assert "80" in controls["lora_steps"].info  # the default shown: the official LoRA
+    s = _session((128, 96))
+    add_click(s, "dragdiffusion", (30, 40), registry=reg)
+    add_click(s, "dragdiffusion", (50, 40), registry=reg)
+    spec = build_spec("dragdiffusion", s, Inputs(fields={"lora_steps": "0", "n_pix_step": " 5 "}), reg)
+    model = reg.spec_models()["dragdiffusion"].model_validate(spec)
+    assert model.lora_steps == 0 and model.n_pix_step == 5 and len(model.points) == 1
+    default = reg.spec_models()["dragdiffusion"].model_validate(build_spec("dragdiffusion", s, Inputs(), reg))
+    assert default.lora_steps == 80
