@@ -175,6 +175,7 @@ def test_classic_attention_changes_the_dragdiffusion_edit_only_by_rounding(edito
         "prompt": "a car",
         "points": [[[131, 264], [200, 313]]],
         "n_pix_step": 2,
+        "lora_steps": 0,
         "sampler": {"steps": 6, "resolution": 64, "seed": 7},
     }
     a = editor.edit(IMAGE, spec).latent
