@@ -45,10 +45,10 @@ def _adapter_state(module: Any) -> list[Any]:
 class WeightsFingerprint:
     """:func:`weights_fingerprint` made cheap on repeated calls, with the same guarantee.
 
-    Every call reads every weight once, as one L2 norm per parameter (row-wise float64 reductions, one device sync
-    per device and dtype, the same value whatever the number of CPU threads: :func:`_statistic`): that read is what sees a write through
-    ``W.data`` (peft's merge / unmerge behind diffusers' ``fuse_lora`` / ``unfuse_lora``: ``W.data += scale·B·A``
-    bumps neither the storage pointer nor the tensor's version counter, so no metadata can see it). The sum of a
+    Every call reads every weight once, as one L2 norm per parameter (row-wise reductions added exactly, one device
+    sync per device and dtype, the same value whatever the number of CPU threads: :func:`_statistic`): that read is
+    what sees a write through ``W.data`` (peft's merge / unmerge behind diffusers' ``fuse_lora`` /
+    ``unfuse_lora``: ``W.data += scale·B·A`` bumps neither the storage pointer nor the tensor's version counter, so no metadata can see it). The sum of a
     parameter, the second statistic, is recomputed only when its norm, storage pointer, version counter
     (``Tensor._version``: ``copy_`` / ``load_state_dict``, any in-place op on the parameter itself), stride, dtype,
     device or shape changed since the last call, and taken from the memo otherwise; the digest is then the one

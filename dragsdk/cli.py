@@ -163,6 +163,55 @@ def _plan_before_loading(spec_obj: dict[str, Any], image: Any, model_name: str) 
         return
 
 
+def _edit_inputs(
+    input: Path,
+    spec: Path | None,
+    reference: Path | None,
+    mode: str | None,
+    assignments: list[str],
+    sampler_overrides: dict[str, int | None],
+) -> tuple[Path, dict[str, Any], list[Path]]:
+    """``dragsdk edit``'s image path, its spec (the sample's or the file's, converted to ``mode``, with ``--set`` and
+    the sampler options applied) and the input files no output may overwrite."""
+    from .samples import detect_sample, load_sample
+    from .specfile import apply_overrides, input_files, read_spec_file
+
+    if not input.exists():
+        _fail(f"{input}: no such image or sample folder")
+    protect: list[Path] = []
+    spec_obj: dict[str, Any] | None = None
+    if input.is_dir():
+        if detect_sample(input) is None and spec is None:
+            _fail(f"{input} is a folder but not a DragBench or Drag100 sample; give an image and --spec")
+        image_path, spec_obj = load_sample(input)
+        protect += [p for p in input.iterdir() if p.is_file()]
+    else:
+        if spec is None:
+            _fail("an image input needs --spec SPEC.json (or give a sample folder)")
+        image_path = input
+        protect.append(input)
+    if spec is not None:
+        spec_obj = read_spec_file(spec)
+        protect.append(spec)
+    assert spec_obj is not None
+    if reference is not None:
+        spec_obj["reference"] = str(reference)
+        protect.append(reference)
+    registered = _registry().modes
+    if mode is not None and spec_obj.get("mode") != mode:
+        if mode not in registered:
+            _fail(f"unknown mode {mode!r}; installed modes are {sorted(registered)}")
+        spec_obj = registered[mode].convert_spec(spec_obj, input if input.is_dir() else None)
+    spec_obj = apply_overrides(spec_obj, assignments)
+    sampler = dict(spec_obj.get("sampler") or {})
+    for key, value in sampler_overrides.items():
+        if value is not None:
+            sampler[key] = value
+    spec_obj["sampler"] = sampler
+    protect += input_files(spec_obj)
+    return image_path, spec_obj, protect
+
+
 @app.command()
 def edit(
     input: Annotated[
@@ -220,43 +269,11 @@ def edit(
 ) -> None:
     """Edit an image with a spec, or a benchmark sample with its own points and mask."""
     from .io import check_outputs, load_image
-    from .samples import detect_sample, load_sample
-    from .specfile import apply_overrides, input_files, read_spec_file
 
     with _user_errors():
-        if not input.exists():
-            _fail(f"{input}: no such image or sample folder")
-        protect: list[Path] = []
-        spec_obj: dict[str, Any] | None = None
-        if input.is_dir():
-            if detect_sample(input) is None and spec is None:
-                _fail(f"{input} is a folder but not a DragBench or Drag100 sample; give an image and --spec")
-            image_path, spec_obj = load_sample(input)
-            protect += [p for p in input.iterdir() if p.is_file()]
-        else:
-            if spec is None:
-                _fail("an image input needs --spec SPEC.json (or give a sample folder)")
-            image_path = input
-            protect.append(input)
-        if spec is not None:
-            spec_obj = read_spec_file(spec)
-            protect.append(spec)
-        assert spec_obj is not None
-        if reference is not None:
-            spec_obj["reference"] = str(reference)
-            protect.append(reference)
-        registered = _registry().modes
-        if mode is not None and spec_obj.get("mode") != mode:
-            if mode not in registered:
-                _fail(f"unknown mode {mode!r}; installed modes are {sorted(registered)}")
-            spec_obj = registered[mode].convert_spec(spec_obj, input if input.is_dir() else None)
-        spec_obj = apply_overrides(spec_obj, set_ or [])
-        sampler = dict(spec_obj.get("sampler") or {})
-        for key, value in (("steps", steps), ("seed", seed), ("resolution", resolution)):
-            if value is not None:
-                sampler[key] = value
-        spec_obj["sampler"] = sampler
-        protect += input_files(spec_obj)
+        image_path, spec_obj, protect = _edit_inputs(
+            input, spec, reference, mode, set_ or [], {"steps": steps, "seed": seed, "resolution": resolution}
+        )
         check_outputs({"out": out, "report": report, "trace": trace}, tuple(protect))
         from .models import SINGLE_FILE_SUFFIXES, parse_lora_arg
 
